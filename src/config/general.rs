@@ -1,0 +1,154 @@
+//! The `[general]` table: listener, timeouts, TLS, admin credentials and Ocelot's own limits. Field names, types
+//! and defaults follow PgCat's `General` struct, except the listen port (6432, as PgCat documents it).
+
+use serde::Deserialize;
+
+fn d_host() -> String {
+    "0.0.0.0".into()
+}
+fn d_port() -> u16 {
+    6432
+}
+fn d_prometheus_port() -> i16 {
+    9930
+}
+fn d_connect_timeout() -> u64 {
+    1000
+}
+fn d_idle_timeout() -> u64 {
+    600_000
+}
+fn d_keepalive() -> u64 {
+    5
+}
+fn d_keepalive_count() -> u32 {
+    5
+}
+fn d_tcp_user_timeout() -> u64 {
+    10_000
+}
+fn d_dns_ttl() -> u64 {
+    30
+}
+fn d_shutdown_timeout() -> u64 {
+    60_000
+}
+fn d_healthcheck_timeout() -> u64 {
+    1000
+}
+fn d_healthcheck_delay() -> u64 {
+    30_000
+}
+fn d_ban_time() -> i64 {
+    60
+}
+fn d_server_lifetime() -> u64 {
+    3_600_000
+}
+fn d_true() -> bool {
+    true
+}
+fn d_worker_threads() -> usize {
+    4
+}
+fn d_client_login_timeout() -> u64 {
+    60_000
+}
+fn d_max_message_size() -> u32 {
+    // PostgreSQL's own limit for a single message (PQ_LARGE_MESSAGE_LIMIT).
+    0x3fff_ffff
+}
+
+/// How Ocelot authenticates the admin user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminAuthType {
+    #[default]
+    Md5,
+    Trust,
+    ScramSha256,
+}
+
+/// `[general]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct General {
+    #[serde(default = "d_host")]
+    pub host: String,
+    #[serde(default = "d_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub enable_prometheus_exporter: Option<bool>,
+    #[serde(default = "d_prometheus_port")]
+    pub prometheus_exporter_port: i16,
+    /// Milliseconds a client waits for a server connection (and a server connect may take).
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: u64,
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: u64,
+    #[serde(default = "d_keepalive")]
+    pub tcp_keepalives_idle: u64,
+    #[serde(default = "d_keepalive_count")]
+    pub tcp_keepalives_count: u32,
+    #[serde(default = "d_keepalive")]
+    pub tcp_keepalives_interval: u64,
+    #[serde(default = "d_tcp_user_timeout")]
+    pub tcp_user_timeout: u64,
+    #[serde(default)]
+    pub log_client_connections: bool,
+    #[serde(default)]
+    pub log_client_disconnections: bool,
+    #[serde(default)]
+    pub dns_cache_enabled: bool,
+    #[serde(default = "d_dns_ttl")]
+    pub dns_max_ttl: u64,
+    #[serde(default = "d_shutdown_timeout")]
+    pub shutdown_timeout: u64,
+    #[serde(default = "d_healthcheck_timeout")]
+    pub healthcheck_timeout: u64,
+    #[serde(default = "d_healthcheck_delay")]
+    pub healthcheck_delay: u64,
+    #[serde(default = "d_ban_time")]
+    pub ban_time: i64,
+    #[serde(default)]
+    pub idle_client_in_transaction_timeout: u64,
+    #[serde(default = "d_server_lifetime")]
+    pub server_lifetime: u64,
+    /// FIFO (true) or LIFO (false) reuse of idle server connections.
+    #[serde(default = "d_true")]
+    pub server_round_robin: bool,
+    #[serde(default = "d_worker_threads")]
+    pub worker_threads: usize,
+    #[serde(default)]
+    pub autoreload: Option<u64>,
+    #[serde(default)]
+    pub tls_certificate: Option<String>,
+    #[serde(default)]
+    pub tls_private_key: Option<String>,
+    #[serde(default)]
+    pub server_tls: bool,
+    #[serde(default)]
+    pub verify_server_certificate: bool,
+    pub admin_username: String,
+    pub admin_password: String,
+    #[serde(default)]
+    pub admin_auth_type: AdminAuthType,
+    #[serde(default = "d_true")]
+    pub validate_config: bool,
+    #[serde(default)]
+    pub auth_query: Option<String>,
+    #[serde(default)]
+    pub auth_query_user: Option<String>,
+    #[serde(default)]
+    pub auth_query_password: Option<String>,
+    /// Ocelot: milliseconds a client may take from connecting to finishing authentication (PgBouncer's name).
+    #[serde(default = "d_client_login_timeout")]
+    pub client_login_timeout: u64,
+    /// Ocelot: the largest message a client may send, in bytes; larger ones end the connection with 08P01.
+    #[serde(default = "d_max_message_size")]
+    pub max_message_size: u32,
+    /// Obsolete PgCat keys that users still paste; accepted and ignored as PgCat does.
+    #[serde(default)]
+    pub prepared_statements: Option<bool>,
+    #[serde(default)]
+    pub prepared_statements_cache_size: Option<usize>,
+}

@@ -1,0 +1,276 @@
+//! `[pools.<name>]` with its users and shards: field names, types and defaults follow PgCat's `Pool`, `User` and
+//! `Shard` structs, with typed enums so a bad value is rejected at parse time with the key it belongs to.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use super::plugins::Plugins;
+
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Until the end of each transaction.
+    #[default]
+    Transaction,
+    /// Until the client disconnects.
+    Session,
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        })
+    }
+}
+
+/// How a server is chosen among the candidates of one role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+pub enum LoadBalancingMode {
+    #[default]
+    #[serde(rename = "random")]
+    Random,
+    /// Ocelot's addition to PgCat's two modes.
+    #[serde(rename = "round_robin")]
+    RoundRobin,
+    #[serde(rename = "loc", alias = "LOC", alias = "least_outstanding_connections")]
+    LeastOutstandingConnections,
+}
+
+/// Which servers a query may go to when nothing else decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRole {
+    #[default]
+    Any,
+    Primary,
+    Replica,
+}
+
+/// A server's role inside its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    Primary,
+    Replica,
+    Mirror,
+}
+
+impl fmt::Display for ServerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerRole::Primary => "primary",
+            ServerRole::Replica => "replica",
+            ServerRole::Mirror => "mirror",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardingFunction {
+    #[default]
+    PgBigintHash,
+    Sha1,
+}
+
+/// How a client proves its identity to Ocelot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    #[default]
+    Md5,
+    ScramSha256,
+    Trust,
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthType::Md5 => "md5",
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Trust => "trust",
+        })
+    }
+}
+
+/// The shard used when a query names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DefaultShard {
+    Shard(usize),
+    Random,
+    RandomHealthy,
+}
+
+impl Default for DefaultShard {
+    fn default() -> Self {
+        DefaultShard::Shard(0)
+    }
+}
+
+impl FromStr for DefaultShard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(DefaultShard::Random),
+            "random_healthy" => Ok(DefaultShard::RandomHealthy),
+            _ => s
+                .strip_prefix("shard_")
+                .and_then(|n| n.parse().ok())
+                .map(DefaultShard::Shard)
+                .ok_or_else(|| {
+                    format!("invalid value \"{s}\": expected shard_<n>, random or random_healthy")
+                }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DefaultShard {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn d_regex_limit() -> Option<usize> {
+    Some(1000)
+}
+fn d_true() -> bool {
+    true
+}
+fn d_db_activity_init_delay() -> u64 {
+    100
+}
+fn d_db_activity_ttl() -> u64 {
+    900
+}
+fn d_table_mutation_ttl() -> u64 {
+    50
+}
+fn d_prepared_cache() -> usize {
+    500
+}
+
+/// `[pools.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pool {
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    #[serde(default)]
+    pub load_balancing_mode: LoadBalancingMode,
+    #[serde(default)]
+    pub default_role: DefaultRole,
+    #[serde(default)]
+    pub query_parser_enabled: bool,
+    #[serde(default)]
+    pub query_parser_max_length: Option<usize>,
+    #[serde(default)]
+    pub query_parser_read_write_splitting: bool,
+    #[serde(default)]
+    pub primary_reads_enabled: bool,
+    #[serde(default)]
+    pub connect_timeout: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+    #[serde(default)]
+    pub server_lifetime: Option<u64>,
+    #[serde(default)]
+    pub checkout_failure_limit: Option<u64>,
+    #[serde(default)]
+    pub sharding_function: ShardingFunction,
+    #[serde(default)]
+    pub automatic_sharding_key: Option<String>,
+    #[serde(default)]
+    pub sharding_key_regex: Option<String>,
+    #[serde(default)]
+    pub shard_id_regex: Option<String>,
+    #[serde(default = "d_regex_limit")]
+    pub regex_search_limit: Option<usize>,
+    #[serde(default, alias = "no_shard_specified_behavior")]
+    pub default_shard: DefaultShard,
+    #[serde(default)]
+    pub auth_query: Option<String>,
+    #[serde(default)]
+    pub auth_query_user: Option<String>,
+    #[serde(default)]
+    pub auth_query_password: Option<String>,
+    #[serde(default = "d_true")]
+    pub cleanup_server_connections: bool,
+    #[serde(default)]
+    pub log_client_parameter_status_changes: bool,
+    /// Ocelot defaults this to 500 (PgCat: 0); 0 turns protocol-level prepared statement handling off.
+    #[serde(default = "d_prepared_cache")]
+    pub prepared_statements_cache_size: usize,
+    #[serde(default)]
+    pub db_activity_based_routing: bool,
+    #[serde(default = "d_db_activity_init_delay", alias = "db_activity_based_ms_init_delay")]
+    pub db_activity_init_delay: u64,
+    #[serde(default = "d_db_activity_ttl")]
+    pub db_activity_ttl: u64,
+    #[serde(default = "d_table_mutation_ttl")]
+    pub table_mutation_cache_ms_ttl: u64,
+    #[serde(default)]
+    pub plugins: Option<Plugins>,
+    pub shards: BTreeMap<String, Shard>,
+    pub users: BTreeMap<String, User>,
+}
+
+/// `[pools.<name>.users.<idx>]`.
+#[derive(Clone, Deserialize)]
+pub struct User {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub auth_type: AuthType,
+    #[serde(default)]
+    pub server_username: Option<String>,
+    #[serde(default)]
+    pub server_password: Option<String>,
+    pub pool_size: u32,
+    #[serde(default)]
+    pub min_pool_size: Option<u32>,
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    #[serde(default)]
+    pub server_lifetime: Option<u64>,
+    #[serde(default)]
+    pub statement_timeout: u64,
+    #[serde(default)]
+    pub connect_timeout: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("auth_type", &self.auth_type)
+            .field("server_username", &self.server_username)
+            .field(
+                "server_password",
+                &self.server_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pool_size", &self.pool_size)
+            .field("min_pool_size", &self.min_pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[pools.<name>.shards.<n>]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Shard {
+    pub database: String,
+    pub servers: Vec<(String, u16, ServerRole)>,
+    #[serde(default)]
+    pub mirrors: Option<Vec<(String, u16, usize)>>,
+}

@@ -1,0 +1,142 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[general]
+admin_username = "a"
+admin_password = "b"
+
+[pools.db.users.0]
+username = "u"
+password = "p"
+pool_size = 3
+
+[pools.db.shards.0]
+database = "real"
+servers = [["127.0.0.1", 5432, "primary"], ["10.0.0.2", 5433, "replica"]]
+"#;
+
+#[test]
+fn parses_the_example_config() {
+    let loaded = Config::parse_and_validate(include_str!("../../pgcat.toml")).unwrap();
+    let c = loaded.config;
+    assert_eq!(c.general.port, 6432);
+    assert_eq!(c.pools["sharded_db"].shards.len(), 3);
+    assert_eq!(
+        c.pools["sharded_db"].users["0"].auth_type,
+        AuthType::ScramSha256
+    );
+    assert_eq!(c.pools["simple_db"].pool_mode, PoolMode::Session);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn defaults_follow_pgcat_except_the_port() {
+    let c = Config::parse_and_validate(MINIMAL).unwrap().config;
+    assert_eq!(c.general.port, 6432);
+    assert_eq!(c.general.connect_timeout, 1000);
+    assert_eq!(c.general.idle_timeout, 600_000);
+    assert_eq!(c.general.server_lifetime, 3_600_000);
+    assert!(c.general.server_round_robin);
+    let p = &c.pools["db"];
+    assert_eq!(p.pool_mode, PoolMode::Transaction);
+    assert_eq!(p.default_shard, DefaultShard::Shard(0));
+    assert_eq!(p.regex_search_limit, Some(1000));
+    assert_eq!(p.users["0"].auth_type, AuthType::Md5);
+    assert_eq!(p.shards["0"].servers[1].2, ServerRole::Replica);
+    let s = c.user_settings(p, &p.users["0"]);
+    assert_eq!(s.pool_size, 3);
+    assert_eq!(s.connect_timeout_ms, 1000);
+}
+
+#[test]
+fn unknown_keys_are_warnings_naming_the_key() {
+    let text = MINIMAL.replace("admin_password = \"b\"", "admin_password = \"b\"\nfrobnicate = 1");
+    let text = text.replace("pool_size = 3", "pool_size = 3\ncolour = \"red\"");
+    let loaded = Config::parse_and_validate(&text).unwrap();
+    assert!(loaded.warnings.iter().any(|w| w.contains("general.frobnicate")));
+    assert!(loaded.warnings.iter().any(|w| w.contains("pools.db.users.0.colour")));
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let text = MINIMAL.replace("pool_size = 3", "pool_size = \"three\"");
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("pools.db.users.0.pool_size"), "{err}");
+    let text = MINIMAL.replace("[general]", "[general]\npool_mode_x = 1\nport = 70000");
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("general.port"), "{err}");
+    let text = MINIMAL.replace("\"replica\"]", "\"standby\"]");
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("servers"), "{err}");
+}
+
+#[test]
+fn missing_required_keys_are_reported() {
+    let text = MINIMAL.replace("admin_username = \"a\"\n", "");
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("admin_username"), "{err}");
+}
+
+#[test]
+fn rule_violations_name_the_key() {
+    let cases = [
+        ("pool_size = 3", "pool_size = 3\nmin_pool_size = 4", "min_pool_size"),
+        ("pool_size = 3", "pool_size = 0", "pool_size"),
+        ("password = \"p\"\n", "", "password"),
+        (
+            "[pools.db.shards.0]",
+            "[pools.db]\ndefault_shard = \"shard_3\"\n[pools.db.shards.0]",
+            "default_shard",
+        ),
+        (
+            "\"primary\"], [\"10.0.0.2\", 5433, \"replica\"]",
+            "\"primary\"], [\"10.0.0.2\", 5433, \"primary\"]",
+            "servers",
+        ),
+        ("[pools.db.shards.0]", "[pools.db.shards.1]", "shards"),
+        (
+            "[pools.db.shards.0]",
+            "[pools.db]\nquery_parser_read_write_splitting = true\n[pools.db.shards.0]",
+            "query_parser_read_write_splitting",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let text = MINIMAL.replace(from, to);
+        let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+        assert!(err.contains(key), "{to}: {err}");
+    }
+}
+
+#[test]
+fn auth_types_and_secrets_must_match() {
+    let md5 = postgres_protocol::password::md5(b"p", "u");
+    let text = MINIMAL.replace(
+        "password = \"p\"",
+        &format!("password = \"{md5}\"\nauth_type = \"scram-sha-256\""),
+    );
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("pools.db.users.0.password"), "{err}");
+    let text = MINIMAL.replace("password = \"p\"", "auth_type = \"trust\"");
+    assert!(Config::parse_and_validate(&text).is_ok());
+}
+
+#[test]
+fn load_balancing_aliases() {
+    for (v, want) in [
+        ("random", LoadBalancingMode::Random),
+        ("loc", LoadBalancingMode::LeastOutstandingConnections),
+        ("LOC", LoadBalancingMode::LeastOutstandingConnections),
+        (
+            "least_outstanding_connections",
+            LoadBalancingMode::LeastOutstandingConnections,
+        ),
+        ("round_robin", LoadBalancingMode::RoundRobin),
+    ] {
+        let text = MINIMAL.replace(
+            "[pools.db.shards.0]",
+            &format!("[pools.db]\nload_balancing_mode = \"{v}\"\n[pools.db.shards.0]"),
+        );
+        let c = Config::parse_and_validate(&text).unwrap().config;
+        assert_eq!(c.pools["db"].load_balancing_mode, want);
+    }
+}

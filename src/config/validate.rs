@@ -1,0 +1,180 @@
+//! Rules of a valid config that types alone cannot express, checked after parsing. Each failure names its key.
+
+use super::{AuthType, Config, ConfigError, DefaultShard, ServerRole};
+use crate::protocol::auth::Secret;
+
+pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    let g = &c.general;
+    if g.tls_certificate.is_some() != g.tls_private_key.is_some() {
+        return Err(ConfigError::invalid(
+            "general.tls_certificate",
+            "tls_certificate and tls_private_key must be set together",
+        ));
+    }
+    if g.tls_certificate.is_some() {
+        warnings.push("general.tls_certificate: client TLS is not implemented yet; clients are answered 'N' to SSLRequest".into());
+    }
+    if g.worker_threads == 0 {
+        return Err(ConfigError::invalid("general.worker_threads", "must be at least 1"));
+    }
+    if g.max_message_size < 1024 {
+        return Err(ConfigError::invalid("general.max_message_size", "must be at least 1024 bytes"));
+    }
+    if g.prepared_statements.is_some() || g.prepared_statements_cache_size.is_some() {
+        warnings.push("general.prepared_statements and general.prepared_statements_cache_size are obsolete and ignored: set prepared_statements_cache_size on each pool".into());
+    }
+    let any_global_plugin = c.plugins.as_ref().is_some_and(|p| p.any_enabled());
+    if c.pools.is_empty() {
+        warnings.push("no [pools] are configured: every client will be rejected".into());
+    }
+    for (name, pool) in &c.pools {
+        let key = |k: &str| format!("pools.{name}.{k}");
+        if pool.query_parser_read_write_splitting && !pool.query_parser_enabled {
+            return Err(ConfigError::invalid(
+                key("query_parser_read_write_splitting"),
+                "requires query_parser_enabled = true",
+            ));
+        }
+        let plugins_on = pool.plugins.as_ref().map_or(any_global_plugin, |p| p.any_enabled());
+        if plugins_on && !pool.query_parser_enabled {
+            return Err(ConfigError::invalid(
+                key("query_parser_enabled"),
+                "plugins require query_parser_enabled = true",
+            ));
+        }
+        if let Some(k) = &pool.automatic_sharding_key {
+            let parts: Vec<&str> = k.split('.').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.trim_matches('"').is_empty()) {
+                return Err(ConfigError::invalid(
+                    key("automatic_sharding_key"),
+                    format!("\"{k}\" must be table.column (or *.column)"),
+                ));
+            }
+        }
+        let a = (&pool.auth_query, &pool.auth_query_user, &pool.auth_query_password);
+        if [a.0.is_some(), a.1.is_some(), a.2.is_some()].iter().any(|&x| x)
+            && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
+        {
+            return Err(ConfigError::invalid(
+                key("auth_query"),
+                "auth_query, auth_query_user and auth_query_password must be set together",
+            ));
+        }
+        let auth_query = pool.auth_query.is_some() || g.auth_query.is_some();
+        validate_shards(name, pool, &mut warnings)?;
+        if let DefaultShard::Shard(n) = pool.default_shard {
+            if n >= pool.shards.len() {
+                return Err(ConfigError::invalid(
+                    key("default_shard"),
+                    format!("shard_{n} does not exist: the pool has {} shard(s)", pool.shards.len()),
+                ));
+            }
+        }
+        if pool.users.is_empty() {
+            return Err(ConfigError::invalid(key("users"), "a pool needs at least one user"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (idx, user) in &pool.users {
+            let ukey = |k: &str| format!("pools.{name}.users.{idx}.{k}");
+            if !seen.insert(user.username.as_str()) {
+                return Err(ConfigError::invalid(
+                    ukey("username"),
+                    format!("user \"{}\" appears twice in this pool", user.username),
+                ));
+            }
+            if user.pool_size == 0 {
+                return Err(ConfigError::invalid(ukey("pool_size"), "must be at least 1"));
+            }
+            if user.min_pool_size.unwrap_or(0) > user.pool_size {
+                return Err(ConfigError::invalid(
+                    ukey("min_pool_size"),
+                    format!("{} exceeds pool_size {}", user.min_pool_size.unwrap_or(0), user.pool_size),
+                ));
+            }
+            match (&user.password, user.auth_type) {
+                (None, AuthType::Trust) => {}
+                (None, _) if auth_query => {}
+                (None, t) => {
+                    return Err(ConfigError::invalid(
+                        ukey("password"),
+                        format!("required for auth_type \"{t}\" (or configure auth_query)"),
+                    ))
+                }
+                (Some(p), AuthType::Md5) if !Secret::parse(p).supports_md5() => {
+                    return Err(ConfigError::invalid(
+                        ukey("password"),
+                        "a SCRAM verifier cannot serve md5 authentication: use auth_type = \"scram-sha-256\" or a cleartext password",
+                    ))
+                }
+                (Some(p), AuthType::ScramSha256) => {
+                    let secret = Secret::parse(p);
+                    if !secret.supports_scram() {
+                        return Err(ConfigError::invalid(
+                            ukey("password"),
+                            "an md5 hash cannot serve scram-sha-256 authentication: use auth_type = \"md5\" or a cleartext password",
+                        ));
+                    }
+                    if let Err(e) = secret.scram_verifier() {
+                        return Err(ConfigError::invalid(ukey("password"), e.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+fn validate_shards(name: &str, pool: &super::Pool, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    if pool.shards.is_empty() {
+        return Err(ConfigError::invalid(format!("pools.{name}.shards"), "a pool needs at least one shard"));
+    }
+    let mut indices = Vec::new();
+    for (idx, shard) in &pool.shards {
+        let skey = |k: &str| format!("pools.{name}.shards.{idx}.{k}");
+        let n: usize = idx.parse().map_err(|_| {
+            ConfigError::invalid(format!("pools.{name}.shards.{idx}"), "shard names must be numbers 0..N-1")
+        })?;
+        indices.push(n);
+        if shard.servers.is_empty() {
+            return Err(ConfigError::invalid(skey("servers"), "a shard needs at least one server"));
+        }
+        let primaries = shard.servers.iter().filter(|s| s.2 == ServerRole::Primary).count();
+        if primaries > 1 {
+            return Err(ConfigError::invalid(skey("servers"), "a shard has at most one primary"));
+        }
+        for (i, s) in shard.servers.iter().enumerate() {
+            if shard.servers[..i].iter().any(|o| o.0 == s.0 && o.1 == s.1) {
+                return Err(ConfigError::invalid(
+                    skey("servers"),
+                    format!("server {}:{} is listed twice", s.0, s.1),
+                ));
+            }
+            if s.0.is_empty() {
+                return Err(ConfigError::invalid(skey("servers"), "a server host is empty"));
+            }
+        }
+        if let Some(m) = &shard.mirrors {
+            for (host, port, target) in m {
+                if *target >= shard.servers.len() {
+                    return Err(ConfigError::invalid(
+                        skey("mirrors"),
+                        format!("mirror {host}:{port} targets server index {target}, which does not exist"),
+                    ));
+                }
+            }
+            if !m.is_empty() {
+                warnings.push(format!("{}: mirroring is not implemented yet and is ignored", skey("mirrors")));
+            }
+        }
+    }
+    indices.sort_unstable();
+    if indices.iter().enumerate().any(|(i, &n)| i != n) {
+        return Err(ConfigError::invalid(
+            format!("pools.{name}.shards"),
+            "shards must be numbered 0..N-1 without gaps",
+        ));
+    }
+    Ok(())
+}

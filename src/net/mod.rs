@@ -1,0 +1,8 @@
+//! The I/O layer under the protocol: reading whole messages off a socket into a reusable buffer for the phases
+//! that inspect every message (startup, authentication), and TCP socket options.
+
+mod read;
+mod socket;
+
+pub use read::{read_message, read_startup_packet, NetError};
+pub use socket::{configure_client_socket, configure_server_socket, Keepalive};

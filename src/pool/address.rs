@@ -1,0 +1,32 @@
+//! The identity of one server pool: which client-facing pool and user it serves and which server it reaches.
+
+use std::fmt;
+
+use crate::config::ServerRole;
+
+/// One (pool, user, shard, server) combination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// Client-facing database (pool) name.
+    pub pool: String,
+    /// Client-facing user name.
+    pub user: String,
+    pub shard: usize,
+    /// Position of the server inside its shard's `servers` list.
+    pub index: usize,
+    pub host: String,
+    pub port: u16,
+    pub role: ServerRole,
+    /// Database name on the server.
+    pub database: String,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}/{} ({} of pool \"{}\" shard {}, user \"{}\")",
+            self.host, self.port, self.database, self.role, self.pool, self.shard, self.user
+        )
+    }
+}

@@ -1,0 +1,176 @@
+//! All pools built from one config: for each (database, user) a [`UserPool`] holding that user's credentials,
+//! settings and one [`ServerPool`] per server of every shard. Built off the hot path; clients look their pool up
+//! once at login and keep the `Arc`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::connect::ServerCredentials;
+use super::pool::PoolSettings;
+use super::{Address, ServerPool};
+use crate::config::{AuthType, Config, DefaultRole, DefaultShard, ServerRole, UserSettings};
+use crate::protocol::auth::{AuthError, ScramVerifier, Secret};
+
+/// How a client of one user proves who it is.
+#[derive(Debug)]
+pub struct ClientAuth {
+    pub auth_type: AuthType,
+    pub secret: Option<Secret>,
+    /// Derived once when the pool is built: PBKDF2 with 4096 rounds is too slow to run per login.
+    pub scram: Option<ScramVerifier>,
+}
+
+/// One user of one pool: how clients authenticate and where their queries go.
+#[derive(Debug)]
+pub struct UserPool {
+    pub database: String,
+    pub user: String,
+    pub auth: ClientAuth,
+    pub settings: UserSettings,
+    /// `shards[n]` lists the server pools of shard n in config order.
+    pub shards: Vec<Vec<Arc<ServerPool>>>,
+    pub default_shard: DefaultShard,
+    pub default_role: DefaultRole,
+}
+
+impl UserPool {
+    /// The server pool a query goes to while there is no query router: the default shard's primary (its first
+    /// replica when `default_role = "replica"`, or when the shard has no primary).
+    pub fn target(&self) -> &Arc<ServerPool> {
+        let shard = match self.default_shard {
+            DefaultShard::Shard(n) => n.min(self.shards.len().saturating_sub(1)),
+            DefaultShard::Random | DefaultShard::RandomHealthy => {
+                rand::rng().random_range(0..self.shards.len().max(1))
+            }
+        };
+        let servers = &self.shards[shard];
+        let want = match self.default_role {
+            DefaultRole::Replica => ServerRole::Replica,
+            _ => ServerRole::Primary,
+        };
+        servers
+            .iter()
+            .find(|s| s.address.role == want)
+            .or_else(|| servers.iter().find(|s| s.address.role != ServerRole::Mirror))
+            .unwrap_or(&servers[0])
+    }
+
+    /// Every server pool of this user.
+    pub fn server_pools(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
+        self.shards.iter().flatten()
+    }
+}
+
+/// Every pool of a config, keyed by (database, user).
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pools: HashMap<(String, String), Arc<UserPool>>,
+}
+
+impl Cluster {
+    /// Builds the pools of a validated config. Does no I/O; call [`Cluster::start`] to open connections.
+    pub fn build(config: &Config) -> Result<Cluster, AuthError> {
+        let mut pools = HashMap::new();
+        let g = &config.general;
+        for (db, pool) in &config.pools {
+            for user in pool.users.values() {
+                let settings = config.user_settings(pool, user);
+                let secret = user.password.as_deref().map(Secret::parse);
+                let scram = match (&secret, user.auth_type) {
+                    (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
+                    _ => None,
+                };
+                let creds = ServerCredentials {
+                    user: user.server_username.clone().unwrap_or_else(|| user.username.clone()),
+                    password: user
+                        .server_password
+                        .as_deref()
+                        .or(user.password.as_deref())
+                        .map(Secret::parse),
+                };
+                let pool_settings = PoolSettings {
+                    pool_size: settings.pool_size,
+                    min_pool_size: settings.min_pool_size,
+                    connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+                    idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
+                    server_lifetime: Duration::from_millis(settings.server_lifetime_ms),
+                    fifo: g.server_round_robin,
+                    max_message: u32::MAX,
+                    cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
+                };
+                let mut shard_ids: Vec<(usize, &crate::config::Shard)> = pool
+                    .shards
+                    .iter()
+                    .filter_map(|(k, s)| k.parse().ok().map(|n| (n, s)))
+                    .collect();
+                shard_ids.sort_by_key(|(n, _)| *n);
+                let shards = shard_ids
+                    .into_iter()
+                    .map(|(n, shard)| {
+                        shard
+                            .servers
+                            .iter()
+                            .enumerate()
+                            .map(|(index, (host, port, role))| {
+                                ServerPool::new(
+                                    Address {
+                                        pool: db.clone(),
+                                        user: user.username.clone(),
+                                        shard: n,
+                                        index,
+                                        host: host.clone(),
+                                        port: *port,
+                                        role: *role,
+                                        database: shard.database.clone(),
+                                    },
+                                    pool_settings.clone(),
+                                    creds.clone(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let up = UserPool {
+                    database: db.clone(),
+                    user: user.username.clone(),
+                    auth: ClientAuth {
+                        auth_type: user.auth_type,
+                        secret,
+                        scram,
+                    },
+                    settings,
+                    shards,
+                    default_shard: pool.default_shard,
+                    default_role: pool.default_role,
+                };
+                pools.insert((db.clone(), user.username.clone()), Arc::new(up));
+            }
+        }
+        Ok(Cluster { pools })
+    }
+
+    /// Starts the maintenance task of every server pool (idle and lifetime expiry, `min_pool_size`).
+    pub fn start(&self) {
+        for p in self.pools.values() {
+            for s in p.server_pools() {
+                s.spawn_maintenance();
+            }
+        }
+    }
+
+    pub fn get(&self, database: &str, user: &str) -> Option<&Arc<UserPool>> {
+        self.pools.get(&(database.to_owned(), user.to_owned()))
+    }
+
+    /// Whether any user has a pool named `database`.
+    pub fn has_database(&self, database: &str) -> bool {
+        self.pools.keys().any(|(d, _)| d == database)
+    }
+
+    pub fn user_pools(&self) -> impl Iterator<Item = &Arc<UserPool>> {
+        self.pools.values()
+    }
+}

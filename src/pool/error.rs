@@ -1,0 +1,64 @@
+//! Errors of the server side: connecting, authenticating, checking out and running internal queries. Each says
+//! whether retrying on another connection could help.
+
+use thiserror::Error;
+
+use crate::protocol::decode::ErrorFields;
+use crate::protocol::ProtocolError;
+
+/// A failure on the server side of Ocelot.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("timed out after {waited_ms} ms waiting for a server connection in pool \"{pool}\" (user \"{user}\", server {server})")]
+    CheckoutTimeout {
+        pool: String,
+        user: String,
+        server: String,
+        waited_ms: u64,
+    },
+    #[error("cannot connect to server {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to server {server} took longer than {ms} ms")]
+    ConnectTimeout { server: String, ms: u64 },
+    #[error("server {server} refused the login: {} ({})", .fields.message, .fields.code)]
+    LoginRejected { server: String, fields: ErrorFields },
+    #[error("server {server} asks for {method} authentication, which Ocelot cannot answer with the configured credentials")]
+    Auth { server: String, method: String },
+    #[error("server {server} sent an invalid message: {source}")]
+    Protocol {
+        server: String,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("connection to server {server} was lost: {reason}")]
+    Lost { server: String, reason: String },
+    #[error("server {server} failed Ocelot's query: {} ({})", .fields.message, .fields.code)]
+    Query { server: String, fields: ErrorFields },
+    #[error("pool for server {server} is closed")]
+    Closed { server: String },
+}
+
+impl PoolError {
+    /// Whether another attempt (on a new connection) might succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Lost { .. }
+        )
+    }
+
+    /// The SQLSTATE a client sees for this error.
+    pub fn sqlstate(&self) -> &str {
+        use crate::protocol::codes::sqlstate;
+        match self {
+            PoolError::CheckoutTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            PoolError::LoginRejected { fields, .. } | PoolError::Query { fields, .. } => &fields.code,
+            PoolError::Closed { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            _ => sqlstate::CONNECTION_FAILURE,
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! A bounded pool of connections to one server for one user. A semaphore with `pool_size` permits bounds the
+//! connections checked out; a connection is only ever created while holding a permit and with no idle one to
+//! reuse, so open connections never exceed `pool_size`. Waiting clients are served in arrival order (the tokio
+//! semaphore is fair). Idle connections wait in a deque: FIFO reuse spreads load (`server_round_robin = true`),
+//! LIFO keeps few connections hot.
+//!
+//! The idle deque sits behind a std `Mutex`: the critical sections are a push or a pop, no `.await` is held
+//! across it, and there is one mutex per server pool, not one for the process.
+
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connect::{connect, ServerCredentials};
+use super::{Address, PoolError, ServerConn, ServerParams};
+
+/// Limits and timeouts of one server pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    /// FIFO (true) or LIFO (false) reuse of idle connections.
+    pub fifo: bool,
+    pub max_message: u32,
+    /// How long a dirty connection's cleanup (ROLLBACK, RESET ALL, ...) may take before it is discarded.
+    pub cleanup_timeout: Duration,
+}
+
+/// Connections to one server for one user.
+#[derive(Debug)]
+pub struct ServerPool {
+    pub address: Arc<Address>,
+    settings: PoolSettings,
+    creds: ServerCredentials,
+    permits: Arc<Semaphore>,
+    idle: Mutex<VecDeque<ServerConn>>,
+    /// Connections open now: idle, checked out, or being cleaned.
+    open: AtomicUsize,
+    /// What a fresh connection reports, captured from the first one: the defaults clients are told at login.
+    defaults: OnceLock<Arc<ServerParams>>,
+}
+
+impl ServerPool {
+    pub fn new(address: Address, settings: PoolSettings, creds: ServerCredentials) -> Arc<Self> {
+        Arc::new(ServerPool {
+            address: Arc::new(address),
+            permits: Arc::new(Semaphore::new(settings.pool_size as usize)),
+            settings,
+            creds,
+            idle: Mutex::new(VecDeque::new()),
+            open: AtomicUsize::new(0),
+            defaults: OnceLock::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Connections currently open.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections now.
+    pub fn idle_count(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<ServerConn>> {
+        // A panic while holding this lock cannot leave the deque inconsistent (push/pop only), so poisoning is
+        // ignored rather than propagated to every later client.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The parameters a fresh server connection reports, once any connection has been made.
+    pub fn server_defaults(&self) -> Option<Arc<ServerParams>> {
+        self.defaults.get().cloned()
+    }
+
+    /// Waits up to `connect_timeout` for a connection: an idle one if any, else a new one.
+    ///
+    /// Cancel-safe: dropping the future gives back the permit and any connection it made.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Pooled, PoolError> {
+        let started = Instant::now();
+        let timeout = self.settings.connect_timeout;
+        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return Err(PoolError::Closed {
+                    server: self.address.to_string(),
+                })
+            }
+            Err(_) => return Err(self.checkout_timeout(started)),
+        };
+        if let Some(conn) = self.take_idle() {
+            return Ok(self.guard(conn, permit));
+        }
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let conn = self.open_new(remaining).await?;
+        Ok(self.guard(conn, permit))
+    }
+
+    fn checkout_timeout(&self, started: Instant) -> PoolError {
+        PoolError::CheckoutTimeout {
+            pool: self.address.pool.clone(),
+            user: self.address.user.clone(),
+            server: format!("{}:{}", self.address.host, self.address.port),
+            waited_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn guard(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Pooled {
+        Pooled {
+            conn: Some(conn),
+            pool: self.clone(),
+            permit: Some(permit),
+        }
+    }
+
+    /// Pops a reusable idle connection, closing any that outlived `server_lifetime`.
+    fn take_idle(&self) -> Option<ServerConn> {
+        let lifetime = self.settings.server_lifetime;
+        loop {
+            let conn = {
+                let mut idle = self.lock_idle();
+                if self.settings.fifo {
+                    idle.pop_front()
+                } else {
+                    idle.pop_back()
+                }
+            }?;
+            if conn.created.elapsed() < lifetime {
+                return Some(conn);
+            }
+            self.discard(conn);
+        }
+    }
+
+    async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
+        let fut = connect(self.address.clone(), &self.creds, self.settings.max_message);
+        let conn = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(PoolError::ConnectTimeout {
+                    server: self.address.to_string(),
+                    ms: timeout.as_millis() as u64,
+                })
+            }
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let _ = self.defaults.set(Arc::new(conn.params.clone()));
+        tracing::debug!(server = %self.address, "opened server connection");
+        Ok(conn)
+    }
+
+    /// Closes a connection and forgets it.
+    fn discard(&self, conn: ServerConn) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(server = %self.address, broken = conn.broken, "closing server connection");
+        if !conn.broken {
+            tokio::spawn(conn.terminate());
+        }
+    }
+
+    /// Takes a connection back. Clean ones go to the idle list at once; dirty ones are cleaned in a task that
+    /// holds the permit until done, so the pool never lends more than `pool_size` connections.
+    fn checkin(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
+        if conn.broken || !conn.rbuf.is_empty() {
+            self.discard(conn);
+            return;
+        }
+        if conn.is_clean() {
+            conn.last_used = Instant::now();
+            self.lock_idle().push_back(conn);
+            drop(permit);
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let cleaned = tokio::time::timeout(pool.settings.cleanup_timeout, conn.clean()).await;
+            match cleaned {
+                Ok(Ok(())) => pool.checkin(conn, permit),
+                Ok(Err(e)) => {
+                    tracing::warn!(server = %pool.address, "cleaning a server connection failed, closing it: {e}");
+                    conn.broken = true;
+                    pool.discard(conn);
+                }
+                Err(_) => {
+                    tracing::warn!(server = %pool.address, "cleaning a server connection timed out, closing it");
+                    conn.broken = true;
+                    pool.discard(conn);
+                }
+            }
+        });
+    }
+
+    /// Closes idle connections past `idle_timeout` (down to `min_pool_size`) or `server_lifetime`, then opens
+    /// connections up to `min_pool_size`.
+    pub async fn maintain(self: &Arc<Self>) {
+        let now = Instant::now();
+        let min = self.settings.min_pool_size as usize;
+        let expired: Vec<ServerConn> = {
+            let mut idle = self.lock_idle();
+            let mut keep = VecDeque::with_capacity(idle.len());
+            let mut out = Vec::new();
+            let mut open = self.open_count();
+            while let Some(c) = idle.pop_front() {
+                let too_old = now.duration_since(c.created) >= self.settings.server_lifetime;
+                let too_idle = now.duration_since(c.last_used) >= self.settings.idle_timeout && open > min;
+                if too_old || too_idle {
+                    open -= 1;
+                    out.push(c);
+                } else {
+                    keep.push_back(c);
+                }
+            }
+            *idle = keep;
+            out
+        };
+        for c in expired {
+            self.discard(c);
+        }
+        while self.open_count() < min {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.open_new(self.settings.connect_timeout).await {
+                Ok(conn) => self.checkin(conn, permit),
+                Err(e) => {
+                    tracing::warn!(server = %self.address, "cannot open min_pool_size connection: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Runs [`ServerPool::maintain`] periodically until the pool is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let weak: Weak<ServerPool> = Arc::downgrade(self);
+        let s = &self.settings;
+        let period = (s.idle_timeout.min(s.server_lifetime) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { break };
+                pool.maintain().await;
+            }
+        });
+    }
+}
+
+/// A checked-out connection. Dropping it returns the connection to its pool (cleaned first when a client left
+/// state on it or a transaction open), or closes it when it is broken.
+#[derive(Debug)]
+pub struct Pooled {
+    conn: Option<ServerConn>,
+    pool: Arc<ServerPool>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Pooled {
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self.pool
+    }
+}
+
+impl Deref for Pooled {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        // `conn` is only taken in Drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) {
+            self.pool.checkin(conn, permit);
+        }
+    }
+}

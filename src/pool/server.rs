@@ -1,0 +1,238 @@
+//! One live server connection and the state Ocelot keeps about it: the parameters the server reported, settings
+//! Ocelot applied on a client's behalf, what a client left behind that must be cleaned before the next client
+//! (SET, PREPARE, LISTEN, cursors), and whether it is still usable.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Address, PoolError, ServerParams};
+use crate::protocol::codes::{backend, txn};
+use crate::protocol::{decode, encode, frame::Header};
+
+/// Where to send a CancelRequest for this connection's running query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Session state a client left on a server that must be undone before another client gets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub reset_all: bool,
+    pub deallocate_all: bool,
+    pub unlisten: bool,
+    pub close_cursors: bool,
+}
+
+impl Dirty {
+    pub fn any(&self) -> bool {
+        self.reset_all || self.deallocate_all || self.unlisten || self.close_cursors
+    }
+
+    /// Updates the flags from a CommandComplete tag the server sent to a client.
+    pub fn observe_tag(&mut self, tag: &[u8]) {
+        let word = tag.split(|&b| b == b' ').next().unwrap_or_default();
+        match word {
+            b"SET" | b"RESET" => self.reset_all = true,
+            b"PREPARE" => self.deallocate_all = true,
+            b"LISTEN" => self.unlisten = true,
+            b"DECLARE" => self.close_cursors = true,
+            b"DISCARD" if tag == b"DISCARD ALL" => *self = Dirty::default(),
+            _ => {}
+        }
+    }
+
+    /// The SQL that undoes what the flags say, or `None` when clean.
+    pub fn cleanup_sql(&self) -> Option<String> {
+        if !self.any() {
+            return None;
+        }
+        let mut sql = String::new();
+        for (flag, stmt) in [
+            (self.close_cursors, "CLOSE ALL;"),
+            (self.unlisten, "UNLISTEN *;"),
+            (self.deallocate_all, "DEALLOCATE ALL;"),
+            (self.reset_all, "RESET ALL;"),
+        ] {
+            if flag {
+                sql.push_str(stmt);
+            }
+        }
+        Some(sql)
+    }
+}
+
+/// An authenticated connection to a PostgreSQL server.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet consumed.
+    pub rbuf: BytesMut,
+    /// Reported parameters, as the server last reported them.
+    pub params: ServerParams,
+    /// Non-reported settings Ocelot applied with SET on a client's behalf.
+    pub applied: ServerParams,
+    pub dirty: Dirty,
+    /// Transaction status from the last ReadyForQuery.
+    pub txn_status: u8,
+    /// Set when the connection can no longer be trusted (I/O error, protocol error, lost sync).
+    pub broken: bool,
+    pub cancel: Arc<CancelTarget>,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub address: Arc<Address>,
+    max_message: u32,
+}
+
+impl ServerConn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        rbuf: BytesMut,
+        params: ServerParams,
+        cancel: CancelTarget,
+        address: Arc<Address>,
+        max_message: u32,
+    ) -> Self {
+        let now = Instant::now();
+        ServerConn {
+            stream,
+            rbuf,
+            params,
+            applied: ServerParams::default(),
+            dirty: Dirty::default(),
+            txn_status: txn::IDLE,
+            broken: false,
+            cancel: Arc::new(cancel),
+            created: now,
+            last_used: now,
+            address,
+            max_message,
+        }
+    }
+
+    /// Largest message this connection accepts from the server.
+    pub fn max_message(&self) -> u32 {
+        self.max_message
+    }
+
+    fn lost(&mut self, reason: impl Into<String>) -> PoolError {
+        self.broken = true;
+        PoolError::Lost {
+            server: self.address.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the connection can go straight back to the idle list.
+    pub fn is_clean(&self) -> bool {
+        !self.broken && self.txn_status == txn::IDLE && !self.dirty.any()
+    }
+
+    /// Runs `sql` (one or more statements) as a simple Query and reads to ReadyForQuery. ParameterStatus messages
+    /// update `params` and are also returned, so a caller can pass changes on to its client. An ErrorResponse
+    /// fails the call but leaves the connection usable; I/O and protocol errors mark it broken.
+    pub async fn run(&mut self, sql: &str) -> Result<Vec<(String, String)>, PoolError> {
+        if !self.rbuf.is_empty() {
+            return Err(self.lost("unread bytes before an internal query"));
+        }
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        encode::query(&mut out, sql);
+        if let Err(e) = self.stream.write_all(&out).await {
+            return Err(self.lost(e.to_string()));
+        }
+        let mut changed = Vec::new();
+        let mut error = None;
+        loop {
+            let h = match Header::parse(&self.rbuf, self.max_message) {
+                Ok(h) => h,
+                Err(e) => return Err(self.lost(e.to_string())),
+            };
+            let Some(h) = h.filter(|h| self.rbuf.len() >= h.total()) else {
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) => return Err(self.lost("server closed the connection")),
+                    Ok(_) => continue,
+                    Err(e) => return Err(self.lost(e.to_string())),
+                }
+            };
+            let msg = self.rbuf.split_to(h.total());
+            let body = &msg[5..];
+            match h.code {
+                backend::READY_FOR_QUERY => {
+                    self.txn_status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
+                    break;
+                }
+                backend::PARAMETER_STATUS => {
+                    if let Ok((k, v)) = decode::parameter_status(body) {
+                        if self.params.set(k, v) {
+                            changed.push((k.to_owned(), v.to_owned()));
+                        }
+                    }
+                }
+                backend::ERROR_RESPONSE => {
+                    error = Some(decode::error_fields(body).unwrap_or_default());
+                }
+                backend::COPY_IN_RESPONSE | backend::COPY_OUT_RESPONSE | backend::COPY_BOTH_RESPONSE => {
+                    return Err(self.lost("internal query started COPY"));
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(fields) => Err(PoolError::Query {
+                server: self.address.to_string(),
+                fields,
+            }),
+            None => Ok(changed),
+        }
+    }
+
+    /// Rolls back an open transaction and undoes session state a client left, so the next client starts clean.
+    pub async fn clean(&mut self) -> Result<(), PoolError> {
+        if self.txn_status != txn::IDLE {
+            self.run("ROLLBACK").await?;
+        }
+        if let Some(sql) = self.dirty.cleanup_sql() {
+            self.run(&sql).await?;
+            if self.dirty.reset_all {
+                self.applied.clear();
+            }
+            self.dirty = Dirty::default();
+        }
+        Ok(())
+    }
+
+    /// Sends Terminate and closes, ignoring errors: used when discarding a connection politely.
+    pub async fn terminate(mut self) {
+        let mut b = BytesMut::with_capacity(5);
+        encode::terminate(&mut b);
+        let _ = self.stream.write_all(&b).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_flags_follow_command_tags() {
+        let mut d = Dirty::default();
+        d.observe_tag(b"SELECT 1");
+        assert!(!d.any());
+        d.observe_tag(b"SET");
+        d.observe_tag(b"PREPARE");
+        assert_eq!(d.cleanup_sql().as_deref(), Some("DEALLOCATE ALL;RESET ALL;"));
+        d.observe_tag(b"DISCARD ALL");
+        assert!(!d.any());
+        d.observe_tag(b"LISTEN");
+        d.observe_tag(b"DECLARE CURSOR");
+        assert_eq!(d.cleanup_sql().as_deref(), Some("CLOSE ALL;UNLISTEN *;"));
+    }
+}
