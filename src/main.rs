@@ -1,1 +1,5 @@
-fn main(){}
+//! The `ocelot` binary: everything lives in the library; see `ocelot::cli`.
+
+fn main() -> std::process::ExitCode {
+    ocelot::cli::main()
+}

@@ -66,6 +66,7 @@ pub enum AdminAuthType {
     #[default]
     Md5,
     Trust,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 

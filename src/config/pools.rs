@@ -85,6 +85,7 @@ pub enum ShardingFunction {
 pub enum AuthType {
     #[default]
     Md5,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Trust,
 }

@@ -1,1 +1,199 @@
-//! placeholder
+//! The client side of Ocelot: the listener, each client's login and session, cancellation and shutdown.
+//! [`Proxy::start`] binds the configured address and serves until [`Proxy::shutdown`] (or SIGINT in the binary).
+
+pub mod cancel;
+pub mod error;
+pub mod login;
+pub mod params;
+pub mod session;
+pub mod shutdown;
+pub mod tracker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::net::{configure_client_socket, Keepalive};
+use crate::pool::Cluster;
+use crate::protocol::encode;
+use cancel::CancelRegistry;
+use error::ClientError;
+use login::Login;
+use session::Session;
+use shutdown::Shutdown;
+
+/// A config and the pools built from it, published together.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub cluster: Arc<Cluster>,
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    state: ArcSwap<Snapshot>,
+    pub cancels: Arc<CancelRegistry>,
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl Shared {
+    /// The current config and pools. Each connection takes one snapshot at login and keeps it.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+}
+
+/// Failure to start the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare user authentication: {0}")]
+    Auth(#[from] crate::protocol::auth::AuthError),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Builds the pools, binds `general.host:general.port` and starts accepting clients.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let addr = format!("{}:{}", config.general.host, config.general.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let cluster = Cluster::build(&config)?;
+        cluster.start();
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(Snapshot {
+                config: Arc::new(config),
+                cluster: Arc::new(cluster),
+            }),
+            cancels: Arc::default(),
+            shutdown: Arc::default(),
+        });
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: "listener".into(),
+            source,
+        })?;
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Proxy {
+            local_addr,
+            shared,
+            accept,
+        })
+    }
+
+    /// The address clients connect to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful shutdown: refuse new clients, disconnect idle ones, let transactions finish, and return when all
+    /// clients are gone or `shutdown_timeout` passed. Returns the number of clients still connected.
+    pub async fn shutdown(self) -> usize {
+        let timeout = Duration::from_millis(self.shared.snapshot().config.general.shutdown_timeout);
+        self.shared.shutdown.begin();
+        let _ = tokio::time::timeout(timeout, self.shared.shutdown.all_clients_gone()).await;
+        self.accept.abort();
+        self.shared.shutdown.client_count()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { handle_client(stream, peer, shared).await });
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _token = shared.shutdown.client_token();
+    let snapshot = shared.snapshot();
+    let g = &snapshot.config.general;
+    configure_client_socket(
+        &stream,
+        Keepalive {
+            idle_s: g.tcp_keepalives_idle,
+            interval_s: g.tcp_keepalives_interval,
+            count: g.tcp_keepalives_count,
+            user_timeout_ms: g.tcp_user_timeout,
+        },
+    );
+    let mut buf = BytesMut::with_capacity(1024);
+    let login_timeout = Duration::from_millis(g.client_login_timeout);
+    let login = match tokio::time::timeout(login_timeout, login::login(&mut stream, &mut buf, &shared)).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::LoginTimeout),
+    };
+    let login = match login {
+        Ok(Login::Cancel { pid, secret }) => {
+            if let Some(target) = shared.cancels.lookup(pid, secret) {
+                if let Err(e) = cancel::send_cancel(&target).await {
+                    tracing::warn!("forwarding a cancel request to {}:{} failed: {e}", target.host, target.port);
+                }
+            }
+            return;
+        }
+        Ok(Login::Ready(l)) => l,
+        Err(e) => {
+            report(&mut stream, &e).await;
+            if e.sqlstate().is_some() {
+                tracing::info!(%peer, "login refused: {e}");
+            }
+            return;
+        }
+    };
+    if g.log_client_connections {
+        tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
+    }
+    let session = Session::new(stream, buf, &login, g.max_message_size, shared.shutdown.subscribe());
+    let result = session.run().await;
+    match &result {
+        Err(e) if e.is_notable() => tracing::warn!(%peer, user = %login.user, "session ended: {e}"),
+        Err(e) => tracing::debug!(%peer, user = %login.user, "session ended: {e}"),
+        Ok(_) => {}
+    }
+    if g.log_client_disconnections {
+        tracing::info!(%peer, user = %login.user, database = %login.database, "client disconnected");
+    }
+}
+
+/// Sends a FATAL ErrorResponse for `e` when the client can still receive it.
+async fn report(stream: &mut TcpStream, e: &ClientError) {
+    if let Some(code) = e.sqlstate() {
+        let mut b = BytesMut::new();
+        encode::error_response(&mut b, e.severity(), code, &e.to_string(), None);
+        let _ = stream.write_all(&b).await;
+        let _ = stream.shutdown().await;
+    }
+}

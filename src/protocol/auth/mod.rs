@@ -100,3 +100,8 @@ mod tests {
         assert!(!format!("{:?}", Secret::parse("hunter2")).contains("hunter2"));
     }
 }
+
+/// Compares two cancel secrets in constant time.
+pub(crate) fn constant_time_eq_i32(a: i32, b: i32) -> bool {
+    constant_time_eq(&a.to_be_bytes(), &b.to_be_bytes())
+}

@@ -1,0 +1,196 @@
+//! The client's side of connection start-up: SSL/GSSENC negotiation (declined), CancelRequest, the
+//! StartupMessage, authentication by the user's `auth_type` (md5, scram-sha-256, trust), and the greeting
+//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery) that PostgreSQL sends.
+//! <https://www.postgresql.org/docs/15/protocol-flow.html#PROTOCOL-FLOW-START-UP>
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::cancel::Registration;
+use super::error::ClientError;
+use super::params::ClientParams;
+use super::Shared;
+use crate::config::AuthType;
+use crate::net::{read_message, read_startup_packet};
+use crate::pool::{ServerParams, UserPool};
+use crate::protocol::auth::{md5, scram, AuthError, ScramServer};
+use crate::protocol::codes::{frontend, txn};
+use crate::protocol::startup::{self, StartupRequest};
+use crate::protocol::{decode, encode, ProtocolError};
+
+/// Largest authentication message a client may send (passwords and SASL messages are small).
+const MAX_AUTH_MESSAGE: u32 = 8192;
+
+/// What a new connection turned out to be.
+pub enum Login {
+    Cancel { pid: i32, secret: i32 },
+    Ready(Box<LoggedIn>),
+}
+
+/// An authenticated client, greeted and ready for queries.
+pub struct LoggedIn {
+    pub pool: Arc<UserPool>,
+    pub params: ClientParams,
+    pub registration: Registration,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+}
+
+/// Runs start-up and authentication. The caller applies `client_login_timeout`.
+pub async fn login(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Login, ClientError> {
+    let (minor, params) = loop {
+        let packet = read_startup_packet(stream, buf).await?;
+        match startup::parse(&packet)? {
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                // No TLS or GSS configured: 'N' tells the client to go on in plaintext.
+                stream.write_all(b"N").await?;
+            }
+            StartupRequest::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
+            StartupRequest::Unsupported { major, minor } => {
+                return Err(ClientError::UnsupportedProtocol(major, minor))
+            }
+            StartupRequest::Startup { minor, params } => break (minor, params),
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let user = get("user").filter(|u| !u.is_empty()).ok_or(ClientError::NoUser)?.to_owned();
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let application_name = get("application_name").unwrap_or_default().to_owned();
+    if shared.shutdown.is_draining() {
+        return Err(ClientError::ShuttingDown);
+    }
+    let snapshot = shared.snapshot();
+    let pool = match snapshot.cluster.get(&database, &user) {
+        Some(p) => p.clone(),
+        None if !snapshot.cluster.has_database(&database) => {
+            return Err(ClientError::UnknownDatabase(database))
+        }
+        None => return Err(ClientError::UnknownRole(user)),
+    };
+
+    let mut out = BytesMut::with_capacity(512);
+    let unrecognised: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if minor > 0 || !unrecognised.is_empty() {
+        encode::negotiate_protocol_version(&mut out, 0, &unrecognised);
+    }
+    authenticate(stream, buf, &mut out, &pool, &user).await?;
+
+    // Clients are told the parameters of a real server session; the first connection of the pool provides them.
+    let defaults = server_defaults(&pool).await?;
+    let client_params = ClientParams::from_startup(&defaults, &params);
+    let registration = shared.cancels.register();
+    encode::auth_ok(&mut out);
+    for (k, v) in defaults.iter() {
+        let v = client_params.tracked.get(k).unwrap_or(v);
+        encode::parameter_status(&mut out, k, v);
+    }
+    encode::backend_key_data(&mut out, registration.slot.pid, registration.slot.secret);
+    encode::ready_for_query(&mut out, txn::IDLE);
+    stream.write_all(&out).await?;
+    Ok(Login::Ready(Box::new(LoggedIn {
+        pool,
+        params: client_params,
+        registration,
+        user,
+        database,
+        application_name,
+    })))
+}
+
+async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientError> {
+    let target = pool.target();
+    if let Some(d) = target.server_defaults() {
+        return Ok(d);
+    }
+    let conn = target.checkout().await?;
+    drop(conn);
+    Ok(target.server_defaults().unwrap_or_default())
+}
+
+async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    pool: &UserPool,
+    user: &str,
+) -> Result<(), ClientError> {
+    let wrong = || ClientError::WrongPassword(user.to_owned());
+    match pool.auth.auth_type {
+        AuthType::Trust => Ok(()),
+        AuthType::Md5 => {
+            let salt: [u8; 4] = rand::rng().random();
+            encode::auth_md5(out, salt);
+            flush(stream, out).await?;
+            let body = read_password_message(stream, buf).await?;
+            let response = decode::password(&body)?;
+            match &pool.auth.secret {
+                Some(secret) if md5::verify(secret, user, salt, response) => Ok(()),
+                _ => Err(wrong()),
+            }
+        }
+        AuthType::ScramSha256 => {
+            let Some(verifier) = pool.auth.scram.clone() else {
+                return Err(wrong());
+            };
+            let auth_err = |source: AuthError| match source {
+                AuthError::WrongPassword => wrong(),
+                source => ClientError::AuthProtocol {
+                    user: user.to_owned(),
+                    source,
+                },
+            };
+            encode::auth_sasl(out, &[scram::MECHANISM]);
+            flush(stream, out).await?;
+            let body = read_password_message(stream, buf).await?;
+            let (mechanism, first) = decode::sasl_initial_response(&body)?;
+            if mechanism != scram::MECHANISM {
+                return Err(ClientError::AuthProtocol {
+                    user: user.to_owned(),
+                    source: AuthError::Unsupported("only SCRAM-SHA-256 is offered"),
+                });
+            }
+            let mut server = ScramServer::new(verifier);
+            let server_first = server.client_first(first).map_err(auth_err)?;
+            encode::auth_sasl_continue(out, server_first.as_bytes());
+            flush(stream, out).await?;
+            let body = read_password_message(stream, buf).await?;
+            let server_final = server.client_final(&body).map_err(auth_err)?;
+            encode::auth_sasl_final(out, server_final.as_bytes());
+            Ok(())
+        }
+    }
+}
+
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), ClientError> {
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, ClientError> {
+    let (code, body) = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;
+    if code != frontend::PASSWORD {
+        return Err(ProtocolError::Unexpected {
+            got: code as char,
+            expected: "a password message",
+        }
+        .into());
+    }
+    Ok(body)
+}

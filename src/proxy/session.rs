@@ -1,0 +1,403 @@
+//! The life of a logged-in client: messages are forwarded as bytes between the client and whichever server it
+//! holds, checked out on its first message and (in transaction mode) given back as soon as the server says the
+//! session is idle and owes nothing. Only message headers are read on the way, plus the bodies of the few server
+//! messages that change what Ocelot tracks (ReadyForQuery, ParameterStatus, CommandComplete, CopyInResponse).
+//! Large messages are streamed through in pieces, so memory per client stays bounded.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::cancel::CancelSlot;
+use super::error::ClientError;
+use super::login::LoggedIn;
+use super::params::ClientParams;
+use super::tracker::TxnTracker;
+use crate::config::PoolMode;
+use crate::pool::params::is_tracked;
+use crate::pool::{PoolError, Pooled, ServerConn, UserPool};
+use crate::protocol::codes::{backend, frontend, txn};
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::frame::{Piece, Splitter};
+use crate::protocol::{decode, ProtocolError};
+
+/// Read buffers grow to at least this much free space before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Server messages whose bodies Ocelot reads.
+fn server_inspects(code: u8) -> bool {
+    matches!(
+        code,
+        backend::READY_FOR_QUERY
+            | backend::PARAMETER_STATUS
+            | backend::COMMAND_COMPLETE
+            | backend::COPY_IN_RESPONSE
+    )
+}
+
+/// How a session ended normally.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client sent Terminate or closed its socket.
+    ClientLeft,
+    /// Shutdown: the client was told and disconnected.
+    Shutdown,
+}
+
+/// One client's session.
+pub struct Session {
+    client: TcpStream,
+    cbuf: BytesMut,
+    csplit: Splitter,
+    server: Option<Pooled>,
+    ssplit: Splitter,
+    tracker: TxnTracker,
+    pool: Arc<UserPool>,
+    mode: PoolMode,
+    params: ClientParams,
+    slot: Arc<CancelSlot>,
+    /// After a failed checkout in the extended protocol: drop messages up to Sync, as a server would.
+    discard_until_sync: bool,
+    /// Messages Ocelot itself must send to the client before the next forwarded bytes.
+    out: BytesMut,
+    draining: watch::Receiver<bool>,
+}
+
+impl Session {
+    pub fn new(
+        client: TcpStream,
+        cbuf: BytesMut,
+        login: &LoggedIn,
+        max_message: u32,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        Session {
+            client,
+            cbuf,
+            csplit: Splitter::new(max_message),
+            server: None,
+            ssplit: Splitter::new(u32::MAX),
+            tracker: TxnTracker::default(),
+            pool: login.pool.clone(),
+            mode: login.pool.settings.pool_mode,
+            params: login.params.clone(),
+            slot: login.registration.slot.clone(),
+            discard_until_sync: false,
+            out: BytesMut::new(),
+            draining,
+        }
+    }
+
+    /// Runs until the client leaves, an error ends the session, or shutdown. On error, the client is sent an
+    /// ErrorResponse when it can still hear one.
+    pub async fn run(mut self) -> Result<End, ClientError> {
+        let result = self.run_inner().await;
+        match &result {
+            Err(e) => {
+                if let Some(code) = e.sqlstate() {
+                    let mut b = BytesMut::new();
+                    encode::error_response(&mut b, Severity::Fatal, code, &e.to_string(), None);
+                    let _ = self.client.write_all(&b).await;
+                }
+            }
+            Ok(End::Shutdown) => {
+                let e = ClientError::AdminShutdown;
+                let mut b = BytesMut::new();
+                encode::error_response(&mut b, Severity::Fatal, e.sqlstate().unwrap_or_default(), &e.to_string(), None);
+                let _ = self.client.write_all(&b).await;
+            }
+            Ok(End::ClientLeft) => {}
+        }
+        self.release_on_exit();
+        result
+    }
+
+    /// A server still in the middle of answering cannot be cleaned reliably: it is closed instead.
+    fn release_on_exit(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            if self.tracker.is_busy() || self.csplit.is_streaming() || self.ssplit.is_streaming() {
+                server.broken = true;
+            }
+            self.slot.detach();
+        }
+    }
+
+    async fn run_inner(&mut self) -> Result<End, ClientError> {
+        let mut draining = *self.draining.borrow();
+        loop {
+            if draining && self.server.is_none() {
+                return Ok(End::Shutdown);
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < READ_CHUNK {
+                self.cbuf.reserve(READ_CHUNK);
+            }
+            let event = match self.server.as_mut() {
+                Some(pooled) => {
+                    let server: &mut ServerConn = pooled;
+                    if server.rbuf.capacity() - server.rbuf.len() < READ_CHUNK {
+                        server.rbuf.reserve(READ_CHUNK);
+                    }
+                    // Both reads are cancel-safe: bytes read stay in their buffers.
+                    tokio::select! {
+                        r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
+                        r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                        _ = self.draining.changed(), if !draining => Event::Draining,
+                    }
+                }
+                None => tokio::select! {
+                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                    _ = self.draining.changed(), if !draining => Event::Draining,
+                },
+            };
+            match event {
+                Event::Server(Ok(0)) => return Err(self.server_lost("server closed the connection")),
+                Event::Server(Ok(_)) => self.from_server().await?,
+                Event::Server(Err(e)) => return Err(self.server_lost(&e.to_string())),
+                Event::Client(r) => {
+                    if r? == 0 {
+                        return Ok(End::ClientLeft);
+                    }
+                    if let Some(end) = self.from_client().await? {
+                        return Ok(end);
+                    }
+                }
+                Event::Draining => draining = true,
+            }
+            if draining && self.server.is_some() && self.tracker.is_idle() && self.cbuf.is_empty() {
+                self.release();
+                return Ok(End::Shutdown);
+            }
+        }
+    }
+
+    fn server_lost(&mut self, reason: &str) -> ClientError {
+        if let Some(s) = self.server.as_mut() {
+            s.broken = true;
+            tracing::warn!(server = %s.address, "server connection lost: {reason}");
+        }
+        ClientError::ServerLost(reason.to_owned())
+    }
+
+    fn release(&mut self) {
+        if self.server.take().is_some() {
+            self.slot.detach();
+        }
+    }
+
+    /// Handles what the client sent: forwards whole runs of bytes to the server, checking one out first when
+    /// needed. Returns `Some` when the client asked to terminate.
+    async fn from_client(&mut self) -> Result<Option<End>, ClientError> {
+        let mut fwd = 0usize;
+        loop {
+            let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |_| false)? else {
+                break;
+            };
+            let code = piece.code();
+            let starts = piece.starts_message();
+            if starts && !frontend::is_known(code) {
+                return Err(ProtocolError::UnknownType(code).into());
+            }
+            if starts && code == frontend::TERMINATE {
+                self.forward_client(&mut fwd).await?;
+                return Ok(Some(End::ClientLeft));
+            }
+            if self.server.is_none() {
+                // Nothing was forwarded yet in this call, since forwarding needs a server.
+                debug_assert_eq!(fwd, 0);
+                if self.skip_without_server(&piece).await? {
+                    continue;
+                }
+                if let Err(e) = self.attach().await {
+                    self.checkout_failed(e, &piece).await?;
+                    continue;
+                }
+            }
+            if starts {
+                self.tracker.client_message(code);
+            }
+            fwd += piece.len();
+        }
+        self.forward_client(&mut fwd).await?;
+        let wanted = self.csplit.wanted(&self.cbuf);
+        if wanted > self.cbuf.capacity() {
+            self.cbuf.reserve(wanted - self.cbuf.len());
+        }
+        Ok(None)
+    }
+
+    /// Drops or answers a piece that needs no server. Returns true when the piece was consumed.
+    async fn skip_without_server(&mut self, piece: &Piece) -> Result<bool, ClientError> {
+        let code = piece.code();
+        let starts = piece.starts_message();
+        let consume = |s: &mut Self| s.cbuf.advance(piece.len());
+        if self.discard_until_sync {
+            consume(self);
+            if starts && (code == frontend::SYNC || code == frontend::QUERY) {
+                self.discard_until_sync = false;
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+                self.flush_out().await?;
+            }
+            return Ok(true);
+        }
+        // A message continued without a server is one being dropped; stray COPY messages after a COPY ended
+        // are dropped by PostgreSQL too.
+        if !starts || matches!(code, frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL | frontend::FLUSH) {
+            consume(self);
+            return Ok(true);
+        }
+        if code == frontend::SYNC {
+            consume(self);
+            encode::ready_for_query(&mut self.out, txn::IDLE);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Tells the client its request could not get a server, and skips the request as a server would skip a
+    /// failed one: a Query is answered with ReadyForQuery, extended messages are dropped up to Sync.
+    async fn checkout_failed(&mut self, e: PoolError, piece: &Piece) -> Result<(), ClientError> {
+        tracing::warn!(pool = %self.pool.database, user = %self.pool.user, "{e}");
+        encode::error_response(&mut self.out, Severity::Error, e.sqlstate(), &e.to_string(), None);
+        if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
+            self.discard_until_sync = false;
+            self.cbuf.advance(piece.len());
+            if !self.csplit.is_streaming() {
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+            } else {
+                // The rest of the Query arrives later and is dropped; answer when it ends.
+                self.discard_until_sync = true;
+            }
+        } else {
+            self.discard_until_sync = true;
+            self.cbuf.advance(piece.len());
+            if piece.code() == frontend::SYNC {
+                self.discard_until_sync = false;
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+            }
+        }
+        self.flush_out().await
+    }
+
+    /// Checks out a server and brings its session in line with this client's parameters.
+    async fn attach(&mut self) -> Result<(), PoolError> {
+        let target = self.pool.target().clone();
+        let mut server = target.checkout().await?;
+        if let Some(sql) = self.params.sync_sql(&server.params, &server.applied) {
+            let changed = server.run(&sql).await?;
+            let conn = &mut *server;
+            self.params.after_sync(&conn.params, &mut conn.applied);
+            // The client hears about values the server spelled differently from what it was told.
+            for (k, v) in changed {
+                if is_tracked(&k) {
+                    encode::parameter_status(&mut self.out, &k, &v);
+                }
+            }
+        }
+        self.slot.attach(&server.cancel);
+        self.ssplit = Splitter::new(server.max_message());
+        self.tracker = TxnTracker::default();
+        self.server = Some(server);
+        Ok(())
+    }
+
+    async fn flush_out(&mut self) -> Result<(), ClientError> {
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn forward_client(&mut self, fwd: &mut usize) -> Result<(), ClientError> {
+        if *fwd == 0 {
+            return Ok(());
+        }
+        let n = std::mem::take(fwd);
+        let Some(server) = self.server.as_mut() else {
+            self.cbuf.advance(n);
+            return Ok(());
+        };
+        if let Err(e) = server.stream.write_all(&self.cbuf[..n]).await {
+            return Err(self.server_lost(&e.to_string()));
+        }
+        self.cbuf.advance(n);
+        Ok(())
+    }
+
+    /// Handles what the server sent: tracks state from the inspected messages and forwards everything to the
+    /// client in one write, then gives the server back when the transaction is over.
+    async fn from_server(&mut self) -> Result<(), ClientError> {
+        let Some(pooled) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let server: &mut ServerConn = pooled;
+        let mut fwd = 0usize;
+        let mut saw_rfq = false;
+        loop {
+            let piece = match self.ssplit.next(&server.rbuf[fwd..], server_inspects) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    server.broken = true;
+                    return Err(ClientError::ServerLost(format!("invalid message from server: {e}")));
+                }
+            };
+            if let Piece::Whole(h) = piece {
+                let ServerConn {
+                    rbuf, params, dirty, txn_status, ..
+                } = &mut *server;
+                let body = &rbuf[fwd + 5..fwd + h.total()];
+                match h.code {
+                    backend::READY_FOR_QUERY => {
+                        let status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
+                        *txn_status = status;
+                        self.tracker.server_message(h.code, Some(status));
+                        saw_rfq = true;
+                    }
+                    backend::PARAMETER_STATUS => {
+                        if let Ok((k, v)) = decode::parameter_status(body) {
+                            params.set(k, v);
+                            if is_tracked(k) {
+                                self.params.tracked.set(k, v);
+                            }
+                        }
+                    }
+                    backend::COMMAND_COMPLETE => {
+                        if let Ok(tag) = decode::command_tag(body) {
+                            dirty.observe_tag(tag);
+                        }
+                    }
+                    code => self.tracker.server_message(code, None),
+                }
+            } else if piece.starts_message() {
+                self.tracker.server_message(piece.code(), None);
+            }
+            fwd += piece.len();
+        }
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.client.write_all(&server.rbuf[..fwd]).await?;
+        server.rbuf.advance(fwd);
+        let wanted = self.ssplit.wanted(&server.rbuf);
+        let have = server.rbuf.len();
+        if wanted > server.rbuf.capacity() {
+            server.rbuf.reserve(wanted - have);
+        }
+        if saw_rfq && self.mode == PoolMode::Transaction && self.tracker.is_idle() {
+            self.release();
+        }
+        Ok(())
+    }
+}
+
+enum Event {
+    Server(std::io::Result<usize>),
+    Client(std::io::Result<usize>),
+    Draining,
+}

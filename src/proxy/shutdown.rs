@@ -1,0 +1,73 @@
+//! Shutdown coordination. SIGINT (or [`Shutdown::begin`]) moves the proxy to draining: new logins are refused,
+//! idle clients are told and disconnected, clients inside a transaction finish it first; the process exits when
+//! every client is gone or `shutdown_timeout` has passed. SIGTERM exits at once (handled by the binary).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+/// Shared shutdown state.
+#[derive(Debug)]
+pub struct Shutdown {
+    draining: watch::Sender<bool>,
+    clients: AtomicUsize,
+    all_gone: Notify,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            draining: watch::channel(false).0,
+            clients: AtomicUsize::new(0),
+            all_gone: Notify::new(),
+        }
+    }
+}
+
+/// Counts a client for as long as it lives.
+#[derive(Debug)]
+pub struct ClientToken(Arc<Shutdown>);
+
+impl Drop for ClientToken {
+    fn drop(&mut self) {
+        if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_gone.notify_waiters();
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn begin(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// A receiver that changes to `true` when draining starts.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    pub fn client_token(self: &Arc<Self>) -> ClientToken {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientToken(self.clone())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no client is left.
+    pub async fn all_clients_gone(&self) {
+        loop {
+            let notified = self.all_gone.notified();
+            if self.client_count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
