@@ -137,10 +137,20 @@ impl ServerPool {
                     idle.pop_back()
                 }
             }?;
-            if conn.created.elapsed() < lifetime {
+            if conn.created.elapsed() < lifetime && !Self::closed_while_idle(&conn) {
                 return Some(conn);
             }
             self.discard(conn);
+        }
+    }
+
+    /// An idle server has nothing to say; readable bytes or EOF mean it was terminated (e.g. by
+    /// `pg_terminate_backend`) or broke. One non-blocking read, so a dead connection is never handed out.
+    fn closed_while_idle(conn: &ServerConn) -> bool {
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            _ => true,
         }
     }
 

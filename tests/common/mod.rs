@@ -1,0 +1,271 @@
+//! Test harness: real PostgreSQL 15 clusters in temporary directories on free loopback ports, and Ocelot running
+//! in-process on port 0. A template cluster is initialised once per machine (initdb is the slow part) and copied
+//! for each test; every cluster is stopped when its handle drops, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use ocelot::config::Config;
+use ocelot::proxy::Proxy;
+
+pub const MD5_USER: (&str, &str) = ("md5user", "md5pass");
+pub const SCRAM_USER: (&str, &str) = ("scramuser", "scrampass");
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Runs a PostgreSQL server program as `postgres` when we are root (initdb refuses root).
+fn pg_command(program: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut c: Command) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        run({
+            let mut c = Command::new("chown");
+            c.args(["-R", "postgres:postgres"]).arg(path);
+            c
+        });
+    }
+}
+
+fn make_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).ok();
+    chown_postgres(&dir);
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.finish()
+}
+
+/// The template data directory: roles md5user (md5-hashed password), scramuser (SCRAM), database `app`, and
+/// pg_hba rules that make PostgreSQL itself ask for md5, SCRAM or nothing.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let stable = std::env::temp_dir().join("ocelot-pg-template-v1");
+        if stable.join("data").join("READY").exists() {
+            return stable.join("data");
+        }
+        let dir = make_dir("ocelot-pg-template-build");
+        let data = dir.join("data");
+        run({
+            let mut c = pg_command("initdb");
+            c.args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "-D"]).arg(&data);
+            c
+        });
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhost all md5user 127.0.0.1/32 md5\nhost all scramuser 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+        )
+        .expect("pg_hba");
+        let pg = Postgres::start_from(&data, true);
+        pg.psql_admin(&format!(
+            "SET password_encryption = 'md5'; CREATE ROLE {} LOGIN PASSWORD '{}';
+             SET password_encryption = 'scram-sha-256'; CREATE ROLE {} LOGIN PASSWORD '{}';",
+            MD5_USER.0, MD5_USER.1, SCRAM_USER.0, SCRAM_USER.1
+        ));
+        pg.psql_admin("CREATE DATABASE app");
+        pg.psql_admin_db("app", "GRANT ALL ON SCHEMA public TO PUBLIC;");
+        run({
+            let mut c = pg_command("pg_ctl");
+            c.args(["-w", "-D"]).arg(&data).args(["-m", "fast", "stop"]).stdout(Stdio::null());
+            c
+        });
+        std::mem::forget(pg);
+        std::fs::write(data.join("READY"), "").expect("marker");
+        if std::fs::rename(&dir, &stable).is_err() {
+            // Another test binary finished first: use its template.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        stable.join("data")
+    })
+}
+
+/// A running PostgreSQL server, stopped and deleted on drop.
+pub struct Postgres {
+    pub port: u16,
+    pub data: PathBuf,
+    owned_dir: Option<PathBuf>,
+}
+
+impl Postgres {
+    /// A fresh server copied from the template.
+    pub fn start() -> Postgres {
+        let src = template();
+        let dir = make_dir("ocelot-pg");
+        let data = dir.join("data");
+        run({
+            let mut c = pg_command("cp");
+            c.arg("-a").arg(src).arg(&data);
+            c
+        });
+        let mut pg = Postgres::start_from(&data, false);
+        pg.owned_dir = Some(dir);
+        pg
+    }
+
+    fn start_from(data: &Path, _template: bool) -> Postgres {
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            data.display()
+        );
+        run({
+            let mut c = pg_command("pg_ctl");
+            c.args(["-w", "-t", "60", "-D"]).arg(data).args(["-l"]).arg(data.join("log")).args(["-o", &opts, "start"]);
+            c.stdout(Stdio::null());
+            c
+        });
+        Postgres {
+            port,
+            data: data.to_owned(),
+            owned_dir: None,
+        }
+    }
+
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Runs SQL as superuser on database `postgres`, directly (not through Ocelot).
+    pub fn psql_admin(&self, sql: &str) -> String {
+        self.psql_admin_db("postgres", sql)
+    }
+
+    pub fn psql_admin_db(&self, db: &str, sql: &str) -> String {
+        let out = run({
+            let mut c = Command::new("psql");
+            c.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .arg(self.port.to_string())
+                .args(["-d", db, "-c", sql]);
+            c
+        });
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(dir) = &self.owned_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A config with one pool `app` on `pg` for users postgres (trust), md5user and scramuser.
+pub fn config_toml(pg_port: u16, pool_size: u32, extra_general: &str, extra_pool: &str) -> String {
+    format!(
+        r#"
+[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+connect_timeout = 5000
+{extra_general}
+
+[pools.app]
+{extra_pool}
+
+[pools.app.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = {pool_size}
+
+[pools.app.users.1]
+username = "{md5u}"
+password = "{md5p}"
+auth_type = "md5"
+pool_size = {pool_size}
+
+[pools.app.users.2]
+username = "{scu}"
+password = "{scp}"
+auth_type = "scram-sha-256"
+pool_size = {pool_size}
+
+[pools.app.shards.0]
+database = "app"
+servers = [["127.0.0.1", {pg_port}, "primary"]]
+"#,
+        md5u = MD5_USER.0,
+        md5p = MD5_USER.1,
+        scu = SCRAM_USER.0,
+        scp = SCRAM_USER.1,
+    )
+}
+
+pub async fn start_proxy(toml: &str) -> Proxy {
+    let loaded = Config::parse_and_validate(toml).expect("valid test config");
+    Proxy::start(loaded.config).await.expect("proxy starts")
+}
+
+/// Connects tokio-postgres through `port`, driving the connection in a task.
+pub async fn connect(port: u16, user: &str, password: Option<&str>, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(port).user(user).dbname(db);
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Runs a command and returns (success, stdout, stderr).
+pub fn run_tool(mut c: Command) -> (bool, String, String) {
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
