@@ -33,7 +33,13 @@ struct Args {
     #[arg(short = 'l', long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log format.
-    #[arg(short = 'F', long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        short = 'F',
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     /// Disable colours in text logs.
     #[arg(short = 'n', long, env = "NO_COLOR")]
@@ -86,7 +92,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(i), Ok(t)) => (i, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("ocelot: cannot install signal handlers: {e}");
@@ -100,7 +109,11 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing::info!("ocelot {} listening on {}", env!("CARGO_PKG_VERSION"), proxy.local_addr());
+    tracing::info!(
+        "ocelot {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        proxy.local_addr()
+    );
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {
@@ -109,7 +122,10 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     let timeout = Duration::from_millis(proxy.shared().snapshot().config.general.shutdown_timeout);
-    tracing::info!("SIGINT: draining clients for up to {} ms", timeout.as_millis());
+    tracing::info!(
+        "SIGINT: draining clients for up to {} ms",
+        timeout.as_millis()
+    );
     tokio::select! {
         left = proxy.shutdown() => {
             if left > 0 {

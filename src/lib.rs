@@ -8,6 +8,7 @@
 //! query router and the in-proxy `pgml.*` API.
 
 #![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cli;
 pub mod config;

@@ -16,32 +16,44 @@ use tokio_postgres::SimpleQueryMessage;
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
 }
 
 async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let r = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let r = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows(&r)[0][0].clone().unwrap_or_default()
 }
 
 /// Backends Ocelot holds on the server (everything but our own admin session).
 fn server_backends(pg: &Postgres) -> usize {
-    pg.psql_admin("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()")
-        .parse()
-        .unwrap_or(0)
+    pg.psql_admin(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()",
+    )
+    .parse()
+    .unwrap_or(0)
 }
 
 #[tokio::test]
 async fn simple_and_extended_queries() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
-    let c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     assert_eq!(one(&c, "SELECT 40 + 2").await, "42");
     let r = c
-        .query_typed("SELECT $1::int4 * 2, $2::text", &[(&21i32, Type::INT4), (&"hé", Type::TEXT)])
+        .query_typed(
+            "SELECT $1::int4 * 2, $2::text",
+            &[(&21i32, Type::INT4), (&"hé", Type::TEXT)],
+        )
         .await
         .unwrap();
     assert_eq!(r[0].get::<_, i32>(0), 42);
@@ -51,13 +63,18 @@ async fn simple_and_extended_queries() {
     assert_eq!(rows(&r).len(), 2);
     c.simple_query("").await.unwrap();
     // Errors keep their SQLSTATE and the session goes on.
-    let e = c.simple_query("SELECT * FROM missing_table").await.unwrap_err();
+    let e = c
+        .simple_query("SELECT * FROM missing_table")
+        .await
+        .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42P01");
     let e = c.query_typed("SELEC 1", &[]).await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42601");
     assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
     // Notices pass through.
-    c.simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$").await.unwrap();
+    c.simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -66,14 +83,19 @@ async fn transactions_and_errors_mid_transaction() {
     let proxy = start_proxy(&config_toml(pg.port, 3, "", "")).await;
     let port = proxy.local_addr().port();
     let mut c = connect(port, "postgres", None, "app").await.unwrap();
-    c.simple_query("CREATE TABLE t (id int primary key)").await.unwrap();
+    c.simple_query("CREATE TABLE t (id int primary key)")
+        .await
+        .unwrap();
     {
         let tx = c.transaction().await.unwrap();
         tx.simple_query("INSERT INTO t VALUES (1)").await.unwrap();
         // Another client does not see the uncommitted row, and gets another server.
         let other = connect(port, "postgres", None, "app").await.unwrap();
         assert_eq!(one(&other, "SELECT count(*) FROM t").await, "0");
-        let e = tx.simple_query("INSERT INTO t VALUES (1)").await.unwrap_err();
+        let e = tx
+            .simple_query("INSERT INTO t VALUES (1)")
+            .await
+            .unwrap_err();
         assert_eq!(e.code().unwrap().code(), "23505");
         let e = tx.simple_query("SELECT 1").await.unwrap_err();
         assert_eq!(e.code().unwrap().code(), "25P02");
@@ -90,26 +112,41 @@ async fn transactions_and_errors_mid_transaction() {
 async fn copy_in_and_out() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
-    let mut c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
-    c.simple_query("CREATE TABLE c (a int, b text)").await.unwrap();
+    let mut c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    c.simple_query("CREATE TABLE c (a int, b text)")
+        .await
+        .unwrap();
     // tokio-postgres prepares COPY as a named statement, so it runs inside a transaction (see issue 3 for
     // named statements across transactions).
     let tx = c.transaction().await.unwrap();
     let sink = tx.copy_in("COPY c FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     for chunk in 0..50 {
-        let data: String = (0..1000).map(|i| format!("{}\trow {}\n", chunk * 1000 + i, i)).collect();
+        let data: String = (0..1000)
+            .map(|i| format!("{}\trow {}\n", chunk * 1000 + i, i))
+            .collect();
         sink.send(bytes::Bytes::from(data)).await.unwrap();
     }
     assert_eq!(sink.finish().await.unwrap(), 50_000);
-    let stream = tx.copy_out("COPY (SELECT a FROM c ORDER BY a) TO STDOUT").await.unwrap();
+    let stream = tx
+        .copy_out("COPY (SELECT a FROM c ORDER BY a) TO STDOUT")
+        .await
+        .unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     let text: Vec<u8> = chunks.concat();
     assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 50_000);
     tx.commit().await.unwrap();
-    assert_eq!(one(&c, "SELECT sum(a) FROM c").await, (0..50_000i64).sum::<i64>().to_string());
+    assert_eq!(
+        one(&c, "SELECT sum(a) FROM c").await,
+        (0..50_000i64).sum::<i64>().to_string()
+    );
     // A failing COPY leaves the session usable.
-    let e = c.simple_query("COPY c FROM STDIN WITH (FORMAT nonsense)").await.unwrap_err();
+    let e = c
+        .simple_query("COPY c FROM STDIN WITH (FORMAT nonsense)")
+        .await
+        .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
     assert_eq!(one(&c, "SELECT 1").await, "1");
 }
@@ -122,11 +159,15 @@ async fn cancel_reaches_the_right_server() {
     let a = connect(port, "postgres", None, "app").await.unwrap();
     let b = connect(port, "postgres", None, "app").await.unwrap();
     let token = a.cancel_token();
-    let bystander = tokio::spawn(async move { b.simple_query("SELECT pg_sleep(1.5), 'b done'").await });
+    let bystander =
+        tokio::spawn(async move { b.simple_query("SELECT pg_sleep(1.5), 'b done'").await });
     let slow = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.unwrap_err().code().unwrap().code(), "57014");
     let b = bystander.await.unwrap().unwrap();
     assert_eq!(rows(&b)[0][1].as_deref(), Some("b done"));
@@ -145,15 +186,23 @@ async fn many_clients_share_few_servers() {
     let proxy = start_proxy(&config_toml(pg.port, 5, "", "")).await;
     let port = proxy.local_addr().port();
     let setup = connect(port, "postgres", None, "app").await.unwrap();
-    setup.simple_query("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)").await.unwrap();
+    setup
+        .simple_query("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)")
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..50 {
         tasks.push(tokio::spawn(async move {
             let mut c = connect(port, "postgres", None, "app").await.unwrap();
             for j in 0..20 {
                 let tx = c.transaction().await.unwrap();
-                tx.simple_query("UPDATE counter SET n = n + 1").await.unwrap();
-                let r = tx.query_typed("SELECT $1::int", &[(&(i * 100 + j), Type::INT4)]).await.unwrap();
+                tx.simple_query("UPDATE counter SET n = n + 1")
+                    .await
+                    .unwrap();
+                let r = tx
+                    .query_typed("SELECT $1::int", &[(&(i * 100 + j), Type::INT4)])
+                    .await
+                    .unwrap();
                 assert_eq!(r[0].get::<_, i32>(0), i * 100 + j);
                 tx.commit().await.unwrap();
             }
@@ -163,7 +212,10 @@ async fn many_clients_share_few_servers() {
         t.await.unwrap();
     }
     assert_eq!(one(&setup, "SELECT n FROM counter").await, "1000");
-    assert!(server_backends(&pg) <= 5, "at most pool_size server connections");
+    assert!(
+        server_backends(&pg) <= 5,
+        "at most pool_size server connections"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +249,9 @@ async fn server_credentials_differ_from_client_credentials() {
         ),
     );
     let proxy = start_proxy(&toml).await;
-    let c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     assert_eq!(one(&c, "SELECT current_user").await, SCRAM_USER.0);
 }
 
@@ -236,7 +290,13 @@ async fn read_error_code(s: &mut TcpStream) -> Option<String> {
 #[tokio::test]
 async fn bad_input_gets_protocol_violation_and_others_keep_working() {
     let pg = Postgres::start();
-    let proxy = start_proxy(&config_toml(pg.port, 2, "client_login_timeout = 300\nmax_message_size = 65536", "")).await;
+    let proxy = start_proxy(&config_toml(
+        pg.port,
+        2,
+        "client_login_timeout = 300\nmax_message_size = 65536",
+        "",
+    ))
+    .await;
     let port = proxy.local_addr().port();
     let bystander = connect(port, "postgres", None, "app").await.unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -247,27 +307,51 @@ async fn bad_input_gets_protocol_violation_and_others_keep_working() {
     for (what, bytes) in cases {
         let mut s = raw_login(port).await;
         s.write_all(&bytes).await.unwrap();
-        assert_eq!(read_error_code(&mut s).await.as_deref(), Some("08P01"), "{what}");
+        assert_eq!(
+            read_error_code(&mut s).await.as_deref(),
+            Some("08P01"),
+            "{what}"
+        );
     }
     // A startup packet that never completes runs into client_login_timeout.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(&[0, 0, 0, 40, 0, 3, 0, 0]).await.unwrap();
-    assert_eq!(read_error_code(&mut s).await.as_deref(), Some("08P01"), "login timeout");
+    assert_eq!(
+        read_error_code(&mut s).await.as_deref(),
+        Some("08P01"),
+        "login timeout"
+    );
     // Invalid UTF-8 in the startup packet, and a bad startup length.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&[0, 0, 0, 15, 0, 3, 0, 0, b'u', b's', 0, 0xff, 0]).await.unwrap();
+    s.write_all(&[0, 0, 0, 15, 0, 3, 0, 0, b'u', b's', 0, 0xff, 0])
+        .await
+        .unwrap();
     s.write_all(&[0, 0]).await.unwrap();
-    assert_eq!(read_error_code(&mut s).await.as_deref(), Some("08P01"), "invalid utf-8");
+    assert_eq!(
+        read_error_code(&mut s).await.as_deref(),
+        Some("08P01"),
+        "invalid utf-8"
+    );
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(&[0xff, 0, 0, 0, 0, 3, 0, 0]).await.unwrap();
-    assert_eq!(read_error_code(&mut s).await.as_deref(), Some("08P01"), "startup length");
+    assert_eq!(
+        read_error_code(&mut s).await.as_deref(),
+        Some("08P01"),
+        "startup length"
+    );
     // Protocol 2.0 is refused with feature_not_supported, as PostgreSQL does.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(&[0, 0, 0, 8, 0, 2, 0, 0]).await.unwrap();
-    assert_eq!(read_error_code(&mut s).await.as_deref(), Some("0A000"), "protocol 2");
+    assert_eq!(
+        read_error_code(&mut s).await.as_deref(),
+        Some("0A000"),
+        "protocol 2"
+    );
     // SSLRequest is declined with 'N' and the login continues in plaintext.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut n = [0u8; 1];
     s.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");
@@ -300,14 +384,20 @@ async fn client_killed_mid_transaction_is_rolled_back() {
     // With a pool of one, the next client gets the same server: rolled back, idle, usable.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(one(&setup, "SELECT count(*) FROM k").await, "0");
-    assert_eq!(one(&setup, "SELECT now() = statement_timestamp()").await, "t", "not inside a transaction");
+    assert_eq!(
+        one(&setup, "SELECT now() = statement_timestamp()").await,
+        "t",
+        "not inside a transaction"
+    );
 }
 
 #[tokio::test]
 async fn server_terminated_while_idle_is_replaced() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
-    let c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     let before = one(&c, "SELECT pg_backend_pid()").await;
     pg.psql_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app'");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -325,10 +415,16 @@ async fn checkout_timeout_names_the_pool_and_keeps_the_client() {
     let tx = holder.transaction().await.unwrap();
     tx.simple_query("SELECT 1").await.unwrap();
     let e = waiter.simple_query("SELECT 2").await.unwrap_err();
-    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
     assert_eq!(e.code().unwrap().code(), "53300");
     assert!(msg.contains("\"app\"") && msg.contains("ms"), "{msg}");
-    let e = waiter.query_typed("SELECT $1::int", &[(&1i32, Type::INT4)]).await.unwrap_err();
+    let e = waiter
+        .query_typed("SELECT $1::int", &[(&1i32, Type::INT4)])
+        .await
+        .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "53300");
     tx.commit().await.unwrap();
     assert_eq!(one(&waiter, "SELECT 'served'").await, "served");
@@ -340,7 +436,11 @@ async fn session_parameters_follow_the_client_and_do_not_leak() {
     let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
     let port = proxy.local_addr().port();
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(port).user("postgres").dbname("app").application_name("alpha")
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("app")
+        .application_name("alpha")
         .options("-c statement_timeout=1234");
     let (a, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -353,13 +453,22 @@ async fn session_parameters_follow_the_client_and_do_not_leak() {
         assert_eq!(one(&b, "SHOW statement_timeout").await, "0");
     }
     // SET of a tracked parameter persists for its client; SET of anything else is reset before another client.
-    a.simple_query("SET application_name = 'beta'").await.unwrap();
+    a.simple_query("SET application_name = 'beta'")
+        .await
+        .unwrap();
     a.simple_query("SET TimeZone = 'Asia/Tokyo'").await.unwrap();
     b.simple_query("SET work_mem = '7MB'").await.unwrap();
     assert_eq!(one(&a, "SHOW application_name").await, "beta");
     assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
     assert_eq!(one(&a, "SHOW work_mem").await, "4MB");
-    assert_eq!(one(&b, "SHOW TimeZone").await, one(&b, "SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'").await);
+    assert_eq!(
+        one(&b, "SHOW TimeZone").await,
+        one(
+            &b,
+            "SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'"
+        )
+        .await
+    );
     assert_eq!(one(&b, "SHOW application_name").await, "");
 }
 
@@ -367,7 +476,9 @@ async fn session_parameters_follow_the_client_and_do_not_leak() {
 async fn session_mode_keeps_one_server() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "pool_mode = \"session\"")).await;
-    let c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     c.simple_query("SET work_mem = '9MB'").await.unwrap();
     let pid = one(&c, "SELECT pg_backend_pid()").await;
     for _ in 0..5 {
@@ -376,14 +487,24 @@ async fn session_mode_keeps_one_server() {
     assert_eq!(one(&c, "SHOW work_mem").await, "9MB");
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let d = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
-    assert_eq!(one(&d, "SHOW work_mem").await, "4MB", "state reset before the next client");
+    let d = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&d, "SHOW work_mem").await,
+        "4MB",
+        "state reset before the next client"
+    );
 }
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -391,11 +512,16 @@ fn rss_kib() -> u64 {
 async fn large_results_stream_with_bounded_memory() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
-    let c = connect(proxy.local_addr().port(), "postgres", None, "app").await.unwrap();
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     let before = rss_kib();
     // About 300 MB of rows, consumed one at a time.
     let stream = c
-        .query_raw("SELECT repeat('x', 3000) FROM generate_series(1, 100000)", Vec::<i32>::new())
+        .query_raw(
+            "SELECT repeat('x', 3000) FROM generate_series(1, 100000)",
+            Vec::<i32>::new(),
+        )
         .await
         .unwrap();
     futures_util::pin_mut!(stream);
@@ -406,9 +532,16 @@ async fn large_results_stream_with_bounded_memory() {
         peak = peak.max(rss_kib());
     }
     assert_eq!(bytes, 300_000_000);
-    assert!(peak.saturating_sub(before) < 100 * 1024, "RSS grew by {} KiB", peak - before);
+    assert!(
+        peak.saturating_sub(before) < 100 * 1024,
+        "RSS grew by {} KiB",
+        peak - before
+    );
     // A single row larger than the streaming threshold also passes through.
-    let r = c.query_typed("SELECT repeat('y', 5000000)", &[]).await.unwrap();
+    let r = c
+        .query_typed("SELECT repeat('y', 5000000)", &[])
+        .await
+        .unwrap();
     assert_eq!(r[0].get::<_, &str>(0).len(), 5_000_000);
 }
 
@@ -431,22 +564,53 @@ SELECT id, name FROM p ORDER BY id;
 ";
     let out = tokio::task::spawn_blocking(move || {
         let mut c = Command::new("psql");
-        c.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "app", "-p", &port]);
-        c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+            "-p",
+            &port,
+        ]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1|ONE\n2|two\n3|three\n3\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1|ONE\n2|two\n3|three\n3\n"
+    );
 }
 
 fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
     let mut c = Command::new("pgbench");
-    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()]).args(args).arg("app");
+    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(args)
+        .arg("app");
     run_tool(c)
 }
 
@@ -455,7 +619,9 @@ async fn pgbench_more_clients_than_servers() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 5, "", "")).await;
     let port = proxy.local_addr().port();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-s", "1", "-q"])).await.unwrap();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-s", "1", "-q"]))
+        .await
+        .unwrap();
     assert!(ok, "pgbench -i: {err}");
     for mode in ["simple", "extended"] {
         for select_only in [true, false] {
@@ -469,7 +635,10 @@ async fn pgbench_more_clients_than_servers() {
             .await
             .unwrap();
             assert!(ok, "pgbench {mode} -S={select_only}: {out}{err}");
-            assert!(out.contains("number of transactions actually processed: 2000/2000"), "{out}");
+            assert!(
+                out.contains("number of transactions actually processed: 2000/2000"),
+                "{out}"
+            );
             assert!(out.contains("number of failed transactions: 0"), "{out}");
         }
     }

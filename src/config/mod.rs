@@ -62,8 +62,9 @@ impl Config {
     pub fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
-        let mut on_unknown =
-            |path: serde_ignored::Path<'_>| unknown.push(format!("unknown config key `{path}` ignored"));
+        let mut on_unknown = |path: serde_ignored::Path<'_>| {
+            unknown.push(format!("unknown config key `{path}` ignored"))
+        };
         let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
         let config: Config = serde_path_to_error::deserialize(ignored).map_err(|e| {
             let key = e.path().to_string();

@@ -210,7 +210,10 @@ pub struct Pool {
     pub prepared_statements_cache_size: usize,
     #[serde(default)]
     pub db_activity_based_routing: bool,
-    #[serde(default = "d_db_activity_init_delay", alias = "db_activity_based_ms_init_delay")]
+    #[serde(
+        default = "d_db_activity_init_delay",
+        alias = "db_activity_based_ms_init_delay"
+    )]
     pub db_activity_init_delay: u64,
     #[serde(default = "d_db_activity_ttl")]
     pub db_activity_ttl: u64,

@@ -50,11 +50,20 @@ fn defaults_follow_pgcat_except_the_port() {
 
 #[test]
 fn unknown_keys_are_warnings_naming_the_key() {
-    let text = MINIMAL.replace("admin_password = \"b\"", "admin_password = \"b\"\nfrobnicate = 1");
+    let text = MINIMAL.replace(
+        "admin_password = \"b\"",
+        "admin_password = \"b\"\nfrobnicate = 1",
+    );
     let text = text.replace("pool_size = 3", "pool_size = 3\ncolour = \"red\"");
     let loaded = Config::parse_and_validate(&text).unwrap();
-    assert!(loaded.warnings.iter().any(|w| w.contains("general.frobnicate")));
-    assert!(loaded.warnings.iter().any(|w| w.contains("pools.db.users.0.colour")));
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("general.frobnicate")));
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("pools.db.users.0.colour")));
 }
 
 #[test]
@@ -80,7 +89,11 @@ fn missing_required_keys_are_reported() {
 #[test]
 fn rule_violations_name_the_key() {
     let cases = [
-        ("pool_size = 3", "pool_size = 3\nmin_pool_size = 4", "min_pool_size"),
+        (
+            "pool_size = 3",
+            "pool_size = 3\nmin_pool_size = 4",
+            "min_pool_size",
+        ),
         ("pool_size = 3", "pool_size = 0", "pool_size"),
         ("password = \"p\"\n", "", "password"),
         (

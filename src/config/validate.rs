@@ -16,10 +16,16 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
         warnings.push("general.tls_certificate: client TLS is not implemented yet; clients are answered 'N' to SSLRequest".into());
     }
     if g.worker_threads == 0 {
-        return Err(ConfigError::invalid("general.worker_threads", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "general.worker_threads",
+            "must be at least 1",
+        ));
     }
     if g.max_message_size < 1024 {
-        return Err(ConfigError::invalid("general.max_message_size", "must be at least 1024 bytes"));
+        return Err(ConfigError::invalid(
+            "general.max_message_size",
+            "must be at least 1024 bytes",
+        ));
     }
     if g.prepared_statements.is_some() || g.prepared_statements_cache_size.is_some() {
         warnings.push("general.prepared_statements and general.prepared_statements_cache_size are obsolete and ignored: set prepared_statements_cache_size on each pool".into());
@@ -36,7 +42,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 "requires query_parser_enabled = true",
             ));
         }
-        let plugins_on = pool.plugins.as_ref().map_or(any_global_plugin, |p| p.any_enabled());
+        let plugins_on = pool
+            .plugins
+            .as_ref()
+            .map_or(any_global_plugin, |p| p.any_enabled());
         if plugins_on && !pool.query_parser_enabled {
             return Err(ConfigError::invalid(
                 key("query_parser_enabled"),
@@ -52,8 +61,14 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 ));
             }
         }
-        let a = (&pool.auth_query, &pool.auth_query_user, &pool.auth_query_password);
-        if [a.0.is_some(), a.1.is_some(), a.2.is_some()].iter().any(|&x| x)
+        let a = (
+            &pool.auth_query,
+            &pool.auth_query_user,
+            &pool.auth_query_password,
+        );
+        if [a.0.is_some(), a.1.is_some(), a.2.is_some()]
+            .iter()
+            .any(|&x| x)
             && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
         {
             return Err(ConfigError::invalid(
@@ -67,12 +82,18 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
             if n >= pool.shards.len() {
                 return Err(ConfigError::invalid(
                     key("default_shard"),
-                    format!("shard_{n} does not exist: the pool has {} shard(s)", pool.shards.len()),
+                    format!(
+                        "shard_{n} does not exist: the pool has {} shard(s)",
+                        pool.shards.len()
+                    ),
                 ));
             }
         }
         if pool.users.is_empty() {
-            return Err(ConfigError::invalid(key("users"), "a pool needs at least one user"));
+            return Err(ConfigError::invalid(
+                key("users"),
+                "a pool needs at least one user",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (idx, user) in &pool.users {
@@ -84,12 +105,19 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 ));
             }
             if user.pool_size == 0 {
-                return Err(ConfigError::invalid(ukey("pool_size"), "must be at least 1"));
+                return Err(ConfigError::invalid(
+                    ukey("pool_size"),
+                    "must be at least 1",
+                ));
             }
             if user.min_pool_size.unwrap_or(0) > user.pool_size {
                 return Err(ConfigError::invalid(
                     ukey("min_pool_size"),
-                    format!("{} exceeds pool_size {}", user.min_pool_size.unwrap_or(0), user.pool_size),
+                    format!(
+                        "{} exceeds pool_size {}",
+                        user.min_pool_size.unwrap_or(0),
+                        user.pool_size
+                    ),
                 ));
             }
             match (&user.password, user.auth_type) {
@@ -126,23 +154,43 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
     Ok(warnings)
 }
 
-fn validate_shards(name: &str, pool: &super::Pool, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+fn validate_shards(
+    name: &str,
+    pool: &super::Pool,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
     if pool.shards.is_empty() {
-        return Err(ConfigError::invalid(format!("pools.{name}.shards"), "a pool needs at least one shard"));
+        return Err(ConfigError::invalid(
+            format!("pools.{name}.shards"),
+            "a pool needs at least one shard",
+        ));
     }
     let mut indices = Vec::new();
     for (idx, shard) in &pool.shards {
         let skey = |k: &str| format!("pools.{name}.shards.{idx}.{k}");
         let n: usize = idx.parse().map_err(|_| {
-            ConfigError::invalid(format!("pools.{name}.shards.{idx}"), "shard names must be numbers 0..N-1")
+            ConfigError::invalid(
+                format!("pools.{name}.shards.{idx}"),
+                "shard names must be numbers 0..N-1",
+            )
         })?;
         indices.push(n);
         if shard.servers.is_empty() {
-            return Err(ConfigError::invalid(skey("servers"), "a shard needs at least one server"));
+            return Err(ConfigError::invalid(
+                skey("servers"),
+                "a shard needs at least one server",
+            ));
         }
-        let primaries = shard.servers.iter().filter(|s| s.2 == ServerRole::Primary).count();
+        let primaries = shard
+            .servers
+            .iter()
+            .filter(|s| s.2 == ServerRole::Primary)
+            .count();
         if primaries > 1 {
-            return Err(ConfigError::invalid(skey("servers"), "a shard has at most one primary"));
+            return Err(ConfigError::invalid(
+                skey("servers"),
+                "a shard has at most one primary",
+            ));
         }
         for (i, s) in shard.servers.iter().enumerate() {
             if shard.servers[..i].iter().any(|o| o.0 == s.0 && o.1 == s.1) {
@@ -152,7 +200,10 @@ fn validate_shards(name: &str, pool: &super::Pool, warnings: &mut Vec<String>) -
                 ));
             }
             if s.0.is_empty() {
-                return Err(ConfigError::invalid(skey("servers"), "a server host is empty"));
+                return Err(ConfigError::invalid(
+                    skey("servers"),
+                    "a server host is empty",
+                ));
             }
         }
         if let Some(m) = &shard.mirrors {
@@ -165,7 +216,10 @@ fn validate_shards(name: &str, pool: &super::Pool, warnings: &mut Vec<String>) -
                 }
             }
             if !m.is_empty() {
-                warnings.push(format!("{}: mirroring is not implemented yet and is ignored", skey("mirrors")));
+                warnings.push(format!(
+                    "{}: mirroring is not implemented yet and is ignored",
+                    skey("mirrors")
+                ));
             }
         }
     }

@@ -54,7 +54,11 @@ impl UserPool {
         servers
             .iter()
             .find(|s| s.address.role == want)
-            .or_else(|| servers.iter().find(|s| s.address.role != ServerRole::Mirror))
+            .or_else(|| {
+                servers
+                    .iter()
+                    .find(|s| s.address.role != ServerRole::Mirror)
+            })
             .unwrap_or(&servers[0])
     }
 
@@ -84,7 +88,10 @@ impl Cluster {
                     _ => None,
                 };
                 let creds = ServerCredentials {
-                    user: user.server_username.clone().unwrap_or_else(|| user.username.clone()),
+                    user: user
+                        .server_username
+                        .clone()
+                        .unwrap_or_else(|| user.username.clone()),
                     password: user
                         .server_password
                         .as_deref()

@@ -72,7 +72,9 @@ pub async fn connect(
                 let (k, v) = decode::parameter_status(&body).map_err(proto)?;
                 params.set(k, v);
             }
-            backend::BACKEND_KEY_DATA => key = Some(decode::backend_key_data(&body).map_err(proto)?),
+            backend::BACKEND_KEY_DATA => {
+                key = Some(decode::backend_key_data(&body).map_err(proto)?)
+            }
             backend::ERROR_RESPONSE => {
                 return Err(PoolError::LoginRejected {
                     server: server(),
@@ -96,10 +98,21 @@ pub async fn connect(
         pid,
         secret,
     };
-    Ok(ServerConn::new(stream, rbuf, params, cancel, address, max_message))
+    Ok(ServerConn::new(
+        stream,
+        rbuf,
+        params,
+        cancel,
+        address,
+        max_message,
+    ))
 }
 
-async fn write(stream: &mut TcpStream, out: &mut BytesMut, address: &Address) -> Result<(), PoolError> {
+async fn write(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    address: &Address,
+) -> Result<(), PoolError> {
     let r = stream.write_all(out).await;
     out.clear();
     r.map_err(|e| PoolError::Lost {
@@ -139,7 +152,11 @@ fn auth_reply(
         AuthRequest::Ok => return Ok(None),
         AuthRequest::Cleartext => match &creds.password {
             Some(Secret::Plain(p)) => encode::password(&mut out, p.as_bytes()),
-            _ => return Err(cannot("cleartext password (needs a cleartext server_password)")),
+            _ => {
+                return Err(cannot(
+                    "cleartext password (needs a cleartext server_password)",
+                ))
+            }
         },
         AuthRequest::Md5 { salt } => {
             let resp = creds
@@ -161,14 +178,18 @@ fn auth_reply(
             *scram_client = Some(client);
         }
         AuthRequest::SaslContinue(data) => {
-            let client = scram_client.as_mut().ok_or_else(|| cannot("SASL out of order"))?;
+            let client = scram_client
+                .as_mut()
+                .ok_or_else(|| cannot("SASL out of order"))?;
             client
                 .update(data)
                 .map_err(|e| cannot(&format!("SCRAM-SHA-256 ({e})")))?;
             encode::sasl_response(&mut out, client.message());
         }
         AuthRequest::SaslFinal(data) => {
-            let client = scram_client.as_mut().ok_or_else(|| cannot("SASL out of order"))?;
+            let client = scram_client
+                .as_mut()
+                .ok_or_else(|| cannot("SASL out of order"))?;
             client
                 .finish(data)
                 .map_err(|e| cannot(&format!("SCRAM-SHA-256 server proof ({e})")))?;

@@ -56,7 +56,9 @@ impl PoolError {
         use crate::protocol::codes::sqlstate;
         match self {
             PoolError::CheckoutTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
-            PoolError::LoginRejected { fields, .. } | PoolError::Query { fields, .. } => &fields.code,
+            PoolError::LoginRejected { fields, .. } | PoolError::Query { fields, .. } => {
+                &fields.code
+            }
             PoolError::Closed { .. } => sqlstate::CANNOT_CONNECT_NOW,
             _ => sqlstate::CONNECTION_FAILURE,
         }

@@ -52,7 +52,11 @@ impl ServerParams {
 
     /// Sets `name`; returns whether the value changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        match self.0.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) if v == value => false,
             Some((_, v)) => {
                 *v = value.to_owned();

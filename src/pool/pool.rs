@@ -91,7 +91,8 @@ impl ServerPool {
     pub async fn checkout(self: &Arc<Self>) -> Result<Pooled, PoolError> {
         let started = Instant::now();
         let timeout = self.settings.connect_timeout;
-        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await {
+        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
+        {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
                 return Err(PoolError::Closed {
@@ -148,10 +149,7 @@ impl ServerPool {
     /// `pg_terminate_backend`) or broke. One non-blocking read, so a dead connection is never handed out.
     fn closed_while_idle(conn: &ServerConn) -> bool {
         let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            _ => true,
-        }
+        !matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
@@ -224,7 +222,8 @@ impl ServerPool {
             let mut open = self.open_count();
             while let Some(c) = idle.pop_front() {
                 let too_old = now.duration_since(c.created) >= self.settings.server_lifetime;
-                let too_idle = now.duration_since(c.last_used) >= self.settings.idle_timeout && open > min;
+                let too_idle =
+                    now.duration_since(c.last_used) >= self.settings.idle_timeout && open > min;
                 if too_old || too_idle {
                     open -= 1;
                     out.push(c);

@@ -178,7 +178,9 @@ impl ServerConn {
                 backend::ERROR_RESPONSE => {
                     error = Some(decode::error_fields(body).unwrap_or_default());
                 }
-                backend::COPY_IN_RESPONSE | backend::COPY_OUT_RESPONSE | backend::COPY_BOTH_RESPONSE => {
+                backend::COPY_IN_RESPONSE
+                | backend::COPY_OUT_RESPONSE
+                | backend::COPY_BOTH_RESPONSE => {
                     return Err(self.lost("internal query started COPY"));
                 }
                 _ => {}
@@ -228,7 +230,10 @@ mod tests {
         assert!(!d.any());
         d.observe_tag(b"SET");
         d.observe_tag(b"PREPARE");
-        assert_eq!(d.cleanup_sql().as_deref(), Some("DEALLOCATE ALL;RESET ALL;"));
+        assert_eq!(
+            d.cleanup_sql().as_deref(),
+            Some("DEALLOCATE ALL;RESET ALL;")
+        );
         d.observe_tag(b"DISCARD ALL");
         assert!(!d.any());
         d.observe_tag(b"LISTEN");

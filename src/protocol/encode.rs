@@ -68,7 +68,12 @@ pub fn error_response(
 /// NoticeResponse with severity NOTICE.
 pub fn notice_response(buf: &mut BytesMut, msg: &str) {
     message(buf, backend::NOTICE_RESPONSE, |b| {
-        for (f, v) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', msg)] {
+        for (f, v) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', msg),
+        ] {
             b.put_u8(f);
             cstr(b, v.as_bytes());
         }
@@ -141,7 +146,10 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognised: 
 }
 
 /// StartupMessage (untyped) for protocol 3.0.
-pub fn startup_message<'a>(buf: &mut BytesMut, params: impl IntoIterator<Item = (&'a str, &'a str)>) {
+pub fn startup_message<'a>(
+    buf: &mut BytesMut,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
     let at = buf.len();
     buf.put_i32(0);
     buf.put_u32(startup::PROTOCOL_V3);

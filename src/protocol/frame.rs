@@ -176,7 +176,13 @@ mod tests {
         buf.extend(msg(b'S', b""));
         let mut s = Splitter::new(1 << 20);
         let p = s.next(&buf, |_| false).unwrap().unwrap();
-        assert_eq!(p, Piece::Whole(Header { code: b'Q', len: 13 }));
+        assert_eq!(
+            p,
+            Piece::Whole(Header {
+                code: b'Q',
+                len: 13
+            })
+        );
         let rest = &buf[p.len()..];
         let p2 = s.next(rest, |_| false).unwrap().unwrap();
         assert_eq!(p2.code(), b'S');

@@ -100,7 +100,10 @@ mod tests {
         encode::cancel_request(&mut b, 42, -7);
         assert_eq!(
             parse(&b).unwrap(),
-            StartupRequest::Cancel { pid: 42, secret: -7 }
+            StartupRequest::Cancel {
+                pid: 42,
+                secret: -7
+            }
         );
         let v2 = [0, 0, 0, 8, 0, 2, 0, 0];
         assert_eq!(

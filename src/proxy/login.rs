@@ -62,8 +62,14 @@ pub async fn login(
         }
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let user = get("user").filter(|u| !u.is_empty()).ok_or(ClientError::NoUser)?.to_owned();
-    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let user = get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(ClientError::NoUser)?
+        .to_owned();
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
     let application_name = get("application_name").unwrap_or_default().to_owned();
     if shared.shutdown.is_draining() {
         return Err(ClientError::ShuttingDown);

@@ -151,15 +151,22 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     );
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = Duration::from_millis(g.client_login_timeout);
-    let login = match tokio::time::timeout(login_timeout, login::login(&mut stream, &mut buf, &shared)).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::LoginTimeout),
-    };
+    let login =
+        match tokio::time::timeout(login_timeout, login::login(&mut stream, &mut buf, &shared))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::LoginTimeout),
+        };
     let login = match login {
         Ok(Login::Cancel { pid, secret }) => {
             if let Some(target) = shared.cancels.lookup(pid, secret) {
                 if let Err(e) = cancel::send_cancel(&target).await {
-                    tracing::warn!("forwarding a cancel request to {}:{} failed: {e}", target.host, target.port);
+                    tracing::warn!(
+                        "forwarding a cancel request to {}:{} failed: {e}",
+                        target.host,
+                        target.port
+                    );
                 }
             }
             return;
@@ -176,7 +183,13 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     if g.log_client_connections {
         tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
     }
-    let session = Session::new(stream, buf, &login, g.max_message_size, shared.shutdown.subscribe());
+    let session = Session::new(
+        stream,
+        buf,
+        &login,
+        g.max_message_size,
+        shared.shutdown.subscribe(),
+    );
     let result = session.run().await;
     match &result {
         Err(e) if e.is_notable() => tracing::warn!(%peer, user = %login.user, "session ended: {e}"),

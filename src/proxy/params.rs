@@ -57,10 +57,10 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()
-        } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
-            Some(s.to_owned())
         } else {
-            None
+            w.strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .map(str::to_owned)
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_owned()));
@@ -147,7 +147,11 @@ mod tests {
 
     #[test]
     fn nothing_to_do_when_matching() {
-        let server = params(&[("application_name", ""), ("TimeZone", "UTC"), ("server_version", "15")]);
+        let server = params(&[
+            ("application_name", ""),
+            ("TimeZone", "UTC"),
+            ("server_version", "15"),
+        ]);
         let c = ClientParams::from_startup(&server, &[("user".into(), "u".into())]);
         assert_eq!(c.sync_sql(&server, &ServerParams::default()), None);
     }

@@ -106,7 +106,13 @@ impl Session {
             Ok(End::Shutdown) => {
                 let e = ClientError::AdminShutdown;
                 let mut b = BytesMut::new();
-                encode::error_response(&mut b, Severity::Fatal, e.sqlstate().unwrap_or_default(), &e.to_string(), None);
+                encode::error_response(
+                    &mut b,
+                    Severity::Fatal,
+                    e.sqlstate().unwrap_or_default(),
+                    &e.to_string(),
+                    None,
+                );
                 let _ = self.client.write_all(&b).await;
             }
             Ok(End::ClientLeft) => {}
@@ -153,14 +159,16 @@ impl Session {
                 },
             };
             match event {
-                Event::Server(Ok(0)) => return Err(self.server_lost("server closed the connection")),
-                Event::Server(Ok(_)) => self.from_server().await?,
+                Event::Server(Ok(0)) => {
+                    return Err(self.server_lost("server closed the connection"))
+                }
+                Event::Server(Ok(_)) => self.on_server_bytes().await?,
                 Event::Server(Err(e)) => return Err(self.server_lost(&e.to_string())),
                 Event::Client(r) => {
                     if r? == 0 {
                         return Ok(End::ClientLeft);
                     }
-                    if let Some(end) = self.from_client().await? {
+                    if let Some(end) = self.on_client_bytes().await? {
                         return Ok(end);
                     }
                 }
@@ -189,12 +197,9 @@ impl Session {
 
     /// Handles what the client sent: forwards whole runs of bytes to the server, checking one out first when
     /// needed. Returns `Some` when the client asked to terminate.
-    async fn from_client(&mut self) -> Result<Option<End>, ClientError> {
+    async fn on_client_bytes(&mut self) -> Result<Option<End>, ClientError> {
         let mut fwd = 0usize;
-        loop {
-            let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |_| false)? else {
-                break;
-            };
+        while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |_| false)? {
             let code = piece.code();
             let starts = piece.starts_message();
             if starts && !frontend::is_known(code) {
@@ -244,7 +249,12 @@ impl Session {
         }
         // A message continued without a server is one being dropped; stray COPY messages after a COPY ended
         // are dropped by PostgreSQL too.
-        if !starts || matches!(code, frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL | frontend::FLUSH) {
+        if !starts
+            || matches!(
+                code,
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL | frontend::FLUSH
+            )
+        {
             consume(self);
             return Ok(true);
         }
@@ -261,7 +271,13 @@ impl Session {
     /// failed one: a Query is answered with ReadyForQuery, extended messages are dropped up to Sync.
     async fn checkout_failed(&mut self, e: PoolError, piece: &Piece) -> Result<(), ClientError> {
         tracing::warn!(pool = %self.pool.database, user = %self.pool.user, "{e}");
-        encode::error_response(&mut self.out, Severity::Error, e.sqlstate(), &e.to_string(), None);
+        encode::error_response(
+            &mut self.out,
+            Severity::Error,
+            e.sqlstate(),
+            &e.to_string(),
+            None,
+        );
         if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
             self.discard_until_sync = false;
             self.cbuf.advance(piece.len());
@@ -330,7 +346,7 @@ impl Session {
 
     /// Handles what the server sent: tracks state from the inspected messages and forwards everything to the
     /// client in one write, then gives the server back when the transaction is over.
-    async fn from_server(&mut self) -> Result<(), ClientError> {
+    async fn on_server_bytes(&mut self) -> Result<(), ClientError> {
         let Some(pooled) = self.server.as_mut() else {
             return Ok(());
         };
@@ -343,12 +359,18 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => {
                     server.broken = true;
-                    return Err(ClientError::ServerLost(format!("invalid message from server: {e}")));
+                    return Err(ClientError::ServerLost(format!(
+                        "invalid message from server: {e}"
+                    )));
                 }
             };
             if let Piece::Whole(h) = piece {
                 let ServerConn {
-                    rbuf, params, dirty, txn_status, ..
+                    rbuf,
+                    params,
+                    dirty,
+                    txn_status,
+                    ..
                 } = &mut *server;
                 let body = &rbuf[fwd + 5..fwd + h.total()];
                 match h.code {

@@ -15,7 +15,11 @@ pub const MD5_USER: (&str, &str) = ("md5user", "md5pass");
 pub const SCRAM_USER: (&str, &str) = ("scramuser", "scrampass");
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Runs a PostgreSQL server program as `postgres` when we are root (initdb refuses root).
@@ -30,7 +34,9 @@ fn pg_command(program: &str) -> Command {
 }
 
 fn run(mut c: Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     assert!(
         out.status.success(),
         "{c:?} failed: {}\n{}",
@@ -58,11 +64,8 @@ fn chown_postgres(path: &Path) {
 }
 
 fn make_dir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).ok();
     chown_postgres(&dir);
@@ -72,7 +75,12 @@ fn make_dir(prefix: &str) -> PathBuf {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -151,7 +159,11 @@ impl Postgres {
         );
         run({
             let mut c = pg_command("pg_ctl");
-            c.args(["-w", "-t", "60", "-D"]).arg(data).args(["-l"]).arg(data.join("log")).args(["-o", &opts, "start"]);
+            c.args(["-w", "-t", "60", "-D"])
+                .arg(data)
+                .args(["-l"])
+                .arg(data.join("log"))
+                .args(["-o", &opts, "start"]);
             c.stdout(Stdio::null());
             c
         });
@@ -180,9 +192,21 @@ impl Postgres {
     pub fn psql_admin_db(&self, db: &str, sql: &str) -> String {
         let out = run({
             let mut c = Command::new("psql");
-            c.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
-                .arg(self.port.to_string())
-                .args(["-d", db, "-c", sql]);
+            c.args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql]);
             c
         });
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -247,7 +271,12 @@ pub async fn start_proxy(toml: &str) -> Proxy {
 }
 
 /// Connects tokio-postgres through `port`, driving the connection in a task.
-pub async fn connect(port: u16, user: &str, password: Option<&str>, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1").port(port).user(user).dbname(db);
     if let Some(p) = password {
@@ -262,7 +291,9 @@ pub async fn connect(port: u16, user: &str, password: Option<&str>, db: &str) ->
 
 /// Runs a command and returns (success, stdout, stderr).
 pub fn run_tool(mut c: Command) -> (bool, String, String) {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

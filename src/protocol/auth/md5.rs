@@ -13,7 +13,7 @@ pub fn expected_response(secret: &Secret, user: &str, salt: [u8; 4]) -> Option<S
             p.as_bytes(),
             salt,
         )),
-        Secret::Md5Hash(h) => Some(salted(h[3..].as_bytes(), salt)),
+        Secret::Md5Hash(h) => Some(salted(&h.as_bytes()[3..], salt)),
         Secret::Scram(_) => None,
     }
 }

@@ -86,6 +86,11 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Compares two cancel secrets in constant time.
+pub(crate) fn constant_time_eq_i32(a: i32, b: i32) -> bool {
+    constant_time_eq(&a.to_be_bytes(), &b.to_be_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,9 +104,4 @@ mod tests {
         assert!(matches!(Secret::parse(&v), Secret::Scram(_)));
         assert!(!format!("{:?}", Secret::parse("hunter2")).contains("hunter2"));
     }
-}
-
-/// Compares two cancel secrets in constant time.
-pub(crate) fn constant_time_eq_i32(a: i32, b: i32) -> bool {
-    constant_time_eq(&a.to_be_bytes(), &b.to_be_bytes())
 }

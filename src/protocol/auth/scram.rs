@@ -106,7 +106,9 @@ impl ScramServer {
             .split_once(',')
             .ok_or(AuthError::Malformed("missing gs2 header"))?;
         if !authzid.is_empty() {
-            return Err(AuthError::Unsupported("authorization identities are not supported"));
+            return Err(AuthError::Unsupported(
+                "authorization identities are not supported",
+            ));
         }
         let client_nonce = bare
             .split(',')
@@ -184,9 +186,10 @@ mod tests {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     fn exchange(server_pw: &str, client_pw: &str) -> Result<(), AuthError> {
-        let verifier =
-            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(server_pw.as_bytes()))
-                .unwrap();
+        let verifier = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(
+            server_pw.as_bytes(),
+        ))
+        .unwrap();
         let mut server = ScramServer::new(verifier);
         let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
         let first = server.client_first(client.message())?;
