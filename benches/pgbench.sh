@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Side-by-side throughput benchmark: pgbench -S (select-only) through Ocelot, through PgBouncer (transaction mode,
+# same pool size) and directly to PostgreSQL, at several client counts, simple and extended protocol, the three
+# targets interleaved in each round. Prints TPS, each pooler's ratio to direct, and latency at 1 client.
+#
+#   benches/pgbench.sh                 # 1 10 50 200 clients, 10 s per run, 1 round
+#   CLIENTS="10 50" SECONDS_PER_RUN=20 ROUNDS=3 benches/pgbench.sh
+#
+# Needs pgbouncer (apt-get install -y pgbouncer); everything runs on 127.0.0.1 and stops at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/ensure-postgres.sh
+command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+cargo build --release -q
+BIN="${CARGO_TARGET_DIR:-target}/release/ocelot"
+
+CLIENTS=${CLIENTS:-"1 10 50 200"}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+ROUNDS=${ROUNDS:-1}
+POOL=${POOL:-20}
+SCALE=${SCALE:-10}
+PG_PORT=${PG_PORT:-25432}; BOUNCER_PORT=${BOUNCER_PORT:-26432}; OCELOT_PORT=${OCELOT_PORT:-27432}
+
+W=$(mktemp -d /tmp/ocelot-bench.XXXXXX)
+AS=()
+if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
+cleanup() {
+  [ -n "${OCELOT_PID:-}" ] && kill "$OCELOT_PID" 2>/dev/null || true
+  [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+  "${AS[@]}" pg_ctl -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+"${AS[@]}" initdb -A trust -U postgres -D "$W/pg" --no-sync >/dev/null
+"${AS[@]}" pg_ctl -D "$W/pg" -l "$W/pg.log" -w \
+  -o "-p $PG_PORT -k $W -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB" start >/dev/null
+psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE bench" postgres
+pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench >/dev/null 2>&1
+
+cat > "$W/pgbouncer.ini" <<CONF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $W/users.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = 1000
+logfile = $W/pgbouncer.log
+CONF
+echo '"postgres" ""' > "$W/users.txt"
+if [ "${#AS[@]}" -gt 0 ]; then chown postgres "$W/pgbouncer.ini" "$W/users.txt"; fi
+"${AS[@]}" pgbouncer "$W/pgbouncer.ini" >/dev/null 2>&1 &
+BOUNCER_PID=$!
+
+cat > "$W/pgcat.toml" <<CONF
+[general]
+host = "127.0.0.1"
+port = $OCELOT_PORT
+admin_username = "admin"
+admin_password = "admin"
+worker_threads = $(nproc)
+[pools.bench.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = $POOL
+[pools.bench.shards.0]
+database = "bench"
+servers = [["127.0.0.1", $PG_PORT, "primary"]]
+CONF
+"$BIN" "$W/pgcat.toml" -l warn &
+OCELOT_PID=$!
+sleep 1
+
+# run PORT CLIENTS MODE -> "tps latency_ms"
+run() {
+  local out
+  out=$(pgbench -h 127.0.0.1 -p "$1" -U postgres -S -n -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$SECONDS_PER_RUN" -M "$3" bench 2>&1) || { echo "0 0"; return; }
+  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/^latency average/ {print $4}')"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+printf "pgbench -S, %s s per run, %s round(s), pool %s, scale %s, %s cores\n\n" "$SECONDS_PER_RUN" "$ROUNDS" "$POOL" "$SCALE" "$(nproc)"
+printf "%-9s %7s %12s %12s %12s %9s %9s\n" mode clients direct_tps ocelot_tps bouncer_tps ocelot/% bouncer/%
+for mode in simple extended; do
+  for c in $CLIENTS; do
+    : > "$W/d"; : > "$W/o"; : > "$W/b"; : > "$W/dl"; : > "$W/ol"; : > "$W/bl"
+    for _ in $(seq "$ROUNDS"); do
+      read -r t l < <(run "$PG_PORT" "$c" "$mode"); echo "$t" >> "$W/d"; echo "$l" >> "$W/dl"
+      read -r t l < <(run "$OCELOT_PORT" "$c" "$mode"); echo "$t" >> "$W/o"; echo "$l" >> "$W/ol"
+      read -r t l < <(run "$BOUNCER_PORT" "$c" "$mode"); echo "$t" >> "$W/b"; echo "$l" >> "$W/bl"
+    done
+    d=$(median < "$W/d"); o=$(median < "$W/o"); b=$(median < "$W/b")
+    printf "%-9s %7s %12.0f %12.0f %12.0f %8.0f%% %8.0f%%\n" "$mode" "$c" "$d" "$o" "$b" \
+      "$(echo "$o $d" | awk '{print ($2>0)?100*$1/$2:0}')" "$(echo "$b $d" | awk '{print ($2>0)?100*$1/$2:0}')"
+    if [ "$c" = 1 ]; then
+      dl=$(median < "$W/dl"); ol=$(median < "$W/ol"); bl=$(median < "$W/bl")
+      printf "          latency at 1 client: direct %.3f ms, ocelot +%.0f us, pgbouncer +%.0f us\n" "$dl" \
+        "$(echo "$ol $dl" | awk '{print 1000*($1-$2)}')" "$(echo "$bl $dl" | awk '{print 1000*($1-$2)}')"
+    fi
+  done
+done
