@@ -644,3 +644,47 @@ async fn pgbench_more_clients_than_servers() {
     }
     assert!(server_backends(&pg) <= 5);
 }
+
+#[tokio::test]
+async fn min_pool_size_is_kept_warm_and_idle_connections_expire() {
+    let pg = Postgres::start();
+    let toml = config_toml(pg.port, 3, "idle_timeout = 300", "").replacen(
+        "pool_size = 3",
+        "pool_size = 3\nmin_pool_size = 2",
+        1,
+    );
+    let proxy = start_proxy(&toml).await;
+    // The trust user (users.0) keeps two connections open without any client.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server_backends(&pg) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "min_pool_size connections were not opened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The md5 user has no minimum: its connections close after idle_timeout.
+    let c = connect(
+        proxy.local_addr().port(),
+        MD5_USER.0,
+        Some(MD5_USER.1),
+        "app",
+    )
+    .await
+    .unwrap();
+    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(server_backends(&pg), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server_backends(&pg) > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        one(&c, "SELECT 2").await,
+        "2",
+        "a new connection is opened on demand"
+    );
+}
