@@ -18,6 +18,7 @@ CLIENTS=${CLIENTS:-"1 10 50 200"}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 ROUNDS=${ROUNDS:-1}
 POOL=${POOL:-20}
+WORKERS=${WORKERS:-$(nproc)}
 SCALE=${SCALE:-10}
 PG_PORT=${PG_PORT:-25432}; BOUNCER_PORT=${BOUNCER_PORT:-26432}; OCELOT_PORT=${OCELOT_PORT:-27432}
 
@@ -63,7 +64,7 @@ host = "127.0.0.1"
 port = $OCELOT_PORT
 admin_username = "admin"
 admin_password = "admin"
-worker_threads = $(nproc)
+worker_threads = ${WORKERS:-$(nproc)}
 [pools.bench.users.0]
 username = "postgres"
 auth_type = "trust"

@@ -549,7 +549,7 @@ async fn large_results_stream_with_bounded_memory() {
 async fn psql_script_through_ocelot() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
-    let port = proxy.local_addr().port().to_string();
+    let port = proxy.local_addr().port();
     let script = "CREATE TABLE p (id int, name text);
 \\copy p FROM STDIN
 1\tone
@@ -563,23 +563,7 @@ SELECT id, name FROM p ORDER BY id;
 \\copy (SELECT count(*) FROM p) TO STDOUT
 ";
     let out = tokio::task::spawn_blocking(move || {
-        let mut c = Command::new("psql");
-        c.args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-            "-p",
-            &port,
-        ]);
+        let mut c = psql_command(port, "app");
         c.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -36,7 +36,7 @@ fn defaults_follow_pgcat_except_the_port() {
     assert_eq!(c.general.connect_timeout, 1000);
     assert_eq!(c.general.idle_timeout, 600_000);
     assert_eq!(c.general.server_lifetime, 3_600_000);
-    assert!(c.general.server_round_robin);
+    assert!(!c.general.server_round_robin);
     let p = &c.pools["db"];
     assert_eq!(p.pool_mode, PoolMode::Transaction);
     assert_eq!(p.default_shard, DefaultShard::Shard(0));

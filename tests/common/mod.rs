@@ -191,26 +191,31 @@ impl Postgres {
 
     pub fn psql_admin_db(&self, db: &str, sql: &str) -> String {
         let out = run({
-            let mut c = Command::new("psql");
-            c.args([
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-            ])
-            .arg(self.port.to_string())
-            .args(["-d", db, "-c", sql]);
+            let mut c = psql_command(self.port, db);
+            c.args(["-c", sql]);
             c
         });
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+}
+
+/// psql as superuser `postgres` on 127.0.0.1:`port`, unaligned tuples only, stopping at the first error.
+pub fn psql_command(port: u16, db: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-q",
+        "-t",
+        "-A",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+    ])
+    .args(["-p", &port.to_string(), "-d", db]);
+    c
 }
 
 impl Drop for Postgres {
