@@ -31,7 +31,7 @@ CONF
 echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/primary/pg_hba.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
 psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE demo" postgres
-"${AS[@]}" pg_basebackup -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DEMO/replica" -R >/dev/null
+"${AS[@]}" pg_basebackup -c fast -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DEMO/replica" -R >/dev/null
 sed -i "s/^port = .*/port = $REPLICA_PORT/" "$DEMO/replica/postgresql.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/replica" -l "$DEMO/replica.log" -w start >/dev/null
 
