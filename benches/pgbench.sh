@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side throughput benchmark: pgbench -S (select-only) through Ocelot, through PgBouncer (transaction mode,
 # same pool size) and directly to PostgreSQL, at several client counts, simple and extended protocol, the three
-# targets interleaved in each round. Prints TPS, each pooler's ratio to direct, and latency at 1 client.
+# targets interleaved in each round. Prints TPS, each pooler's ratio to direct, each pooler's CPU time per
+# transaction (user + system, from /proc), and added latency at 1 client.
 #
 #   benches/pgbench.sh                 # 1 10 50 200 clients, 10 s per run, 1 round
 #   CLIENTS="10 50" SECONDS_PER_RUN=20 ROUNDS=3 benches/pgbench.sh
@@ -77,28 +78,40 @@ CONF
 OCELOT_PID=$!
 sleep 1
 
-# run PORT CLIENTS MODE -> "tps latency_ms"
+BOUNCER_REAL_PID=$(pgrep -n -x pgbouncer)
+
+# CPU time (user + system) of a process, in microseconds.
+cpu_us() {
+  [ -z "$1" ] && { echo 0; return; }
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000000 / hz}' "/proc/$1/stat"
+}
+
+# run PORT CLIENTS MODE [PID] -> "tps latency_ms cpu_us_per_transaction"
 run() {
-  local out
-  out=$(pgbench -h 127.0.0.1 -p "$1" -U postgres -S -n -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$SECONDS_PER_RUN" -M "$3" bench 2>&1) || { echo "0 0"; return; }
-  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/^latency average/ {print $4}')"
+  local out before after n
+  before=$(cpu_us "${4:-}")
+  out=$(pgbench -h 127.0.0.1 -p "$1" -U postgres -S -n -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$SECONDS_PER_RUN" -M "$3" bench 2>&1) || { echo "0 0 0"; return; }
+  after=$(cpu_us "${4:-}")
+  n=$(echo "$out" | awk -F': ' '/actually processed/ {split($2, a, "/"); print a[1]}')
+  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/^latency average/ {print $4}') $(echo "$before $after $n" | awk '{print ($3>0)?($2-$1)/$3:0}')"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 printf "pgbench -S, %s s per run, %s round(s), pool %s, scale %s, %s cores\n\n" "$SECONDS_PER_RUN" "$ROUNDS" "$POOL" "$SCALE" "$(nproc)"
-printf "%-9s %7s %12s %12s %12s %9s %9s\n" mode clients direct_tps ocelot_tps bouncer_tps ocelot/% bouncer/%
+printf "%-9s %7s %12s %12s %12s %9s %9s %13s %14s\n" mode clients direct_tps ocelot_tps bouncer_tps ocelot/% bouncer/% ocelot_cpu_us bouncer_cpu_us
 for mode in simple extended; do
   for c in $CLIENTS; do
-    : > "$W/d"; : > "$W/o"; : > "$W/b"; : > "$W/dl"; : > "$W/ol"; : > "$W/bl"
+    : > "$W/d"; : > "$W/o"; : > "$W/b"; : > "$W/dl"; : > "$W/ol"; : > "$W/bl"; : > "$W/oc"; : > "$W/bc"
     for _ in $(seq "$ROUNDS"); do
       read -r t l < <(run "$PG_PORT" "$c" "$mode"); echo "$t" >> "$W/d"; echo "$l" >> "$W/dl"
-      read -r t l < <(run "$OCELOT_PORT" "$c" "$mode"); echo "$t" >> "$W/o"; echo "$l" >> "$W/ol"
-      read -r t l < <(run "$BOUNCER_PORT" "$c" "$mode"); echo "$t" >> "$W/b"; echo "$l" >> "$W/bl"
+      read -r t l u < <(run "$OCELOT_PORT" "$c" "$mode" "$OCELOT_PID"); echo "$t" >> "$W/o"; echo "$l" >> "$W/ol"; echo "$u" >> "$W/oc"
+      read -r t l u < <(run "$BOUNCER_PORT" "$c" "$mode" "$BOUNCER_REAL_PID"); echo "$t" >> "$W/b"; echo "$l" >> "$W/bl"; echo "$u" >> "$W/bc"
     done
     d=$(median < "$W/d"); o=$(median < "$W/o"); b=$(median < "$W/b")
-    printf "%-9s %7s %12.0f %12.0f %12.0f %8.0f%% %8.0f%%\n" "$mode" "$c" "$d" "$o" "$b" \
-      "$(echo "$o $d" | awk '{print ($2>0)?100*$1/$2:0}')" "$(echo "$b $d" | awk '{print ($2>0)?100*$1/$2:0}')"
+    printf "%-9s %7s %12.0f %12.0f %12.0f %8.0f%% %8.0f%% %13.1f %14.1f\n" "$mode" "$c" "$d" "$o" "$b" \
+      "$(echo "$o $d" | awk '{print ($2>0)?100*$1/$2:0}')" "$(echo "$b $d" | awk '{print ($2>0)?100*$1/$2:0}')" \
+      "$(median < "$W/oc")" "$(median < "$W/bc")"
     if [ "$c" = 1 ]; then
       dl=$(median < "$W/dl"); ol=$(median < "$W/ol"); bl=$(median < "$W/bl")
       printf "          latency at 1 client: direct %.3f ms, ocelot +%.0f us, pgbouncer +%.0f us\n" "$dl" \
