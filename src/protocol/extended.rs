@@ -1,0 +1,108 @@
+//! Views and rewrites of the extended-query messages that name a prepared statement (Parse, Bind, Describe,
+//! Close). Renaming a statement only replaces the name field: everything after it is copied as it is.
+//! <https://www.postgresql.org/docs/15/protocol-message-formats.html>
+
+use bytes::{BufMut, BytesMut};
+
+use super::codes::frontend;
+use super::decode::Cursor;
+use super::ProtocolError;
+
+/// A Parse body split at the statement name: (`name`, everything after the name's terminator).
+pub fn parse(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let mut c = Cursor::new(frontend::PARSE, body);
+    let name = c.cstr("statement name")?;
+    // The query text must be terminated too; the parameter types after it are not inspected.
+    let rest = c.rest();
+    Cursor::new(frontend::PARSE, rest).cstr_bytes()?;
+    Ok((name, rest))
+}
+
+/// A Bind body split around the statement name: (portal, statement, everything after the statement's terminator).
+pub fn bind(body: &[u8]) -> Result<(&str, &str, &[u8]), ProtocolError> {
+    let mut c = Cursor::new(frontend::BIND, body);
+    let portal = c.cstr("portal name")?;
+    let statement = c.cstr("statement name")?;
+    Ok((portal, statement, c.rest()))
+}
+
+/// A Describe or Close body: the target kind (`S` statement or `P` portal) and its name.
+pub fn target(code: u8, body: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let mut c = Cursor::new(code, body);
+    let kind = c.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::Invalid(format!(
+            "invalid {} target type '{}'",
+            if code == frontend::CLOSE { "CLOSE" } else { "DESCRIBE" },
+            kind as char
+        )));
+    }
+    Ok((kind, c.cstr("name")?))
+}
+
+fn with_len(buf: &mut BytesMut, code: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(code);
+    let at = buf.len();
+    buf.put_i32(0);
+    body(buf);
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Parse(`name`) with the query and parameter types `rest` of another Parse.
+pub fn encode_parse(buf: &mut BytesMut, name: &str, rest: &[u8]) {
+    with_len(buf, frontend::PARSE, |b| {
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(rest);
+    });
+}
+
+/// Bind with its statement renamed.
+pub fn encode_bind(buf: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    with_len(buf, frontend::BIND, |b| {
+        b.put_slice(portal.as_bytes());
+        b.put_u8(0);
+        b.put_slice(statement.as_bytes());
+        b.put_u8(0);
+        b.put_slice(rest);
+    });
+}
+
+/// Describe or Close of `kind` `name`.
+pub fn encode_target(buf: &mut BytesMut, code: u8, kind: u8, name: &str) {
+    with_len(buf, code, |b| {
+        b.put_u8(kind);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renames_round_trip() {
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "s1", b"select $1\0\0\x01\0\0\0\x17");
+        let (name, rest) = parse(&b[5..]).unwrap();
+        assert_eq!(name, "s1");
+        assert_eq!(rest, b"select $1\0\0\x01\0\0\0\x17");
+        let mut b = BytesMut::new();
+        encode_bind(&mut b, "", "ocelot_1", b"\0\0\0\0\0\0");
+        assert_eq!(bind(&b[5..]).unwrap(), ("", "ocelot_1", &b"\0\0\0\0\0\0"[..]));
+        let mut b = BytesMut::new();
+        encode_target(&mut b, frontend::DESCRIBE, b'S', "x");
+        assert_eq!(target(frontend::DESCRIBE, &b[5..]).unwrap(), (b'S', "x"));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        assert!(parse(b"name").is_err());
+        assert!(parse(b"name\0query-without-nul").is_err());
+        assert!(bind(b"portal\0").is_err());
+        assert!(target(frontend::CLOSE, b"Xname\0").is_err());
+        assert!(target(frontend::CLOSE, b"").is_err());
+    }
+}
