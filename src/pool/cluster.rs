@@ -10,8 +10,11 @@ use rand::Rng;
 
 use super::connect::ServerCredentials;
 use super::pool::PoolSettings;
+use super::prepared::Registry;
 use super::{Address, ServerPool};
-use crate::config::{AuthType, Config, DefaultRole, DefaultShard, ServerRole, UserSettings};
+use crate::config::{
+    AuthType, Config, DefaultRole, DefaultShard, PoolMode, ServerRole, UserSettings,
+};
 use crate::protocol::auth::{AuthError, ScramVerifier, Secret};
 
 /// How a client of one user proves who it is.
@@ -34,6 +37,11 @@ pub struct UserPool {
     pub shards: Vec<Vec<Arc<ServerPool>>>,
     pub default_shard: DefaultShard,
     pub default_role: DefaultRole,
+    /// Named prepared statements of this pool's clients (transaction mode).
+    pub statements: Registry,
+    /// Per-server statement cache size; 0 when statements are passed through untouched (session mode, or
+    /// `prepared_statements_cache_size = 0`).
+    pub prepared_cache: usize,
 }
 
 impl UserPool {
@@ -140,6 +148,10 @@ impl Cluster {
                             .collect()
                     })
                     .collect();
+                let prepared_cache = match settings.pool_mode {
+                    PoolMode::Transaction => pool.prepared_statements_cache_size,
+                    PoolMode::Session => 0,
+                };
                 let up = UserPool {
                     database: db.clone(),
                     user: user.username.clone(),
@@ -152,6 +164,8 @@ impl Cluster {
                     shards,
                     default_shard: pool.default_shard,
                     default_role: pool.default_role,
+                    statements: Registry::default(),
+                    prepared_cache,
                 };
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod params;
 #[allow(clippy::module_inception)]
 pub mod pool;
+pub mod prepared;
 pub mod server;
 
 pub use address::Address;

@@ -43,7 +43,10 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.statements.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::prepared::ServerStatements;
 use super::{Address, PoolError, ServerParams};
 use crate::protocol::codes::{backend, txn};
 use crate::protocol::{decode, encode, frame::Header};
@@ -36,6 +37,11 @@ impl Dirty {
         self.reset_all || self.deallocate_all || self.unlisten || self.close_cursors
     }
 
+    /// Whether a CommandComplete tag says every prepared statement of the session is gone.
+    pub fn drops_all_statements(tag: &[u8]) -> bool {
+        tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
+    }
+
     /// Updates the flags from a CommandComplete tag the server sent to a client.
     pub fn observe_tag(&mut self, tag: &[u8]) {
         let word = tag.split(|&b| b == b' ').next().unwrap_or_default();
@@ -45,6 +51,7 @@ impl Dirty {
             b"LISTEN" => self.unlisten = true,
             b"DECLARE" => self.close_cursors = true,
             b"DISCARD" if tag == b"DISCARD ALL" => *self = Dirty::default(),
+            b"DEALLOCATE" if tag == b"DEALLOCATE ALL" => self.deallocate_all = false,
             _ => {}
         }
     }
@@ -80,6 +87,8 @@ pub struct ServerConn {
     /// Non-reported settings Ocelot applied with SET on a client's behalf.
     pub applied: ServerParams,
     pub dirty: Dirty,
+    /// Ocelot's proxy-wide prepared statements that exist on this connection.
+    pub statements: ServerStatements,
     /// Transaction status from the last ReadyForQuery.
     pub txn_status: u8,
     /// Set when the connection can no longer be trusted (I/O error, protocol error, lost sync).
@@ -107,6 +116,7 @@ impl ServerConn {
             params,
             applied: ServerParams::default(),
             dirty: Dirty::default(),
+            statements: ServerStatements::default(),
             txn_status: txn::IDLE,
             broken: false,
             cancel: Arc::new(cancel),
@@ -204,6 +214,9 @@ impl ServerConn {
             self.run(&sql).await?;
             if self.dirty.reset_all {
                 self.applied.clear();
+            }
+            if self.dirty.deallocate_all {
+                self.statements.clear();
             }
             self.dirty = Dirty::default();
         }

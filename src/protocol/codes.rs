@@ -110,4 +110,5 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 }

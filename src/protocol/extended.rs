@@ -33,7 +33,11 @@ pub fn target(code: u8, body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     if kind != b'S' && kind != b'P' {
         return Err(ProtocolError::Invalid(format!(
             "invalid {} target type '{}'",
-            if code == frontend::CLOSE { "CLOSE" } else { "DESCRIBE" },
+            if code == frontend::CLOSE {
+                "CLOSE"
+            } else {
+                "DESCRIBE"
+            },
             kind as char
         )));
     }
@@ -91,7 +95,10 @@ mod tests {
         assert_eq!(rest, b"select $1\0\0\x01\0\0\0\x17");
         let mut b = BytesMut::new();
         encode_bind(&mut b, "", "ocelot_1", b"\0\0\0\0\0\0");
-        assert_eq!(bind(&b[5..]).unwrap(), ("", "ocelot_1", &b"\0\0\0\0\0\0"[..]));
+        assert_eq!(
+            bind(&b[5..]).unwrap(),
+            ("", "ocelot_1", &b"\0\0\0\0\0\0"[..])
+        );
         let mut b = BytesMut::new();
         encode_target(&mut b, frontend::DESCRIBE, b'S', "x");
         assert_eq!(target(frontend::DESCRIBE, &b[5..]).unwrap(), (b'S', "x"));

@@ -9,6 +9,7 @@ pub mod codes;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod extended;
 pub mod frame;
 pub mod startup;
 

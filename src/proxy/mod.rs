@@ -7,6 +7,7 @@ pub mod login;
 pub mod params;
 pub mod session;
 pub mod shutdown;
+pub mod statements;
 pub mod tracker;
 
 use std::net::SocketAddr;

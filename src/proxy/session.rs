@@ -15,9 +15,11 @@ use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::login::LoggedIn;
 use super::params::ClientParams;
+use super::statements::{self, ClientAction, StatementMap};
 use super::tracker::TxnTracker;
 use crate::config::PoolMode;
 use crate::pool::params::is_tracked;
+use crate::pool::server::Dirty;
 use crate::pool::{PoolError, Pooled, ServerConn, UserPool};
 use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
@@ -63,6 +65,15 @@ pub struct Session {
     discard_until_sync: bool,
     /// Messages Ocelot itself must send to the client before the next forwarded bytes.
     out: BytesMut,
+    /// Bytes for the server when some client messages were rewritten or dropped (otherwise bytes are written
+    /// straight from `cbuf`).
+    sout: BytesMut,
+    /// Scratch space for one rewritten message or one injected reply.
+    scratch: BytesMut,
+    /// Named prepared statements, when the pool maps them (transaction mode with a cache).
+    stmts: Option<StatementMap>,
+    /// The rest of a streamed client message is being dropped.
+    dropping: bool,
     draining: watch::Receiver<bool>,
 }
 
@@ -87,6 +98,10 @@ impl Session {
             slot: login.registration.slot.clone(),
             discard_until_sync: false,
             out: BytesMut::new(),
+            sout: BytesMut::new(),
+            scratch: BytesMut::new(),
+            stmts: (login.pool.prepared_cache > 0).then(StatementMap::default),
+            dropping: false,
             draining,
         }
     }
@@ -199,7 +214,10 @@ impl Session {
     /// needed. Returns `Some` when the client asked to terminate.
     async fn on_client_bytes(&mut self) -> Result<Option<End>, ClientError> {
         let mut fwd = 0usize;
-        while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |_| false)? {
+        let inspect = self.stmts.is_some();
+        while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |c| {
+            inspect && statements::inspects_client(c)
+        })? {
             let code = piece.code();
             let starts = piece.starts_message();
             if starts && !frontend::is_known(code) {
@@ -221,7 +239,30 @@ impl Session {
                 }
             }
             if starts {
+                self.dropping = false;
                 self.tracker.client_message(code);
+                match self.map_statement(fwd, &piece)? {
+                    ClientAction::Forward => {}
+                    ClientAction::Replaced => {
+                        self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                        self.sout.extend_from_slice(&self.scratch);
+                        self.cbuf.advance(fwd + piece.len());
+                        fwd = 0;
+                        continue;
+                    }
+                    ClientAction::Drop => {
+                        self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                        self.cbuf.advance(fwd + piece.len());
+                        fwd = 0;
+                        self.dropping = !matches!(piece, Piece::Whole(_));
+                        continue;
+                    }
+                }
+            } else if self.dropping {
+                self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                self.cbuf.advance(fwd + piece.len());
+                fwd = 0;
+                continue;
             }
             fwd += piece.len();
         }
@@ -231,6 +272,28 @@ impl Session {
             self.cbuf.reserve(wanted - self.cbuf.len());
         }
         Ok(None)
+    }
+
+    /// Runs a client message that starts at `cbuf[fwd..]` through the prepared statement map, if any. A
+    /// replacement is left in `scratch`.
+    fn map_statement(&mut self, fwd: usize, piece: &Piece) -> Result<ClientAction, ProtocolError> {
+        let (Some(map), Some(pooled)) = (self.stmts.as_mut(), self.server.as_mut()) else {
+            return Ok(ClientAction::Forward);
+        };
+        let body = match piece {
+            Piece::Whole(h) => &self.cbuf[fwd + 5..fwd + h.total()],
+            Piece::Part { .. } => &[][..],
+        };
+        self.scratch.clear();
+        let conn: &mut ServerConn = pooled;
+        map.client_message(
+            piece.code(),
+            body,
+            &mut conn.statements,
+            &self.pool.statements,
+            self.pool.prepared_cache,
+            &mut self.scratch,
+        )
     }
 
     /// Drops or answers a piece that needs no server. Returns true when the piece was consumed.
@@ -314,6 +377,9 @@ impl Session {
             }
         }
         self.slot.attach(&server.cancel);
+        if let Some(map) = self.stmts.as_mut() {
+            map.attach();
+        }
         self.ssplit = Splitter::new(server.max_message());
         self.tracker = TxnTracker::default();
         self.server = Some(server);
@@ -328,19 +394,28 @@ impl Session {
         Ok(())
     }
 
+    /// Writes what is ready for the server: `sout` (when something was rewritten) followed by `cbuf[..fwd]`.
     async fn forward_client(&mut self, fwd: &mut usize) -> Result<(), ClientError> {
-        if *fwd == 0 {
+        let n = std::mem::take(fwd);
+        if n == 0 && self.sout.is_empty() {
             return Ok(());
         }
-        let n = std::mem::take(fwd);
         let Some(server) = self.server.as_mut() else {
             self.cbuf.advance(n);
+            self.sout.clear();
             return Ok(());
         };
-        if let Err(e) = server.stream.write_all(&self.cbuf[..n]).await {
+        let written = if self.sout.is_empty() {
+            server.stream.write_all(&self.cbuf[..n]).await
+        } else {
+            self.sout.extend_from_slice(&self.cbuf[..n]);
+            server.stream.write_all(&self.sout).await
+        };
+        self.sout.clear();
+        self.cbuf.advance(n);
+        if let Err(e) = written {
             return Err(self.server_lost(&e.to_string()));
         }
-        self.cbuf.advance(n);
         Ok(())
     }
 
@@ -364,12 +439,29 @@ impl Session {
                     )));
                 }
             };
+            if let (Some(map), true) = (self.stmts.as_mut(), piece.starts_message()) {
+                self.scratch.clear();
+                let keep =
+                    map.server_message(piece.code(), &mut server.statements, &mut self.scratch);
+                if !keep || !self.scratch.is_empty() {
+                    self.out.extend_from_slice(&server.rbuf[..fwd]);
+                    self.out.extend_from_slice(&self.scratch);
+                    server.rbuf.advance(fwd);
+                    fwd = 0;
+                }
+                if !keep {
+                    // Only ParseComplete and CloseComplete are swallowed: always whole, never streamed.
+                    server.rbuf.advance(piece.len());
+                    continue;
+                }
+            }
             if let Piece::Whole(h) = piece {
                 let ServerConn {
                     rbuf,
                     params,
                     dirty,
                     txn_status,
+                    statements,
                     ..
                 } = &mut *server;
                 let body = &rbuf[fwd + 5..fwd + h.total()];
@@ -391,6 +483,12 @@ impl Session {
                     backend::COMMAND_COMPLETE => {
                         if let Ok(tag) = decode::command_tag(body) {
                             dirty.observe_tag(tag);
+                            if Dirty::drops_all_statements(tag) {
+                                statements.clear();
+                                if let Some(map) = self.stmts.as_mut() {
+                                    map.clear();
+                                }
+                            }
                         }
                     }
                     code => self.tracker.server_message(code, None),
@@ -400,11 +498,13 @@ impl Session {
             }
             fwd += piece.len();
         }
-        if !self.out.is_empty() {
+        if self.out.is_empty() {
+            self.client.write_all(&server.rbuf[..fwd]).await?;
+        } else {
+            self.out.extend_from_slice(&server.rbuf[..fwd]);
             self.client.write_all(&self.out).await?;
             self.out.clear();
         }
-        self.client.write_all(&server.rbuf[..fwd]).await?;
         server.rbuf.advance(fwd);
         let wanted = self.ssplit.wanted(&server.rbuf);
         let have = server.rbuf.len();

@@ -1,0 +1,311 @@
+//! Named prepared statements in transaction mode, sans-IO. A client's statement names live only in Ocelot: its
+//! named Parse becomes a Parse of a proxy-wide name on whichever server it uses (or, when that server already has
+//! the statement, an unnamed Parse of the same text, so the client still gets its own ParseComplete or error in
+//! order). Bind and Describe of a known name are renamed, with the statement prepared first on a server that
+//! lacks it; the ParseComplete of such an injected Parse is swallowed. Eviction from a server's bounded cache
+//! injects a Close whose CloseComplete is swallowed too.
+//!
+//! Responses are matched to requests by order: each Parse or Close sent has an entry in a queue, tagged with the
+//! number of the Sync (or Query) it precedes. When a ReadyForQuery ends that sync group, entries left in it were
+//! skipped by the server after an error, and names they would have created are forgotten.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::pool::prepared::{Registry, ServerStatements, Statement};
+use crate::protocol::codes::{backend, frontend, sqlstate};
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::{extended, ProtocolError};
+
+#[derive(Debug)]
+struct Ack {
+    group: u64,
+    swallow: bool,
+    /// The proxy-wide name this Parse creates on the server.
+    creates: Option<Arc<str>>,
+    /// The client's name this Parse defines: forgotten again if the Parse fails.
+    defines: Option<String>,
+}
+
+/// What to do with a client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Forward it unchanged.
+    Forward,
+    /// Replacement bytes were appended to the output buffer.
+    Replaced,
+    /// Do not forward it.
+    Drop,
+}
+
+/// One client's prepared statements and the bookkeeping of the server it currently holds.
+#[derive(Debug, Default)]
+pub struct StatementMap {
+    by_client_name: HashMap<String, Arc<Statement>>,
+    parse_acks: VecDeque<Ack>,
+    close_acks: VecDeque<Ack>,
+    /// Sync groups sent to and finished by the current server.
+    sent_groups: u64,
+    done_groups: u64,
+    /// An error Ocelot reports itself, emitted before the ReadyForQuery of its group.
+    deferred_error: Option<(u64, BytesMut)>,
+    server_error_in_group: bool,
+    skip_until_sync: bool,
+}
+
+/// Whether messages of type `code` must be seen whole by [`StatementMap::client_message`].
+pub fn inspects_client(code: u8) -> bool {
+    matches!(
+        code,
+        frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+    )
+}
+
+impl StatementMap {
+    /// Resets the per-server bookkeeping when a new server is attached; the client's names stay.
+    pub fn attach(&mut self) {
+        self.parse_acks.clear();
+        self.close_acks.clear();
+        self.sent_groups = 0;
+        self.done_groups = 0;
+        self.deferred_error = None;
+        self.server_error_in_group = false;
+        self.skip_until_sync = false;
+    }
+
+    /// Forgets every name (DEALLOCATE ALL or DISCARD ALL ran).
+    pub fn clear(&mut self) {
+        self.by_client_name.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_client_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_client_name.is_empty()
+    }
+
+    /// Handles one client message (`body` is whole for the codes [`inspects_client`] names). Replacement
+    /// messages are appended to `out`.
+    pub fn client_message(
+        &mut self,
+        code: u8,
+        body: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        cap: usize,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtocolError> {
+        if self.skip_until_sync && code != frontend::SYNC {
+            return Ok(ClientAction::Drop);
+        }
+        match code {
+            frontend::SYNC => {
+                self.skip_until_sync = false;
+                self.sent_groups += 1;
+                Ok(ClientAction::Forward)
+            }
+            frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.sent_groups += 1;
+                Ok(ClientAction::Forward)
+            }
+            frontend::PARSE => self.parse(body, server, registry, cap, out),
+            frontend::BIND => {
+                let (portal, name, rest) = extended::bind(body)?;
+                let Some(stmt) = self.by_client_name.get(name).cloned() else {
+                    return Ok(ClientAction::Forward);
+                };
+                self.ensure_prepared(&stmt, server, cap, out);
+                extended::encode_bind(out, portal, &stmt.name, rest);
+                Ok(ClientAction::Replaced)
+            }
+            frontend::DESCRIBE => {
+                let (kind, name) = extended::target(code, body)?;
+                let stmt = (kind == b'S')
+                    .then(|| self.by_client_name.get(name).cloned())
+                    .flatten();
+                let Some(stmt) = stmt else {
+                    return Ok(ClientAction::Forward);
+                };
+                self.ensure_prepared(&stmt, server, cap, out);
+                extended::encode_target(out, code, b'S', &stmt.name);
+                Ok(ClientAction::Replaced)
+            }
+            frontend::CLOSE => {
+                let (kind, name) = extended::target(code, body)?;
+                if kind == b'S' {
+                    // The server never had the client's name, so closing it there is a no-op that still answers
+                    // CloseComplete in order; the shared statement stays for other clients.
+                    self.by_client_name.remove(name);
+                }
+                self.close_acks.push_back(Ack {
+                    group: self.sent_groups,
+                    swallow: false,
+                    creates: None,
+                    defines: None,
+                });
+                Ok(ClientAction::Forward)
+            }
+            _ => Ok(ClientAction::Forward),
+        }
+    }
+
+    fn parse(
+        &mut self,
+        body: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        cap: usize,
+        out: &mut BytesMut,
+    ) -> Result<ClientAction, ProtocolError> {
+        let (name, rest) = extended::parse(body)?;
+        if name.is_empty() {
+            self.push_parse(false, None, None);
+            return Ok(ClientAction::Forward);
+        }
+        if self.by_client_name.contains_key(name) {
+            let mut err = BytesMut::new();
+            encode::error_response(
+                &mut err,
+                Severity::Error,
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                &format!("prepared statement \"{name}\" already exists"),
+                None,
+            );
+            self.deferred_error.get_or_insert((self.sent_groups, err));
+            self.skip_until_sync = true;
+            return Ok(ClientAction::Drop);
+        }
+        let stmt = registry.intern(rest);
+        self.by_client_name.insert(name.to_owned(), stmt.clone());
+        if server.lookup(&stmt.name) {
+            // Already prepared here: an unnamed Parse of the same text gives the client its ParseComplete (or
+            // the real error, should the text no longer parse) in the right place.
+            extended::encode_parse(out, "", rest);
+            self.push_parse(false, None, Some(name.to_owned()));
+        } else {
+            self.evict_for(&stmt.name, server, cap, out);
+            extended::encode_parse(out, &stmt.name, rest);
+            self.push_parse(false, Some(stmt.name.clone()), Some(name.to_owned()));
+        }
+        Ok(ClientAction::Replaced)
+    }
+
+    fn push_parse(&mut self, swallow: bool, creates: Option<Arc<str>>, defines: Option<String>) {
+        self.parse_acks.push_back(Ack {
+            group: self.sent_groups,
+            swallow,
+            creates,
+            defines,
+        });
+    }
+
+    /// Makes room for `name` in the server's cache, closing the least recently used statement when full.
+    fn evict_for(
+        &mut self,
+        name: &Arc<str>,
+        server: &mut ServerStatements,
+        cap: usize,
+        out: &mut BytesMut,
+    ) {
+        if let Some(old) = server.insert(name.clone(), cap) {
+            extended::encode_target(out, frontend::CLOSE, b'S', &old);
+            self.close_acks.push_back(Ack {
+                group: self.sent_groups,
+                swallow: true,
+                creates: None,
+                defines: None,
+            });
+        }
+    }
+
+    fn ensure_prepared(
+        &mut self,
+        stmt: &Statement,
+        server: &mut ServerStatements,
+        cap: usize,
+        out: &mut BytesMut,
+    ) {
+        if server.lookup(&stmt.name) {
+            return;
+        }
+        self.evict_for(&stmt.name, server, cap, out);
+        extended::encode_parse(out, &stmt.name, &stmt.body);
+        self.push_parse(true, Some(stmt.name.clone()), None);
+    }
+
+    /// Handles the start of one server message; returns whether to forward it. Bytes Ocelot must send to the
+    /// client before this message (a deferred error) are appended to `before`.
+    pub fn server_message(
+        &mut self,
+        code: u8,
+        server: &mut ServerStatements,
+        before: &mut BytesMut,
+    ) -> bool {
+        match code {
+            backend::PARSE_COMPLETE => self.pop(true, server).is_none_or(|swallow| !swallow),
+            backend::CLOSE_COMPLETE => self.pop(false, server).is_none_or(|swallow| !swallow),
+            backend::ERROR_RESPONSE => {
+                self.server_error_in_group = true;
+                true
+            }
+            backend::READY_FOR_QUERY => {
+                if let Some((group, err)) = self.deferred_error.take() {
+                    if group == self.done_groups && !self.server_error_in_group {
+                        before.extend_from_slice(&err);
+                    } else if group > self.done_groups {
+                        self.deferred_error = Some((group, err));
+                    }
+                }
+                self.done_groups += 1;
+                self.server_error_in_group = false;
+                self.drop_stale(server);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Pops the entry a ParseComplete (`parse`) or CloseComplete answers; `Some(swallow)`.
+    fn pop(&mut self, parse: bool, server: &mut ServerStatements) -> Option<bool> {
+        self.drop_stale(server);
+        let q = if parse {
+            &mut self.parse_acks
+        } else {
+            &mut self.close_acks
+        };
+        q.pop_front().map(|a| a.swallow)
+    }
+
+    /// Entries of finished groups were skipped after an error: names they would have created do not exist.
+    fn drop_stale(&mut self, server: &mut ServerStatements) {
+        while self
+            .parse_acks
+            .front()
+            .is_some_and(|a| a.group < self.done_groups)
+        {
+            let Some(ack) = self.parse_acks.pop_front() else {
+                break;
+            };
+            if let Some(name) = ack.creates {
+                server.remove(&name);
+            }
+            if let Some(client_name) = ack.defines {
+                self.by_client_name.remove(&client_name);
+            }
+        }
+        while self
+            .close_acks
+            .front()
+            .is_some_and(|a| a.group < self.done_groups)
+        {
+            self.close_acks.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! Named prepared statements in transaction mode (issue 3): statements follow their client onto servers that
+//! never saw them, errors keep their meaning, and the per-server cache evicts.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::types::Type;
+
+#[tokio::test]
+async fn statements_follow_clients_across_servers() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(
+        pg.port,
+        2,
+        "",
+        "prepared_statements_cache_size = 3",
+    ))
+    .await;
+    let port = proxy.local_addr().port();
+    let setup = connect(port, "postgres", None, "app").await.unwrap();
+    setup
+        .simple_query("CREATE TABLE kv (k int primary key, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for client in 0..8i32 {
+        tasks.push(tokio::spawn(async move {
+            let c = connect(port, "postgres", None, "app").await.unwrap();
+            // Five statements against a cache of three per server: some are evicted and prepared again.
+            let get = c.prepare("SELECT v FROM kv WHERE k = $1").await.unwrap();
+            let add = c
+                .prepare_typed("SELECT $1::int8 + $2::int8", &[Type::INT8, Type::INT8])
+                .await
+                .unwrap();
+            let cnt = c
+                .prepare("SELECT count(*) FROM kv WHERE k <= $1")
+                .await
+                .unwrap();
+            let echo = c.prepare("SELECT $1::text || '!'").await.unwrap();
+            let mine = c
+                .prepare(&format!("SELECT {client}::int + $1::int"))
+                .await
+                .unwrap();
+            for i in 1..=40i32 {
+                let k = (client * 40 + i) % 100 + 1;
+                let v: String = c.query_one(&get, &[&k]).await.unwrap().get(0);
+                assert_eq!(v, format!("v{k}"));
+                let s: i64 = c
+                    .query_one(&add, &[&(i as i64), &(client as i64)])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(s, (i + client) as i64);
+                let n: i64 = c.query_one(&cnt, &[&k]).await.unwrap().get(0);
+                assert_eq!(n, k as i64);
+                let e: String = c
+                    .query_one(&echo, &[&format!("c{client}i{i}")])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(e, format!("c{client}i{i}!"));
+                let m: i32 = c.query_one(&mine, &[&i]).await.unwrap().get(0);
+                assert_eq!(m, client + i);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Each server holds at most prepared_statements_cache_size of Ocelot's statements, under Ocelot's names.
+    for _ in 0..4 {
+        let r = setup
+            .simple_query("SELECT count(*), count(*) FILTER (WHERE name LIKE 'ocelot_%') FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        let tokio_postgres::SimpleQueryMessage::Row(row) = &r[1] else {
+            panic!("{r:?}")
+        };
+        let (all, ours): (u32, u32) = (
+            row.get(0).unwrap().parse().unwrap(),
+            row.get(1).unwrap().parse().unwrap(),
+        );
+        assert!(
+            all <= 3 && all == ours,
+            "{all} statements, {ours} of them Ocelot's"
+        );
+    }
+}
+
+fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new("pgbench");
+    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(args)
+        .arg("app");
+    run_tool(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_with_more_clients_than_servers() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 3, "", "")).await;
+    let port = proxy.local_addr().port();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-s", "1", "-q"]))
+        .await
+        .unwrap();
+    assert!(ok, "pgbench -i: {err}");
+    for select_only in [true, false] {
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            // One thread per client: pgbench prepares with a blocking PQprepare, which in a shared thread would
+            // wait for a server held by another client of that same thread, mid-transaction (true of any
+            // transaction pooler, PgBouncer included).
+            let mut args = vec!["-c", "20", "-j", "20", "-t", "50", "-M", "prepared", "-n"];
+            if select_only {
+                args.push("-S");
+            }
+            pgbench(port, &args)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "pgbench -M prepared -S={select_only}: {out}{err}");
+        assert!(
+            out.contains("number of transactions actually processed: 1000/1000"),
+            "{out}"
+        );
+        assert!(out.contains("number of failed transactions: 0"), "{out}");
+    }
+}
+
+/// A raw protocol client for exact error checks.
+struct Raw(TcpStream);
+
+impl Raw {
+    async fn login(port: u16) -> Raw {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut body = vec![0, 3, 0, 0];
+        for kv in ["user", "postgres", "database", "app", ""] {
+            body.extend_from_slice(kv.as_bytes());
+            body.push(0);
+        }
+        let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        pkt.extend(body);
+        s.write_all(&pkt).await.unwrap();
+        let mut r = Raw(s);
+        r.until_ready().await;
+        r
+    }
+
+    fn msg(code: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![code];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        Self::msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+    }
+
+    fn bind(stmt: &str) -> Vec<u8> {
+        Self::msg(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    fn execute() -> Vec<u8> {
+        Self::msg(b'E', b"\0\0\0\0\0")
+    }
+
+    fn sync() -> Vec<u8> {
+        Self::msg(b'S', b"")
+    }
+
+    /// Sends messages and reads to ReadyForQuery: the message codes, with the SQLSTATE after each 'E'.
+    async fn roundtrip(&mut self, msgs: &[Vec<u8>]) -> Vec<String> {
+        self.0.write_all(&msgs.concat()).await.unwrap();
+        self.until_ready().await
+    }
+
+    async fn until_ready(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 5];
+            self.0.read_exact(&mut h).await.unwrap();
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            self.0.read_exact(&mut body).await.unwrap();
+            if h[0] == b'E' {
+                let f = ocelot::protocol::decode::error_fields(&body).unwrap();
+                out.push(format!("E{}", f.code));
+            } else if h[0] != b'S' && h[0] != b'K' && h[0] != b'R' {
+                out.push((h[0] as char).to_string());
+            }
+            if h[0] == b'Z' {
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_keep_their_postgresql_meaning() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let port = proxy.local_addr().port();
+    let mut c = Raw::login(port).await;
+    // A failed Parse reports the server's own error, not a proxy-made one.
+    let r = c
+        .roundtrip(&[Raw::parse("s1", "SELECT * FROM no_such_table"), Raw::sync()])
+        .await;
+    assert_eq!(r, ["E42P01", "Z"]);
+    // Bind of an unknown statement: 26000. The failed name above is unknown too.
+    let r = c
+        .roundtrip(&[Raw::bind("nope"), Raw::execute(), Raw::sync()])
+        .await;
+    assert_eq!(r, ["E26000", "Z"]);
+    let r = c
+        .roundtrip(&[Raw::bind("s1"), Raw::execute(), Raw::sync()])
+        .await;
+    assert_eq!(
+        r,
+        ["E26000", "Z"],
+        "a statement whose Parse failed does not exist"
+    );
+    // Parse, Bind, Execute in one pipeline; then a duplicate name: 42P05, rest skipped to Sync.
+    let r = c
+        .roundtrip(&[
+            Raw::parse("s2", "SELECT 7"),
+            Raw::bind("s2"),
+            Raw::execute(),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(r, ["1", "2", "D", "C", "Z"]);
+    let r = c
+        .roundtrip(&[
+            Raw::parse("s2", "SELECT 8"),
+            Raw::bind("s2"),
+            Raw::execute(),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(r, ["E42P05", "Z"]);
+    // Execute of an unknown portal: 34000.
+    let r = c
+        .roundtrip(&[Raw::msg(b'E', b"ghost\0\0\0\0\0"), Raw::sync()])
+        .await;
+    assert_eq!(r, ["E34000", "Z"]);
+    // Close of an unknown name is not an error; Close of a known one forgets it.
+    let r = c
+        .roundtrip(&[
+            Raw::msg(b'C', b"Sghost\0"),
+            Raw::msg(b'C', b"Ss2\0"),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(r, ["3", "3", "Z"]);
+    let r = c
+        .roundtrip(&[Raw::bind("s2"), Raw::execute(), Raw::sync()])
+        .await;
+    assert_eq!(r, ["E26000", "Z"]);
+    // The session keeps working, and the name can be reused.
+    let r = c
+        .roundtrip(&[
+            Raw::parse("s2", "SELECT 9"),
+            Raw::bind("s2"),
+            Raw::execute(),
+            Raw::sync(),
+        ])
+        .await;
+    assert_eq!(r, ["1", "2", "D", "C", "Z"]);
+}
