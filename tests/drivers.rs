@@ -1,0 +1,88 @@
+//! Real drivers through Ocelot in transaction mode with a pool of 2 and more concurrent clients than that, so
+//! prepared statements land on servers that never saw them. Each driver's check script verifies every value.
+//! The drivers are installed by `scripts/setup-drivers.sh` (run by `scripts/test.sh`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const DRIVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers");
+
+async fn check(program: &str, args: Vec<String>, expect: &str) {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "connect_timeout = 20000")).await;
+    let port = proxy.local_addr().port().to_string();
+    let program = program.to_owned();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(&program);
+        c.args(&args).arg(&port);
+        run_tool(c)
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok,
+        "{expect}: {out}\n{err}\n(run scripts/setup-drivers.sh if a driver is missing)"
+    );
+    assert!(
+        out.contains(&format!("{expect}:")) && out.contains("checks passed"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn asyncpg_named_and_pipelined_statements() {
+    check(
+        "python3",
+        vec![format!("{DRIVERS}/asyncpg_check.py")],
+        "asyncpg",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn psycopg_prepare_threshold_zero_and_copy() {
+    check(
+        "python3",
+        vec![format!("{DRIVERS}/psycopg_check.py")],
+        "psycopg",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_postgres_named_queries() {
+    check(
+        "node",
+        vec![format!("{DRIVERS}/node/pg_check.js")],
+        "node-postgres",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pgjdbc_prepare_threshold_one() {
+    let jar = "/usr/share/java/postgresql.jar";
+    assert!(
+        Path::new(jar).exists(),
+        "{jar} missing: run scripts/setup-drivers.sh"
+    );
+    let classes = std::env::temp_dir().join(format!("ocelot-jdbc-{}", std::process::id()));
+    std::fs::create_dir_all(&classes).unwrap();
+    let (ok, out, err) = run_tool({
+        let mut c = Command::new("javac");
+        c.arg("-d")
+            .arg(&classes)
+            .arg("-cp")
+            .arg(jar)
+            .arg(format!("{DRIVERS}/java/JdbcCheck.java"));
+        c
+    });
+    assert!(ok, "javac: {out}{err}");
+    let cp = format!("{jar}:{}", classes.display());
+    check("java", vec!["-cp".into(), cp, "JdbcCheck".into()], "pgjdbc").await;
+    let _ = std::fs::remove_dir_all(&classes);
+}

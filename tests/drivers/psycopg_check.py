@@ -1,0 +1,48 @@
+"""psycopg 3 through Ocelot with prepare_threshold=0 (server-side prepared statements from the first execution),
+from several threads at once, plus COPY. Usage: python3 psycopg_check.py PORT."""
+import sys
+import threading
+
+import psycopg
+
+PORT = int(sys.argv[1])
+CLIENTS, ROUNDS = 6, 25
+DSN = f"host=127.0.0.1 port={PORT} user=postgres dbname=app"
+errors: list = []
+counts: list = []
+
+
+def client(n: int) -> None:
+    try:
+        with psycopg.connect(DSN, prepare_threshold=0, autocommit=True) as conn:
+            checks = 0
+            for i in range(ROUNDS):
+                assert conn.execute("SELECT %s::int + %s::int", (i, n)).fetchone()[0] == i + n
+                rows = conn.execute("SELECT g, %s || g FROM generate_series(1, %s) g", (f"p{n}-", i + 1)).fetchall()
+                assert rows == [(g, f"p{n}-{g}") for g in range(1, i + 2)], rows
+                checks += 2
+            with conn.transaction():
+                with conn.cursor().copy("COPY drv_psycopg (client, i) FROM STDIN") as copy:
+                    for i in range(ROUNDS):
+                        copy.write_row((n, i))
+            got = conn.execute("SELECT count(*), sum(i) FROM drv_psycopg WHERE client = %s", (n,)).fetchone()
+            assert got == (ROUNDS, sum(range(ROUNDS))), got
+            with conn.cursor().copy("COPY (SELECT i FROM drv_psycopg WHERE client = %s ORDER BY i) TO STDOUT", (n,)) as copy:
+                out = [int(row[0]) for row in copy.rows()]
+            assert out == list(range(ROUNDS)), out
+            counts.append(checks + 2)
+    except Exception as e:  # reported by the main thread
+        errors.append(f"client {n}: {e!r}")
+
+
+with psycopg.connect(DSN, autocommit=True) as setup:
+    setup.execute("CREATE TABLE IF NOT EXISTS drv_psycopg (client int, i int)")
+threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+print(f"psycopg: {sum(counts)} checks passed")
