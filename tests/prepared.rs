@@ -271,3 +271,94 @@ async fn errors_keep_their_postgresql_meaning() {
         .await;
     assert_eq!(r, ["1", "2", "D", "C", "Z"]);
 }
+
+async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
+    let r = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    r.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.get(0).unwrap_or_default().to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sql_prepare_and_set_follow_the_client() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let port = proxy.local_addr().port();
+    let mut tasks = Vec::new();
+    for n in 0..5i32 {
+        tasks.push(tokio::spawn(async move {
+            let c = connect(port, "postgres", None, "app").await.unwrap();
+            // Every client uses the same statement name with its own definition, and its own settings.
+            c.simple_query(&format!("SET work_mem = '{}MB'", n + 1))
+                .await
+                .unwrap();
+            c.simple_query(&format!("PREPARE q(int) AS SELECT $1 * {}", n + 10))
+                .await
+                .unwrap();
+            c.simple_query(&format!(
+                "SELECT set_config('app.tenant', 'tenant{n}', false)"
+            ))
+            .await
+            .unwrap();
+            for i in 0..20 {
+                assert_eq!(first(&c, "SHOW work_mem").await, format!("{}MB", n + 1));
+                assert_eq!(
+                    first(&c, &format!("EXECUTE q({i})")).await,
+                    (i * (n + 10)).to_string()
+                );
+                assert_eq!(
+                    first(&c, "SELECT current_setting('app.tenant')").await,
+                    format!("tenant{n}")
+                );
+            }
+            // SET LOCAL ends with its transaction; a rolled-back SET never happened.
+            c.simple_query("BEGIN; SET LOCAL work_mem = '64MB'; COMMIT")
+                .await
+                .unwrap();
+            c.simple_query("BEGIN; SET statement_timeout = 1234; ROLLBACK")
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                assert_eq!(first(&c, "SHOW work_mem").await, format!("{}MB", n + 1));
+                assert_eq!(first(&c, "SHOW statement_timeout").await, "0");
+            }
+            // DEALLOCATE and RESET are carried too.
+            c.simple_query("DEALLOCATE q").await.unwrap();
+            c.simple_query("RESET work_mem").await.unwrap();
+            for _ in 0..3 {
+                let e = c.simple_query("EXECUTE q(1)").await.unwrap_err();
+                assert_eq!(e.code().unwrap().code(), "26000");
+                assert_eq!(first(&c, "SHOW work_mem").await, "4MB");
+                assert_eq!(
+                    first(&c, "SELECT current_setting('app.tenant')").await,
+                    format!("tenant{n}")
+                );
+            }
+            c.simple_query("DISCARD ALL").await.unwrap();
+            for _ in 0..3 {
+                assert_eq!(
+                    first(&c, "SELECT current_setting('app.tenant', true)").await,
+                    ""
+                );
+            }
+        }));
+    }
+    // A client that never set anything sees defaults throughout.
+    let plain = connect(port, "postgres", None, "app").await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(first(&plain, "SHOW work_mem").await, "4MB");
+        let e = plain.simple_query("EXECUTE q(1)").await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), "26000");
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

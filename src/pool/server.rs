@@ -23,6 +23,43 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// Session state Ocelot applied on a server for the client using it: startup settings that the server does not
+/// report (`SET name = value`), the client's own SET statements, and its SQL-level PREPAREs, each by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub startup: ServerParams,
+    pub sets: ServerParams,
+    pub prepares: ServerParams,
+}
+
+impl Applied {
+    /// Mirrors a session command a client ran on this server itself, so later syncs start from the truth.
+    pub fn observe(&mut self, cmd: &crate::router::session_sql::SessionCommand) {
+        use crate::router::session_sql::SessionCommand as C;
+        match cmd {
+            // Tracked parameters are followed through ParameterStatus instead.
+            C::Set { name, statement } if !super::params::is_tracked(name) => {
+                self.sets.set(name, statement);
+            }
+            C::Reset { name } => {
+                self.sets.remove(name);
+                self.startup.remove(name);
+            }
+            C::ResetAll => {
+                self.sets.clear();
+                self.startup.clear();
+            }
+            C::Prepare { name, statement } => {
+                self.prepares.set(name, statement);
+            }
+            C::Deallocate { name } => self.prepares.remove(name),
+            C::DeallocateAll => self.prepares.clear(),
+            C::DiscardAll => *self = Applied::default(),
+            _ => {}
+        }
+    }
+}
+
 /// Session state a client left on a server that must be undone before another client gets it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dirty {
@@ -84,8 +121,8 @@ pub struct ServerConn {
     pub rbuf: BytesMut,
     /// Reported parameters, as the server last reported them.
     pub params: ServerParams,
-    /// Non-reported settings Ocelot applied with SET on a client's behalf.
-    pub applied: ServerParams,
+    /// Session state Ocelot applied on a client's behalf.
+    pub applied: Applied,
     pub dirty: Dirty,
     /// Ocelot's proxy-wide prepared statements that exist on this connection.
     pub statements: ServerStatements,
@@ -114,7 +151,7 @@ impl ServerConn {
             stream,
             rbuf,
             params,
-            applied: ServerParams::default(),
+            applied: Applied::default(),
             dirty: Dirty::default(),
             statements: ServerStatements::default(),
             txn_status: txn::IDLE,
@@ -213,10 +250,12 @@ impl ServerConn {
         if let Some(sql) = self.dirty.cleanup_sql() {
             self.run(&sql).await?;
             if self.dirty.reset_all {
-                self.applied.clear();
+                self.applied.startup.clear();
+                self.applied.sets.clear();
             }
             if self.dirty.deallocate_all {
                 self.statements.clear();
+                self.applied.prepares.clear();
             }
             self.dirty = Dirty::default();
         }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod login;
 pub mod params;
 pub mod session;
+pub mod session_state;
 pub mod shutdown;
 pub mod statements;
 pub mod tracker;

@@ -5,7 +5,9 @@
 //! one Query of SET/RESET statements, and nothing at all is sent when the server already matches.
 
 use crate::pool::params::{is_tracked, TRACKED};
+use crate::pool::server::Applied;
 use crate::pool::ServerParams;
+use crate::router::session_sql::SessionCommand;
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -17,6 +19,10 @@ pub struct ClientParams {
     pub tracked: ServerParams,
     /// Other settings from the startup packet.
     pub extra: ServerParams,
+    /// The client's own SET statements (untracked parameters), by parameter name.
+    pub sets: ServerParams,
+    /// The client's SQL-level PREPARE statements, by statement name.
+    pub prepares: ServerParams,
 }
 
 /// Quotes `value` as a dollar-quoted string constant, which needs no escaping whatever
@@ -97,9 +103,9 @@ impl ClientParams {
         p
     }
 
-    /// The statements that make a server with reported `params` and Ocelot-applied `applied` settings match
-    /// this client, or `None` when it already does.
-    pub fn sync_sql(&self, params: &ServerParams, applied: &ServerParams) -> Option<String> {
+    /// The statements that make a server with reported `params` and Ocelot-`applied` state match this client,
+    /// or `None` when it already does.
+    pub fn sync_sql(&self, params: &ServerParams, applied: &Applied) -> Option<String> {
         let mut sql = String::new();
         for (k, v) in self.tracked.iter() {
             if params.get(k) != Some(v) {
@@ -107,13 +113,35 @@ impl ClientParams {
             }
         }
         for (k, v) in self.extra.iter() {
-            if applied.get(k) != Some(v) {
+            if applied.startup.get(k) != Some(v) {
                 sql.push_str(&format!("SET {} = {};", ident(k), literal(v)));
             }
         }
-        for (k, _) in applied.iter() {
-            if self.extra.get(k).is_none() {
+        for (k, _) in applied.startup.iter() {
+            if self.extra.get(k).is_none() && self.sets.get(k).is_none() {
                 sql.push_str(&format!("RESET {};", ident(k)));
+            }
+        }
+        for (k, _) in applied.sets.iter() {
+            if self.sets.get(k).is_none() && self.extra.get(k).is_none() {
+                sql.push_str(&format!("RESET {};", ident(k)));
+            }
+        }
+        for (k, stmt) in self.sets.iter() {
+            if applied.sets.get(k) != Some(stmt) {
+                sql.push_str(stmt);
+                sql.push(';');
+            }
+        }
+        for (k, stmt) in applied.prepares.iter() {
+            if self.prepares.get(k) != Some(stmt) {
+                sql.push_str(&format!("DEALLOCATE {};", ident(k)));
+            }
+        }
+        for (k, stmt) in self.prepares.iter() {
+            if applied.prepares.get(k) != Some(stmt) {
+                sql.push_str(stmt);
+                sql.push(';');
             }
         }
         (!sql.is_empty()).then_some(sql)
@@ -121,7 +149,7 @@ impl ClientParams {
 
     /// After a sync ran: records what is now applied on the server, and adopts the server's spelling of tracked
     /// values (`ISO` becomes `ISO, MDY`) so the next comparison matches without another SET.
-    pub fn after_sync(&mut self, params: &ServerParams, applied: &mut ServerParams) {
+    pub fn after_sync(&mut self, params: &ServerParams, applied: &mut Applied) {
         for name in TRACKED {
             if let Some(v) = params.get(name) {
                 if self.tracked.get(name).is_some() {
@@ -129,7 +157,31 @@ impl ClientParams {
                 }
             }
         }
-        *applied = self.extra.clone();
+        applied.startup = self.extra.clone();
+        applied.sets = self.sets.clone();
+        applied.prepares = self.prepares.clone();
+    }
+
+    /// Records a session command that took effect. Tracked parameters are left to ParameterStatus.
+    pub fn apply(&mut self, cmd: SessionCommand) {
+        match cmd {
+            SessionCommand::Set { name, statement } if !is_tracked(&name) => {
+                self.sets.set(&name, &statement);
+            }
+            // RESET goes back to the session's start-up value, which includes the startup packet's settings.
+            SessionCommand::Reset { name } => self.sets.remove(&name),
+            SessionCommand::ResetAll => self.sets.clear(),
+            SessionCommand::Prepare { name, statement } => {
+                self.prepares.set(&name, &statement);
+            }
+            SessionCommand::Deallocate { name } => self.prepares.remove(&name),
+            SessionCommand::DeallocateAll => self.prepares.clear(),
+            SessionCommand::DiscardAll => {
+                self.sets.clear();
+                self.prepares.clear();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -153,7 +205,7 @@ mod tests {
             ("server_version", "15"),
         ]);
         let c = ClientParams::from_startup(&server, &[("user".into(), "u".into())]);
-        assert_eq!(c.sync_sql(&server, &ServerParams::default()), None);
+        assert_eq!(c.sync_sql(&server, &Applied::default()), None);
     }
 
     #[test]
@@ -166,7 +218,10 @@ mod tests {
                 ("extra_float_digits".into(), "3".into()),
             ],
         );
-        let applied = params(&[("search_path", "x")]);
+        let applied = Applied {
+            startup: params(&[("search_path", "x")]),
+            ..Applied::default()
+        };
         let sql = c.sync_sql(&server, &applied).unwrap();
         assert_eq!(
             sql,
@@ -178,10 +233,41 @@ mod tests {
     fn adopts_server_spelling() {
         let server = params(&[("DateStyle", "ISO, MDY")]);
         let mut c = ClientParams::from_startup(&server, &[("datestyle".into(), "ISO".into())]);
-        assert!(c.sync_sql(&server, &ServerParams::default()).is_some());
-        let mut applied = ServerParams::default();
+        assert!(c.sync_sql(&server, &Applied::default()).is_some());
+        let mut applied = Applied::default();
         c.after_sync(&server, &mut applied);
         assert_eq!(c.sync_sql(&server, &applied), None);
+    }
+
+    #[test]
+    fn replays_sets_and_prepares_and_undoes_others() {
+        let server = params(&[]);
+        let mut c = ClientParams::from_startup(&server, &[]);
+        c.apply(SessionCommand::Set {
+            name: "work_mem".into(),
+            statement: "SET work_mem = '8MB'".into(),
+        });
+        c.apply(SessionCommand::Prepare {
+            name: "q".into(),
+            statement: "PREPARE q AS SELECT 1".into(),
+        });
+        let applied = Applied {
+            sets: params(&[("lock_timeout", "SET lock_timeout = 5")]),
+            prepares: params(&[("other", "PREPARE other AS SELECT 2")]),
+            ..Applied::default()
+        };
+        assert_eq!(
+            c.sync_sql(&server, &applied).unwrap(),
+            "RESET \"lock_timeout\";SET work_mem = '8MB';DEALLOCATE \"other\";PREPARE q AS SELECT 1;"
+        );
+        let mut applied = applied;
+        c.after_sync(&server, &mut applied);
+        assert_eq!(c.sync_sql(&server, &applied), None);
+        c.apply(SessionCommand::DiscardAll);
+        assert!(c
+            .sync_sql(&server, &applied)
+            .unwrap()
+            .contains("DEALLOCATE \"q\""));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::login::LoggedIn;
 use super::params::ClientParams;
+use super::session_state::SessionEffects;
 use super::statements::{self, ClientAction, StatementMap};
 use super::tracker::TxnTracker;
 use crate::config::PoolMode;
@@ -74,6 +75,8 @@ pub struct Session {
     stmts: Option<StatementMap>,
     /// The rest of a streamed client message is being dropped.
     dropping: bool,
+    /// Session commands the client runs, replayed on the next server (transaction mode).
+    effects: Option<SessionEffects>,
     draining: watch::Receiver<bool>,
 }
 
@@ -102,6 +105,8 @@ impl Session {
             scratch: BytesMut::new(),
             stmts: (login.pool.prepared_cache > 0).then(StatementMap::default),
             dropping: false,
+            effects: (login.pool.settings.pool_mode == PoolMode::Transaction)
+                .then(SessionEffects::default),
             draining,
         }
     }
@@ -241,6 +246,7 @@ impl Session {
             if starts {
                 self.dropping = false;
                 self.tracker.client_message(code);
+                self.track_effects(fwd, &piece);
                 match self.map_statement(fwd, &piece)? {
                     ClientAction::Forward => {}
                     ClientAction::Replaced => {
@@ -272,6 +278,38 @@ impl Session {
             self.cbuf.reserve(wanted - self.cbuf.len());
         }
         Ok(None)
+    }
+
+    /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
+    /// the server to reject.
+    fn track_effects(&mut self, fwd: usize, piece: &Piece) {
+        let (Some(fx), Piece::Whole(h)) = (self.effects.as_mut(), piece) else {
+            if let (Some(fx), frontend::SYNC) = (self.effects.as_mut(), piece.code()) {
+                fx.sync();
+            }
+            return;
+        };
+        let body = &self.cbuf[fwd + 5..fwd + h.total()];
+        match h.code {
+            frontend::QUERY => fx.query(body.strip_suffix(&[0]).unwrap_or(body)),
+            frontend::SYNC => fx.sync(),
+            frontend::PARSE => {
+                if let Ok((name, rest)) = crate::protocol::extended::parse(body) {
+                    let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
+                    fx.parse(name, sql);
+                }
+            }
+            frontend::BIND => {
+                if let Ok((portal, statement, _)) = crate::protocol::extended::bind(body) {
+                    fx.bind(portal, statement);
+                }
+            }
+            frontend::EXECUTE => {
+                let portal = body.split(|&b| b == 0).next().unwrap_or_default();
+                fx.execute(std::str::from_utf8(portal).unwrap_or("\u{0}"));
+            }
+            _ => {}
+        }
     }
 
     /// Runs a client message that starts at `cbuf[fwd..]` through the prepared statement map, if any. A
@@ -380,6 +418,9 @@ impl Session {
         if let Some(map) = self.stmts.as_mut() {
             map.attach();
         }
+        if let Some(fx) = self.effects.as_mut() {
+            fx.attach();
+        }
         self.ssplit = Splitter::new(server.max_message());
         self.tracker = TxnTracker::default();
         self.server = Some(server);
@@ -455,6 +496,11 @@ impl Session {
                     continue;
                 }
             }
+            if piece.starts_message() && piece.code() == backend::ERROR_RESPONSE {
+                if let Some(fx) = self.effects.as_mut() {
+                    fx.server_error();
+                }
+            }
             if let Piece::Whole(h) = piece {
                 let ServerConn {
                     rbuf,
@@ -462,6 +508,7 @@ impl Session {
                     dirty,
                     txn_status,
                     statements,
+                    applied,
                     ..
                 } = &mut *server;
                 let body = &rbuf[fwd + 5..fwd + h.total()];
@@ -470,6 +517,12 @@ impl Session {
                         let status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
                         *txn_status = status;
                         self.tracker.server_message(h.code, Some(status));
+                        if let Some(fx) = self.effects.as_mut() {
+                            for cmd in fx.server_ready(status) {
+                                applied.observe(&cmd);
+                                self.params.apply(cmd);
+                            }
+                        }
                         saw_rfq = true;
                     }
                     backend::PARAMETER_STATUS => {
@@ -483,6 +536,9 @@ impl Session {
                     backend::COMMAND_COMPLETE => {
                         if let Ok(tag) = decode::command_tag(body) {
                             dirty.observe_tag(tag);
+                            if let Some(fx) = self.effects.as_mut() {
+                                fx.server_tag(tag);
+                            }
                             if Dirty::drops_all_statements(tag) {
                                 statements.clear();
                                 if let Some(map) = self.stmts.as_mut() {

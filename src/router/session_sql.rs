@@ -1,0 +1,403 @@
+//! A small pre-parser for the statements that change session state (SET, RESET, set_config, PREPARE,
+//! DEALLOCATE, DISCARD, LISTEN, UNLISTEN), so transaction mode can carry that state from server to server. It
+//! splits a query string into statements (respecting quotes, dollar quotes and comments) and classifies each by
+//! its leading keywords; anything else is `Other`. A quick keyword scan keeps ordinary queries off the slow path.
+
+/// What one statement does to session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// `SET [SESSION] name ...` (also `SET TIME ZONE`): `statement` replays it.
+    Set {
+        name: String,
+        statement: String,
+    },
+    /// `SET LOCAL ...`: ends with the transaction, nothing to carry.
+    SetLocal,
+    Reset {
+        name: String,
+    },
+    ResetAll,
+    /// `PREPARE name ...`: `statement` replays it.
+    Prepare {
+        name: String,
+        statement: String,
+    },
+    Deallocate {
+        name: String,
+    },
+    DeallocateAll,
+    DiscardAll,
+    Listen {
+        channel: String,
+    },
+    Unlisten {
+        channel: String,
+    },
+    UnlistenAll,
+    Other,
+}
+
+/// Whether `sql` may contain a session command at all (a cheap scan; false negatives are impossible).
+pub fn may_change_session(sql: &[u8]) -> bool {
+    const WORDS: [&[u8]; 6] = [
+        b"set",
+        b"prepare",
+        b"deallocate",
+        b"discard",
+        b"listen",
+        b"reset",
+    ];
+    sql.windows(3).enumerate().any(|(i, w)| {
+        let w0 = w[0].to_ascii_lowercase();
+        matches!(w0, b's' | b'p' | b'd' | b'l' | b'r')
+            && WORDS.iter().any(|word| {
+                sql.get(i..i + word.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(word))
+            })
+    })
+}
+
+/// Splits `sql` into statements at top-level semicolons.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() {
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 1;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            b'$' => {
+                // $tag$ ... $tag$ (tag may be empty); a $1 parameter is not a quote.
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                    .map(|p| i + 1 + p);
+                if let Some(e) = tag_end.filter(|&e| b[e] == b'$' && !b[i + 1].is_ascii_digit()) {
+                    let tag = &b[i..=e];
+                    let body = e + 1;
+                    i = b[body..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map_or(b.len(), |p| body + p + tag.len());
+                    continue;
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start..]);
+    out.retain(|s| !strip_leading(s).is_empty());
+    out
+}
+
+/// Skips whitespace and comments.
+fn strip_leading(mut s: &str) -> &str {
+    loop {
+        let t = s.trim_start();
+        if let Some(rest) = t.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = t.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return t;
+        }
+    }
+}
+
+/// Splits off the next word (identifier, possibly double-quoted, or a symbol) and the rest.
+fn next_word(s: &str) -> (String, &str) {
+    let s = strip_leading(s);
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if rest[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                    continue;
+                }
+                return (name, &rest[i + 1..]);
+            }
+            name.push(c);
+        }
+        return (name, "");
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$'))
+        .unwrap_or(s.len());
+    if end == 0 {
+        let n = s.chars().next().map_or(0, char::len_utf8);
+        return (s[..n].to_owned(), &s[n..]);
+    }
+    (s[..end].to_ascii_lowercase(), &s[end..])
+}
+
+/// Classifies one statement.
+pub fn classify(stmt: &str) -> SessionCommand {
+    let text = strip_leading(stmt).trim_end();
+    let (first, rest) = next_word(text);
+    match first.as_str() {
+        "set" => {
+            let (mut name, mut after) = next_word(rest);
+            match name.as_str() {
+                "local" => return SessionCommand::SetLocal,
+                "session" => {
+                    let (n, a) = next_word(after);
+                    if n == "authorization" {
+                        return SessionCommand::Set {
+                            name: "session_authorization".into(),
+                            statement: text.to_owned(),
+                        };
+                    }
+                    (name, after) = (n, a);
+                }
+                "time" => {
+                    let (n, _) = next_word(after);
+                    if n == "zone" {
+                        name = "timezone".into();
+                    }
+                }
+                "transaction" => return SessionCommand::Other,
+                _ => {}
+            }
+            let _ = after;
+            if name.is_empty() {
+                return SessionCommand::Other;
+            }
+            SessionCommand::Set {
+                name,
+                statement: text.to_owned(),
+            }
+        }
+        "reset" => match next_word(rest).0.as_str() {
+            "all" => SessionCommand::ResetAll,
+            "" => SessionCommand::Other,
+            "session" => SessionCommand::Reset {
+                name: "session_authorization".into(),
+            },
+            "time" => SessionCommand::Reset {
+                name: "timezone".into(),
+            },
+            name => SessionCommand::Reset { name: name.into() },
+        },
+        "prepare" => {
+            let (name, _) = next_word(rest);
+            if name == "transaction" || name.is_empty() {
+                return SessionCommand::Other;
+            }
+            SessionCommand::Prepare {
+                name,
+                statement: text.to_owned(),
+            }
+        }
+        "deallocate" => {
+            let (mut name, after) = next_word(rest);
+            if name == "prepare" {
+                name = next_word(after).0;
+            }
+            match name.as_str() {
+                "all" => SessionCommand::DeallocateAll,
+                "" => SessionCommand::Other,
+                _ => SessionCommand::Deallocate { name },
+            }
+        }
+        "discard" if next_word(rest).0 == "all" => SessionCommand::DiscardAll,
+        "listen" => SessionCommand::Listen {
+            channel: next_word(rest).0,
+        },
+        "unlisten" => match next_word(rest).0.as_str() {
+            "*" => SessionCommand::UnlistenAll,
+            channel => SessionCommand::Unlisten {
+                channel: channel.into(),
+            },
+        },
+        "select" => classify_set_config(rest),
+        _ => SessionCommand::Other,
+    }
+}
+
+/// `SELECT set_config('name', 'value', false)` alone: a session-level SET written as a function call.
+fn classify_set_config(rest: &str) -> SessionCommand {
+    let (f, rest) = next_word(rest);
+    if f != "set_config" && f != "pg_catalog.set_config" {
+        return SessionCommand::Other;
+    }
+    let rest = strip_leading(rest);
+    let Some(args) = rest.strip_prefix('(') else {
+        return SessionCommand::Other;
+    };
+    let mut lits = Vec::new();
+    let mut s = args;
+    for _ in 0..2 {
+        let t = s.trim_start();
+        let Some(body) = t.strip_prefix('\'') else {
+            return SessionCommand::Other;
+        };
+        let mut val = String::new();
+        let mut it = body.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = it.next() {
+            if c == '\'' {
+                if body[i + 1..].starts_with('\'') {
+                    val.push('\'');
+                    it.next();
+                    continue;
+                }
+                end = Some(i + 1);
+                break;
+            }
+            val.push(c);
+        }
+        let Some(e) = end else {
+            return SessionCommand::Other;
+        };
+        lits.push(val);
+        s = body[e..].trim_start().strip_prefix(',').unwrap_or("");
+    }
+    let (is_local, after) = next_word(s);
+    if is_local != "false" || !strip_leading(after).starts_with(')') {
+        return SessionCommand::Other;
+    }
+    let (name, value) = (lits[0].to_ascii_lowercase(), &lits[1]);
+    SessionCommand::Set {
+        statement: format!("SET {name} TO '{}'", value.replace('\'', "''")),
+        name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionCommand as C;
+    use super::*;
+
+    #[test]
+    fn splits_statements_respecting_quotes_and_comments() {
+        let q = "SET a = 'x;y'; select $$;$$; /* ; */ select \"a;b\" -- ;\n; select $1";
+        assert_eq!(
+            split_statements(q),
+            vec![
+                "SET a = 'x;y'",
+                " select $$;$$",
+                " /* ; */ select \"a;b\" -- ;\n",
+                " select $1"
+            ]
+        );
+        assert_eq!(split_statements("  ;; "), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn classifies_session_commands() {
+        let set = |n: &str, s: &str| C::Set {
+            name: n.into(),
+            statement: s.into(),
+        };
+        assert_eq!(
+            classify(" SET work_mem = '8MB'"),
+            set("work_mem", "SET work_mem = '8MB'")
+        );
+        assert_eq!(
+            classify("set session search_path to a, b"),
+            set("search_path", "set session search_path to a, b")
+        );
+        assert_eq!(
+            classify("SET TIME ZONE 'UTC'"),
+            set("timezone", "SET TIME ZONE 'UTC'")
+        );
+        assert_eq!(
+            classify("SET myapp.user_id = 7"),
+            set("myapp.user_id", "SET myapp.user_id = 7")
+        );
+        assert_eq!(
+            classify("SET \"MyApp\".x = 1").clone(),
+            set("MyApp", "SET \"MyApp\".x = 1")
+        );
+        assert_eq!(classify("SET LOCAL work_mem = 1"), C::SetLocal);
+        assert_eq!(
+            classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            C::Other
+        );
+        assert_eq!(
+            classify("RESET work_mem"),
+            C::Reset {
+                name: "work_mem".into()
+            }
+        );
+        assert_eq!(classify("reset all"), C::ResetAll);
+        assert_eq!(
+            classify("PREPARE q(int) AS SELECT $1"),
+            C::Prepare {
+                name: "q".into(),
+                statement: "PREPARE q(int) AS SELECT $1".into()
+            }
+        );
+        assert_eq!(
+            classify("DEALLOCATE PREPARE q"),
+            C::Deallocate { name: "q".into() }
+        );
+        assert_eq!(classify("deallocate all"), C::DeallocateAll);
+        assert_eq!(classify("DISCARD ALL"), C::DiscardAll);
+        assert_eq!(
+            classify("LISTEN chan"),
+            C::Listen {
+                channel: "chan".into()
+            }
+        );
+        assert_eq!(classify("UNLISTEN *"), C::UnlistenAll);
+        assert_eq!(
+            classify("SELECT set_config('app.tenant', 'it''s', false)"),
+            set("app.tenant", "SET app.tenant TO 'it''s'")
+        );
+        assert_eq!(classify("SELECT set_config('a', 'b', true)"), C::Other);
+        assert_eq!(classify("SELECT 1"), C::Other);
+        assert_eq!(classify("UPDATE t SET a = 1"), C::Other);
+    }
+
+    #[test]
+    fn quick_scan() {
+        assert!(!may_change_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
+        assert!(may_change_session(b"UPDATE t SET a = 1"));
+        assert!(may_change_session(b"PREPARE x AS SELECT 1"));
+        assert!(may_change_session(b"select set_config('a','b',false)"));
+    }
+}
