@@ -362,3 +362,85 @@ async fn sql_prepare_and_set_follow_the_client() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn listen_notify_without_holding_servers() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
+    let port = proxy.local_addr().port();
+    // Three listeners on a pool of ONE server connection: none of them holds it.
+    let mut listeners = Vec::new();
+    for n in 0..3 {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("app");
+        let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            use futures_util::StreamExt;
+            while let Some(Ok(msg)) = stream.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            }
+        });
+        let chan = if n == 2 { "other" } else { "jobs" };
+        client
+            .simple_query(&format!("LISTEN {chan}"))
+            .await
+            .unwrap();
+        listeners.push((client, rx, chan));
+    }
+    let sender = connect(port, "postgres", None, "app").await.unwrap();
+    for i in 0..5 {
+        sender
+            .simple_query(&format!("NOTIFY jobs, 'job {i}'"))
+            .await
+            .unwrap();
+    }
+    sender.simple_query("NOTIFY other, 'x'").await.unwrap();
+    // A notification sent inside a transaction arrives after COMMIT.
+    sender
+        .simple_query("BEGIN; NOTIFY jobs, 'job 5'; COMMIT")
+        .await
+        .unwrap();
+    for (client, rx, chan) in listeners.iter_mut() {
+        let want: Vec<String> = if *chan == "jobs" {
+            (0..6).map(|i| format!("job {i}")).collect()
+        } else {
+            vec!["x".into()]
+        };
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let (c, p) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("notification in time")
+                .unwrap();
+            assert_eq!(c, *chan);
+            got.push(p);
+        }
+        assert_eq!(got, want, "in order, each exactly once");
+        // The listener still runs queries on the single pooled server.
+        assert_eq!(
+            client.simple_query("SELECT 1").await.unwrap().len(),
+            3,
+            "row description, row, command complete"
+        );
+    }
+    // UNLISTEN stops delivery.
+    listeners[0].0.simple_query("UNLISTEN jobs").await.unwrap();
+    sender.simple_query("NOTIFY jobs, 'late'").await.unwrap();
+    let late = tokio::time::timeout(std::time::Duration::from_secs(5), listeners[1].1.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.1, "late");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), listeners[0].1.recv())
+            .await
+            .is_err()
+    );
+}

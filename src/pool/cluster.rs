@@ -3,12 +3,13 @@
 //! once at login and keep the `Arc`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rand::Rng;
 
 use super::connect::ServerCredentials;
+use super::listener::Listener;
 use super::pool::PoolSettings;
 use super::prepared::Registry;
 use super::{Address, ServerPool};
@@ -42,6 +43,8 @@ pub struct UserPool {
     /// Per-server statement cache size; 0 when statements are passed through untouched (session mode, or
     /// `prepared_statements_cache_size = 0`).
     pub prepared_cache: usize,
+    /// The LISTEN connection shared by this pool's clients in transaction mode, created on first use.
+    listener: OnceLock<Listener>,
 }
 
 impl UserPool {
@@ -68,6 +71,12 @@ impl UserPool {
                     .find(|s| s.address.role != ServerRole::Mirror)
             })
             .unwrap_or(&servers[0])
+    }
+
+    /// The pool's shared LISTEN connection.
+    pub fn listener(&self) -> &Listener {
+        self.listener
+            .get_or_init(|| Listener::new(self.target().clone()))
     }
 
     /// Every server pool of this user.
@@ -166,6 +175,7 @@ impl Cluster {
                     default_role: pool.default_role,
                     statements: Registry::default(),
                     prepared_cache,
+                    listener: OnceLock::new(),
                 };
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }

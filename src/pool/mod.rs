@@ -7,6 +7,7 @@ pub mod address;
 pub mod cluster;
 pub mod connect;
 pub mod error;
+pub mod listener;
 pub mod params;
 #[allow(clippy::module_inception)]
 pub mod pool;

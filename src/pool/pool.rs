@@ -169,6 +169,24 @@ impl ServerPool {
         Ok(conn)
     }
 
+    /// Opens a connection outside the pool's accounting, for a long-lived dedicated use (the LISTEN
+    /// connection).
+    pub async fn connect_dedicated(&self) -> Result<ServerConn, PoolError> {
+        let timeout = self.settings.connect_timeout;
+        match tokio::time::timeout(
+            timeout,
+            connect(self.address.clone(), &self.creds, self.settings.max_message),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(PoolError::ConnectTimeout {
+                server: self.address.to_string(),
+                ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
     /// Closes a connection and forgets it.
     fn discard(&self, conn: ServerConn) {
         self.open.fetch_sub(1, Ordering::Relaxed);

@@ -186,6 +186,21 @@ pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
     message(buf, frontend::PASSWORD, |b| b.put_slice(data));
 }
 
+/// CommandComplete with `tag`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, backend::COMMAND_COMPLETE, |b| cstr(b, tag.as_bytes()));
+}
+
+/// A message with an empty body (ParseComplete, BindComplete, CloseComplete, NoData, ...).
+pub fn empty(buf: &mut BytesMut, code: u8) {
+    message(buf, code, |_| {});
+}
+
+/// ParameterDescription of a statement without parameters.
+pub fn no_parameters(buf: &mut BytesMut) {
+    message(buf, backend::PARAMETER_DESCRIPTION, |b| b.put_i16(0));
+}
+
 /// Simple Query.
 pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, frontend::QUERY, |b| cstr(b, sql.as_bytes()));

@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod error;
 pub mod login;
+pub mod notify;
 pub mod params;
 pub mod session;
 pub mod session_state;

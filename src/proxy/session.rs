@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::login::LoggedIn;
+use super::notify::{self, Notifications};
 use super::params::ClientParams;
 use super::session_state::SessionEffects;
 use super::statements::{self, ClientAction, StatementMap};
@@ -26,6 +27,7 @@ use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::{Piece, Splitter};
 use crate::protocol::{decode, ProtocolError};
+use crate::router::session_sql::SessionCommand;
 
 /// Read buffers grow to at least this much free space before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -77,6 +79,10 @@ pub struct Session {
     dropping: bool,
     /// Session commands the client runs, replayed on the next server (transaction mode).
     effects: Option<SessionEffects>,
+    /// LISTEN subscriptions served by the pool's shared LISTEN connection (transaction mode).
+    notify: Option<Notifications>,
+    /// An unnamed extended-protocol LISTEN/UNLISTEN that Ocelot is answering itself.
+    local_ext: Option<SessionCommand>,
     draining: watch::Receiver<bool>,
 }
 
@@ -107,6 +113,8 @@ impl Session {
             dropping: false,
             effects: (login.pool.settings.pool_mode == PoolMode::Transaction)
                 .then(SessionEffects::default),
+            notify: None,
+            local_ext: None,
             draining,
         }
     }
@@ -138,6 +146,7 @@ impl Session {
             Ok(End::ClientLeft) => {}
         }
         self.release_on_exit();
+        self.stop_listening();
         result
     }
 
@@ -171,11 +180,13 @@ impl Session {
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                         _ = self.draining.changed(), if !draining => Event::Draining,
+                        m = notify::next(&mut self.notify) => Event::Notification(m),
                     }
                 }
                 None => tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = self.draining.changed(), if !draining => Event::Draining,
+                    m = notify::next(&mut self.notify) => Event::Notification(m),
                 },
             };
             match event {
@@ -193,6 +204,11 @@ impl Session {
                     }
                 }
                 Event::Draining => draining = true,
+                Event::Notification(Some(msg)) => self.notification(msg).await?,
+                Event::Notification(None) => {}
+            }
+            if self.server.is_none() {
+                self.flush_notifications().await?;
             }
             if draining && self.server.is_some() && self.tracker.is_idle() && self.cbuf.is_empty() {
                 self.release();
@@ -235,7 +251,7 @@ impl Session {
             if self.server.is_none() {
                 // Nothing was forwarded yet in this call, since forwarding needs a server.
                 debug_assert_eq!(fwd, 0);
-                if self.skip_without_server(&piece).await? {
+                if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
                     continue;
                 }
                 if let Err(e) = self.attach().await {
@@ -578,4 +594,7 @@ enum Event {
     Server(std::io::Result<usize>),
     Client(std::io::Result<usize>),
     Draining,
+    Notification(Option<bytes::Bytes>),
 }
+
+mod listen;

@@ -1,5 +1,5 @@
 """psycopg 3 through Ocelot with prepare_threshold=0 (server-side prepared statements from the first execution),
-from several threads at once, plus COPY. Usage: python3 psycopg_check.py PORT."""
+from several threads at once, plus COPY and LISTEN/notifies. Usage: python3 psycopg_check.py PORT."""
 import sys
 import threading
 
@@ -35,8 +35,21 @@ def client(n: int) -> None:
         errors.append(f"client {n}: {e!r}")
 
 
+def listen_notify() -> int:
+    """LISTEN through psycopg's API while other clients share the pool; NOTIFY from another connection."""
+    with psycopg.connect(DSN, autocommit=True) as listener, psycopg.connect(DSN, autocommit=True) as sender:
+        listener.execute("LISTEN psy_events")
+        for i in range(5):
+            sender.execute("SELECT pg_notify('psy_events', %s)", (f"event {i}",))
+        got = [n.payload for n in listener.notifies(timeout=10, stop_after=5)]
+        assert got == [f"event {i}" for i in range(5)], got
+        assert listener.execute("SELECT 42").fetchone()[0] == 42
+        return 2
+
+
 with psycopg.connect(DSN, autocommit=True) as setup:
     setup.execute("CREATE TABLE IF NOT EXISTS drv_psycopg (client int, i int)")
+counts.append(listen_notify())
 threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
 for t in threads:
     t.start()
