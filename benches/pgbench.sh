@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side throughput benchmark: pgbench -S (select-only) through Ocelot, through PgBouncer (transaction mode,
-# same pool size) and directly to PostgreSQL, at several client counts, simple and extended protocol, the three
+# same pool size) and directly to PostgreSQL, at several client counts, in simple, extended and prepared protocol
+# modes (prepared: named statements, which Ocelot maps onto its per-server statement cache), the three
 # targets interleaved in each round. Prints TPS, each pooler's ratio to direct, each pooler's CPU time per
 # transaction (user + system, from /proc), and added latency at 1 client.
 #
 #   benches/pgbench.sh                 # 1 10 50 200 clients, 10 s per run, 1 round
-#   CLIENTS="10 50" SECONDS_PER_RUN=20 ROUNDS=3 benches/pgbench.sh
+#   CLIENTS="10 50" MODES=prepared SECONDS_PER_RUN=20 ROUNDS=3 benches/pgbench.sh
 #
 # Needs pgbouncer (apt-get install -y pgbouncer); everything runs on 127.0.0.1 and stops at exit.
 set -euo pipefail
@@ -16,6 +17,7 @@ cargo build --release -q
 BIN="${CARGO_TARGET_DIR:-target}/release/ocelot"
 
 CLIENTS=${CLIENTS:-"1 10 50 200"}
+MODES=${MODES:-"simple extended prepared"}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 ROUNDS=${ROUNDS:-1}
 POOL=${POOL:-20}
@@ -100,7 +102,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 
 printf "pgbench -S, %s s per run, %s round(s), pool %s, scale %s, %s cores\n\n" "$SECONDS_PER_RUN" "$ROUNDS" "$POOL" "$SCALE" "$(nproc)"
 printf "%-9s %7s %12s %12s %12s %9s %9s %13s %14s\n" mode clients direct_tps ocelot_tps bouncer_tps ocelot/% bouncer/% ocelot_cpu_us bouncer_cpu_us
-for mode in simple extended; do
+for mode in $MODES; do
   for c in $CLIENTS; do
     : > "$W/d"; : > "$W/o"; : > "$W/b"; : > "$W/dl"; : > "$W/ol"; : > "$W/bl"; : > "$W/oc"; : > "$W/bc"
     for _ in $(seq "$ROUNDS"); do

@@ -444,3 +444,40 @@ async fn listen_notify_without_holding_servers() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn sqlx_prepared_queries_across_servers() {
+    use sqlx::{Connection, Row};
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.local_addr().port());
+    let mut tasks = Vec::new();
+    for n in 0..6i64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            // sqlx prepares every query as a named statement and caches it per connection.
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            for i in 0..25i64 {
+                let row = sqlx::query("SELECT $1::int8 * 3 + $2::int8 AS v, $3::text AS t")
+                    .bind(i)
+                    .bind(n)
+                    .bind(format!("sqlx-{n}-{i}"))
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<i64, _>("v"), i * 3 + n);
+                assert_eq!(row.get::<String, _>("t"), format!("sqlx-{n}-{i}"));
+                let total: i64 = sqlx::query_scalar("SELECT count(*) FROM generate_series(1, $1::int)")
+                    .bind(i as i32 + 1)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(total, i + 1);
+            }
+            c.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
