@@ -450,7 +450,10 @@ async fn sqlx_prepared_queries_across_servers() {
     use sqlx::{Connection, Row};
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
-    let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.local_addr().port());
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/app",
+        proxy.local_addr().port()
+    );
     let mut tasks = Vec::new();
     for n in 0..6i64 {
         let url = url.clone();
@@ -467,11 +470,12 @@ async fn sqlx_prepared_queries_across_servers() {
                     .unwrap();
                 assert_eq!(row.get::<i64, _>("v"), i * 3 + n);
                 assert_eq!(row.get::<String, _>("t"), format!("sqlx-{n}-{i}"));
-                let total: i64 = sqlx::query_scalar("SELECT count(*) FROM generate_series(1, $1::int)")
-                    .bind(i as i32 + 1)
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap();
+                let total: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM generate_series(1, $1::int)")
+                        .bind(i as i32 + 1)
+                        .fetch_one(&mut c)
+                        .await
+                        .unwrap();
                 assert_eq!(total, i + 1);
             }
             c.close().await.unwrap();
@@ -479,5 +483,39 @@ async fn sqlx_prepared_queries_across_servers() {
     }
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn set_config_is_carried_and_never_leaks() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
+    let port = proxy.local_addr().port();
+    let a = connect(port, "postgres", None, "app").await.unwrap();
+    let b = connect(port, "postgres", None, "app").await.unwrap();
+    // Parameterised set_config through the extended protocol (PgDog issue 1055): carried for its client.
+    a.query_typed(
+        "SELECT set_config($1, $2, false)",
+        &[(&"app.user", Type::TEXT), (&"u1", Type::TEXT)],
+    )
+    .await
+    .unwrap();
+    // A set_config inside a bigger query is not replayed, but it must not reach another client either.
+    a.simple_query("SELECT 1, set_config('app.leak', 'yes', false)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            first(&b, "SELECT current_setting('app.leak', true)").await,
+            ""
+        );
+        assert_eq!(
+            first(&b, "SELECT current_setting('app.user', true)").await,
+            ""
+        );
+        assert_eq!(
+            first(&a, "SELECT current_setting('app.user', true)").await,
+            "u1"
+        );
     }
 }

@@ -26,6 +26,31 @@ pub fn bind(body: &[u8]) -> Result<(&str, &str, &[u8]), ProtocolError> {
     Ok((portal, statement, c.rest()))
 }
 
+/// The parameter values of a Bind (`rest` is what follows the statement name), `None` for a NULL. Values are
+/// returned whatever their format: for `text` parameters the binary format is the same UTF-8 bytes.
+pub fn bind_params(rest: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut c = Cursor::new(frontend::BIND, rest);
+    let read_i16 = |c: &mut Cursor| -> Result<i16, ProtocolError> {
+        let b = c.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    };
+    let nformats = read_i16(&mut c)?.max(0) as usize;
+    for _ in 0..nformats {
+        read_i16(&mut c)?;
+    }
+    let nparams = read_i16(&mut c)?.max(0) as usize;
+    let mut out = Vec::with_capacity(nparams);
+    for _ in 0..nparams {
+        let len = c.i32()?;
+        out.push(if len < 0 {
+            None
+        } else {
+            Some(c.bytes(len as usize)?)
+        });
+    }
+    Ok(out)
+}
+
 /// A Describe or Close body: the target kind (`S` statement or `P` portal) and its name.
 pub fn target(code: u8, body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     let mut c = Cursor::new(code, body);
@@ -102,6 +127,15 @@ mod tests {
         let mut b = BytesMut::new();
         encode_target(&mut b, frontend::DESCRIBE, b'S', "x");
         assert_eq!(target(frontend::DESCRIBE, &b[5..]).unwrap(), (b'S', "x"));
+    }
+
+    #[test]
+    fn reads_bind_parameters() {
+        let rest = b"\0\0\0\x02\0\0\0\x01a\xff\xff\xff\xff\0\0";
+        assert_eq!(bind_params(rest).unwrap(), vec![Some(&b"a"[..]), None]);
+        let binary = b"\0\x01\0\x01\0\x01\0\0\0\x01a\0\0";
+        assert_eq!(bind_params(binary).unwrap(), vec![Some(&b"a"[..])]);
+        assert!(bind_params(b"\0\0\0\x01\0\0\0\x09a").is_err());
     }
 
     #[test]

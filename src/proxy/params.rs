@@ -7,7 +7,7 @@
 use crate::pool::params::{is_tracked, TRACKED};
 use crate::pool::server::Applied;
 use crate::pool::ServerParams;
-use crate::router::session_sql::SessionCommand;
+use crate::router::session_sql::{quote_literal, quote_name, SessionCommand};
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
@@ -23,20 +23,6 @@ pub struct ClientParams {
     pub sets: ServerParams,
     /// The client's SQL-level PREPARE statements, by statement name.
     pub prepares: ServerParams,
-}
-
-/// Quotes `value` as a dollar-quoted string constant, which needs no escaping whatever
-/// `standard_conforming_strings` is.
-fn literal(value: &str) -> String {
-    let mut tag = String::from("ocelot");
-    while value.contains(&format!("${tag}$")) {
-        tag.push('_');
-    }
-    format!("${tag}${value}${tag}$")
-}
-
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Splits a libpq `options` string into settings: `-c name=value` and `--name=value`, with `\ ` escapes.
@@ -109,22 +95,22 @@ impl ClientParams {
         let mut sql = String::new();
         for (k, v) in self.tracked.iter() {
             if params.get(k) != Some(v) {
-                sql.push_str(&format!("SET {} = {};", ident(k), literal(v)));
+                sql.push_str(&format!("SET {} = {};", quote_name(k), quote_literal(v)));
             }
         }
         for (k, v) in self.extra.iter() {
             if applied.startup.get(k) != Some(v) {
-                sql.push_str(&format!("SET {} = {};", ident(k), literal(v)));
+                sql.push_str(&format!("SET {} = {};", quote_name(k), quote_literal(v)));
             }
         }
         for (k, _) in applied.startup.iter() {
             if self.extra.get(k).is_none() && self.sets.get(k).is_none() {
-                sql.push_str(&format!("RESET {};", ident(k)));
+                sql.push_str(&format!("RESET {};", quote_name(k)));
             }
         }
         for (k, _) in applied.sets.iter() {
             if self.sets.get(k).is_none() && self.extra.get(k).is_none() {
-                sql.push_str(&format!("RESET {};", ident(k)));
+                sql.push_str(&format!("RESET {};", quote_name(k)));
             }
         }
         for (k, stmt) in self.sets.iter() {
@@ -135,7 +121,7 @@ impl ClientParams {
         }
         for (k, stmt) in applied.prepares.iter() {
             if self.prepares.get(k) != Some(stmt) {
-                sql.push_str(&format!("DEALLOCATE {};", ident(k)));
+                sql.push_str(&format!("DEALLOCATE {};", quote_name(k)));
             }
         }
         for (k, stmt) in self.prepares.iter() {

@@ -27,7 +27,7 @@ use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::{Piece, Splitter};
 use crate::protocol::{decode, ProtocolError};
-use crate::router::session_sql::SessionCommand;
+use crate::router::session_sql::{mentions_set_config, SessionCommand};
 
 /// Read buffers grow to at least this much free space before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -306,6 +306,13 @@ impl Session {
             return;
         };
         let body = &self.cbuf[fwd + 5..fwd + h.total()];
+        // A set_config that is not recognised as a plain session SET could still change a setting: the
+        // server is reset before anyone else gets it.
+        if matches!(h.code, frontend::QUERY | frontend::PARSE) && mentions_set_config(body) {
+            if let Some(server) = self.server.as_mut() {
+                server.dirty.reset_all = true;
+            }
+        }
         match h.code {
             frontend::QUERY => fx.query(body.strip_suffix(&[0]).unwrap_or(body)),
             frontend::SYNC => fx.sync(),
@@ -316,8 +323,9 @@ impl Session {
                 }
             }
             frontend::BIND => {
-                if let Ok((portal, statement, _)) = crate::protocol::extended::bind(body) {
-                    fx.bind(portal, statement);
+                if let Ok((portal, statement, rest)) = crate::protocol::extended::bind(body) {
+                    let params = crate::protocol::extended::bind_params(rest).ok();
+                    fx.bind(portal, statement, params.as_deref());
                 }
             }
             frontend::EXECUTE => {

@@ -75,10 +75,14 @@ impl SessionEffects {
         }
     }
 
-    pub fn bind(&mut self, portal: &str, statement: &str) {
+    /// A Bind; `params` are its values (`None` when unreadable), which resolve a parameterised set_config.
+    pub fn bind(&mut self, portal: &str, statement: &str, params: Option<&[Option<&[u8]>]>) {
         if portal.is_empty() {
             self.unnamed_portal = if statement.is_empty() {
-                self.unnamed_statement.clone()
+                self.unnamed_statement
+                    .iter()
+                    .filter_map(|c| c.with_params(params.unwrap_or_default()))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -216,12 +220,21 @@ mod tests {
     fn extended_protocol_unnamed_statement() {
         let mut s = SessionEffects::default();
         s.parse("", b"SET search_path TO app");
-        s.bind("", "");
+        s.bind("", "", None);
         s.execute("");
         s.sync();
         assert_eq!(
             s.server_ready(b'I'),
             vec![set("search_path", "SET search_path TO app")]
+        );
+        // A parameterised set_config resolves with the Bind values.
+        s.parse("", b"SELECT set_config($1, $2, false)");
+        s.bind("", "", Some(&[Some(b"app.user"), Some(b"7")]));
+        s.execute("");
+        s.sync();
+        assert_eq!(
+            s.server_ready(b'I'),
+            vec![set("app.user", "SET \"app\".\"user\" TO $ocelot$7$ocelot$")]
         );
         // Prepared only (no Execute): nothing happened.
         s.parse("", b"SET search_path TO other");

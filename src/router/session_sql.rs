@@ -27,6 +27,11 @@ pub enum SessionCommand {
     },
     DeallocateAll,
     DiscardAll,
+    /// `SELECT set_config(a, b, false)` where an argument is a Bind parameter: resolved when the values are known.
+    SetConfig {
+        name: ConfigArg,
+        value: ConfigArg,
+    },
     Listen {
         channel: String,
     },
@@ -35,6 +40,72 @@ pub enum SessionCommand {
     },
     UnlistenAll,
     Other,
+}
+
+/// An argument of set_config: a string literal or a Bind parameter (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigArg {
+    Literal(String),
+    Param(usize),
+}
+
+impl ConfigArg {
+    fn resolve(&self, params: &[Option<&[u8]>]) -> Option<String> {
+        match self {
+            ConfigArg::Literal(s) => Some(s.clone()),
+            ConfigArg::Param(i) => params
+                .get(*i)
+                .copied()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// Quotes `value` as a dollar-quoted string constant, which needs no escaping whatever
+/// `standard_conforming_strings` is.
+pub fn quote_literal(value: &str) -> String {
+    let mut tag = String::from("ocelot");
+    while value.contains(&format!("${tag}$")) {
+        tag.push('_');
+    }
+    format!("${tag}${value}${tag}$")
+}
+
+/// Quotes a (possibly dotted, e.g. `app.user`) parameter name part by part, so reserved words are safe.
+pub fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The SET a set_config call amounts to.
+fn set_config(name: &str, value: &str) -> SessionCommand {
+    let name = name.to_ascii_lowercase();
+    SessionCommand::Set {
+        statement: format!("SET {} TO {}", quote_name(&name), quote_literal(value)),
+        name,
+    }
+}
+
+impl SessionCommand {
+    /// Resolves a parameterised set_config with Bind values (text format); `None` when they are not known.
+    pub fn with_params(&self, params: &[Option<&[u8]>]) -> Option<SessionCommand> {
+        match self {
+            SessionCommand::SetConfig { name, value } => {
+                Some(set_config(&name.resolve(params)?, &value.resolve(params)?))
+            }
+            other => Some(other.clone()),
+        }
+    }
+}
+
+/// Whether `sql` mentions set_config, which can change a setting from inside any query.
+pub fn mentions_set_config(sql: &[u8]) -> bool {
+    sql.windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"set_config"))
 }
 
 /// Whether `sql` may contain a session command at all (a cheap scan; false negatives are impossible).
@@ -269,38 +340,53 @@ fn classify_set_config(rest: &str) -> SessionCommand {
     let mut s = args;
     for _ in 0..2 {
         let t = s.trim_start();
-        let Some(body) = t.strip_prefix('\'') else {
-            return SessionCommand::Other;
-        };
-        let mut val = String::new();
-        let mut it = body.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = it.next() {
-            if c == '\'' {
-                if body[i + 1..].starts_with('\'') {
-                    val.push('\'');
-                    it.next();
-                    continue;
+        let (arg, after) = if let Some(body) = t.strip_prefix('\'') {
+            let mut val = String::new();
+            let mut it = body.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = it.next() {
+                if c == '\'' {
+                    if body[i + 1..].starts_with('\'') {
+                        val.push('\'');
+                        it.next();
+                        continue;
+                    }
+                    end = Some(i + 1);
+                    break;
                 }
-                end = Some(i + 1);
-                break;
+                val.push(c);
             }
-            val.push(c);
-        }
-        let Some(e) = end else {
+            let Some(e) = end else {
+                return SessionCommand::Other;
+            };
+            (ConfigArg::Literal(val), &body[e..])
+        } else if let Some(p) = t.strip_prefix('$') {
+            let digits = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+            match p[..digits].parse::<usize>() {
+                Ok(n) if n > 0 => (ConfigArg::Param(n - 1), &p[digits..]),
+                _ => return SessionCommand::Other,
+            }
+        } else {
             return SessionCommand::Other;
         };
-        lits.push(val);
-        s = body[e..].trim_start().strip_prefix(',').unwrap_or("");
+        // An optional cast such as ::text.
+        let after = after.trim_start();
+        let after = match after.strip_prefix("::") {
+            Some(cast) => next_word(cast).1,
+            None => after,
+        };
+        lits.push(arg);
+        s = after.trim_start().strip_prefix(',').unwrap_or("");
     }
     let (is_local, after) = next_word(s);
     if is_local != "false" || !strip_leading(after).starts_with(')') {
         return SessionCommand::Other;
     }
-    let (name, value) = (lits[0].to_ascii_lowercase(), &lits[1]);
-    SessionCommand::Set {
-        statement: format!("SET {name} TO '{}'", value.replace('\'', "''")),
-        name,
+    let value = lits.pop().unwrap_or(ConfigArg::Param(usize::MAX));
+    let name = lits.pop().unwrap_or(ConfigArg::Param(usize::MAX));
+    match (&name, &value) {
+        (ConfigArg::Literal(n), ConfigArg::Literal(v)) => set_config(n, v),
+        _ => SessionCommand::SetConfig { name, value },
     }
 }
 
@@ -384,9 +470,28 @@ mod tests {
         assert_eq!(classify("UNLISTEN *"), C::UnlistenAll);
         assert_eq!(
             classify("SELECT set_config('app.tenant', 'it''s', false)"),
-            set("app.tenant", "SET app.tenant TO 'it''s'")
+            set(
+                "app.tenant",
+                "SET \"app\".\"tenant\" TO $ocelot$it's$ocelot$"
+            )
         );
         assert_eq!(classify("SELECT set_config('a', 'b', true)"), C::Other);
+        let p = classify("select set_config($1, $2::text, false)");
+        assert_eq!(
+            p,
+            C::SetConfig {
+                name: ConfigArg::Param(0),
+                value: ConfigArg::Param(1)
+            }
+        );
+        assert_eq!(
+            p.with_params(&[Some(b"app.user"), Some(b"42")]),
+            Some(set(
+                "app.user",
+                "SET \"app\".\"user\" TO $ocelot$42$ocelot$"
+            ))
+        );
+        assert_eq!(p.with_params(&[Some(b"app.user"), None]), None);
         assert_eq!(classify("SELECT 1"), C::Other);
         assert_eq!(classify("UPDATE t SET a = 1"), C::Other);
     }
