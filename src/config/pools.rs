@@ -157,6 +157,29 @@ fn d_table_mutation_ttl() -> u64 {
 fn d_prepared_cache() -> usize {
     500
 }
+fn d_volatile() -> Vec<String> {
+    [
+        "nextval",
+        "setval",
+        "currval",
+        "lastval",
+        "txid_current",
+        "pg_current_xact_id",
+        "pg_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_xact_lock",
+        "pg_advisory_lock_shared",
+        "pg_notify",
+        "set_config",
+        "lo_create",
+        "lo_import",
+        "lo_unlink",
+        "pg_switch_wal",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 /// `[pools.<name>]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +242,9 @@ pub struct Pool {
     pub db_activity_ttl: u64,
     #[serde(default = "d_table_mutation_ttl")]
     pub table_mutation_cache_ms_ttl: u64,
+    /// Ocelot: functions whose calls make a SELECT a write, so it goes to the primary.
+    #[serde(default = "d_volatile")]
+    pub volatile_functions: Vec<String>,
     #[serde(default)]
     pub plugins: Option<Plugins>,
     pub shards: BTreeMap<String, Shard>,

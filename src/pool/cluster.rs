@@ -3,6 +3,7 @@
 //! once at login and keep the `Arc`.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use super::pool::PoolSettings;
 use super::prepared::Registry;
 use super::{Address, ServerPool};
 use crate::config::{
-    AuthType, Config, DefaultRole, DefaultShard, PoolMode, ServerRole, UserSettings,
+    AuthType, Config, DefaultRole, DefaultShard, LoadBalancingMode, PoolMode, ServerRole,
+    UserSettings,
 };
 use crate::protocol::auth::{AuthError, ScramVerifier, Secret};
 
@@ -45,6 +47,22 @@ pub struct UserPool {
     pub prepared_cache: usize,
     /// The LISTEN connection shared by this pool's clients in transaction mode, created on first use.
     listener: OnceLock<Listener>,
+    pub routing: Routing,
+    /// Position of the round-robin balancer.
+    pub(crate) round_robin: AtomicUsize,
+}
+
+/// Read/write splitting and balancing settings of a pool.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// `query_parser_enabled` and `query_parser_read_write_splitting` are both on.
+    pub split: bool,
+    pub primary_reads_enabled: bool,
+    pub load_balancing_mode: LoadBalancingMode,
+    pub query_parser_max_length: Option<usize>,
+    /// Functions whose calls make a SELECT a write (lower case).
+    pub volatile_functions: Vec<String>,
+    pub ban_time: Duration,
 }
 
 impl UserPool {
@@ -124,6 +142,8 @@ impl Cluster {
                     fifo: g.server_round_robin,
                     max_message: u32::MAX,
                     cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
+                    healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
+                    healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
                 };
                 let mut shard_ids: Vec<(usize, &crate::config::Shard)> = pool
                     .shards
@@ -176,6 +196,19 @@ impl Cluster {
                     statements: Registry::default(),
                     prepared_cache,
                     listener: OnceLock::new(),
+                    routing: Routing {
+                        split: pool.query_parser_enabled && pool.query_parser_read_write_splitting,
+                        primary_reads_enabled: pool.primary_reads_enabled,
+                        load_balancing_mode: pool.load_balancing_mode,
+                        query_parser_max_length: pool.query_parser_max_length,
+                        volatile_functions: pool
+                            .volatile_functions
+                            .iter()
+                            .map(|f| f.to_lowercase())
+                            .collect(),
+                        ban_time: Duration::from_secs(g.ban_time.max(0) as u64),
+                    },
+                    round_robin: AtomicUsize::new(0),
                 };
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }

@@ -40,6 +40,15 @@ pub enum PoolError {
     Query { server: String, fields: ErrorFields },
     #[error("pool for server {server} is closed")]
     Closed { server: String },
+    #[error("server {server} failed its health check: {reason}")]
+    HealthCheck { server: String, reason: String },
+    #[error("no server available for {what} in pool \"{pool}\" shard {shard}: {reason}")]
+    AllServersDown {
+        pool: String,
+        shard: usize,
+        what: String,
+        reason: String,
+    },
 }
 
 impl PoolError {
@@ -47,7 +56,11 @@ impl PoolError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Lost { .. }
+            PoolError::Connect { .. }
+                | PoolError::ConnectTimeout { .. }
+                | PoolError::Lost { .. }
+                | PoolError::HealthCheck { .. }
+                | PoolError::LoginRejected { .. }
         )
     }
 

@@ -4,6 +4,7 @@
 //! config ([`cluster`]).
 
 pub mod address;
+pub mod balance;
 pub mod cluster;
 pub mod connect;
 pub mod error;

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,15 @@ pub struct PoolSettings {
     pub max_message: u32,
     /// How long a dirty connection's cleanup (ROLLBACK, RESET ALL, ...) may take before it is discarded.
     pub cleanup_timeout: Duration,
+    /// An idle connection unused for longer than this is checked with `;` before it is handed out.
+    pub healthcheck_delay: Duration,
+    pub healthcheck_timeout: Duration,
+}
+
+/// Milliseconds on a process-wide monotonic clock, for lock-free ban deadlines.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Connections to one server for one user.
@@ -45,6 +54,10 @@ pub struct ServerPool {
     open: AtomicUsize,
     /// What a fresh connection reports, captured from the first one: the defaults clients are told at login.
     defaults: OnceLock<Arc<ServerParams>>,
+    /// Until when (on [`now_ms`]'s clock) the server is banned; 0 when it is not.
+    banned_until: AtomicU64,
+    /// Why it was banned, for logs and SHOW BANS.
+    ban_reason: Mutex<String>,
 }
 
 impl ServerPool {
@@ -57,6 +70,8 @@ impl ServerPool {
             idle: Mutex::new(VecDeque::new()),
             open: AtomicUsize::new(0),
             defaults: OnceLock::new(),
+            banned_until: AtomicU64::new(0),
+            ban_reason: Mutex::new(String::new()),
         })
     }
 
@@ -67,6 +82,38 @@ impl ServerPool {
     /// Connections currently open.
     pub fn open_count(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections checked out now (for least-outstanding-connections balancing).
+    pub fn busy_count(&self) -> usize {
+        (self.settings.pool_size as usize).saturating_sub(self.permits.available_permits())
+    }
+
+    /// Takes the server out of rotation for `duration`.
+    pub fn ban(&self, duration: Duration, reason: &str) {
+        let until = now_ms() + duration.as_millis() as u64;
+        self.banned_until.store(until, Ordering::Release);
+        *self.ban_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        tracing::warn!(server = %self.address, "banned for {} s: {reason}", duration.as_secs());
+    }
+
+    pub fn unban(&self) {
+        if self.banned_until.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!(server = %self.address, "unbanned");
+        }
+    }
+
+    /// Whether the server is banned now; a ban that ran out is lifted here.
+    pub fn is_banned(&self) -> bool {
+        let until = self.banned_until.load(Ordering::Acquire);
+        if until == 0 {
+            return false;
+        }
+        if now_ms() >= until {
+            self.unban();
+            return false;
+        }
+        true
     }
 
     /// Idle connections now.
@@ -101,8 +148,27 @@ impl ServerPool {
             }
             Err(_) => return Err(self.checkout_timeout(started)),
         };
-        if let Some(conn) = self.take_idle() {
-            return Ok(self.guard(conn, permit));
+        while let Some(mut conn) = self.take_idle() {
+            if conn.last_used.elapsed() < self.settings.healthcheck_delay {
+                return Ok(self.guard(conn, permit));
+            }
+            match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
+                Ok(Ok(_)) => return Ok(self.guard(conn, permit)),
+                failed => {
+                    conn.broken = true;
+                    self.discard(conn);
+                    return Err(PoolError::HealthCheck {
+                        server: self.address.to_string(),
+                        reason: match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!(
+                                "no answer within {} ms",
+                                self.settings.healthcheck_timeout.as_millis()
+                            ),
+                        },
+                    });
+                }
+            }
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         let conn = self.open_new(remaining).await?;

@@ -16,6 +16,7 @@ use super::params::ClientParams;
 use super::Shared;
 use crate::config::AuthType;
 use crate::net::{read_message, read_startup_packet};
+use crate::pool::balance::Want;
 use crate::pool::{ServerParams, UserPool};
 use crate::protocol::auth::{md5, scram, AuthError, ScramServer};
 use crate::protocol::codes::{frontend, txn};
@@ -117,13 +118,14 @@ pub async fn login(
 }
 
 async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientError> {
-    let target = pool.target();
-    if let Some(d) = target.server_defaults() {
+    if let Some(d) = pool.server_pools().find_map(|s| s.server_defaults()) {
         return Ok(d);
     }
-    let conn = target.checkout().await?;
+    // Any healthy server will do: a primary that is down must not stop clients that only read.
+    let conn = pool.checkout(0, Want::Any, true).await?;
+    let defaults = conn.pool().server_defaults().unwrap_or_default();
     drop(conn);
-    Ok(target.server_defaults().unwrap_or_default())
+    Ok(defaults)
 }
 
 async fn authenticate(

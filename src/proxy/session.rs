@@ -20,6 +20,7 @@ use super::session_state::SessionEffects;
 use super::statements::{self, ClientAction, StatementMap};
 use super::tracker::TxnTracker;
 use crate::config::PoolMode;
+use crate::pool::balance::Want;
 use crate::pool::params::is_tracked;
 use crate::pool::server::Dirty;
 use crate::pool::{PoolError, Pooled, ServerConn, UserPool};
@@ -27,7 +28,10 @@ use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::{Piece, Splitter};
 use crate::protocol::{decode, ProtocolError};
+use crate::router::classify::Route;
+use crate::router::commands::RoleChoice;
 use crate::router::session_sql::{mentions_set_config, SessionCommand};
+use std::collections::HashMap;
 
 /// Read buffers grow to at least this much free space before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -83,6 +87,15 @@ pub struct Session {
     notify: Option<Notifications>,
     /// An unnamed extended-protocol LISTEN/UNLISTEN that Ocelot is answering itself.
     local_ext: Option<SessionCommand>,
+    /// `SET SERVER ROLE` (None: automatic) and `SET PRIMARY READS` (None: the pool's setting).
+    role_override: Option<RoleChoice>,
+    primary_reads_override: Option<bool>,
+    /// Read/write routes of query texts this client sent.
+    route_cache: HashMap<Box<[u8]>, Route>,
+    /// What the attached server was chosen for.
+    attached_want: Option<Want>,
+    /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
+    replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
 }
 
@@ -115,6 +128,11 @@ impl Session {
                 .then(SessionEffects::default),
             notify: None,
             local_ext: None,
+            role_override: None,
+            primary_reads_override: None,
+            route_cache: HashMap::new(),
+            attached_want: None,
+            replay: None,
             draining,
         }
     }
@@ -191,10 +209,16 @@ impl Session {
             };
             match event {
                 Event::Server(Ok(0)) => {
-                    return Err(self.server_lost("server closed the connection"))
+                    if !self.failover("server closed the connection").await? {
+                        return Err(self.server_lost("server closed the connection"));
+                    }
                 }
                 Event::Server(Ok(_)) => self.on_server_bytes().await?,
-                Event::Server(Err(e)) => return Err(self.server_lost(&e.to_string())),
+                Event::Server(Err(e)) => {
+                    if !self.failover(&e.to_string()).await? {
+                        return Err(self.server_lost(&e.to_string()));
+                    }
+                }
                 Event::Client(r) => {
                     if r? == 0 {
                         return Ok(End::ClientLeft);
@@ -221,11 +245,19 @@ impl Session {
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
             tracing::warn!(server = %s.address, "server connection lost: {reason}");
+            if s.address.role != crate::config::ServerRole::Primary {
+                s.pool().ban(
+                    self.pool.routing.ban_time,
+                    &format!("broke mid-flight: {reason}"),
+                );
+            }
         }
         ClientError::ServerLost(reason.to_owned())
     }
 
     fn release(&mut self) {
+        self.replay = None;
+        self.attached_want = None;
         if self.server.take().is_some() {
             self.slot.detach();
         }
@@ -254,7 +286,8 @@ impl Session {
                 if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
                     continue;
                 }
-                if let Err(e) = self.attach().await {
+                let want = self.want();
+                if let Err(e) = self.attach(want).await {
                     self.checkout_failed(e, &piece).await?;
                     continue;
                 }
@@ -424,9 +457,15 @@ impl Session {
     }
 
     /// Checks out a server and brings its session in line with this client's parameters.
-    async fn attach(&mut self) -> Result<(), PoolError> {
-        let target = self.pool.target().clone();
-        let mut server = target.checkout().await?;
+    async fn attach(&mut self, want: Want) -> Result<(), PoolError> {
+        let shard = self.shard();
+        let mut server = self
+            .pool
+            .checkout(shard, want, self.primary_reads())
+            .await?;
+        self.attached_want = Some(want);
+        self.replay =
+            (server.address.role != crate::config::ServerRole::Primary).then(BytesMut::new);
         if let Some(sql) = self.params.sync_sql(&server.params, &server.applied) {
             let changed = server.run(&sql).await?;
             let conn = &mut *server;
@@ -470,6 +509,14 @@ impl Session {
             self.sout.clear();
             return Ok(());
         };
+        if let Some(replay) = self.replay.as_mut() {
+            if self.sout.is_empty() {
+                replay.extend_from_slice(&self.cbuf[..n]);
+            } else {
+                // Rewritten messages name statements of this server: not safe to send elsewhere.
+                self.replay = None;
+            }
+        }
         let written = if self.sout.is_empty() {
             server.stream.write_all(&self.cbuf[..n]).await
         } else {
@@ -578,6 +625,10 @@ impl Session {
             }
             fwd += piece.len();
         }
+        if fwd > 0 || !self.out.is_empty() {
+            // The client is hearing the answer: the request can no longer move to another server.
+            self.replay = None;
+        }
         if self.out.is_empty() {
             self.client.write_all(&server.rbuf[..fwd]).await?;
         } else {
@@ -606,3 +657,4 @@ enum Event {
 }
 
 mod listen;
+mod route;

@@ -84,6 +84,18 @@ impl StatementMap {
         self.by_client_name.len()
     }
 
+    /// The query text of the client's statement `name`, if Ocelot knows it.
+    pub fn statement_text(&self, name: &str) -> Option<Vec<u8>> {
+        let stmt = self.by_client_name.get(name)?;
+        Some(
+            stmt.body
+                .split(|&b| b == 0)
+                .next()
+                .unwrap_or_default()
+                .to_vec(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_client_name.is_empty()
     }

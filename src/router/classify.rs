@@ -28,7 +28,10 @@ pub fn classify(sql: &str, volatile: &[String]) -> Route {
     if statements.is_empty() {
         return Route::Read;
     }
-    if statements.iter().all(|s| statement(s, volatile) == Route::Read) {
+    if statements
+        .iter()
+        .all(|s| statement(s, volatile) == Route::Read)
+    {
         Route::Read
     } else {
         Route::Write
@@ -45,9 +48,12 @@ fn statement(s: &Statement, volatile: &[String]) -> Route {
             }
         }
         Statement::StartTransaction { modes, .. } => {
-            let read_only = modes
-                .iter()
-                .any(|m| matches!(m, TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)));
+            let read_only = modes.iter().any(|m| {
+                matches!(
+                    m,
+                    TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+                )
+            });
             if read_only {
                 Route::Read
             } else {
@@ -95,7 +101,9 @@ fn set_expr_writes(e: &SetExpr) -> bool {
     match e {
         SetExpr::Select(s) => s.into.is_some(),
         SetExpr::Query(q) => query_writes(q),
-        SetExpr::SetOperation { left, right, .. } => set_expr_writes(left) || set_expr_writes(right),
+        SetExpr::SetOperation { left, right, .. } => {
+            set_expr_writes(left) || set_expr_writes(right)
+        }
         SetExpr::Values(_) | SetExpr::Table(_) => false,
         _ => true,
     }
@@ -104,7 +112,12 @@ fn set_expr_writes(e: &SetExpr) -> bool {
 fn calls_volatile(s: &Statement, volatile: &[String]) -> bool {
     let found = visit_expressions(s, |e| {
         if let Expr::Function(f) = e {
-            let name = f.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
+            let name = f
+                .name
+                .0
+                .last()
+                .map(|p| p.to_string().to_lowercase())
+                .unwrap_or_default();
             let name = name.trim_matches('"');
             if volatile.iter().any(|v| v == name) {
                 return ControlFlow::Break(());

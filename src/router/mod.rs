@@ -1,6 +1,7 @@
-//! Query inspection. So far only the small pre-parser for session commands ([`session_sql`]) that transaction
-//! mode needs; read/write splitting, shard keys and fan-out will live here too. Nothing routes yet: every query
-//! of a pool goes to its default shard's primary (see `pool::UserPool::target`).
+//! Query inspection, pure functions without I/O: read/write classification with sqlparser ([`classify`]), PgCat's
+//! routing commands ([`commands`]), and the small pre-parser for session commands ([`session_sql`]) that
+//! transaction mode needs. Shard keys and fan-out will live here too.
 
 pub mod classify;
+pub mod commands;
 pub mod session_sql;

@@ -20,8 +20,15 @@ impl Session {
         let Piece::Whole(h) = *piece else {
             return Ok(false);
         };
-        if self.effects.is_none() || self.discard_until_sync {
+        if self.discard_until_sync {
             return Ok(false);
+        }
+        if self.effects.is_none() {
+            // Session mode: only PgCat's routing commands are answered here.
+            return match h.code {
+                frontend::QUERY => self.try_routing_command(h.total()).await,
+                _ => Ok(false),
+            };
         }
         let total = h.total();
         if let Some(cmd) = self.local_ext.take() {
@@ -66,6 +73,10 @@ impl Session {
         let body = &self.cbuf[5..total];
         match h.code {
             frontend::QUERY => {
+                if self.try_routing_command(total).await? {
+                    return Ok(true);
+                }
+                let body = &self.cbuf[5..total];
                 let sql = body.strip_suffix(&[0]).unwrap_or(body);
                 let Some(cmds) = listen_commands(sql) else {
                     return Ok(false);

@@ -1,0 +1,125 @@
+//! Choosing a server for a request: the candidates of the wanted role in a shard, in the order the pool's
+//! `load_balancing_mode` gives (random, round robin, or least outstanding connections), skipping banned servers;
+//! then checking one out, banning a replica that refuses connections or fails its health check and moving on to
+//! the next candidate. The primary is never banned; when every replica of a shard is banned, all are unbanned,
+//! since that is more likely a false alarm than a total outage.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+
+use super::{PoolError, Pooled, ServerPool, UserPool};
+use crate::config::{LoadBalancingMode, ServerRole};
+
+/// Which servers of a shard may serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Primary,
+    /// Replicas, and the primary too when primary reads are enabled.
+    Replica,
+    Any,
+}
+
+impl Want {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Want::Primary => "primary",
+            Want::Replica => "replica",
+            Want::Any => "any",
+        }
+    }
+}
+
+impl UserPool {
+    /// The servers of `shard` that may serve `want`, best first, banned ones left out.
+    pub fn candidates(
+        &self,
+        shard: usize,
+        want: Want,
+        primary_reads: bool,
+    ) -> Vec<Arc<ServerPool>> {
+        let Some(servers) = self.shards.get(shard) else {
+            return Vec::new();
+        };
+        let is = |s: &Arc<ServerPool>, r: ServerRole| s.address.role == r;
+        let replicas: Vec<&Arc<ServerPool>> = servers
+            .iter()
+            .filter(|s| is(s, ServerRole::Replica))
+            .collect();
+        if !replicas.is_empty() && replicas.iter().all(|s| s.is_banned()) {
+            tracing::warn!(pool = %self.database, shard, "every replica is banned: unbanning all");
+            replicas.iter().for_each(|s| s.unban());
+        }
+        let mut list: Vec<Arc<ServerPool>> = match want {
+            Want::Primary => servers
+                .iter()
+                .filter(|s| is(s, ServerRole::Primary))
+                .cloned()
+                .collect(),
+            Want::Replica if replicas.is_empty() => servers
+                .iter()
+                .filter(|s| is(s, ServerRole::Primary))
+                .cloned()
+                .collect(),
+            Want::Replica => servers
+                .iter()
+                .filter(|s| {
+                    is(s, ServerRole::Replica) || (primary_reads && is(s, ServerRole::Primary))
+                })
+                .cloned()
+                .collect(),
+            Want::Any => servers
+                .iter()
+                .filter(|s| !is(s, ServerRole::Mirror))
+                .cloned()
+                .collect(),
+        };
+        list.retain(|s| !s.is_banned());
+        match self.routing.load_balancing_mode {
+            LoadBalancingMode::Random => list.shuffle(&mut rand::rng()),
+            LoadBalancingMode::RoundRobin => {
+                let n = list.len().max(1);
+                let k = self.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+                list.rotate_left(k);
+            }
+            LoadBalancingMode::LeastOutstandingConnections => {
+                // Shuffle first so equally busy servers share the load.
+                list.shuffle(&mut rand::rng());
+                list.sort_by_key(|s| s.busy_count());
+            }
+        }
+        list
+    }
+
+    /// Checks out a connection for `want` in `shard`, trying candidates in order.
+    pub async fn checkout(
+        &self,
+        shard: usize,
+        want: Want,
+        primary_reads: bool,
+    ) -> Result<Pooled, PoolError> {
+        let candidates = self.candidates(shard, want, primary_reads);
+        let mut last = None;
+        for server in candidates {
+            match server.checkout().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => {
+                    if e.is_retryable() && server.address.role != ServerRole::Primary {
+                        server.ban(self.routing.ban_time, &e.to_string());
+                    }
+                    if matches!(e, PoolError::CheckoutTimeout { .. }) {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| PoolError::AllServersDown {
+            pool: self.database.clone(),
+            shard,
+            what: want.as_str().into(),
+            reason: "no server of that role is configured or every one is banned".into(),
+        }))
+    }
+}

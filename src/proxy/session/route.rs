@@ -1,0 +1,232 @@
+//! Where a session's next transaction runs: the read/write route of the request waiting in the client buffer
+//! (classified once per distinct query text and cached per session), PgCat's session overrides (`SET SERVER ROLE`,
+//! `SET PRIMARY READS`), and transparent failover of a read whose replica died before answering.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::Session;
+use crate::config::{DefaultRole, DefaultShard, ServerRole};
+use crate::pool::balance::Want;
+use crate::protocol::codes::{frontend, txn};
+use crate::protocol::encode;
+use crate::protocol::extended;
+use crate::protocol::frame::Header;
+use crate::proxy::error::ClientError;
+use crate::router::classify::{classify, Route};
+use crate::router::commands::{self, RoleChoice, RoutingCommand};
+
+/// Distinct query texts remembered per session.
+const ROUTE_CACHE: usize = 512;
+
+impl Session {
+    /// The shard a request goes to while there is no shard routing.
+    pub(super) fn shard(&self) -> usize {
+        match self.pool.default_shard {
+            DefaultShard::Shard(n) => n.min(self.pool.shards.len().saturating_sub(1)),
+            DefaultShard::Random | DefaultShard::RandomHealthy => {
+                use rand::Rng;
+                rand::rng().random_range(0..self.pool.shards.len().max(1))
+            }
+        }
+    }
+
+    /// Which servers may run the request now waiting at the start of `cbuf`.
+    pub(super) fn want(&mut self) -> Want {
+        if let Some(role) = self.role_override {
+            return match role {
+                RoleChoice::Primary => Want::Primary,
+                RoleChoice::Replica => Want::Replica,
+                RoleChoice::Any => Want::Any,
+            };
+        }
+        if self.pool.routing.split {
+            return match self.pending_route() {
+                Route::Read => Want::Replica,
+                Route::Write => Want::Primary,
+            };
+        }
+        match self.pool.default_role {
+            DefaultRole::Any => Want::Any,
+            DefaultRole::Primary => Want::Primary,
+            DefaultRole::Replica => Want::Replica,
+        }
+    }
+
+    pub(super) fn primary_reads(&self) -> bool {
+        self.primary_reads_override
+            .unwrap_or(self.pool.routing.primary_reads_enabled)
+    }
+
+    /// The route of every whole Query and Parse (and Bind of a known statement) up to the first Sync in the
+    /// client buffer: a read only when all of them read.
+    fn pending_route(&mut self) -> Route {
+        let mut at = 0;
+        let mut route = Route::Read;
+        let mut seen = false;
+        while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
+            let end = at + h.total();
+            if end > self.cbuf.len() {
+                break;
+            }
+            let body = &self.cbuf[at + 5..end];
+            let sql: Option<&[u8]> = match h.code {
+                frontend::QUERY => Some(body.strip_suffix(&[0]).unwrap_or(body)),
+                frontend::PARSE => extended::parse(body)
+                    .ok()
+                    .map(|(_, rest)| rest.split(|&b| b == 0).next().unwrap_or_default()),
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                seen = true;
+                let r = route_of(&mut self.route_cache, sql, &self.pool.routing);
+                if r == Route::Write {
+                    return Route::Write;
+                }
+            } else if h.code == frontend::BIND {
+                let stmt = extended::bind(body).ok().and_then(|(_, name, _)| {
+                    self.stmts.as_ref().and_then(|m| m.statement_text(name))
+                });
+                match stmt {
+                    Some(text) => {
+                        seen = true;
+                        if route_of(&mut self.route_cache, &text, &self.pool.routing)
+                            == Route::Write
+                        {
+                            return Route::Write;
+                        }
+                    }
+                    // A named statement Ocelot does not know (session mode, or caching off): be safe.
+                    None if extended::bind(body).is_ok_and(|(_, n, _)| !n.is_empty()) => {
+                        return Route::Write
+                    }
+                    None => {}
+                }
+            }
+            if h.code == frontend::SYNC || h.code == frontend::QUERY {
+                break;
+            }
+            at = end;
+        }
+        if !seen {
+            route = Route::Write;
+        }
+        route
+    }
+
+    /// Answers PgCat's routing commands sent as a simple Query while no server is held.
+    pub(super) async fn try_routing_command(&mut self, total: usize) -> Result<bool, ClientError> {
+        let body = &self.cbuf[5..total];
+        let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).unwrap_or_default();
+        let Some(cmd) = commands::parse(sql) else {
+            return Ok(false);
+        };
+        self.cbuf.advance(total);
+        match cmd {
+            RoutingCommand::SetServerRole(role) => {
+                self.role_override = role;
+                encode::command_complete(&mut self.out, "SET");
+            }
+            RoutingCommand::SetPrimaryReads(on) => {
+                self.primary_reads_override = on;
+                encode::command_complete(&mut self.out, "SET");
+            }
+            RoutingCommand::ShowServerRole => {
+                let v = match self.role_override {
+                    Some(RoleChoice::Primary) => "primary",
+                    Some(RoleChoice::Replica) => "replica",
+                    Some(RoleChoice::Any) => "any",
+                    None if self.pool.routing.split => "auto",
+                    None => match self.pool.default_role {
+                        DefaultRole::Any => "any",
+                        DefaultRole::Primary => "primary",
+                        DefaultRole::Replica => "replica",
+                    },
+                };
+                show(&mut self.out, "server role", v);
+            }
+            RoutingCommand::ShowPrimaryReads => {
+                let v = if self.primary_reads() { "on" } else { "off" };
+                show(&mut self.out, "primary reads", v);
+            }
+        }
+        encode::ready_for_query(&mut self.out, txn::IDLE);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
+    /// After the server of a read died before the client heard anything: bans it, gets another server for the
+    /// same request and sends the request again. Returns false when failover does not apply.
+    pub(super) async fn failover(&mut self, reason: &str) -> Result<bool, ClientError> {
+        let (Some(replay), Some(want)) = (self.replay.take(), self.attached_want) else {
+            return Ok(false);
+        };
+        if let Some(mut dead) = self.server.take() {
+            dead.broken = true;
+            if dead.address.role != ServerRole::Primary {
+                dead.pool().ban(
+                    self.pool.routing.ban_time,
+                    &format!("broke mid-flight: {reason}"),
+                );
+            }
+            tracing::warn!(server = %dead.address, "read failed over to another server: {reason}");
+            self.slot.detach();
+        }
+        if let Err(e) = self.attach(want).await {
+            return Err(ClientError::ServerLost(format!(
+                "{reason}; no other server: {e}"
+            )));
+        }
+        for code in message_codes(&replay) {
+            self.tracker.client_message(code);
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Ok(false);
+        };
+        if let Err(e) = server.stream.write_all(&replay).await {
+            return Err(self.server_lost(&e.to_string()));
+        }
+        self.replay = Some(replay);
+        Ok(true)
+    }
+}
+
+fn route_of(
+    cache: &mut std::collections::HashMap<Box<[u8]>, Route>,
+    sql: &[u8],
+    routing: &crate::pool::cluster::Routing,
+) -> Route {
+    if let Some(r) = cache.get(sql) {
+        return *r;
+    }
+    let r = match (std::str::from_utf8(sql), routing.query_parser_max_length) {
+        (Ok(_), Some(max)) if sql.len() > max => Route::Write,
+        (Ok(text), _) => classify(text, &routing.volatile_functions),
+        (Err(_), _) => Route::Write,
+    };
+    if cache.len() >= ROUTE_CACHE {
+        cache.clear();
+    }
+    cache.insert(sql.into(), r);
+    r
+}
+
+fn show(out: &mut BytesMut, column: &str, value: &str) {
+    encode::row_description_text(out, &[column]);
+    encode::data_row_text(out, &[value]);
+    encode::command_complete(out, "SHOW");
+}
+
+/// The type bytes of the whole messages in `buf`.
+fn message_codes(buf: &[u8]) -> Vec<u8> {
+    let mut codes = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
+        codes.push(h.code);
+        at += h.total();
+        if at >= buf.len() {
+            break;
+        }
+    }
+    codes
+}
