@@ -148,7 +148,7 @@ impl ServerPool {
             }
             Err(_) => return Err(self.checkout_timeout(started)),
         };
-        while let Some(mut conn) = self.take_idle() {
+        if let Some(mut conn) = self.take_idle() {
             if conn.last_used.elapsed() < self.settings.healthcheck_delay {
                 return Ok(self.guard(conn, permit));
             }
