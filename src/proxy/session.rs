@@ -213,7 +213,13 @@ impl Session {
                         return Err(self.server_lost("server closed the connection"));
                     }
                 }
-                Event::Server(Ok(_)) => self.on_server_bytes().await?,
+                Event::Server(Ok(_)) => {
+                    if let Some(reason) = self.on_server_bytes().await? {
+                        if !self.failover(&reason).await? {
+                            return Err(self.server_lost(&reason));
+                        }
+                    }
+                }
                 Event::Server(Err(e)) => {
                     if !self.failover(&e.to_string()).await? {
                         return Err(self.server_lost(&e.to_string()));
@@ -533,15 +539,19 @@ impl Session {
 
     /// Handles what the server sent: tracks state from the inspected messages and forwards everything to the
     /// client in one write, then gives the server back when the transaction is over.
-    async fn on_server_bytes(&mut self) -> Result<(), ClientError> {
+    /// Returns `Some(reason)` when a replica that has not answered yet reports it is shutting down: the caller
+    /// then fails the request over to another server.
+    async fn on_server_bytes(&mut self) -> Result<Option<String>, ClientError> {
+        let replaying = self.replay.is_some();
         let Some(pooled) = self.server.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let server: &mut ServerConn = pooled;
         let mut fwd = 0usize;
         let mut saw_rfq = false;
         loop {
-            let piece = match self.ssplit.next(&server.rbuf[fwd..], server_inspects) {
+            let inspect = |c: u8| server_inspects(c) || (replaying && c == backend::ERROR_RESPONSE);
+            let piece = match self.ssplit.next(&server.rbuf[fwd..], inspect) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
@@ -568,6 +578,13 @@ impl Session {
                 }
             }
             if piece.starts_message() && piece.code() == backend::ERROR_RESPONSE {
+                if let (true, Piece::Whole(h)) = (self.replay.is_some() && fwd == 0, piece) {
+                    let fields =
+                        decode::error_fields(&server.rbuf[5..h.total()]).unwrap_or_default();
+                    if fields.code.starts_with("57P") || fields.code.starts_with("08") {
+                        return Ok(Some(format!("{} ({})", fields.message, fields.code)));
+                    }
+                }
                 if let Some(fx) = self.effects.as_mut() {
                     fx.server_error();
                 }
@@ -645,7 +662,7 @@ impl Session {
         if saw_rfq && self.mode == PoolMode::Transaction && self.tracker.is_idle() {
             self.release();
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -89,7 +89,7 @@ fn rand_suffix() -> u64 {
 fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let stable = std::env::temp_dir().join("ocelot-pg-template-v1");
+        let stable = std::env::temp_dir().join("ocelot-pg-template-v2");
         if stable.join("data").join("READY").exists() {
             return stable.join("data");
         }
@@ -102,7 +102,7 @@ fn template() -> &'static Path {
         });
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhost all md5user 127.0.0.1/32 md5\nhost all scramuser 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+            "local all all trust\nhost replication all 127.0.0.1/32 trust\nhost all md5user 127.0.0.1/32 md5\nhost all scramuser 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
         )
         .expect("pg_hba");
         let pg = Postgres::start_from(&data, true);
@@ -171,6 +171,66 @@ impl Postgres {
             port,
             data: data.to_owned(),
             owned_dir: None,
+        }
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R), started on its own port.
+    pub fn replica_of(primary: &Postgres) -> Postgres {
+        let dir = make_dir("ocelot-pg-replica");
+        let data = dir.join("data");
+        run({
+            let mut c = pg_command("pg_basebackup");
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                "fast",
+                "-R",
+                "-p",
+            ])
+            .arg(primary.port.to_string())
+            .arg("-D")
+            .arg(&data);
+            c
+        });
+        let mut pg = Postgres::start_from(&data, false);
+        pg.owned_dir = Some(dir);
+        pg
+    }
+
+    /// Starts this server again after [`Postgres::stop`], on the same port.
+    pub fn restart(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            self.port,
+            self.data.display()
+        );
+        run({
+            let mut c = pg_command("pg_ctl");
+            c.args(["-w", "-t", "60", "-D"])
+                .arg(&self.data)
+                .args(["-l"])
+                .arg(self.data.join("log"))
+                .args(["-o", &opts, "start"]);
+            c.stdout(Stdio::null());
+            c
+        });
+    }
+
+    /// Waits until `replicas` have replayed everything the primary wrote so far.
+    pub fn wait_replicated(&self, replicas: &[&Postgres]) {
+        let lsn = self.psql_admin("SELECT pg_current_wal_insert_lsn()");
+        for r in replicas {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while r.psql_admin(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) != "t" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica did not catch up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 
