@@ -377,3 +377,46 @@ async fn reads_survive_a_dead_primary() {
     assert!(msg.contains("primary"), "{msg}");
     assert_eq!(one(&c, "SELECT v FROM kept").await, "7");
 }
+
+#[tokio::test]
+async fn lagging_replica_leaves_rotation_until_it_catches_up() {
+    let cl = Cluster::start();
+    let proxy = start_proxy(&cl.config(
+        "",
+        "ban_replica_lag = \"64kB\"\nreplica_lag_check_interval = 100",
+    ))
+    .await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let (paused, live) = (
+        cl.replicas[0].port.to_string(),
+        cl.replicas[1].port.to_string(),
+    );
+    cl.replicas[0].psql_admin("SELECT pg_wal_replay_pause()");
+    cl.primary.psql_admin_db(
+        "app",
+        "CREATE TABLE big AS SELECT repeat('x', 1000) AS v FROM generate_series(1, 3000)",
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let d = distribution(&c, 50).await;
+    assert_eq!(
+        d.get(&live),
+        Some(&50),
+        "the paused replica is out of rotation: {d:?}"
+    );
+    cl.replicas[0].psql_admin("SELECT pg_wal_replay_resume()");
+    cl.primary.wait_replicated(&[&cl.replicas[0]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = distribution(&c, 20).await;
+        if d.contains_key(&paused) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caught-up replica never came back: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -51,12 +51,63 @@ fn d_true() -> bool {
 fn d_worker_threads() -> usize {
     4
 }
+fn d_lag_interval() -> u64 {
+    1000
+}
 fn d_client_login_timeout() -> u64 {
     60_000
 }
 fn d_max_message_size() -> u32 {
     // PostgreSQL's own limit for a single message (PQ_LARGE_MESSAGE_LIMIT).
     0x3fff_ffff
+}
+
+/// A replica lag limit: WAL bytes behind the primary, or time behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagLimit {
+    Bytes(u64),
+    Millis(u64),
+}
+
+impl std::str::FromStr for LagLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid lag \"{s}\": expected a number with a unit such as 16MB or 5s")
+        })?;
+        Ok(match unit.trim() {
+            "" | "B" => LagLimit::Bytes(n),
+            "kB" | "KB" => LagLimit::Bytes(n << 10),
+            "MB" => LagLimit::Bytes(n << 20),
+            "GB" => LagLimit::Bytes(n << 30),
+            "ms" => LagLimit::Millis(n),
+            "s" => LagLimit::Millis(n * 1000),
+            "min" => LagLimit::Millis(n * 60_000),
+            u => {
+                return Err(format!(
+                    "invalid lag unit \"{u}\": use B, kB, MB, GB, ms, s or min"
+                ))
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for LagLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(LagLimit::Bytes(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// How Ocelot authenticates the admin user.
@@ -149,6 +200,13 @@ pub struct General {
     /// Ocelot: the largest message a client may send, in bytes; larger ones end the connection with 08P01.
     #[serde(default = "d_max_message_size")]
     pub max_message_size: u32,
+    /// Ocelot: take a replica out of rotation while it lags the primary by more than this: a number of bytes
+    /// (`16777216`, `"16MB"`) or a time (`"5s"`, `"500ms"`). Off when unset.
+    #[serde(default)]
+    pub ban_replica_lag: Option<LagLimit>,
+    /// Ocelot: how often replica lag is measured, in milliseconds.
+    #[serde(default = "d_lag_interval")]
+    pub replica_lag_check_interval: u64,
     /// Obsolete PgCat keys that users still paste; accepted and ignored as PgCat does.
     #[serde(default)]
     pub prepared_statements: Option<bool>,

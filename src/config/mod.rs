@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use error::ConfigError;
-pub use general::{AdminAuthType, General};
+pub use general::{AdminAuthType, General, LagLimit};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,

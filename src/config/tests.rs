@@ -153,3 +153,20 @@ fn load_balancing_aliases() {
         assert_eq!(c.pools["db"].load_balancing_mode, want);
     }
 }
+
+#[test]
+fn replica_lag_limits() {
+    for (v, want) in [
+        ("1048576", LagLimit::Bytes(1 << 20)),
+        ("\"16MB\"", LagLimit::Bytes(16 << 20)),
+        ("\"5s\"", LagLimit::Millis(5000)),
+        ("\"250ms\"", LagLimit::Millis(250)),
+    ] {
+        let text = MINIMAL.replace("[general]", &format!("[general]\nban_replica_lag = {v}"));
+        let c = Config::parse_and_validate(&text).unwrap().config;
+        assert_eq!(c.general.ban_replica_lag, Some(want), "{v}");
+    }
+    let text = MINIMAL.replace("[general]", "[general]\nban_replica_lag = \"5 parsecs\"");
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("ban_replica_lag"), "{err}");
+}

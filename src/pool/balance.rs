@@ -75,7 +75,15 @@ impl UserPool {
                 .cloned()
                 .collect(),
         };
-        list.retain(|s| !s.is_banned());
+        list.retain(|s| !s.is_banned() && !s.is_lagging());
+        if list.is_empty() && want == Want::Replica {
+            // Every replica is lagging or down: the primary has the freshest data.
+            list = servers
+                .iter()
+                .filter(|s| is(s, ServerRole::Primary))
+                .cloned()
+                .collect();
+        }
         match self.routing.load_balancing_mode {
             LoadBalancingMode::Random => list.shuffle(&mut rand::rng()),
             LoadBalancingMode::RoundRobin => {

@@ -63,6 +63,9 @@ pub struct Routing {
     /// Functions whose calls make a SELECT a write (lower case).
     pub volatile_functions: Vec<String>,
     pub ban_time: Duration,
+    /// `ban_replica_lag` and how often to measure it.
+    pub lag_limit: Option<crate::config::LagLimit>,
+    pub lag_interval: Duration,
 }
 
 impl UserPool {
@@ -207,6 +210,8 @@ impl Cluster {
                             .map(|f| f.to_lowercase())
                             .collect(),
                         ban_time: Duration::from_secs(g.ban_time.max(0) as u64),
+                        lag_limit: g.ban_replica_lag,
+                        lag_interval: Duration::from_millis(g.replica_lag_check_interval.max(10)),
                     },
                     round_robin: AtomicUsize::new(0),
                 };
@@ -221,6 +226,9 @@ impl Cluster {
         for p in self.pools.values() {
             for s in p.server_pools() {
                 s.spawn_maintenance();
+            }
+            if let Some(limit) = p.routing.lag_limit {
+                super::lag::spawn(p, limit, p.routing.lag_interval);
             }
         }
     }

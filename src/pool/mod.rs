@@ -8,6 +8,7 @@ pub mod balance;
 pub mod cluster;
 pub mod connect;
 pub mod error;
+pub mod lag;
 pub mod listener;
 pub mod params;
 #[allow(clippy::module_inception)]

@@ -58,6 +58,8 @@ pub struct ServerPool {
     banned_until: AtomicU64,
     /// Why it was banned, for logs and SHOW BANS.
     ban_reason: Mutex<String>,
+    /// A replica lagging the primary by more than `ban_replica_lag`.
+    lagging: std::sync::atomic::AtomicBool,
 }
 
 impl ServerPool {
@@ -72,6 +74,7 @@ impl ServerPool {
             defaults: OnceLock::new(),
             banned_until: AtomicU64::new(0),
             ban_reason: Mutex::new(String::new()),
+            lagging: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -114,6 +117,21 @@ impl ServerPool {
             return false;
         }
         true
+    }
+
+    /// Whether the replica is out of rotation for lagging.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
+
+    pub fn set_lagging(&self, lagging: bool, detail: &str) {
+        if self.lagging.swap(lagging, Ordering::AcqRel) != lagging {
+            if lagging {
+                tracing::warn!(server = %self.address, "replica lags ({detail}): out of rotation");
+            } else {
+                tracing::info!(server = %self.address, "replica caught up ({detail}): back in rotation");
+            }
+        }
     }
 
     /// Idle connections now.

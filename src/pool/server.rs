@@ -242,6 +242,59 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` and returns the first column of its first row (`None` for no row or NULL). For Ocelot's own
+    /// monitoring queries.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, PoolError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        encode::query(&mut out, sql);
+        if let Err(e) = self.stream.write_all(&out).await {
+            return Err(self.lost(e.to_string()));
+        }
+        let mut value = None;
+        let mut error = None;
+        loop {
+            let h = match Header::parse(&self.rbuf, self.max_message) {
+                Ok(h) => h,
+                Err(e) => return Err(self.lost(e.to_string())),
+            };
+            let Some(h) = h.filter(|h| self.rbuf.len() >= h.total()) else {
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) => return Err(self.lost("server closed the connection")),
+                    Ok(_) => continue,
+                    Err(e) => return Err(self.lost(e.to_string())),
+                }
+            };
+            let msg = self.rbuf.split_to(h.total());
+            let body = &msg[5..];
+            match h.code {
+                backend::DATA_ROW if value.is_none() => {
+                    let mut c = decode::Cursor::new(h.code, body);
+                    let first = c.bytes(2).and_then(|_| c.i32()).and_then(|len| {
+                        if len < 0 {
+                            Ok(None)
+                        } else {
+                            c.bytes(len as usize)
+                                .map(|v| Some(String::from_utf8_lossy(v).into_owned()))
+                        }
+                    });
+                    value = Some(first.unwrap_or(None));
+                }
+                backend::ERROR_RESPONSE => {
+                    error = Some(decode::error_fields(body).unwrap_or_default())
+                }
+                backend::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(fields) => Err(PoolError::Query {
+                server: self.address.to_string(),
+                fields,
+            }),
+            None => Ok(value.flatten()),
+        }
+    }
+
     /// Rolls back an open transaction and undoes session state a client left, so the next client starts clean.
     pub async fn clean(&mut self) -> Result<(), PoolError> {
         if self.txn_status != txn::IDLE {
