@@ -4,4 +4,5 @@
 
 pub mod classify;
 pub mod commands;
+pub mod hash;
 pub mod session_sql;

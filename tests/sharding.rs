@@ -1,0 +1,244 @@
+//! Sharding functions against a real PostgreSQL: Ocelot's hashes must equal PostgreSQL's own hash functions and
+//! put every key in the same partition as `PARTITION BY HASH`, for bigint, text and uuid keys, over thousands of
+//! random keys and the edge values. PgCat's sha1 function is checked against Python's hashlib.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use ocelot::router::hash::{
+    bigint_partition, hash_bytes_extended, hashint8extended, sha1_shard, text_partition,
+    uuid_partition, HASH_PARTITION_SEED,
+};
+
+/// xorshift64*: deterministic keys without another dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn bigint_keys() -> Vec<i64> {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut keys: Vec<i64> = vec![
+        0,
+        1,
+        -1,
+        2,
+        -2,
+        i64::MIN,
+        i64::MAX,
+        i64::MIN + 1,
+        i64::MAX - 1,
+        i32::MIN as i64,
+        i32::MAX as i64,
+        u32::MAX as i64,
+        -(u32::MAX as i64),
+        1 << 32,
+        -(1 << 32),
+    ];
+    for i in 0..6000 {
+        let v = rng.next() as i64;
+        // Mix full-range keys with small ones, where most real ids live.
+        keys.push(match i % 3 {
+            0 => v,
+            1 => v % 100_000,
+            _ => (v >> 33) as i32 as i64,
+        });
+    }
+    keys
+}
+
+async fn direct(pg: &Postgres) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=app", pg.port),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// Creates `name` hash-partitioned by a `ty` column into `modulus` partitions named `name_<remainder>`.
+async fn partitioned(c: &tokio_postgres::Client, name: &str, ty: &str, modulus: u64) {
+    c.batch_execute(&format!(
+        "CREATE TABLE {name} (k {ty}) PARTITION BY HASH (k)"
+    ))
+    .await
+    .unwrap();
+    for r in 0..modulus {
+        c.batch_execute(&format!(
+            "CREATE TABLE {name}_{r} PARTITION OF {name} FOR VALUES WITH (MODULUS {modulus}, REMAINDER {r})"
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+fn partition_of(relname: &str) -> u64 {
+    relname
+        .rsplit('_')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("partition name")
+}
+
+#[tokio::test]
+async fn bigint_hash_matches_postgresql() {
+    let pg = Postgres::start();
+    let c = direct(&pg).await;
+    let keys = bigint_keys();
+    let seed = HASH_PARTITION_SEED as i64;
+    let rows = c
+        .query(
+            "SELECT k, hashint8extended(k, $2) FROM unnest($1::int8[]) k",
+            &[&keys, &seed],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), keys.len());
+    for row in &rows {
+        let (k, h): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            hashint8extended(k, HASH_PARTITION_SEED) as i64,
+            h,
+            "hashint8extended({k})"
+        );
+    }
+    for modulus in [2u64, 3, 5, 8] {
+        let t = format!("pb{modulus}");
+        partitioned(&c, &t, "int8", modulus).await;
+        c.execute(
+            &format!("INSERT INTO {t} SELECT unnest($1::int8[])"),
+            &[&keys],
+        )
+        .await
+        .unwrap();
+        let rows = c
+            .query(&format!("SELECT k, tableoid::regclass::text FROM {t}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), keys.len());
+        for row in rows {
+            let (k, rel): (i64, String) = (row.get(0), row.get(1));
+            assert_eq!(
+                bigint_partition(k, modulus),
+                partition_of(&rel),
+                "key {k} modulus {modulus}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn text_and_uuid_hashes_match_postgresql() {
+    let pg = Postgres::start();
+    let c = direct(&pg).await;
+    let mut rng = Rng(0xfeed_beef_cafe_f00d);
+    let alphabet: Vec<char> = "abcXYZ019 _-é漢😀".chars().collect();
+    let mut texts: Vec<String> = vec![
+        String::new(),
+        "a".into(),
+        "hello world".into(),
+        "x".repeat(100),
+    ];
+    for _ in 0..4000 {
+        let len = (rng.next() % 40) as usize;
+        texts.push(
+            (0..len)
+                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                .collect(),
+        );
+    }
+    let seed = HASH_PARTITION_SEED as i64;
+    let rows = c
+        .query(
+            "SELECT t, hashtextextended(t, $2) FROM unnest($1::text[]) t",
+            &[&texts, &seed],
+        )
+        .await
+        .unwrap();
+    for row in &rows {
+        let (t, h): (String, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            hash_bytes_extended(t.as_bytes(), HASH_PARTITION_SEED) as i64,
+            h,
+            "text {t:?}"
+        );
+    }
+    partitioned(&c, "pt", "text", 3).await;
+    c.execute("INSERT INTO pt SELECT unnest($1::text[])", &[&texts])
+        .await
+        .unwrap();
+    for row in c
+        .query("SELECT k, tableoid::regclass::text FROM pt", &[])
+        .await
+        .unwrap()
+    {
+        let (k, rel): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(
+            text_partition(k.as_bytes(), 3),
+            partition_of(&rel),
+            "text {k:?}"
+        );
+    }
+    // uuid: 16 random bytes each.
+    let uuids: Vec<String> = (0..3000)
+        .map(|_| {
+            let (a, b) = (rng.next(), rng.next());
+            format!("{:016x}{:016x}", a, b)
+        })
+        .collect();
+    partitioned(&c, "pu", "uuid", 5).await;
+    c.execute("INSERT INTO pu SELECT unnest($1::text[])::uuid", &[&uuids])
+        .await
+        .unwrap();
+    let rows = c
+        .query(
+            "SELECT k::text, tableoid::regclass::text, uuid_hash_extended(k, $1) FROM pu",
+            &[&seed],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), uuids.len());
+    for row in rows {
+        let (k, rel, h): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let bytes = ocelot::router::hash::parse_uuid(&k).unwrap();
+        assert_eq!(
+            hash_bytes_extended(&bytes, HASH_PARTITION_SEED) as i64,
+            h,
+            "uuid {k}"
+        );
+        assert_eq!(uuid_partition(&bytes, 5), partition_of(&rel), "uuid {k}");
+    }
+}
+
+#[test]
+fn sha1_matches_pgcat_definition() {
+    let keys: Vec<i64> = bigint_keys().into_iter().take(2000).collect();
+    let list = keys
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = format!(
+        "import hashlib\nfor k in [{list}]:\n    print(int(hashlib.sha1(str(k).encode()).hexdigest()[-8:], 16) % 7)"
+    );
+    let (ok, out, err) = run_tool({
+        let mut c = Command::new("python3");
+        c.args(["-c", &script]);
+        c
+    });
+    assert!(ok, "{err}");
+    let expected: Vec<u64> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(expected.len(), keys.len());
+    for (k, want) in keys.iter().zip(expected) {
+        assert_eq!(sha1_shard(*k, 7), want, "sha1 key {k}");
+    }
+}
