@@ -135,6 +135,25 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
     c.simple_query("BEGIN READ ONLY").await.unwrap();
     assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
     c.simple_query("COMMIT").await.unwrap();
+    // Pipelined requests (one connection, no waiting between them) are each routed on their own.
+    for _ in 0..5 {
+        let (read, write) = tokio::join!(
+            c.query_typed("SELECT pg_is_in_recovery()", &[]),
+            c.query_typed(
+                "INSERT INTO rw VALUES (5) RETURNING pg_is_in_recovery()",
+                &[]
+            )
+        );
+        assert!(
+            read.unwrap()[0].get::<_, bool>(0),
+            "pipelined read on a replica"
+        );
+        assert!(
+            !write.unwrap()[0].get::<_, bool>(0),
+            "pipelined write on the primary"
+        );
+    }
+    c.simple_query("DELETE FROM rw").await.unwrap();
     // Unparsable goes to the primary (and fails there, as it would directly).
     assert!(c.simple_query("SELEC pg_is_in_recovery()").await.is_err());
     // Written rows are readable from the replicas once replayed: routing never changes what a query returns.

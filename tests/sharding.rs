@@ -242,3 +242,228 @@ fn sha1_matches_pgcat_definition() {
         assert_eq!(sha1_shard(*k, 7), want, "sha1 key {k}");
     }
 }
+
+/// Three shards, each a primary whose `data` table only has the hash partition of its own shard, so a row
+/// routed to the wrong shard fails to insert.
+struct Shards(Vec<Postgres>);
+
+impl Shards {
+    async fn start() -> Shards {
+        let shards: Vec<Postgres> = (0..3).map(|_| Postgres::start()).collect();
+        for (i, pg) in shards.iter().enumerate() {
+            pg.psql_admin_db(
+                "app",
+                &format!(
+                    "CREATE TABLE data (id bigint, v text) PARTITION BY HASH (id);
+                     CREATE TABLE data_{i} PARTITION OF data FOR VALUES WITH (MODULUS 3, REMAINDER {i});"
+                ),
+            );
+        }
+        Shards(shards)
+    }
+
+    fn config(&self) -> String {
+        let mut shards = String::new();
+        for (i, pg) in self.0.iter().enumerate() {
+            shards.push_str(&format!(
+                "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+                pg.port
+            ));
+        }
+        format!(
+            r#"
+[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+
+[pools.app]
+automatic_sharding_key = "data.id"
+sharding_key_regex = '/\* sharding_key: (\d+) \*/'
+shard_id_regex = '/\* shard_id: (\d+) \*/'
+
+[pools.app.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = 3
+
+{shards}"#
+        )
+    }
+
+    fn count(&self, shard: usize) -> i64 {
+        self.0[shard]
+            .psql_admin_db("app", "SELECT count(*) FROM data")
+            .parse()
+            .unwrap()
+    }
+}
+
+async fn value(c: &tokio_postgres::Client, sql: &str) -> String {
+    let r = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    r.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.get(0).unwrap_or_default().to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_routing_method_reaches_the_right_shard() {
+    let shards = Shards::start().await;
+    let proxy = start_proxy(&shards.config()).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let keys: Vec<i64> = bigint_keys().into_iter().take(300).collect();
+    // Automatic key from INSERT values, as literals and as Bind parameters (binary int8).
+    for (i, k) in keys.iter().enumerate() {
+        if i % 2 == 0 {
+            c.simple_query(&format!("INSERT INTO data (id, v) VALUES ({k}, 'v{k}')"))
+                .await
+                .unwrap();
+        } else {
+            c.execute(
+                "INSERT INTO data (v, id) VALUES ($1, $2)",
+                &[&format!("v{k}"), k],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let mut expected = [0i64; 3];
+    for k in &keys {
+        expected[bigint_partition(*k, 3) as usize] += 1;
+    }
+    for (s, want) in expected.iter().enumerate() {
+        assert_eq!(shards.count(s), *want, "rows on shard {s}");
+    }
+    // Point reads by key (WHERE equality, literal and parameter), UPDATE and DELETE by key.
+    for k in keys.iter().take(40) {
+        assert_eq!(
+            value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
+            format!("v{k}")
+        );
+        let r = c
+            .query_one("SELECT v FROM data WHERE id = $1", &[k])
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, String>(0), format!("v{k}"));
+    }
+    let k = keys[3];
+    assert_eq!(
+        c.execute("UPDATE data SET v = 'changed' WHERE id = $1", &[&k])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
+        "changed"
+    );
+    assert_eq!(
+        c.execute(&format!("DELETE FROM data WHERE id = {k}"), &[])
+            .await
+            .unwrap(),
+        1
+    );
+    expected[bigint_partition(k, 3) as usize] -= 1;
+    // An IN list whose keys share a shard is routed there.
+    let same: Vec<i64> = keys
+        .iter()
+        .copied()
+        .filter(|k| bigint_partition(*k, 3) == 1)
+        .take(3)
+        .collect();
+    let list = same
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        value(
+            &c,
+            &format!("SELECT count(*) FROM data WHERE id IN ({list})")
+        )
+        .await,
+        "3"
+    );
+    // Comments choose the shard (by number or by key).
+    for s in 0..3 {
+        let n = value(
+            &c,
+            &format!("/* shard_id: {s} */ SELECT count(*) FROM data"),
+        )
+        .await;
+        assert_eq!(n, expected[s].to_string(), "shard_id comment {s}");
+    }
+    let k = keys[10];
+    let n = value(
+        &c,
+        &format!("/* sharding_key: {k} */ SELECT count(*) FROM data WHERE id = {k}"),
+    )
+    .await;
+    assert_eq!(n, "1");
+    // SET SHARD, SHOW SHARD, SET SHARDING KEY.
+    assert_eq!(value(&c, "SHOW SHARD").await, "0");
+    c.simple_query("SET SHARD TO '2'").await.unwrap();
+    assert_eq!(value(&c, "SHOW SHARD").await, "2");
+    assert_eq!(
+        value(&c, "SELECT count(*) FROM data").await,
+        expected[2].to_string()
+    );
+    c.simple_query(&format!("SET SHARDING KEY TO '{k}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&c, "SHOW SHARD").await,
+        bigint_partition(k, 3).to_string()
+    );
+    assert_eq!(
+        value(&c, "SELECT count(*) FROM data").await,
+        expected[bigint_partition(k, 3) as usize].to_string()
+    );
+    let e = c.simple_query("SET SHARD TO '7'").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023");
+    c.simple_query("SET SHARD TO 'ANY'").await.unwrap();
+    assert_eq!(value(&c, "SHOW SHARD").await, "any");
+}
+
+#[tokio::test]
+async fn queries_spanning_shards_get_a_clear_error() {
+    let shards = Shards::start().await;
+    let proxy = start_proxy(&shards.config()).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let a = (0..).find(|k| bigint_partition(*k, 3) == 0).unwrap();
+    let b = (0..).find(|k| bigint_partition(*k, 3) == 2).unwrap();
+    for sql in [
+        format!("SELECT * FROM data WHERE id IN ({a}, {b})"),
+        format!("INSERT INTO data (id, v) VALUES ({a}, 'x'), ({b}, 'y')"),
+    ] {
+        let e = c.simple_query(&sql).await.unwrap_err();
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(e.code().unwrap().code(), "0A000", "{sql}: {msg}");
+        assert!(
+            msg.contains("shards 0, 2") && msg.contains("SET SHARD"),
+            "{msg}"
+        );
+    }
+    // Nothing was written, and the session goes on.
+    assert_eq!(shards.count(0) + shards.count(2), 0);
+    assert_eq!(
+        value(&c, &format!("SELECT count(*) FROM data WHERE id = {a}")).await,
+        "0"
+    );
+}

@@ -18,7 +18,7 @@ pub use general::{AdminAuthType, General, LagLimit};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,
-    ShardingFunction, User,
+    ShardingFunction, ShardingKeyType, User,
 };
 
 /// The whole file.

@@ -71,6 +71,18 @@ impl fmt::Display for ServerRole {
     }
 }
 
+/// The type of the sharding key column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardingKeyType {
+    /// int2/int4/int8 keys, hashed as bigint (PgCat's only kind).
+    #[default]
+    Bigint,
+    /// text/varchar keys.
+    Text,
+    Uuid,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ShardingFunction {
@@ -210,6 +222,9 @@ pub struct Pool {
     pub sharding_function: ShardingFunction,
     #[serde(default)]
     pub automatic_sharding_key: Option<String>,
+    /// Ocelot: the SQL type of the sharding key, which decides PostgreSQL's partition hash for it.
+    #[serde(default)]
+    pub sharding_key_type: ShardingKeyType,
     #[serde(default)]
     pub sharding_key_regex: Option<String>,
     #[serde(default)]

@@ -52,6 +52,36 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 "plugins require query_parser_enabled = true",
             ));
         }
+        for (k, re) in [
+            ("shard_id_regex", &pool.shard_id_regex),
+            ("sharding_key_regex", &pool.sharding_key_regex),
+        ] {
+            if let Some(re) = re {
+                match regex::Regex::new(re) {
+                    Ok(r) if r.captures_len() >= 2 => {}
+                    Ok(_) => {
+                        return Err(ConfigError::invalid(
+                            key(k),
+                            "the pattern needs a capture group for the value",
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::invalid(
+                            key(k),
+                            format!("invalid regular expression: {e}"),
+                        ))
+                    }
+                }
+            }
+        }
+        if pool.sharding_function == crate::config::ShardingFunction::Sha1
+            && pool.sharding_key_type != crate::config::ShardingKeyType::Bigint
+        {
+            return Err(ConfigError::invalid(
+                key("sharding_function"),
+                "sha1 shards integer keys only",
+            ));
+        }
         if let Some(k) = &pool.automatic_sharding_key {
             let parts: Vec<&str> = k.split('.').collect();
             if parts.len() != 2 || parts.iter().any(|p| p.trim_matches('"').is_empty()) {

@@ -48,6 +48,8 @@ pub struct UserPool {
     /// The LISTEN connection shared by this pool's clients in transaction mode, created on first use.
     listener: OnceLock<Listener>,
     pub routing: Routing,
+    /// How requests pick a shard.
+    pub sharder: crate::router::sharding::Sharder,
     /// Position of the round-robin balancer.
     pub(crate) round_robin: AtomicUsize,
 }
@@ -214,6 +216,7 @@ impl Cluster {
                         lag_interval: Duration::from_millis(g.replica_lag_check_interval.max(10)),
                     },
                     round_robin: AtomicUsize::new(0),
+                    sharder: crate::router::sharding::Sharder::new(pool),
                 };
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }

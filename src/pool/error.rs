@@ -42,6 +42,8 @@ pub enum PoolError {
     Closed { server: String },
     #[error("server {server} failed its health check: {reason}")]
     HealthCheck { server: String, reason: String },
+    #[error("this query needs shards {shards} of pool \"{pool}\": queries across shards are not supported yet; add the sharding key, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
+    CrossShard { pool: String, shards: String },
     #[error("no server available for {what} in pool \"{pool}\" shard {shard}: {reason}")]
     AllServersDown {
         pool: String,
@@ -73,6 +75,7 @@ impl PoolError {
                 &fields.code
             }
             PoolError::Closed { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            PoolError::CrossShard { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
             _ => sqlstate::CONNECTION_FAILURE,
         }
     }

@@ -111,4 +111,5 @@ pub mod sqlstate {
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }

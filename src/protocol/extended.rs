@@ -51,6 +51,42 @@ pub fn bind_params(rest: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     Ok(out)
 }
 
+/// One Bind parameter: its value (`None` for NULL) and whether it is in binary format.
+pub type BindParam<'a> = (Option<&'a [u8]>, bool);
+
+/// The parameter values of a Bind with whether each is in binary format.
+pub fn bind_params_formats(rest: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
+    let mut c = Cursor::new(frontend::BIND, rest);
+    let read_i16 = |c: &mut Cursor| -> Result<i16, ProtocolError> {
+        let b = c.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    };
+    let nformats = read_i16(&mut c)?.max(0) as usize;
+    let mut formats = Vec::with_capacity(nformats);
+    for _ in 0..nformats {
+        formats.push(read_i16(&mut c)? == 1);
+    }
+    let nparams = read_i16(&mut c)?.max(0) as usize;
+    let mut out = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(false),
+        };
+        let len = c.i32()?;
+        out.push((
+            if len < 0 {
+                None
+            } else {
+                Some(c.bytes(len as usize)?)
+            },
+            binary,
+        ));
+    }
+    Ok(out)
+}
+
 /// A Describe or Close body: the target kind (`S` statement or `P` portal) and its name.
 pub fn target(code: u8, body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     let mut c = Cursor::new(code, body);

@@ -94,6 +94,9 @@ pub struct Session {
     route_cache: HashMap<Box<[u8]>, Route>,
     /// What the attached server was chosen for.
     attached_want: Option<Want>,
+    attached_shard: usize,
+    /// `SET SHARD` / `SET SHARDING KEY`: `Some(None)` is `SET SHARD TO 'ANY'`.
+    shard_override: Option<Option<usize>>,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -132,6 +135,8 @@ impl Session {
             primary_reads_override: None,
             route_cache: HashMap::new(),
             attached_want: None,
+            attached_shard: 0,
+            shard_override: None,
             replay: None,
             draining,
         }
@@ -219,6 +224,17 @@ impl Session {
                             return Err(self.server_lost(&reason));
                         }
                     }
+                    // Requests held back for routing go on once the previous one is answered.
+                    if !self.cbuf.is_empty()
+                        && self.routing_sensitive()
+                        && (self.server.is_none()
+                            || self.tracker.pending_units() == 0
+                            || self.tracker.in_copy())
+                    {
+                        if let Some(end) = self.on_client_bytes().await? {
+                            return Ok(end);
+                        }
+                    }
                 }
                 Event::Server(Err(e)) => {
                     if !self.failover(&e.to_string()).await? {
@@ -245,6 +261,11 @@ impl Session {
                 return Ok(End::Shutdown);
             }
         }
+    }
+
+    /// Whether consecutive requests may need different servers (read/write splitting or several shards).
+    fn routing_sensitive(&self) -> bool {
+        self.pool.routing.split || self.pool.shards.len() > 1
     }
 
     fn server_lost(&mut self, reason: &str) -> ClientError {
@@ -293,7 +314,11 @@ impl Session {
                     continue;
                 }
                 let want = self.want();
-                if let Err(e) = self.attach(want).await {
+                let attached = match self.shard() {
+                    Ok(shard) => self.attach(want, shard).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = attached {
                     self.checkout_failed(e, &piece).await?;
                     continue;
                 }
@@ -326,6 +351,15 @@ impl Session {
                 continue;
             }
             fwd += piece.len();
+            // Where requests are routed (replicas, shards), the next request may belong elsewhere: it waits in
+            // the buffer until this one is answered and the server is kept or released.
+            if self.routing_sensitive()
+                && matches!(piece, Piece::Whole(_))
+                && matches!(code, frontend::QUERY | frontend::SYNC)
+                && self.cbuf.len() > fwd
+            {
+                break;
+            }
         }
         self.forward_client(&mut fwd).await?;
         let wanted = self.csplit.wanted(&self.cbuf);
@@ -463,13 +497,13 @@ impl Session {
     }
 
     /// Checks out a server and brings its session in line with this client's parameters.
-    async fn attach(&mut self, want: Want) -> Result<(), PoolError> {
-        let shard = self.shard();
+    async fn attach(&mut self, want: Want, shard: usize) -> Result<(), PoolError> {
         let mut server = self
             .pool
             .checkout(shard, want, self.primary_reads())
             .await?;
         self.attached_want = Some(want);
+        self.attached_shard = shard;
         self.replay =
             (server.address.role != crate::config::ServerRole::Primary).then(BytesMut::new);
         if let Some(sql) = self.params.sync_sql(&server.params, &server.applied) {

@@ -110,6 +110,16 @@ impl TxnTracker {
         !self.pending.is_empty() || self.copy_in
     }
 
+    /// Requests (Query, FunctionCall or Sync) not answered yet.
+    pub fn pending_units(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether COPY FROM STDIN is running (the client must be able to send its data).
+    pub fn in_copy(&self) -> bool {
+        self.copy_in
+    }
+
     /// Transaction status from the last ReadyForQuery.
     pub fn status(&self) -> u8 {
         self.status

@@ -1,5 +1,6 @@
 //! PgCat's routing commands, answered by Ocelot itself: `SET SERVER ROLE TO 'primary|replica|any|auto|default'`,
-//! `SHOW SERVER ROLE`, `SET PRIMARY READS TO 'on|off|default'`, `SHOW PRIMARY READS`. Matching is
+//! `SHOW SERVER ROLE`, `SET PRIMARY READS TO 'on|off|default'`, `SHOW PRIMARY READS`, `SET SHARD TO 'n|ANY'`,
+//! `SET SHARDING KEY TO '...'`, `SHOW SHARD`. Matching is
 //! case-insensitive, quotes and a trailing semicolon optional, as PgCat's patterns allow.
 
 /// A routing command.
@@ -11,6 +12,11 @@ pub enum RoutingCommand {
     /// `None` for default: the pool's `primary_reads_enabled`.
     SetPrimaryReads(Option<bool>),
     ShowPrimaryReads,
+    /// `SET SHARD TO 'n'`; `None` for `'ANY'` (a random shard per transaction).
+    SetShard(Option<usize>),
+    /// `SET SHARDING KEY TO 'value'`.
+    SetShardingKey(String),
+    ShowShard,
 }
 
 /// A role a session can pin itself to.
@@ -53,6 +59,14 @@ pub fn parse(sql: &str) -> Option<RoutingCommand> {
             _ => return None,
         })),
         ["show", "primary", "reads"] => Some(RoutingCommand::ShowPrimaryReads),
+        ["set", "shard", "to", v] => Some(RoutingCommand::SetShard(match *v {
+            "any" => None,
+            n => Some(n.parse().ok()?),
+        })),
+        ["set", "sharding", "key", "to", v] => {
+            Some(RoutingCommand::SetShardingKey((*v).to_owned()))
+        }
+        ["show", "shard"] => Some(RoutingCommand::ShowShard),
         _ => None,
     }
 }
@@ -83,6 +97,19 @@ mod tests {
             parse("show primary reads;"),
             Some(RoutingCommand::ShowPrimaryReads)
         );
+        assert_eq!(
+            parse("SET SHARD TO '2'"),
+            Some(RoutingCommand::SetShard(Some(2)))
+        );
+        assert_eq!(
+            parse("set shard to 'ANY';"),
+            Some(RoutingCommand::SetShard(None))
+        );
+        assert_eq!(
+            parse("SET SHARDING KEY TO '1234'"),
+            Some(RoutingCommand::SetShardingKey("1234".into()))
+        );
+        assert_eq!(parse("SHOW SHARD"), Some(RoutingCommand::ShowShard));
         assert_eq!(parse("SET SERVER ROLE TO 'boss'"), None);
         assert_eq!(parse("SELECT 1"), None);
     }

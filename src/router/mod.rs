@@ -6,3 +6,5 @@ pub mod classify;
 pub mod commands;
 pub mod hash;
 pub mod session_sql;
+pub mod shard_key;
+pub mod sharding;

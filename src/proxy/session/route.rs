@@ -8,20 +8,22 @@ use tokio::io::AsyncWriteExt;
 use super::Session;
 use crate::config::{DefaultRole, DefaultShard, ServerRole};
 use crate::pool::balance::Want;
-use crate::protocol::codes::{frontend, txn};
-use crate::protocol::encode;
+use crate::pool::PoolError;
+use crate::protocol::codes::{frontend, sqlstate, txn};
+use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
 use crate::proxy::error::ClientError;
 use crate::router::classify::{classify, Route};
 use crate::router::commands::{self, RoleChoice, RoutingCommand};
+use crate::router::sharding::Shards;
 
 /// Distinct query texts remembered per session.
 const ROUTE_CACHE: usize = 512;
 
 impl Session {
-    /// The shard a request goes to while there is no shard routing.
-    pub(super) fn shard(&self) -> usize {
+    /// The shard used when nothing in the request or the session names one.
+    fn default_shard(&self) -> usize {
         match self.pool.default_shard {
             DefaultShard::Shard(n) => n.min(self.pool.shards.len().saturating_sub(1)),
             DefaultShard::Random | DefaultShard::RandomHealthy => {
@@ -29,6 +31,97 @@ impl Session {
                 rand::rng().random_range(0..self.pool.shards.len().max(1))
             }
         }
+    }
+
+    /// The shard of the request waiting at the start of `cbuf`, PgCat's order: a comment, then `SET SHARD` /
+    /// `SET SHARDING KEY`, then the automatic sharding key, then `default_shard`.
+    pub(super) fn shard(&mut self) -> Result<usize, PoolError> {
+        if self.pool.shards.len() <= 1 {
+            return Ok(0);
+        }
+        let sharder = &self.pool.sharder;
+        let (sql, params) = self.pending_sql_and_params();
+        if let Some(sql) = &sql {
+            if let Some(n) = sharder.from_comment(sql) {
+                return Ok(n);
+            }
+        }
+        match self.shard_override {
+            Some(Some(n)) => return Ok(n),
+            Some(None) => {
+                use rand::Rng;
+                return Ok(rand::rng().random_range(0..self.pool.shards.len()));
+            }
+            None => {}
+        }
+        if let (Some(sql), true) = (&sql, sharder.has_key()) {
+            let text = String::from_utf8_lossy(sql);
+            let params: Vec<(Option<&[u8]>, bool)> =
+                params.iter().map(|(v, b)| (v.as_deref(), *b)).collect();
+            match sharder.from_query(&text, &params) {
+                Shards::One(n) => return Ok(n),
+                Shards::Many(set) => {
+                    return Err(PoolError::CrossShard {
+                        pool: self.pool.database.clone(),
+                        shards: set
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+                }
+                Shards::Unknown => {}
+            }
+        }
+        Ok(self.default_shard())
+    }
+
+    /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf`, and the values of
+    /// the first Bind after it (value, binary format).
+    #[allow(clippy::type_complexity)]
+    fn pending_sql_and_params(&self) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>) {
+        let mut at = 0;
+        let mut sql = None;
+        while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
+            let end = at + h.total();
+            if end > self.cbuf.len() {
+                break;
+            }
+            let body = &self.cbuf[at + 5..end];
+            match h.code {
+                frontend::QUERY if sql.is_none() => {
+                    return (
+                        Some(body.strip_suffix(&[0]).unwrap_or(body).to_vec()),
+                        Vec::new(),
+                    )
+                }
+                frontend::PARSE if sql.is_none() => {
+                    sql = extended::parse(body).ok().map(|(_, rest)| {
+                        rest.split(|&b| b == 0).next().unwrap_or_default().to_vec()
+                    });
+                }
+                frontend::BIND => {
+                    let Ok((_, name, rest)) = extended::bind(body) else {
+                        break;
+                    };
+                    if sql.is_none() {
+                        sql = self.stmts.as_ref().and_then(|m| m.statement_text(name));
+                    }
+                    let params = extended::bind_params_formats(rest)
+                        .map(|v| {
+                            v.into_iter()
+                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return (sql, params);
+                }
+                frontend::SYNC => break,
+                _ => {}
+            }
+            at = end;
+        }
+        (sql, Vec::new())
     }
 
     /// Which servers may run the request now waiting at the start of `cbuf`.
@@ -149,6 +242,53 @@ impl Session {
                 let v = if self.primary_reads() { "on" } else { "off" };
                 show(&mut self.out, "primary reads", v);
             }
+            RoutingCommand::SetShard(n) => {
+                if let Some(n) = n.filter(|&n| n >= self.pool.shards.len()) {
+                    let msg = format!(
+                        "shard {n} does not exist: pool \"{}\" has {} shard(s)",
+                        self.pool.database,
+                        self.pool.shards.len()
+                    );
+                    encode::error_response(
+                        &mut self.out,
+                        Severity::Error,
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        &msg,
+                        None,
+                    );
+                } else {
+                    self.shard_override = Some(n);
+                    encode::command_complete(&mut self.out, "SET");
+                }
+            }
+            RoutingCommand::SetShardingKey(key) => match self.pool.sharder.shard_of_text(&key) {
+                Some(n) => {
+                    self.shard_override = Some(Some(n));
+                    encode::command_complete(&mut self.out, "SET");
+                }
+                None => {
+                    let msg = format!("invalid sharding key \"{key}\" for this pool's key type");
+                    encode::error_response(
+                        &mut self.out,
+                        Severity::Error,
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        &msg,
+                        None,
+                    );
+                }
+            },
+            RoutingCommand::ShowShard => {
+                let v = match self.shard_override {
+                    Some(Some(n)) => n.to_string(),
+                    Some(None) => "any".into(),
+                    None => match self.pool.default_shard {
+                        DefaultShard::Shard(n) => n.to_string(),
+                        DefaultShard::Random => "random".into(),
+                        DefaultShard::RandomHealthy => "random_healthy".into(),
+                    },
+                };
+                show(&mut self.out, "shard", &v);
+            }
         }
         encode::ready_for_query(&mut self.out, txn::IDLE);
         self.flush_out().await?;
@@ -172,7 +312,8 @@ impl Session {
             tracing::warn!(server = %dead.address, "read failed over to another server: {reason}");
             self.slot.detach();
         }
-        if let Err(e) = self.attach(want).await {
+        let shard = self.attached_shard;
+        if let Err(e) = self.attach(want, shard).await {
             return Err(ClientError::ServerLost(format!(
                 "{reason}; no other server: {e}"
             )));
