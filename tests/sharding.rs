@@ -411,6 +411,53 @@ async fn every_routing_method_reaches_the_right_shard() {
     )
     .await;
     assert_eq!(n, "1");
+    // A keyless read of the sharded table runs on every shard, rows concatenated.
+    let r = c
+        .simple_query("SELECT id, v FROM data WHERE v LIKE 'v%'")
+        .await
+        .unwrap();
+    let mut got: Vec<i64> = r
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .collect();
+    let tag = r.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    let mut want: Vec<i64> = keys.iter().copied().filter(|k| *k != keys[3]).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "every row of every shard, each once (the deleted one gone)"
+    );
+    assert_eq!(
+        tag,
+        Some(got.len() as u64),
+        "CommandComplete counts all shards' rows"
+    );
+    // One that cannot be merged yet is refused with a clear error, never answered from one shard.
+    for sql in [
+        "SELECT count(*) FROM data",
+        "SELECT * FROM data ORDER BY id LIMIT 3",
+        "UPDATE data SET v = 'x'",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(e.code().unwrap().code(), "0A000", "{sql}: {msg}");
+        assert!(
+            msg.contains("SET SHARD") && msg.contains("sharding key"),
+            "{msg}"
+        );
+    }
+    // Queries that do not touch the sharded table go to the default shard.
+    assert_eq!(value(&c, "SELECT 40 + 2").await, "42");
     // SET SHARD, SHOW SHARD, SET SHARDING KEY.
     assert_eq!(value(&c, "SHOW SHARD").await, "0");
     c.simple_query("SET SHARD TO '2'").await.unwrap();

@@ -44,6 +44,8 @@ pub enum PoolError {
     HealthCheck { server: String, reason: String },
     #[error("this query needs shards {shards} of pool \"{pool}\": queries across shards are not supported yet; add the sharding key, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
     CrossShard { pool: String, shards: String },
+    #[error("this query reads the sharded table of pool \"{pool}\" without a sharding key, and Ocelot cannot merge its results across shards yet ({why}); add the sharding key to the WHERE clause, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
+    Unmergeable { pool: String, why: String },
     #[error("no server available for {what} in pool \"{pool}\" shard {shard}: {reason}")]
     AllServersDown {
         pool: String,
@@ -75,7 +77,9 @@ impl PoolError {
                 &fields.code
             }
             PoolError::Closed { .. } => sqlstate::CANNOT_CONNECT_NOW,
-            PoolError::CrossShard { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+            PoolError::CrossShard { .. } | PoolError::Unmergeable { .. } => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
             _ => sqlstate::CONNECTION_FAILURE,
         }
     }

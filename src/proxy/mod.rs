@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod error;
+pub mod fanout;
 pub mod login;
 pub mod notify;
 pub mod params;

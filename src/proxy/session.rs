@@ -315,7 +315,28 @@ impl Session {
                 }
                 let want = self.want();
                 let attached = match self.shard() {
-                    Ok(shard) => self.attach(want, shard).await,
+                    Ok(route::Target::One(shard)) => self.attach(want, shard).await,
+                    Ok(route::Target::All) => {
+                        let query = &self.cbuf[..piece.len()];
+                        let primary_reads = self.primary_reads();
+                        match super::fanout::run(
+                            &self.pool,
+                            &self.params,
+                            query,
+                            want,
+                            primary_reads,
+                        )
+                        .await
+                        {
+                            Ok(answer) => {
+                                self.cbuf.advance(piece.len());
+                                self.out.extend_from_slice(&answer);
+                                self.flush_out().await?;
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = attached {

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod commands;
+pub mod fanout;
 pub mod hash;
 pub mod session_sql;
 pub mod shard_key;

@@ -106,6 +106,11 @@ impl Sharder {
         self.shard_of_text(std::str::from_utf8(v.as_bytes()).ok()?)
     }
 
+    /// The automatic sharding key, if configured.
+    pub fn key(&self) -> Option<&KeySpec> {
+        self.key.as_ref()
+    }
+
     /// Whether requests are inspected for a key at all.
     pub fn has_key(&self) -> bool {
         self.key.is_some()

@@ -16,7 +16,15 @@ use crate::protocol::frame::Header;
 use crate::proxy::error::ClientError;
 use crate::router::classify::{classify, Route};
 use crate::router::commands::{self, RoleChoice, RoutingCommand};
+use crate::router::fanout::{self, Plan};
 use crate::router::sharding::Shards;
+
+/// Where a request runs.
+pub(super) enum Target {
+    One(usize),
+    /// Every shard, results concatenated (a keyless read of the sharded table).
+    All,
+}
 
 /// Distinct query texts remembered per session.
 const ROUTE_CACHE: usize = 512;
@@ -35,22 +43,24 @@ impl Session {
 
     /// The shard of the request waiting at the start of `cbuf`, PgCat's order: a comment, then `SET SHARD` /
     /// `SET SHARDING KEY`, then the automatic sharding key, then `default_shard`.
-    pub(super) fn shard(&mut self) -> Result<usize, PoolError> {
+    pub(super) fn shard(&mut self) -> Result<Target, PoolError> {
         if self.pool.shards.len() <= 1 {
-            return Ok(0);
+            return Ok(Target::One(0));
         }
         let sharder = &self.pool.sharder;
-        let (sql, params) = self.pending_sql_and_params();
+        let (sql, params, simple) = self.pending_sql_and_params();
         if let Some(sql) = &sql {
             if let Some(n) = sharder.from_comment(sql) {
-                return Ok(n);
+                return Ok(Target::One(n));
             }
         }
         match self.shard_override {
-            Some(Some(n)) => return Ok(n),
+            Some(Some(n)) => return Ok(Target::One(n)),
             Some(None) => {
                 use rand::Rng;
-                return Ok(rand::rng().random_range(0..self.pool.shards.len()));
+                return Ok(Target::One(
+                    rand::rng().random_range(0..self.pool.shards.len()),
+                ));
             }
             None => {}
         }
@@ -59,7 +69,7 @@ impl Session {
             let params: Vec<(Option<&[u8]>, bool)> =
                 params.iter().map(|(v, b)| (v.as_deref(), *b)).collect();
             match sharder.from_query(&text, &params) {
-                Shards::One(n) => return Ok(n),
+                Shards::One(n) => return Ok(Target::One(n)),
                 Shards::Many(set) => {
                     return Err(PoolError::CrossShard {
                         pool: self.pool.database.clone(),
@@ -70,16 +80,34 @@ impl Session {
                             .join(", "),
                     })
                 }
-                Shards::Unknown => {}
+                Shards::Unknown => {
+                    // A Parse without its Bind only prepares: any shard will do.
+                    let prepare_only = !simple && params.is_empty();
+                    if let (Some(spec), false) = (sharder.key(), prepare_only) {
+                        let why = match fanout::plan(&text, spec) {
+                            Plan::NotSharded => None,
+                            Plan::Rows if simple => return Ok(Target::All),
+                            Plan::Rows => Some("reads over the extended protocol"),
+                            Plan::Unsupported(why) => Some(why),
+                        };
+                        if let Some(why) = why {
+                            return Err(PoolError::Unmergeable {
+                                pool: self.pool.database.clone(),
+                                why: why.into(),
+                            });
+                        }
+                    }
+                }
             }
         }
-        Ok(self.default_shard())
+        Ok(Target::One(self.default_shard()))
     }
 
     /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf`, and the values of
     /// the first Bind after it (value, binary format).
+    /// The third value is whether the request is a simple Query.
     #[allow(clippy::type_complexity)]
-    fn pending_sql_and_params(&self) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>) {
+    fn pending_sql_and_params(&self) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
         let mut at = 0;
         let mut sql = None;
         while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
@@ -93,6 +121,7 @@ impl Session {
                     return (
                         Some(body.strip_suffix(&[0]).unwrap_or(body).to_vec()),
                         Vec::new(),
+                        true,
                     )
                 }
                 frontend::PARSE if sql.is_none() => {
@@ -114,14 +143,14 @@ impl Session {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    return (sql, params);
+                    return (sql, params, false);
                 }
                 frontend::SYNC => break,
                 _ => {}
             }
             at = end;
         }
-        (sql, Vec::new())
+        (sql, Vec::new(), false)
     }
 
     /// Which servers may run the request now waiting at the start of `cbuf`.

@@ -1,0 +1,193 @@
+//! Deciding whether a query with no sharding key can run on every shard with its results merged exactly.
+//! So far Ocelot merges by concatenation only: plain SELECTs of the sharded table (rows from every shard, in
+//! shard order). Anything whose merge needs more (ORDER BY, LIMIT, OFFSET, aggregates, GROUP BY, DISTINCT, window
+//! functions, set operations), and writes to every shard (which need two-phase commit), is refused with an error
+//! that says how to target one shard, never answered from one shard as if it were all the data.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{visit_expressions, Expr, GroupByExpr, SetExpr, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::shard_key::KeySpec;
+
+/// How a keyless query over the sharded table runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The query does not touch the sharded table: the default shard answers it.
+    NotSharded,
+    /// Every shard runs it; rows are concatenated.
+    Rows,
+    /// It touches the sharded table but its results cannot be merged yet.
+    Unsupported(&'static str),
+}
+
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "array_agg",
+    "string_agg",
+    "json_agg",
+    "jsonb_agg",
+    "stddev",
+    "variance",
+];
+
+fn touches(stmt: &Statement, spec: &KeySpec) -> bool {
+    if spec.table == "*" {
+        return false;
+    }
+    let mut found = false;
+    let _ = sqlparser::ast::visit_relations(stmt, |name| {
+        let last = name
+            .0
+            .last()
+            .map(|p| p.to_string().trim_matches('"').to_lowercase());
+        if last.as_deref() == Some(spec.table.as_str()) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+fn uses_aggregate_or_window(stmt: &Statement) -> Option<&'static str> {
+    let mut why = None;
+    let _ = visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e {
+            if f.over.is_some() {
+                why = Some("window functions");
+                return ControlFlow::Break(());
+            }
+            let name = f
+                .name
+                .0
+                .last()
+                .map(|p| p.to_string().to_lowercase())
+                .unwrap_or_default();
+            if AGGREGATES.contains(&name.as_str()) {
+                why = Some("aggregates");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    why
+}
+
+/// Plans a keyless query for a pool sharded on `spec`.
+pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Plan::NotSharded;
+    };
+    let [stmt] = statements.as_slice() else {
+        return if statements.iter().any(|s| touches(s, spec)) {
+            Plan::Unsupported("several statements in one query")
+        } else {
+            Plan::NotSharded
+        };
+    };
+    if !touches(stmt, spec) {
+        return Plan::NotSharded;
+    }
+    match stmt {
+        Statement::Query(q) => {
+            if q.with.is_some() {
+                return Plan::Unsupported("WITH queries");
+            }
+            if q.order_by.is_some() {
+                return Plan::Unsupported("ORDER BY");
+            }
+            if q.limit_clause.is_some() || q.fetch.is_some() {
+                return Plan::Unsupported("LIMIT/OFFSET");
+            }
+            if !q.locks.is_empty() {
+                return Plan::Unsupported("FOR UPDATE/SHARE");
+            }
+            let SetExpr::Select(s) = q.body.as_ref() else {
+                return Plan::Unsupported("set operations");
+            };
+            if s.distinct.is_some() {
+                return Plan::Unsupported("DISTINCT");
+            }
+            if !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+                || s.having.is_some()
+            {
+                return Plan::Unsupported("GROUP BY");
+            }
+            if s.from.iter().any(|t| !t.joins.is_empty()) || s.from.len() > 1 {
+                return Plan::Unsupported("joins");
+            }
+            if s.into.is_some() {
+                return Plan::Unsupported("SELECT INTO");
+            }
+            match uses_aggregate_or_window(stmt) {
+                Some(why) => Plan::Unsupported(why),
+                None => Plan::Rows,
+            }
+        }
+        // Writing to every shard is only safe with two-phase commit, which is not implemented yet.
+        Statement::Update { .. } | Statement::Delete(_) => {
+            Plan::Unsupported("UPDATE/DELETE on every shard without two-phase commit")
+        }
+        Statement::Insert(_) => Plan::Unsupported("INSERT without the sharding key"),
+        _ => Plan::Unsupported("this statement"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let s = KeySpec::parse("data.id").unwrap();
+        assert_eq!(plan("SELECT now()", &s), Plan::NotSharded);
+        assert_eq!(plan("SELECT * FROM other", &s), Plan::NotSharded);
+        assert_eq!(
+            plan("SELECT id, v FROM data WHERE v LIKE 'a%'", &s),
+            Plan::Rows
+        );
+        assert!(matches!(
+            plan("UPDATE data SET v = 'x' WHERE v = 'y'", &s),
+            Plan::Unsupported(_)
+        ));
+        assert!(matches!(plan("DELETE FROM data", &s), Plan::Unsupported(_)));
+        assert_eq!(
+            plan("SELECT count(*) FROM data", &s),
+            Plan::Unsupported("aggregates")
+        );
+        assert_eq!(
+            plan("SELECT * FROM data ORDER BY id", &s),
+            Plan::Unsupported("ORDER BY")
+        );
+        assert_eq!(
+            plan("SELECT * FROM data LIMIT 3", &s),
+            Plan::Unsupported("LIMIT/OFFSET")
+        );
+        assert_eq!(
+            plan("SELECT DISTINCT v FROM data", &s),
+            Plan::Unsupported("DISTINCT")
+        );
+        assert_eq!(
+            plan("SELECT v FROM data GROUP BY v", &s),
+            Plan::Unsupported("GROUP BY")
+        );
+        assert_eq!(
+            plan("SELECT row_number() OVER () FROM data", &s),
+            Plan::Unsupported("window functions")
+        );
+        assert_eq!(
+            plan("SELECT * FROM data JOIN m ON m.id = data.id", &s),
+            Plan::Unsupported("joins")
+        );
+    }
+}
