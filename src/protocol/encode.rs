@@ -228,6 +228,22 @@ pub fn data_row_text(buf: &mut BytesMut, values: &[&str]) {
     });
 }
 
+/// DataRow of optional text values (`None` is NULL).
+pub fn data_row_opt(buf: &mut BytesMut, values: &[Option<String>]) {
+    message(buf, backend::DATA_ROW, |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// Simple Query.
 pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, frontend::QUERY, |b| cstr(b, sql.as_bytes()));

@@ -16,6 +16,8 @@ use crate::protocol::codes::{backend, sqlstate, txn};
 use crate::protocol::decode;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
+use crate::router::fanout::Aggregate;
+use crate::router::merge::combine;
 
 /// One shard's answer.
 #[derive(Default)]
@@ -90,6 +92,88 @@ async fn ask(
     Ok(answer)
 }
 
+/// How shard answers are merged.
+#[derive(Debug, Clone)]
+pub enum Merge {
+    /// Rows concatenated.
+    Rows,
+    /// One row of aggregates, combined column by column.
+    Aggregates(Vec<Aggregate>),
+}
+
+/// Type OIDs of a RowDescription's columns.
+fn column_types(rd: &[u8]) -> Option<Vec<u32>> {
+    let mut c = decode::Cursor::new(backend::ROW_DESCRIPTION, rd.get(5..)?);
+    let n = c.bytes(2).ok().map(|b| i16::from_be_bytes([b[0], b[1]]))?;
+    let mut out = Vec::new();
+    for _ in 0..n.max(0) {
+        c.cstr_bytes().ok()?;
+        c.bytes(6).ok()?;
+        out.push(c.i32().ok()? as u32);
+        c.bytes(8).ok()?;
+    }
+    Some(out)
+}
+
+/// The text values of one DataRow message (header included).
+fn row_values(row: &[u8]) -> Option<Vec<Option<String>>> {
+    let mut c = decode::Cursor::new(backend::DATA_ROW, row.get(5..)?);
+    let n = c.bytes(2).ok().map(|b| i16::from_be_bytes([b[0], b[1]]))?;
+    let mut out = Vec::new();
+    for _ in 0..n.max(0) {
+        let len = c.i32().ok()?;
+        out.push(if len < 0 {
+            None
+        } else {
+            Some(String::from_utf8_lossy(c.bytes(len as usize).ok()?).into_owned())
+        });
+    }
+    Some(out)
+}
+
+fn refuse(out: &mut BytesMut, msg: &str) {
+    encode::error_response(
+        out,
+        Severity::Error,
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        msg,
+        None,
+    );
+    encode::ready_for_query(out, txn::IDLE);
+}
+
+/// Combines each shard's single row of aggregates.
+fn merge_aggregates(out: &mut BytesMut, shape: &[u8], answers: &[Answer], aggs: &[Aggregate]) {
+    let Some(types) = column_types(shape).filter(|t| t.len() == aggs.len()) else {
+        return refuse(
+            out,
+            "unexpected result shape for an aggregate across shards",
+        );
+    };
+    let rows: Option<Vec<Vec<Option<String>>>> =
+        answers.iter().map(|a| row_values(&a.rows)).collect();
+    let Some(rows) = rows.filter(|r| r.iter().all(|v| v.len() == aggs.len())) else {
+        return refuse(out, "unexpected aggregate rows from the shards");
+    };
+    let mut merged = Vec::with_capacity(aggs.len());
+    for (i, (agg, oid)) in aggs.iter().zip(&types).enumerate() {
+        let values: Vec<Option<&str>> = rows.iter().map(|r| r[i].as_deref()).collect();
+        match combine(*agg, *oid, &values) {
+            Ok(v) => merged.push(v),
+            Err(why) => {
+                return refuse(
+                    out,
+                    &format!("Ocelot cannot combine {why} exactly; target one shard with the sharding key, a /* shard_id: n */ comment or SET SHARD"),
+                )
+            }
+        }
+    }
+    out.extend_from_slice(shape);
+    encode::data_row_opt(out, &merged);
+    encode::command_complete(out, "SELECT 1");
+    encode::ready_for_query(out, txn::IDLE);
+}
+
 /// Sends `query` (a whole Query message) to every shard and returns the merged answer, ReadyForQuery included.
 pub async fn run(
     pool: &Arc<UserPool>,
@@ -97,6 +181,7 @@ pub async fn run(
     query: &[u8],
     want: Want,
     primary_reads: bool,
+    merge: Merge,
 ) -> Result<BytesMut, PoolError> {
     let query = Bytes::copy_from_slice(query);
     let mut set = JoinSet::new();
@@ -144,6 +229,13 @@ pub async fn run(
             None,
         );
         encode::ready_for_query(&mut out, txn::IDLE);
+        return Ok(out);
+    }
+    if let Merge::Aggregates(aggs) = &merge {
+        match &shape {
+            Some(shape) => merge_aggregates(&mut out, shape, &answers, aggs),
+            None => refuse(&mut out, "no result from the shards for an aggregate"),
+        }
         return Ok(out);
     }
     if let Some(shape) = shape {

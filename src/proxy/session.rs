@@ -316,18 +316,18 @@ impl Session {
                 let want = self.want();
                 let attached = match self.shard() {
                     Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-                    Ok(route::Target::All) => {
+                    Ok(route::Target::All(merge)) => {
                         let query = &self.cbuf[..piece.len()];
                         let primary_reads = self.primary_reads();
-                        match super::fanout::run(
+                        let answer = super::fanout::run(
                             &self.pool,
                             &self.params,
                             query,
                             want,
                             primary_reads,
-                        )
-                        .await
-                        {
+                            merge,
+                        );
+                        match answer.await {
                             Ok(answer) => {
                                 self.cbuf.advance(piece.len());
                                 self.out.extend_from_slice(&answer);

@@ -19,8 +19,57 @@ pub enum Plan {
     NotSharded,
     /// Every shard runs it; rows are concatenated.
     Rows,
+    /// Every shard runs it; its single row of aggregates is combined column by column.
+    Aggregates(Vec<Aggregate>),
     /// It touches the sharded table but its results cannot be merged yet.
     Unsupported(&'static str),
+}
+
+/// An aggregate Ocelot combines across shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Count,
+    Sum,
+    Min,
+    Max,
+    BoolAnd,
+    BoolOr,
+}
+
+/// The aggregate a select item is, when it is one Ocelot can combine.
+fn mergeable_aggregate(item: &sqlparser::ast::SelectItem) -> Option<Aggregate> {
+    use sqlparser::ast::{FunctionArguments, SelectItem};
+    let expr = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return None,
+    };
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    if f.over.is_some() {
+        return None;
+    }
+    if let FunctionArguments::List(list) = &f.args {
+        // count(DISTINCT x) and ordered aggregates cannot be combined from per-shard results.
+        if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
+            return None;
+        }
+    }
+    let name = f
+        .name
+        .0
+        .last()
+        .map(|p| p.to_string().to_lowercase())
+        .unwrap_or_default();
+    Some(match name.as_str() {
+        "count" => Aggregate::Count,
+        "sum" => Aggregate::Sum,
+        "min" => Aggregate::Min,
+        "max" => Aggregate::Max,
+        "bool_and" | "every" => Aggregate::BoolAnd,
+        "bool_or" => Aggregate::BoolOr,
+        _ => return None,
+    })
 }
 
 const AGGREGATES: &[&str] = &[
@@ -130,6 +179,16 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
                 return Plan::Unsupported("SELECT INTO");
             }
             match uses_aggregate_or_window(stmt) {
+                Some("aggregates") => {
+                    let aggs: Option<Vec<Aggregate>> =
+                        s.projection.iter().map(mergeable_aggregate).collect();
+                    match aggs {
+                        Some(aggs) => Plan::Aggregates(aggs),
+                        None => Plan::Unsupported(
+                            "aggregates other than count, sum, min, max, bool_and, bool_or alone",
+                        ),
+                    }
+                }
                 Some(why) => Plan::Unsupported(why),
                 None => Plan::Rows,
             }
@@ -163,8 +222,32 @@ mod tests {
         assert!(matches!(plan("DELETE FROM data", &s), Plan::Unsupported(_)));
         assert_eq!(
             plan("SELECT count(*) FROM data", &s),
-            Plan::Unsupported("aggregates")
+            Plan::Aggregates(vec![Aggregate::Count])
         );
+        assert_eq!(
+            plan(
+                "SELECT sum(id) AS s, min(id), max(v), bool_or(id > 3) FROM data WHERE v <> 'x'",
+                &s
+            ),
+            Plan::Aggregates(vec![
+                Aggregate::Sum,
+                Aggregate::Min,
+                Aggregate::Max,
+                Aggregate::BoolOr
+            ])
+        );
+        assert!(matches!(
+            plan("SELECT count(DISTINCT v) FROM data", &s),
+            Plan::Unsupported(_)
+        ));
+        assert!(matches!(
+            plan("SELECT avg(id) FROM data", &s),
+            Plan::Unsupported(_)
+        ));
+        assert!(matches!(
+            plan("SELECT v, count(*) FROM data", &s),
+            Plan::Unsupported(_)
+        ));
         assert_eq!(
             plan("SELECT * FROM data ORDER BY id", &s),
             Plan::Unsupported("ORDER BY")

@@ -6,6 +6,7 @@ pub mod classify;
 pub mod commands;
 pub mod fanout;
 pub mod hash;
+pub mod merge;
 pub mod session_sql;
 pub mod shard_key;
 pub mod sharding;

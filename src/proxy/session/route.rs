@@ -14,6 +14,7 @@ use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
 use crate::proxy::error::ClientError;
+use crate::proxy::fanout::Merge;
 use crate::router::classify::{classify, Route};
 use crate::router::commands::{self, RoleChoice, RoutingCommand};
 use crate::router::fanout::{self, Plan};
@@ -22,8 +23,8 @@ use crate::router::sharding::Shards;
 /// Where a request runs.
 pub(super) enum Target {
     One(usize),
-    /// Every shard, results concatenated (a keyless read of the sharded table).
-    All,
+    /// Every shard, results merged (a keyless read of the sharded table).
+    All(Merge),
 }
 
 /// Distinct query texts remembered per session.
@@ -86,7 +87,11 @@ impl Session {
                     if let (Some(spec), false) = (sharder.key(), prepare_only) {
                         let why = match fanout::plan(&text, spec) {
                             Plan::NotSharded => None,
-                            Plan::Rows if simple => return Ok(Target::All),
+                            Plan::Rows if simple => return Ok(Target::All(Merge::Rows)),
+                            Plan::Aggregates(aggs) if simple => {
+                                return Ok(Target::All(Merge::Aggregates(aggs)))
+                            }
+                            Plan::Aggregates(_) => Some("aggregates over the extended protocol"),
                             Plan::Rows => Some("reads over the extended protocol"),
                             Plan::Unsupported(why) => Some(why),
                         };
