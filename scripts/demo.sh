@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds Ocelot, starts a local demo cluster (a PostgreSQL 15 primary and two streaming replicas in a temporary
-# directory), and runs Ocelot in front of it on port 6432 until Ctrl-C, which stops everything. Reads are
-# balanced over the replicas, writes go to the primary.
+# Builds Ocelot, starts a local demo cluster in a temporary directory, and runs Ocelot in front of it on port 6432
+# until Ctrl-C, which stops everything:
+# - database "demo": a PostgreSQL 15 primary and two streaming replicas; reads are balanced over the replicas,
+#   writes go to the primary;
+# - database "sharded": two shards, each a primary with one streaming replica (shard 0 lives on the first
+#   cluster), holding a sample table `accounts` hash-partitioned by id exactly as Ocelot routes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-postgres.sh
@@ -14,11 +17,15 @@ if [ "$(id -u)" = 0 ]; then chown postgres "$DEMO"; AS=(runuser -u postgres --);
 PRIMARY_PORT=${PRIMARY_PORT:-15432}
 REPLICA_PORT=${REPLICA_PORT:-15433}
 REPLICA2_PORT=${REPLICA2_PORT:-15434}
+SHARD1_PORT=${SHARD1_PORT:-15435}
+SHARD1_REPLICA_PORT=${SHARD1_REPLICA_PORT:-15436}
 OCELOT_PORT=${OCELOT_PORT:-6432}
 
 cleanup() {
   "${AS[@]}" pg_ctl -D "$DEMO/replica" -m fast stop >/dev/null 2>&1 || true
   "${AS[@]}" pg_ctl -D "$DEMO/replica2" -m fast stop >/dev/null 2>&1 || true
+  "${AS[@]}" pg_ctl -D "$DEMO/shard1_replica" -m fast stop >/dev/null 2>&1 || true
+  "${AS[@]}" pg_ctl -D "$DEMO/shard1" -m fast stop >/dev/null 2>&1 || true
   "${AS[@]}" pg_ctl -D "$DEMO/primary" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$DEMO"
 }
@@ -34,6 +41,26 @@ CONF
 echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/primary/pg_hba.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
 psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE demo" postgres
+psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE shard0" postgres
+# Each shard holds the hash partition Ocelot routes to it (modulus 2), so a misrouted row could not be stored.
+psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d shard0 -c \
+  "CREATE TABLE accounts (id bigint, owner text, balance numeric(12,2)) PARTITION BY HASH (id);
+   CREATE TABLE accounts_0 PARTITION OF accounts FOR VALUES WITH (MODULUS 2, REMAINDER 0);"
+"${AS[@]}" initdb -A trust -U postgres -D "$DEMO/shard1" --no-sync >/dev/null
+cat >> "$DEMO/shard1/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $SHARD1_PORT
+unix_socket_directories = '$DEMO'
+CONF
+echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/shard1/pg_hba.conf"
+"${AS[@]}" pg_ctl -D "$DEMO/shard1" -l "$DEMO/shard1.log" -w start >/dev/null
+psql -X -q -h 127.0.0.1 -p "$SHARD1_PORT" -U postgres -c "CREATE DATABASE shard1" postgres
+psql -X -q -h 127.0.0.1 -p "$SHARD1_PORT" -U postgres -d shard1 -c \
+  "CREATE TABLE accounts (id bigint, owner text, balance numeric(12,2)) PARTITION BY HASH (id);
+   CREATE TABLE accounts_1 PARTITION OF accounts FOR VALUES WITH (MODULUS 2, REMAINDER 1);"
+"${AS[@]}" pg_basebackup -c fast -h 127.0.0.1 -p "$SHARD1_PORT" -U postgres -D "$DEMO/shard1_replica" -R >/dev/null
+sed -i "s/^port = .*/port = $SHARD1_REPLICA_PORT/" "$DEMO/shard1_replica/postgresql.conf"
+"${AS[@]}" pg_ctl -D "$DEMO/shard1_replica" -l "$DEMO/shard1_replica.log" -w start >/dev/null
 "${AS[@]}" pg_basebackup -c fast -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DEMO/replica" -R >/dev/null
 sed -i "s/^port = .*/port = $REPLICA_PORT/" "$DEMO/replica/postgresql.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/replica" -l "$DEMO/replica.log" -w start >/dev/null
@@ -64,7 +91,36 @@ pool_size = 5
 [pools.demo.shards.0]
 database = "demo"
 servers = [["127.0.0.1", $PRIMARY_PORT, "primary"], ["127.0.0.1", $REPLICA_PORT, "replica"], ["127.0.0.1", $REPLICA2_PORT, "replica"]]
+
+[pools.sharded]
+query_parser_enabled = true
+query_parser_read_write_splitting = true
+automatic_sharding_key = "accounts.id"
+shard_id_regex = '/\\* shard_id: (\\d+) \\*/'
+
+[pools.sharded.users.0]
+username = "demo"
+password = "demo"
+auth_type = "scram-sha-256"
+server_username = "postgres"
+pool_size = 5
+
+[pools.sharded.shards.0]
+database = "shard0"
+servers = [["127.0.0.1", $PRIMARY_PORT, "primary"], ["127.0.0.1", $REPLICA_PORT, "replica"]]
+
+[pools.sharded.shards.1]
+database = "shard1"
+servers = [["127.0.0.1", $SHARD1_PORT, "primary"], ["127.0.0.1", $SHARD1_REPLICA_PORT, "replica"]]
 CONF
+# Sample rows, inserted through Ocelot so each lands on the shard its id hashes to.
+"$BIN" "$DEMO/pgcat.toml" -l warn & SEED_PID=$!
+for _ in $(seq 50); do PGPASSWORD=demo psql -X -q -h 127.0.0.1 -p "$OCELOT_PORT" -U demo sharded -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+for id in $(seq 1 20); do
+  PGPASSWORD=demo psql -X -q -h 127.0.0.1 -p "$OCELOT_PORT" -U demo sharded \
+    -c "INSERT INTO accounts (id, owner, balance) VALUES ($id, 'owner $id', $id * 10.5)"
+done
+kill -INT "$SEED_PID"; wait "$SEED_PID" 2>/dev/null || true
 
 cat <<MSG
 
@@ -76,6 +132,14 @@ cat <<MSG
   Then try: SELECT inet_server_port(), pg_is_in_recovery();   (a replica answers reads)
             CREATE TABLE t (x int); INSERT INTO t VALUES (1);  (writes go to the primary)
             SET SERVER ROLE TO 'primary'; SHOW SERVER ROLE;
+
+  Sharded (2 shards, each a primary with a replica), 20 sample accounts:
+
+    PGPASSWORD=demo psql -h 127.0.0.1 -p $OCELOT_PORT -U demo sharded
+
+  Then try: SELECT *, inet_server_port() FROM accounts WHERE id = 7;   (one shard, by key)
+            SELECT count(*), sum(balance) FROM accounts;               (every shard, merged)
+            /* shard_id: 1 */ SELECT count(*) FROM accounts;           (one shard, by comment)
 
   Config: $DEMO/pgcat.toml    Stop: Ctrl-C
 
