@@ -16,8 +16,10 @@ use crate::protocol::codes::{backend, sqlstate, txn};
 use crate::protocol::decode;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
-use crate::router::fanout::Aggregate;
-use crate::router::merge::combine;
+use std::cmp::Ordering;
+
+use crate::router::fanout::{Aggregate, Ordered, SortColumn};
+use crate::router::merge::{combine, compare, sortable};
 
 /// One shard's answer.
 #[derive(Default)]
@@ -99,6 +101,122 @@ pub enum Merge {
     Rows,
     /// One row of aggregates, combined column by column.
     Aggregates(Vec<Aggregate>),
+    /// Rows merged in ORDER BY order, then OFFSET and LIMIT.
+    Ordered(Ordered),
+}
+
+/// Column names of a RowDescription, lower case.
+fn column_names(rd: &[u8]) -> Option<Vec<String>> {
+    let mut c = decode::Cursor::new(backend::ROW_DESCRIPTION, rd.get(5..)?);
+    let n = c.bytes(2).ok().map(|b| i16::from_be_bytes([b[0], b[1]]))?;
+    let mut out = Vec::new();
+    for _ in 0..n.max(0) {
+        out.push(String::from_utf8_lossy(c.cstr_bytes().ok()?).to_lowercase());
+        c.bytes(18).ok()?;
+    }
+    Some(out)
+}
+
+/// Splits concatenated DataRow messages.
+fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
+        let end = at + h.total();
+        if end > buf.len() {
+            break;
+        }
+        out.push(&buf[at..end]);
+        at = end;
+    }
+    out
+}
+
+/// Merges sorted (and limited) answers.
+fn merge_ordered(out: &mut BytesMut, shape: Option<&Bytes>, answers: &[Answer], o: &Ordered) {
+    let Some(shape) = shape else {
+        return refuse(out, "no result description from the shards");
+    };
+    let (Some(types), Some(names)) = (column_types(shape), column_names(shape)) else {
+        return refuse(out, "unexpected result description from the shards");
+    };
+    let mut keys = Vec::new();
+    for k in &o.keys {
+        let idx = match &k.column {
+            SortColumn::Position(p) => Some(*p).filter(|p| *p < types.len()),
+            SortColumn::Name(n) => names.iter().position(|c| c == n),
+        };
+        let Some(idx) = idx else {
+            return refuse(
+                out,
+                "ORDER BY a column that is not in the result, across shards",
+            );
+        };
+        if !sortable(types[idx]) {
+            return refuse(
+                out,
+                &format!(
+                    "Ocelot cannot merge ORDER BY on a column of type oid {} across shards exactly (text order depends on collation); target one shard with the sharding key, a /* shard_id: n */ comment or SET SHARD",
+                    types[idx]
+                ),
+            );
+        }
+        keys.push((idx, types[idx], k.desc, k.nulls_first));
+    }
+    let mut rows: Vec<(Vec<Option<String>>, &[u8])> = Vec::new();
+    for a in answers {
+        for raw in split_rows(&a.rows) {
+            match row_values(raw) {
+                Some(v) => rows.push((v, raw)),
+                None => return refuse(out, "unexpected row from a shard"),
+            }
+        }
+    }
+    rows.sort_by(|(a, _), (b, _)| {
+        for &(idx, oid, desc, nulls_first) in &keys {
+            let ord = match (a[idx].as_deref(), b[idx].as_deref()) {
+                (None, None) => Ordering::Equal,
+                (None, Some(_)) => {
+                    if nulls_first {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    }
+                }
+                (Some(_), None) => {
+                    if nulls_first {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Less
+                    }
+                }
+                (Some(x), Some(y)) => {
+                    let o = compare(oid, x, y);
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        Ordering::Equal
+    });
+    out.extend_from_slice(shape);
+    let mut n = 0;
+    for (_, raw) in rows
+        .iter()
+        .skip(o.offset as usize)
+        .take(o.limit.map_or(usize::MAX, |l| l as usize))
+    {
+        out.extend_from_slice(raw);
+        n += 1;
+    }
+    encode::command_complete(out, &format!("SELECT {n}"));
+    encode::ready_for_query(out, txn::IDLE);
 }
 
 /// Type OIDs of a RowDescription's columns.
@@ -183,7 +301,14 @@ pub async fn run(
     primary_reads: bool,
     merge: Merge,
 ) -> Result<BytesMut, PoolError> {
-    let query = Bytes::copy_from_slice(query);
+    let query = match &merge {
+        Merge::Ordered(o) => {
+            let mut q = BytesMut::new();
+            encode::query(&mut q, &o.shard_sql);
+            q.freeze()
+        }
+        _ => Bytes::copy_from_slice(query),
+    };
     let mut set = JoinSet::new();
     for shard in 0..pool.shards.len() {
         set.spawn(ask(
@@ -229,6 +354,10 @@ pub async fn run(
             None,
         );
         encode::ready_for_query(&mut out, txn::IDLE);
+        return Ok(out);
+    }
+    if let Merge::Ordered(o) = &merge {
+        merge_ordered(&mut out, shape.as_ref(), &answers, o);
         return Ok(out);
     }
     if let Merge::Aggregates(aggs) = &merge {

@@ -21,8 +21,123 @@ pub enum Plan {
     Rows,
     /// Every shard runs it; its single row of aggregates is combined column by column.
     Aggregates(Vec<Aggregate>),
+    /// Every shard runs `shard_sql` (the query with LIMIT raised to LIMIT + OFFSET and no OFFSET); rows are
+    /// merged in ORDER BY order, then OFFSET and LIMIT apply.
+    Ordered(Ordered),
     /// It touches the sharded table but its results cannot be merged yet.
     Unsupported(&'static str),
+}
+
+/// A result column to sort by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortColumn {
+    /// 0-based position in the select list.
+    Position(usize),
+    /// A result column name (resolved against the RowDescription).
+    Name(String),
+}
+
+/// One ORDER BY key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub column: SortColumn,
+    pub desc: bool,
+    pub nulls_first: bool,
+}
+
+/// How to merge a sorted and/or limited keyless query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordered {
+    pub keys: Vec<SortKey>,
+    pub limit: Option<u64>,
+    pub offset: u64,
+    pub shard_sql: String,
+}
+
+fn literal_u64(e: &Expr) -> Option<u64> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.to_string().parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Plans ORDER BY / LIMIT / OFFSET of a plain select for a merge.
+fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Ordered, &'static str> {
+    use sqlparser::ast::{LimitClause, OrderByKind, SelectItem};
+    let mut keys = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Err("ORDER BY ALL");
+        };
+        for o in exprs {
+            let column = if let Some(n) = literal_u64(&o.expr) {
+                SortColumn::Position((n as usize).checked_sub(1).ok_or("ORDER BY 0")?)
+            } else if let Some(pos) = s.projection.iter().position(|item| match item {
+                SelectItem::UnnamedExpr(e) => *e == o.expr,
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    *expr == o.expr
+                        || matches!(&o.expr, Expr::Identifier(i) if i.value == alias.value)
+                }
+                _ => false,
+            }) {
+                SortColumn::Position(pos)
+            } else {
+                match &o.expr {
+                    Expr::Identifier(i) => SortColumn::Name(i.value.to_lowercase()),
+                    Expr::CompoundIdentifier(parts) => SortColumn::Name(
+                        parts
+                            .last()
+                            .map(|p| p.value.to_lowercase())
+                            .unwrap_or_default(),
+                    ),
+                    _ => return Err("ORDER BY an expression that is not in the select list"),
+                }
+            };
+            let desc = o.options.asc == Some(false);
+            keys.push(SortKey {
+                column,
+                desc,
+                nulls_first: o.options.nulls_first.unwrap_or(desc),
+            });
+        }
+    }
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, 0),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            let limit = match limit {
+                None => None,
+                Some(e) => Some(literal_u64(e).ok_or("a LIMIT that is not a number")?),
+            };
+            let offset = match offset {
+                None => 0,
+                Some(o) => literal_u64(&o.value).ok_or("an OFFSET that is not a number")?,
+            };
+            (limit, offset)
+        }
+        _ => return Err("this LIMIT form"),
+    };
+    let mut shard_query = q.clone();
+    shard_query.limit_clause = limit.map(|l| LimitClause::LimitOffset {
+        limit: Some(Expr::value(sqlparser::ast::Value::Number(
+            (l.saturating_add(offset)).to_string(),
+            false,
+        ))),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    Ok(Ordered {
+        keys,
+        limit,
+        offset,
+        shard_sql: Statement::Query(Box::new(shard_query)).to_string(),
+    })
 }
 
 /// An aggregate Ocelot combines across shards.
@@ -152,11 +267,8 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
             if q.with.is_some() {
                 return Plan::Unsupported("WITH queries");
             }
-            if q.order_by.is_some() {
-                return Plan::Unsupported("ORDER BY");
-            }
-            if q.limit_clause.is_some() || q.fetch.is_some() {
-                return Plan::Unsupported("LIMIT/OFFSET");
+            if q.fetch.is_some() {
+                return Plan::Unsupported("FETCH");
             }
             if !q.locks.is_empty() {
                 return Plan::Unsupported("FOR UPDATE/SHARE");
@@ -179,6 +291,9 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
                 return Plan::Unsupported("SELECT INTO");
             }
             match uses_aggregate_or_window(stmt) {
+                Some("aggregates") if q.order_by.is_some() || q.limit_clause.is_some() => {
+                    Plan::Unsupported("aggregates with ORDER BY or LIMIT")
+                }
                 Some("aggregates") => {
                     let aggs: Option<Vec<Aggregate>> =
                         s.projection.iter().map(mergeable_aggregate).collect();
@@ -190,7 +305,11 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
                     }
                 }
                 Some(why) => Plan::Unsupported(why),
-                None => Plan::Rows,
+                None if q.order_by.is_none() && q.limit_clause.is_none() => Plan::Rows,
+                None => match ordered(q, s) {
+                    Ok(o) => Plan::Ordered(o),
+                    Err(why) => Plan::Unsupported(why),
+                },
             }
         }
         // Writing to every shard is only safe with two-phase commit, which is not implemented yet.
@@ -248,14 +367,46 @@ mod tests {
             plan("SELECT v, count(*) FROM data", &s),
             Plan::Unsupported(_)
         ));
+        let Plan::Ordered(o) = plan(
+            "SELECT id, v AS name FROM data ORDER BY name DESC, 1 LIMIT 5 OFFSET 2",
+            &s,
+        ) else {
+            panic!("ordered");
+        };
+        assert_eq!(o.limit, Some(5));
+        assert_eq!(o.offset, 2);
         assert_eq!(
-            plan("SELECT * FROM data ORDER BY id", &s),
-            Plan::Unsupported("ORDER BY")
+            o.shard_sql,
+            "SELECT id, v AS name FROM data ORDER BY name DESC, 1 LIMIT 7"
         );
         assert_eq!(
-            plan("SELECT * FROM data LIMIT 3", &s),
-            Plan::Unsupported("LIMIT/OFFSET")
+            o.keys,
+            vec![
+                SortKey {
+                    column: SortColumn::Position(1),
+                    desc: true,
+                    nulls_first: true
+                },
+                SortKey {
+                    column: SortColumn::Position(0),
+                    desc: false,
+                    nulls_first: false
+                },
+            ]
         );
+        let Plan::Ordered(o) = plan("SELECT * FROM data ORDER BY id NULLS FIRST", &s) else {
+            panic!("ordered");
+        };
+        assert_eq!(o.keys[0].column, SortColumn::Name("id".into()));
+        assert!(o.keys[0].nulls_first && o.limit.is_none());
+        assert!(matches!(
+            plan("SELECT v FROM data ORDER BY lower(v)", &s),
+            Plan::Unsupported(_)
+        ));
+        assert!(matches!(
+            plan("SELECT count(*) FROM data LIMIT 1", &s),
+            Plan::Unsupported(_)
+        ));
         assert_eq!(
             plan("SELECT DISTINCT v FROM data", &s),
             Plan::Unsupported("DISTINCT")

@@ -61,6 +61,48 @@ fn cmp(a: &str, b: &str) -> Option<Ordering> {
     Some(rescale(x, sx, s)?.cmp(&rescale(y, sy, s)?))
 }
 
+const FLOAT4: u32 = 700;
+const FLOAT8: u32 = 701;
+const DATE: u32 = 1082;
+const TIMESTAMP: u32 = 1114;
+
+/// Whether Ocelot orders values of type `oid` exactly as PostgreSQL does (text order depends on collation, so
+/// text is not among them).
+pub fn sortable(oid: u32) -> bool {
+    matches!(
+        oid,
+        INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8 | BOOL | DATE | TIMESTAMP
+    )
+}
+
+fn float(s: &str) -> f64 {
+    s.parse().unwrap_or(f64::NAN)
+}
+
+/// Orders two non-NULL text values of a [`sortable`] type as PostgreSQL does.
+pub fn compare(oid: u32, a: &str, b: &str) -> Ordering {
+    match oid {
+        INT2 | INT4 | INT8 | NUMERIC => match (a == "NaN", b == "NaN") {
+            // PostgreSQL sorts numeric NaN above every number.
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            _ => cmp(a, b).unwrap_or_else(|| a.len().cmp(&b.len()).then(a.cmp(b))),
+        },
+        FLOAT4 | FLOAT8 => {
+            let (x, y) = (float(a), float(b));
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                _ => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            }
+        }
+        // ISO dates and timestamps compare as text, years 1-9999 AD; 'f' < 't' for booleans.
+        _ => a.cmp(b),
+    }
+}
+
 /// Combines one aggregate column of type `oid` from every shard.
 pub fn combine(
     agg: Aggregate,
@@ -131,6 +173,18 @@ pub fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orders_like_postgresql() {
+        assert_eq!(compare(NUMERIC, "10", "9.5"), Ordering::Greater);
+        assert_eq!(compare(INT8, "-3", "2"), Ordering::Less);
+        assert_eq!(compare(NUMERIC, "NaN", "1e3"), Ordering::Greater);
+        assert_eq!(compare(FLOAT8, "NaN", "Infinity"), Ordering::Greater);
+        assert_eq!(compare(FLOAT8, "-Infinity", "-1e300"), Ordering::Less);
+        assert_eq!(compare(BOOL, "f", "t"), Ordering::Less);
+        assert_eq!(compare(DATE, "2024-01-02", "2023-12-31"), Ordering::Greater);
+        assert!(!sortable(25));
+    }
 
     #[test]
     fn combines_exactly() {

@@ -92,6 +92,10 @@ impl Session {
                                 return Ok(Target::All(Merge::Aggregates(aggs)))
                             }
                             Plan::Aggregates(_) => Some("aggregates over the extended protocol"),
+                            Plan::Ordered(o) if simple => {
+                                return Ok(Target::All(Merge::Ordered(o)))
+                            }
+                            Plan::Ordered(_) => Some("ORDER BY/LIMIT over the extended protocol"),
                             Plan::Rows => Some("reads over the extended protocol"),
                             Plan::Unsupported(why) => Some(why),
                         };
