@@ -92,6 +92,8 @@ pub struct Session {
     primary_reads_override: Option<bool>,
     /// Read/write routes of query texts this client sent.
     route_cache: HashMap<Box<[u8]>, Route>,
+    /// Sharding-key positions of parameterised query texts this client sent.
+    key_cache: HashMap<Box<str>, Option<Vec<crate::router::shard_key::KeyValue>>>,
     /// What the attached server was chosen for.
     attached_want: Option<Want>,
     attached_shard: usize,
@@ -134,6 +136,7 @@ impl Session {
             role_override: None,
             primary_reads_override: None,
             route_cache: HashMap::new(),
+            key_cache: HashMap::new(),
             attached_want: None,
             attached_shard: 0,
             shard_override: None,

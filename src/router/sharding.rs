@@ -118,10 +118,22 @@ impl Sharder {
 
     /// The shards `sql` needs by its sharding key, with `params` from its Bind (value, binary).
     pub fn from_query(&self, sql: &str, params: &[(Option<&[u8]>, bool)]) -> Shards {
-        let Some(spec) = &self.key else {
-            return Shards::Unknown;
-        };
-        let Some(values) = shard_key::find(sql, spec) else {
+        self.shards_of(self.keys(sql), params)
+    }
+
+    /// The key values `sql` restricts the sharding key to (parses the query; callers may cache the result for
+    /// parameterised texts, which repeat).
+    pub fn keys(&self, sql: &str) -> Option<Vec<KeyValue>> {
+        shard_key::find(sql, self.key.as_ref()?)
+    }
+
+    /// The shards of key values found by [`Sharder::keys`], with `params` from the Bind.
+    pub fn shards_of(
+        &self,
+        values: Option<Vec<KeyValue>>,
+        params: &[(Option<&[u8]>, bool)],
+    ) -> Shards {
+        let Some(values) = values else {
             return Shards::Unknown;
         };
         let mut set = BTreeSet::new();

@@ -69,7 +69,22 @@ impl Session {
             let text = String::from_utf8_lossy(sql);
             let params: Vec<(Option<&[u8]>, bool)> =
                 params.iter().map(|(v, b)| (v.as_deref(), *b)).collect();
-            match sharder.from_query(&text, &params) {
+            // Parameterised texts repeat: their key positions are parsed once per session.
+            let keys = if text.contains('$') {
+                if let Some(k) = self.key_cache.get(text.as_ref()) {
+                    k.clone()
+                } else {
+                    let k = sharder.keys(&text);
+                    if self.key_cache.len() >= ROUTE_CACHE {
+                        self.key_cache.clear();
+                    }
+                    self.key_cache.insert(text.as_ref().into(), k.clone());
+                    k
+                }
+            } else {
+                sharder.keys(&text)
+            };
+            match sharder.shards_of(keys, &params) {
                 Shards::One(n) => return Ok(Target::One(n)),
                 Shards::Many(set) => {
                     return Err(PoolError::CrossShard {
