@@ -613,3 +613,59 @@ async fn merged_results_equal_a_single_server() {
     want.sort();
     assert_eq!(got, want, "{sql}");
 }
+
+#[tokio::test]
+async fn transactions_run_on_the_shard_of_their_first_statement() {
+    let shards = Shards::start().await;
+    let proxy = start_proxy(&shards.config()).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let a = (1..).find(|k| bigint_partition(*k, 3) == 2).unwrap();
+    let b = (1..).find(|k| bigint_partition(*k, 3) == 1).unwrap();
+    // A bare BEGIN waits for the first statement, whose key picks the shard.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("INSERT INTO data (id, v) VALUES ({a}, 'in tx')"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("UPDATE data SET v = 'in tx 2' WHERE id = {a}"))
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!((shards.count(1), shards.count(2)), (0, 1));
+    // A statement for another shard inside the transaction is refused and aborts it, as on one server.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("INSERT INTO data (id, v) VALUES ({a}, 'second')"))
+        .await
+        .unwrap();
+    let e = c
+        .simple_query(&format!(
+            "INSERT INTO data (id, v) VALUES ({b}, 'wrong shard')"
+        ))
+        .await
+        .unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{msg}");
+    assert!(
+        msg.contains("shard 1") && msg.contains("two-phase commit"),
+        "{msg}"
+    );
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "25P02");
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(
+        (shards.count(1), shards.count(2)),
+        (0, 1),
+        "nothing of the failed transaction was kept"
+    );
+    // An empty transaction, then business as usual.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        value(&c, &format!("SELECT v FROM data WHERE id = {a}")).await,
+        "in tx 2"
+    );
+}

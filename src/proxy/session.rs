@@ -99,6 +99,8 @@ pub struct Session {
     attached_shard: usize,
     /// `SET SHARD` / `SET SHARDING KEY`: `Some(None)` is `SET SHARD TO 'ANY'`.
     shard_override: Option<Option<usize>>,
+    /// A BEGIN answered by Ocelot, sent to the shard of the transaction's first statement.
+    pending_begin: Option<String>,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -140,6 +142,7 @@ impl Session {
             attached_want: None,
             attached_shard: 0,
             shard_override: None,
+            pending_begin: None,
             replay: None,
             draining,
         }
@@ -266,6 +269,32 @@ impl Session {
         }
     }
 
+    /// Inside a transaction on one shard, a Query that names another shard is turned into one that fails on the
+    /// server with 0A000, so the client and the server agree the transaction is aborted. Leaves the replacement
+    /// Query in `scratch`.
+    fn refuse_other_shard(&mut self, fwd: usize, piece: &Piece) -> bool {
+        if self.server.is_none() || self.pool.shards.len() <= 1 || !matches!(piece, Piece::Whole(_))
+        {
+            return false;
+        }
+        match self.explicit_shard(fwd) {
+            Some(s) if s != self.attached_shard => {
+                let msg = format!(
+                    "this statement needs shard {s} but the transaction runs on shard {}: transactions across shards need two-phase commit, which Ocelot does not do yet",
+                    self.attached_shard
+                );
+                let sql = format!(
+                    "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
+                    crate::router::session_sql::quote_literal(&msg)
+                );
+                self.scratch.clear();
+                encode::query(&mut self.scratch, &sql);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether consecutive requests may need different servers (read/write splitting or several shards).
     fn routing_sensitive(&self) -> bool {
         self.pool.routing.split || self.pool.shards.len() > 1
@@ -349,6 +378,14 @@ impl Session {
             }
             if starts {
                 self.dropping = false;
+                if code == frontend::QUERY && self.refuse_other_shard(fwd, &piece) {
+                    self.tracker.client_message(code);
+                    self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                    self.sout.extend_from_slice(&self.scratch);
+                    self.cbuf.advance(fwd + piece.len());
+                    fwd = 0;
+                    continue;
+                }
                 self.tracker.client_message(code);
                 self.track_effects(fwd, &piece);
                 match self.map_statement(fwd, &piece)? {
@@ -550,6 +587,10 @@ impl Session {
         }
         self.ssplit = Splitter::new(server.max_message());
         self.tracker = TxnTracker::default();
+        if let Some(begin) = self.pending_begin.take() {
+            server.run(&begin).await?;
+            self.tracker.set_status(server.txn_status);
+        }
         self.server = Some(server);
         Ok(())
     }

@@ -120,6 +120,11 @@ impl TxnTracker {
         self.copy_in
     }
 
+    /// Sets the status after Ocelot itself began a transaction on the server (a deferred BEGIN).
+    pub fn set_status(&mut self, status: u8) {
+        self.status = status;
+    }
+
     /// Transaction status from the last ReadyForQuery.
     pub fn status(&self) -> u8 {
         self.status

@@ -73,7 +73,7 @@ impl Session {
         let body = &self.cbuf[5..total];
         match h.code {
             frontend::QUERY => {
-                if self.try_routing_command(total).await? {
+                if self.try_routing_command(total).await? || self.try_deferred_begin(total).await? {
                     return Ok(true);
                 }
                 let body = &self.cbuf[5..total];

@@ -132,7 +132,15 @@ impl Session {
     /// The third value is whether the request is a simple Query.
     #[allow(clippy::type_complexity)]
     fn pending_sql_and_params(&self) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
-        let mut at = 0;
+        self.pending_sql_and_params_at(0)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn pending_sql_and_params_at(
+        &self,
+        start: usize,
+    ) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
+        let mut at = start;
         let mut sql = None;
         while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
             let end = at + h.total();
@@ -260,6 +268,55 @@ impl Session {
         route
     }
 
+    /// The shard a simple Query at `cbuf[start..]` names explicitly (comment or sharding key), if any.
+    pub(super) fn explicit_shard(&self, start: usize) -> Option<usize> {
+        let sharder = &self.pool.sharder;
+        let (sql, _, simple) = self.pending_sql_and_params_at(start);
+        let sql = sql.filter(|_| simple)?;
+        if let Some(n) = sharder.from_comment(&sql) {
+            return Some(n);
+        }
+        match sharder.from_query(&String::from_utf8_lossy(&sql), &[]) {
+            Shards::One(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// In a sharded pool, a transaction begun with a bare BEGIN has no shard yet: Ocelot answers the BEGIN and
+    /// sends it to whichever shard the transaction's first statement needs. A COMMIT or ROLLBACK before any
+    /// statement is answered too.
+    pub(super) async fn try_deferred_begin(&mut self, total: usize) -> Result<bool, ClientError> {
+        if self.pool.shards.len() <= 1 {
+            return Ok(false);
+        }
+        let body = &self.cbuf[5..total];
+        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).to_string();
+        let norm = text
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .to_ascii_lowercase();
+        let words: Vec<&str> = norm.split_whitespace().collect();
+        let (tag, status) = match words.as_slice() {
+            ["begin", ..] if self.pending_begin.is_none() => ("BEGIN", txn::IN_TRANSACTION),
+            ["start", "transaction", ..] if self.pending_begin.is_none() => {
+                ("START TRANSACTION", txn::IN_TRANSACTION)
+            }
+            ["commit" | "end", ..] if self.pending_begin.is_some() => ("COMMIT", txn::IDLE),
+            ["rollback" | "abort", ..] if self.pending_begin.is_some() => ("ROLLBACK", txn::IDLE),
+            _ => return Ok(false),
+        };
+        if text.contains(';') && text.trim().trim_end_matches(';').contains(';') {
+            return Ok(false);
+        }
+        self.cbuf.advance(total);
+        self.pending_begin = (status == txn::IN_TRANSACTION).then_some(text);
+        encode::command_complete(&mut self.out, tag);
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
     /// Answers PgCat's routing commands sent as a simple Query while no server is held.
     pub(super) async fn try_routing_command(&mut self, total: usize) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..total];
@@ -343,7 +400,12 @@ impl Session {
                 show(&mut self.out, "shard", &v);
             }
         }
-        encode::ready_for_query(&mut self.out, txn::IDLE);
+        let status = if self.pending_begin.is_some() {
+            txn::IN_TRANSACTION
+        } else {
+            txn::IDLE
+        };
+        encode::ready_for_query(&mut self.out, status);
         self.flush_out().await?;
         Ok(true)
     }
