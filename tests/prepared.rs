@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,14 +87,6 @@ async fn statements_follow_clients_across_servers() {
             "{all} statements, {ours} of them Ocelot's"
         );
     }
-}
-
-fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new("pgbench");
-    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(args)
-        .arg("app");
-    run_tool(c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,21 +262,6 @@ async fn errors_keep_their_postgresql_meaning() {
     assert_eq!(r, ["1", "2", "D", "C", "Z"]);
 }
 
-async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
-    let r = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    r.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                Some(row.get(0).unwrap_or_default().to_owned())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn sql_prepare_and_set_follow_the_client() {
     let pg = Postgres::start();
@@ -309,13 +284,16 @@ async fn sql_prepare_and_set_follow_the_client() {
             .await
             .unwrap();
             for i in 0..20 {
-                assert_eq!(first(&c, "SHOW work_mem").await, format!("{}MB", n + 1));
                 assert_eq!(
-                    first(&c, &format!("EXECUTE q({i})")).await,
+                    first_value(&c, "SHOW work_mem").await,
+                    format!("{}MB", n + 1)
+                );
+                assert_eq!(
+                    first_value(&c, &format!("EXECUTE q({i})")).await,
                     (i * (n + 10)).to_string()
                 );
                 assert_eq!(
-                    first(&c, "SELECT current_setting('app.tenant')").await,
+                    first_value(&c, "SELECT current_setting('app.tenant')").await,
                     format!("tenant{n}")
                 );
             }
@@ -327,8 +305,11 @@ async fn sql_prepare_and_set_follow_the_client() {
                 .await
                 .unwrap();
             for _ in 0..3 {
-                assert_eq!(first(&c, "SHOW work_mem").await, format!("{}MB", n + 1));
-                assert_eq!(first(&c, "SHOW statement_timeout").await, "0");
+                assert_eq!(
+                    first_value(&c, "SHOW work_mem").await,
+                    format!("{}MB", n + 1)
+                );
+                assert_eq!(first_value(&c, "SHOW statement_timeout").await, "0");
             }
             // DEALLOCATE and RESET are carried too.
             c.simple_query("DEALLOCATE q").await.unwrap();
@@ -336,16 +317,16 @@ async fn sql_prepare_and_set_follow_the_client() {
             for _ in 0..3 {
                 let e = c.simple_query("EXECUTE q(1)").await.unwrap_err();
                 assert_eq!(e.code().unwrap().code(), "26000");
-                assert_eq!(first(&c, "SHOW work_mem").await, "4MB");
+                assert_eq!(first_value(&c, "SHOW work_mem").await, "4MB");
                 assert_eq!(
-                    first(&c, "SELECT current_setting('app.tenant')").await,
+                    first_value(&c, "SELECT current_setting('app.tenant')").await,
                     format!("tenant{n}")
                 );
             }
             c.simple_query("DISCARD ALL").await.unwrap();
             for _ in 0..3 {
                 assert_eq!(
-                    first(&c, "SELECT current_setting('app.tenant', true)").await,
+                    first_value(&c, "SELECT current_setting('app.tenant', true)").await,
                     ""
                 );
             }
@@ -354,7 +335,7 @@ async fn sql_prepare_and_set_follow_the_client() {
     // A client that never set anything sees defaults throughout.
     let plain = connect(port, "postgres", None, "app").await.unwrap();
     for _ in 0..20 {
-        assert_eq!(first(&plain, "SHOW work_mem").await, "4MB");
+        assert_eq!(first_value(&plain, "SHOW work_mem").await, "4MB");
         let e = plain.simple_query("EXECUTE q(1)").await.unwrap_err();
         assert_eq!(e.code().unwrap().code(), "26000");
     }
@@ -506,15 +487,15 @@ async fn set_config_is_carried_and_never_leaks() {
         .unwrap();
     for _ in 0..3 {
         assert_eq!(
-            first(&b, "SELECT current_setting('app.leak', true)").await,
+            first_value(&b, "SELECT current_setting('app.leak', true)").await,
             ""
         );
         assert_eq!(
-            first(&b, "SELECT current_setting('app.user', true)").await,
+            first_value(&b, "SELECT current_setting('app.user', true)").await,
             ""
         );
         assert_eq!(
-            first(&a, "SELECT current_setting('app.user', true)").await,
+            first_value(&a, "SELECT current_setting('app.user', true)").await,
             "u1"
         );
     }

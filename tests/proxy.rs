@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -11,26 +10,6 @@ use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::types::Type;
-use tokio_postgres::SimpleQueryMessage;
-
-fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let r = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows(&r)[0][0].clone().unwrap_or_default()
-}
 
 /// Backends Ocelot holds on the server (everything but our own admin session).
 fn server_backends(pg: &Postgres) -> usize {
@@ -48,7 +27,7 @@ async fn simple_and_extended_queries() {
     let c = connect(proxy.local_addr().port(), "postgres", None, "app")
         .await
         .unwrap();
-    assert_eq!(one(&c, "SELECT 40 + 2").await, "42");
+    assert_eq!(first_value(&c, "SELECT 40 + 2").await, "42");
     let r = c
         .query_typed(
             "SELECT $1::int4 * 2, $2::text",
@@ -60,7 +39,7 @@ async fn simple_and_extended_queries() {
     assert_eq!(r[0].get::<_, &str>(1), "hé");
     // Several statements in one Query, and an empty query.
     let r = c.simple_query("SELECT 1; SELECT 2;").await.unwrap();
-    assert_eq!(rows(&r).len(), 2);
+    assert_eq!(rows_of(&r).len(), 2);
     c.simple_query("").await.unwrap();
     // Errors keep their SQLSTATE and the session goes on.
     let e = c
@@ -70,7 +49,7 @@ async fn simple_and_extended_queries() {
     assert_eq!(e.code().unwrap().code(), "42P01");
     let e = c.query_typed("SELEC 1", &[]).await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42601");
-    assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
+    assert_eq!(first_value(&c, "SELECT 'still here'").await, "still here");
     // Notices pass through.
     c.simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
         .await
@@ -91,7 +70,7 @@ async fn transactions_and_errors_mid_transaction() {
         tx.simple_query("INSERT INTO t VALUES (1)").await.unwrap();
         // Another client does not see the uncommitted row, and gets another server.
         let other = connect(port, "postgres", None, "app").await.unwrap();
-        assert_eq!(one(&other, "SELECT count(*) FROM t").await, "0");
+        assert_eq!(first_value(&other, "SELECT count(*) FROM t").await, "0");
         let e = tx
             .simple_query("INSERT INTO t VALUES (1)")
             .await
@@ -101,11 +80,11 @@ async fn transactions_and_errors_mid_transaction() {
         assert_eq!(e.code().unwrap().code(), "25P02");
         tx.rollback().await.unwrap();
     }
-    assert_eq!(one(&c, "SELECT count(*) FROM t").await, "0");
+    assert_eq!(first_value(&c, "SELECT count(*) FROM t").await, "0");
     let tx = c.transaction().await.unwrap();
     tx.simple_query("INSERT INTO t VALUES (2)").await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(one(&c, "SELECT count(*) FROM t").await, "1");
+    assert_eq!(first_value(&c, "SELECT count(*) FROM t").await, "1");
 }
 
 #[tokio::test]
@@ -139,7 +118,7 @@ async fn copy_in_and_out() {
     assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 50_000);
     tx.commit().await.unwrap();
     assert_eq!(
-        one(&c, "SELECT sum(a) FROM c").await,
+        first_value(&c, "SELECT sum(a) FROM c").await,
         (0..50_000i64).sum::<i64>().to_string()
     );
     // A failing COPY leaves the session usable.
@@ -148,7 +127,7 @@ async fn copy_in_and_out() {
         .await
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
-    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
 }
 
 #[tokio::test]
@@ -170,14 +149,14 @@ async fn cancel_reaches_the_right_server() {
         .unwrap();
     assert_eq!(r.unwrap_err().code().unwrap().code(), "57014");
     let b = bystander.await.unwrap().unwrap();
-    assert_eq!(rows(&b)[0][1].as_deref(), Some("b done"));
+    assert_eq!(rows_of(&b)[0][1].as_deref(), Some("b done"));
     // A cancel with a wrong key does nothing.
     let c = connect(port, "postgres", None, "app").await.unwrap();
     let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut pkt = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     pkt.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2]);
     raw.write_all(&pkt).await.unwrap();
-    assert_eq!(one(&c, "SELECT 'fine'").await, "fine");
+    assert_eq!(first_value(&c, "SELECT 'fine'").await, "fine");
 }
 
 #[tokio::test]
@@ -211,7 +190,7 @@ async fn many_clients_share_few_servers() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(one(&setup, "SELECT n FROM counter").await, "1000");
+    assert_eq!(first_value(&setup, "SELECT n FROM counter").await, "1000");
     assert!(
         server_backends(&pg) <= 5,
         "at most pool_size server connections"
@@ -226,12 +205,12 @@ async fn authentication_methods_and_failures() {
     // Clients authenticate to Ocelot with md5, SCRAM or trust; Ocelot logs in to PostgreSQL the same way.
     for (user, pw) in [MD5_USER, SCRAM_USER] {
         let c = connect(port, user, Some(pw), "app").await.unwrap();
-        assert_eq!(one(&c, "SELECT current_user").await, user);
+        assert_eq!(first_value(&c, "SELECT current_user").await, user);
         let e = connect(port, user, Some("wrong"), "app").await.unwrap_err();
         assert_eq!(e.code().unwrap().code(), "28P01", "{user}: {e}");
     }
     let c = connect(port, "postgres", None, "app").await.unwrap();
-    assert_eq!(one(&c, "SELECT current_user").await, "postgres");
+    assert_eq!(first_value(&c, "SELECT current_user").await, "postgres");
     let e = connect(port, "postgres", None, "nodb").await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "3D000");
     let e = connect(port, "nobody", Some("x"), "app").await.unwrap_err();
@@ -252,7 +231,7 @@ async fn server_credentials_differ_from_client_credentials() {
     let c = connect(proxy.local_addr().port(), "postgres", None, "app")
         .await
         .unwrap();
-    assert_eq!(one(&c, "SELECT current_user").await, SCRAM_USER.0);
+    assert_eq!(first_value(&c, "SELECT current_user").await, SCRAM_USER.0);
 }
 
 /// Sends a startup packet for user postgres / database app and reads up to the first ReadyForQuery.
@@ -355,7 +334,10 @@ async fn bad_input_gets_protocol_violation_and_others_keep_working() {
     let mut n = [0u8; 1];
     s.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");
-    assert_eq!(one(&bystander, "SELECT 'unaffected'").await, "unaffected");
+    assert_eq!(
+        first_value(&bystander, "SELECT 'unaffected'").await,
+        "unaffected"
+    );
 }
 
 #[tokio::test]
@@ -383,9 +365,9 @@ async fn client_killed_mid_transaction_is_rolled_back() {
     drop(s);
     // With a pool of one, the next client gets the same server: rolled back, idle, usable.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(one(&setup, "SELECT count(*) FROM k").await, "0");
+    assert_eq!(first_value(&setup, "SELECT count(*) FROM k").await, "0");
     assert_eq!(
-        one(&setup, "SELECT now() = statement_timestamp()").await,
+        first_value(&setup, "SELECT now() = statement_timestamp()").await,
         "t",
         "not inside a transaction"
     );
@@ -398,10 +380,10 @@ async fn server_terminated_while_idle_is_replaced() {
     let c = connect(proxy.local_addr().port(), "postgres", None, "app")
         .await
         .unwrap();
-    let before = one(&c, "SELECT pg_backend_pid()").await;
+    let before = first_value(&c, "SELECT pg_backend_pid()").await;
     pg.psql_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app'");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = one(&c, "SELECT pg_backend_pid()").await;
+    let after = first_value(&c, "SELECT pg_backend_pid()").await;
     assert_ne!(before, after, "a fresh server connection was used");
 }
 
@@ -427,7 +409,7 @@ async fn checkout_timeout_names_the_pool_and_keeps_the_client() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "53300");
     tx.commit().await.unwrap();
-    assert_eq!(one(&waiter, "SELECT 'served'").await, "served");
+    assert_eq!(first_value(&waiter, "SELECT 'served'").await, "served");
 }
 
 #[tokio::test]
@@ -447,10 +429,10 @@ async fn session_parameters_follow_the_client_and_do_not_leak() {
     let b = connect(port, "postgres", None, "app").await.unwrap();
     // One server shared by both clients: each sees its own settings on every transaction.
     for _ in 0..3 {
-        assert_eq!(one(&a, "SHOW application_name").await, "alpha");
-        assert_eq!(one(&a, "SHOW statement_timeout").await, "1234ms");
-        assert_eq!(one(&b, "SHOW application_name").await, "");
-        assert_eq!(one(&b, "SHOW statement_timeout").await, "0");
+        assert_eq!(first_value(&a, "SHOW application_name").await, "alpha");
+        assert_eq!(first_value(&a, "SHOW statement_timeout").await, "1234ms");
+        assert_eq!(first_value(&b, "SHOW application_name").await, "");
+        assert_eq!(first_value(&b, "SHOW statement_timeout").await, "0");
     }
     // SET of a tracked parameter persists for its client; SET of anything else is reset before another client.
     a.simple_query("SET application_name = 'beta'")
@@ -458,18 +440,18 @@ async fn session_parameters_follow_the_client_and_do_not_leak() {
         .unwrap();
     a.simple_query("SET TimeZone = 'Asia/Tokyo'").await.unwrap();
     b.simple_query("SET work_mem = '7MB'").await.unwrap();
-    assert_eq!(one(&a, "SHOW application_name").await, "beta");
-    assert_eq!(one(&a, "SHOW TimeZone").await, "Asia/Tokyo");
-    assert_eq!(one(&a, "SHOW work_mem").await, "4MB");
+    assert_eq!(first_value(&a, "SHOW application_name").await, "beta");
+    assert_eq!(first_value(&a, "SHOW TimeZone").await, "Asia/Tokyo");
+    assert_eq!(first_value(&a, "SHOW work_mem").await, "4MB");
     assert_eq!(
-        one(&b, "SHOW TimeZone").await,
-        one(
+        first_value(&b, "SHOW TimeZone").await,
+        first_value(
             &b,
             "SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'"
         )
         .await
     );
-    assert_eq!(one(&b, "SHOW application_name").await, "");
+    assert_eq!(first_value(&b, "SHOW application_name").await, "");
 }
 
 #[tokio::test]
@@ -480,18 +462,18 @@ async fn session_mode_keeps_one_server() {
         .await
         .unwrap();
     c.simple_query("SET work_mem = '9MB'").await.unwrap();
-    let pid = one(&c, "SELECT pg_backend_pid()").await;
+    let pid = first_value(&c, "SELECT pg_backend_pid()").await;
     for _ in 0..5 {
-        assert_eq!(one(&c, "SELECT pg_backend_pid()").await, pid);
+        assert_eq!(first_value(&c, "SELECT pg_backend_pid()").await, pid);
     }
-    assert_eq!(one(&c, "SHOW work_mem").await, "9MB");
+    assert_eq!(first_value(&c, "SHOW work_mem").await, "9MB");
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let d = connect(proxy.local_addr().port(), "postgres", None, "app")
         .await
         .unwrap();
     assert_eq!(
-        one(&d, "SHOW work_mem").await,
+        first_value(&d, "SHOW work_mem").await,
         "4MB",
         "state reset before the next client"
     );
@@ -590,14 +572,6 @@ SELECT id, name FROM p ORDER BY id;
     );
 }
 
-fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new("pgbench");
-    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(args)
-        .arg("app");
-    run_tool(c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_more_clients_than_servers() {
     let pg = Postgres::start();
@@ -656,7 +630,7 @@ async fn min_pool_size_is_kept_warm_and_idle_connections_expire() {
     )
     .await
     .unwrap();
-    assert_eq!(one(&c, "SELECT 1").await, "1");
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
     assert_eq!(server_backends(&pg), 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while server_backends(&pg) > 2 {
@@ -667,7 +641,7 @@ async fn min_pool_size_is_kept_warm_and_idle_connections_expire() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        one(&c, "SELECT 2").await,
+        first_value(&c, "SELECT 2").await,
         "2",
         "a new connection is opened on demand"
     );

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,19 +60,6 @@ servers = [{servers}]
     }
 }
 
-async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    let r = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e} {:?}", e.as_db_error()));
-    r.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn reads_go_to_replicas_and_writes_to_the_primary() {
     let cl = Cluster::start();
@@ -86,7 +72,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         .unwrap();
     for _ in 0..5 {
         assert_eq!(
-            one(&c, "SELECT pg_is_in_recovery()").await,
+            first_value(&c, "SELECT pg_is_in_recovery()").await,
             "t",
             "plain SELECT on a replica"
         );
@@ -97,7 +83,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         assert!(r[0].get::<_, bool>(0), "extended SELECT on a replica");
     }
     assert_eq!(
-        one(
+        first_value(
             &c,
             "INSERT INTO rw VALUES (1) RETURNING pg_is_in_recovery()"
         )
@@ -105,7 +91,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         "f"
     );
     assert_eq!(
-        one(
+        first_value(
             &c,
             "SELECT nextval('seq')::text || pg_is_in_recovery()::text"
         )
@@ -113,11 +99,11 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         "1false"
     );
     assert_eq!(
-        one(&c, "SELECT pg_is_in_recovery() FROM rw FOR UPDATE").await,
+        first_value(&c, "SELECT pg_is_in_recovery() FROM rw FOR UPDATE").await,
         "f"
     );
     assert_eq!(
-        one(
+        first_value(
             &c,
             "WITH d AS (DELETE FROM rw RETURNING 1) SELECT pg_is_in_recovery()"
         )
@@ -133,7 +119,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         .iter()
         .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("f"))));
     c.simple_query("BEGIN READ ONLY").await.unwrap();
-    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
+    assert_eq!(first_value(&c, "SELECT pg_is_in_recovery()").await, "t");
     c.simple_query("COMMIT").await.unwrap();
     // Pipelined requests (one connection, no waiting between them) are each routed on their own.
     for _ in 0..5 {
@@ -163,7 +149,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
     cl.primary
         .wait_replicated(&[&cl.replicas[0], &cl.replicas[1]]);
     for _ in 0..4 {
-        assert_eq!(one(&c, "SELECT count(*) FROM rw").await, "100");
+        assert_eq!(first_value(&c, "SELECT count(*) FROM rw").await, "100");
     }
 }
 
@@ -202,11 +188,11 @@ async fn pgcat_routing_commands() {
         show(c.simple_query("SHOW SERVER ROLE").await.unwrap()).1,
         "primary"
     );
-    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "f");
+    assert_eq!(first_value(&c, "SELECT pg_is_in_recovery()").await, "f");
     c.simple_query("SET SERVER ROLE TO 'replica'")
         .await
         .unwrap();
-    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
+    assert_eq!(first_value(&c, "SELECT pg_is_in_recovery()").await, "t");
     c.simple_query("SET SERVER ROLE TO 'auto'").await.unwrap();
     assert_eq!(
         show(c.simple_query("SHOW PRIMARY READS").await.unwrap()),
@@ -220,7 +206,7 @@ async fn pgcat_routing_commands() {
     // With primary reads on, the primary serves a share of the reads.
     let mut primary = 0;
     for _ in 0..60 {
-        if one(&c, "SELECT pg_is_in_recovery()").await == "f" {
+        if first_value(&c, "SELECT pg_is_in_recovery()").await == "f" {
             primary += 1;
         }
     }
@@ -238,7 +224,7 @@ async fn pgcat_routing_commands() {
 async fn distribution(c: &tokio_postgres::Client, n: usize) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for _ in 0..n {
-        *m.entry(one(c, "SELECT inet_server_port()").await)
+        *m.entry(first_value(c, "SELECT inet_server_port()").await)
             .or_insert(0) += 1;
     }
     m
@@ -269,7 +255,7 @@ async fn balancing_modes_distribute_as_promised() {
         .unwrap();
     let mut last = String::new();
     for _ in 0..200 {
-        let p = one(&c, "SELECT inet_server_port()").await;
+        let p = first_value(&c, "SELECT inet_server_port()").await;
         assert_ne!(p, last, "round robin alternates");
         last = p;
     }
@@ -310,14 +296,6 @@ async fn balancing_modes_distribute_as_promised() {
     for s in sleepers {
         s.await.unwrap().unwrap();
     }
-}
-
-fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new("pgbench");
-    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-        .args(args)
-        .arg("app");
-    run_tool(c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,7 +354,7 @@ async fn reads_survive_a_dead_primary() {
     // Login works (parameters come from any healthy server) and reads are served by replicas.
     let c = connect(port, "postgres", None, "app").await.unwrap();
     for _ in 0..5 {
-        assert_eq!(one(&c, "SELECT v FROM kept").await, "7");
+        assert_eq!(first_value(&c, "SELECT v FROM kept").await, "7");
     }
     let r = c
         .query_typed("SELECT v FROM kept WHERE v = $1", &[(&7i32, Type::INT4)])
@@ -394,7 +372,7 @@ async fn reads_survive_a_dead_primary() {
         .unwrap_or_default();
     assert_eq!(e.code().unwrap().code(), "08006", "{msg}");
     assert!(msg.contains("primary"), "{msg}");
-    assert_eq!(one(&c, "SELECT v FROM kept").await, "7");
+    assert_eq!(first_value(&c, "SELECT v FROM kept").await, "7");
 }
 
 #[tokio::test]

@@ -304,21 +304,6 @@ pool_size = 3
     }
 }
 
-async fn value(c: &tokio_postgres::Client, sql: &str) -> String {
-    let r = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    r.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                Some(row.get(0).unwrap_or_default().to_owned())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn every_routing_method_reaches_the_right_shard() {
     let shards = Shards::start().await;
@@ -352,7 +337,7 @@ async fn every_routing_method_reaches_the_right_shard() {
     // Point reads by key (WHERE equality, literal and parameter), UPDATE and DELETE by key.
     for k in keys.iter().take(40) {
         assert_eq!(
-            value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
+            first_value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
             format!("v{k}")
         );
         let r = c
@@ -369,7 +354,7 @@ async fn every_routing_method_reaches_the_right_shard() {
         1
     );
     assert_eq!(
-        value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
+        first_value(&c, &format!("SELECT v FROM data WHERE id = {k}")).await,
         "changed"
     );
     assert_eq!(
@@ -392,7 +377,7 @@ async fn every_routing_method_reaches_the_right_shard() {
         .collect::<Vec<_>>()
         .join(", ");
     assert_eq!(
-        value(
+        first_value(
             &c,
             &format!("SELECT count(*) FROM data WHERE id IN ({list})")
         )
@@ -401,7 +386,7 @@ async fn every_routing_method_reaches_the_right_shard() {
     );
     // Comments choose the shard (by number or by key).
     for (s, want) in expected.iter().enumerate() {
-        let n = value(
+        let n = first_value(
             &c,
             &format!("/* shard_id: {s} */ SELECT count(*) FROM data"),
         )
@@ -409,7 +394,7 @@ async fn every_routing_method_reaches_the_right_shard() {
         assert_eq!(n, want.to_string(), "shard_id comment {s}");
     }
     let k = keys[10];
-    let n = value(
+    let n = first_value(
         &c,
         &format!("/* sharding_key: {k} */ SELECT count(*) FROM data WHERE id = {k}"),
     )
@@ -461,30 +446,30 @@ async fn every_routing_method_reaches_the_right_shard() {
         );
     }
     // Queries that do not touch the sharded table go to the default shard.
-    assert_eq!(value(&c, "SELECT 40 + 2").await, "42");
+    assert_eq!(first_value(&c, "SELECT 40 + 2").await, "42");
     // SET SHARD, SHOW SHARD, SET SHARDING KEY.
-    assert_eq!(value(&c, "SHOW SHARD").await, "0");
+    assert_eq!(first_value(&c, "SHOW SHARD").await, "0");
     c.simple_query("SET SHARD TO '2'").await.unwrap();
-    assert_eq!(value(&c, "SHOW SHARD").await, "2");
+    assert_eq!(first_value(&c, "SHOW SHARD").await, "2");
     assert_eq!(
-        value(&c, "SELECT count(*) FROM data").await,
+        first_value(&c, "SELECT count(*) FROM data").await,
         expected[2].to_string()
     );
     c.simple_query(&format!("SET SHARDING KEY TO '{k}'"))
         .await
         .unwrap();
     assert_eq!(
-        value(&c, "SHOW SHARD").await,
+        first_value(&c, "SHOW SHARD").await,
         bigint_partition(k, 3).to_string()
     );
     assert_eq!(
-        value(&c, "SELECT count(*) FROM data").await,
+        first_value(&c, "SELECT count(*) FROM data").await,
         expected[bigint_partition(k, 3) as usize].to_string()
     );
     let e = c.simple_query("SET SHARD TO '7'").await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22023");
     c.simple_query("SET SHARD TO 'ANY'").await.unwrap();
-    assert_eq!(value(&c, "SHOW SHARD").await, "any");
+    assert_eq!(first_value(&c, "SHOW SHARD").await, "any");
 }
 
 #[tokio::test]
@@ -514,22 +499,9 @@ async fn queries_spanning_shards_get_a_clear_error() {
     // Nothing was written, and the session goes on.
     assert_eq!(shards.count(0) + shards.count(2), 0);
     assert_eq!(
-        value(&c, &format!("SELECT count(*) FROM data WHERE id = {a}")).await,
+        first_value(&c, &format!("SELECT count(*) FROM data WHERE id = {a}")).await,
         "0"
     );
-}
-
-fn rows_of(r: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    r.iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -665,7 +637,7 @@ async fn transactions_run_on_the_shard_of_their_first_statement() {
     c.simple_query("BEGIN").await.unwrap();
     c.simple_query("COMMIT").await.unwrap();
     assert_eq!(
-        value(&c, &format!("SELECT v FROM data WHERE id = {a}")).await,
+        first_value(&c, &format!("SELECT v FROM data WHERE id = {a}")).await,
         "in tx 2"
     );
 }

@@ -23,6 +23,15 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// What one of Ocelot's own queries returned.
+#[derive(Debug, Default)]
+struct Exchange {
+    /// ParameterStatus values that changed.
+    changed: Vec<(String, String)>,
+    /// The first column of the first row.
+    first_value: Option<String>,
+}
+
 /// Session state Ocelot applied on a server for the client using it: startup settings that the server does not
 /// report (`SET name = value`), the client's own SET statements, and its SQL-level PREPAREs, each by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -186,6 +195,17 @@ impl ServerConn {
     /// update `params` and are also returned, so a caller can pass changes on to its client. An ErrorResponse
     /// fails the call but leaves the connection usable; I/O and protocol errors mark it broken.
     pub async fn run(&mut self, sql: &str) -> Result<Vec<(String, String)>, PoolError> {
+        self.exchange(sql).await.map(|r| r.changed)
+    }
+
+    /// Runs `sql` and returns the first column of its first row (`None` for no row or NULL). For Ocelot's own
+    /// monitoring queries.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, PoolError> {
+        self.exchange(sql).await.map(|r| r.first_value)
+    }
+
+    /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery.
+    async fn exchange(&mut self, sql: &str) -> Result<Exchange, PoolError> {
         if !self.rbuf.is_empty() {
             return Err(self.lost("unread bytes before an internal query"));
         }
@@ -194,8 +214,9 @@ impl ServerConn {
         if let Err(e) = self.stream.write_all(&out).await {
             return Err(self.lost(e.to_string()));
         }
-        let mut changed = Vec::new();
+        let mut result = Exchange::default();
         let mut error = None;
+        let mut seen_row = false;
         loop {
             let h = match Header::parse(&self.rbuf, self.max_message) {
                 Ok(h) => h,
@@ -218,9 +239,19 @@ impl ServerConn {
                 backend::PARAMETER_STATUS => {
                     if let Ok((k, v)) = decode::parameter_status(body) {
                         if self.params.set(k, v) {
-                            changed.push((k.to_owned(), v.to_owned()));
+                            result.changed.push((k.to_owned(), v.to_owned()));
                         }
                     }
+                }
+                backend::DATA_ROW if !seen_row => {
+                    seen_row = true;
+                    let mut c = decode::Cursor::new(h.code, body);
+                    result.first_value = c.bytes(2).and_then(|_| c.i32()).ok().and_then(|len| {
+                        let len = usize::try_from(len).ok()?;
+                        c.bytes(len)
+                            .ok()
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
                 }
                 backend::ERROR_RESPONSE => {
                     error = Some(decode::error_fields(body).unwrap_or_default());
@@ -238,60 +269,7 @@ impl ServerConn {
                 server: self.address.to_string(),
                 fields,
             }),
-            None => Ok(changed),
-        }
-    }
-
-    /// Runs `sql` and returns the first column of its first row (`None` for no row or NULL). For Ocelot's own
-    /// monitoring queries.
-    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, PoolError> {
-        let mut out = BytesMut::with_capacity(sql.len() + 6);
-        encode::query(&mut out, sql);
-        if let Err(e) = self.stream.write_all(&out).await {
-            return Err(self.lost(e.to_string()));
-        }
-        let mut value = None;
-        let mut error = None;
-        loop {
-            let h = match Header::parse(&self.rbuf, self.max_message) {
-                Ok(h) => h,
-                Err(e) => return Err(self.lost(e.to_string())),
-            };
-            let Some(h) = h.filter(|h| self.rbuf.len() >= h.total()) else {
-                match self.stream.read_buf(&mut self.rbuf).await {
-                    Ok(0) => return Err(self.lost("server closed the connection")),
-                    Ok(_) => continue,
-                    Err(e) => return Err(self.lost(e.to_string())),
-                }
-            };
-            let msg = self.rbuf.split_to(h.total());
-            let body = &msg[5..];
-            match h.code {
-                backend::DATA_ROW if value.is_none() => {
-                    let mut c = decode::Cursor::new(h.code, body);
-                    let first = c.bytes(2).and_then(|_| c.i32()).and_then(|len| {
-                        if len < 0 {
-                            Ok(None)
-                        } else {
-                            c.bytes(len as usize)
-                                .map(|v| Some(String::from_utf8_lossy(v).into_owned()))
-                        }
-                    });
-                    value = Some(first.unwrap_or(None));
-                }
-                backend::ERROR_RESPONSE => {
-                    error = Some(decode::error_fields(body).unwrap_or_default())
-                }
-                backend::READY_FOR_QUERY => break,
-                _ => {}
-            }
-        }
-        match error {
-            Some(fields) => Err(PoolError::Query {
-                server: self.address.to_string(),
-                fields,
-            }),
-            None => Ok(value.flatten()),
+            None => Ok(result),
         }
     }
 

@@ -365,3 +365,37 @@ pub fn run_tool(mut c: Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// pgbench as `postgres` against database `app` on `port`: (success, stdout, stderr).
+pub fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new("pgbench");
+    c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+        .args(args)
+        .arg("app");
+    run_tool(c)
+}
+
+/// The rows of a simple-query answer, as optional text values.
+pub fn rows_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first column of the first row `sql` returns ("" for none or NULL); panics with the error otherwise.
+pub async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
+    let r = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e} {:?}", e.as_db_error()));
+    rows_of(&r)
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten())
+        .unwrap_or_default()
+}
