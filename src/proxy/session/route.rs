@@ -140,15 +140,9 @@ impl Session {
         &self,
         start: usize,
     ) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
-        let mut at = start;
         let mut sql = None;
-        while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
-            let end = at + h.total();
-            if end > self.cbuf.len() {
-                break;
-            }
-            let body = &self.cbuf[at + 5..end];
-            match h.code {
+        for (code, body) in whole_messages(&self.cbuf, start) {
+            match code {
                 frontend::QUERY if sql.is_none() => {
                     return (
                         Some(body.strip_suffix(&[0]).unwrap_or(body).to_vec()),
@@ -180,7 +174,6 @@ impl Session {
                 frontend::SYNC => break,
                 _ => {}
             }
-            at = end;
         }
         (sql, Vec::new(), false)
     }
@@ -215,16 +208,9 @@ impl Session {
     /// The route of every whole Query and Parse (and Bind of a known statement) up to the first Sync in the
     /// client buffer: a read only when all of them read.
     fn pending_route(&mut self) -> Route {
-        let mut at = 0;
-        let mut route = Route::Read;
         let mut seen = false;
-        while let Ok(Some(h)) = Header::parse(&self.cbuf[at..], u32::MAX) {
-            let end = at + h.total();
-            if end > self.cbuf.len() {
-                break;
-            }
-            let body = &self.cbuf[at + 5..end];
-            let sql: Option<&[u8]> = match h.code {
+        for (code, body) in whole_messages(&self.cbuf, 0) {
+            let sql: Option<&[u8]> = match code {
                 frontend::QUERY => Some(body.strip_suffix(&[0]).unwrap_or(body)),
                 frontend::PARSE => extended::parse(body)
                     .ok()
@@ -237,7 +223,7 @@ impl Session {
                 if r == Route::Write {
                     return Route::Write;
                 }
-            } else if h.code == frontend::BIND {
+            } else if code == frontend::BIND {
                 let stmt = extended::bind(body).ok().and_then(|(_, name, _)| {
                     self.stmts.as_ref().and_then(|m| m.statement_text(name))
                 });
@@ -257,15 +243,16 @@ impl Session {
                     None => {}
                 }
             }
-            if h.code == frontend::SYNC || h.code == frontend::QUERY {
+            if code == frontend::SYNC || code == frontend::QUERY {
                 break;
             }
-            at = end;
         }
-        if !seen {
-            route = Route::Write;
+        // Nothing to classify (Describe, Execute, Sync only): the primary is always right.
+        if seen {
+            Route::Read
+        } else {
+            Route::Write
         }
-        route
     }
 
     /// The shard a simple Query at `cbuf[start..]` names explicitly (comment or sharding key), if any.
@@ -473,16 +460,19 @@ fn show(out: &mut BytesMut, column: &str, value: &str) {
     encode::command_complete(out, "SHOW");
 }
 
+/// The whole messages in `buf` from `start`, as (type, body), stopping at the first incomplete one.
+fn whole_messages(buf: &[u8], start: usize) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = start;
+    std::iter::from_fn(move || {
+        let h = Header::parse(buf.get(at..)?, u32::MAX).ok()??;
+        let end = at + h.total();
+        let body = buf.get(at + 5..end)?;
+        at = end;
+        Some((h.code, body))
+    })
+}
+
 /// The type bytes of the whole messages in `buf`.
 fn message_codes(buf: &[u8]) -> Vec<u8> {
-    let mut codes = Vec::new();
-    let mut at = 0;
-    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
-        codes.push(h.code);
-        at += h.total();
-        if at >= buf.len() {
-            break;
-        }
-    }
-    codes
+    whole_messages(buf, 0).map(|(code, _)| code).collect()
 }
