@@ -292,7 +292,8 @@ fn merge_aggregates(out: &mut BytesMut, shape: &[u8], answers: &[Answer], aggs: 
     encode::ready_for_query(out, txn::IDLE);
 }
 
-/// Sends `query` (a whole Query message) to every shard and returns the merged answer, ReadyForQuery included.
+/// Sends `query` (a whole Query message) to each of `shards` and returns the merged answer, ReadyForQuery
+/// included.
 pub async fn run(
     pool: &Arc<UserPool>,
     params: &ClientParams,
@@ -300,6 +301,7 @@ pub async fn run(
     want: Want,
     primary_reads: bool,
     merge: Merge,
+    shards: &[usize],
 ) -> Result<BytesMut, PoolError> {
     let query = match &merge {
         Merge::Ordered(o) => {
@@ -310,7 +312,7 @@ pub async fn run(
         _ => Bytes::copy_from_slice(query),
     };
     let mut set = JoinSet::new();
-    for shard in 0..pool.shards.len() {
+    for &shard in shards {
         set.spawn(ask(
             pool.clone(),
             shard,
@@ -320,7 +322,7 @@ pub async fn run(
             query.clone(),
         ));
     }
-    let mut answers: Vec<Option<Answer>> = (0..pool.shards.len()).map(|_| None).collect();
+    let mut answers: Vec<Option<Answer>> = shards.iter().map(|_| None).collect();
     let mut index = 0;
     while let Some(joined) = set.join_next().await {
         let answer = match joined {

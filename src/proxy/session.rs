@@ -348,7 +348,7 @@ impl Session {
                 let want = self.want();
                 let attached = match self.shard() {
                     Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-                    Ok(route::Target::All(merge)) => {
+                    Ok(route::Target::All(merge, shards)) => {
                         let query = &self.cbuf[..piece.len()];
                         let primary_reads = self.primary_reads();
                         let answer = super::fanout::run(
@@ -358,6 +358,7 @@ impl Session {
                             want,
                             primary_reads,
                             merge,
+                            &shards,
                         );
                         match answer.await {
                             Ok(answer) => {

@@ -23,8 +23,8 @@ use crate::router::sharding::Shards;
 /// Where a request runs.
 pub(super) enum Target {
     One(usize),
-    /// Every shard, results merged (a keyless read of the sharded table).
-    All(Merge),
+    /// Several shards (every one for a keyless read of the sharded table), results merged.
+    All(Merge, Vec<usize>),
 }
 
 /// Distinct query texts remembered per session.
@@ -87,6 +87,20 @@ impl Session {
             match sharder.shards_of(keys, &params) {
                 Shards::One(n) => return Ok(Target::One(n)),
                 Shards::Many(set) => {
+                    // An IN list over several shards: the same merges as a keyless read, on those shards only.
+                    if simple {
+                        if let Some(spec) = sharder.key() {
+                            let merge = match fanout::plan(&text, spec) {
+                                Plan::Rows => Some(Merge::Rows),
+                                Plan::Aggregates(a) => Some(Merge::Aggregates(a)),
+                                Plan::Ordered(o) => Some(Merge::Ordered(o)),
+                                _ => None,
+                            };
+                            if let Some(merge) = merge {
+                                return Ok(Target::All(merge, set.into_iter().collect()));
+                            }
+                        }
+                    }
                     return Err(PoolError::CrossShard {
                         pool: self.pool.database.clone(),
                         shards: set
@@ -94,21 +108,22 @@ impl Session {
                             .map(|n| n.to_string())
                             .collect::<Vec<_>>()
                             .join(", "),
-                    })
+                    });
                 }
                 Shards::Unknown => {
                     // A Parse without its Bind only prepares: any shard will do.
                     let prepare_only = !simple && params.is_empty();
                     if let (Some(spec), false) = (sharder.key(), prepare_only) {
+                        let all: Vec<usize> = (0..self.pool.shards.len()).collect();
                         let why = match fanout::plan(&text, spec) {
                             Plan::NotSharded => None,
-                            Plan::Rows if simple => return Ok(Target::All(Merge::Rows)),
+                            Plan::Rows if simple => return Ok(Target::All(Merge::Rows, all)),
                             Plan::Aggregates(aggs) if simple => {
-                                return Ok(Target::All(Merge::Aggregates(aggs)))
+                                return Ok(Target::All(Merge::Aggregates(aggs), all))
                             }
                             Plan::Aggregates(_) => Some("aggregates over the extended protocol"),
                             Plan::Ordered(o) if simple => {
-                                return Ok(Target::All(Merge::Ordered(o)))
+                                return Ok(Target::All(Merge::Ordered(o), all))
                             }
                             Plan::Ordered(_) => Some("ORDER BY/LIMIT over the extended protocol"),
                             Plan::Rows => Some("reads over the extended protocol"),
