@@ -94,10 +94,7 @@ async fn pgbench_prepared_with_more_clients_than_servers() {
     let pg = Postgres::start();
     let proxy = start_proxy(&config_toml(pg.port, 3, "", "")).await;
     let port = proxy.local_addr().port();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-s", "1", "-q"]))
-        .await
-        .unwrap();
-    assert!(ok, "pgbench -i: {err}");
+    pgbench_init(port).await;
     for select_only in [true, false] {
         let (ok, out, err) = tokio::task::spawn_blocking(move || {
             // One thread per client: pgbench prepares with a blocking PQprepare, which in a shared thread would

@@ -15,8 +15,8 @@ use super::pool::PoolSettings;
 use super::prepared::Registry;
 use super::{Address, ServerPool};
 use crate::config::{
-    AuthType, Config, DefaultRole, DefaultShard, LoadBalancingMode, PoolMode, ServerRole,
-    UserSettings,
+    AuthType, Config, DefaultRole, DefaultShard, General, LoadBalancingMode, Pool, PoolMode,
+    ServerRole, Shard, User, UserSettings,
 };
 use crate::protocol::auth::{AuthError, ScramVerifier, Secret};
 
@@ -118,106 +118,9 @@ impl Cluster {
     /// Builds the pools of a validated config. Does no I/O; call [`Cluster::start`] to open connections.
     pub fn build(config: &Config) -> Result<Cluster, AuthError> {
         let mut pools = HashMap::new();
-        let g = &config.general;
         for (db, pool) in &config.pools {
             for user in pool.users.values() {
-                let settings = config.user_settings(pool, user);
-                let secret = user.password.as_deref().map(Secret::parse);
-                let scram = match (&secret, user.auth_type) {
-                    (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
-                    _ => None,
-                };
-                let creds = ServerCredentials {
-                    user: user
-                        .server_username
-                        .clone()
-                        .unwrap_or_else(|| user.username.clone()),
-                    password: user
-                        .server_password
-                        .as_deref()
-                        .or(user.password.as_deref())
-                        .map(Secret::parse),
-                };
-                let pool_settings = PoolSettings {
-                    pool_size: settings.pool_size,
-                    min_pool_size: settings.min_pool_size,
-                    connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
-                    idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
-                    server_lifetime: Duration::from_millis(settings.server_lifetime_ms),
-                    fifo: g.server_round_robin,
-                    max_message: u32::MAX,
-                    cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
-                    healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
-                    healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
-                };
-                let mut shard_ids: Vec<(usize, &crate::config::Shard)> = pool
-                    .shards
-                    .iter()
-                    .filter_map(|(k, s)| k.parse().ok().map(|n| (n, s)))
-                    .collect();
-                shard_ids.sort_by_key(|(n, _)| *n);
-                let shards = shard_ids
-                    .into_iter()
-                    .map(|(n, shard)| {
-                        shard
-                            .servers
-                            .iter()
-                            .enumerate()
-                            .map(|(index, (host, port, role))| {
-                                ServerPool::new(
-                                    Address {
-                                        pool: db.clone(),
-                                        user: user.username.clone(),
-                                        shard: n,
-                                        index,
-                                        host: host.clone(),
-                                        port: *port,
-                                        role: *role,
-                                        database: shard.database.clone(),
-                                    },
-                                    pool_settings.clone(),
-                                    creds.clone(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let prepared_cache = match settings.pool_mode {
-                    PoolMode::Transaction => pool.prepared_statements_cache_size,
-                    PoolMode::Session => 0,
-                };
-                let up = UserPool {
-                    database: db.clone(),
-                    user: user.username.clone(),
-                    auth: ClientAuth {
-                        auth_type: user.auth_type,
-                        secret,
-                        scram,
-                    },
-                    settings,
-                    shards,
-                    default_shard: pool.default_shard,
-                    default_role: pool.default_role,
-                    statements: Registry::default(),
-                    prepared_cache,
-                    listener: OnceLock::new(),
-                    routing: Routing {
-                        split: pool.query_parser_enabled && pool.query_parser_read_write_splitting,
-                        primary_reads_enabled: pool.primary_reads_enabled,
-                        load_balancing_mode: pool.load_balancing_mode,
-                        query_parser_max_length: pool.query_parser_max_length,
-                        volatile_functions: pool
-                            .volatile_functions
-                            .iter()
-                            .map(|f| f.to_lowercase())
-                            .collect(),
-                        ban_time: Duration::from_secs(g.ban_time.max(0) as u64),
-                        lag_limit: g.ban_replica_lag,
-                        lag_interval: Duration::from_millis(g.replica_lag_check_interval.max(10)),
-                    },
-                    round_robin: AtomicUsize::new(0),
-                    sharder: crate::router::sharding::Sharder::new(pool),
-                };
+                let up = user_pool(config, db, pool, user)?;
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }
         }
@@ -247,5 +150,118 @@ impl Cluster {
 
     pub fn user_pools(&self) -> impl Iterator<Item = &Arc<UserPool>> {
         self.pools.values()
+    }
+}
+
+/// The pool of one user of one config pool: its client auth, settings, and a server pool per server of every shard.
+fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<UserPool, AuthError> {
+    let settings = config.user_settings(pool, user);
+    let secret = user.password.as_deref().map(Secret::parse);
+    let scram = match (&secret, user.auth_type) {
+        (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
+        _ => None,
+    };
+    let prepared_cache = match settings.pool_mode {
+        PoolMode::Transaction => pool.prepared_statements_cache_size,
+        PoolMode::Session => 0,
+    };
+    Ok(UserPool {
+        database: db.to_owned(),
+        user: user.username.clone(),
+        auth: ClientAuth {
+            auth_type: user.auth_type,
+            secret,
+            scram,
+        },
+        shards: server_pools(config, db, pool, user, &settings),
+        settings,
+        default_shard: pool.default_shard,
+        default_role: pool.default_role,
+        statements: Registry::default(),
+        prepared_cache,
+        listener: OnceLock::new(),
+        routing: routing(&config.general, pool),
+        round_robin: AtomicUsize::new(0),
+        sharder: crate::router::sharding::Sharder::new(pool),
+    })
+}
+
+/// One server pool per server of every shard, shards in number order.
+fn server_pools(
+    config: &Config,
+    db: &str,
+    pool: &Pool,
+    user: &User,
+    settings: &UserSettings,
+) -> Vec<Vec<Arc<ServerPool>>> {
+    let g = &config.general;
+    let creds = ServerCredentials {
+        user: user
+            .server_username
+            .clone()
+            .unwrap_or_else(|| user.username.clone()),
+        password: user
+            .server_password
+            .as_deref()
+            .or(user.password.as_deref())
+            .map(Secret::parse),
+    };
+    let pool_settings = PoolSettings {
+        pool_size: settings.pool_size,
+        min_pool_size: settings.min_pool_size,
+        connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+        idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
+        server_lifetime: Duration::from_millis(settings.server_lifetime_ms),
+        fifo: g.server_round_robin,
+        max_message: u32::MAX,
+        cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
+        healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
+        healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
+    };
+    let mut shards: Vec<(usize, &Shard)> = pool
+        .shards
+        .iter()
+        .filter_map(|(k, s)| k.parse().ok().map(|n| (n, s)))
+        .collect();
+    shards.sort_by_key(|(n, _)| *n);
+    shards
+        .into_iter()
+        .map(|(n, shard)| {
+            shard
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(index, (host, port, role))| {
+                    let address = Address {
+                        pool: db.to_owned(),
+                        user: user.username.clone(),
+                        shard: n,
+                        index,
+                        host: host.clone(),
+                        port: *port,
+                        role: *role,
+                        database: shard.database.clone(),
+                    };
+                    ServerPool::new(address, pool_settings.clone(), creds.clone())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn routing(g: &General, pool: &Pool) -> Routing {
+    Routing {
+        split: pool.query_parser_enabled && pool.query_parser_read_write_splitting,
+        primary_reads_enabled: pool.primary_reads_enabled,
+        load_balancing_mode: pool.load_balancing_mode,
+        query_parser_max_length: pool.query_parser_max_length,
+        volatile_functions: pool
+            .volatile_functions
+            .iter()
+            .map(|f| f.to_lowercase())
+            .collect(),
+        ban_time: Duration::from_secs(g.ban_time.max(0) as u64),
+        lag_limit: g.ban_replica_lag,
+        lag_interval: Duration::from_millis(g.replica_lag_check_interval.max(10)),
     }
 }

@@ -375,6 +375,14 @@ pub fn pgbench(port: u16, args: &[&str]) -> (bool, String, String) {
     run_tool(c)
 }
 
+/// `pgbench -i -s 1` through `port`, off the async runtime's threads.
+pub async fn pgbench_init(port: u16) {
+    let (ok, _, err) = tokio::task::spawn_blocking(move || pgbench(port, &["-i", "-s", "1", "-q"]))
+        .await
+        .expect("pgbench task");
+    assert!(ok, "pgbench -i: {err}");
+}
+
 /// The rows of a simple-query answer, as optional text values.
 pub fn rows_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
