@@ -52,6 +52,9 @@ pub struct UserPool {
     pub sharder: crate::router::sharding::Sharder,
     /// Position of the round-robin balancer.
     pub(crate) round_robin: AtomicUsize,
+    /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
+    /// fan-out first has to order or compare them.
+    pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
 }
 
 /// Read/write splitting and balancing settings of a pool.
@@ -182,6 +185,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         listener: OnceLock::new(),
         routing: routing(&config.general, pool),
         round_robin: AtomicUsize::new(0),
+        collations: Default::default(),
         sharder: crate::router::sharding::Sharder::new(pool),
     })
 }

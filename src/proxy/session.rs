@@ -359,6 +359,11 @@ impl Session {
                             primary_reads,
                             merge,
                             &shards,
+                            if self.pending_begin.is_some() {
+                                txn::IN_TRANSACTION
+                            } else {
+                                txn::IDLE
+                            },
                         );
                         match answer.await {
                             Ok(answer) => {

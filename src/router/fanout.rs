@@ -10,6 +10,8 @@ use sqlparser::ast::{visit_expressions, Expr, GroupByExpr, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::grouped;
+pub use super::grouped::{Aggregate, Grouped, Output};
 use super::shard_key::KeySpec;
 
 /// How a keyless query over the sharded table runs.
@@ -19,8 +21,9 @@ pub enum Plan {
     NotSharded,
     /// Every shard runs it; rows are concatenated.
     Rows,
-    /// Every shard runs it; its single row of aggregates is combined column by column.
-    Aggregates(Vec<Aggregate>),
+    /// Every shard runs a rewritten query returning partial aggregates per group; equal groups are combined,
+    /// then ORDER BY, OFFSET and LIMIT apply.
+    Grouped(Grouped),
     /// Every shard runs `shard_sql` (the query with LIMIT raised to LIMIT + OFFSET and no OFFSET); rows are
     /// merged in ORDER BY order, then OFFSET and LIMIT apply.
     Ordered(Ordered),
@@ -54,7 +57,7 @@ pub struct Ordered {
     pub shard_sql: String,
 }
 
-fn literal_u64(e: &Expr) -> Option<u64> {
+pub(crate) fn literal_u64(e: &Expr) -> Option<u64> {
     match e {
         Expr::Value(v) => match &v.value {
             sqlparser::ast::Value::Number(n, _) => n.to_string().parse().ok(),
@@ -140,54 +143,7 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
     })
 }
 
-/// An aggregate Ocelot combines across shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregate {
-    Count,
-    Sum,
-    Min,
-    Max,
-    BoolAnd,
-    BoolOr,
-}
-
-/// The aggregate a select item is, when it is one Ocelot can combine.
-fn mergeable_aggregate(item: &sqlparser::ast::SelectItem) -> Option<Aggregate> {
-    use sqlparser::ast::{FunctionArguments, SelectItem};
-    let expr = match item {
-        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-        _ => return None,
-    };
-    let Expr::Function(f) = expr else {
-        return None;
-    };
-    if f.over.is_some() {
-        return None;
-    }
-    if let FunctionArguments::List(list) = &f.args {
-        // count(DISTINCT x) and ordered aggregates cannot be combined from per-shard results.
-        if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
-            return None;
-        }
-    }
-    let name = f
-        .name
-        .0
-        .last()
-        .map(|p| p.to_string().to_lowercase())
-        .unwrap_or_default();
-    Some(match name.as_str() {
-        "count" => Aggregate::Count,
-        "sum" => Aggregate::Sum,
-        "min" => Aggregate::Min,
-        "max" => Aggregate::Max,
-        "bool_and" | "every" => Aggregate::BoolAnd,
-        "bool_or" => Aggregate::BoolOr,
-        _ => return None,
-    })
-}
-
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "min",
@@ -201,7 +157,28 @@ const AGGREGATES: &[&str] = &[
     "json_agg",
     "jsonb_agg",
     "stddev",
+    "stddev_pop",
+    "stddev_samp",
     "variance",
+    "var_pop",
+    "var_samp",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "bit_and",
+    "bit_or",
+    "xmlagg",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_slope",
+    "regr_intercept",
+    "regr_count",
+    "regr_r2",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "range_agg",
+    "range_intersect_agg",
 ];
 
 fn touches(stmt: &Statement, spec: &KeySpec) -> bool {
@@ -238,8 +215,8 @@ fn uses_aggregate_or_window(stmt: &Statement) -> Option<&'static str> {
                 .map(|p| p.to_string().to_lowercase())
                 .unwrap_or_default();
             if AGGREGATES.contains(&name.as_str()) {
+                // Keep looking: a window function anywhere makes the query unmergeable.
                 why = Some("aggregates");
-                return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
@@ -276,35 +253,25 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
             let SetExpr::Select(s) = q.body.as_ref() else {
                 return Plan::Unsupported("set operations");
             };
-            if s.distinct.is_some() {
-                return Plan::Unsupported("DISTINCT");
-            }
-            if !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
-                || s.having.is_some()
-            {
-                return Plan::Unsupported("GROUP BY");
-            }
             if s.from.iter().any(|t| !t.joins.is_empty()) || s.from.len() > 1 {
                 return Plan::Unsupported("joins");
             }
             if s.into.is_some() {
                 return Plan::Unsupported("SELECT INTO");
             }
+            let grouping = s.distinct.is_some()
+                || s.having.is_some()
+                || !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
             match uses_aggregate_or_window(stmt) {
-                Some("aggregates") if q.order_by.is_some() || q.limit_clause.is_some() => {
-                    Plan::Unsupported("aggregates with ORDER BY or LIMIT")
-                }
-                Some("aggregates") => {
-                    let aggs: Option<Vec<Aggregate>> =
-                        s.projection.iter().map(mergeable_aggregate).collect();
-                    match aggs {
-                        Some(aggs) => Plan::Aggregates(aggs),
-                        None => Plan::Unsupported(
-                            "aggregates other than count, sum, min, max, bool_and, bool_or alone",
-                        ),
-                    }
-                }
-                Some(why) => Plan::Unsupported(why),
+                Some("window functions") => Plan::Unsupported("window functions"),
+                Some(_) => match grouped::plan(q, s) {
+                    Ok(g) => Plan::Grouped(g),
+                    Err(why) => Plan::Unsupported(why),
+                },
+                None if grouping => match grouped::plan(q, s) {
+                    Ok(g) => Plan::Grouped(g),
+                    Err(why) => Plan::Unsupported(why),
+                },
                 None if q.order_by.is_none() && q.limit_clause.is_none() => Plan::Rows,
                 None => match ordered(q, s) {
                     Ok(o) => Plan::Ordered(o),
@@ -339,34 +306,69 @@ mod tests {
             Plan::Unsupported(_)
         ));
         assert!(matches!(plan("DELETE FROM data", &s), Plan::Unsupported(_)));
+        let Plan::Grouped(g) = plan("SELECT count(*) FROM data", &s) else {
+            panic!("grouped");
+        };
+        assert_eq!(g.outputs, vec![Output::Agg(Aggregate::Count, 0)]);
+        assert!(g.keys.is_empty());
+        let Plan::Grouped(g) = plan(
+            "SELECT v, avg(id) AS a, count(*) FROM data WHERE id > 3 GROUP BY v ORDER BY a DESC, 1 LIMIT 2 OFFSET 1",
+            &s,
+        ) else {
+            panic!("grouped");
+        };
         assert_eq!(
-            plan("SELECT count(*) FROM data", &s),
-            Plan::Aggregates(vec![Aggregate::Count])
+            g.shard_sql,
+            "SELECT v, sum(id), count(id), count(*) FROM data WHERE id > 3 GROUP BY v"
         );
         assert_eq!(
-            plan(
-                "SELECT sum(id) AS s, min(id), max(v), bool_or(id > 3) FROM data WHERE v <> 'x'",
-                &s
+            g.outputs,
+            vec![
+                Output::Key(0),
+                Output::Avg {
+                    sum: 1,
+                    count: 2,
+                    name: "a".into()
+                },
+                Output::Agg(Aggregate::Count, 3)
+            ]
+        );
+        assert_eq!(g.keys, vec![0]);
+        assert_eq!((g.limit, g.offset), (Some(2), 1));
+        assert_eq!(g.order[0].column, SortColumn::Position(1));
+        assert!(g.order[0].desc);
+        // A GROUP BY column outside the select list is still a group key on the shards.
+        let Plan::Grouped(g) = plan("SELECT count(*) FROM data GROUP BY v", &s) else {
+            panic!("grouped");
+        };
+        assert_eq!(g.shard_sql, "SELECT count(*), v FROM data GROUP BY v");
+        assert_eq!(g.keys, vec![1]);
+        let Plan::Grouped(g) = plan("SELECT DISTINCT v FROM data ORDER BY v", &s) else {
+            panic!("grouped");
+        };
+        assert_eq!(g.shard_sql, "SELECT DISTINCT v FROM data");
+        for (sql, why) in [
+            (
+                "SELECT count(DISTINCT v) FROM data",
+                "DISTINCT or ordered aggregates",
             ),
-            Plan::Aggregates(vec![
-                Aggregate::Sum,
-                Aggregate::Min,
-                Aggregate::Max,
-                Aggregate::BoolOr
-            ])
-        );
-        assert!(matches!(
-            plan("SELECT count(DISTINCT v) FROM data", &s),
-            Plan::Unsupported(_)
-        ));
-        assert!(matches!(
-            plan("SELECT avg(id) FROM data", &s),
-            Plan::Unsupported(_)
-        ));
-        assert!(matches!(
-            plan("SELECT v, count(*) FROM data", &s),
-            Plan::Unsupported(_)
-        ));
+            (
+                "SELECT v, count(*) FROM data GROUP BY v HAVING count(*) > 1",
+                "HAVING",
+            ),
+            (
+                "SELECT count(*) + 1 FROM data",
+                "expressions over aggregates",
+            ),
+            ("SELECT DISTINCT ON (v) v, id FROM data", "DISTINCT ON"),
+            (
+                "SELECT stddev(id) FROM data",
+                "aggregates other than count, sum, min, max, avg, bool_and and bool_or",
+            ),
+            ("SELECT v, count(*) OVER () FROM data", "window functions"),
+        ] {
+            assert_eq!(plan(sql, &s), Plan::Unsupported(why), "{sql}");
+        }
         let Plan::Ordered(o) = plan(
             "SELECT id, v AS name FROM data ORDER BY name DESC, 1 LIMIT 5 OFFSET 2",
             &s,
@@ -403,18 +405,6 @@ mod tests {
             plan("SELECT v FROM data ORDER BY lower(v)", &s),
             Plan::Unsupported(_)
         ));
-        assert!(matches!(
-            plan("SELECT count(*) FROM data LIMIT 1", &s),
-            Plan::Unsupported(_)
-        ));
-        assert_eq!(
-            plan("SELECT DISTINCT v FROM data", &s),
-            Plan::Unsupported("DISTINCT")
-        );
-        assert_eq!(
-            plan("SELECT v FROM data GROUP BY v", &s),
-            Plan::Unsupported("GROUP BY")
-        );
         assert_eq!(
             plan("SELECT row_number() OVER () FROM data", &s),
             Plan::Unsupported("window functions")

@@ -5,6 +5,8 @@
 
 use std::cmp::Ordering;
 
+use std::borrow::Cow;
+
 use super::fanout::Aggregate;
 
 const INT2: u32 = 21;
@@ -64,22 +66,76 @@ fn cmp(a: &str, b: &str) -> Option<Ordering> {
 const FLOAT4: u32 = 700;
 const FLOAT8: u32 = 701;
 const DATE: u32 = 1082;
+const TIME: u32 = 1083;
 const TIMESTAMP: u32 = 1114;
+const UUID: u32 = 2950;
+const TEXT: u32 = 25;
+const VARCHAR: u32 = 1043;
+const NAME: u32 = 19;
 
-/// Whether Ocelot orders values of type `oid` exactly as PostgreSQL does (text order depends on collation, so
-/// text is not among them).
+/// Whether values of type `oid` are text whose order depends on a collation (Ocelot merges them only under the
+/// byte-order collations C and POSIX).
+pub fn collatable(oid: u32) -> bool {
+    matches!(oid, TEXT | VARCHAR)
+}
+
+/// Whether Ocelot orders values of type `oid` exactly as PostgreSQL does without knowing a collation.
 pub fn sortable(oid: u32) -> bool {
     matches!(
         oid,
-        INT2 | INT4 | INT8 | NUMERIC | FLOAT4 | FLOAT8 | BOOL | DATE | TIMESTAMP
+        INT2 | INT4
+            | INT8
+            | NUMERIC
+            | FLOAT4
+            | FLOAT8
+            | BOOL
+            | DATE
+            | TIME
+            | TIMESTAMP
+            | UUID
+            | NAME
     )
+}
+
+/// Whether Ocelot can order values of type `oid`, given whether text sorts by bytes here.
+pub fn orderable(oid: u32, bytewise_text: bool) -> bool {
+    sortable(oid) || (collatable(oid) && bytewise_text)
 }
 
 fn float(s: &str) -> f64 {
     s.parse().unwrap_or(f64::NAN)
 }
 
-/// Orders two non-NULL text values of a [`sortable`] type as PostgreSQL does.
+/// Orders ISO dates and timestamps: -infinity, BC years (later years first), AD years, infinity.
+fn compare_datetime(a: &str, b: &str) -> Ordering {
+    fn era(s: &str) -> (u8, &str) {
+        match s {
+            "-infinity" => (0, s),
+            "infinity" => (3, s),
+            _ => match s.strip_suffix(" BC") {
+                Some(rest) => (1, rest),
+                None => (2, s),
+            },
+        }
+    }
+    let ((ea, ra), (eb, rb)) = (era(a), era(b));
+    ea.cmp(&eb).then_with(|| {
+        if ea == 1 {
+            // 0044-03-15 BC is before 0010-01-01 BC: years count down, the rest counts up.
+            let (ya, ta) = ra.split_once('-').unwrap_or((ra, ""));
+            let (yb, tb) = rb.split_once('-').unwrap_or((rb, ""));
+            yb.len().cmp(&ya.len()).then(yb.cmp(ya)).then(ta.cmp(tb))
+        } else {
+            // Years past 9999 have more digits.
+            let ya = ra.find('-').unwrap_or(ra.len());
+            let yb = rb.find('-').unwrap_or(rb.len());
+            ya.cmp(&yb).then(ra.cmp(rb))
+        }
+    })
+}
+
+/// Orders two non-NULL text values of a [`sortable`] (or, under a byte-order collation, [`collatable`]) type as
+/// PostgreSQL does.
 pub fn compare(oid: u32, a: &str, b: &str) -> Ordering {
     match oid {
         INT2 | INT4 | INT8 | NUMERIC => match (a == "NaN", b == "NaN") {
@@ -98,9 +154,84 @@ pub fn compare(oid: u32, a: &str, b: &str) -> Ordering {
                 _ => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
             }
         }
-        // ISO dates and timestamps compare as text, years 1-9999 AD; 'f' < 't' for booleans.
-        _ => a.cmp(b),
+        DATE | TIMESTAMP => compare_datetime(a, b),
+        // Times, lower-case uuids, 'f' < 't', and text under C: byte order.
+        _ => a.as_bytes().cmp(b.as_bytes()),
     }
+}
+
+/// The form of a value under which equal values of type `oid` are equal strings (1.50 and 1.5 are one group).
+pub fn group_form(oid: u32, v: &str) -> Cow<'_, str> {
+    match oid {
+        NUMERIC if v.contains('.') => {
+            let t = v.trim_end_matches('0').trim_end_matches('.');
+            Cow::Owned(if t == "-0" || t.is_empty() {
+                "0".to_owned()
+            } else {
+                t.to_owned()
+            })
+        }
+        FLOAT4 | FLOAT8 if v == "-0" => Cow::Borrowed("0"),
+        _ => Cow::Borrowed(v),
+    }
+}
+
+/// PostgreSQL's numeric `sum / count` (what `avg` returns for integer and numeric input): the result scale of
+/// `select_div_scale`, rounded half away from zero.
+pub fn divide(sum: &str, count: &str) -> Option<String> {
+    let (x, sx) = parse_decimal(sum)?;
+    let (n, sn) = parse_decimal(count)?;
+    if n == 0 || sn != 0 {
+        return None;
+    }
+    // Weight and leading digit in base 10000, as numeric stores them.
+    fn lead(v: i128, scale: u32) -> (i64, i128) {
+        let u = v.unsigned_abs();
+        let p = 10u128.pow(scale);
+        let (int, frac) = (u / p, u % p);
+        if int > 0 {
+            let digits = int.to_string().len() as u32;
+            let w = (digits - 1) / 4;
+            return (w as i64, (int / 10u128.pow(4 * w)) as i128);
+        }
+        if frac == 0 {
+            return (0, 0);
+        }
+        let padded = scale.div_ceil(4) * 4;
+        let f = format!(
+            "{:0>width$}",
+            frac * 10u128.pow(padded - scale),
+            width = padded as usize
+        );
+        for (k, group) in f.as_bytes().chunks(4).enumerate() {
+            let g: i128 = std::str::from_utf8(group)
+                .ok()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            if g != 0 {
+                return (-(k as i64) - 1, g);
+            }
+        }
+        (0, 0)
+    }
+    let (w1, d1) = lead(x, sx);
+    let (w2, d2) = lead(n, 0);
+    let mut qweight = w1 - w2;
+    if d1 <= d2 {
+        qweight -= 1;
+    }
+    let rscale = (16 - qweight * 4).max(sx as i64).clamp(0, 1000) as u32;
+    let num = x
+        .unsigned_abs()
+        .checked_mul(10u128.checked_pow(rscale.checked_sub(sx)?)?)?;
+    let den = n.unsigned_abs();
+    let (mut q, r) = (num / den, num % den);
+    if r.checked_mul(2)? >= den {
+        q += 1;
+    }
+    let q = i128::try_from(q).ok()?;
+    let neg = (x < 0) != (n < 0) && q != 0;
+    Some(format_decimal(if neg { -q } else { q }, rscale))
 }
 
 /// Combines one aggregate column of type `oid` from every shard.
@@ -108,6 +239,7 @@ pub fn combine(
     agg: Aggregate,
     oid: u32,
     values: &[Option<&str>],
+    bytewise_text: bool,
 ) -> Result<Option<String>, String> {
     let present: Vec<&str> = values.iter().flatten().copied().collect();
     let exact_number = matches!(oid, INT2 | INT4 | INT8 | NUMERIC);
@@ -132,7 +264,7 @@ pub fn combine(
             Ok(Some(total))
         }
         Aggregate::Min | Aggregate::Max => {
-            if !exact_number {
+            if !orderable(oid, bytewise_text) {
                 return refuse("min/max");
             }
             let mut best: Option<&str> = None;
@@ -140,7 +272,7 @@ pub fn combine(
                 let better = match best {
                     None => true,
                     Some(b) => {
-                        let o = cmp(v, b).ok_or_else(|| "a value out of range".to_owned())?;
+                        let o = compare(oid, v, b);
                         (agg == Aggregate::Min && o == Ordering::Less)
                             || (agg == Aggregate::Max && o == Ordering::Greater)
                     }
@@ -174,8 +306,47 @@ pub fn combine(
 mod tests {
     use super::*;
 
+    fn combine_t(
+        agg: Aggregate,
+        oid: u32,
+        values: &[Option<&str>],
+    ) -> Result<Option<String>, String> {
+        combine(agg, oid, values, false)
+    }
+
+    #[test]
+    fn divides_like_numeric_div() {
+        // Reference values from PostgreSQL 15: SELECT s::numeric / c::numeric.
+        assert_eq!(divide("3", "2").as_deref(), Some("1.5000000000000000"));
+        assert_eq!(divide("10", "3").as_deref(), Some("3.3333333333333333"));
+        assert_eq!(divide("-10", "3").as_deref(), Some("-3.3333333333333333"));
+        assert_eq!(divide("2", "3").as_deref(), Some("0.66666666666666666667"));
+        assert_eq!(
+            divide("123456789", "7").as_deref(),
+            Some("17636684.142857142857")
+        );
+        assert_eq!(
+            divide("1.25", "2").as_deref(),
+            Some("0.62500000000000000000")
+        );
+        assert_eq!(divide("0", "5").as_deref(), Some("0.00000000000000000000"));
+        assert_eq!(divide("1", "0"), None);
+    }
+
     #[test]
     fn orders_like_postgresql() {
+        assert_eq!(
+            compare(DATE, "0044-03-15 BC", "0010-01-01 BC"),
+            Ordering::Less
+        );
+        assert_eq!(compare(DATE, "infinity", "9999-12-31"), Ordering::Greater);
+        assert_eq!(
+            compare(TIMESTAMP, "-infinity", "0001-01-01 00:00:00 BC"),
+            Ordering::Less
+        );
+        assert_eq!(group_form(NUMERIC, "1.500"), "1.5");
+        assert_eq!(group_form(NUMERIC, "-0.00"), "0");
+        assert_eq!(group_form(NUMERIC, "10"), "10");
         assert_eq!(compare(NUMERIC, "10", "9.5"), Ordering::Greater);
         assert_eq!(compare(INT8, "-3", "2"), Ordering::Less);
         assert_eq!(compare(NUMERIC, "NaN", "1e3"), Ordering::Greater);
@@ -189,12 +360,12 @@ mod tests {
     #[test]
     fn combines_exactly() {
         assert_eq!(
-            combine(Aggregate::Count, INT8, &[Some("3"), Some("0"), Some("4")]),
+            combine_t(Aggregate::Count, INT8, &[Some("3"), Some("0"), Some("4")]),
             Ok(Some("7".into()))
         );
-        assert_eq!(combine(Aggregate::Count, INT8, &[]), Ok(Some("0".into())));
+        assert_eq!(combine_t(Aggregate::Count, INT8, &[]), Ok(Some("0".into())));
         assert_eq!(
-            combine(
+            combine_t(
                 Aggregate::Sum,
                 NUMERIC,
                 &[Some("1.50"), None, Some("-0.125")]
@@ -202,29 +373,29 @@ mod tests {
             Ok(Some("1.375".into()))
         );
         assert_eq!(
-            combine(Aggregate::Sum, NUMERIC, &[Some("-0.5"), Some("0.25")]),
+            combine_t(Aggregate::Sum, NUMERIC, &[Some("-0.5"), Some("0.25")]),
             Ok(Some("-0.25".into()))
         );
-        assert_eq!(combine(Aggregate::Sum, INT8, &[None, None]), Ok(None));
+        assert_eq!(combine_t(Aggregate::Sum, INT8, &[None, None]), Ok(None));
         assert_eq!(
-            combine(Aggregate::Min, INT4, &[Some("5"), Some("-7"), None]),
+            combine_t(Aggregate::Min, INT4, &[Some("5"), Some("-7"), None]),
             Ok(Some("-7".into()))
         );
         assert_eq!(
-            combine(Aggregate::Max, NUMERIC, &[Some("2.5"), Some("2.49")]),
+            combine_t(Aggregate::Max, NUMERIC, &[Some("2.5"), Some("2.49")]),
             Ok(Some("2.5".into()))
         );
         assert_eq!(
-            combine(Aggregate::BoolOr, BOOL, &[Some("f"), None, Some("t")]),
+            combine_t(Aggregate::BoolOr, BOOL, &[Some("f"), None, Some("t")]),
             Ok(Some("t".into()))
         );
         assert_eq!(
-            combine(Aggregate::BoolAnd, BOOL, &[Some("f"), Some("t")]),
+            combine_t(Aggregate::BoolAnd, BOOL, &[Some("f"), Some("t")]),
             Ok(Some("f".into()))
         );
-        assert!(combine(Aggregate::Sum, 701, &[Some("1.5")]).is_err());
-        assert!(combine(Aggregate::Max, 25, &[Some("a")]).is_err());
-        assert!(combine(
+        assert!(combine_t(Aggregate::Sum, 701, &[Some("1.5")]).is_err());
+        assert!(combine_t(Aggregate::Max, 25, &[Some("a")]).is_err());
+        assert!(combine_t(
             Aggregate::Sum,
             NUMERIC,
             &[Some("170141183460469231731687303715884105727"), Some("1")]

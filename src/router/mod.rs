@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod commands;
 pub mod fanout;
+pub mod grouped;
 pub mod hash;
 pub mod merge;
 pub mod session_sql;

@@ -92,7 +92,7 @@ impl Session {
                         if let Some(spec) = sharder.key() {
                             let merge = match fanout::plan(&text, spec) {
                                 Plan::Rows => Some(Merge::Rows),
-                                Plan::Aggregates(a) => Some(Merge::Aggregates(a)),
+                                Plan::Grouped(g) => Some(Merge::Grouped(g)),
                                 Plan::Ordered(o) => Some(Merge::Ordered(o)),
                                 _ => None,
                             };
@@ -118,10 +118,12 @@ impl Session {
                         let why = match fanout::plan(&text, spec) {
                             Plan::NotSharded => None,
                             Plan::Rows if simple => return Ok(Target::All(Merge::Rows, all)),
-                            Plan::Aggregates(aggs) if simple => {
-                                return Ok(Target::All(Merge::Aggregates(aggs), all))
+                            Plan::Grouped(g) if simple => {
+                                return Ok(Target::All(Merge::Grouped(g), all))
                             }
-                            Plan::Aggregates(_) => Some("aggregates over the extended protocol"),
+                            Plan::Grouped(_) => {
+                                Some("aggregates, GROUP BY or DISTINCT over the extended protocol")
+                            }
                             Plan::Ordered(o) if simple => {
                                 return Ok(Target::All(Merge::Ordered(o), all))
                             }
