@@ -428,10 +428,11 @@ async fn every_routing_method_reaches_the_right_shard() {
         Some(got.len() as u64),
         "CommandComplete counts all shards' rows"
     );
-    // One that cannot be merged yet is refused with a clear error, never answered from one shard.
+    // One that cannot be merged is refused with a clear error, never answered from one shard; without
+    // two_phase_commit, so is a write on every shard.
     for sql in [
-        "SELECT avg(id) FROM data",
-        "SELECT * FROM data ORDER BY v LIMIT 3",
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM data",
+        "SELECT * FROM data UNION SELECT * FROM data",
         "UPDATE data SET v = 'x'",
     ] {
         let e = c.simple_query(sql).await.unwrap_err();
@@ -441,7 +442,7 @@ async fn every_routing_method_reaches_the_right_shard() {
             .unwrap_or_default();
         assert_eq!(e.code().unwrap().code(), "0A000", "{sql}: {msg}");
         assert!(
-            msg.contains("SET SHARD") && msg.contains("sharding key"),
+            msg.contains("SET SHARD") || msg.contains("two_phase_commit"),
             "{msg}"
         );
     }
@@ -481,7 +482,7 @@ async fn in_lists_over_shards_are_merged_and_spanning_inserts_refused() {
         .unwrap();
     let a = (0..).find(|k| bigint_partition(*k, 3) == 0).unwrap();
     let b = (0..).find(|k| bigint_partition(*k, 3) == 2).unwrap();
-    // A multi-row INSERT over two shards is refused whole (splitting it is not implemented yet).
+    // Without two_phase_commit, a multi-row INSERT over two shards is refused whole, before anything runs.
     let sql = format!("INSERT INTO data (id, v) VALUES ({a}, 'x'), ({b}, 'y')");
     let e = c.simple_query(&sql).await.unwrap_err();
     let msg = e
@@ -490,7 +491,7 @@ async fn in_lists_over_shards_are_merged_and_spanning_inserts_refused() {
         .unwrap_or_default();
     assert_eq!(e.code().unwrap().code(), "0A000", "{sql}: {msg}");
     assert!(
-        msg.contains("shards 0, 2") && msg.contains("SET SHARD"),
+        msg.contains("shards 0, 2") && msg.contains("two_phase_commit"),
         "{msg}"
     );
     assert_eq!(shards.count(0) + shards.count(2), 0, "nothing was written");
@@ -701,4 +702,221 @@ async fn transactions_run_on_the_shard_of_their_first_statement() {
         first_value(&c, &format!("SELECT v FROM data WHERE id = {a}")).await,
         "in tx 2"
     );
+}
+
+/// The rows of `data` on one shard, sorted.
+fn rows_on(shards: &Shards, shard: usize) -> Vec<String> {
+    let out = shards.0[shard].psql_admin_db("app", "SELECT id || ':' || v FROM data ORDER BY id");
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn prepared_left(shards: &Shards) -> Vec<String> {
+    shards
+        .0
+        .iter()
+        .flat_map(|pg| {
+            pg.psql_admin_db("app", "SELECT gid FROM pg_prepared_xacts")
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn key_on(shard: u64, skip: usize) -> i64 {
+    (1..)
+        .filter(|k| bigint_partition(*k, 3) == shard)
+        .nth(skip)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn writes_across_shards_commit_atomically_with_two_phase_commit() {
+    let shards = Shards::start().await;
+    // Shard 2 refuses 'boom' rows at commit time (a deferred constraint trigger), so its PREPARE fails.
+    shards.0[2].psql_admin_db(
+        "app",
+        "CREATE FUNCTION no_boom() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN IF NEW.v = 'boom' THEN RAISE EXCEPTION 'boom refused at commit'; END IF; RETURN NEW; END$$;
+         CREATE CONSTRAINT TRIGGER no_boom AFTER INSERT OR UPDATE ON data_2 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_boom();",
+    );
+    let config = shards
+        .config()
+        .replace("[pools.app]\n", "[pools.app]\ntwo_phase_commit = true\n");
+    let proxy = start_proxy(&config).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let (a0, a1, a2) = (key_on(0, 0), key_on(1, 0), key_on(2, 0));
+    let (b0, b1, b2) = (key_on(0, 1), key_on(1, 1), key_on(2, 1));
+
+    // A multi-row INSERT is split so each row lands on its shard; the count is the total.
+    let msgs = c
+        .simple_query(&format!(
+            "INSERT INTO data (id, v) VALUES ({a0}, 'a0'), ({a1}, 'a1'), ({a2}, 'a2'), ({b0}, 'b0')"
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        msgs.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(4))
+    ));
+    assert_eq!(rows_on(&shards, 0).len(), 2);
+    assert_eq!(rows_on(&shards, 1), vec![format!("{a1}:a1")]);
+    assert_eq!(rows_on(&shards, 2), vec![format!("{a2}:a2")]);
+    // UPDATE and DELETE without the key run on every shard, counts summed, RETURNING rows merged.
+    let msgs = c
+        .simple_query("UPDATE data SET v = v || '+' WHERE v LIKE 'a%'")
+        .await
+        .unwrap();
+    assert!(matches!(
+        msgs.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(3))
+    ));
+    let mut returned = rows_of(
+        &c.simple_query("DELETE FROM data WHERE v = 'b0' RETURNING id, v")
+            .await
+            .unwrap(),
+    );
+    returned.sort();
+    assert_eq!(
+        returned,
+        vec![vec![Some(b0.to_string()), Some("b0".into())]]
+    );
+    assert_eq!(
+        first_value(&c, "SELECT count(*) FROM data WHERE v LIKE '%+'").await,
+        "3"
+    );
+
+    // One shard failing at PREPARE: nothing is kept anywhere.
+    let e = c
+        .simple_query(&format!(
+            "INSERT INTO data (id, v) VALUES ({b1}, 'ok'), ({b2}, 'boom')"
+        ))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("boom refused"), "{e:?}");
+    assert_eq!(rows_on(&shards, 1), vec![format!("{a1}:a1+")]);
+    assert_eq!(rows_on(&shards, 2), vec![format!("{a2}:a2+")]);
+
+    // An explicit transaction moves between shards and commits on all of them together.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("INSERT INTO data (id, v) VALUES ({b1}, 'tx')"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("INSERT INTO data (id, v) VALUES ({b2}, 'tx')"))
+        .await
+        .unwrap();
+    // Inside it, reads see its own writes on every shard.
+    assert_eq!(
+        first_value(&c, "SELECT count(*) FROM data WHERE v = 'tx'").await,
+        "2"
+    );
+    c.simple_query("UPDATE data SET v = 'tx2' WHERE v = 'tx'")
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        rows_on(&shards, 1),
+        vec![format!("{a1}:a1+"), format!("{b1}:tx2")]
+    );
+    assert_eq!(
+        rows_on(&shards, 2),
+        vec![format!("{a2}:a2+"), format!("{b2}:tx2")]
+    );
+
+    // ROLLBACK undoes every shard.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("DELETE FROM data WHERE id = {a1}"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("DELETE FROM data WHERE id = {a2}"))
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(first_value(&c, "SELECT count(*) FROM data").await, "5");
+
+    // A transaction whose shard 2 part fails at PREPARE: COMMIT reports it and nothing is kept.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("UPDATE data SET v = 'gone' WHERE id = {a0}"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("UPDATE data SET v = 'boom' WHERE id = {a2}"))
+        .await
+        .unwrap();
+    let e = c.simple_query("COMMIT").await.unwrap_err();
+    assert!(format!("{e:?}").contains("boom refused"), "{e:?}");
+    assert_eq!(
+        first_value(&c, "SELECT count(*) FROM data WHERE v IN ('gone', 'boom')").await,
+        "0"
+    );
+
+    // The extended protocol with parameters, through a driver's transaction.
+    let mut c2 = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let tx = c2.transaction().await.unwrap();
+    let ins = tx
+        .prepare("INSERT INTO data (id, v) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let (c0, c1) = (key_on(0, 2), key_on(1, 2));
+    tx.execute(&ins, &[&c0, &"ext"]).await.unwrap();
+    tx.execute(&ins, &[&c1, &"ext"]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(rows_on(&shards, 0).contains(&format!("{c0}:ext")));
+    assert!(rows_on(&shards, 1).contains(&format!("{c1}:ext")));
+
+    assert!(prepared_left(&shards).is_empty());
+    assert_eq!(
+        shards.0[0].psql_admin_db("app", "SELECT count(*) FROM ocelot.two_phase_log"),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn transactions_left_prepared_are_resolved_at_startup() {
+    let shards = Shards::start().await;
+    let (a0, a1, a2) = (key_on(0, 0), key_on(1, 0), key_on(2, 0));
+    // "committed": the coordinator (shard 0) committed and logged it; shard 1's part was still prepared.
+    shards.0[0].psql_admin_db(
+        "app",
+        &format!("CREATE SCHEMA ocelot; CREATE TABLE ocelot.two_phase_log (gid text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO data VALUES ({a0}, 'committed'); INSERT INTO ocelot.two_phase_log (gid) VALUES ('ocelot:0:committed')"),
+    );
+    shards.0[1].psql_admin_db(
+        "app",
+        &format!("BEGIN; INSERT INTO data VALUES ({a1}, 'committed'); PREPARE TRANSACTION 'ocelot:0:committed';"),
+    );
+    // "undecided": every part prepared, the coordinator's too, nothing logged: rolled back.
+    shards.0[0].psql_admin_db(
+        "app",
+        &format!("BEGIN; INSERT INTO data VALUES ({}, 'undecided'); PREPARE TRANSACTION 'ocelot:0:undecided';", key_on(0, 1)),
+    );
+    shards.0[2].psql_admin_db(
+        "app",
+        &format!("BEGIN; INSERT INTO data VALUES ({a2}, 'undecided'); PREPARE TRANSACTION 'ocelot:0:undecided';"),
+    );
+    assert_eq!(prepared_left(&shards).len(), 3);
+    let config = shards
+        .config()
+        .replace("[pools.app]\n", "[pools.app]\ntwo_phase_commit = true\n");
+    let _proxy = start_proxy(&config).await;
+    for _ in 0..100 {
+        if prepared_left(&shards).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        prepared_left(&shards).is_empty(),
+        "{:?}",
+        prepared_left(&shards)
+    );
+    assert_eq!(rows_on(&shards, 1), vec![format!("{a1}:committed")]);
+    assert!(rows_on(&shards, 2).is_empty());
+    assert_eq!(rows_on(&shards, 0), vec![format!("{a0}:committed")]);
 }

@@ -222,6 +222,10 @@ pub struct Pool {
     pub sharding_function: ShardingFunction,
     #[serde(default)]
     pub automatic_sharding_key: Option<String>,
+    /// Ocelot: writes that touch several shards (in one statement or one transaction) commit with two-phase
+    /// commit; when off they are refused. The shards need `max_prepared_transactions` > 0.
+    #[serde(default)]
+    pub two_phase_commit: bool,
     /// Ocelot: the SQL type of the sharding key, which decides PostgreSQL's partition hash for it.
     #[serde(default)]
     pub sharding_key_type: ShardingKeyType,

@@ -52,6 +52,10 @@ pub struct UserPool {
     pub sharder: crate::router::sharding::Sharder,
     /// Position of the round-robin balancer.
     pub(crate) round_robin: AtomicUsize,
+    /// Two-phase commit of writes across shards (`two_phase_commit`), and per shard whether Ocelot's commit log
+    /// table is known to exist there.
+    pub two_phase: bool,
+    pub two_phase_log: Vec<tokio::sync::OnceCell<()>>,
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
     pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
@@ -186,6 +190,8 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         routing: routing(&config.general, pool),
         round_robin: AtomicUsize::new(0),
         collations: Default::default(),
+        two_phase: pool.two_phase_commit,
+        two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
     })
 }

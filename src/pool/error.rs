@@ -44,6 +44,8 @@ pub enum PoolError {
     HealthCheck { server: String, reason: String },
     #[error("this query needs shards {shards} of pool \"{pool}\": queries across shards are not supported yet; add the sharding key, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
     CrossShard { pool: String, shards: String },
+    #[error("this write needs shards {shards} of pool \"{pool}\": writes across shards need two-phase commit, which is off for this pool (set two_phase_commit = true, and max_prepared_transactions on the servers), or target one shard")]
+    NeedsTwoPhase { pool: String, shards: String },
     #[error("this query reads the sharded table of pool \"{pool}\" without a sharding key, and Ocelot cannot merge its results across shards yet ({why}); add the sharding key to the WHERE clause, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
     Unmergeable { pool: String, why: String },
     #[error("no server available for {what} in pool \"{pool}\" shard {shard}: {reason}")]
@@ -77,9 +79,9 @@ impl PoolError {
                 &fields.code
             }
             PoolError::Closed { .. } => sqlstate::CANNOT_CONNECT_NOW,
-            PoolError::CrossShard { .. } | PoolError::Unmergeable { .. } => {
-                sqlstate::FEATURE_NOT_SUPPORTED
-            }
+            PoolError::CrossShard { .. }
+            | PoolError::NeedsTwoPhase { .. }
+            | PoolError::Unmergeable { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
             _ => sqlstate::CONNECTION_FAILURE,
         }
     }

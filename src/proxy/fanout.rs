@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
+
+use super::distributed::{exec, Answer};
 
 use super::params::ClientParams;
 use crate::pool::balance::Want;
 use crate::pool::{PoolError, UserPool};
-use crate::protocol::codes::{backend, sqlstate, txn};
+use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::decode;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
@@ -24,15 +25,6 @@ use std::collections::HashMap;
 use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
 use crate::router::merge::{collatable, combine, compare, divide, group_form, orderable};
 
-/// One shard's answer.
-#[derive(Default)]
-struct Answer {
-    row_description: Option<Bytes>,
-    rows: BytesMut,
-    count: u64,
-    error: Option<Bytes>,
-}
-
 async fn ask(
     pool: Arc<UserPool>,
     shard: usize,
@@ -42,59 +34,21 @@ async fn ask(
     query: Bytes,
 ) -> Result<Answer, PoolError> {
     let mut server = pool.checkout(shard, want, primary_reads).await?;
+    sync_params(&mut server, &mut params).await?;
+    exec(&mut server, &query).await
+}
+
+/// Brings a server's session settings in line with the client's.
+pub(super) async fn sync_params(
+    server: &mut crate::pool::Pooled,
+    params: &mut ClientParams,
+) -> Result<(), PoolError> {
     if let Some(sql) = params.sync_sql(&server.params, &server.applied) {
         server.run(&sql).await?;
-        let conn = &mut *server;
+        let conn = &mut **server;
         params.after_sync(&conn.params, &mut conn.applied);
     }
-    let lost = |e: String, server: &str| PoolError::Lost {
-        server: server.to_owned(),
-        reason: e,
-    };
-    let name = server.address.to_string();
-    if let Err(e) = server.stream.write_all(&query).await {
-        server.broken = true;
-        return Err(lost(e.to_string(), &name));
-    }
-    let mut answer = Answer::default();
-    loop {
-        let conn = &mut *server;
-        let h = match Header::parse(&conn.rbuf, u32::MAX) {
-            Ok(Some(h)) if conn.rbuf.len() >= h.total() => h,
-            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {
-                    conn.broken = true;
-                    return Err(lost("server closed the connection".into(), &name));
-                }
-                Err(e) => {
-                    conn.broken = true;
-                    return Err(lost(e.to_string(), &name));
-                }
-            },
-            Err(e) => {
-                conn.broken = true;
-                return Err(lost(e.to_string(), &name));
-            }
-        };
-        let msg = conn.rbuf.split_to(h.total()).freeze();
-        match h.code {
-            backend::ROW_DESCRIPTION => answer.row_description = Some(msg),
-            backend::DATA_ROW => {
-                answer.rows.extend_from_slice(&msg);
-                answer.count += 1;
-            }
-            backend::ERROR_RESPONSE => {
-                answer.error.get_or_insert(msg);
-            }
-            backend::READY_FOR_QUERY => {
-                conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
-                break;
-            }
-            _ => {}
-        }
-    }
-    Ok(answer)
+    Ok(())
 }
 
 /// How shard answers are merged.
@@ -106,6 +60,8 @@ pub enum Merge {
     Grouped(Grouped),
     /// Rows merged in ORDER BY order, then OFFSET and LIMIT.
     Ordered(Ordered),
+    /// A write on several shards: affected row counts summed, RETURNING rows concatenated.
+    Write,
 }
 
 /// Splits concatenated DataRow messages.
@@ -481,7 +437,7 @@ pub async fn run(
     let query = match &merge {
         Merge::Ordered(o) => encoded(&o.shard_sql),
         Merge::Grouped(g) => encoded(&g.shard_sql),
-        Merge::Rows => Bytes::copy_from_slice(query),
+        Merge::Rows | Merge::Write => Bytes::copy_from_slice(query),
     };
     let mut set = JoinSet::new();
     for (i, &shard) in shards.iter().enumerate() {
@@ -529,7 +485,7 @@ fn encoded(sql: &str) -> Bytes {
     q.freeze()
 }
 
-async fn merge_answers(
+pub(super) async fn merge_answers(
     out: &mut BytesMut,
     pool: &Arc<UserPool>,
     answers: &[Answer],
@@ -540,6 +496,10 @@ async fn merge_answers(
 ) -> Result<(), PoolError> {
     if let Some(err) = answers.iter().find_map(|a| a.error.clone()) {
         out.extend_from_slice(&err);
+        return Ok(());
+    }
+    if let Merge::Write = merge {
+        merge_writes(out, answers);
         return Ok(());
     }
     let mut shapes = answers.iter().filter_map(|a| a.row_description.as_ref());
@@ -569,7 +529,7 @@ async fn merge_answers(
     match merge {
         Merge::Ordered(o) => merge_ordered(out, &shape, answers, o, bytewise),
         Merge::Grouped(g) => merge_grouped(out, &shape, answers, g, bytewise),
-        Merge::Rows => {
+        Merge::Rows | Merge::Write => {
             out.extend_from_slice(&shape);
             let mut total = 0;
             for a in answers {
@@ -580,4 +540,26 @@ async fn merge_answers(
         }
     }
     Ok(())
+}
+
+/// Sums the affected rows of a write on several shards (`INSERT 0 n`, `UPDATE n`, `DELETE n`); RETURNING rows
+/// are concatenated under the first shard's description.
+fn merge_writes(out: &mut BytesMut, answers: &[Answer]) {
+    if let Some(rd) = answers.iter().find_map(|a| a.row_description.as_ref()) {
+        out.extend_from_slice(rd);
+        for a in answers {
+            out.extend_from_slice(&a.rows);
+        }
+    }
+    let mut verb = None;
+    let mut total: u64 = 0;
+    for tag in answers.iter().filter_map(|a| a.tag.as_deref()) {
+        let (head, n) = tag.rsplit_once(' ').unwrap_or((tag, "0"));
+        verb.get_or_insert_with(|| head.to_owned());
+        total += n.parse::<u64>().unwrap_or(0);
+    }
+    match verb {
+        Some(v) => encode::command_complete(out, &format!("{v} {total}")),
+        None => encode::empty(out, backend::EMPTY_QUERY_RESPONSE),
+    }
 }

@@ -2,6 +2,7 @@
 //! [`Proxy::start`] binds the configured address and serves until [`Proxy::shutdown`] (or SIGINT in the binary).
 
 pub mod cancel;
+pub mod distributed;
 pub mod error;
 pub mod fanout;
 pub mod login;
@@ -84,6 +85,11 @@ impl Proxy {
             .map_err(|source| StartError::Bind { addr, source })?;
         let cluster = Cluster::build(&config)?;
         cluster.start();
+        for pool in cluster.user_pools() {
+            if pool.two_phase && pool.shards.len() > 1 {
+                distributed::spawn_recovery(pool);
+            }
+        }
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(Snapshot {
                 config: Arc::new(config),

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
 use super::error::ClientError;
+use super::fanout::Merge;
 use super::login::LoggedIn;
 use super::notify::{self, Notifications};
 use super::params::ClientParams;
@@ -101,6 +102,12 @@ pub struct Session {
     shard_override: Option<Option<usize>>,
     /// A BEGIN answered by Ocelot, sent to the shard of the transaction's first statement.
     pending_begin: Option<String>,
+    /// How the current transaction began, for shards that join it later.
+    txn_begin: String,
+    /// The other shards' connections of a transaction that spans shards.
+    parked: Vec<multi::Parked>,
+    /// An extended-protocol request was refused: its messages are dropped up to its Sync.
+    skip_to_sync: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -143,6 +150,9 @@ impl Session {
             attached_shard: 0,
             shard_override: None,
             pending_begin: None,
+            txn_begin: "BEGIN".into(),
+            parked: Vec::new(),
+            skip_to_sync: false,
             replay: None,
             draining,
         }
@@ -181,6 +191,8 @@ impl Session {
 
     /// A server still in the middle of answering cannot be cleaned reliably: it is closed instead.
     fn release_on_exit(&mut self) {
+        // Parked parts of a cross-shard transaction are idle in it: the pool rolls them back.
+        self.parked.clear();
         if let Some(mut server) = self.server.take() {
             if self.tracker.is_busy() || self.csplit.is_streaming() || self.ssplit.is_streaming() {
                 server.broken = true;
@@ -269,32 +281,6 @@ impl Session {
         }
     }
 
-    /// Inside a transaction on one shard, a Query that names another shard is turned into one that fails on the
-    /// server with 0A000, so the client and the server agree the transaction is aborted. Leaves the replacement
-    /// Query in `scratch`.
-    fn refuse_other_shard(&mut self, fwd: usize, piece: &Piece) -> bool {
-        if self.server.is_none() || self.pool.shards.len() <= 1 || !matches!(piece, Piece::Whole(_))
-        {
-            return false;
-        }
-        match self.explicit_shard(fwd) {
-            Some(s) if s != self.attached_shard => {
-                let msg = format!(
-                    "this statement needs shard {s} but the transaction runs on shard {}: transactions across shards need two-phase commit, which Ocelot does not do yet",
-                    self.attached_shard
-                );
-                let sql = format!(
-                    "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
-                    crate::router::session_sql::quote_literal(&msg)
-                );
-                self.scratch.clear();
-                encode::query(&mut self.scratch, &sql);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Whether consecutive requests may need different servers (read/write splitting or several shards).
     fn routing_sensitive(&self) -> bool {
         self.pool.routing.split || self.pool.shards.len() > 1
@@ -315,6 +301,10 @@ impl Session {
     }
 
     fn release(&mut self) {
+        if !self.parked.is_empty() {
+            tracing::warn!(pool = %self.pool.database, "a cross-shard transaction ended on one shard without COMMIT or ROLLBACK through Ocelot; its other shards are rolled back");
+            self.parked.clear();
+        }
         self.replay = None;
         self.attached_want = None;
         if self.server.take().is_some() {
@@ -338,6 +328,14 @@ impl Session {
             if starts && code == frontend::TERMINATE {
                 self.forward_client(&mut fwd).await?;
                 return Ok(Some(End::ClientLeft));
+            }
+            if self.skip_to_sync {
+                self.forward_client(&mut fwd).await?;
+                self.cbuf.advance(piece.len());
+                if starts && code == frontend::SYNC {
+                    self.skip_to_sync = false;
+                }
+                continue;
             }
             if self.server.is_none() {
                 // Nothing was forwarded yet in this call, since forwarding needs a server.
@@ -375,6 +373,18 @@ impl Session {
                             Err(e) => Err(e),
                         }
                     }
+                    Ok(route::Target::Write(parts)) if parts.len() > 1 && !self.pool.two_phase => {
+                        Err(PoolError::NeedsTwoPhase {
+                            pool: self.pool.database.clone(),
+                            shards: route::shard_list(parts.iter().map(|(s, _)| *s)),
+                        })
+                    }
+                    Ok(route::Target::Write(parts)) => {
+                        self.cbuf.advance(piece.len());
+                        self.run_on_shards(parts, Merge::Write).await?;
+                        continue;
+                    }
+                    Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = attached {
@@ -384,13 +394,25 @@ impl Session {
             }
             if starts {
                 self.dropping = false;
-                if code == frontend::QUERY && self.refuse_other_shard(fwd, &piece) {
-                    self.tracker.client_message(code);
-                    self.sout.extend_from_slice(&self.cbuf[..fwd]);
-                    self.sout.extend_from_slice(&self.scratch);
-                    self.cbuf.advance(fwd + piece.len());
-                    fwd = 0;
-                    continue;
+                if fwd == 0
+                    && self.pool.shards.len() > 1
+                    && matches!(piece, Piece::Whole(_))
+                    && matches!(code, frontend::QUERY | frontend::PARSE | frontend::BIND)
+                {
+                    match self.cross_shard(&piece).await? {
+                        route::Cross::Forward => {}
+                        route::Cross::Wait => break,
+                        route::Cross::Handled => continue,
+                        route::Cross::Refused => {
+                            // The server runs a statement that fails with the reason, so client and server agree
+                            // the transaction is aborted; the rest of an extended request is dropped.
+                            self.tracker.client_message(frontend::QUERY);
+                            self.sout.extend_from_slice(&self.scratch);
+                            self.cbuf.advance(piece.len());
+                            self.skip_to_sync = code != frontend::QUERY;
+                            continue;
+                        }
+                    }
                 }
                 self.tracker.client_message(code);
                 self.track_effects(fwd, &piece);
@@ -593,9 +615,11 @@ impl Session {
         }
         self.ssplit = Splitter::new(server.max_message());
         self.tracker = TxnTracker::default();
+        self.txn_begin = "BEGIN".into();
         if let Some(begin) = self.pending_begin.take() {
             server.run(&begin).await?;
             self.tracker.set_status(server.txn_status);
+            self.txn_begin = begin;
         }
         self.server = Some(server);
         Ok(())
@@ -779,4 +803,5 @@ enum Event {
 }
 
 mod listen;
+mod multi;
 mod route;

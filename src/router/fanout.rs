@@ -27,6 +27,8 @@ pub enum Plan {
     /// Every shard runs `shard_sql` (the query with LIMIT raised to LIMIT + OFFSET and no OFFSET); rows are
     /// merged in ORDER BY order, then OFFSET and LIMIT apply.
     Ordered(Ordered),
+    /// A write (UPDATE or DELETE) every shard runs, affected rows summed.
+    Write,
     /// It touches the sharded table but its results cannot be merged yet.
     Unsupported(&'static str),
 }
@@ -279,13 +281,75 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
                 },
             }
         }
-        // Writing to every shard is only safe with two-phase commit, which is not implemented yet.
-        Statement::Update { .. } | Statement::Delete(_) => {
-            Plan::Unsupported("UPDATE/DELETE on every shard without two-phase commit")
+        Statement::Update { assignments, .. } => {
+            let moves_key = assignments.iter().any(|a| match &a.target {
+                sqlparser::ast::AssignmentTarget::ColumnName(n) => {
+                    n.0.last()
+                        .map(|p| p.to_string().trim_matches('"').to_lowercase())
+                        .as_deref()
+                        == Some(spec.column.as_str())
+                }
+                sqlparser::ast::AssignmentTarget::Tuple(_) => true,
+            });
+            if moves_key {
+                Plan::Unsupported(
+                    "an UPDATE of the sharding key, which would move rows between shards",
+                )
+            } else {
+                Plan::Write
+            }
         }
+        Statement::Delete(_) => Plan::Write,
         Statement::Insert(_) => Plan::Unsupported("INSERT without the sharding key"),
         _ => Plan::Unsupported("this statement"),
     }
+}
+
+/// Splits a multi-row `INSERT ... VALUES` by the shard each row's key (a literal) hashes to: one INSERT per
+/// shard with that shard's rows, in shard order. `None` when a row's key is not a literal Ocelot can hash, or the
+/// statement is not such an INSERT.
+pub fn split_insert(
+    sql: &str,
+    spec: &KeySpec,
+    shard_of: impl Fn(&str) -> Option<usize>,
+) -> Option<Vec<(usize, String)>> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Insert(ins)] = statements.as_slice() else {
+        return None;
+    };
+    let idx = ins
+        .columns
+        .iter()
+        .position(|c| c.value.to_lowercase() == spec.column)?;
+    let source = ins.source.as_ref()?;
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return None;
+    };
+    let mut by_shard: std::collections::BTreeMap<usize, Vec<Vec<Expr>>> = Default::default();
+    for row in &values.rows {
+        let key = match super::shard_key::literal(row.get(idx)?)? {
+            super::shard_key::KeyValue::Literal(k) => k,
+            super::shard_key::KeyValue::Param(_) => return None,
+        };
+        by_shard
+            .entry(shard_of(&key)?)
+            .or_default()
+            .push(row.clone());
+    }
+    Some(
+        by_shard
+            .into_iter()
+            .map(|(shard, rows)| {
+                let mut part = ins.clone();
+                let mut src = (**source).clone();
+                let mut v = values.clone();
+                v.rows = rows;
+                src.body = Box::new(SetExpr::Values(v));
+                part.source = Some(Box::new(src));
+                (shard, Statement::Insert(part).to_string())
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -301,11 +365,38 @@ mod tests {
             plan("SELECT id, v FROM data WHERE v LIKE 'a%'", &s),
             Plan::Rows
         );
-        assert!(matches!(
+        assert_eq!(
             plan("UPDATE data SET v = 'x' WHERE v = 'y'", &s),
+            Plan::Write
+        );
+        assert_eq!(plan("DELETE FROM data", &s), Plan::Write);
+        assert!(matches!(
+            plan("UPDATE data SET id = 3 WHERE v = 'y'", &s),
             Plan::Unsupported(_)
         ));
-        assert!(matches!(plan("DELETE FROM data", &s), Plan::Unsupported(_)));
+        let parts = split_insert(
+            "INSERT INTO data (v, id) VALUES ('a', 1), ('b', -2), ('c', 3) RETURNING id",
+            &s,
+            |k| Some(if k.starts_with('-') { 1 } else { 0 }),
+        )
+        .unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                (
+                    0,
+                    "INSERT INTO data (v, id) VALUES ('a', 1), ('c', 3) RETURNING id".to_owned()
+                ),
+                (
+                    1,
+                    "INSERT INTO data (v, id) VALUES ('b', -2) RETURNING id".to_owned()
+                )
+            ]
+        );
+        assert_eq!(
+            split_insert("INSERT INTO data (v, id) VALUES ('a', $1)", &s, |_| Some(0)),
+            None
+        );
         let Plan::Grouped(g) = plan("SELECT count(*) FROM data", &s) else {
             panic!("grouped");
         };

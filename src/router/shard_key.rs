@@ -98,6 +98,11 @@ impl Ctx<'_> {
     }
 }
 
+/// The key value an expression is: a literal (possibly negated or cast) or a Bind parameter.
+pub fn literal(e: &Expr) -> Option<KeyValue> {
+    value(e)
+}
+
 fn value(e: &Expr) -> Option<KeyValue> {
     match e {
         Expr::Value(v) => match &v.value {

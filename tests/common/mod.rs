@@ -154,7 +154,7 @@ impl Postgres {
     fn start_from(data: &Path, _template: bool) -> Postgres {
         let port = free_port();
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB -c max_prepared_transactions=20",
             data.display()
         );
         run({
@@ -203,7 +203,7 @@ impl Postgres {
     /// Starts this server again after [`Postgres::stop`], on the same port.
     pub fn restart(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB -c max_prepared_transactions=20",
             self.port,
             self.data.display()
         );

@@ -5,7 +5,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::Session;
+use super::{multi, Session};
 use crate::config::{DefaultRole, DefaultShard, ServerRole};
 use crate::pool::balance::Want;
 use crate::pool::PoolError;
@@ -13,6 +13,7 @@ use crate::protocol::codes::{frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
+use crate::protocol::frame::Piece;
 use crate::proxy::error::ClientError;
 use crate::proxy::fanout::Merge;
 use crate::router::classify::{classify, Route};
@@ -23,8 +24,33 @@ use crate::router::sharding::Shards;
 /// Where a request runs.
 pub(super) enum Target {
     One(usize),
+    /// Nothing in the request or the session names a shard: the default shard, or the transaction's.
+    Default,
     /// Several shards (every one for a keyless read of the sharded table), results merged.
     All(Merge, Vec<usize>),
+    /// A write on several shards: each runs its own statement (the rows of a split INSERT, or the same UPDATE or
+    /// DELETE), counts summed.
+    Write(Vec<(usize, String)>),
+}
+
+/// What happens to a request inside a transaction of a sharded pool.
+pub(super) enum Cross {
+    Forward,
+    /// The current shard is still answering: decide once it has.
+    Wait,
+    /// Answered by Ocelot.
+    Handled,
+    /// Replaced by the Query in `scratch`.
+    Refused,
+}
+
+/// "0, 2".
+pub(super) fn shard_list(shards: impl IntoIterator<Item = usize>) -> String {
+    shards
+        .into_iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Distinct query texts remembered per session.
@@ -45,11 +71,19 @@ impl Session {
     /// The shard of the request waiting at the start of `cbuf`, PgCat's order: a comment, then `SET SHARD` /
     /// `SET SHARDING KEY`, then the automatic sharding key, then `default_shard`.
     pub(super) fn shard(&mut self) -> Result<Target, PoolError> {
+        match self.shard_at(0)? {
+            Target::Default => Ok(Target::One(self.default_shard())),
+            t => Ok(t),
+        }
+    }
+
+    /// The shard of the request at `cbuf[start..]`; [`Target::Default`] when nothing names one.
+    pub(super) fn shard_at(&mut self, start: usize) -> Result<Target, PoolError> {
         if self.pool.shards.len() <= 1 {
             return Ok(Target::One(0));
         }
         let sharder = &self.pool.sharder;
-        let (sql, params, simple) = self.pending_sql_and_params();
+        let (sql, params, simple) = self.pending_sql_and_params_at(start);
         if let Some(sql) = &sql {
             if let Some(n) = sharder.from_comment(sql) {
                 return Ok(Target::One(n));
@@ -94,10 +128,21 @@ impl Session {
                                 Plan::Rows => Some(Merge::Rows),
                                 Plan::Grouped(g) => Some(Merge::Grouped(g)),
                                 Plan::Ordered(o) => Some(Merge::Ordered(o)),
+                                Plan::Write => {
+                                    return Ok(Target::Write(
+                                        set.into_iter().map(|s| (s, text.to_string())).collect(),
+                                    ))
+                                }
                                 _ => None,
                             };
                             if let Some(merge) = merge {
                                 return Ok(Target::All(merge, set.into_iter().collect()));
+                            }
+                            // A multi-row INSERT: each shard gets its own rows.
+                            if let Some(parts) =
+                                fanout::split_insert(&text, spec, |k| sharder.shard_of_text(k))
+                            {
+                                return Ok(Target::Write(parts));
                             }
                         }
                     }
@@ -129,6 +174,12 @@ impl Session {
                             }
                             Plan::Ordered(_) => Some("ORDER BY/LIMIT over the extended protocol"),
                             Plan::Rows => Some("reads over the extended protocol"),
+                            Plan::Write if simple => {
+                                return Ok(Target::Write(
+                                    all.into_iter().map(|s| (s, text.to_string())).collect(),
+                                ))
+                            }
+                            Plan::Write => Some("writes on every shard over the extended protocol"),
                             Plan::Unsupported(why) => Some(why),
                         };
                         if let Some(why) = why {
@@ -141,17 +192,12 @@ impl Session {
                 }
             }
         }
-        Ok(Target::One(self.default_shard()))
+        Ok(Target::Default)
     }
 
-    /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf`, and the values of
-    /// the first Bind after it (value, binary format).
-    /// The third value is whether the request is a simple Query.
-    #[allow(clippy::type_complexity)]
-    fn pending_sql_and_params(&self) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
-        self.pending_sql_and_params_at(0)
-    }
-
+    /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf[start..]`, and the
+    /// values of the first Bind after it (value, binary format). The third value is whether the request is a
+    /// simple Query.
     #[allow(clippy::type_complexity)]
     fn pending_sql_and_params_at(
         &self,
@@ -272,18 +318,93 @@ impl Session {
         }
     }
 
-    /// The shard a simple Query at `cbuf[start..]` names explicitly (comment or sharding key), if any.
-    pub(super) fn explicit_shard(&self, start: usize) -> Option<usize> {
-        let sharder = &self.pool.sharder;
-        let (sql, _, simple) = self.pending_sql_and_params_at(start);
-        let sql = sql.filter(|_| simple)?;
-        if let Some(n) = sharder.from_comment(&sql) {
-            return Some(n);
+    /// Inside a transaction in a sharded pool, decides what happens to the request now at the start of `cbuf`
+    /// (whole): it stays on the transaction's current shard; with two-phase commit, the transaction moves to
+    /// another shard (joining it) or runs the request on several shards; without, a request for another shard is
+    /// refused (the replacement Query is left in `scratch`). A COMMIT or ROLLBACK of a transaction that spans
+    /// shards is answered here.
+    pub(super) async fn cross_shard(&mut self, piece: &Piece) -> Result<Cross, ClientError> {
+        let Piece::Whole(h) = piece else {
+            return Ok(Cross::Forward);
+        };
+        if self.server.is_none() {
+            return Ok(Cross::Forward);
         }
-        match sharder.from_query(&String::from_utf8_lossy(&sql), &[]) {
-            Shards::One(n) => Some(n),
+        let busy = self.tracker.pending_units() > 0;
+        if h.code == frontend::QUERY && !self.parked.is_empty() {
+            if let Some(how) = multi::transaction_end(&self.cbuf[5..h.total()]) {
+                if busy {
+                    return Ok(Cross::Wait);
+                }
+                self.cbuf.advance(h.total());
+                self.finish(how).await?;
+                return Ok(Cross::Handled);
+            }
+        }
+        if self.tracker.status() != txn::IN_TRANSACTION {
+            return Ok(Cross::Forward);
+        }
+        let target = match self.shard_at(0) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.refuse(&e.to_string())),
+        };
+        let two_phase = self.pool.two_phase;
+        let current = self.attached_shard;
+        let target_shards = match &target {
+            Target::All(_, s) => Some(s.clone()),
+            Target::Write(p) => Some(p.iter().map(|(s, _)| *s).collect()),
             _ => None,
-        }
+        };
+        let (queries, merge) = match target {
+            Target::Default => return Ok(Cross::Forward),
+            Target::One(s) if s == current => return Ok(Cross::Forward),
+            Target::One(s) if !two_phase => {
+                return Ok(self.refuse(&format!(
+                    "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )))
+            }
+            Target::One(_) | Target::All(..) | Target::Write(_) if busy => return Ok(Cross::Wait),
+            Target::One(s) => {
+                return match self.swap_to(s).await {
+                    Ok(()) => Ok(Cross::Forward),
+                    Err(e) => Ok(self.refuse(&e.to_string())),
+                };
+            }
+            Target::All(..) | Target::Write(_) if !two_phase => {
+                let list = shard_list(match &target_shards {
+                    Some(v) => v.clone(),
+                    None => Vec::new(),
+                });
+                return Ok(self.refuse(&format!(
+                    "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )));
+            }
+            Target::All(merge, shards) => {
+                let body = &self.cbuf[5..h.total()];
+                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                let sql = match &merge {
+                    Merge::Ordered(o) => o.shard_sql.clone(),
+                    Merge::Grouped(g) => g.shard_sql.clone(),
+                    Merge::Rows | Merge::Write => text.into_owned(),
+                };
+                (shards.into_iter().map(|s| (s, sql.clone())).collect(), merge)
+            }
+            Target::Write(parts) => (parts, Merge::Write),
+        };
+        self.cbuf.advance(h.total());
+        self.run_on_shards(queries, merge).await?;
+        Ok(Cross::Handled)
+    }
+
+    /// Leaves in `scratch` a Query that fails on the server with `msg` (0A000).
+    fn refuse(&mut self, msg: &str) -> Cross {
+        let sql = format!(
+            "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
+            crate::router::session_sql::quote_literal(msg)
+        );
+        self.scratch.clear();
+        encode::query(&mut self.scratch, &sql);
+        Cross::Refused
     }
 
     /// In a sharded pool, a transaction begun with a bare BEGIN has no shard yet: Ocelot answers the BEGIN and

@@ -1,0 +1,378 @@
+//! Work that spans shards on connections Ocelot drives itself: running one simple Query on a server and gathering
+//! its answer, and committing a transaction whose writes touched several shards atomically with two-phase commit.
+//!
+//! The commit decision is made durable on the coordinator (the lowest shard taking part): before PREPARE, its
+//! transaction inserts the transaction's id into `ocelot.two_phase_log`, so the row exists exactly when the
+//! coordinator's part committed. Every part is prepared; the coordinator commits first, then the others. A crash
+//! leaves prepared parts behind, which [`recover`] resolves: it first rolls back the coordinator's part if that is
+//! still prepared (which settles the outcome as abort even against a coordinator still running), then commits every
+//! part whose id is in the log and rolls back the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::pool::balance::Want;
+use crate::pool::server::ServerConn;
+use crate::pool::{PoolError, UserPool};
+use crate::protocol::codes::{backend, txn};
+use crate::protocol::decode;
+use crate::protocol::frame::Header;
+use crate::router::session_sql::quote_literal;
+
+/// One server's answer to one simple Query, gathered whole.
+#[derive(Default)]
+pub struct Answer {
+    pub row_description: Option<Bytes>,
+    /// DataRow messages, headers included.
+    pub rows: BytesMut,
+    pub count: u64,
+    /// The last CommandComplete tag.
+    pub tag: Option<String>,
+    /// The first ErrorResponse message.
+    pub error: Option<Bytes>,
+}
+
+/// Sends `query` (a whole Query message) and reads the answer up to ReadyForQuery.
+pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolError> {
+    let name = conn.address.to_string();
+    let lost = |e: String| PoolError::Lost {
+        server: name.clone(),
+        reason: e,
+    };
+    if let Err(e) = conn.stream.write_all(query).await {
+        conn.broken = true;
+        return Err(lost(e.to_string()));
+    }
+    let mut answer = Answer::default();
+    loop {
+        let h = match Header::parse(&conn.rbuf, u32::MAX) {
+            Ok(Some(h)) if conn.rbuf.len() >= h.total() => h,
+            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {
+                    conn.broken = true;
+                    return Err(lost("server closed the connection".into()));
+                }
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(lost(e.to_string()));
+                }
+            },
+            Err(e) => {
+                conn.broken = true;
+                return Err(lost(e.to_string()));
+            }
+        };
+        let msg = conn.rbuf.split_to(h.total()).freeze();
+        match h.code {
+            backend::ROW_DESCRIPTION => answer.row_description = Some(msg),
+            backend::DATA_ROW => {
+                answer.rows.extend_from_slice(&msg);
+                answer.count += 1;
+            }
+            backend::COMMAND_COMPLETE => {
+                answer.tag = decode::command_tag(&msg[5..])
+                    .ok()
+                    .map(|t| String::from_utf8_lossy(t).into_owned());
+            }
+            backend::ERROR_RESPONSE => {
+                answer.error.get_or_insert(msg);
+            }
+            backend::READY_FOR_QUERY => {
+                conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(answer)
+}
+
+/// Runs Ocelot's own statement, turning an ErrorResponse into an error.
+async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), Failure> {
+    let mut q = BytesMut::new();
+    crate::protocol::encode::query(&mut q, sql);
+    let a = exec(conn, &q).await.map_err(Failure::from)?;
+    match a.error {
+        Some(e) => Err(Failure::Server(e)),
+        None => Ok(()),
+    }
+}
+
+/// Why a cross-shard commit failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// A server's ErrorResponse, as the client should see it.
+    Server(Bytes),
+    /// A connection failed.
+    Pool(PoolError),
+    /// The coordinator's commit was sent but its outcome is unknown: [`recover`] settles it.
+    Unknown(String),
+}
+
+impl From<PoolError> for Failure {
+    fn from(e: PoolError) -> Self {
+        Failure::Pool(e)
+    }
+}
+
+impl Failure {
+    /// The ErrorResponse message for the client.
+    pub fn error_response(&self) -> BytesMut {
+        let mut out = BytesMut::new();
+        match self {
+            Failure::Server(e) => out.extend_from_slice(e),
+            Failure::Pool(e) => crate::protocol::encode::error_response(
+                &mut out,
+                crate::protocol::encode::Severity::Error,
+                e.sqlstate(),
+                &e.to_string(),
+                None,
+            ),
+            Failure::Unknown(why) => crate::protocol::encode::error_response(
+                &mut out,
+                crate::protocol::encode::Severity::Error,
+                "08007",
+                &format!("the outcome of a two-phase commit across shards is unknown ({why}); Ocelot resolves it from its commit log"),
+                None,
+            ),
+        }
+        out
+    }
+}
+
+/// A new global transaction id: `ocelot:<coordinator shard>:<random>`.
+fn new_gid(coordinator: usize) -> String {
+    use rand::Rng;
+    let r: u64 = rand::rng().random();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("ocelot:{coordinator}:{t:x}{r:016x}")
+}
+
+const LOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ocelot; CREATE TABLE IF NOT EXISTS ocelot.two_phase_log (gid text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now())";
+
+/// Makes sure the coordinator's commit log exists, once per pool and shard, on a connection of its own (creating
+/// it inside the client's transaction could abort it).
+async fn ensure_log(pool: &Arc<UserPool>, shard: usize) -> Result<(), Failure> {
+    let Some(cell) = pool.two_phase_log.get(shard) else {
+        return Ok(());
+    };
+    cell.get_or_try_init(|| async {
+        let mut conn = pool.checkout(shard, Want::Primary, true).await?;
+        // Two instances creating it at once can collide on the catalog: the second attempt sees it.
+        match run(&mut conn, LOG_DDL).await {
+            Err(Failure::Server(_)) => run(&mut conn, LOG_DDL).await,
+            r => r,
+        }
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Commits the open transactions of `parts` (shard, connection; at least one), atomically when there are several.
+/// On failure every part is rolled back (or left for [`recover`] when the outcome is unknown).
+pub async fn commit(
+    pool: &Arc<UserPool>,
+    parts: &mut [(usize, &mut ServerConn)],
+) -> Result<(), Failure> {
+    if parts.len() == 1 {
+        return run(parts[0].1, "COMMIT").await;
+    }
+    parts.sort_by_key(|(s, _)| *s);
+    let coordinator = parts[0].0;
+    if let Err(e) = ensure_log(pool, coordinator).await {
+        rollback(parts).await;
+        return Err(e);
+    }
+    let gid = new_gid(coordinator);
+    let literal = quote_literal(&gid);
+    if let Err(e) = run(
+        parts[0].1,
+        &format!("INSERT INTO ocelot.two_phase_log (gid) VALUES ({literal})"),
+    )
+    .await
+    {
+        rollback(parts).await;
+        return Err(e);
+    }
+    let prepare = format!("PREPARE TRANSACTION {literal}");
+    let prepared = join_all(parts.iter_mut().map(|(_, c)| run(c, &prepare))).await;
+    if let Some(pos) = prepared.iter().position(|r| r.is_err()) {
+        let rollback_prepared = format!("ROLLBACK PREPARED {literal}");
+        for ((_, c), r) in parts.iter_mut().zip(&prepared) {
+            if r.is_ok() {
+                if let Err(e) = run(c, &rollback_prepared).await {
+                    tracing::warn!(server = %c.address, "rolling back a prepared part failed; recovery will: {e:?}");
+                }
+            } else if c.txn_status != txn::IDLE {
+                let _ = run(c, "ROLLBACK").await;
+            }
+        }
+        let mut results = prepared;
+        return Err(results
+            .swap_remove(pos)
+            .err()
+            .unwrap_or_else(|| Failure::Unknown("a part failed to prepare".into())));
+    }
+    let commit_prepared = format!("COMMIT PREPARED {literal}");
+    match run(parts[0].1, &commit_prepared).await {
+        Ok(()) => {}
+        Err(Failure::Server(e)) => {
+            // Not committed (a recovery rolled it back): the outcome is abort everywhere.
+            let rollback_prepared = format!("ROLLBACK PREPARED {literal}");
+            for (_, c) in parts[1..].iter_mut() {
+                let _ = run(c, &rollback_prepared).await;
+            }
+            return Err(Failure::Server(e));
+        }
+        Err(e) => return Err(Failure::Unknown(format!("{e:?}"))),
+    }
+    // Committed: the others follow; one that fails now is finished by recovery, which finds the id in the log.
+    let done = join_all(parts[1..].iter_mut().map(|(_, c)| run(c, &commit_prepared))).await;
+    if done.iter().all(Result::is_ok) {
+        let _ = run(
+            parts[0].1,
+            &format!("DELETE FROM ocelot.two_phase_log WHERE gid = {literal}"),
+        )
+        .await;
+    } else {
+        tracing::warn!(
+            gid,
+            "a prepared part did not commit; recovery will commit it"
+        );
+    }
+    Ok(())
+}
+
+/// Rolls back the open transactions of `parts`, ignoring failures (a broken connection is discarded anyway).
+pub async fn rollback(parts: &mut [(usize, &mut ServerConn)]) {
+    join_all(parts.iter_mut().map(|(_, c)| async move {
+        if c.txn_status != txn::IDLE {
+            let _ = run(c, "ROLLBACK").await;
+        }
+    }))
+    .await;
+}
+
+/// Resolves transactions a previous Ocelot left prepared on the shards of `pool`: those older than `min_age`
+/// (all of them at startup).
+pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, PoolError> {
+    let age = format!("{} milliseconds", min_age.as_millis());
+    let mut resolved = 0;
+    for shard in 0..pool.shards.len() {
+        let mut conn = pool.checkout(shard, Want::Primary, true).await?;
+        let list = exec_text(
+            &mut conn,
+            &format!(
+                "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'ocelot:%' AND database = current_database() AND owner = current_user AND prepared < now() - interval '{age}'"
+            ),
+        )
+        .await?;
+        drop(conn);
+        for gid in list {
+            let Some(coordinator) = gid
+                .split(':')
+                .nth(1)
+                .and_then(|c| c.parse::<usize>().ok())
+                .filter(|c| *c < pool.shards.len())
+            else {
+                continue;
+            };
+            let literal = quote_literal(&gid);
+            let mut coord = pool.checkout(coordinator, Want::Primary, true).await?;
+            // Rolling back a coordinator part that is still prepared settles the outcome: abort.
+            if coordinator == shard {
+                let _ = run(&mut coord, &format!("ROLLBACK PREPARED {literal}")).await;
+                resolved += 1;
+                continue;
+            }
+            let still = exec_text(
+                &mut coord,
+                &format!("SELECT gid FROM pg_prepared_xacts WHERE gid = {literal}"),
+            )
+            .await?;
+            if !still.is_empty() {
+                let _ = run(&mut coord, &format!("ROLLBACK PREPARED {literal}")).await;
+            }
+            let committed = exec_text(
+                &mut coord,
+                &format!("SELECT gid FROM ocelot.two_phase_log WHERE gid = {literal}"),
+            )
+            .await
+            .map(|r| !r.is_empty())
+            .unwrap_or(false);
+            drop(coord);
+            let mut conn = pool.checkout(shard, Want::Primary, true).await?;
+            let verb = if committed { "COMMIT" } else { "ROLLBACK" };
+            match run(&mut conn, &format!("{verb} PREPARED {literal}")).await {
+                Ok(()) => {
+                    tracing::info!(gid, shard, "recovered a prepared transaction: {verb}");
+                    resolved += 1;
+                }
+                Err(e) => tracing::warn!(
+                    gid,
+                    shard,
+                    "could not resolve a prepared transaction: {e:?}"
+                ),
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// Resolves what an earlier Ocelot left prepared as soon as the shards answer, then keeps resolving parts left
+/// behind by failed commits (older than a minute, so commits in flight are left alone). Ends with the pool.
+pub fn spawn_recovery(pool: &Arc<UserPool>) {
+    let weak = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        let mut min_age = Duration::ZERO;
+        loop {
+            let Some(pool) = weak.upgrade() else {
+                return;
+            };
+            match recover(&pool, min_age).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(pool = %pool.database, "resolved {n} prepared transaction(s) left by an earlier commit");
+                    }
+                    min_age = Duration::from_secs(60);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool.database, "resolving prepared transactions failed, will retry: {e}")
+                }
+            }
+            drop(pool);
+            tokio::time::sleep(Duration::from_secs(if min_age.is_zero() { 5 } else { 60 })).await;
+        }
+    });
+}
+
+/// The first column of every row of a query (an error answer gives no rows).
+async fn exec_text(conn: &mut ServerConn, sql: &str) -> Result<Vec<String>, PoolError> {
+    let mut q = BytesMut::new();
+    crate::protocol::encode::query(&mut q, sql);
+    let a = exec(conn, &q).await?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(h)) = Header::parse(&a.rows[at..], u32::MAX) {
+        let row = &a.rows[at..at + h.total()];
+        if let Some(len) = row
+            .get(7..11)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        {
+            if len >= 0 {
+                if let Some(v) = row.get(11..11 + len as usize) {
+                    out.push(String::from_utf8_lossy(v).into_owned());
+                }
+            }
+        }
+        at += h.total();
+    }
+    Ok(out)
+}

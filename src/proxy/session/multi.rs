@@ -1,0 +1,333 @@
+//! A session's work on several shards at once. A write that touches several shards runs on one primary
+//! connection per shard, each in a transaction, and commits atomically through `distributed::commit` (two-phase
+//! commit); without `two_phase_commit` it is refused before anything runs. Inside an explicit transaction the
+//! connections stay with the client: the current one takes the forwarded traffic and the others are parked until
+//! a statement needs their shard, and COMMIT or ROLLBACK ends them all together.
+
+use bytes::BytesMut;
+use futures_util::future::join_all;
+
+use super::Session;
+use crate::pool::balance::Want;
+use crate::pool::server::ServerConn;
+use crate::pool::{PoolError, Pooled};
+use crate::protocol::codes::txn;
+use crate::protocol::encode;
+use crate::protocol::frame::Splitter;
+use crate::proxy::distributed::{self, exec, Answer};
+use crate::proxy::error::ClientError;
+use crate::proxy::fanout::{merge_answers, sync_params, Merge};
+use crate::proxy::tracker::TxnTracker;
+
+/// A connection of the client's cross-shard transaction that is not the current one.
+pub(crate) struct Parked {
+    pub shard: usize,
+    pub server: Pooled,
+}
+
+/// How a transaction-control statement ends a cross-shard transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Finish {
+    Commit,
+    Rollback,
+}
+
+/// COMMIT/END or ROLLBACK/ABORT (alone in a simple Query).
+pub(super) fn transaction_end(body: &[u8]) -> Option<Finish> {
+    let text = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).ok()?;
+    let norm = text
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_ascii_lowercase();
+    if norm.contains(';') {
+        return None;
+    }
+    match norm.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["commit" | "end"] | ["commit" | "end", "work" | "transaction"] => Some(Finish::Commit),
+        ["rollback" | "abort"] | ["rollback" | "abort", "work" | "transaction"] => {
+            Some(Finish::Rollback)
+        }
+        _ => None,
+    }
+}
+
+impl Session {
+    /// Whether the client is inside a transaction block (one whose BEGIN Ocelot is still holding included).
+    pub(super) fn in_transaction(&self) -> bool {
+        self.pending_begin.is_some()
+            || (self.server.is_some() && self.tracker.status() != txn::IDLE)
+    }
+
+    /// A primary connection of `shard` with the client's settings and, when `begin` is given, a transaction open.
+    async fn open(&mut self, shard: usize, begin: Option<&str>) -> Result<Pooled, PoolError> {
+        let mut server = self.pool.checkout(shard, Want::Primary, true).await?;
+        sync_params(&mut server, &mut self.params).await?;
+        if let Some(begin) = begin {
+            server.run(begin).await?;
+        }
+        Ok(server)
+    }
+
+    /// Makes `server` the current connection, for `shard`.
+    fn install(&mut self, shard: usize, server: Pooled) {
+        self.slot.attach(&server.cancel);
+        if let Some(map) = self.stmts.as_mut() {
+            map.attach();
+        }
+        if let Some(fx) = self.effects.as_mut() {
+            fx.attach();
+        }
+        self.ssplit = Splitter::new(server.max_message());
+        self.tracker = TxnTracker::default();
+        self.tracker.set_status(server.txn_status);
+        self.attached_shard = shard;
+        self.attached_want = Some(Want::Primary);
+        self.replay = None;
+        self.server = Some(server);
+    }
+
+    /// Inside a transaction that is idle on its current shard: parks the current connection and makes `shard`'s
+    /// current, joining that shard to the transaction if it is new.
+    pub(super) async fn swap_to(&mut self, shard: usize) -> Result<(), PoolError> {
+        let next = match self.parked.iter().position(|p| p.shard == shard) {
+            Some(i) => self.parked.swap_remove(i).server,
+            None => {
+                let begin = self.txn_begin.clone();
+                self.open(shard, Some(&begin)).await?
+            }
+        };
+        if let Some(current) = self.server.take() {
+            self.slot.detach();
+            self.parked.push(Parked {
+                shard: self.attached_shard,
+                server: current,
+            });
+        }
+        self.install(shard, next);
+        Ok(())
+    }
+
+    /// Runs `queries` (shard, SQL) in one transaction per shard and answers the client with the merged result.
+    /// Outside a transaction block the parts commit together (or all roll back); inside one they stay open.
+    pub(super) async fn run_on_shards(
+        &mut self,
+        queries: Vec<(usize, String)>,
+        merge: Merge,
+    ) -> Result<(), ClientError> {
+        let explicit = self.in_transaction();
+        let shards: Vec<usize> = queries.iter().map(|(s, _)| *s).collect();
+        if let Err(e) = self.join_all_shards(&shards, explicit).await {
+            self.abandon_parts(explicit).await;
+            return self.answer_error(e.into_failure(), explicit).await;
+        }
+        let answers = {
+            let mut parts = self.parts(&shards);
+            join_all(parts.iter_mut().zip(&queries).map(|((_, c), (_, sql))| {
+                let mut q = BytesMut::new();
+                encode::query(&mut q, sql);
+                async move { exec(c, &q).await }
+            }))
+            .await
+        };
+        let mut ok: Vec<Answer> = Vec::with_capacity(answers.len());
+        for a in answers {
+            match a {
+                Ok(a) => ok.push(a),
+                Err(e) => {
+                    self.abandon_parts(explicit).await;
+                    return self
+                        .answer_error(distributed::Failure::Pool(e), explicit)
+                        .await;
+                }
+            }
+        }
+        let failed = ok.iter().any(|a| a.error.is_some());
+        let mut merged = BytesMut::new();
+        merge_answers(
+            &mut merged,
+            &self.pool,
+            &ok,
+            &merge,
+            &shards,
+            Want::Primary,
+            true,
+        )
+        .await?;
+        if explicit {
+            if failed {
+                self.fail_all().await;
+            }
+            self.out.extend_from_slice(&merged);
+            let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
+            self.tracker.set_status(status);
+            encode::ready_for_query(&mut self.out, status);
+            return self.flush_out().await;
+        }
+        let result = if failed {
+            self.rollback_all().await;
+            Ok(())
+        } else {
+            self.commit_all().await
+        };
+        match result {
+            Ok(()) => self.out.extend_from_slice(&merged),
+            Err(f) => self.out.extend_from_slice(&f.error_response()),
+        }
+        self.end_parts();
+        encode::ready_for_query(&mut self.out, txn::IDLE);
+        self.flush_out().await
+    }
+
+    /// Ends a cross-shard transaction at the client's COMMIT or ROLLBACK.
+    pub(super) async fn finish(&mut self, how: Finish) -> Result<(), ClientError> {
+        let any_failed = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.txn_status == txn::FAILED)
+            || self
+                .parked
+                .iter()
+                .any(|p| p.server.txn_status == txn::FAILED);
+        if how == Finish::Commit && !any_failed {
+            match self.commit_all().await {
+                Ok(()) => encode::command_complete(&mut self.out, "COMMIT"),
+                Err(f) => self.out.extend_from_slice(&f.error_response()),
+            }
+        } else {
+            self.rollback_all().await;
+            encode::command_complete(&mut self.out, "ROLLBACK");
+        }
+        self.end_parts();
+        encode::ready_for_query(&mut self.out, txn::IDLE);
+        self.flush_out().await
+    }
+
+    /// Gives every connection of the cross-shard transaction back.
+    fn end_parts(&mut self) {
+        self.parked.clear();
+        self.release();
+    }
+
+    async fn join_all_shards(&mut self, shards: &[usize], explicit: bool) -> Result<(), PoolError> {
+        let begin = if explicit {
+            self.txn_begin.clone()
+        } else {
+            "BEGIN".to_owned()
+        };
+        for &shard in shards {
+            let joined = (self.server.is_some() && self.attached_shard == shard)
+                || self.parked.iter().any(|p| p.shard == shard);
+            if joined {
+                continue;
+            }
+            if self.server.is_none() {
+                // The transaction's first connection: a BEGIN Ocelot held goes to it first.
+                let first = self.pending_begin.clone().unwrap_or_else(|| begin.clone());
+                let server = self.open(shard, Some(&first)).await?;
+                if let Some(b) = self.pending_begin.take() {
+                    self.txn_begin = b;
+                }
+                self.install(shard, server);
+            } else {
+                let server = self.open(shard, Some(&begin)).await?;
+                self.parked.push(Parked { shard, server });
+            }
+        }
+        Ok(())
+    }
+
+    /// The connections of `shards`, in that order.
+    fn parts(&mut self, shards: &[usize]) -> Vec<(usize, &mut ServerConn)> {
+        let mut all: Vec<(usize, &mut ServerConn)> = Vec::new();
+        let current = self.attached_shard;
+        if let Some(s) = self.server.as_mut() {
+            all.push((current, &mut **s));
+        }
+        for p in self.parked.iter_mut() {
+            all.push((p.shard, &mut *p.server));
+        }
+        let mut out = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            if let Some(i) = all.iter().position(|(s, _)| *s == shard) {
+                out.push(all.swap_remove(i));
+            }
+        }
+        out
+    }
+
+    /// Every connection of the transaction.
+    fn every_part(&mut self) -> Vec<(usize, &mut ServerConn)> {
+        let mut shards: Vec<usize> = self.parked.iter().map(|p| p.shard).collect();
+        if self.server.is_some() {
+            shards.push(self.attached_shard);
+        }
+        self.parts(&shards)
+    }
+
+    async fn commit_all(&mut self) -> Result<(), distributed::Failure> {
+        let pool = self.pool.clone();
+        let mut parts = self.every_part();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        distributed::commit(&pool, &mut parts).await
+    }
+
+    async fn rollback_all(&mut self) {
+        let mut parts = self.every_part();
+        distributed::rollback(&mut parts).await;
+    }
+
+    /// Puts every part that is still healthy into the failed state, so that the whole transaction is aborted as
+    /// the client was told.
+    async fn fail_all(&mut self) {
+        let mut parts = self.every_part();
+        join_all(parts.iter_mut().map(|(_, c)| async move {
+            if c.txn_status == txn::IN_TRANSACTION {
+                let _ = c
+                    .run("DO $ocelot$BEGIN RAISE EXCEPTION 'aborted: another shard of this transaction failed'; END$ocelot$")
+                    .await;
+            }
+        }))
+        .await;
+    }
+
+    /// After a connection failed mid-way: outside a transaction block everything is rolled back and given back;
+    /// inside one the rest is marked failed (the client must roll back).
+    async fn abandon_parts(&mut self, explicit: bool) {
+        if explicit {
+            self.fail_all().await;
+        } else {
+            self.rollback_all().await;
+            self.end_parts();
+        }
+    }
+
+    async fn answer_error(
+        &mut self,
+        f: distributed::Failure,
+        explicit: bool,
+    ) -> Result<(), ClientError> {
+        self.out.extend_from_slice(&f.error_response());
+        let status = if explicit && (self.server.is_some() || !self.parked.is_empty()) {
+            txn::FAILED
+        } else if explicit {
+            // Nothing was begun on a server: the held BEGIN stays, and so does the client's view.
+            txn::IN_TRANSACTION
+        } else {
+            txn::IDLE
+        };
+        if self.server.is_some() {
+            self.tracker.set_status(status);
+        }
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await
+    }
+}
+
+impl PoolError {
+    fn into_failure(self) -> distributed::Failure {
+        distributed::Failure::Pool(self)
+    }
+}
