@@ -530,37 +530,192 @@ async fn in_lists_over_shards_are_merged_and_spanning_inserts_refused() {
     );
 }
 
+/// One row of the differential dataset: (id, v, n, i, b), values as SQL text or None for NULL.
+type Row = (i64, String, Option<String>, Option<i32>, Option<bool>);
+
+fn dataset(n: usize) -> Vec<Row> {
+    let mut rng = Rng(42);
+    let mut seen = std::collections::HashSet::new();
+    let mut keys: Vec<i64> = bigint_keys()
+        .into_iter()
+        .filter(|k| seen.insert(*k))
+        .collect();
+    while keys.len() < n {
+        let k = (rng.next() >> 20) as i64 - (1 << 43);
+        if seen.insert(k) {
+            keys.push(k);
+        }
+    }
+    keys.truncate(n);
+    keys.into_iter()
+        .map(|k| {
+            let n = match rng.next() % 5 {
+                0 => None,
+                x => Some(format!(
+                    "{}{}.{:02}",
+                    if x == 1 { "-" } else { "" },
+                    rng.next() % 100_000,
+                    rng.next() % 100
+                )),
+            };
+            let i = (!rng.next().is_multiple_of(7)).then(|| (rng.next() % 1001) as i32 - 500);
+            let b = [Some(true), Some(false), None][(rng.next() % 3) as usize];
+            // Tabs, quotes, commas, backslashes and newlines in text exercise COPY's escaping.
+            let v = match k.rem_euclid(11) {
+                0 => format!("v{k}\ttab\\"),
+                1 => format!("v{k}, \"quoted\""),
+                2 => format!("v{k}\nline"),
+                _ => format!("v{k}"),
+            };
+            (k, v, n, i, b)
+        })
+        .collect()
+}
+
+fn sql_values(r: &Row) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "({}, {}, {}, {}, {})",
+        r.0,
+        lit(&r.1),
+        r.2.clone().unwrap_or_else(|| "NULL".into()),
+        r.3.map_or("NULL".into(), |i| i.to_string()),
+        r.4.map_or("NULL".into(), |b| b.to_string())
+    )
+}
+
+fn copy_text(rows: &[Row]) -> String {
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+    };
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                r.0,
+                esc(&r.1),
+                r.2.clone().unwrap_or_else(|| "\\N".into()),
+                r.3.map_or("\\N".into(), |i| i.to_string()),
+                r.4.map_or("\\N".into(), |b| b.to_string())
+            )
+        })
+        .collect()
+}
+
+fn copy_csv(rows: &[Row]) -> String {
+    let mut out = String::from("id,v,n,i,b\n");
+    for r in rows {
+        out.push_str(&format!(
+            "\"{}\",\"{}\",{},{},{}\n",
+            r.0,
+            r.1.replace('"', "\"\""),
+            r.2.clone().unwrap_or_default(),
+            r.3.map_or(String::new(), |i| i.to_string()),
+            r.4.map_or(String::new(), |b| b.to_string())
+        ));
+    }
+    out
+}
+
 #[tokio::test]
 async fn merged_results_equal_a_single_server() {
+    use futures_util::SinkExt;
     let columns = "id bigint, v text, n numeric(12,2), i int, b bool";
     let shards = Shards::start_with(columns);
     let single = Postgres::start();
     single.psql_admin_db("app", &format!("CREATE TABLE data ({columns})"));
-    let proxy = start_proxy(&shards.config()).await;
-    let via = connect(proxy.local_addr().port(), "postgres", None, "app")
+    let config = shards
+        .config()
+        .replace("[pools.app]\n", "[pools.app]\ntwo_phase_commit = true\n");
+    let proxy = start_proxy(&config).await;
+    let port = proxy.local_addr().port();
+    let via = connect(port, "postgres", None, "app").await.unwrap();
+    let direct = direct(&single).await;
+    // 10,000 rows through Ocelot four ways: multi-row INSERTs, single INSERTs with Bind parameters, COPY in text
+    // format (tokio-postgres) and COPY in CSV with a header (psql's \copy).
+    let rows = dataset(10_000);
+    let (multi, rest) = rows.split_at(3000);
+    let (single_rows, rest) = rest.split_at(3000);
+    let (text_rows, csv_rows) = rest.split_at(2000);
+    for chunk in multi.chunks(250) {
+        let values: Vec<String> = chunk.iter().map(sql_values).collect();
+        let sql = format!(
+            "INSERT INTO data (id, v, n, i, b) VALUES {}",
+            values.join(", ")
+        );
+        via.simple_query(&sql).await.unwrap();
+    }
+    let ins = via
+        .prepare("INSERT INTO data (id, v, n, i, b) VALUES ($1, $2, $3::text::numeric, $4, $5)")
         .await
         .unwrap();
-    let direct = direct(&single).await;
-    let mut rng = Rng(42);
-    for k in bigint_keys().into_iter().take(1000) {
-        let n = match rng.next() % 5 {
-            0 => "NULL".to_owned(),
-            x => format!(
-                "{}{}.{:02}",
-                if x == 1 { "-" } else { "" },
-                rng.next() % 100_000,
-                rng.next() % 100
-            ),
-        };
-        let i = if rng.next().is_multiple_of(7) {
-            "NULL".to_owned()
-        } else {
-            ((rng.next() % 1001) as i64 - 500).to_string()
-        };
-        let b = ["true", "false", "NULL"][(rng.next() % 3) as usize];
-        let sql = format!("INSERT INTO data (id, v, n, i, b) VALUES ({k}, 'v{k}', {n}, {i}, {b})");
-        via.simple_query(&sql).await.unwrap();
-        direct.simple_query(&sql).await.unwrap();
+    for r in single_rows {
+        via.execute(&ins, &[&r.0, &r.1, &r.2, &r.3, &r.4])
+            .await
+            .unwrap();
+    }
+    let sink = via
+        .copy_in("COPY data (id, v, n, i, b) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    let text = copy_text(text_rows);
+    // Uneven pieces, so rows straddle CopyData messages.
+    for piece in text.as_bytes().chunks(1000) {
+        sink.send(bytes::Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), text_rows.len() as u64);
+    let csv_path = std::env::temp_dir().join(format!("ocelot-copy-{}.csv", std::process::id()));
+    std::fs::write(&csv_path, copy_csv(csv_rows)).unwrap();
+    let mut psql = psql_command(port, "app");
+    psql.arg("-c").arg(format!(
+        "\\copy data (id, v, n, i, b) FROM '{}' WITH (FORMAT csv, HEADER)",
+        csv_path.display()
+    ));
+    // psql talks to the proxy running on this test's runtime: it must not block it.
+    let (ok, out, err) = tokio::task::spawn_blocking(move || run_tool(psql))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&csv_path);
+    assert!(ok, "{out}{err}");
+    // The reference server gets the same rows in one COPY.
+    let sink = direct
+        .copy_in("COPY data (id, v, n, i, b) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(copy_text(&rows)))
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+    // Every row is on exactly the shard its key hashes to (each shard only has its own partition, so a row
+    // anywhere else could not have been inserted) and nowhere else.
+    let mut expected = [0i64; 3];
+    for r in &rows {
+        expected[bigint_partition(r.0, 3) as usize] += 1;
+    }
+    assert_eq!(
+        [shards.count(0), shards.count(1), shards.count(2)],
+        expected
+    );
+    assert_eq!(
+        first_value(
+            &via,
+            "SELECT count(DISTINCT id) FROM data /* shard_id: 0 */"
+        )
+        .await,
+        expected[0].to_string()
+    );
+    // Column values arrived intact, whichever way they were sent.
+    for sql in ["SELECT id, v, n, i, b FROM data ORDER BY id"] {
+        let got = rows_of(&via.simple_query(sql).await.unwrap());
+        let want = rows_of(&direct.simple_query(sql).await.unwrap());
+        assert_eq!(got.len(), 10_000);
+        assert!(got == want, "{sql}: the rows differ from the reference");
     }
     // Aggregates combined, and ORDER BY merged with LIMIT/OFFSET after the merge: exactly what one server returns.
     for sql in [
@@ -919,4 +1074,82 @@ async fn transactions_left_prepared_are_resolved_at_startup() {
     assert_eq!(rows_on(&shards, 1), vec![format!("{a1}:committed")]);
     assert!(rows_on(&shards, 2).is_empty());
     assert_eq!(rows_on(&shards, 0), vec![format!("{a0}:committed")]);
+}
+
+#[tokio::test]
+async fn copy_is_split_by_key_in_and_out_of_transactions() {
+    use futures_util::SinkExt;
+    let shards = Shards::start().await;
+    let two_phase = shards
+        .config()
+        .replace("[pools.app]\n", "[pools.app]\ntwo_phase_commit = true\n");
+    let proxy = start_proxy(&two_phase).await;
+    let mut c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    async fn copy(
+        c: &tokio_postgres::Client,
+        sql: &str,
+        data: &str,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let sink = c.copy_in(sql).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(data.to_owned())).await?;
+        sink.finish().await
+    }
+    let keys: Vec<i64> = (0..3)
+        .flat_map(|s| (0..2).map(move |i| key_on(s, i)))
+        .collect();
+    // Bad data anywhere (a key that is not a bigint) aborts the COPY on every shard.
+    let data = format!("{}\tok\nnot-a-number\tbad\n", keys[0]);
+    let e = copy(&c, "COPY data (id, v) FROM STDIN", &data)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22P04", "{e:?}");
+    // A row without the key column cannot be routed: refused.
+    let e = copy(&c, "COPY data (v) FROM STDIN", "x\n")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    assert_eq!(first_value(&c, "SELECT count(*) FROM data").await, "0");
+    // Inside a transaction, the COPY joins it on every shard and commits with it.
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO data (id, v) VALUES ($1, 'before')",
+        &[&keys[2]],
+    )
+    .await
+    .unwrap();
+    let data: String = keys[3..].iter().map(|k| format!("{k},csv\n")).collect();
+    let sink = tx
+        .copy_in("COPY data (id, v) FROM STDIN (FORMAT csv)")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    tx.commit().await.unwrap();
+    assert_eq!(
+        [shards.count(0), shards.count(1), shards.count(2)],
+        [0, 2, 2]
+    );
+    // The table's column order is looked up when the COPY names no columns.
+    let data = format!("{}\tall columns\n", keys[0]);
+    assert_eq!(copy(&c, "COPY data FROM STDIN", &data).await.unwrap(), 1);
+    assert_eq!(shards.count(0), 1);
+    assert!(prepared_left(&shards).is_empty());
+    // Without two_phase_commit a COPY into the sharded table is refused before any data moves.
+    let plain = start_proxy(&shards.config()).await;
+    let c2 = connect(plain.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let e = copy(
+        &c2,
+        "COPY data (id, v) FROM STDIN",
+        &format!("{}\tno\n", keys[1]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    assert_eq!(first_value(&c2, "SELECT count(*) FROM data").await, "5");
 }

@@ -112,4 +112,6 @@ pub mod sqlstate {
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+    pub const QUERY_CANCELED: &str = "57014";
 }

@@ -249,6 +249,16 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, frontend::QUERY, |b| cstr(b, sql.as_bytes()));
 }
 
+/// CopyData carrying `data`.
+pub fn copy_data(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, frontend::COPY_DATA, |b| b.put_slice(data));
+}
+
+/// CopyFail with a reason.
+pub fn copy_fail(buf: &mut BytesMut, reason: &str) {
+    message(buf, frontend::COPY_FAIL, |b| cstr(b, reason.as_bytes()));
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     message(buf, frontend::TERMINATE, |_| {});
 }

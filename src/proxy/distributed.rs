@@ -34,19 +34,35 @@ pub struct Answer {
     pub tag: Option<String>,
     /// The first ErrorResponse message.
     pub error: Option<Bytes>,
+    /// CopyInResponse: the server now waits for COPY data (reading stopped there).
+    pub copy_in: Option<Bytes>,
 }
 
 /// Sends `query` (a whole Query message) and reads the answer up to ReadyForQuery.
 pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolError> {
+    send(conn, query).await?;
+    read_answer(conn).await
+}
+
+/// Writes raw protocol bytes to a server.
+pub async fn send(conn: &mut ServerConn, bytes: &[u8]) -> Result<(), PoolError> {
+    if let Err(e) = conn.stream.write_all(bytes).await {
+        conn.broken = true;
+        return Err(PoolError::Lost {
+            server: conn.address.to_string(),
+            reason: e.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads a server's answer up to ReadyForQuery, or up to CopyInResponse when it starts waiting for data.
+pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
     let name = conn.address.to_string();
     let lost = |e: String| PoolError::Lost {
         server: name.clone(),
         reason: e,
     };
-    if let Err(e) = conn.stream.write_all(query).await {
-        conn.broken = true;
-        return Err(lost(e.to_string()));
-    }
     let mut answer = Answer::default();
     loop {
         let h = match Header::parse(&conn.rbuf, u32::MAX) {
@@ -84,6 +100,10 @@ pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolErr
             }
             backend::READY_FOR_QUERY => {
                 conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
+                break;
+            }
+            backend::COPY_IN_RESPONSE => {
+                answer.copy_in = Some(msg);
                 break;
             }
             _ => {}
@@ -354,7 +374,7 @@ pub fn spawn_recovery(pool: &Arc<UserPool>) {
 }
 
 /// The first column of every row of a query (an error answer gives no rows).
-async fn exec_text(conn: &mut ServerConn, sql: &str) -> Result<Vec<String>, PoolError> {
+pub(crate) async fn exec_text(conn: &mut ServerConn, sql: &str) -> Result<Vec<String>, PoolError> {
     let mut q = BytesMut::new();
     crate::protocol::encode::query(&mut q, sql);
     let a = exec(conn, &q).await?;

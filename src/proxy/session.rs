@@ -108,6 +108,8 @@ pub struct Session {
     parked: Vec<multi::Parked>,
     /// An extended-protocol request was refused: its messages are dropped up to its Sync.
     skip_to_sync: bool,
+    /// The COPY being split came as a simple Query (else the client's Sync ends it).
+    copy_simple: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -153,6 +155,7 @@ impl Session {
             txn_begin: "BEGIN".into(),
             parked: Vec::new(),
             skip_to_sync: false,
+            copy_simple: true,
             replay: None,
             draining,
         }
@@ -384,6 +387,35 @@ impl Session {
                         self.run_on_shards(parts, Merge::Write).await?;
                         continue;
                     }
+                    Ok(route::Target::CopyIn(plan, false)) if !self.pool.two_phase => {
+                        self.answer_extended_copy_request();
+                        let e = PoolError::NeedsTwoPhase {
+                            pool: self.pool.database.clone(),
+                            shards: route::shard_list(0..self.pool.shards.len()),
+                        };
+                        let code = crate::protocol::codes::sqlstate::FEATURE_NOT_SUPPORTED;
+                        if self.copy_refused(plan, code, e.to_string()).await? {
+                            return Ok(Some(End::ClientLeft));
+                        }
+                        continue;
+                    }
+                    Ok(route::Target::CopyIn(..)) if !self.pool.two_phase => {
+                        Err(PoolError::NeedsTwoPhase {
+                            pool: self.pool.database.clone(),
+                            shards: route::shard_list(0..self.pool.shards.len()),
+                        })
+                    }
+                    Ok(route::Target::CopyIn(plan, simple)) => {
+                        if simple {
+                            self.cbuf.advance(piece.len());
+                        } else {
+                            self.answer_extended_copy_request();
+                        }
+                        if self.copy_in(plan, simple).await? {
+                            return Ok(Some(End::ClientLeft));
+                        }
+                        continue;
+                    }
                     Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
                     Err(e) => Err(e),
                 };
@@ -403,6 +435,7 @@ impl Session {
                         route::Cross::Forward => {}
                         route::Cross::Wait => break,
                         route::Cross::Handled => continue,
+                        route::Cross::ClientLeft => return Ok(Some(End::ClientLeft)),
                         route::Cross::Refused => {
                             // The server runs a statement that fails with the reason, so client and server agree
                             // the transaction is aborted; the rest of an extended request is dropped.
@@ -802,6 +835,7 @@ enum Event {
     Notification(Option<bytes::Bytes>),
 }
 
+mod copy;
 mod listen;
 mod multi;
 mod route;

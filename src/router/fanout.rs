@@ -29,6 +29,8 @@ pub enum Plan {
     Ordered(Ordered),
     /// A write (UPDATE or DELETE) every shard runs, affected rows summed.
     Write,
+    /// COPY FROM STDIN into the sharded table: rows split by their key.
+    CopyIn(super::copy::CopyPlan),
     /// It touches the sharded table but its results cannot be merged yet.
     Unsupported(&'static str),
 }
@@ -228,7 +230,16 @@ fn uses_aggregate_or_window(stmt: &Statement) -> Option<&'static str> {
 
 /// Plans a keyless query for a pool sharded on `spec`.
 pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).or_else(|e| {
+        // sqlparser wants `COPY ... FROM STDIN` to end with a semicolon (inline data may follow it).
+        let t = sql.trim_start();
+        if t.len() > 4 && t[..4].eq_ignore_ascii_case("copy") && !sql.trim_end().ends_with(';') {
+            Parser::parse_sql(&PostgreSqlDialect {}, &format!("{sql};"))
+        } else {
+            Err(e)
+        }
+    });
+    let Ok(statements) = parsed else {
         return Plan::NotSharded;
     };
     let [stmt] = statements.as_slice() else {
@@ -238,6 +249,14 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
             Plan::NotSharded
         };
     };
+    if let Statement::Copy { .. } = stmt {
+        return match super::copy::plan(stmt, spec) {
+            Ok(Some(p)) => Plan::CopyIn(p),
+            Ok(None) if touches(stmt, spec) => Plan::Unsupported("this COPY"),
+            Ok(None) => Plan::NotSharded,
+            Err(why) => Plan::Unsupported(why),
+        };
+    }
     if !touches(stmt, spec) {
         return Plan::NotSharded;
     }
@@ -370,6 +389,10 @@ mod tests {
             Plan::Write
         );
         assert_eq!(plan("DELETE FROM data", &s), Plan::Write);
+        assert!(matches!(
+            plan("COPY data (id, v) FROM STDIN", &s),
+            Plan::CopyIn(_)
+        ));
         assert!(matches!(
             plan("UPDATE data SET id = 3 WHERE v = 'y'", &s),
             Plan::Unsupported(_)

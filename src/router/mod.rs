@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod commands;
+pub mod copy;
 pub mod fanout;
 pub mod grouped;
 pub mod hash;

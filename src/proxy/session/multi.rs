@@ -204,12 +204,16 @@ impl Session {
     }
 
     /// Gives every connection of the cross-shard transaction back.
-    fn end_parts(&mut self) {
+    pub(super) fn end_parts(&mut self) {
         self.parked.clear();
         self.release();
     }
 
-    async fn join_all_shards(&mut self, shards: &[usize], explicit: bool) -> Result<(), PoolError> {
+    pub(super) async fn join_all_shards(
+        &mut self,
+        shards: &[usize],
+        explicit: bool,
+    ) -> Result<(), PoolError> {
         let begin = if explicit {
             self.txn_begin.clone()
         } else {
@@ -265,7 +269,7 @@ impl Session {
         self.parts(&shards)
     }
 
-    async fn commit_all(&mut self) -> Result<(), distributed::Failure> {
+    pub(super) async fn commit_all(&mut self) -> Result<(), distributed::Failure> {
         let pool = self.pool.clone();
         let mut parts = self.every_part();
         if parts.is_empty() {
@@ -274,14 +278,14 @@ impl Session {
         distributed::commit(&pool, &mut parts).await
     }
 
-    async fn rollback_all(&mut self) {
+    pub(super) async fn rollback_all(&mut self) {
         let mut parts = self.every_part();
         distributed::rollback(&mut parts).await;
     }
 
     /// Puts every part that is still healthy into the failed state, so that the whole transaction is aborted as
     /// the client was told.
-    async fn fail_all(&mut self) {
+    pub(super) async fn fail_all(&mut self) {
         let mut parts = self.every_part();
         join_all(parts.iter_mut().map(|(_, c)| async move {
             if c.txn_status == txn::IN_TRANSACTION {
@@ -295,7 +299,7 @@ impl Session {
 
     /// After a connection failed mid-way: outside a transaction block everything is rolled back and given back;
     /// inside one the rest is marked failed (the client must roll back).
-    async fn abandon_parts(&mut self, explicit: bool) {
+    pub(super) async fn abandon_parts(&mut self, explicit: bool) {
         if explicit {
             self.fail_all().await;
         } else {
@@ -304,7 +308,7 @@ impl Session {
         }
     }
 
-    async fn answer_error(
+    pub(super) async fn answer_error(
         &mut self,
         f: distributed::Failure,
         explicit: bool,

@@ -31,6 +31,20 @@ pub(super) enum Target {
     /// A write on several shards: each runs its own statement (the rows of a split INSERT, or the same UPDATE or
     /// DELETE), counts summed.
     Write(Vec<(usize, String)>),
+    /// COPY FROM STDIN into the sharded table, rows split by key; true for a simple Query.
+    CopyIn(crate::router::copy::CopyPlan, bool),
+}
+
+/// The request waiting in the client buffer, as routing sees it.
+struct Pending {
+    /// The text of its first Query or Parse (or the known statement of its Bind).
+    sql: Option<Vec<u8>>,
+    /// The values of its first Bind (value, binary format).
+    params: Vec<(Option<Vec<u8>>, bool)>,
+    /// A simple Query.
+    simple: bool,
+    /// It has a Bind (so it executes, not only prepares).
+    bound: bool,
 }
 
 /// What happens to a request inside a transaction of a sharded pool.
@@ -42,6 +56,8 @@ pub(super) enum Cross {
     Handled,
     /// Replaced by the Query in `scratch`.
     Refused,
+    /// The client went away while Ocelot was answering.
+    ClientLeft,
 }
 
 /// "0, 2".
@@ -83,7 +99,12 @@ impl Session {
             return Ok(Target::One(0));
         }
         let sharder = &self.pool.sharder;
-        let (sql, params, simple) = self.pending_sql_and_params_at(start);
+        let Pending {
+            sql,
+            params,
+            simple,
+            bound,
+        } = self.pending_sql_and_params_at(start);
         if let Some(sql) = &sql {
             if let Some(n) = sharder.from_comment(sql) {
                 return Ok(Target::One(n));
@@ -157,7 +178,7 @@ impl Session {
                 }
                 Shards::Unknown => {
                     // A Parse without its Bind only prepares: any shard will do.
-                    let prepare_only = !simple && params.is_empty();
+                    let prepare_only = !simple && !bound;
                     if let (Some(spec), false) = (sharder.key(), prepare_only) {
                         let all: Vec<usize> = (0..self.pool.shards.len()).collect();
                         let why = match fanout::plan(&text, spec) {
@@ -180,6 +201,7 @@ impl Session {
                                 ))
                             }
                             Plan::Write => Some("writes on every shard over the extended protocol"),
+                            Plan::CopyIn(p) => return Ok(Target::CopyIn(p, simple)),
                             Plan::Unsupported(why) => Some(why),
                         };
                         if let Some(why) = why {
@@ -198,20 +220,17 @@ impl Session {
     /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf[start..]`, and the
     /// values of the first Bind after it (value, binary format). The third value is whether the request is a
     /// simple Query.
-    #[allow(clippy::type_complexity)]
-    fn pending_sql_and_params_at(
-        &self,
-        start: usize,
-    ) -> (Option<Vec<u8>>, Vec<(Option<Vec<u8>>, bool)>, bool) {
+    fn pending_sql_and_params_at(&self, start: usize) -> Pending {
         let mut sql = None;
         for (code, body) in whole_messages(&self.cbuf, start) {
             match code {
                 frontend::QUERY if sql.is_none() => {
-                    return (
-                        Some(body.strip_suffix(&[0]).unwrap_or(body).to_vec()),
-                        Vec::new(),
-                        true,
-                    )
+                    return Pending {
+                        sql: Some(body.strip_suffix(&[0]).unwrap_or(body).to_vec()),
+                        params: Vec::new(),
+                        simple: true,
+                        bound: false,
+                    }
                 }
                 frontend::PARSE if sql.is_none() => {
                     sql = extended::parse(body).ok().map(|(_, rest)| {
@@ -232,13 +251,23 @@ impl Session {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    return (sql, params, false);
+                    return Pending {
+                        sql,
+                        params,
+                        simple: false,
+                        bound: true,
+                    };
                 }
                 frontend::SYNC => break,
                 _ => {}
             }
         }
-        (sql, Vec::new(), false)
+        Pending {
+            sql,
+            params: Vec::new(),
+            simple: false,
+            bound: false,
+        }
     }
 
     /// Which servers may run the request now waiting at the start of `cbuf`.
@@ -363,12 +392,31 @@ impl Session {
                     "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
                 )))
             }
-            Target::One(_) | Target::All(..) | Target::Write(_) if busy => return Ok(Cross::Wait),
+            Target::One(_) | Target::All(..) | Target::Write(_) | Target::CopyIn(..) if busy => {
+                return Ok(Cross::Wait)
+            }
             Target::One(s) => {
                 return match self.swap_to(s).await {
                     Ok(()) => Ok(Cross::Forward),
                     Err(e) => Ok(self.refuse(&e.to_string())),
                 };
+            }
+            Target::CopyIn(..) if !two_phase => {
+                return Ok(self.refuse(&format!(
+                    "COPY into the sharded table needs every shard, but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )));
+            }
+            Target::CopyIn(plan, simple) => {
+                if simple {
+                    self.cbuf.advance(h.total());
+                } else {
+                    self.answer_extended_copy_request();
+                }
+                return Ok(if self.copy_in(plan, simple).await? {
+                    Cross::ClientLeft
+                } else {
+                    Cross::Handled
+                });
             }
             Target::All(..) | Target::Write(_) if !two_phase => {
                 let list = shard_list(match &target_shards {
