@@ -15,7 +15,6 @@ use super::params::ClientParams;
 use crate::pool::balance::Want;
 use crate::pool::{PoolError, UserPool};
 use crate::protocol::codes::{backend, sqlstate};
-use crate::protocol::decode;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
 use std::cmp::Ordering;
@@ -23,6 +22,8 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
+use crate::router::binary;
+use crate::router::fanout::Aggregate;
 use crate::router::merge::{collatable, combine, compare, divide, group_form, orderable};
 
 async fn ask(
@@ -79,20 +80,41 @@ fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// The text values of one DataRow message (header included).
-fn row_values(row: &[u8]) -> Option<Vec<Option<String>>> {
-    let mut c = decode::Cursor::new(backend::DATA_ROW, row.get(5..)?);
-    let n = c.bytes(2).ok().map(|b| i16::from_be_bytes([b[0], b[1]]))?;
-    let mut out = Vec::new();
+/// The cells of one DataRow message (header included); `None` is NULL.
+fn cells(row: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let body = row.get(5..)?;
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut at = 2;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n.max(0) {
-        let len = c.i32().ok()?;
-        out.push(if len < 0 {
-            None
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            out.push(None);
         } else {
-            Some(String::from_utf8_lossy(c.bytes(len as usize).ok()?).into_owned())
-        });
+            out.push(Some(body.get(at..at + len as usize)?));
+            at += len as usize;
+        }
     }
     Some(out)
+}
+
+/// A cell as (type to compare as, text), whatever its format.
+fn cell_text(oid: u32, binary: bool, cell: &[u8]) -> Option<(u32, String)> {
+    if binary {
+        binary::decode(oid, cell)
+    } else {
+        Some((oid, String::from_utf8_lossy(cell).into_owned()))
+    }
+}
+
+/// Which of `n` result columns are binary, from a Bind's result format codes (none: all text; one: all).
+pub fn binary_columns(codes: &[i16], n: usize) -> Vec<bool> {
+    match codes {
+        [] => vec![false; n],
+        [one] => vec![*one == 1; n],
+        many => (0..n).map(|i| many.get(i) == Some(&1)).collect(),
+    }
 }
 
 fn refuse(out: &mut BytesMut, msg: &str) {
@@ -152,15 +174,12 @@ fn same_columns(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// A sort key resolved against the result columns: (column, type, desc, nulls first).
-type Key = (usize, u32, bool, bool);
+/// A sort key resolved against the result columns: (column, desc, nulls first).
+type Key = (usize, bool, bool);
 
-/// Resolves ORDER BY keys against result columns, refusing types Ocelot cannot order exactly.
-fn resolve_keys(
-    keys: &[SortKey],
-    cols: &[(String, u32)],
-    bytewise: bool,
-) -> Result<Vec<Key>, String> {
+/// Resolves ORDER BY keys against result columns (name, type to compare as), refusing types Ocelot cannot order
+/// exactly.
+fn resolve_keys(keys: &[SortKey], cols: &[(String, u32)], bytewise: bool) -> Result<Vec<Key>, String> {
     let mut out = Vec::new();
     for k in keys {
         let idx = match &k.column {
@@ -179,21 +198,22 @@ fn resolve_keys(
                 "Ocelot cannot merge ORDER BY on a column of type oid {oid} across shards exactly ({why}); {HINT}"
             ));
         }
-        out.push((idx, oid, k.desc, k.nulls_first));
+        out.push((idx, k.desc, k.nulls_first));
     }
     Ok(out)
 }
 
-fn order_rows(a: &[Option<String>], b: &[Option<String>], keys: &[Key]) -> Ordering {
-    for &(idx, oid, desc, nulls_first) in keys {
-        let ord = match (a[idx].as_deref(), b[idx].as_deref()) {
+/// Orders rows by their comparable values (type, text) at the key columns.
+fn order_rows(a: &[Option<(u32, String)>], b: &[Option<(u32, String)>], keys: &[Key]) -> Ordering {
+    for &(idx, desc, nulls_first) in keys {
+        let ord = match (&a[idx], &b[idx]) {
             (None, None) => Ordering::Equal,
             (None, Some(_)) if nulls_first => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             (Some(_), None) if nulls_first => Ordering::Greater,
             (Some(_), None) => Ordering::Less,
-            (Some(x), Some(y)) if desc => compare(oid, x, y).reverse(),
-            (Some(x), Some(y)) => compare(oid, x, y),
+            (Some((oid, x)), Some((_, y))) if desc => compare(*oid, x, y).reverse(),
+            (Some((oid, x)), Some((_, y))) => compare(*oid, x, y),
         };
         if ord != Ordering::Equal {
             return ord;
@@ -202,29 +222,59 @@ fn order_rows(a: &[Option<String>], b: &[Option<String>], keys: &[Key]) -> Order
     Ordering::Equal
 }
 
-/// Merges sorted (and limited) answers.
+/// The type each column compares as: binary dates and timestamps compare as integers.
+fn compare_types(cols: &[Field], binary: &[bool]) -> Vec<(String, u32)> {
+    cols.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let oid = if binary.get(i) == Some(&true) {
+                match f.oid {
+                    1082 | 1083 | 1114 => 20,
+                    700 => 701,
+                    o => o,
+                }
+            } else {
+                f.oid
+            };
+            (f.name.clone(), oid)
+        })
+        .collect()
+}
+
+/// Merges sorted (and limited) answers; rows pass through in the format the shards sent.
 fn merge_ordered(
     out: &mut BytesMut,
     shape: &[u8],
     answers: &[Answer],
     o: &Ordered,
     bytewise: bool,
+    codes: &[i16],
 ) {
-    let Some(cols) = fields(shape) else {
+    let Some(fields) = fields(shape) else {
         return refuse(out, "unexpected result description from the shards");
     };
-    let cols: Vec<(String, u32)> = cols.into_iter().map(|f| (f.name, f.oid)).collect();
+    let binary = binary_columns(codes, fields.len());
+    let cols = compare_types(&fields, &binary);
     let keys = match resolve_keys(&o.keys, &cols, bytewise) {
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };
-    let mut rows: Vec<(Vec<Option<String>>, &[u8])> = Vec::new();
+    let mut rows: Vec<(Vec<Option<(u32, String)>>, &[u8])> = Vec::new();
     for a in answers {
         for raw in split_rows(&a.rows) {
-            match row_values(raw) {
-                Some(v) => rows.push((v, raw)),
-                None => return refuse(out, "unexpected row from a shard"),
+            let Some(c) = cells(raw).filter(|c| c.len() == fields.len()) else {
+                return refuse(out, "unexpected row from a shard");
+            };
+            let mut values = vec![None; fields.len()];
+            for &(idx, _, _) in &keys {
+                if let Some(cell) = c[idx] {
+                    match cell_text(fields[idx].oid, binary[idx], cell) {
+                        Some(v) => values[idx] = Some(v),
+                        None => return refuse(out, "a sort value Ocelot cannot read"),
+                    }
+                }
             }
+            rows.push((values, raw));
         }
     }
     // A stable sort keeps shard order among ties, as a single server's sort would keep some order.
@@ -242,6 +292,36 @@ fn merge_ordered(
     encode::command_complete(out, &format!("SELECT {n}"));
 }
 
+fn binary_columns_of(binary: &[bool], n: usize) -> Vec<bool> {
+    (0..n).map(|i| binary.get(i) == Some(&true)).collect()
+}
+
+/// The result formats the shards are asked for in a grouped read: group keys and min/max in the client's format
+/// (passed through), everything Ocelot computes in text.
+pub fn grouped_shard_binary(g: &Grouped, out_binary: &[bool]) -> Vec<bool> {
+    let width = g
+        .outputs
+        .iter()
+        .map(|o| match o {
+            Output::Key(i) | Output::Agg(_, i) => *i + 1,
+            Output::Avg { count, .. } => *count + 1,
+        })
+        .chain(g.keys.iter().map(|k| k + 1))
+        .max()
+        .unwrap_or(0);
+    let mut shard = vec![false; width];
+    for (o, bin) in g.outputs.iter().zip(out_binary) {
+        match o {
+            Output::Key(i) | Output::Agg(Aggregate::Min | Aggregate::Max, i) => shard[*i] = *bin,
+            _ => {}
+        }
+    }
+    shard
+}
+
+/// One merged cell: its bytes in the client's format and the value to order it by.
+type Cell = (Option<Vec<u8>>, Option<(u32, String)>);
+
 /// Combines partial aggregates of equal groups, then sorts and limits.
 fn merge_grouped(
     out: &mut BytesMut,
@@ -249,6 +329,7 @@ fn merge_grouped(
     answers: &[Answer],
     g: &Grouped,
     bytewise: bool,
+    codes: &[i16],
 ) {
     let Some(cols) = fields(shape) else {
         return refuse(out, "unexpected result description from the shards");
@@ -259,28 +340,28 @@ fn merge_grouped(
         Output::Avg { sum, count, .. } => *sum >= width || *count >= width,
     }) || g.keys.iter().any(|k| *k >= width)
     {
-        return refuse(
-            out,
-            "unexpected result shape for a grouped query across shards",
-        );
+        return refuse(out, "unexpected result shape for a grouped query across shards");
     }
+    let out_binary = binary_columns(codes, g.outputs.len());
+    let shard_binary = binary_columns_of(&grouped_shard_binary(g, &out_binary), width);
     // Groups in first-seen order; each holds every shard's partial row.
     let mut index: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<Vec<Option<String>>>> = Vec::new();
+    let mut groups: Vec<Vec<Vec<Option<&[u8]>>>> = Vec::new();
     for a in answers {
         for raw in split_rows(&a.rows) {
-            let Some(row) = row_values(raw).filter(|r| r.len() == width) else {
+            let Some(row) = cells(raw).filter(|r| r.len() == width) else {
                 return refuse(out, "unexpected row from a shard");
             };
-            let key: Vec<Option<String>> = g
-                .keys
-                .iter()
-                .map(|&k| {
-                    row[k]
-                        .as_deref()
-                        .map(|v| group_form(cols[k].oid, v).into_owned())
-                })
-                .collect();
+            let mut key = Vec::with_capacity(g.keys.len());
+            for &k in &g.keys {
+                key.push(match row[k] {
+                    None => None,
+                    Some(cell) => match cell_text(cols[k].oid, shard_binary[k], cell) {
+                        Some((oid, v)) => Some(group_form(oid, &v).into_owned()),
+                        None => return refuse(out, "a group key Ocelot cannot read"),
+                    },
+                });
+            }
             let at = *index.entry(key).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
@@ -288,47 +369,117 @@ fn merge_grouped(
             groups[at].push(row);
         }
     }
-    let mut merged: Vec<Vec<Option<String>>> = Vec::with_capacity(groups.len());
+    let text = |cell: Option<&[u8]>| cell.map(|c| String::from_utf8_lossy(c).into_owned());
+    let mut merged: Vec<Vec<Cell>> = Vec::with_capacity(groups.len());
     for parts in &groups {
-        let mut row = Vec::with_capacity(g.outputs.len());
-        for o in &g.outputs {
-            let column =
-                |i: usize| -> Vec<Option<&str>> { parts.iter().map(|r| r[i].as_deref()).collect() };
-            let v = match o {
-                Output::Key(i) => Ok(parts[0][*i].clone()),
-                Output::Agg(agg, i) => combine(*agg, cols[*i].oid, &column(*i), bytewise),
+        let mut row: Vec<Cell> = Vec::with_capacity(g.outputs.len());
+        for (o, &bin) in g.outputs.iter().zip(&out_binary) {
+            let computed: Result<Option<String>, String> = match o {
+                Output::Key(i) => {
+                    let raw = parts[0][*i];
+                    let cmp = raw.and_then(|c| cell_text(cols[*i].oid, bin, c));
+                    row.push((raw.map(<[u8]>::to_vec), cmp));
+                    continue;
+                }
+                Output::Agg(Aggregate::Min | Aggregate::Max, i) => {
+                    let max = matches!(o, Output::Agg(Aggregate::Max, _));
+                    let mut best: Option<(&[u8], (u32, String))> = None;
+                    for cell in parts.iter().filter_map(|r| r[*i]) {
+                        let Some(v) = cell_text(cols[*i].oid, bin, cell) else {
+                            return refuse(out, "a min/max value Ocelot cannot read");
+                        };
+                        if !orderable(v.0, bytewise) {
+                            return refuse(
+                                out,
+                                &format!("Ocelot cannot combine min/max of a column of type oid {} across shards exactly; {HINT}", cols[*i].oid),
+                            );
+                        }
+                        let better = match &best {
+                            None => true,
+                            Some((_, b)) => {
+                                let ord = compare(v.0, &v.1, &b.1);
+                                if max {
+                                    ord == Ordering::Greater
+                                } else {
+                                    ord == Ordering::Less
+                                }
+                            }
+                        };
+                        if better {
+                            best = Some((cell, v));
+                        }
+                    }
+                    match best {
+                        Some((raw, v)) => row.push((Some(raw.to_vec()), Some(v))),
+                        None => row.push((None, None)),
+                    }
+                    continue;
+                }
+                Output::Agg(agg, i) => {
+                    let values: Vec<Option<String>> = parts.iter().map(|r| text(r[*i])).collect();
+                    let refs: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+                    combine(*agg, cols[*i].oid, &refs, bytewise)
+                }
                 Output::Avg { sum, count, .. } => {
-                    use crate::router::fanout::Aggregate;
-                    combine(Aggregate::Sum, cols[*sum].oid, &column(*sum), false).and_then(|s| {
-                        let n =
-                            combine(Aggregate::Count, cols[*count].oid, &column(*count), false)?;
-                        match (s, n.as_deref()) {
-                            (_, Some("0")) | (None, _) => Ok(None),
-                            (Some(s), Some(n)) => divide(&s, n).map(Some).ok_or_else(|| {
-                                "an average too large to compute exactly".to_owned()
-                            }),
-                            (Some(_), None) => Ok(None),
+                    let sums: Vec<Option<String>> = parts.iter().map(|r| text(r[*sum])).collect();
+                    let counts: Vec<Option<String>> = parts.iter().map(|r| text(r[*count])).collect();
+                    let s: Vec<Option<&str>> = sums.iter().map(|v| v.as_deref()).collect();
+                    let c: Vec<Option<&str>> = counts.iter().map(|v| v.as_deref()).collect();
+                    combine(Aggregate::Sum, cols[*sum].oid, &s, false).and_then(|total| {
+                        let n = combine(Aggregate::Count, cols[*count].oid, &c, false)?;
+                        match (total, n.as_deref()) {
+                            (Some(t), Some(n)) if n != "0" => divide(&t, n)
+                                .map(Some)
+                                .ok_or_else(|| "an average too large to compute exactly".to_owned()),
+                            _ => Ok(None),
                         }
                     })
                 }
             };
-            match v {
-                Ok(v) => row.push(v),
+            let value = match computed {
+                Ok(v) => v,
                 Err(why) => {
                     return refuse(out, &format!("Ocelot cannot combine {why} exactly; {HINT}"));
                 }
-            }
+            };
+            let oid = match o {
+                Output::Agg(_, i) => cols[*i].oid,
+                _ => NUMERIC,
+            };
+            let raw = match (&value, bin) {
+                (None, _) => None,
+                (Some(v), false) => Some(v.as_bytes().to_vec()),
+                (Some(v), true) => match binary::encode(oid, v) {
+                    Some(b) => Some(b),
+                    None => {
+                        return refuse(
+                            out,
+                            &format!("Ocelot cannot send a combined value of type oid {oid} in binary; ask for text results"),
+                        )
+                    }
+                },
+            };
+            row.push((raw, value.map(|v| (oid, v))));
         }
         merged.push(row);
     }
-    // The merged result's own description: key and aggregate columns as the shards described them, numeric for avg.
+    // The merged result's own description: key and aggregate columns as the shards described them (in the
+    // client's formats), numeric for avg.
     let mut rd = BytesMut::new();
     let mut out_cols = Vec::with_capacity(g.outputs.len());
-    for o in &g.outputs {
+    for (o, &bin) in g.outputs.iter().zip(&out_binary) {
+        let format: i16 = if bin { 1 } else { 0 };
         match o {
             Output::Key(i) | Output::Agg(_, i) => {
-                rd.extend_from_slice(cols[*i].raw);
-                out_cols.push((cols[*i].name.clone(), cols[*i].oid));
+                let raw = cols[*i].raw;
+                rd.extend_from_slice(&raw[..raw.len() - 2]);
+                rd.extend_from_slice(&format.to_be_bytes());
+                let cmp_oid = match (cols[*i].oid, bin) {
+                    (1082 | 1083 | 1114, true) => 20,
+                    (700, true) => 701,
+                    (o, _) => o,
+                };
+                out_cols.push((cols[*i].name.clone(), cmp_oid));
             }
             Output::Avg { name, .. } => {
                 rd.extend_from_slice(name.as_bytes());
@@ -338,7 +489,7 @@ fn merge_grouped(
                 rd.extend_from_slice(&NUMERIC.to_be_bytes());
                 rd.extend_from_slice(&(-1i16).to_be_bytes());
                 rd.extend_from_slice(&(-1i32).to_be_bytes());
-                rd.extend_from_slice(&0i16.to_be_bytes());
+                rd.extend_from_slice(&format.to_be_bytes());
                 out_cols.push((name.to_lowercase(), NUMERIC));
             }
         }
@@ -347,21 +498,41 @@ fn merge_grouped(
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };
-    merged.sort_by(|a, b| order_rows(a, b, &keys));
+    let mut sortable: Vec<(Vec<Option<(u32, String)>>, Vec<Option<Vec<u8>>>)> = merged
+        .into_iter()
+        .map(|row| row.into_iter().map(|(raw, cmp)| (cmp, raw)).unzip())
+        .collect();
+    sortable.sort_by(|(a, _), (b, _)| order_rows(a, b, &keys));
     out.extend_from_slice(&[backend::ROW_DESCRIPTION]);
     out.extend_from_slice(&((rd.len() + 6) as u32).to_be_bytes());
     out.extend_from_slice(&(g.outputs.len() as i16).to_be_bytes());
     out.extend_from_slice(&rd);
     let mut n = 0;
-    for row in merged
+    for (_, row) in sortable
         .iter()
         .skip(g.offset as usize)
         .take(g.limit.map_or(usize::MAX, |l| l as usize))
     {
-        encode::data_row_opt(out, row);
+        data_row_raw(out, row);
         n += 1;
     }
     encode::command_complete(out, &format!("SELECT {n}"));
+}
+
+fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {
+    let len: usize = 4 + 2 + cells.iter().map(|c| 4 + c.as_ref().map_or(0, Vec::len)).sum::<usize>();
+    out.extend_from_slice(&[backend::DATA_ROW]);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&(cells.len() as i16).to_be_bytes());
+    for c in cells {
+        match c {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
 }
 
 const NUMERIC: u32 = 1700;
@@ -473,6 +644,7 @@ pub async fn run(
         shards,
         want,
         primary_reads,
+        &[],
     )
     .await?;
     encode::ready_for_query(&mut out, status);
@@ -485,6 +657,7 @@ fn encoded(sql: &str) -> Bytes {
     q.freeze()
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn merge_answers(
     out: &mut BytesMut,
     pool: &Arc<UserPool>,
@@ -493,6 +666,7 @@ pub(super) async fn merge_answers(
     shards: &[usize],
     want: Want,
     primary_reads: bool,
+    codes: &[i16],
 ) -> Result<(), PoolError> {
     if let Some(err) = answers.iter().find_map(|a| a.error.clone()) {
         out.extend_from_slice(&err);
@@ -527,8 +701,8 @@ pub(super) async fn merge_answers(
         _ => false,
     };
     match merge {
-        Merge::Ordered(o) => merge_ordered(out, &shape, answers, o, bytewise),
-        Merge::Grouped(g) => merge_grouped(out, &shape, answers, g, bytewise),
+        Merge::Ordered(o) => merge_ordered(out, &shape, answers, o, bytewise, codes),
+        Merge::Grouped(g) => merge_grouped(out, &shape, answers, g, bytewise, codes),
         Merge::Rows | Merge::Write => {
             out.extend_from_slice(&shape);
             let mut total = 0;

@@ -2,6 +2,7 @@
 //! routing commands ([`commands`]), and the small pre-parser for session commands ([`session_sql`]) that
 //! transaction mode needs. Shard keys and fan-out will live here too.
 
+pub mod binary;
 pub mod classify;
 pub mod commands;
 pub mod copy;

@@ -152,6 +152,7 @@ impl Session {
             &shards,
             Want::Primary,
             true,
+            &[],
         )
         .await?;
         if explicit {
