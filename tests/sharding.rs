@@ -530,6 +530,41 @@ async fn in_lists_over_shards_are_merged_and_spanning_inserts_refused() {
     );
 }
 
+/// Any value's bytes, as the server sent them.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Raw(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Rows as (column name, type, bytes) lists.
+fn raw_rows(rows: &[tokio_postgres::Row]) -> Vec<Vec<(String, u32, Option<Raw>)>> {
+    rows.iter()
+        .map(|r| {
+            r.columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        c.name().to_owned(),
+                        c.type_().oid(),
+                        r.get::<_, Option<Raw>>(i),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One row of the differential dataset: (id, v, n, i, b), values as SQL text or None for NULL.
 type Row = (i64, String, Option<String>, Option<i32>, Option<bool>);
 
@@ -785,6 +820,36 @@ async fn merged_results_equal_a_single_server() {
         want.sort();
         assert_eq!(got, want, "{sql}");
     }
+    // The same merges over the extended protocol with binary results (tokio-postgres): the values' bytes equal
+    // one server's, parameters included.
+    for (sql, params) in [
+        ("SELECT count(*), sum(i), min(n), max(v), avg(n), bool_or(b) FROM data", vec![]),
+        ("SELECT b, count(*), avg(i), min(id) FROM data WHERE i > $1 GROUP BY b ORDER BY b", vec![100]),
+        ("SELECT id, n, v FROM data WHERE i < $1 ORDER BY n DESC NULLS LAST, id LIMIT 20 OFFSET 3", vec![0]),
+        ("SELECT DISTINCT i % 10 AS d FROM data ORDER BY d", vec![]),
+        ("SELECT v FROM data WHERE i = $1 ORDER BY v", vec![7]),
+    ] {
+        let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let got = raw_rows(&via.query(sql, &p).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")));
+        let want = raw_rows(&direct.query(sql, &p).await.unwrap());
+        assert_eq!(got, want, "{sql}");
+    }
+    // Concatenated rows over the extended protocol.
+    let mut got = raw_rows(
+        &via.query("SELECT id, v FROM data WHERE i = $1", &[&3i32])
+            .await
+            .unwrap(),
+    );
+    let mut want = raw_rows(
+        &direct
+            .query("SELECT id, v FROM data WHERE i = $1", &[&3i32])
+            .await
+            .unwrap(),
+    );
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
     // What cannot be merged exactly is refused with the reason and how to target a shard.
     for sql in [
         "SELECT id, row_number() OVER (ORDER BY id) FROM data",
@@ -1024,6 +1089,24 @@ async fn writes_across_shards_commit_atomically_with_two_phase_commit() {
     tx.commit().await.unwrap();
     assert!(rows_on(&shards, 0).contains(&format!("{c0}:ext")));
     assert!(rows_on(&shards, 1).contains(&format!("{c1}:ext")));
+    // A multi-row INSERT with parameters is split with its parameters; a keyless UPDATE with one runs everywhere.
+    let (d0, d1, d2) = (key_on(0, 3), key_on(1, 3), key_on(2, 3));
+    let n = c2
+        .execute(
+            "INSERT INTO data (id, v) VALUES ($1, $4), ($2, $4), ($3, $4)",
+            &[&d0, &d1, &d2, &"multi"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let n = c2
+        .execute("UPDATE data SET v = $1 WHERE v = 'multi'", &[&"multi2"])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    for (shard, k) in [(0, d0), (1, d1), (2, d2)] {
+        assert!(rows_on(&shards, shard).contains(&format!("{k}:multi2")));
+    }
 
     assert!(prepared_left(&shards).is_empty());
     assert_eq!(

@@ -183,3 +183,126 @@ mod tests {
         assert!(target(frontend::CLOSE, b"").is_err());
     }
 }
+
+/// A Bind's formats and values (`rest` is what follows the statement name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindValues {
+    pub param_formats: Vec<i16>,
+    pub params: Vec<Option<Vec<u8>>>,
+    pub result_formats: Vec<i16>,
+}
+
+impl BindValues {
+    pub fn decode(rest: &[u8]) -> Result<BindValues, ProtocolError> {
+        let mut c = Cursor::new(frontend::BIND, rest);
+        let read_i16 = |c: &mut Cursor| -> Result<i16, ProtocolError> {
+            let b = c.bytes(2)?;
+            Ok(i16::from_be_bytes([b[0], b[1]]))
+        };
+        let n = read_i16(&mut c)?.max(0) as usize;
+        let mut param_formats = Vec::with_capacity(n);
+        for _ in 0..n {
+            param_formats.push(read_i16(&mut c)?);
+        }
+        let n = read_i16(&mut c)?.max(0) as usize;
+        let mut params = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = c.i32()?;
+            params.push(if len < 0 {
+                None
+            } else {
+                Some(c.bytes(len as usize)?.to_vec())
+            });
+        }
+        let n = read_i16(&mut c)?.max(0) as usize;
+        let mut result_formats = Vec::with_capacity(n);
+        for _ in 0..n {
+            result_formats.push(read_i16(&mut c)?);
+        }
+        Ok(BindValues {
+            param_formats,
+            params,
+            result_formats,
+        })
+    }
+
+    /// The format code of parameter `i`.
+    pub fn param_format(&self, i: usize) -> i16 {
+        match self.param_formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    /// The values (and their formats) of the parameters at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> BindValues {
+        BindValues {
+            param_formats: indices.iter().map(|&i| self.param_format(i)).collect(),
+            params: indices
+                .iter()
+                .map(|&i| self.params.get(i).cloned().flatten())
+                .collect(),
+            result_formats: self.result_formats.clone(),
+        }
+    }
+}
+
+/// The query text and parameter type OIDs of a Parse (`rest` is what follows the statement name).
+pub fn parse_query(rest: &[u8]) -> Result<(String, Vec<u32>), ProtocolError> {
+    let mut c = Cursor::new(frontend::PARSE, rest);
+    let sql = String::from_utf8_lossy(c.cstr_bytes()?).into_owned();
+    let mut types = Vec::new();
+    if let Ok(b) = c.bytes(2) {
+        let n = i16::from_be_bytes([b[0], b[1]]).max(0) as usize;
+        for _ in 0..n {
+            types.push(c.i32()? as u32);
+        }
+    }
+    Ok((sql, types))
+}
+
+/// Parse, Bind, Describe (portal), Execute and Sync of one unnamed statement: how Ocelot runs a request on each
+/// shard with the client's parameter values and result formats.
+pub fn encode_unnamed_request(buf: &mut BytesMut, sql: &str, types: &[u32], bind: &BindValues) {
+    with_len(buf, frontend::PARSE, |b| {
+        b.put_u8(0);
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+        b.put_i16(types.len() as i16);
+        for t in types {
+            b.put_u32(*t);
+        }
+    });
+    with_len(buf, frontend::BIND, |b| {
+        b.put_u8(0);
+        b.put_u8(0);
+        b.put_i16(bind.param_formats.len() as i16);
+        for f in &bind.param_formats {
+            b.put_i16(*f);
+        }
+        b.put_i16(bind.params.len() as i16);
+        for p in &bind.params {
+            match p {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i16(bind.result_formats.len() as i16);
+        for f in &bind.result_formats {
+            b.put_i16(*f);
+        }
+    });
+    with_len(buf, frontend::DESCRIBE, |b| {
+        b.put_u8(b'P');
+        b.put_u8(0);
+    });
+    with_len(buf, frontend::EXECUTE, |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+    with_len(buf, frontend::SYNC, |_| {});
+}

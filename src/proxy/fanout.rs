@@ -21,9 +21,9 @@ use std::cmp::Ordering;
 
 use std::collections::HashMap;
 
-use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
 use crate::router::binary;
 use crate::router::fanout::Aggregate;
+use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
 use crate::router::merge::{collatable, combine, compare, divide, group_form, orderable};
 
 async fn ask(
@@ -179,7 +179,11 @@ type Key = (usize, bool, bool);
 
 /// Resolves ORDER BY keys against result columns (name, type to compare as), refusing types Ocelot cannot order
 /// exactly.
-fn resolve_keys(keys: &[SortKey], cols: &[(String, u32)], bytewise: bool) -> Result<Vec<Key>, String> {
+fn resolve_keys(
+    keys: &[SortKey],
+    cols: &[(String, u32)],
+    bytewise: bool,
+) -> Result<Vec<Key>, String> {
     let mut out = Vec::new();
     for k in keys {
         let idx = match &k.column {
@@ -259,7 +263,7 @@ fn merge_ordered(
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };
-    let mut rows: Vec<(Vec<Option<(u32, String)>>, &[u8])> = Vec::new();
+    let mut rows: Vec<(Vec<Comparable>, &[u8])> = Vec::new();
     for a in answers {
         for raw in split_rows(&a.rows) {
             let Some(c) = cells(raw).filter(|c| c.len() == fields.len()) else {
@@ -319,6 +323,12 @@ pub fn grouped_shard_binary(g: &Grouped, out_binary: &[bool]) -> Vec<bool> {
     shard
 }
 
+/// A row's cells in the client's format.
+type RawRow = Vec<Option<Vec<u8>>>;
+
+/// A value to order by: (type to compare as, text); `None` is NULL.
+type Comparable = Option<(u32, String)>;
+
 /// One merged cell: its bytes in the client's format and the value to order it by.
 type Cell = (Option<Vec<u8>>, Option<(u32, String)>);
 
@@ -340,7 +350,10 @@ fn merge_grouped(
         Output::Avg { sum, count, .. } => *sum >= width || *count >= width,
     }) || g.keys.iter().any(|k| *k >= width)
     {
-        return refuse(out, "unexpected result shape for a grouped query across shards");
+        return refuse(
+            out,
+            "unexpected result shape for a grouped query across shards",
+        );
     }
     let out_binary = binary_columns(codes, g.outputs.len());
     let shard_binary = binary_columns_of(&grouped_shard_binary(g, &out_binary), width);
@@ -422,15 +435,18 @@ fn merge_grouped(
                 }
                 Output::Avg { sum, count, .. } => {
                     let sums: Vec<Option<String>> = parts.iter().map(|r| text(r[*sum])).collect();
-                    let counts: Vec<Option<String>> = parts.iter().map(|r| text(r[*count])).collect();
+                    let counts: Vec<Option<String>> =
+                        parts.iter().map(|r| text(r[*count])).collect();
                     let s: Vec<Option<&str>> = sums.iter().map(|v| v.as_deref()).collect();
                     let c: Vec<Option<&str>> = counts.iter().map(|v| v.as_deref()).collect();
                     combine(Aggregate::Sum, cols[*sum].oid, &s, false).and_then(|total| {
                         let n = combine(Aggregate::Count, cols[*count].oid, &c, false)?;
                         match (total, n.as_deref()) {
-                            (Some(t), Some(n)) if n != "0" => divide(&t, n)
-                                .map(Some)
-                                .ok_or_else(|| "an average too large to compute exactly".to_owned()),
+                            (Some(t), Some(n)) if n != "0" => {
+                                divide(&t, n).map(Some).ok_or_else(|| {
+                                    "an average too large to compute exactly".to_owned()
+                                })
+                            }
                             _ => Ok(None),
                         }
                     })
@@ -498,7 +514,7 @@ fn merge_grouped(
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };
-    let mut sortable: Vec<(Vec<Option<(u32, String)>>, Vec<Option<Vec<u8>>>)> = merged
+    let mut sortable: Vec<(Vec<Comparable>, RawRow)> = merged
         .into_iter()
         .map(|row| row.into_iter().map(|(raw, cmp)| (cmp, raw)).unzip())
         .collect();
@@ -520,7 +536,12 @@ fn merge_grouped(
 }
 
 fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {
-    let len: usize = 4 + 2 + cells.iter().map(|c| 4 + c.as_ref().map_or(0, Vec::len)).sum::<usize>();
+    let len: usize = 4
+        + 2
+        + cells
+            .iter()
+            .map(|c| 4 + c.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
     out.extend_from_slice(&[backend::DATA_ROW]);
     out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(&(cells.len() as i16).to_be_bytes());
@@ -592,37 +613,31 @@ async fn text_is_bytewise(
     Ok(all)
 }
 
-/// Sends `query` (a whole Query message) to each of `shards` and returns the merged answer, ending with
-/// ReadyForQuery(`status`).
+/// Sends each shard its request (whole protocol messages ending in Sync) on a connection of its own, in
+/// parallel, and returns the merged answer (without ReadyForQuery).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     pool: &Arc<UserPool>,
     params: &ClientParams,
-    query: &[u8],
+    requests: &[(usize, Bytes)],
     want: Want,
     primary_reads: bool,
-    merge: Merge,
-    shards: &[usize],
-    status: u8,
+    merge: &Merge,
+    codes: &[i16],
 ) -> Result<BytesMut, PoolError> {
-    let query = match &merge {
-        Merge::Ordered(o) => encoded(&o.shard_sql),
-        Merge::Grouped(g) => encoded(&g.shard_sql),
-        Merge::Rows | Merge::Write => Bytes::copy_from_slice(query),
-    };
     let mut set = JoinSet::new();
-    for (i, &shard) in shards.iter().enumerate() {
+    for (i, (shard, request)) in requests.iter().enumerate() {
         let task = ask(
             pool.clone(),
-            shard,
+            *shard,
             want,
             primary_reads,
             params.clone(),
-            query.clone(),
+            request.clone(),
         );
         set.spawn(async move { (i, task.await) });
     }
-    let mut answers: Vec<Option<Answer>> = shards.iter().map(|_| None).collect();
+    let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((i, r)) => answers[i] = Some(r?),
@@ -635,26 +650,20 @@ pub async fn run(
         }
     }
     let answers: Vec<Answer> = answers.into_iter().flatten().collect();
+    let shards: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
     let mut out = BytesMut::new();
     merge_answers(
         &mut out,
         pool,
         &answers,
-        &merge,
-        shards,
+        merge,
+        &shards,
         want,
         primary_reads,
-        &[],
+        codes,
     )
     .await?;
-    encode::ready_for_query(&mut out, status);
     Ok(out)
-}
-
-fn encoded(sql: &str) -> Bytes {
-    let mut q = BytesMut::new();
-    encode::query(&mut q, sql);
-    q.freeze()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod distributed;
 pub mod error;
+pub mod extfan;
 pub mod fanout;
 pub mod login;
 pub mod notify;

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
 use super::error::ClientError;
-use super::fanout::Merge;
 use super::login::LoggedIn;
 use super::notify::{self, Notifications};
 use super::params::ClientParams;
@@ -349,43 +348,64 @@ impl Session {
                 let want = self.want();
                 let attached = match self.shard() {
                     Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-                    Ok(route::Target::All(merge, shards)) => {
-                        let query = &self.cbuf[..piece.len()];
-                        let primary_reads = self.primary_reads();
-                        let answer = super::fanout::run(
-                            &self.pool,
-                            &self.params,
-                            query,
-                            want,
-                            primary_reads,
-                            merge,
-                            &shards,
-                            if self.pending_begin.is_some() {
-                                txn::IN_TRANSACTION
-                            } else {
-                                txn::IDLE
-                            },
-                        );
-                        match answer.await {
-                            Ok(answer) => {
-                                self.cbuf.advance(piece.len());
-                                self.out.extend_from_slice(&answer);
-                                self.flush_out().await?;
-                                continue;
+                    Ok(t @ (route::Target::All(..) | route::Target::Write(_))) => {
+                        let write = matches!(t, route::Target::Write(_));
+                        let shards: Vec<usize> = match &t {
+                            route::Target::All(_, s) => s.clone(),
+                            route::Target::Write(p) => p.iter().map(|(s, _, _)| *s).collect(),
+                            _ => Vec::new(),
+                        };
+                        if write && shards.len() > 1 && !self.pool.two_phase {
+                            Err(PoolError::NeedsTwoPhase {
+                                pool: self.pool.database.clone(),
+                                shards: route::shard_list(shards),
+                            })
+                        } else {
+                            match self.shard_requests(t) {
+                                // The rest of the extended request is still on its way.
+                                Ok(None) => break,
+                                Err(why) => Err(PoolError::Unmergeable {
+                                    pool: self.pool.database.clone(),
+                                    why: why.into(),
+                                }),
+                                Ok(Some(prepared)) if write => {
+                                    self.run_on_shards(prepared).await?;
+                                    continue;
+                                }
+                                Ok(Some(prepared)) => {
+                                    let codes = prepared
+                                        .ext
+                                        .as_ref()
+                                        .map(|r| r.bind.result_formats.clone())
+                                        .unwrap_or_default();
+                                    let primary_reads = self.primary_reads();
+                                    let answer = super::fanout::run(
+                                        &self.pool,
+                                        &self.params,
+                                        &prepared.requests,
+                                        want,
+                                        primary_reads,
+                                        &prepared.merge,
+                                        &codes,
+                                    );
+                                    match answer.await {
+                                        Ok(merged) => {
+                                            self.cbuf.advance(prepared.len);
+                                            self.answer(&prepared, &merged);
+                                            let status = if self.pending_begin.is_some() {
+                                                txn::IN_TRANSACTION
+                                            } else {
+                                                txn::IDLE
+                                            };
+                                            encode::ready_for_query(&mut self.out, status);
+                                            self.flush_out().await?;
+                                            continue;
+                                        }
+                                        Err(e) => Err(e),
+                                    }
+                                }
                             }
-                            Err(e) => Err(e),
                         }
-                    }
-                    Ok(route::Target::Write(parts)) if parts.len() > 1 && !self.pool.two_phase => {
-                        Err(PoolError::NeedsTwoPhase {
-                            pool: self.pool.database.clone(),
-                            shards: route::shard_list(parts.iter().map(|(s, _)| *s)),
-                        })
-                    }
-                    Ok(route::Target::Write(parts)) => {
-                        self.cbuf.advance(piece.len());
-                        self.run_on_shards(parts, Merge::Write).await?;
-                        continue;
                     }
                     Ok(route::Target::CopyIn(plan, false)) if !self.pool.two_phase => {
                         self.answer_extended_copy_request();

@@ -96,6 +96,18 @@ impl StatementMap {
         )
     }
 
+    /// The Parse body (query text and parameter types) of a client's statement.
+    pub fn statement_body(&self, name: &str) -> Option<bytes::Bytes> {
+        self.by_client_name.get(name).map(|s| s.body.clone())
+    }
+
+    /// Defines a client's named statement whose Parse Ocelot answered itself (a request run on several shards);
+    /// it is prepared on a server when first used there.
+    pub fn define(&mut self, name: &str, body: &[u8], registry: &Registry) {
+        self.by_client_name
+            .insert(name.to_owned(), registry.intern(body));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_client_name.is_empty()
     }

@@ -25,7 +25,10 @@ pub fn decode(oid: u32, b: &[u8]) -> Option<(u32, String)> {
         INT2 => (INT2, i16::from_be_bytes(b.try_into().ok()?).to_string()),
         INT4 => (INT4, i32::from_be_bytes(b.try_into().ok()?).to_string()),
         INT8 => (INT8, i64::from_be_bytes(b.try_into().ok()?).to_string()),
-        FLOAT4 => (FLOAT8, float_text(f32::from_be_bytes(b.try_into().ok()?) as f64)),
+        FLOAT4 => (
+            FLOAT8,
+            float_text(f32::from_be_bytes(b.try_into().ok()?) as f64),
+        ),
         FLOAT8 => (FLOAT8, float_text(f64::from_be_bytes(b.try_into().ok()?))),
         TEXT | VARCHAR | NAME => (oid, String::from_utf8(b.to_vec()).ok()?),
         // Days, or microseconds, since 2000-01-01 (infinities at the ends of the range): ordered as integers.
@@ -64,7 +67,9 @@ pub fn numeric_text(b: &[u8]) -> Option<String> {
         0x0000 | 0x4000 => {}
         _ => return None,
     }
-    let digits: Vec<i16> = (0..ndigits).map(|i| word(8 + 2 * i)).collect::<Option<_>>()?;
+    let digits: Vec<i16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Option<_>>()?;
     let digit = |w: i32| -> i16 {
         let idx = weight - w;
         if idx >= 0 && (idx as usize) < digits.len() {
@@ -133,7 +138,9 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
         None => (false, s),
     };
     let (int, frac) = rest.split_once('.').unwrap_or((rest, ""));
-    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) || int.is_empty() && frac.is_empty() {
+    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+        || int.is_empty() && frac.is_empty()
+    {
         return None;
     }
     let dscale = frac.len();
@@ -145,7 +152,12 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
     let group = |s: &str| -> Vec<i16> {
         s.as_bytes()
             .chunks(4)
-            .map(|c| std::str::from_utf8(c).ok().and_then(|x| x.parse().ok()).unwrap_or(0))
+            .map(|c| {
+                std::str::from_utf8(c)
+                    .ok()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0)
+            })
             .collect()
     };
     let ints = group(&padded_int);
@@ -195,8 +207,17 @@ mod tests {
     #[test]
     fn numeric_round_trips() {
         for s in [
-            "0", "1", "-1", "12.340", "-0.001", "10000", "123456789.123456789", "0.00", "9999.9999",
-            "1.5000000000000000", "NaN",
+            "0",
+            "1",
+            "-1",
+            "12.340",
+            "-0.001",
+            "10000",
+            "123456789.123456789",
+            "0.00",
+            "9999.9999",
+            "1.5000000000000000",
+            "NaN",
         ] {
             let b = numeric_binary(s).unwrap();
             assert_eq!(numeric_text(&b).as_deref(), Some(s), "{s}");
@@ -210,11 +231,24 @@ mod tests {
 
     #[test]
     fn decodes_for_comparison() {
-        assert_eq!(decode(INT4, &(-5i32).to_be_bytes()), Some((INT4, "-5".into())));
+        assert_eq!(
+            decode(INT4, &(-5i32).to_be_bytes()),
+            Some((INT4, "-5".into()))
+        );
         assert_eq!(decode(BOOL, &[1]), Some((BOOL, "t".into())));
-        assert_eq!(decode(DATE, &(-3i32).to_be_bytes()), Some((INT8, "-3".into())));
+        assert_eq!(
+            decode(DATE, &(-3i32).to_be_bytes()),
+            Some((INT8, "-3".into()))
+        );
         assert_eq!(decode(TEXT, b"abc"), Some((TEXT, "abc".into())));
-        assert_eq!(decode(FLOAT8, &1.5f64.to_be_bytes()).unwrap().1.parse::<f64>().unwrap(), 1.5);
+        assert_eq!(
+            decode(FLOAT8, &1.5f64.to_be_bytes())
+                .unwrap()
+                .1
+                .parse::<f64>()
+                .unwrap(),
+            1.5
+        );
         assert_eq!(decode(3802, b"{}"), None);
         assert_eq!(encode(INT8, "42"), Some(42i64.to_be_bytes().to_vec()));
     }

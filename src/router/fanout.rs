@@ -324,14 +324,18 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
     }
 }
 
-/// Splits a multi-row `INSERT ... VALUES` by the shard each row's key (a literal) hashes to: one INSERT per
-/// shard with that shard's rows, in shard order. `None` when a row's key is not a literal Ocelot can hash, or the
-/// statement is not such an INSERT.
+/// One shard's part of a split INSERT: (shard, SQL, the original parameters it uses in their new order).
+pub type SplitPart = (usize, String, Option<Vec<usize>>);
+
+/// Splits a multi-row `INSERT ... VALUES` by the shard each row's key (a literal or a Bind parameter) hashes to:
+/// one INSERT per shard with that shard's rows, in shard order. Bind parameters are renumbered from $1 in each
+/// part, which lists the original (0-based) parameters it uses; literal-only statements list `None`. `None` when
+/// a row's key cannot be hashed or the statement is not such an INSERT.
 pub fn split_insert(
     sql: &str,
     spec: &KeySpec,
-    shard_of: impl Fn(&str) -> Option<usize>,
-) -> Option<Vec<(usize, String)>> {
+    shard_of: impl Fn(&super::shard_key::KeyValue) -> Option<usize>,
+) -> Option<Vec<SplitPart>> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let [Statement::Insert(ins)] = statements.as_slice() else {
         return None;
@@ -346,15 +350,13 @@ pub fn split_insert(
     };
     let mut by_shard: std::collections::BTreeMap<usize, Vec<Vec<Expr>>> = Default::default();
     for row in &values.rows {
-        let key = match super::shard_key::literal(row.get(idx)?)? {
-            super::shard_key::KeyValue::Literal(k) => k,
-            super::shard_key::KeyValue::Param(_) => return None,
-        };
+        let key = super::shard_key::literal(row.get(idx)?)?;
         by_shard
             .entry(shard_of(&key)?)
             .or_default()
             .push(row.clone());
     }
+    let parameterised = sql.contains('$');
     Some(
         by_shard
             .into_iter()
@@ -365,10 +367,41 @@ pub fn split_insert(
                 v.rows = rows;
                 src.body = Box::new(SetExpr::Values(v));
                 part.source = Some(Box::new(src));
-                (shard, Statement::Insert(part).to_string())
+                let mut stmt = Statement::Insert(part);
+                let used = parameterised.then(|| renumber(&mut stmt));
+                (shard, stmt.to_string(), used)
             })
             .collect(),
     )
+}
+
+/// Renumbers the `$n` placeholders of a statement from $1 in order of first use; returns the original 0-based
+/// numbers in their new order.
+fn renumber(stmt: &mut Statement) -> Vec<usize> {
+    use sqlparser::ast::Value;
+    let mut used: Vec<usize> = Vec::new();
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &v.value {
+                if let Some(n) = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n > 0)
+                {
+                    let pos = match used.iter().position(|u| *u == n - 1) {
+                        Some(i) => i,
+                        None => {
+                            used.push(n - 1);
+                            used.len() - 1
+                        }
+                    };
+                    v.value = Value::Placeholder(format!("${}", pos + 1));
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    used
 }
 
 #[cfg(test)]
@@ -397,10 +430,14 @@ mod tests {
             plan("UPDATE data SET id = 3 WHERE v = 'y'", &s),
             Plan::Unsupported(_)
         ));
+        use crate::router::shard_key::KeyValue;
         let parts = split_insert(
             "INSERT INTO data (v, id) VALUES ('a', 1), ('b', -2), ('c', 3) RETURNING id",
             &s,
-            |k| Some(if k.starts_with('-') { 1 } else { 0 }),
+            |k| match k {
+                KeyValue::Literal(k) => Some(if k.starts_with('-') { 1 } else { 0 }),
+                KeyValue::Param(_) => None,
+            },
         )
         .unwrap();
         assert_eq!(
@@ -408,17 +445,40 @@ mod tests {
             vec![
                 (
                     0,
-                    "INSERT INTO data (v, id) VALUES ('a', 1), ('c', 3) RETURNING id".to_owned()
+                    "INSERT INTO data (v, id) VALUES ('a', 1), ('c', 3) RETURNING id".to_owned(),
+                    None
                 ),
                 (
                     1,
-                    "INSERT INTO data (v, id) VALUES ('b', -2) RETURNING id".to_owned()
+                    "INSERT INTO data (v, id) VALUES ('b', -2) RETURNING id".to_owned(),
+                    None
                 )
             ]
         );
+        // Parameters are renumbered per part.
+        let parts = split_insert(
+            "INSERT INTO data (id, v) VALUES ($1, $2), ($3, $4), ($5, $2)",
+            &s,
+            |k| match k {
+                KeyValue::Param(2) => Some(1),
+                _ => Some(0),
+            },
+        )
+        .unwrap();
         assert_eq!(
-            split_insert("INSERT INTO data (v, id) VALUES ('a', $1)", &s, |_| Some(0)),
-            None
+            parts,
+            vec![
+                (
+                    0,
+                    "INSERT INTO data (id, v) VALUES ($1, $2), ($3, $2)".to_owned(),
+                    Some(vec![0, 1, 4])
+                ),
+                (
+                    1,
+                    "INSERT INTO data (id, v) VALUES ($1, $2)".to_owned(),
+                    Some(vec![2, 3])
+                )
+            ]
         );
         let Plan::Grouped(g) = plan("SELECT count(*) FROM data", &s) else {
             panic!("grouped");

@@ -7,17 +7,35 @@
 use bytes::BytesMut;
 use futures_util::future::join_all;
 
+use super::route::{Target, WritePart};
 use super::Session;
 use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, Pooled};
+use crate::protocol::codes::frontend;
 use crate::protocol::codes::txn;
 use crate::protocol::encode;
+use crate::protocol::frame::Header;
 use crate::protocol::frame::Splitter;
 use crate::proxy::distributed::{self, exec, Answer};
 use crate::proxy::error::ClientError;
-use crate::proxy::fanout::{merge_answers, sync_params, Merge};
+use crate::proxy::extfan::{self, ExtRequest};
+use crate::proxy::fanout::{
+    binary_columns, grouped_shard_binary, merge_answers, sync_params, Merge,
+};
 use crate::proxy::tracker::TxnTracker;
+use bytes::Buf;
+
+/// A request ready to run on several shards.
+pub(super) struct Prepared {
+    /// What each shard runs (whole protocol messages).
+    pub requests: Vec<(usize, bytes::Bytes)>,
+    pub merge: Merge,
+    /// The client's extended-protocol request, when it is one.
+    pub ext: Option<ExtRequest>,
+    /// Bytes of the client buffer the request takes.
+    pub len: usize,
+}
 
 /// A connection of the client's cross-shard transaction that is not the current one.
 pub(crate) struct Parked {
@@ -108,26 +126,138 @@ impl Session {
         Ok(())
     }
 
-    /// Runs `queries` (shard, SQL) in one transaction per shard and answers the client with the merged result.
+    /// What each shard runs for the request at the start of `cbuf` (a simple Query or a whole extended-protocol
+    /// request), going to several shards as `target` says. `Ok(None)` while the extended request is incomplete.
+    pub(super) fn shard_requests(&self, target: Target) -> Result<Option<Prepared>, &'static str> {
+        let (merge, parts): (Merge, Vec<WritePart>) = match target {
+            Target::All(merge, shards) => (
+                merge,
+                shards
+                    .into_iter()
+                    .map(|s| (s, String::new(), None))
+                    .collect(),
+            ),
+            Target::Write(parts) => (Merge::Write, parts),
+            _ => return Err("this request"),
+        };
+        let merged_sql = |original: &str| -> String {
+            match &merge {
+                Merge::Ordered(o) => o.shard_sql.clone(),
+                Merge::Grouped(g) => g.shard_sql.clone(),
+                Merge::Rows | Merge::Write => original.to_owned(),
+            }
+        };
+        let Ok(Some(h)) = Header::parse(&self.cbuf, u32::MAX) else {
+            return Ok(None);
+        };
+        if h.code == frontend::QUERY {
+            let body = &self.cbuf[5..h.total()];
+            let text =
+                String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+            let requests = parts
+                .into_iter()
+                .map(|(shard, sql, _)| {
+                    let sql = if sql.is_empty() {
+                        merged_sql(&text)
+                    } else {
+                        sql
+                    };
+                    let mut q = BytesMut::new();
+                    encode::query(&mut q, &sql);
+                    (shard, q.freeze())
+                })
+                .collect();
+            return Ok(Some(Prepared {
+                requests,
+                merge,
+                ext: None,
+                len: h.total(),
+            }));
+        }
+        let Some(req) = extfan::decode(&self.cbuf, self.stmts.as_ref())? else {
+            return Ok(None);
+        };
+        // Grouped merges read the partial aggregates in text; keys and min/max come in the client's formats.
+        let formats: Option<Vec<i16>> = match &merge {
+            Merge::Grouped(g) => {
+                let out = binary_columns(&req.bind.result_formats, g.outputs.len());
+                Some(
+                    grouped_shard_binary(g, &out)
+                        .into_iter()
+                        .map(i16::from)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        let requests = parts
+            .into_iter()
+            .map(|(shard, sql, subset)| {
+                let sql = if sql.is_empty() {
+                    merged_sql(&req.sql)
+                } else {
+                    sql
+                };
+                (
+                    shard,
+                    req.shard_request(&sql, subset.as_deref(), formats.as_deref()),
+                )
+            })
+            .collect();
+        Ok(Some(Prepared {
+            requests,
+            merge,
+            len: req.len,
+            ext: Some(req),
+        }))
+    }
+
+    /// The answer to a request run on several shards, as the client expects it (ReadyForQuery excluded).
+    pub(super) fn answer(&mut self, prepared: &Prepared, merged: &[u8]) {
+        match &prepared.ext {
+            None => self.out.extend_from_slice(merged),
+            Some(req) => {
+                req.envelope(merged, &mut self.out);
+                if let (Some((name, body)), Some(map)) = (&req.parse, self.stmts.as_mut()) {
+                    if !name.is_empty()
+                        && merged.first() != Some(&crate::protocol::codes::backend::ERROR_RESPONSE)
+                    {
+                        map.define(name, body, &self.pool.statements);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a prepared request in one transaction per shard and answers the client with the merged result.
     /// Outside a transaction block the parts commit together (or all roll back); inside one they stay open.
-    pub(super) async fn run_on_shards(
-        &mut self,
-        queries: Vec<(usize, String)>,
-        merge: Merge,
-    ) -> Result<(), ClientError> {
+    pub(super) async fn run_on_shards(&mut self, prepared: Prepared) -> Result<(), ClientError> {
+        self.cbuf.advance(prepared.len);
         let explicit = self.in_transaction();
-        let shards: Vec<usize> = queries.iter().map(|(s, _)| *s).collect();
+        let shards: Vec<usize> = prepared.requests.iter().map(|(s, _)| *s).collect();
+        if shards.len() > 1
+            && !self.pool.two_phase
+            && matches!(prepared.merge, Merge::Write)
+            && !explicit
+        {
+            let e = PoolError::NeedsTwoPhase {
+                pool: self.pool.database.clone(),
+                shards: super::route::shard_list(shards.iter().copied()),
+            };
+            return self.answer_error(e.into_failure(), false).await;
+        }
         if let Err(e) = self.join_all_shards(&shards, explicit).await {
             self.abandon_parts(explicit).await;
             return self.answer_error(e.into_failure(), explicit).await;
         }
         let answers = {
             let mut parts = self.parts(&shards);
-            join_all(parts.iter_mut().zip(&queries).map(|((_, c), (_, sql))| {
-                let mut q = BytesMut::new();
-                encode::query(&mut q, sql);
-                async move { exec(c, &q).await }
-            }))
+            join_all(
+                parts
+                    .iter_mut()
+                    .zip(&prepared.requests)
+                    .map(|((_, c), (_, q))| async move { exec(c, q).await }),
+            )
             .await
         };
         let mut ok: Vec<Answer> = Vec::with_capacity(answers.len());
@@ -143,23 +273,28 @@ impl Session {
             }
         }
         let failed = ok.iter().any(|a| a.error.is_some());
+        let codes = prepared
+            .ext
+            .as_ref()
+            .map(|r| r.bind.result_formats.clone())
+            .unwrap_or_default();
         let mut merged = BytesMut::new();
         merge_answers(
             &mut merged,
             &self.pool,
             &ok,
-            &merge,
+            &prepared.merge,
             &shards,
             Want::Primary,
             true,
-            &[],
+            &codes,
         )
         .await?;
         if explicit {
             if failed {
                 self.fail_all().await;
             }
-            self.out.extend_from_slice(&merged);
+            self.answer(&prepared, &merged);
             let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
             self.tracker.set_status(status);
             encode::ready_for_query(&mut self.out, status);
@@ -172,7 +307,7 @@ impl Session {
             self.commit_all().await
         };
         match result {
-            Ok(()) => self.out.extend_from_slice(&merged),
+            Ok(()) => self.answer(&prepared, &merged),
             Err(f) => self.out.extend_from_slice(&f.error_response()),
         }
         self.end_parts();

@@ -19,6 +19,7 @@ use crate::proxy::fanout::Merge;
 use crate::router::classify::{classify, Route};
 use crate::router::commands::{self, RoleChoice, RoutingCommand};
 use crate::router::fanout::{self, Plan};
+use crate::router::shard_key::KeyValue;
 use crate::router::sharding::Shards;
 
 /// Where a request runs.
@@ -30,10 +31,14 @@ pub(super) enum Target {
     All(Merge, Vec<usize>),
     /// A write on several shards: each runs its own statement (the rows of a split INSERT, or the same UPDATE or
     /// DELETE), counts summed.
-    Write(Vec<(usize, String)>),
+    Write(Vec<WritePart>),
     /// COPY FROM STDIN into the sharded table, rows split by key; true for a simple Query.
     CopyIn(crate::router::copy::CopyPlan, bool),
 }
+
+/// One shard's statement of a write on several shards: (shard, SQL, the Bind parameters it uses, renumbered from
+/// $1, or `None` for all of them).
+pub(super) type WritePart = (usize, String, Option<Vec<usize>>);
 
 /// The request waiting in the client buffer, as routing sees it.
 struct Pending {
@@ -143,37 +148,38 @@ impl Session {
                 Shards::One(n) => return Ok(Target::One(n)),
                 Shards::Many(set) => {
                     // An IN list over several shards: the same merges as a keyless read, on those shards only.
-                    if simple {
-                        if let Some(spec) = sharder.key() {
-                            let merge = match fanout::plan(&text, spec) {
-                                Plan::Rows => Some(Merge::Rows),
-                                Plan::Grouped(g) => Some(Merge::Grouped(g)),
-                                Plan::Ordered(o) => Some(Merge::Ordered(o)),
-                                Plan::Write => {
-                                    return Ok(Target::Write(
-                                        set.into_iter().map(|s| (s, text.to_string())).collect(),
-                                    ))
-                                }
+                    if let Some(spec) = sharder.key() {
+                        let merge = match fanout::plan(&text, spec) {
+                            Plan::Rows => Some(Merge::Rows),
+                            Plan::Grouped(g) => Some(Merge::Grouped(g)),
+                            Plan::Ordered(o) => Some(Merge::Ordered(o)),
+                            Plan::Write => {
+                                return Ok(Target::Write(
+                                    set.into_iter()
+                                        .map(|s| (s, text.to_string(), None))
+                                        .collect(),
+                                ))
+                            }
+                            _ => None,
+                        };
+                        if let Some(merge) = merge {
+                            return Ok(Target::All(merge, set.into_iter().collect()));
+                        }
+                        // A multi-row INSERT: each shard gets its own rows (and their parameters).
+                        let shard_of = |k: &KeyValue| match k {
+                            KeyValue::Literal(v) => sharder.shard_of_text(v),
+                            KeyValue::Param(i) => match params.get(*i) {
+                                Some((Some(raw), binary)) => sharder.shard_of_param(raw, *binary),
                                 _ => None,
-                            };
-                            if let Some(merge) = merge {
-                                return Ok(Target::All(merge, set.into_iter().collect()));
-                            }
-                            // A multi-row INSERT: each shard gets its own rows.
-                            if let Some(parts) =
-                                fanout::split_insert(&text, spec, |k| sharder.shard_of_text(k))
-                            {
-                                return Ok(Target::Write(parts));
-                            }
+                            },
+                        };
+                        if let Some(parts) = fanout::split_insert(&text, spec, shard_of) {
+                            return Ok(Target::Write(parts));
                         }
                     }
                     return Err(PoolError::CrossShard {
                         pool: self.pool.database.clone(),
-                        shards: set
-                            .iter()
-                            .map(|n| n.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        shards: shard_list(set),
                     });
                 }
                 Shards::Unknown => {
@@ -183,24 +189,16 @@ impl Session {
                         let all: Vec<usize> = (0..self.pool.shards.len()).collect();
                         let why = match fanout::plan(&text, spec) {
                             Plan::NotSharded => None,
-                            Plan::Rows if simple => return Ok(Target::All(Merge::Rows, all)),
-                            Plan::Grouped(g) if simple => {
-                                return Ok(Target::All(Merge::Grouped(g), all))
-                            }
-                            Plan::Grouped(_) => {
-                                Some("aggregates, GROUP BY or DISTINCT over the extended protocol")
-                            }
-                            Plan::Ordered(o) if simple => {
-                                return Ok(Target::All(Merge::Ordered(o), all))
-                            }
-                            Plan::Ordered(_) => Some("ORDER BY/LIMIT over the extended protocol"),
-                            Plan::Rows => Some("reads over the extended protocol"),
-                            Plan::Write if simple => {
+                            Plan::Rows => return Ok(Target::All(Merge::Rows, all)),
+                            Plan::Grouped(g) => return Ok(Target::All(Merge::Grouped(g), all)),
+                            Plan::Ordered(o) => return Ok(Target::All(Merge::Ordered(o), all)),
+                            Plan::Write => {
                                 return Ok(Target::Write(
-                                    all.into_iter().map(|s| (s, text.to_string())).collect(),
+                                    all.into_iter()
+                                        .map(|s| (s, text.to_string(), None))
+                                        .collect(),
                                 ))
                             }
-                            Plan::Write => Some("writes on every shard over the extended protocol"),
                             Plan::CopyIn(p) => return Ok(Target::CopyIn(p, simple)),
                             Plan::Unsupported(why) => Some(why),
                         };
@@ -381,30 +379,30 @@ impl Session {
         let current = self.attached_shard;
         let target_shards = match &target {
             Target::All(_, s) => Some(s.clone()),
-            Target::Write(p) => Some(p.iter().map(|(s, _)| *s).collect()),
+            Target::Write(p) => Some(p.iter().map(|(s, _, _)| *s).collect()),
             _ => None,
         };
-        let (queries, merge) = match target {
-            Target::Default => return Ok(Cross::Forward),
-            Target::One(s) if s == current => return Ok(Cross::Forward),
+        match target {
+            Target::Default => Ok(Cross::Forward),
+            Target::One(s) if s == current => Ok(Cross::Forward),
             Target::One(s) if !two_phase => {
-                return Ok(self.refuse(&format!(
+                Ok(self.refuse(&format!(
                     "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
                 )))
             }
             Target::One(_) | Target::All(..) | Target::Write(_) | Target::CopyIn(..) if busy => {
-                return Ok(Cross::Wait)
+                Ok(Cross::Wait)
             }
             Target::One(s) => {
-                return match self.swap_to(s).await {
+                match self.swap_to(s).await {
                     Ok(()) => Ok(Cross::Forward),
                     Err(e) => Ok(self.refuse(&e.to_string())),
-                };
+                }
             }
             Target::CopyIn(..) if !two_phase => {
-                return Ok(self.refuse(&format!(
+                Ok(self.refuse(&format!(
                     "COPY into the sharded table needs every shard, but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )));
+                )))
             }
             Target::CopyIn(plan, simple) => {
                 if simple {
@@ -412,36 +410,34 @@ impl Session {
                 } else {
                     self.answer_extended_copy_request();
                 }
-                return Ok(if self.copy_in(plan, simple).await? {
+                Ok(if self.copy_in(plan, simple).await? {
                     Cross::ClientLeft
                 } else {
                     Cross::Handled
-                });
+                })
             }
             Target::All(..) | Target::Write(_) if !two_phase => {
                 let list = shard_list(match &target_shards {
                     Some(v) => v.clone(),
                     None => Vec::new(),
                 });
-                return Ok(self.refuse(&format!(
+                Ok(self.refuse(&format!(
                     "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )));
+                )))
             }
-            Target::All(merge, shards) => {
-                let body = &self.cbuf[5..h.total()];
-                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-                let sql = match &merge {
-                    Merge::Ordered(o) => o.shard_sql.clone(),
-                    Merge::Grouped(g) => g.shard_sql.clone(),
-                    Merge::Rows | Merge::Write => text.into_owned(),
-                };
-                (shards.into_iter().map(|s| (s, sql.clone())).collect(), merge)
+            target => {
+                match self.shard_requests(target) {
+                    Ok(Some(prepared)) => {
+                        self.run_on_shards(prepared).await?;
+                        Ok(Cross::Handled)
+                    }
+                    Ok(None) => Ok(Cross::Wait),
+                    Err(why) => Ok(self.refuse(&format!(
+                        "Ocelot cannot run this request on several shards: {why}"
+                    ))),
+                }
             }
-            Target::Write(parts) => (parts, Merge::Write),
-        };
-        self.cbuf.advance(h.total());
-        self.run_on_shards(queries, merge).await?;
-        Ok(Cross::Handled)
+        }
     }
 
     /// Leaves in `scratch` a Query that fails on the server with `msg` (0A000).
