@@ -86,3 +86,51 @@ async fn pgjdbc_prepare_threshold_one() {
     check("java", vec!["-cp".into(), cp, "JdbcCheck".into()], "pgjdbc").await;
     let _ = std::fs::remove_dir_all(&classes);
 }
+
+#[tokio::test]
+async fn asyncpg_and_psycopg_on_two_shards_with_two_phase_commit() {
+    let shards: Vec<Postgres> = (0..2).map(|_| Postgres::start()).collect();
+    let mut servers = String::new();
+    for (i, pg) in shards.iter().enumerate() {
+        pg.psql_admin_db(
+            "app",
+            &format!(
+                "CREATE TABLE accounts (id bigint, owner text, balance numeric(12,2)) PARTITION BY HASH (id);
+                 CREATE TABLE accounts_{i} PARTITION OF accounts FOR VALUES WITH (MODULUS 2, REMAINDER {i});"
+            ),
+        );
+        servers.push_str(&format!(
+            "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+            pg.port
+        ));
+    }
+    let config = format!(
+        r#"
+[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+
+[pools.app]
+automatic_sharding_key = "accounts.id"
+two_phase_commit = true
+
+[pools.app.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = 4
+
+{servers}"#
+    );
+    let proxy = start_proxy(&config).await;
+    let port = proxy.local_addr().port().to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new("python3");
+        c.arg(format!("{DRIVERS}/sharded_check.py")).arg(&port);
+        run_tool(c)
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("checks passed"), "{out}\n{err}");
+}

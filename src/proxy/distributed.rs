@@ -112,6 +112,47 @@ pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
     Ok(answer)
 }
 
+/// Reads every message of a server's answer up to and including ReadyForQuery.
+pub async fn read_messages(conn: &mut ServerConn) -> Result<Vec<Bytes>, PoolError> {
+    let mut out = Vec::new();
+    loop {
+        let h = match Header::parse(&conn.rbuf, u32::MAX) {
+            Ok(Some(h)) if conn.rbuf.len() >= h.total() => h,
+            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {
+                    conn.broken = true;
+                    return Err(PoolError::Lost {
+                        server: conn.address.to_string(),
+                        reason: "server closed the connection".into(),
+                    });
+                }
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(PoolError::Lost {
+                        server: conn.address.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            },
+            Err(e) => {
+                conn.broken = true;
+                return Err(PoolError::Lost {
+                    server: conn.address.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let msg = conn.rbuf.split_to(h.total()).freeze();
+        if h.code == backend::READY_FOR_QUERY {
+            conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
+            out.push(msg);
+            return Ok(out);
+        }
+        out.push(msg);
+    }
+}
+
 /// Runs Ocelot's own statement, turning an ErrorResponse into an error.
 async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), Failure> {
     let mut q = BytesMut::new();

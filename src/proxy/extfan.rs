@@ -25,6 +25,9 @@ pub struct ExtRequest {
     pub types: Vec<u32>,
     pub bind: BindValues,
     pub describe_portal: bool,
+    /// The Execute's row limit (0: all rows). With more rows than that the portal is suspended, and closed by
+    /// the request's Sync.
+    pub max_rows: i32,
 }
 
 /// Why a request cannot run on several shards.
@@ -38,6 +41,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
     let mut bind = None;
     let mut describe_portal = false;
     let mut executed = false;
+    let mut limit = 0;
     loop {
         let h = match Header::parse(&buf[at..], u32::MAX) {
             Ok(Some(h)) if buf.len() >= at + h.total() => h,
@@ -78,9 +82,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
                     .and_then(|nul| body.get(nul + 1..nul + 5))
                     .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
-                if max_rows != 0 {
-                    return Err("Execute with a row limit (portal suspension)");
-                }
+                limit = max_rows.max(0);
                 executed = true;
             }
             frontend::SYNC => break,
@@ -97,6 +99,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
         types,
         bind,
         describe_portal,
+        max_rows: limit,
     }))
 }
 
@@ -154,6 +157,203 @@ impl ExtRequest {
         } else if self.describe_portal {
             encode::empty(out, backend::NO_DATA);
         }
-        out.extend_from_slice(rest);
+        if self.max_rows <= 0 {
+            out.extend_from_slice(rest);
+            return;
+        }
+        // Execute with a row limit: that many rows, then PortalSuspended when more were left.
+        let mut at = 0;
+        let mut rows = 0;
+        while let Ok(Some(h)) = Header::parse(&rest[at..], u32::MAX) {
+            let msg = &rest[at..(at + h.total()).min(rest.len())];
+            at += h.total();
+            match h.code {
+                backend::DATA_ROW if rows >= self.max_rows => {}
+                backend::DATA_ROW => {
+                    rows += 1;
+                    out.extend_from_slice(msg);
+                }
+                backend::COMMAND_COMPLETE if rest_rows(rest) > self.max_rows as usize => {
+                    encode::empty(out, backend::PORTAL_SUSPENDED);
+                }
+                _ => out.extend_from_slice(msg),
+            }
+            if at >= rest.len() {
+                break;
+            }
+        }
     }
+}
+
+/// One Bind/Execute of a batch.
+#[derive(Debug)]
+pub struct Group {
+    pub sql: String,
+    pub types: Vec<u32>,
+    pub bind: BindValues,
+    pub describe: bool,
+}
+
+/// A client message of a batch that gets an answer, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    Parse,
+    Group(usize),
+}
+
+/// A pipelined extended-protocol request: Parses and Bind/Execute groups before one Sync.
+#[derive(Debug)]
+pub struct ExtBatch {
+    pub len: usize,
+    pub items: Vec<Item>,
+    pub groups: Vec<Group>,
+    /// Named statements the batch defines (name, Parse body).
+    pub defines: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads a batch at the start of `buf`: `Ok(None)` when its Sync has not arrived yet.
+pub fn decode_batch(
+    buf: &[u8],
+    stmts: Option<&StatementMap>,
+) -> Result<Option<ExtBatch>, Unsupported> {
+    let mut at = 0;
+    let mut items = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut defines = Vec::new();
+    let mut statements: Vec<(String, String, Vec<u32>)> = Vec::new();
+    let mut open: Option<Group> = None;
+    loop {
+        let h = match Header::parse(&buf[at..], u32::MAX) {
+            Ok(Some(h)) if buf.len() >= at + h.total() => h,
+            Ok(_) => return Ok(None),
+            Err(_) => return Err("a malformed message"),
+        };
+        let body = &buf[at + 5..at + h.total()];
+        at += h.total();
+        match h.code {
+            frontend::PARSE if open.is_none() => {
+                let (name, rest) = extended::parse(body).map_err(|_| "a malformed Parse")?;
+                let (sql, types) = extended::parse_query(rest).map_err(|_| "a malformed Parse")?;
+                if !name.is_empty() {
+                    defines.push((name.to_owned(), rest.to_vec()));
+                }
+                statements.retain(|(n, _, _)| n != name);
+                statements.push((name.to_owned(), sql, types));
+                items.push(Item::Parse);
+            }
+            frontend::BIND if open.is_none() => {
+                let (portal, name, rest) = extended::bind(body).map_err(|_| "a malformed Bind")?;
+                if !portal.is_empty() {
+                    return Err("named portals");
+                }
+                let (sql, types) = match statements.iter().find(|(n, _, _)| n == name) {
+                    Some((_, sql, types)) => (sql.clone(), types.clone()),
+                    None => {
+                        let body = stmts
+                            .and_then(|m| m.statement_body(name))
+                            .ok_or("a statement Ocelot does not know")?;
+                        extended::parse_query(&body).map_err(|_| "a malformed Parse")?
+                    }
+                };
+                open = Some(Group {
+                    sql,
+                    types,
+                    bind: BindValues::decode(rest).map_err(|_| "a malformed Bind")?,
+                    describe: false,
+                });
+            }
+            frontend::DESCRIBE if open.is_some() => match extended::target(h.code, body) {
+                Ok((b'P', "")) => {
+                    if let Some(g) = open.as_mut() {
+                        g.describe = true;
+                    }
+                }
+                _ => return Err("Describe of a statement inside a batch"),
+            },
+            frontend::EXECUTE if open.is_some() => {
+                let max_rows = body
+                    .iter()
+                    .position(|&b| b == 0)
+                    .and_then(|nul| body.get(nul + 1..nul + 5))
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                if max_rows != 0 {
+                    return Err("Execute with a row limit (portal suspension)");
+                }
+                if let Some(g) = open.take() {
+                    items.push(Item::Group(groups.len()));
+                    groups.push(g);
+                }
+            }
+            frontend::SYNC if open.is_none() => break,
+            _ => return Err("this sequence of extended-protocol messages in a batch"),
+        }
+    }
+    Ok(Some(ExtBatch {
+        len: at,
+        items,
+        groups,
+        defines,
+    }))
+}
+
+/// Parse, Bind, Describe (when asked) and Execute of one group as an unnamed statement, without Sync.
+pub fn encode_group(buf: &mut BytesMut, g: &Group) {
+    let mut one = BytesMut::new();
+    extended::encode_unnamed_request(&mut one, &g.sql, &g.types, &g.bind);
+    // Drop the Sync (5 bytes) and, when the client did not describe the portal, the Describe (7 bytes) before
+    // the Execute (10 bytes).
+    let without_sync = &one[..one.len() - 5];
+    if g.describe {
+        buf.extend_from_slice(without_sync);
+    } else {
+        let execute = &without_sync[without_sync.len() - 10..];
+        buf.extend_from_slice(&without_sync[..without_sync.len() - 17]);
+        buf.extend_from_slice(execute);
+    }
+}
+
+/// A shard's answer to its groups, cut per group: each group's messages from BindComplete to CommandComplete (or
+/// to its ErrorResponse, which ends the list).
+pub fn split_groups(messages: &[Bytes]) -> Vec<Vec<Bytes>> {
+    let mut out: Vec<Vec<Bytes>> = Vec::new();
+    let mut current: Option<Vec<Bytes>> = None;
+    for m in messages {
+        match m.first().copied() {
+            Some(backend::PARSE_COMPLETE) | Some(backend::READY_FOR_QUERY) => {}
+            Some(backend::BIND_COMPLETE) => current = Some(vec![m.clone()]),
+            Some(backend::COMMAND_COMPLETE) | Some(backend::EMPTY_QUERY_RESPONSE) => {
+                let mut g = current.take().unwrap_or_default();
+                g.push(m.clone());
+                out.push(g);
+            }
+            Some(backend::ERROR_RESPONSE) => {
+                let mut g = current.take().unwrap_or_default();
+                g.push(m.clone());
+                out.push(g);
+                break;
+            }
+            _ => match current.as_mut() {
+                Some(g) => g.push(m.clone()),
+                None => out.push(vec![m.clone()]),
+            },
+        }
+    }
+    out
+}
+
+/// DataRow messages in a merged answer.
+fn rest_rows(buf: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
+        if h.code == backend::DATA_ROW {
+            n += 1;
+        }
+        at += h.total();
+        if at >= buf.len() {
+            break;
+        }
+    }
+    n
 }

@@ -109,6 +109,10 @@ pub struct Session {
     skip_to_sync: bool,
     /// The COPY being split came as a simple Query (else the client's Sync ends it).
     copy_simple: bool,
+    /// ReadyForQuery answers to Syncs Ocelot injected, not to be passed to the client.
+    swallow_rfq: usize,
+    /// An Execute went to the server since its last ReadyForQuery.
+    unsynced_execute: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -155,6 +159,8 @@ impl Session {
             parked: Vec::new(),
             skip_to_sync: false,
             copy_simple: true,
+            swallow_rfq: 0,
+            unsynced_execute: false,
             replay: None,
             draining,
         }
@@ -345,6 +351,14 @@ impl Session {
                 if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
                     continue;
                 }
+                // In a sharded pool a pipelined request is routed whole: its Binds may name different shards.
+                if self.pool.shards.len() > 1
+                    && matches!(piece, Piece::Whole(_))
+                    && matches!(code, frontend::PARSE | frontend::BIND)
+                    && !route::request_complete(&self.cbuf)
+                {
+                    break;
+                }
                 let want = self.want();
                 let attached = match self.shard() {
                     Ok(route::Target::One(shard)) => self.attach(want, shard).await,
@@ -407,6 +421,21 @@ impl Session {
                             }
                         }
                     }
+                    Ok(route::Target::Batch(shards)) if !self.pool.two_phase => {
+                        let mut set = shards.clone();
+                        set.sort_unstable();
+                        set.dedup();
+                        Err(PoolError::NeedsTwoPhase {
+                            pool: self.pool.database.clone(),
+                            shards: route::shard_list(set),
+                        })
+                    }
+                    Ok(route::Target::Batch(shards)) => {
+                        if !self.run_batch(shards).await? {
+                            break;
+                        }
+                        continue;
+                    }
                     Ok(route::Target::CopyIn(plan, false)) if !self.pool.two_phase => {
                         self.answer_extended_copy_request();
                         let e = PoolError::NeedsTwoPhase {
@@ -456,6 +485,16 @@ impl Session {
                         route::Cross::Wait => break,
                         route::Cross::Handled => continue,
                         route::Cross::ClientLeft => return Ok(Some(End::ClientLeft)),
+                        route::Cross::Resync => {
+                            // The held server only prepared (a Flush, no Sync): a Sync of Ocelot's own ends that
+                            // on it, its ReadyForQuery is swallowed, and the Bind is routed afresh.
+                            let mut sync = BytesMut::with_capacity(5 + self.cbuf.len());
+                            encode::empty(&mut sync, frontend::SYNC);
+                            sync.extend_from_slice(&self.cbuf);
+                            self.cbuf = sync;
+                            self.swallow_rfq += 1;
+                            continue;
+                        }
                         route::Cross::Refused => {
                             // The server runs a statement that fails with the reason, so client and server agree
                             // the transaction is aborted; the rest of an extended request is dropped.
@@ -468,6 +507,9 @@ impl Session {
                     }
                 }
                 self.tracker.client_message(code);
+                if code == frontend::EXECUTE {
+                    self.unsynced_execute = true;
+                }
                 self.track_effects(fwd, &piece);
                 match self.map_statement(fwd, &piece)? {
                     ClientAction::Forward => {}
@@ -794,6 +836,14 @@ impl Session {
                             }
                         }
                         saw_rfq = true;
+                        self.unsynced_execute = false;
+                        if self.swallow_rfq > 0 {
+                            self.swallow_rfq -= 1;
+                            self.out.extend_from_slice(&rbuf[..fwd]);
+                            rbuf.advance(fwd + h.total());
+                            fwd = 0;
+                            continue;
+                        }
                     }
                     backend::PARAMETER_STATUS => {
                         if let Ok((k, v)) = decode::parameter_status(body) {

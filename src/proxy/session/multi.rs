@@ -13,7 +13,7 @@ use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::codes::frontend;
-use crate::protocol::codes::txn;
+use crate::protocol::codes::{backend, txn};
 use crate::protocol::encode;
 use crate::protocol::frame::Header;
 use crate::protocol::frame::Splitter;
@@ -315,6 +315,139 @@ impl Session {
         self.flush_out().await
     }
 
+    /// Runs a pipelined batch whose Bind/Execute groups belong to different shards (`shard_of[i]` for group i):
+    /// each shard runs its groups in order, in a transaction, and the client gets every answer in its own order,
+    /// up to the first error. Outside a transaction block the shards commit together, as the batch's implicit
+    /// transaction would; an error rolls all of them back. Returns false while the batch is incomplete.
+    pub(super) async fn run_batch(&mut self, shard_of: Vec<usize>) -> Result<bool, ClientError> {
+        let batch = match extfan::decode_batch(&self.cbuf, self.stmts.as_ref()) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(false),
+            Err(why) => {
+                let e = PoolError::Unmergeable {
+                    pool: self.pool.database.clone(),
+                    why: why.into(),
+                };
+                let len = batch_len(&self.cbuf);
+                self.cbuf.advance(len);
+                let explicit = self.in_transaction();
+                self.answer_error(e.into_failure(), explicit).await?;
+                return Ok(true);
+            }
+        };
+        self.cbuf.advance(batch.len);
+        if shard_of.len() != batch.groups.len() {
+            let explicit = self.in_transaction();
+            self.answer_error(
+                distributed::Failure::Pool(PoolError::Unmergeable {
+                    pool: self.pool.database.clone(),
+                    why: "a batch Ocelot read differently while routing it".into(),
+                }),
+                explicit,
+            )
+            .await?;
+            return Ok(true);
+        }
+        let explicit = self.in_transaction();
+        let mut shards: Vec<usize> = shard_of.clone();
+        shards.sort_unstable();
+        shards.dedup();
+        if let Err(e) = self.join_all_shards(&shards, explicit).await {
+            self.abandon_parts(explicit).await;
+            self.answer_error(e.into_failure(), explicit).await?;
+            return Ok(true);
+        }
+        let requests: Vec<BytesMut> = shards
+            .iter()
+            .map(|s| {
+                let mut b = BytesMut::new();
+                for (g, _) in batch.groups.iter().zip(&shard_of).filter(|(_, t)| *t == s) {
+                    extfan::encode_group(&mut b, g);
+                }
+                encode::empty(&mut b, frontend::SYNC);
+                b
+            })
+            .collect();
+        let answers = {
+            let mut parts = self.parts(&shards);
+            join_all(
+                parts
+                    .iter_mut()
+                    .zip(&requests)
+                    .map(|((_, c), q)| async move {
+                        distributed::send(c, q).await?;
+                        distributed::read_messages(c).await
+                    }),
+            )
+            .await
+        };
+        let mut per_shard: Vec<std::collections::VecDeque<Vec<bytes::Bytes>>> = Vec::new();
+        for a in answers {
+            match a {
+                Ok(m) => per_shard.push(extfan::split_groups(&m).into()),
+                Err(e) => {
+                    self.abandon_parts(explicit).await;
+                    self.answer_error(distributed::Failure::Pool(e), explicit)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let mut failed = false;
+        for item in &batch.items {
+            match item {
+                extfan::Item::Parse => encode::empty(&mut self.out, backend::PARSE_COMPLETE),
+                extfan::Item::Group(i) => {
+                    let slot = shards.iter().position(|s| *s == shard_of[*i]).unwrap_or(0);
+                    let Some(messages) = per_shard.get_mut(slot).and_then(|q| q.pop_front()) else {
+                        break;
+                    };
+                    for m in &messages {
+                        self.out.extend_from_slice(m);
+                    }
+                    if messages
+                        .last()
+                        .is_some_and(|m| m.first() == Some(&backend::ERROR_RESPONSE))
+                    {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        failed |= per_shard
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|m| m.first() == Some(&backend::ERROR_RESPONSE));
+        if !failed {
+            if let Some(map) = self.stmts.as_mut() {
+                for (name, body) in &batch.defines {
+                    map.define(name, body, &self.pool.statements);
+                }
+            }
+        }
+        let status = if explicit {
+            if failed {
+                self.fail_all().await;
+            }
+            let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
+            self.tracker.set_status(status);
+            status
+        } else {
+            if failed {
+                self.rollback_all().await;
+            } else if let Err(f) = self.commit_all().await {
+                self.out.extend_from_slice(&f.error_response());
+            }
+            self.end_parts();
+            txn::IDLE
+        };
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
     /// Ends a cross-shard transaction at the client's COMMIT or ROLLBACK.
     pub(super) async fn finish(&mut self, how: Finish) -> Result<(), ClientError> {
         let any_failed = self
@@ -464,6 +597,21 @@ impl Session {
         encode::ready_for_query(&mut self.out, status);
         self.flush_out().await
     }
+}
+
+/// The bytes of the request at the start of `buf` up to and including its Sync (all of `buf` without one).
+fn batch_len(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
+        if buf.len() < at + h.total() {
+            break;
+        }
+        at += h.total();
+        if h.code == frontend::SYNC {
+            return at;
+        }
+    }
+    buf.len()
 }
 
 impl PoolError {

@@ -32,6 +32,9 @@ pub(super) enum Target {
     /// A write on several shards: each runs its own statement (the rows of a split INSERT, or the same UPDATE or
     /// DELETE), counts summed.
     Write(Vec<WritePart>),
+    /// A pipelined extended-protocol request (several Bind/Execute before one Sync) whose statements belong to
+    /// different shards: the shard of each Bind, in order.
+    Batch(Vec<usize>),
     /// COPY FROM STDIN into the sharded table, rows split by key; true for a simple Query.
     CopyIn(crate::router::copy::CopyPlan, bool),
 }
@@ -40,12 +43,15 @@ pub(super) enum Target {
 /// $1, or `None` for all of them).
 pub(super) type WritePart = (usize, String, Option<Vec<usize>>);
 
+/// Bind parameter values (value, binary format), owned.
+type OwnedParams = Vec<(Option<Vec<u8>>, bool)>;
+
 /// The request waiting in the client buffer, as routing sees it.
 struct Pending {
     /// The text of its first Query or Parse (or the known statement of its Bind).
     sql: Option<Vec<u8>>,
     /// The values of its first Bind (value, binary format).
-    params: Vec<(Option<Vec<u8>>, bool)>,
+    params: OwnedParams,
     /// A simple Query.
     simple: bool,
     /// It has a Bind (so it executes, not only prepares).
@@ -63,6 +69,20 @@ pub(super) enum Cross {
     Refused,
     /// The client went away while Ocelot was answering.
     ClientLeft,
+    /// The held server only prepared statements since its last Sync and this Bind belongs elsewhere: end the
+    /// server's sequence with a Sync of Ocelot's own and route the Bind again.
+    Resync,
+}
+
+/// Largest extended-protocol request Ocelot holds back waiting for its Sync before routing it anyway.
+const MAX_HELD_REQUEST: usize = 64 * 1024 * 1024;
+
+/// Whether the extended-protocol request at the start of `buf` is complete (up to a Sync or Flush), or too large
+/// to hold back.
+pub(super) fn request_complete(buf: &[u8]) -> bool {
+    buf.len() > MAX_HELD_REQUEST
+        || whole_messages(buf, 0)
+            .any(|(code, _)| matches!(code, frontend::SYNC | frontend::FLUSH | frontend::QUERY))
 }
 
 /// "0, 2".
@@ -125,6 +145,12 @@ impl Session {
             }
             None => {}
         }
+        if !simple && sharder.has_key() {
+            if let Some(target) = self.batch_target(start)? {
+                return Ok(target);
+            }
+        }
+        let sharder = &self.pool.sharder;
         if let (Some(sql), true) = (&sql, sharder.has_key()) {
             let text = String::from_utf8_lossy(sql);
             let params: Vec<(Option<&[u8]>, bool)> =
@@ -213,6 +239,111 @@ impl Session {
             }
         }
         Ok(Target::Default)
+    }
+
+    /// The key positions of a query text, parsed once per session for parameterised texts (which repeat).
+    fn keys_of(&mut self, text: &str) -> Option<Vec<KeyValue>> {
+        if !text.contains('$') {
+            return self.pool.sharder.keys(text);
+        }
+        if let Some(k) = self.key_cache.get(text) {
+            return k.clone();
+        }
+        let k = self.pool.sharder.keys(text);
+        if self.key_cache.len() >= ROUTE_CACHE {
+            self.key_cache.clear();
+        }
+        self.key_cache.insert(text.into(), k.clone());
+        k
+    }
+
+    /// For an extended-protocol request with several Binds before its Sync (a driver's batch), the shard of
+    /// each: `None` when there are fewer than two Binds or no Bind names a shard; one shard when they agree;
+    /// otherwise a [`Target::Batch`]. Statements that do not touch the sharded table go with the Bind before
+    /// them; a keyless one that does cannot be batched across shards.
+    fn batch_target(&mut self, start: usize) -> Result<Option<Target>, PoolError> {
+        let mut binds: Vec<(String, OwnedParams)> = Vec::new();
+        let mut parsed: Option<(String, String)> = None;
+        for (code, body) in whole_messages(&self.cbuf, start) {
+            match code {
+                frontend::PARSE => {
+                    if let Ok((name, rest)) = extended::parse(body) {
+                        let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
+                        parsed = Some((name.to_owned(), String::from_utf8_lossy(sql).into_owned()));
+                    }
+                }
+                frontend::BIND => {
+                    let Ok((_, name, rest)) = extended::bind(body) else {
+                        return Ok(None);
+                    };
+                    let text = match &parsed {
+                        Some((n, sql)) if n == name => Some(sql.clone()),
+                        _ => self
+                            .stmts
+                            .as_ref()
+                            .and_then(|m| m.statement_text(name))
+                            .map(|t| String::from_utf8_lossy(&t).into_owned()),
+                    };
+                    let Some(text) = text else {
+                        return Ok(None);
+                    };
+                    let params = extended::bind_params_formats(rest)
+                        .map(|v| {
+                            v.into_iter()
+                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    binds.push((text, params));
+                }
+                frontend::SYNC | frontend::QUERY => break,
+                _ => {}
+            }
+        }
+        if binds.len() < 2 {
+            return Ok(None);
+        }
+        let mut shards: Vec<Option<usize>> = Vec::with_capacity(binds.len());
+        for (text, params) in &binds {
+            let keys = self.keys_of(text);
+            let params: Vec<(Option<&[u8]>, bool)> =
+                params.iter().map(|(v, b)| (v.as_deref(), *b)).collect();
+            let sharder = &self.pool.sharder;
+            match sharder.shards_of(keys, &params) {
+                Shards::One(n) => shards.push(Some(n)),
+                Shards::Many(set) => {
+                    return Err(PoolError::CrossShard {
+                        pool: self.pool.database.clone(),
+                        shards: shard_list(set),
+                    })
+                }
+                Shards::Unknown => match sharder.key().map(|spec| fanout::plan(text, spec)) {
+                    None | Some(Plan::NotSharded) => shards.push(None),
+                    Some(_) => {
+                        return Err(PoolError::Unmergeable {
+                            pool: self.pool.database.clone(),
+                            why: "a statement without the sharding key in a pipelined batch".into(),
+                        })
+                    }
+                },
+            }
+        }
+        let Some(first) = shards.iter().flatten().next().copied() else {
+            return Ok(None);
+        };
+        if shards.iter().flatten().all(|s| *s == first) {
+            return Ok(Some(Target::One(first)));
+        }
+        let mut last = first;
+        Ok(Some(Target::Batch(
+            shards
+                .into_iter()
+                .map(|s| {
+                    last = s.unwrap_or(last);
+                    last
+                })
+                .collect(),
+        )))
     }
 
     /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf[start..]`, and the
@@ -368,6 +499,18 @@ impl Session {
                 return Ok(Cross::Handled);
             }
         }
+        if self.tracker.status() == txn::IDLE
+            && h.code == frontend::BIND
+            && !self.unsynced_execute
+            && self.mode == crate::config::PoolMode::Transaction
+        {
+            return Ok(match self.shard_at(0) {
+                Ok(Target::One(s)) if s == self.attached_shard => Cross::Forward,
+                Ok(Target::Default) => Cross::Forward,
+                _ if !request_complete(&self.cbuf) => Cross::Wait,
+                _ => Cross::Resync,
+            });
+        }
         if self.tracker.status() != txn::IN_TRANSACTION {
             return Ok(Cross::Forward);
         }
@@ -390,7 +533,16 @@ impl Session {
                     "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
                 )))
             }
-            Target::One(_) | Target::All(..) | Target::Write(_) | Target::CopyIn(..) if busy => {
+            Target::Batch(_) if !two_phase => Ok(self.refuse(&format!(
+                "this batch needs several shards but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+            ))),
+            Target::One(_)
+            | Target::All(..)
+            | Target::Write(_)
+            | Target::CopyIn(..)
+            | Target::Batch(_)
+                if busy =>
+            {
                 Ok(Cross::Wait)
             }
             Target::One(s) => {
@@ -425,6 +577,11 @@ impl Session {
                     "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
                 )))
             }
+            Target::Batch(shards) => Ok(if self.run_batch(shards).await? {
+                Cross::Handled
+            } else {
+                Cross::Wait
+            }),
             target => {
                 match self.shard_requests(target) {
                     Ok(Some(prepared)) => {
