@@ -4,7 +4,8 @@
 # - database "demo": a PostgreSQL 15 primary and two streaming replicas; reads are balanced over the replicas,
 #   writes go to the primary;
 # - database "sharded": two shards, each a primary with one streaming replica (shard 0 lives on the first
-#   cluster), holding a sample table `accounts` hash-partitioned by id exactly as Ocelot routes it.
+#   cluster), holding a sample table `accounts` hash-partitioned by id exactly as Ocelot routes it; writes that
+#   touch both shards commit with two-phase commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-postgres.sh
@@ -37,6 +38,7 @@ listen_addresses = '127.0.0.1'
 port = $PRIMARY_PORT
 unix_socket_directories = '$DEMO'
 wal_level = replica
+max_prepared_transactions = 20
 CONF
 echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/primary/pg_hba.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
@@ -51,6 +53,7 @@ cat >> "$DEMO/shard1/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $SHARD1_PORT
 unix_socket_directories = '$DEMO'
+max_prepared_transactions = 20
 CONF
 echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/shard1/pg_hba.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/shard1" -l "$DEMO/shard1.log" -w start >/dev/null
@@ -96,6 +99,7 @@ servers = [["127.0.0.1", $PRIMARY_PORT, "primary"], ["127.0.0.1", $REPLICA_PORT,
 query_parser_enabled = true
 query_parser_read_write_splitting = true
 automatic_sharding_key = "accounts.id"
+two_phase_commit = true
 shard_id_regex = '/\\* shard_id: (\\d+) \\*/'
 
 [pools.sharded.users.0]
@@ -116,10 +120,10 @@ CONF
 # Sample rows, inserted through Ocelot so each lands on the shard its id hashes to.
 "$BIN" "$DEMO/pgcat.toml" -l warn & SEED_PID=$!
 for _ in $(seq 50); do PGPASSWORD=demo psql -X -q -h 127.0.0.1 -p "$OCELOT_PORT" -U demo sharded -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
-for id in $(seq 1 20); do
-  PGPASSWORD=demo psql -X -q -h 127.0.0.1 -p "$OCELOT_PORT" -U demo sharded \
-    -c "INSERT INTO accounts (id, owner, balance) VALUES ($id, 'owner $id', $id * 10.5)"
-done
+# One multi-row INSERT: Ocelot splits it by shard and commits both parts together.
+VALUES=$(for id in $(seq 1 20); do printf "(%d, 'owner %d', %d * 10.5)," "$id" "$id" "$id"; done)
+PGPASSWORD=demo psql -X -q -h 127.0.0.1 -p "$OCELOT_PORT" -U demo sharded \
+  -c "INSERT INTO accounts (id, owner, balance) VALUES ${VALUES%,}"
 kill -INT "$SEED_PID"; wait "$SEED_PID" 2>/dev/null || true
 
 cat <<MSG
@@ -137,9 +141,14 @@ cat <<MSG
 
     PGPASSWORD=demo psql -h 127.0.0.1 -p $OCELOT_PORT -U demo sharded
 
-  Then try: SELECT *, inet_server_port() FROM accounts WHERE id = 7;   (one shard, by key)
-            SELECT count(*), sum(balance) FROM accounts;               (every shard, merged)
-            /* shard_id: 1 */ SELECT count(*) FROM accounts;           (one shard, by comment)
+  Then try: SELECT *, inet_server_port() FROM accounts WHERE id = 7;       (one shard, by key)
+            SELECT count(*), sum(balance), avg(balance) FROM accounts;      (every shard, merged)
+            SELECT id, balance FROM accounts ORDER BY balance DESC LIMIT 3; (merged in order)
+            SELECT id % 3 AS g, count(*) FROM accounts GROUP BY 1 ORDER BY 1;
+            UPDATE accounts SET balance = balance + 1 WHERE balance > 100;  (both shards, two-phase commit)
+            BEGIN; UPDATE accounts SET owner = 'x' WHERE id = 1;
+                   UPDATE accounts SET owner = 'y' WHERE id = 2; COMMIT;    (a transaction across shards)
+            /* shard_id: 1 */ SELECT count(*) FROM accounts;               (one shard, by comment)
 
   Config: $DEMO/pgcat.toml    Stop: Ctrl-C
 
