@@ -66,3 +66,121 @@ async fn registry_schema_is_postgresml_and_created_once() {
         pg.psql_admin_db("app", &format!("SELECT * FROM pgml.{view}"));
     }
 }
+
+#[tokio::test]
+async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
+    let pg = Postgres::start();
+    // price = 50 + 3 size + 10 rooms - 0.5 age, exactly; and a noisy one-feature table.
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE house (size float8, rooms int, age int, price float8);
+         INSERT INTO house SELECT s, r, a, 50 + 3 * s + 10 * r - 0.5 * a
+           FROM (SELECT 40 + (g * 37) % 160 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 200) g) t;
+         CREATE TABLE noisy (x float8, y float8);
+         INSERT INTO noisy SELECT g, 2 * g + 5 + ((g * 7919) % 17) - 8 FROM generate_series(1, 100) g;",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 4, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let row = rows_of(
+        &c.simple_query(
+            "SELECT * FROM pgml.train('houses', 'regression', 'house', 'price', algorithm => 'linear', test_sampling => 'last')",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        row,
+        vec![vec![
+            Some("houses".to_owned()),
+            Some("regression".to_owned()),
+            Some("linear".to_owned()),
+            Some("t".to_owned())
+        ]]
+    );
+    assert_eq!(
+        first_value(
+            &c,
+            "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[])"
+        )
+        .await,
+        "375"
+    );
+    // The registry holds what PostgresML's would: metrics on the test split, the snapshot, the deployment.
+    assert_eq!(
+        pg.psql_admin_db("app", "SELECT round((metrics->>'r2')::numeric, 9), num_features, runtime, status FROM pgml.models"),
+        "1.000000000|3|rust|successful"
+    );
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT analysis->>'samples', test_sampling FROM pgml.snapshots"
+        ),
+        "200|last"
+    );
+    // Least squares on the training split (the first 75 of 100 rows) equals PostgreSQL's own regression.
+    c.simple_query(
+        "SELECT pgml.train('noisy', 'regression', 'noisy', 'y', test_sampling => 'last')",
+    )
+    .await
+    .unwrap();
+    let reference: f64 = pg
+        .psql_admin_db(
+            "app",
+            "SELECT regr_intercept(y, x) + regr_slope(y, x) * 42 FROM (SELECT * FROM noisy LIMIT 75) t",
+        )
+        .parse()
+        .unwrap();
+    let got: f64 = first_value(&c, "SELECT pgml.predict('noisy', ARRAY[42]::float8[])")
+        .await
+        .parse()
+        .unwrap();
+    assert!(
+        ((got - reference) / reference).abs() < 1e-6,
+        "{got} vs {reference}"
+    );
+    // Ridge shrinks, scores lower on this exact data, and is therefore not deployed automatically.
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.train('houses', algorithm => 'ridge', relation_name => 'house', y_column_name => 'price', hyperparams => '{\"alpha\": 1000}')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(row[0][3].as_deref(), Some("f"));
+    let ridge_id = pg.psql_admin_db(
+        "app",
+        "SELECT max(id) FROM pgml.models WHERE algorithm = 'ridge'",
+    );
+    let deployed = rows_of(
+        &c.simple_query(&format!("SELECT * FROM pgml.deploy({ridge_id})"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(deployed[0][1].as_deref(), Some("specific"));
+    let ridge: f64 = first_value(
+        &c,
+        "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[])",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert!(
+        (ridge - 375.0).abs() > 0.01,
+        "the ridge model answers now: {ridge}"
+    );
+    // Errors, with PostgreSQL codes.
+    for (sql, code) in [
+        ("SELECT pgml.predict('houses', ARRAY[1, 2]::real[])", "22023"),
+        ("SELECT pgml.predict('nobody', ARRAY[1]::real[])", "22023"),
+        ("SELECT pgml.train('houses', algorithm => 'svm', relation_name => 'house', y_column_name => 'price')", "0A000"),
+        ("SELECT pgml.train('p2', 'regression', 'no_such_table', 'y')", "42P01"),
+        ("SELECT pgml.train('p3', 'regression', 'house', 'nope')", "42703"),
+        ("SELECT pgml.train('p4', colour => 'red')", "42883"),
+        ("SELECT pgml.train('p5')", "22023"),
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), code, "{sql}: {e:?}");
+    }
+    // Everyone else is unaffected.
+    assert_eq!(first_value(&c, "SELECT count(*) FROM house").await, "200");
+}

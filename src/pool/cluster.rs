@@ -55,6 +55,8 @@ pub struct UserPool {
     /// Two-phase commit of writes across shards (`two_phase_commit`), and per shard whether Ocelot's commit log
     /// table is known to exist there.
     pub two_phase: bool,
+    /// Deployed `pgml` models served by Ocelot, shared by the pool's clients.
+    pub models: crate::inference::serve::Models,
     pub two_phase_log: Vec<tokio::sync::OnceCell<()>>,
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
@@ -191,6 +193,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         round_robin: AtomicUsize::new(0),
         collations: Default::default(),
         two_phase: pool.two_phase_commit,
+        models: Default::default(),
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
     })

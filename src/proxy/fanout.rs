@@ -66,7 +66,7 @@ pub enum Merge {
 }
 
 /// Splits concatenated DataRow messages.
-fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
@@ -81,7 +81,7 @@ fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The cells of one DataRow message (header included); `None` is NULL.
-fn cells(row: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+pub(crate) fn cells(row: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let body = row.get(5..)?;
     let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
     let mut at = 2;
@@ -131,17 +131,17 @@ const HINT: &str =
     "target one shard with the sharding key, a /* shard_id: n */ comment or SET SHARD";
 
 /// One column of a RowDescription.
-struct Field<'a> {
-    name: String,
+pub(crate) struct Field<'a> {
+    pub name: String,
     table: u32,
     attnum: i16,
-    oid: u32,
+    pub oid: u32,
     /// The column's bytes in the RowDescription (name, NUL and the 18 fixed bytes).
     raw: &'a [u8],
 }
 
 /// The columns of a RowDescription message (header included).
-fn fields(rd: &[u8]) -> Option<Vec<Field<'_>>> {
+pub(crate) fn fields(rd: &[u8]) -> Option<Vec<Field<'_>>> {
     let body = rd.get(5..)?;
     let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
     let mut at = 2;

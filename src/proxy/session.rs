@@ -351,6 +351,27 @@ impl Session {
                 if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
                     continue;
                 }
+                // pgml.* calls Ocelot serves itself (train, deploy, predict with constant arguments).
+                if code == frontend::QUERY
+                    && matches!(piece, Piece::Whole(_))
+                    && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
+                {
+                    let body = &self.cbuf[5..piece.len()];
+                    let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
+                        .into_owned();
+                    if let Some(answer) = crate::inference::serve::serve(&self.pool, &sql).await {
+                        self.cbuf.advance(piece.len());
+                        self.out.extend_from_slice(&answer);
+                        let status = if self.pending_begin.is_some() {
+                            txn::IN_TRANSACTION
+                        } else {
+                            txn::IDLE
+                        };
+                        encode::ready_for_query(&mut self.out, status);
+                        self.flush_out().await?;
+                        continue;
+                    }
+                }
                 // In a sharded pool a pipelined request is routed whole: its Binds may name different shards.
                 if self.pool.shards.len() > 1
                     && matches!(piece, Piece::Whole(_))

@@ -1,0 +1,626 @@
+//! Answering `pgml.*` queries in the proxy. So far: `pgml.train` for regression with the `linear` and `ridge`
+//! algorithms (reading the relation through the pool, from every shard of a sharded pool), `pgml.deploy(model_id)`,
+//! and `pgml.predict` with constant arguments (by project name or model id), served from a per-pool cache of
+//! deployed models that re-checks the registry's latest deployment at most once a second. Everything else that
+//! calls `pgml.*` is passed to the server unchanged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::future::join_all;
+
+use super::call::{bind, find_calls, train_params, Arg, Call, CallError};
+use super::linear::{regression_metrics, Linear};
+use super::registry;
+use crate::pool::balance::Want;
+use crate::pool::server::ServerConn;
+use crate::pool::{PoolError, UserPool};
+use crate::protocol::codes::sqlstate;
+use crate::protocol::encode::{self, Severity};
+use crate::proxy::distributed;
+use crate::proxy::fanout::{cells, fields, split_rows};
+use crate::router::session_sql::{quote_literal, quote_name};
+
+/// How long a cached project → deployed model mapping is trusted before the registry is asked again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Deployed models of one pool, shared by its clients.
+#[derive(Debug, Default)]
+pub struct Models {
+    by_project: Mutex<HashMap<String, (i64, Instant)>>,
+    by_id: Mutex<HashMap<i64, Arc<Linear>>>,
+}
+
+/// A failure answered to the client as an ErrorResponse.
+#[derive(Debug)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<PoolError> for Refusal {
+    fn from(e: PoolError) -> Self {
+        let code = match &e {
+            PoolError::Query { fields, .. } => {
+                return Refusal {
+                    code: sqlstate_of(&fields.code),
+                    message: fields.message.clone(),
+                }
+            }
+            other => sqlstate_of(other.sqlstate()),
+        };
+        Refusal {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<CallError> for Refusal {
+    fn from(e: CallError) -> Self {
+        let code = match e {
+            CallError::Parse(_) => "42601",
+            _ => "42883",
+        };
+        refuse(code, e.to_string())
+    }
+}
+
+/// A server's SQLSTATE as one of the static codes Ocelot reports (or the generic one).
+fn sqlstate_of(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "42P01", "42703", "22023", "42883", "42501", "22P02", "23505", "53300", "08006", "0A000",
+        "57P03", "57P01", "3D000", "28P01",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or(sqlstate::INTERNAL_ERROR)
+}
+
+/// Whether a simple Query may be a `pgml.*` call (a cheap test before parsing).
+pub fn mentions_pgml(sql: &[u8]) -> bool {
+    sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"pgml."))
+}
+
+/// Answers the simple Query `sql` when it is a `pgml.*` call Ocelot serves; `None` passes it to the server.
+/// The answer ends before ReadyForQuery.
+pub async fn serve(pool: &Arc<UserPool>, sql: &str) -> Option<BytesMut> {
+    let calls = find_calls(sql).ok()?;
+    let [call] = calls.as_slice() else {
+        return None;
+    };
+    // Only a call that is the whole query: `SELECT pgml.f(...)` or `SELECT * FROM pgml.f(...)`.
+    let norm = sql.trim().trim_end_matches(';').to_ascii_lowercase();
+    if !(norm.starts_with("select pgml.") || norm.starts_with("select * from pgml.")) {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    let result = match call.function.as_str() {
+        "train" => train(pool, call, &mut out).await,
+        "deploy" if call.args.len() == 1 => deploy_model(pool, call, &mut out).await,
+        "predict" if call.args.iter().all(|(_, a)| a.is_constant()) => {
+            predict(pool, call, &mut out).await
+        }
+        _ => return None,
+    };
+    if let Err(r) = result {
+        out.clear();
+        encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
+    }
+    Some(out)
+}
+
+async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
+    let mut conn = pool.checkout(0, Want::Primary, true).await?;
+    registry::ensure(&mut conn).await?;
+    Ok(conn)
+}
+
+/// One value of a single-row, single-column query.
+async fn value(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, Refusal> {
+    Ok(conn.query_value(sql).await?)
+}
+
+fn text_arg(args: &std::collections::BTreeMap<&str, Arg>, name: &str) -> Option<String> {
+    args.get(name).and_then(|a| a.as_text()).map(str::to_owned)
+}
+
+/// A relation name as SQL: each dot-separated part quoted.
+fn relation_sql(name: &str) -> String {
+    name.split('.')
+        .map(|p| quote_name(p.trim_matches('"')))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+    let args = bind(call, &train_params())?;
+    let project = text_arg(&args, "project_name")
+        .ok_or_else(|| refuse("22023", "project_name must not be NULL"))?;
+    let algorithm = text_arg(&args, "algorithm").unwrap_or_else(|| "linear".into());
+    let mut conn = registry_conn(pool).await?;
+    let existing = value(
+        &mut conn,
+        &format!(
+            "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
+            quote_literal(&project)
+        ),
+    )
+    .await?;
+    let task = match (text_arg(&args, "task"), &existing) {
+        (None, None) => {
+            return Err(refuse(
+                "22023",
+                format!("Project `{project}` does not exist. To create a new project, you must specify a `task`."),
+            ))
+        }
+        (Some(t), Some(e)) if !e.ends_with(&format!(":{t}")) => {
+            let have = e.split(':').nth(1).unwrap_or_default();
+            return Err(refuse(
+                "22023",
+                format!("Project `\"{project}\"` already exists with a different task: `{have}`. Create a new project instead."),
+            ));
+        }
+        (Some(t), _) => t,
+        (None, Some(e)) => e.split(':').nth(1).unwrap_or_default().to_owned(),
+    };
+    let alpha = match (task.as_str(), algorithm.as_str()) {
+        ("regression", "linear") => 0.0,
+        ("regression", "ridge") => hyperparam(&args, "alpha").unwrap_or(1.0),
+        _ => {
+            return Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: task => 'regression' with algorithm => 'linear' or 'ridge'"),
+            ))
+        }
+    };
+    let relation = text_arg(&args, "relation_name").ok_or_else(|| {
+        refuse(sqlstate::FEATURE_NOT_SUPPORTED, "training again from a project's last snapshot is not supported yet: pass relation_name and y_column_name")
+    })?;
+    let y_column = text_arg(&args, "y_column_name").ok_or_else(|| {
+        refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task.")
+    })?;
+    let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
+    let order = match sampling.as_str() {
+        "last" => "",
+        // PostgresML's stratified sampling partitions by every column, which amounts to a shuffle for regression.
+        "random" | "stratified" => " ORDER BY random()",
+        other => {
+            return Err(refuse(
+                "22P02",
+                format!("invalid input value for enum pgml.sampling: \"{other}\""),
+            ))
+        }
+    };
+    let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
+    let started = Instant::now();
+    let (features, names, y) = read_relation(pool, &relation, &y_column, order).await?;
+    let n = y.len();
+    let n_test = if test_size > 1.0 {
+        test_size as usize
+    } else {
+        (n as f64 * test_size).round() as usize
+    };
+    if n_test >= n {
+        return Err(refuse(
+            "22023",
+            format!("test_size = {test_size} is too large. There are only {n} samples."),
+        ));
+    }
+    let n_train = n - n_test;
+    let model = Linear::fit(&features[..n_train], &y[..n_train], alpha)
+        .map_err(|e| refuse("22023", e.to_string()))?;
+    let fit_time = started.elapsed().as_secs_f64();
+    let scored = Instant::now();
+    let (tx, ty) = if n_test == 0 {
+        (&features[..n_train], &y[..n_train])
+    } else {
+        (&features[n_train..], &y[n_train..])
+    };
+    let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
+    let mut metrics = regression_metrics(ty, &predicted);
+    metrics.insert("fit_time".into(), fit_time.into());
+    metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
+    let r2 = metrics
+        .get("r2")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NEG_INFINITY);
+    let hyperparams = text_arg(&args, "hyperparams").unwrap_or_else(|| "{}".into());
+    let bytes = serde_json::to_vec(&model).unwrap_or_default();
+    let columns = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+    let project_id = match existing {
+        Some(e) => e.split(':').next().unwrap_or_default().to_owned(),
+        None => value(
+            &mut conn,
+            &format!(
+                "INSERT INTO pgml.projects (name, task) VALUES ({}, {}::pgml.task) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+                quote_literal(&project),
+                quote_literal(&task)
+            ),
+        )
+        .await?
+        .unwrap_or_default(),
+    };
+    let snapshot_id = value(
+        &mut conn,
+        &format!(
+            "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, ARRAY[{}], {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
+            quote_literal(&relation),
+            quote_literal(&y_column),
+            quote_literal(&sampling),
+            quote_literal(&columns),
+            quote_literal(&format!("{{\"samples\": {n}}}")),
+        ),
+    )
+    .await?
+    .unwrap_or_default();
+    let metrics_json = serde_json::Value::Object(metrics).to_string();
+    let model_id = value(
+        &mut conn,
+        &format!(
+            "INSERT INTO pgml.models (project_id, snapshot_id, num_features, algorithm, runtime, hyperparams, status, metrics, search_params, search_args) VALUES ({project_id}, {snapshot_id}, {}, {}, 'rust', {}::jsonb, 'successful', {}::jsonb, '{{}}', '{{}}') RETURNING id",
+            names.len(),
+            quote_literal(&algorithm),
+            quote_literal(&hyperparams),
+            quote_literal(&metrics_json),
+        ),
+    )
+    .await?
+    .unwrap_or_default();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    conn.run(&format!(
+        "INSERT INTO pgml.files (model_id, path, part, data) VALUES ({model_id}, 'estimator.ocelot.json', 0, '\\x{hex}'::bytea)"
+    ))
+    .await?;
+    // Deploy unless the deployed model scores better (ties deploy), as PostgresML does.
+    let auto = args
+        .get("automatic_deploy")
+        .and_then(Arg::as_bool)
+        .unwrap_or(true);
+    let current = value(
+        &mut conn,
+        &format!(
+            "SELECT (m.metrics->>'r2') FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = {project_id} ORDER BY d.created_at DESC, d.id DESC LIMIT 1"
+        ),
+    )
+    .await?
+    .and_then(|v| v.parse::<f64>().ok());
+    let deployed = auto && current.is_none_or(|c| c <= r2);
+    if deployed {
+        conn.run(&format!(
+            "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {model_id}, 'new_score')"
+        ))
+        .await?;
+        pool.models.forget(&project);
+    }
+    encode::row_description_typed(
+        out,
+        &[
+            ("project", 25, -1),
+            ("task", 25, -1),
+            ("algorithm", 25, -1),
+            ("deployed", 16, 1),
+        ],
+    );
+    encode::data_row_text(
+        out,
+        &[
+            &project,
+            &task,
+            &algorithm,
+            if deployed { "t" } else { "f" },
+        ],
+    );
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+fn hyperparam(args: &std::collections::BTreeMap<&str, Arg>, key: &str) -> Option<f64> {
+    let text = text_arg(args, "hyperparams")?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()?
+        .get(key)?
+        .as_f64()
+}
+
+const NUMERIC_TYPES: &[u32] = &[16, 20, 21, 23, 700, 701, 1700];
+
+/// Reads `relation` (from every shard, in parallel): the feature columns (every column but `y_column`, which must
+/// all be numeric) and the label.
+async fn read_relation(
+    pool: &Arc<UserPool>,
+    relation: &str,
+    y_column: &str,
+    order: &str,
+) -> Result<(Vec<Vec<f64>>, Vec<String>, Vec<f64>), Refusal> {
+    let sql = format!("SELECT * FROM {}{order}", relation_sql(relation));
+    let mut q = BytesMut::new();
+    encode::query(&mut q, &sql);
+    let reads = join_all((0..pool.shards.len()).map(|shard| {
+        let q = q.clone();
+        async move {
+            let mut conn = pool.checkout(shard, Want::Any, true).await?;
+            distributed::exec(&mut conn, &q).await
+        }
+    }))
+    .await;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for answer in reads {
+        let answer = answer?;
+        if let Some(e) = answer.error {
+            let f = crate::protocol::decode::error_fields(&e[5..]).unwrap_or_default();
+            return Err(Refusal {
+                code: sqlstate_of(&f.code),
+                message: f.message,
+            });
+        }
+        let Some(rd) = answer.row_description.as_ref() else {
+            continue;
+        };
+        let cols = fields(rd)
+            .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
+        let y_idx = cols
+            .iter()
+            .position(|c| c.name == y_column.to_lowercase())
+            .ok_or_else(|| {
+                refuse(
+                    "42703",
+                    format!(
+                        "Column `{y_column}` not found. Did you pass the correct `y_column_name`?"
+                    ),
+                )
+            })?;
+        for c in &cols {
+            if !NUMERIC_TYPES.contains(&c.oid) {
+                return Err(refuse(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("column \"{}\" of {relation} is not numeric (type oid {}); Ocelot trains on numeric and boolean columns only so far", c.name, c.oid),
+                ));
+            }
+        }
+        names = cols
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != y_idx)
+            .map(|(_, c)| c.name.clone())
+            .collect();
+        for raw in split_rows(&answer.rows) {
+            let row =
+                cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
+            let mut x = Vec::with_capacity(row.len().saturating_sub(1));
+            for (i, cell) in row.iter().enumerate() {
+                let v = match cell {
+                    None if i == y_idx => {
+                        return Err(refuse("22023", format!("The training data labels in \"{y_column}\" contain NULL values. Consider filtering them out.")))
+                    }
+                    None => {
+                        return Err(refuse("22023", format!("missing values in column \"{}\"; Ocelot does not impute them yet", cols[i].name)))
+                    }
+                    Some(b) => {
+                        let t = std::str::from_utf8(b).unwrap_or_default();
+                        match t {
+                            "t" => 1.0,
+                            "f" => 0.0,
+                            _ => t.parse::<f64>().map_err(|_| refuse("22023", format!("value {t:?} of \"{}\" is not a number", cols[i].name)))?,
+                        }
+                    }
+                };
+                if i == y_idx {
+                    labels.push(v);
+                } else {
+                    x.push(v);
+                }
+            }
+            features.push(x);
+        }
+    }
+    if labels.is_empty() {
+        return Err(refuse(
+            "22023",
+            format!("relation {relation} has no rows to train on"),
+        ));
+    }
+    Ok((features, names, labels))
+}
+
+async fn deploy_model(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let id = call.args[0]
+        .1
+        .as_f64()
+        .filter(|v| v.fract() == 0.0)
+        .ok_or_else(|| {
+            refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "only pgml.deploy(model_id) is served by Ocelot so far",
+            )
+        })? as i64;
+    let mut conn = registry_conn(pool).await?;
+    let row = value(
+        &mut conn,
+        &format!("SELECT p.id || ':' || p.name || ':' || m.algorithm FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = {id}"),
+    )
+    .await?
+    .ok_or_else(|| refuse("22023", format!("Model with id = {id} does not exist")))?;
+    let mut parts = row.splitn(3, ':');
+    let (project_id, project, algorithm) = (
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    );
+    conn.run(&format!(
+        "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {id}, 'specific')"
+    ))
+    .await?;
+    pool.models.forget(&project);
+    encode::row_description_text(out, &["project", "strategy", "algorithm"]);
+    encode::data_row_text(out, &[&project, "specific", &algorithm]);
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+impl Models {
+    fn forget(&self, project: &str) {
+        self.by_project
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(project);
+    }
+
+    /// The deployed model of `project`, from the cache when it was checked within [`RECHECK`].
+    async fn deployed(
+        &self,
+        pool: &Arc<UserPool>,
+        project: &str,
+    ) -> Result<(i64, Arc<Linear>), Refusal> {
+        let cached = self
+            .by_project
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(project)
+            .copied();
+        let id = match cached {
+            Some((id, at)) if at.elapsed() < RECHECK => id,
+            _ => {
+                let mut conn = registry_conn(pool).await?;
+                let id = value(
+                    &mut conn,
+                    &format!(
+                        "SELECT d.model_id FROM pgml.deployments d JOIN pgml.projects p ON p.id = d.project_id WHERE p.name = {} ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
+                        quote_literal(project)
+                    ),
+                )
+                .await?
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| refuse("22023", format!("No deployed model exists for the project named: `{project}`")))?;
+                self.by_project
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(project.to_owned(), (id, Instant::now()));
+                id
+            }
+        };
+        Ok((id, self.model(pool, id).await?))
+    }
+
+    async fn model(&self, pool: &Arc<UserPool>, id: i64) -> Result<Arc<Linear>, Refusal> {
+        if let Some(m) = self
+            .by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return Ok(m.clone());
+        }
+        let mut conn = registry_conn(pool).await?;
+        let data = value(
+            &mut conn,
+            &format!("SELECT convert_from(data, 'UTF8') FROM pgml.files WHERE model_id = {id} AND path = 'estimator.ocelot.json' ORDER BY part LIMIT 1"),
+        )
+        .await?
+        .ok_or_else(|| refuse("22023", format!("Model with id = {id} has no model file Ocelot can load")))?;
+        let model: Linear = serde_json::from_str(&data).map_err(|e| {
+            refuse(
+                sqlstate::INTERNAL_ERROR,
+                format!("model {id} cannot be read: {e}"),
+            )
+        })?;
+        let model = Arc::new(model);
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, model.clone());
+        Ok(model)
+    }
+}
+
+/// PostgreSQL's float4 output for a prediction.
+fn float4_text(v: f32) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let abs = v.abs();
+    if abs != 0.0 && !(1e-4..1e6).contains(&abs) {
+        // PostgreSQL writes large and small values in exponent form with a signed two-digit exponent.
+        let s = format!("{v:e}");
+        if let Some((m, e)) = s.split_once('e') {
+            let e: i32 = e.parse().unwrap_or(0);
+            return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
+        }
+    }
+    format!("{v}")
+}
+
+async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+    let [(_, target), (_, features)] = call.args.as_slice() else {
+        return Err(refuse(
+            "42883",
+            "function pgml.predict takes (project_name or model_id, features)",
+        ));
+    };
+    let Arg::Array(items, _) = features else {
+        return Err(refuse(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "Ocelot serves pgml.predict with an array of features so far",
+        ));
+    };
+    let mut x = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Arg::Null => return Err(refuse("22004", format!("feature {} is NULL", i + 1))),
+            a => x
+                .push(a.as_f64().ok_or_else(|| {
+                    refuse("22023", format!("feature {} is not a number", i + 1))
+                })?),
+        }
+    }
+    let (_, model) = match target {
+        Arg::Text(project) => pool.models.deployed(pool, project).await?,
+        Arg::Number(n) => {
+            let id: i64 = n
+                .parse()
+                .map_err(|_| refuse("22023", "model_id must be an integer"))?;
+            (id, pool.models.model(pool, id).await?)
+        }
+        _ => {
+            return Err(refuse(
+                "22004",
+                "pgml.predict needs a project name or a model id",
+            ))
+        }
+    };
+    if x.len() != model.coef.len() {
+        return Err(refuse(
+            "22023",
+            format!(
+                "the model expects {} features, got {}",
+                model.coef.len(),
+                x.len()
+            ),
+        ));
+    }
+    let y = model.predict(&x) as f32;
+    encode::row_description_typed(out, &[("predict", 700, 4)]);
+    encode::data_row_text(out, &[&float4_text(y)]);
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
