@@ -168,6 +168,41 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
         (ridge - 375.0).abs() > 0.01,
         "the ridge model answers now: {ridge}"
     );
+    // Deploy strategies: rollback returns to the linear model, best_score keeps it, most_recent picks ridge.
+    let strategy = |s: &str| format!("SELECT * FROM pgml.deploy('houses', '{s}')");
+    let deployed_algorithm = |pg: &Postgres| {
+        pg.psql_admin_db(
+            "app",
+            "SELECT algorithm FROM pgml.deployed_models WHERE name = 'houses'",
+        )
+    };
+    c.simple_query(&strategy("rollback")).await.unwrap();
+    assert_eq!(deployed_algorithm(&pg), "linear");
+    c.simple_query(&strategy("most_recent")).await.unwrap();
+    assert_eq!(deployed_algorithm(&pg), "ridge");
+    let row = rows_of(&c.simple_query(&strategy("best_score")).await.unwrap());
+    assert_eq!(
+        row[0],
+        vec![
+            Some("houses".to_owned()),
+            Some("best_score".to_owned()),
+            Some("linear".to_owned())
+        ]
+    );
+    assert_eq!(
+        first_value(
+            &c,
+            "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[])"
+        )
+        .await,
+        "375"
+    );
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.deploy('houses', 'most_recent', 'linear')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(row[0][2].as_deref(), Some("linear"));
     // Errors, with PostgreSQL codes.
     for (sql, code) in [
         ("SELECT pgml.predict('houses', ARRAY[1, 2]::real[])", "22023"),
@@ -177,6 +212,9 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
         ("SELECT pgml.train('p3', 'regression', 'house', 'nope')", "42703"),
         ("SELECT pgml.train('p4', colour => 'red')", "42883"),
         ("SELECT pgml.train('p5')", "22023"),
+        ("SELECT * FROM pgml.deploy('nobody', 'best_score')", "22023"),
+        ("SELECT * FROM pgml.deploy('houses', 'sideways')", "22P02"),
+        ("SELECT * FROM pgml.deploy(99999)", "22023"),
     ] {
         let e = c.simple_query(sql).await.unwrap_err();
         assert_eq!(e.code().unwrap().code(), code, "{sql}: {e:?}");
