@@ -222,3 +222,63 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
     // Everyone else is unaffected.
     assert_eq!(first_value(&c, "SELECT count(*) FROM house").await, "200");
 }
+
+#[tokio::test]
+async fn classification_with_logistic_regression() {
+    let pg = Postgres::start();
+    // Three classes in separate regions of the plane, interleaved so the last rows hold every class.
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE flowers (a float4, b float4, species int);
+         INSERT INTO flowers SELECT (g % 3) * 4 + (g % 7) * 0.2, (g % 3) * 3 + (g % 5) * 0.3, g % 3 FROM generate_series(1, 150) g;",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 4, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.train('flowers', 'classification', 'flowers', 'species', test_sampling => 'last')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        row[0][1..],
+        [
+            Some("classification".to_owned()),
+            Some("linear".to_owned()),
+            Some("t".to_owned())
+        ]
+    );
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT metrics->>'accuracy', metrics->>'f1', metrics ? 'roc_auc' FROM pgml.models"
+        ),
+        "1.0|1.0|f"
+    );
+    for (features, class) in [("0.1, 0.2", "0"), ("4.3, 3.1", "1"), ("8.2, 6.4", "2")] {
+        assert_eq!(
+            first_value(
+                &c,
+                &format!("SELECT pgml.predict('flowers', ARRAY[{features}]::real[])")
+            )
+            .await,
+            class
+        );
+    }
+    let proba = first_value(
+        &c,
+        "SELECT pgml.predict_proba('flowers', ARRAY[8.2, 6.4]::real[])",
+    )
+    .await;
+    let p: Vec<f64> = proba
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(p.len(), 3);
+    assert!(
+        (p.iter().sum::<f64>() - 1.0).abs() < 1e-5 && p[2] > 0.5,
+        "{proba}"
+    );
+}

@@ -6,5 +6,6 @@
 
 pub mod call;
 pub mod linear;
+pub mod logistic;
 pub mod registry;
 pub mod serve;

@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 
 use super::call::{bind, find_calls, train_params, Arg, Call, CallError};
 use super::linear::{regression_metrics, Linear};
+use super::logistic::{classification_metrics, Logistic};
 use super::registry;
 use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
@@ -26,11 +27,35 @@ use crate::router::session_sql::{quote_literal, quote_name};
 /// How long a cached project → deployed model mapping is trusted before the registry is asked again.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// A model Ocelot trained, as stored in `pgml.files`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind")]
+pub enum Model {
+    Linear(Linear),
+    Logistic(Logistic),
+}
+
+impl Model {
+    fn num_features(&self) -> usize {
+        match self {
+            Model::Linear(m) => m.coef.len(),
+            Model::Logistic(m) => m.num_features(),
+        }
+    }
+
+    fn predict(&self, x: &[f64]) -> f64 {
+        match self {
+            Model::Linear(m) => m.predict(x),
+            Model::Logistic(m) => m.predict(x),
+        }
+    }
+}
+
 /// Deployed models of one pool, shared by its clients.
 #[derive(Debug, Default)]
 pub struct Models {
     by_project: Mutex<HashMap<String, (i64, Instant)>>,
-    by_id: Mutex<HashMap<i64, Arc<Linear>>>,
+    by_id: Mutex<HashMap<i64, Arc<Model>>>,
 }
 
 /// A failure answered to the client as an ErrorResponse.
@@ -115,7 +140,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str) -> Option<BytesMut> {
             deploy_model(pool, call, &mut out).await
         }
         "deploy" => deploy_strategy(pool, call, &mut out).await,
-        "predict" if call.args.iter().all(|(_, a)| a.is_constant()) => {
+        "predict" | "predict_proba" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             predict(pool, call, &mut out).await
         }
         _ => return None,
@@ -181,13 +206,21 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
         (Some(t), _) => t,
         (None, Some(e)) => e.split(':').nth(1).unwrap_or_default().to_owned(),
     };
-    let alpha = match (task.as_str(), algorithm.as_str()) {
-        ("regression", "linear") => 0.0,
-        ("regression", "ridge") => hyperparam(&args, "alpha").unwrap_or(1.0),
+    enum Algo {
+        Linear(f64),
+        Logistic(f64, usize),
+    }
+    let algo = match (task.as_str(), algorithm.as_str()) {
+        ("regression", "linear") => Algo::Linear(0.0),
+        ("regression", "ridge") => Algo::Linear(hyperparam(&args, "alpha").unwrap_or(1.0)),
+        ("classification", "linear" | "logistic_regression") => Algo::Logistic(
+            hyperparam(&args, "C").unwrap_or(1.0),
+            hyperparam(&args, "max_iter").map_or(3000, |v| v.max(1.0) as usize),
+        ),
         _ => {
             return Err(refuse(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: task => 'regression' with algorithm => 'linear' or 'ridge'"),
+                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: regression with linear or ridge, classification with linear or logistic_regression"),
             ))
         }
     };
@@ -225,8 +258,20 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
         ));
     }
     let n_train = n - n_test;
-    let model = Linear::fit(&features[..n_train], &y[..n_train], alpha)
-        .map_err(|e| refuse("22023", e.to_string()))?;
+    let model = match algo {
+        Algo::Linear(alpha) => Model::Linear(
+            Linear::fit(&features[..n_train], &y[..n_train], alpha)
+                .map_err(|e| refuse("22023", e.to_string()))?,
+        ),
+        Algo::Logistic(c, max_iter) => Model::Logistic(
+            Logistic::fit(&features[..n_train], &y[..n_train], c, max_iter).ok_or_else(|| {
+                refuse(
+                    "22023",
+                    "classification needs at least two classes in the training split",
+                )
+            })?,
+        ),
+    };
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
     let (tx, ty) = if n_test == 0 {
@@ -235,11 +280,14 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
         (&features[n_train..], &y[n_train..])
     };
     let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
-    let mut metrics = regression_metrics(ty, &predicted);
+    let (mut metrics, target) = match &model {
+        Model::Linear(_) => (regression_metrics(ty, &predicted), "r2"),
+        Model::Logistic(_) => (classification_metrics(ty, &predicted), "f1"),
+    };
     metrics.insert("fit_time".into(), fit_time.into());
     metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
-    let r2 = metrics
-        .get("r2")
+    let score = metrics
+        .get(target)
         .and_then(|v| v.as_f64())
         .unwrap_or(f64::NEG_INFINITY);
     let hyperparams = text_arg(&args, "hyperparams").unwrap_or_else(|| "{}".into());
@@ -297,12 +345,12 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
     let current = value(
         &mut conn,
         &format!(
-            "SELECT (m.metrics->>'r2') FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = {project_id} ORDER BY d.created_at DESC, d.id DESC LIMIT 1"
+            "SELECT (m.metrics->>'{target}') FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = {project_id} ORDER BY d.created_at DESC, d.id DESC LIMIT 1"
         ),
     )
     .await?
     .and_then(|v| v.parse::<f64>().ok());
-    let deployed = auto && current.is_none_or(|c| c <= r2);
+    let deployed = auto && current.is_none_or(|c| c <= score);
     if deployed {
         conn.run(&format!(
             "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {model_id}, 'new_score')"
@@ -567,7 +615,7 @@ impl Models {
         &self,
         pool: &Arc<UserPool>,
         project: &str,
-    ) -> Result<(i64, Arc<Linear>), Refusal> {
+    ) -> Result<(i64, Arc<Model>), Refusal> {
         let cached = self
             .by_project
             .lock()
@@ -598,7 +646,7 @@ impl Models {
         Ok((id, self.model(pool, id).await?))
     }
 
-    async fn model(&self, pool: &Arc<UserPool>, id: i64) -> Result<Arc<Linear>, Refusal> {
+    async fn model(&self, pool: &Arc<UserPool>, id: i64) -> Result<Arc<Model>, Refusal> {
         if let Some(m) = self
             .by_id
             .lock()
@@ -614,7 +662,7 @@ impl Models {
         )
         .await?
         .ok_or_else(|| refuse("22023", format!("pgml.models WHERE id = {id} could not be loaded. Does it exist?")))?;
-        let model: Linear = serde_json::from_str(&data).map_err(|e| {
+        let model: Model = serde_json::from_str(&data).map_err(|e| {
             refuse(
                 sqlstate::INTERNAL_ERROR,
                 format!("model {id} cannot be read: {e}"),
@@ -687,19 +735,35 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
             ))
         }
     };
-    if x.len() != model.coef.len() {
+    if x.len() != model.num_features() {
         return Err(refuse(
             "22023",
             format!(
                 "the model expects {} features, got {}",
-                model.coef.len(),
+                model.num_features(),
                 x.len()
             ),
         ));
     }
-    let y = model.predict(&x) as f32;
-    encode::row_description_typed(out, &[("predict", 700, 4)]);
-    encode::data_row_text(out, &[&float4_text(y)]);
+    if call.function == "predict_proba" {
+        let Model::Logistic(m) = model.as_ref() else {
+            return Err(refuse(
+                "22023",
+                "You can't predict probabilities for a regression model",
+            ));
+        };
+        let p: Vec<String> = m
+            .predict_proba(&x)
+            .into_iter()
+            .map(|v| float4_text(v as f32))
+            .collect();
+        encode::row_description_typed(out, &[("predict_proba", 1021, -1)]);
+        encode::data_row_text(out, &[&format!("{{{}}}", p.join(","))]);
+    } else {
+        let y = model.predict(&x) as f32;
+        encode::row_description_typed(out, &[("predict", 700, 4)]);
+        encode::data_row_text(out, &[&float4_text(y)]);
+    }
     encode::command_complete(out, "SELECT 1");
     Ok(())
 }
