@@ -119,6 +119,27 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
         ),
         "200|last"
     );
+    // Per-row inference: the call becomes its feature columns on the server; Ocelot predicts, orders and limits.
+    let got = rows_of(
+        &c.simple_query("SELECT size, pgml.predict('houses', ARRAY[size, rooms, age]) AS p, age FROM house WHERE rooms = 3 ORDER BY p DESC LIMIT 3")
+            .await
+            .unwrap(),
+    );
+    let want: Vec<Vec<String>> = pg
+        .psql_admin_db("app", "SELECT size, 50 + 3 * size + 10 * rooms - 0.5 * age, age FROM house WHERE rooms = 3 ORDER BY 2 DESC LIMIT 3")
+        .lines()
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(got.len(), 3);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g[0].as_deref(), Some(w[0].as_str()));
+        assert_eq!(g[2].as_deref(), Some(w[2].as_str()));
+        let (gp, wp): (f64, f64) = (
+            g[1].as_deref().unwrap().parse().unwrap(),
+            w[1].parse().unwrap(),
+        );
+        assert!((gp - wp).abs() / wp < 1e-6, "{gp} vs {wp}");
+    }
     // Least squares on the training split (the first 75 of 100 rows) equals PostgreSQL's own regression.
     c.simple_query(
         "SELECT pgml.train('noisy', 'regression', 'noisy', 'y', test_sampling => 'last')",
@@ -281,4 +302,99 @@ async fn classification_with_logistic_regression() {
         (p.iter().sum::<f64>() - 1.0).abs() < 1e-5 && p[2] > 0.5,
         "{proba}"
     );
+}
+
+#[tokio::test]
+async fn training_and_per_row_inference_over_three_shards() {
+    let shards: Vec<Postgres> = (0..3).map(|_| Postgres::start()).collect();
+    let mut servers = String::new();
+    for (i, pg) in shards.iter().enumerate() {
+        pg.psql_admin_db(
+            "app",
+            "CREATE TABLE house (id bigint, size float8, rooms int, age int, price float8);
+             CREATE VIEW house_features AS SELECT size, rooms, age, price FROM house;",
+        );
+        servers.push_str(&format!(
+            "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+            pg.port
+        ));
+    }
+    let config = format!(
+        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"admin\"\nadmin_password = \"admin\"\n\n[pools.app]\nautomatic_sharding_key = \"house.id\"\ntwo_phase_commit = true\n\n[pools.app.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 4\n\n{servers}"
+    );
+    let proxy = start_proxy(&config).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let rows: Vec<(i64, f64, i32, i32)> = (1..=300)
+        .map(|g: i64| {
+            (
+                g,
+                (40 + (g * 37) % 160) as f64,
+                (1 + (g * 7) % 6) as i32,
+                ((g * 13) % 80) as i32,
+            )
+        })
+        .collect();
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(id, s, r, a)| {
+            format!(
+                "({id}, {s}, {r}, {a}, {})",
+                50.0 + 3.0 * s + 10.0 * *r as f64 - 0.5 * *a as f64
+            )
+        })
+        .collect();
+    c.simple_query(&format!(
+        "INSERT INTO house (id, size, rooms, age, price) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    let counts: Vec<i64> = shards
+        .iter()
+        .map(|pg| {
+            pg.psql_admin_db("app", "SELECT count(*) FROM house")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(counts.iter().all(|n| *n > 50), "{counts:?}");
+    // Training reads every shard (all columns but the label are features, so a view leaves the id out); the
+    // registry lives on shard 0.
+    c.simple_query("SELECT * FROM pgml.train('houses', 'regression', 'house_features', 'price', test_sampling => 'last')")
+        .await
+        .unwrap();
+    assert_eq!(
+        shards[0].psql_admin_db("app", "SELECT analysis->>'samples' FROM pgml.snapshots"),
+        "300"
+    );
+    // Per-row predictions fetched from every shard, ordered and limited by Ocelot.
+    let got = rows_of(
+        &c.simple_query("SELECT id, pgml.predict('houses', ARRAY[size, rooms, age]) AS p FROM house WHERE age < 40 ORDER BY p DESC LIMIT 5")
+            .await
+            .unwrap(),
+    );
+    let mut want: Vec<(i64, f64)> = rows
+        .iter()
+        .filter(|r| r.3 < 40)
+        .map(|(id, s, r, a)| (*id, 50.0 + 3.0 * s + 10.0 * *r as f64 - 0.5 * *a as f64))
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        let p: f64 = g[1].as_deref().unwrap().parse().unwrap();
+        assert!((p - w.1).abs() / w.1 < 1e-6, "{g:?} vs {w:?}");
+    }
+    // By key: one shard only.
+    let one = rows_of(
+        &c.simple_query(
+            "SELECT pgml.predict('houses', ARRAY[size, rooms, age]) FROM house WHERE id = 7",
+        )
+        .await
+        .unwrap(),
+    );
+    let (_, s, r, a) = rows[6];
+    let p: f64 = one[0][0].as_deref().unwrap().parse().unwrap();
+    assert!((p - (50.0 + 3.0 * s + 10.0 * r as f64 - 0.5 * a as f64)).abs() < 1e-3);
 }

@@ -7,5 +7,6 @@
 pub mod call;
 pub mod linear;
 pub mod logistic;
+pub mod per_row;
 pub mod registry;
 pub mod serve;

@@ -118,9 +118,31 @@ pub fn mentions_pgml(sql: &[u8]) -> bool {
     sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"pgml."))
 }
 
+/// Where the reads of a per-row prediction go.
+pub struct ReadRoute<'a> {
+    pub params: &'a crate::proxy::params::ClientParams,
+    pub want: Want,
+    pub primary_reads: bool,
+}
+
 /// Answers the simple Query `sql` when it is a `pgml.*` call Ocelot serves; `None` passes it to the server.
 /// The answer ends before ReadyForQuery.
-pub async fn serve(pool: &Arc<UserPool>, sql: &str) -> Option<BytesMut> {
+pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Option<BytesMut> {
+    if let Some(plan) = super::per_row::plan(sql) {
+        let mut out = BytesMut::new();
+        let result = match plan {
+            Ok(plan) => per_row(pool, &plan, &route, &mut out).await,
+            Err(why) => Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("Ocelot cannot run this per-row prediction: {why}"),
+            )),
+        };
+        if let Err(r) = result {
+            out.clear();
+            encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
+        }
+        return Some(out);
+    }
     let calls = find_calls(sql).ok()?;
     let [call] = calls.as_slice() else {
         return None;
@@ -765,5 +787,180 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
         encode::data_row_text(out, &[&float4_text(y)]);
     }
     encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+/// Fetches the rows of a per-row prediction (from every shard it needs) and answers with the predictions.
+async fn per_row(
+    pool: &Arc<UserPool>,
+    plan: &super::per_row::PerRow,
+    route: &ReadRoute<'_>,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    use crate::proxy::fanout::{run, Merge};
+    use crate::router::fanout::Plan;
+    let (_, model) = match &plan.target {
+        Arg::Text(project) => pool.models.deployed(pool, project).await?,
+        Arg::Number(n) => {
+            let id: i64 = n
+                .parse()
+                .map_err(|_| refuse("22023", "model_id must be an integer"))?;
+            (id, pool.models.model(pool, id).await?)
+        }
+        _ => {
+            return Err(refuse(
+                "22004",
+                "pgml.predict needs a project name or a model id",
+            ))
+        }
+    };
+    if plan.features.len() != model.num_features() {
+        return Err(refuse(
+            "22023",
+            format!(
+                "the model expects {} features, got {}",
+                model.num_features(),
+                plan.features.len()
+            ),
+        ));
+    }
+    // Which shards: the key's one, or every shard with rows (or order) merged.
+    let (merge, shards, sql) = if pool.shards.len() <= 1 {
+        (Merge::Rows, vec![0], plan.sql.clone())
+    } else {
+        match pool.sharder.from_query(&plan.sql, &[]) {
+            crate::router::sharding::Shards::One(n) => (Merge::Rows, vec![n], plan.sql.clone()),
+            _ => match pool
+                .sharder
+                .key()
+                .map(|k| crate::router::fanout::plan(&plan.sql, k))
+            {
+                Some(Plan::Rows) | Some(Plan::NotSharded) | None => (
+                    Merge::Rows,
+                    (0..pool.shards.len()).collect(),
+                    plan.sql.clone(),
+                ),
+                Some(Plan::Ordered(o)) => {
+                    let sql = o.shard_sql.clone();
+                    (Merge::Ordered(o), (0..pool.shards.len()).collect(), sql)
+                }
+                _ => {
+                    return Err(refuse(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "Ocelot cannot merge the rows of this per-row prediction across shards",
+                    ))
+                }
+            },
+        }
+    };
+    let requests: Vec<(usize, bytes::Bytes)> = shards
+        .iter()
+        .map(|&s| {
+            let mut q = BytesMut::new();
+            encode::query(&mut q, &sql);
+            (s, q.freeze())
+        })
+        .collect();
+    let merged = run(
+        pool,
+        route.params,
+        &requests,
+        route.want,
+        route.primary_reads,
+        &merge,
+        &[],
+    )
+    .await?;
+    if merged.first() == Some(&crate::protocol::codes::backend::ERROR_RESPONSE) {
+        out.extend_from_slice(&merged);
+        return Ok(());
+    }
+    let Some(h) = crate::protocol::frame::Header::parse(&merged, u32::MAX)
+        .ok()
+        .flatten()
+    else {
+        return Err(refuse(
+            sqlstate::INTERNAL_ERROR,
+            "no answer from the servers",
+        ));
+    };
+    let cols = fields(&merged[..h.total()])
+        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
+    let mut rows: Vec<(f32, Vec<Option<Vec<u8>>>)> = Vec::new();
+    for raw in split_rows(&merged[h.total()..]) {
+        if raw.first() != Some(&crate::protocol::codes::backend::DATA_ROW) {
+            continue;
+        }
+        let c = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
+        let mut x = Vec::with_capacity(plan.features.len());
+        for &f in &plan.features {
+            let v = c
+                .get(f)
+                .copied()
+                .flatten()
+                .ok_or_else(|| refuse("22004", "a feature of pgml.predict is NULL"))?;
+            let t = std::str::from_utf8(v).unwrap_or_default();
+            x.push(match t {
+                "t" => 1.0,
+                "f" => 0.0,
+                _ => t
+                    .parse::<f64>()
+                    .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
+            });
+        }
+        let y = model.predict(&x) as f32;
+        let row = plan
+            .outputs
+            .iter()
+            .map(|o| match o {
+                None => Some(float4_text(y).into_bytes()),
+                Some(i) => c.get(*i).copied().flatten().map(<[u8]>::to_vec),
+            })
+            .collect();
+        rows.push((y, row));
+    }
+    if let Some(desc) = plan.order {
+        // PostgreSQL sorts NaN above every number; NULL cannot occur.
+        rows.sort_by(|a, b| {
+            let o = a.0.total_cmp(&b.0);
+            if desc {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let mut rd = BytesMut::new();
+    let mut described: Vec<(String, u32, i16)> = Vec::new();
+    for o in &plan.outputs {
+        match o {
+            None => described.push((plan.name.clone(), 700, 4)),
+            Some(i) => {
+                let f = &cols[*i];
+                described.push((f.name.clone(), f.oid, -1));
+            }
+        }
+    }
+    let typed: Vec<(&str, u32, i16)> = described
+        .iter()
+        .map(|(n, o, l)| (n.as_str(), *o, *l))
+        .collect();
+    encode::row_description_typed(&mut rd, &typed);
+    out.extend_from_slice(&rd);
+    let mut n = 0;
+    for (_, row) in rows
+        .iter()
+        .skip(plan.offset as usize)
+        .take(plan.limit.map_or(usize::MAX, |l| l as usize))
+    {
+        encode::data_row_opt(
+            out,
+            &row.iter()
+                .map(|c| c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                .collect::<Vec<_>>(),
+        );
+        n += 1;
+    }
+    encode::command_complete(out, &format!("SELECT {n}"));
     Ok(())
 }

@@ -46,7 +46,7 @@ pub enum PoolError {
     CrossShard { pool: String, shards: String },
     #[error("this write needs shards {shards} of pool \"{pool}\": writes across shards need two-phase commit, which is off for this pool (set two_phase_commit = true, and max_prepared_transactions on the servers), or target one shard")]
     NeedsTwoPhase { pool: String, shards: String },
-    #[error("this query reads the sharded table of pool \"{pool}\" without a sharding key, and Ocelot cannot merge its results across shards yet ({why}); add the sharding key to the WHERE clause, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
+    #[error("this query uses the sharded table of pool \"{pool}\" without a sharding key, and Ocelot cannot run it across shards ({why}); add the sharding key to the WHERE clause, a /* shard_id: n */ comment, or SET SHARD TO 'n'")]
     Unmergeable { pool: String, why: String },
     #[error("no server available for {what} in pool \"{pool}\" shard {shard}: {reason}")]
     AllServersDown {

@@ -359,7 +359,15 @@ impl Session {
                     let body = &self.cbuf[5..piece.len()];
                     let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
                         .into_owned();
-                    if let Some(answer) = crate::inference::serve::serve(&self.pool, &sql).await {
+                    let (want, primary_reads) = (self.want(), self.primary_reads());
+                    let route = crate::inference::serve::ReadRoute {
+                        params: &self.params,
+                        want,
+                        primary_reads,
+                    };
+                    if let Some(answer) =
+                        crate::inference::serve::serve(&self.pool, &sql, route).await
+                    {
                         self.cbuf.advance(piece.len());
                         self.out.extend_from_slice(&answer);
                         let status = if self.pending_begin.is_some() {

@@ -1,0 +1,242 @@
+//! Per-row inference: `SELECT id, pgml.predict('fraud', ARRAY[amount, n_24h]) AS score FROM txns WHERE ...
+//! [ORDER BY score DESC] [LIMIT n]`. Ocelot sends the query with the call replaced by its feature expressions
+//! (as extra columns), predicts every returned row with the cached model, and answers with the columns the client
+//! asked for, in its order, the prediction as `real`. An ORDER BY on the prediction, and the LIMIT/OFFSET after
+//! it, are applied by Ocelot; other orderings stay in the query. On a sharded pool the rows are fetched from every
+//! shard and merged first, as any keyless read is.
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, LimitClause, OrderByKind,
+    SelectItem, SetExpr, Statement,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::call::Arg;
+
+/// How to answer a per-row prediction query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerRow {
+    /// What the servers run: the query with the call's features as trailing columns.
+    pub sql: String,
+    /// The model: a project name or a model id.
+    pub target: Arg,
+    /// The client's columns: `None` is the prediction, `Some(i)` the i-th column of the servers' answer.
+    pub outputs: Vec<Option<usize>>,
+    /// Columns of the servers' answer holding the features, in order.
+    pub features: Vec<usize>,
+    /// The prediction column's name.
+    pub name: String,
+    /// ORDER BY the prediction (`Some(descending)`), applied by Ocelot with OFFSET and LIMIT.
+    pub order: Option<bool>,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+fn literal_u64(e: &Expr) -> Option<u64> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>)> {
+    let Expr::Function(f) = e else {
+        return None;
+    };
+    let parts: Vec<String> = f
+        .name
+        .0
+        .iter()
+        .map(|p| p.to_string().to_lowercase())
+        .collect();
+    if parts != ["pgml", "predict"] {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(target)), FunctionArg::Unnamed(FunctionArgExpr::Expr(features))] =
+        list.args.as_slice()
+    else {
+        return None;
+    };
+    let target = match super::call::find_calls(&format!("SELECT pgml.predict({target}, ARRAY[0])"))
+        .ok()?
+        .into_iter()
+        .next()?
+        .args
+        .into_iter()
+        .next()?
+        .1
+    {
+        a @ (Arg::Text(_) | Arg::Number(_)) => a,
+        _ => return None,
+    };
+    let mut features = features;
+    while let Expr::Cast { expr, .. } | Expr::Nested(expr) = features {
+        features = expr;
+    }
+    let Expr::Array(array) = features else {
+        return None;
+    };
+    Some((target, array.elem.clone()))
+}
+
+/// Plans a per-row prediction query; `None` when `sql` is not one (a constant call, or no call at all).
+pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Query(q)] = statements.as_slice() else {
+        return None;
+    };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    let mut found = None;
+    for (i, item) in s.projection.iter().enumerate() {
+        let (e, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            _ => continue,
+        };
+        if let Some((target, features)) = is_predict(e) {
+            if found.is_some() {
+                return Some(Err("more than one pgml.predict per query"));
+            }
+            found = Some((i, target, features, alias));
+        }
+    }
+    let (at, target, features, alias) = found?;
+    if features.iter().all(|f| matches!(f, Expr::Value(_))) {
+        return None;
+    }
+    if s.projection.iter().any(|i| {
+        matches!(
+            i,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    }) {
+        return Some(Err("* next to pgml.predict (list the columns)"));
+    }
+    let name = alias.clone().unwrap_or_else(|| "predict".into());
+    // ORDER BY the prediction (by alias, position or the call itself) is Ocelot's to apply.
+    let mut order = None;
+    let mut by_prediction = false;
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Some(Err("ORDER BY ALL"));
+        };
+        for o in exprs {
+            let hits = is_predict(&o.expr).is_some()
+                || literal_u64(&o.expr) == Some(at as u64 + 1)
+                || matches!((&o.expr, &alias), (Expr::Identifier(i), Some(a)) if i.value == *a);
+            if hits {
+                if exprs.len() > 1 {
+                    return Some(Err("ORDER BY the prediction together with other keys"));
+                }
+                by_prediction = true;
+                order = Some(o.options.asc == Some(false));
+            }
+        }
+    }
+    let (mut limit, mut offset) = (None, 0);
+    let mut query = q.clone();
+    if by_prediction {
+        match &q.limit_clause {
+            None => {}
+            Some(LimitClause::LimitOffset {
+                limit: l,
+                offset: o,
+                limit_by,
+            }) if limit_by.is_empty() => {
+                limit = match l {
+                    None => None,
+                    Some(e) => match literal_u64(e) {
+                        Some(n) => Some(n),
+                        None => return Some(Err("a LIMIT that is not a number")),
+                    },
+                };
+                offset = match o {
+                    None => 0,
+                    Some(o) => match literal_u64(&o.value) {
+                        Some(n) => n,
+                        None => return Some(Err("an OFFSET that is not a number")),
+                    },
+                };
+            }
+            _ => return Some(Err("this LIMIT form")),
+        }
+        query.order_by = None;
+        query.limit_clause = None;
+    }
+    let mut select = s.as_ref().clone();
+    let mut projection = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, item) in s.projection.iter().enumerate() {
+        if i == at {
+            outputs.push(None);
+        } else {
+            outputs.push(Some(projection.len()));
+            projection.push(item.clone());
+        }
+    }
+    let mut feature_cols = Vec::new();
+    for (k, f) in features.into_iter().enumerate() {
+        feature_cols.push(projection.len());
+        projection.push(SelectItem::ExprWithAlias {
+            expr: f,
+            alias: Ident::new(format!("ocelot_feature_{k}")),
+        });
+    }
+    select.projection = projection;
+    query.body = Box::new(SetExpr::Select(Box::new(select)));
+    Some(Ok(PerRow {
+        sql: Statement::Query(query).to_string(),
+        target,
+        outputs,
+        features: feature_cols,
+        name,
+        order,
+        limit,
+        offset,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_the_call_into_feature_columns() {
+        let p = plan("SELECT id, pgml.predict('fraud', ARRAY[amount, n_24h]::real[]) AS score, note FROM txns WHERE day = 3 ORDER BY score DESC LIMIT 20")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.sql,
+            "SELECT id, note, amount AS ocelot_feature_0, n_24h AS ocelot_feature_1 FROM txns WHERE day = 3"
+        );
+        assert_eq!(p.outputs, vec![Some(0), None, Some(1)]);
+        assert_eq!(p.features, vec![2, 3]);
+        assert_eq!(
+            (p.order, p.limit, p.name.as_str()),
+            (Some(true), Some(20), "score")
+        );
+        let p = plan("SELECT pgml.predict(7, ARRAY[a, b]) FROM t ORDER BY id")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.sql,
+            "SELECT a AS ocelot_feature_0, b AS ocelot_feature_1 FROM t ORDER BY id"
+        );
+        assert_eq!(p.order, None);
+        assert_eq!(p.target, Arg::Number("7".into()));
+        assert!(plan("SELECT pgml.predict('p', ARRAY[1, 2])").is_none());
+        assert!(plan("SELECT 1").is_none());
+        assert!(plan("SELECT *, pgml.predict('p', ARRAY[a]) FROM t")
+            .unwrap()
+            .is_err());
+    }
+}
