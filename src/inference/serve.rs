@@ -128,6 +128,15 @@ pub struct ReadRoute<'a> {
 /// Answers the simple Query `sql` when it is a `pgml.*` call Ocelot serves; `None` passes it to the server.
 /// The answer ends before ReadyForQuery.
 pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Option<BytesMut> {
+    // The common form, `SELECT pgml.predict('p', ARRAY[1, 2.5]::real[])`, is read without the SQL parser.
+    if let Some(call) = fast_constant_predict(sql) {
+        let mut out = BytesMut::new();
+        if let Err(r) = predict(pool, &call, &mut out).await {
+            out.clear();
+            encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
+        }
+        return Some(out);
+    }
     if let Some(plan) = super::per_row::plan(sql) {
         let mut out = BytesMut::new();
         let result = match plan {
@@ -172,6 +181,97 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
     }
     Some(out)
+}
+
+/// `SELECT pgml.predict(<'project' | model id>, ARRAY[<numbers>][::<type>[]]) [AS <name>][;]`, read by hand; `None`
+/// for anything else (which then goes through the parser).
+fn fast_constant_predict(sql: &str) -> Option<Call> {
+    let mut s = sql.trim();
+    let eat = |word: &str, s: &mut &str| -> bool {
+        let t = s.trim_start();
+        if t.len() >= word.len() && t[..word.len()].eq_ignore_ascii_case(word) {
+            *s = &t[word.len()..];
+            true
+        } else {
+            false
+        }
+    };
+    if !(eat("select", &mut s)
+        && s.starts_with(char::is_whitespace)
+        && eat("pgml.predict", &mut s)
+        && eat("(", &mut s))
+    {
+        return None;
+    }
+    let t = s.trim_start();
+    let (target, rest) = if let Some(r) = t.strip_prefix('\'') {
+        let end = r.find('\'')?;
+        let name = &r[..end];
+        if r[end + 1..].starts_with('\'') {
+            return None;
+        }
+        (Arg::Text(name.to_owned()), &r[end + 1..])
+    } else {
+        let end = t.find(|c: char| !c.is_ascii_digit())?;
+        if end == 0 {
+            return None;
+        }
+        (Arg::Number(t[..end].to_owned()), &t[end..])
+    };
+    s = rest;
+    if !(eat(",", &mut s) && eat("array[", &mut s)) {
+        return None;
+    }
+    let end = s.find(']')?;
+    let mut items = Vec::new();
+    for item in s[..end].split(',') {
+        let v = item.trim();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+            || v.parse::<f64>().is_err()
+        {
+            return None;
+        }
+        items.push(Arg::Number(v.to_owned()));
+    }
+    s = &s[end + 1..];
+    let t = s.trim_start();
+    if let Some(r) = t.strip_prefix("::") {
+        let close = r.find("[]")?;
+        if !r[..close]
+            .trim()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ')
+        {
+            return None;
+        }
+        s = &r[close + 2..];
+    }
+    if !eat(")", &mut s) {
+        return None;
+    }
+    let mut rest = s.trim().trim_end_matches(';').trim();
+    if eat("as", &mut rest) {
+        let alias = rest.trim();
+        if alias.is_empty()
+            || !alias
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return None;
+        }
+        // An alias changes the column name: leave it to the general path.
+        return None;
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(Call {
+        function: "predict".into(),
+        args: vec![(None, target), (None, Arg::Array(items, None))],
+    })
 }
 
 async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
@@ -963,4 +1063,44 @@ async fn per_row(
     }
     encode::command_complete(out, &format!("SELECT {n}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_constant_predict_calls_by_hand() {
+        let c =
+            fast_constant_predict("SELECT pgml.predict('houses', ARRAY[100, 3.5, -1e2]::real[]);")
+                .unwrap();
+        assert_eq!(c.args[0].1, Arg::Text("houses".into()));
+        assert_eq!(
+            c.args[1].1,
+            Arg::Array(
+                vec![
+                    Arg::Number("100".into()),
+                    Arg::Number("3.5".into()),
+                    Arg::Number("-1e2".into())
+                ],
+                None
+            )
+        );
+        assert_eq!(
+            fast_constant_predict("select pgml.predict(12, array[1])")
+                .unwrap()
+                .args[0]
+                .1,
+            Arg::Number("12".into())
+        );
+        for sql in [
+            "SELECT pgml.predict('a''b', ARRAY[1])",
+            "SELECT pgml.predict('p', ARRAY[x])",
+            "SELECT pgml.predict('p', ARRAY[1]) AS score",
+            "SELECT pgml.predict('p', ARRAY[1]) FROM t",
+            "SELECT pgml.predict_proba('p', ARRAY[1])",
+        ] {
+            assert!(fast_constant_predict(sql).is_none(), "{sql}");
+        }
+    }
 }
