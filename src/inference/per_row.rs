@@ -6,13 +6,14 @@
 //! shard and merged first, as any keyless read is.
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, LimitClause, OrderByKind,
-    SelectItem, SetExpr, Statement,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, OrderByKind, SelectItem, SetExpr,
+    Statement,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::call::Arg;
+use crate::router::fanout::literal_u64;
 
 /// How to answer a per-row prediction query.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,16 +32,6 @@ pub struct PerRow {
     pub order: Option<bool>,
     pub limit: Option<u64>,
     pub offset: u64,
-}
-
-fn literal_u64(e: &Expr) -> Option<u64> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>)> {
@@ -145,29 +136,12 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
     let (mut limit, mut offset) = (None, 0);
     let mut query = q.clone();
     if by_prediction {
-        match &q.limit_clause {
-            None => {}
-            Some(LimitClause::LimitOffset {
-                limit: l,
-                offset: o,
-                limit_by,
-            }) if limit_by.is_empty() => {
-                limit = match l {
-                    None => None,
-                    Some(e) => match literal_u64(e) {
-                        Some(n) => Some(n),
-                        None => return Some(Err("a LIMIT that is not a number")),
-                    },
-                };
-                offset = match o {
-                    None => 0,
-                    Some(o) => match literal_u64(&o.value) {
-                        Some(n) => n,
-                        None => return Some(Err("an OFFSET that is not a number")),
-                    },
-                };
+        match crate::router::fanout::limit_offset(q) {
+            Ok((l, o)) => {
+                limit = l;
+                offset = o;
             }
-            _ => return Some(Err("this LIMIT form")),
+            Err(why) => return Some(Err(why)),
         }
         query.order_by = None;
         query.limit_clause = None;

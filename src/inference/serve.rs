@@ -274,6 +274,23 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
     })
 }
 
+/// The model a predict call names: a project's deployed model, or a model by id.
+async fn resolve_model(pool: &Arc<UserPool>, target: &Arg) -> Result<Arc<Model>, Refusal> {
+    match target {
+        Arg::Text(project) => Ok(pool.models.deployed(pool, project).await?.1),
+        Arg::Number(n) => {
+            let id: i64 = n
+                .parse()
+                .map_err(|_| refuse("22023", "model_id must be an integer"))?;
+            pool.models.model(pool, id).await
+        }
+        _ => Err(refuse(
+            "22004",
+            "pgml.predict needs a project name or a model id",
+        )),
+    }
+}
+
 async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
     let mut conn = pool.checkout(0, Want::Primary, true).await?;
     registry::ensure(&mut conn).await?;
@@ -842,21 +859,7 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
                 })?),
         }
     }
-    let (_, model) = match target {
-        Arg::Text(project) => pool.models.deployed(pool, project).await?,
-        Arg::Number(n) => {
-            let id: i64 = n
-                .parse()
-                .map_err(|_| refuse("22023", "model_id must be an integer"))?;
-            (id, pool.models.model(pool, id).await?)
-        }
-        _ => {
-            return Err(refuse(
-                "22004",
-                "pgml.predict needs a project name or a model id",
-            ))
-        }
-    };
+    let model = resolve_model(pool, target).await?;
     if x.len() != model.num_features() {
         return Err(refuse(
             "22023",
@@ -899,21 +902,7 @@ async fn per_row(
 ) -> Result<(), Refusal> {
     use crate::proxy::fanout::{run, Merge};
     use crate::router::fanout::Plan;
-    let (_, model) = match &plan.target {
-        Arg::Text(project) => pool.models.deployed(pool, project).await?,
-        Arg::Number(n) => {
-            let id: i64 = n
-                .parse()
-                .map_err(|_| refuse("22023", "model_id must be an integer"))?;
-            (id, pool.models.model(pool, id).await?)
-        }
-        _ => {
-            return Err(refuse(
-                "22004",
-                "pgml.predict needs a project name or a model id",
-            ))
-        }
-    };
+    let model = resolve_model(pool, &plan.target).await?;
     if plan.features.len() != model.num_features() {
         return Err(refuse(
             "22023",

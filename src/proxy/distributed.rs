@@ -58,33 +58,10 @@ pub async fn send(conn: &mut ServerConn, bytes: &[u8]) -> Result<(), PoolError> 
 
 /// Reads a server's answer up to ReadyForQuery, or up to CopyInResponse when it starts waiting for data.
 pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
-    let name = conn.address.to_string();
-    let lost = |e: String| PoolError::Lost {
-        server: name.clone(),
-        reason: e,
-    };
     let mut answer = Answer::default();
     loop {
-        let h = match Header::parse(&conn.rbuf, u32::MAX) {
-            Ok(Some(h)) if conn.rbuf.len() >= h.total() => h,
-            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {
-                    conn.broken = true;
-                    return Err(lost("server closed the connection".into()));
-                }
-                Err(e) => {
-                    conn.broken = true;
-                    return Err(lost(e.to_string()));
-                }
-            },
-            Err(e) => {
-                conn.broken = true;
-                return Err(lost(e.to_string()));
-            }
-        };
-        let msg = conn.rbuf.split_to(h.total()).freeze();
-        match h.code {
+        let msg = next_message(conn).await?;
+        match msg[0] {
             backend::ROW_DESCRIPTION => answer.row_description = Some(msg),
             backend::DATA_ROW => {
                 answer.rows.extend_from_slice(&msg);
@@ -112,39 +89,34 @@ pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
     Ok(answer)
 }
 
+/// The next whole message from a server; a closed or failing connection is marked broken.
+async fn next_message(conn: &mut ServerConn) -> Result<Bytes, PoolError> {
+    loop {
+        let failure = match Header::parse(&conn.rbuf, u32::MAX) {
+            Ok(Some(h)) if conn.rbuf.len() >= h.total() => {
+                return Ok(conn.rbuf.split_to(h.total()).freeze())
+            }
+            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => "server closed the connection".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        conn.broken = true;
+        return Err(PoolError::Lost {
+            server: conn.address.to_string(),
+            reason: failure,
+        });
+    }
+}
+
 /// Reads every message of a server's answer up to and including ReadyForQuery.
 pub async fn read_messages(conn: &mut ServerConn) -> Result<Vec<Bytes>, PoolError> {
     let mut out = Vec::new();
     loop {
-        let h = match Header::parse(&conn.rbuf, u32::MAX) {
-            Ok(Some(h)) if conn.rbuf.len() >= h.total() => h,
-            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {
-                    conn.broken = true;
-                    return Err(PoolError::Lost {
-                        server: conn.address.to_string(),
-                        reason: "server closed the connection".into(),
-                    });
-                }
-                Err(e) => {
-                    conn.broken = true;
-                    return Err(PoolError::Lost {
-                        server: conn.address.to_string(),
-                        reason: e.to_string(),
-                    });
-                }
-            },
-            Err(e) => {
-                conn.broken = true;
-                return Err(PoolError::Lost {
-                    server: conn.address.to_string(),
-                    reason: e.to_string(),
-                });
-            }
-        };
-        let msg = conn.rbuf.split_to(h.total()).freeze();
-        if h.code == backend::READY_FOR_QUERY {
+        let msg = next_message(conn).await?;
+        if msg[0] == backend::READY_FOR_QUERY {
             conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
             out.push(msg);
             return Ok(out);

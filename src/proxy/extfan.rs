@@ -14,6 +14,15 @@ use crate::protocol::frame::Header;
 
 use super::statements::StatementMap;
 
+/// The row limit of an Execute body (portal name, then the limit).
+fn execute_max_rows(body: &[u8]) -> i32 {
+    body.iter()
+        .position(|&b| b == 0)
+        .and_then(|nul| body.get(nul + 1..nul + 5))
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
 /// A whole extended-protocol request waiting in the client buffer.
 #[derive(Debug)]
 pub struct ExtRequest {
@@ -76,12 +85,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
                 }
             }
             frontend::EXECUTE if bind.is_some() && !executed => {
-                let max_rows = body
-                    .iter()
-                    .position(|&b| b == 0)
-                    .and_then(|nul| body.get(nul + 1..nul + 5))
-                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(0);
+                let max_rows = execute_max_rows(body);
                 limit = max_rows.max(0);
                 executed = true;
             }
@@ -271,12 +275,7 @@ pub fn decode_batch(
                 _ => return Err("Describe of a statement inside a batch"),
             },
             frontend::EXECUTE if open.is_some() => {
-                let max_rows = body
-                    .iter()
-                    .position(|&b| b == 0)
-                    .and_then(|nul| body.get(nul + 1..nul + 5))
-                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(0);
+                let max_rows = execute_max_rows(body);
                 if max_rows != 0 {
                     return Err("Execute with a row limit (portal suspension)");
                 }

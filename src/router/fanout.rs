@@ -71,6 +71,29 @@ pub(crate) fn literal_u64(e: &Expr) -> Option<u64> {
     }
 }
 
+/// A query's literal LIMIT and OFFSET (none and 0 when absent).
+pub(crate) fn limit_offset(q: &sqlparser::ast::Query) -> Result<(Option<u64>, u64), &'static str> {
+    use sqlparser::ast::LimitClause;
+    match &q.limit_clause {
+        None => Ok((None, 0)),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) if limit_by.is_empty() => Ok((
+            match limit {
+                None => None,
+                Some(e) => Some(literal_u64(e).ok_or("a LIMIT that is not a number")?),
+            },
+            match offset {
+                None => 0,
+                Some(o) => literal_u64(&o.value).ok_or("an OFFSET that is not a number")?,
+            },
+        )),
+        _ => Err("this LIMIT form"),
+    }
+}
+
 /// Plans ORDER BY / LIMIT / OFFSET of a plain select for a merge.
 fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Ordered, &'static str> {
     use sqlparser::ast::{LimitClause, OrderByKind, SelectItem};
@@ -111,25 +134,7 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
             });
         }
     }
-    let (limit, offset) = match &q.limit_clause {
-        None => (None, 0),
-        Some(LimitClause::LimitOffset {
-            limit,
-            offset,
-            limit_by,
-        }) if limit_by.is_empty() => {
-            let limit = match limit {
-                None => None,
-                Some(e) => Some(literal_u64(e).ok_or("a LIMIT that is not a number")?),
-            };
-            let offset = match offset {
-                None => 0,
-                Some(o) => literal_u64(&o.value).ok_or("an OFFSET that is not a number")?,
-            };
-            (limit, offset)
-        }
-        _ => return Err("this LIMIT form"),
-    };
+    let (limit, offset) = limit_offset(q)?;
     let mut shard_query = q.clone();
     shard_query.limit_clause = limit.map(|l| LimitClause::LimitOffset {
         limit: Some(Expr::value(sqlparser::ast::Value::Number(

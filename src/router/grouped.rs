@@ -5,8 +5,8 @@
 //! aggregates, ordered-set aggregates, expressions over aggregates, `DISTINCT ON`) is refused by the caller.
 
 use sqlparser::ast::{
-    Distinct, Expr, FunctionArguments, GroupByExpr, Ident, LimitClause, OrderByKind, Query, Select,
-    SelectItem, SetExpr, Statement,
+    Distinct, Expr, FunctionArguments, GroupByExpr, Ident, OrderByKind, Query, Select, SelectItem,
+    SetExpr, Statement,
 };
 
 use super::fanout::{literal_u64, SortColumn, SortKey};
@@ -244,24 +244,7 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
             });
         }
     }
-    let (limit, offset) = match &q.limit_clause {
-        None => (None, 0),
-        Some(LimitClause::LimitOffset {
-            limit,
-            offset,
-            limit_by,
-        }) if limit_by.is_empty() => (
-            match limit {
-                None => None,
-                Some(e) => Some(literal_u64(e).ok_or("a LIMIT that is not a number")?),
-            },
-            match offset {
-                None => 0,
-                Some(o) => literal_u64(&o.value).ok_or("an OFFSET that is not a number")?,
-            },
-        ),
-        _ => return Err("this LIMIT form"),
-    };
+    let (limit, offset) = super::fanout::limit_offset(q)?;
     let mut shard_select = s.clone();
     shard_select.projection = shard_items;
     let mut shard_query = q.clone();
