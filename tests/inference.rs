@@ -398,3 +398,22 @@ async fn training_and_per_row_inference_over_three_shards() {
     let p: f64 = one[0][0].as_deref().unwrap().parse().unwrap();
     assert!((p - (50.0 + 3.0 * s + 10.0 * r as f64 - 0.5 * a as f64)).abs() < 1e-3);
 }
+
+#[tokio::test]
+async fn passthrough_mode_leaves_pgml_calls_to_the_server() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "").replace(
+        "[pools.app]\n",
+        "[inference]\nmode = \"passthrough\"\n\n[pools.app]\n",
+    ))
+    .await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    // A stock PostgreSQL has no pgml schema: the server's own error comes back.
+    let e = c
+        .simple_query("SELECT pgml.predict('p', ARRAY[1]::real[])")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "3F000", "{e:?}");
+}

@@ -4,6 +4,7 @@
 
 mod error;
 mod general;
+mod inference;
 mod plugins;
 mod pools;
 mod validate;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use general::{AdminAuthType, General, LagLimit};
+pub use inference::{Inference, InferenceMode};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,
@@ -27,6 +29,9 @@ pub struct Config {
     pub general: General,
     #[serde(default)]
     pub plugins: Option<Plugins>,
+    /// Ocelot: `[inference]`.
+    #[serde(default)]
+    pub inference: inference::Inference,
     #[serde(default)]
     pub pools: BTreeMap<String, Pool>,
     /// PgCat writes the CLI path here; accepted and ignored when present in a file.

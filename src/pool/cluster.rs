@@ -57,6 +57,8 @@ pub struct UserPool {
     pub two_phase: bool,
     /// Deployed `pgml` models served by Ocelot, shared by the pool's clients.
     pub models: crate::inference::serve::Models,
+    /// Whether Ocelot answers `pgml.*` calls (`[inference] mode`).
+    pub inference_mode: crate::config::InferenceMode,
     pub two_phase_log: Vec<tokio::sync::OnceCell<()>>,
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
@@ -194,6 +196,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         collations: Default::default(),
         two_phase: pool.two_phase_commit,
         models: Default::default(),
+        inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
     })

@@ -353,6 +353,7 @@ impl Session {
                 }
                 // pgml.* calls Ocelot serves itself (train, deploy, predict with constant arguments).
                 if code == frontend::QUERY
+                    && self.pool.inference_mode == crate::config::InferenceMode::Proxy
                     && matches!(piece, Piece::Whole(_))
                     && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
                 {
