@@ -224,6 +224,26 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
             .unwrap(),
     );
     assert_eq!(row[0][2].as_deref(), Some("linear"));
+    // Lasso and elastic net (coordinate descent, scikit-learn's objective) train and score close to exact here.
+    for (algorithm, params) in [
+        ("lasso", "{\"alpha\": 0.1}"),
+        ("elastic_net", "{\"alpha\": 0.01, \"l1_ratio\": 0.7}"),
+    ] {
+        let row = rows_of(
+            &c.simple_query(&format!("SELECT * FROM pgml.train('houses', algorithm => '{algorithm}', relation_name => 'house', y_column_name => 'price', hyperparams => '{params}', test_sampling => 'last')"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(row[0][2].as_deref(), Some(algorithm));
+        let r2: f64 = pg
+            .psql_admin_db(
+                "app",
+                &format!("SELECT metrics->>'r2' FROM pgml.models WHERE algorithm = '{algorithm}'"),
+            )
+            .parse()
+            .unwrap();
+        assert!(r2 > 0.99, "{algorithm}: {r2}");
+    }
     // Errors, with PostgreSQL codes.
     for (sql, code) in [
         ("SELECT pgml.predict('houses', ARRAY[1, 2]::real[])", "22023"),

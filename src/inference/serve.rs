@@ -347,11 +347,17 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
     };
     enum Algo {
         Linear(f64),
+        ElasticNet(f64, f64),
         Logistic(f64, usize),
     }
     let algo = match (task.as_str(), algorithm.as_str()) {
         ("regression", "linear") => Algo::Linear(0.0),
         ("regression", "ridge") => Algo::Linear(hyperparam(&args, "alpha").unwrap_or(1.0)),
+        ("regression", "lasso") => Algo::ElasticNet(hyperparam(&args, "alpha").unwrap_or(1.0), 1.0),
+        ("regression", "elastic_net") => Algo::ElasticNet(
+            hyperparam(&args, "alpha").unwrap_or(1.0),
+            hyperparam(&args, "l1_ratio").unwrap_or(0.5),
+        ),
         ("classification", "linear" | "logistic_regression") => Algo::Logistic(
             hyperparam(&args, "C").unwrap_or(1.0),
             hyperparam(&args, "max_iter").map_or(3000, |v| v.max(1.0) as usize),
@@ -359,7 +365,7 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
         _ => {
             return Err(refuse(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: regression with linear or ridge, classification with linear or logistic_regression"),
+                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: regression with linear, ridge, lasso or elastic_net, classification with linear or logistic_regression"),
             ))
         }
     };
@@ -401,6 +407,17 @@ async fn train(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<
         Algo::Linear(alpha) => Model::Linear(
             Linear::fit(&features[..n_train], &y[..n_train], alpha)
                 .map_err(|e| refuse("22023", e.to_string()))?,
+        ),
+        Algo::ElasticNet(alpha, l1_ratio) => Model::Linear(
+            Linear::fit_elastic_net(
+                &features[..n_train],
+                &y[..n_train],
+                alpha,
+                l1_ratio,
+                hyperparam(&args, "max_iter").map_or(1000, |v| v.max(1.0) as usize),
+                hyperparam(&args, "tol").unwrap_or(1e-4),
+            )
+            .map_err(|e| refuse("22023", e.to_string()))?,
         ),
         Algo::Logistic(c, max_iter) => Model::Logistic(
             Logistic::fit(&features[..n_train], &y[..n_train], c, max_iter).ok_or_else(|| {
