@@ -189,6 +189,37 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
         (ridge - 375.0).abs() > 0.01,
         "the ridge model answers now: {ridge}"
     );
+    // Batches: a set of predictions by project, an array by model id; joint predictions for regression.
+    let batch = rows_of(
+        &c.simple_query(
+            "SELECT * FROM pgml.predict_batch('houses', ARRAY[100, 3, 10, 100, 3, 10]::real[])",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(batch.len(), 2);
+    let linear_id = pg.psql_admin_db(
+        "app",
+        "SELECT min(id) FROM pgml.models WHERE algorithm = 'linear'",
+    );
+    assert_eq!(
+        first_value(
+            &c,
+            &format!(
+                "SELECT pgml.predict_batch({linear_id}, ARRAY[100, 3, 10, 100, 3, 10]::real[])"
+            )
+        )
+        .await,
+        "{375,375}"
+    );
+    assert_eq!(
+        first_value(
+            &c,
+            &format!("SELECT pgml.predict_joint({linear_id}, ARRAY[100, 3, 10]::real[])")
+        )
+        .await,
+        "{375}"
+    );
     // Deploy strategies: rollback returns to the linear model, best_score keeps it, most_recent picks ridge.
     let strategy = |s: &str| format!("SELECT * FROM pgml.deploy('houses', '{s}')");
     let deployed_algorithm = |pg: &Postgres| {
@@ -247,6 +278,7 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
     // Errors, with PostgreSQL codes.
     for (sql, code) in [
         ("SELECT pgml.predict('houses', ARRAY[1, 2]::real[])", "22023"),
+        ("SELECT * FROM pgml.predict_batch('houses', ARRAY[1, 2, 3, 4]::real[])", "22023"),
         ("SELECT pgml.predict('nobody', ARRAY[1]::real[])", "22023"),
         ("SELECT pgml.train('houses', algorithm => 'svm', relation_name => 'house', y_column_name => 'price')", "0A000"),
         ("SELECT pgml.train('p2', 'regression', 'no_such_table', 'y')", "42P01"),

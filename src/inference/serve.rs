@@ -171,7 +171,9 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
             deploy_model(pool, call, &mut out).await
         }
         "deploy" => deploy_strategy(pool, call, &mut out).await,
-        "predict" | "predict_proba" if call.args.iter().all(|(_, a)| a.is_constant()) => {
+        "predict" | "predict_proba" | "predict_batch" | "predict_joint"
+            if call.args.iter().all(|(_, a)| a.is_constant()) =>
+        {
             predict(pool, call, &mut out).await
         }
         _ => return None,
@@ -877,6 +879,35 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
         }
     }
     let model = resolve_model(pool, target).await?;
+    if call.function == "predict_batch" {
+        // A flat array of rows × features; the project overload returns a set, the model overload an array.
+        let n = model.num_features().max(1);
+        if x.len() % n != 0 {
+            return Err(refuse(
+                "22023",
+                format!(
+                    "pgml.predict_batch got {} values, not a multiple of the model's {n} features",
+                    x.len()
+                ),
+            ));
+        }
+        let predictions: Vec<String> = x
+            .chunks(n)
+            .map(|row| float4_text(model.predict(row) as f32))
+            .collect();
+        if matches!(target, Arg::Text(_)) {
+            encode::row_description_typed(out, &[("predict_batch", 700, 4)]);
+            for p in &predictions {
+                encode::data_row_text(out, &[p]);
+            }
+            encode::command_complete(out, &format!("SELECT {}", predictions.len()));
+        } else {
+            encode::row_description_typed(out, &[("predict_batch", 1021, -1)]);
+            encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
+            encode::command_complete(out, "SELECT 1");
+        }
+        return Ok(());
+    }
     if x.len() != model.num_features() {
         return Err(refuse(
             "22023",
@@ -887,7 +918,19 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
             ),
         ));
     }
-    if call.function == "predict_proba" {
+    if call.function == "predict_joint" {
+        let Model::Linear(m) = model.as_ref() else {
+            return Err(refuse(
+                "22023",
+                "You can't predict joint probabilities for a classification model",
+            ));
+        };
+        encode::row_description_typed(out, &[("predict_joint", 1021, -1)]);
+        encode::data_row_text(
+            out,
+            &[&format!("{{{}}}", float4_text(m.predict(&x) as f32))],
+        );
+    } else if call.function == "predict_proba" {
         let Model::Logistic(m) = model.as_ref() else {
             return Err(refuse(
                 "22023",
