@@ -189,6 +189,33 @@ async fn train_deploy_and_predict_linear_and_ridge_regression_in_the_proxy() {
         (ridge - 375.0).abs() > 0.01,
         "the ridge model answers now: {ridge}"
     );
+    // The result column is named as PostgreSQL names it: the function, or the alias.
+    let named = c
+        .simple_query("SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[]) AS score")
+        .await
+        .unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &named[1] else {
+        panic!("{named:?}");
+    };
+    assert_eq!(r.columns()[0].name(), "score");
+    // Inside a transaction block the call is still Ocelot's, and the transaction carries on.
+    let outside = first_value(
+        &c,
+        "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[])",
+    )
+    .await;
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SELECT count(*) FROM house").await.unwrap();
+    assert_eq!(
+        first_value(
+            &c,
+            "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[])"
+        )
+        .await,
+        outside
+    );
+    assert_eq!(first_value(&c, "SELECT count(*) FROM house").await, "200");
+    c.simple_query("COMMIT").await.unwrap();
     // Batches: a set of predictions by project, an array by model id; joint predictions for regression.
     let batch = rows_of(
         &c.simple_query(

@@ -174,7 +174,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "predict" | "predict_proba" | "predict_batch" | "predict_joint"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
-            predict(pool, call, &mut out).await
+            predict_named(pool, call, output_alias(sql).as_deref(), &mut out).await
         }
         _ => return None,
     };
@@ -855,7 +855,36 @@ fn float4_text(v: f32) -> String {
     format!("{v}")
 }
 
+/// The column name of a one-item select list: its alias when it has one.
+fn output_alias(sql: &str) -> Option<String> {
+    use sqlparser::ast::{SelectItem, SetExpr, Statement};
+    let statements =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
+            .ok()?;
+    let [Statement::Query(q)] = statements.as_slice() else {
+        return None;
+    };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    match s.projection.as_slice() {
+        [SelectItem::ExprWithAlias { alias, .. }] => Some(alias.value.clone()),
+        _ => None,
+    }
+}
+
 async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+    predict_named(pool, call, None, out).await
+}
+
+/// A predict-family call; `alias` names the result column instead of the function.
+async fn predict_named(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    alias: Option<&str>,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let name = alias.unwrap_or(call.function.as_str());
     let [(_, target), (_, features)] = call.args.as_slice() else {
         return Err(refuse(
             "42883",
@@ -896,13 +925,13 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
             .map(|row| float4_text(model.predict(row) as f32))
             .collect();
         if matches!(target, Arg::Text(_)) {
-            encode::row_description_typed(out, &[("predict_batch", 700, 4)]);
+            encode::row_description_typed(out, &[(name, 700, 4)]);
             for p in &predictions {
                 encode::data_row_text(out, &[p]);
             }
             encode::command_complete(out, &format!("SELECT {}", predictions.len()));
         } else {
-            encode::row_description_typed(out, &[("predict_batch", 1021, -1)]);
+            encode::row_description_typed(out, &[(name, 1021, -1)]);
             encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
             encode::command_complete(out, "SELECT 1");
         }
@@ -925,7 +954,7 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
                 "You can't predict joint probabilities for a classification model",
             ));
         };
-        encode::row_description_typed(out, &[("predict_joint", 1021, -1)]);
+        encode::row_description_typed(out, &[(name, 1021, -1)]);
         encode::data_row_text(
             out,
             &[&format!("{{{}}}", float4_text(m.predict(&x) as f32))],
@@ -942,11 +971,11 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
             .into_iter()
             .map(|v| float4_text(v as f32))
             .collect();
-        encode::row_description_typed(out, &[("predict_proba", 1021, -1)]);
+        encode::row_description_typed(out, &[(name, 1021, -1)]);
         encode::data_row_text(out, &[&format!("{{{}}}", p.join(","))]);
     } else {
         let y = model.predict(&x) as f32;
-        encode::row_description_typed(out, &[("predict", 700, 4)]);
+        encode::row_description_typed(out, &[(name, 700, 4)]);
         encode::data_row_text(out, &[&float4_text(y)]);
     }
     encode::command_complete(out, "SELECT 1");

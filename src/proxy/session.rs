@@ -111,6 +111,8 @@ pub struct Session {
     copy_simple: bool,
     /// ReadyForQuery answers to Syncs Ocelot injected, not to be passed to the client.
     swallow_rfq: usize,
+    /// A request waits in `cbuf` for the server to finish the one before (a pgml.* call Ocelot answers itself).
+    held_back: bool,
     /// An Execute went to the server since its last ReadyForQuery.
     unsynced_execute: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
@@ -160,6 +162,7 @@ impl Session {
             skip_to_sync: false,
             copy_simple: true,
             swallow_rfq: 0,
+            held_back: false,
             unsynced_execute: false,
             replay: None,
             draining,
@@ -252,7 +255,7 @@ impl Session {
                     }
                     // Requests held back for routing go on once the previous one is answered.
                     if !self.cbuf.is_empty()
-                        && self.routing_sensitive()
+                        && (self.routing_sensitive() || self.held_back)
                         && (self.server.is_none()
                             || self.tracker.pending_units() == 0
                             || self.tracker.in_copy())
@@ -323,6 +326,7 @@ impl Session {
     /// Handles what the client sent: forwards whole runs of bytes to the server, checking one out first when
     /// needed. Returns `Some` when the client asked to terminate.
     async fn on_client_bytes(&mut self) -> Result<Option<End>, ClientError> {
+        self.held_back = false;
         let mut fwd = 0usize;
         let inspect = self.stmts.is_some();
         while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |c| {
@@ -357,27 +361,12 @@ impl Session {
                     && matches!(piece, Piece::Whole(_))
                     && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
                 {
-                    let body = &self.cbuf[5..piece.len()];
-                    let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
-                        .into_owned();
-                    let (want, primary_reads) = (self.want(), self.primary_reads());
-                    let route = crate::inference::serve::ReadRoute {
-                        params: &self.params,
-                        want,
-                        primary_reads,
+                    let status = if self.pending_begin.is_some() {
+                        txn::IN_TRANSACTION
+                    } else {
+                        txn::IDLE
                     };
-                    if let Some(answer) =
-                        crate::inference::serve::serve(&self.pool, &sql, route).await
-                    {
-                        self.cbuf.advance(piece.len());
-                        self.out.extend_from_slice(&answer);
-                        let status = if self.pending_begin.is_some() {
-                            txn::IN_TRANSACTION
-                        } else {
-                            txn::IDLE
-                        };
-                        encode::ready_for_query(&mut self.out, status);
-                        self.flush_out().await?;
+                    if self.serve_inference(piece.len(), status).await? {
                         continue;
                     }
                 }
@@ -505,6 +494,24 @@ impl Session {
             }
             if starts {
                 self.dropping = false;
+                // A pgml.* call while a server is held (a transaction): answered in order, after the server.
+                if fwd == 0
+                    && code == frontend::QUERY
+                    && self.pool.inference_mode == crate::config::InferenceMode::Proxy
+                    && matches!(piece, Piece::Whole(_))
+                    && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
+                {
+                    if self.tracker.pending_units() > 0 {
+                        self.held_back = true;
+                        break;
+                    }
+                    if self
+                        .serve_inference(piece.len(), self.tracker.status())
+                        .await?
+                    {
+                        continue;
+                    }
+                }
                 if fwd == 0
                     && self.pool.shards.len() > 1
                     && matches!(piece, Piece::Whole(_))
@@ -581,6 +588,27 @@ impl Session {
             self.cbuf.reserve(wanted - self.cbuf.len());
         }
         Ok(None)
+    }
+
+    /// Answers the Query of `len` bytes at the start of `cbuf` when it is a `pgml.*` call Ocelot serves, ending
+    /// with ReadyForQuery(`status`). Returns false when the call is the server's.
+    async fn serve_inference(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
+        let body = &self.cbuf[5..len];
+        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+        let (want, primary_reads) = (self.want(), self.primary_reads());
+        let route = crate::inference::serve::ReadRoute {
+            params: &self.params,
+            want,
+            primary_reads,
+        };
+        let Some(answer) = crate::inference::serve::serve(&self.pool, &sql, route).await else {
+            return Ok(false);
+        };
+        self.cbuf.advance(len);
+        self.out.extend_from_slice(&answer);
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
     }
 
     /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
