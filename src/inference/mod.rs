@@ -5,8 +5,11 @@
 //! unchanged.
 
 pub mod call;
+mod deploy;
 pub mod linear;
 pub mod logistic;
+mod models;
 pub mod per_row;
 pub mod registry;
 pub mod serve;
+mod train;

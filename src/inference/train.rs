@@ -1,0 +1,441 @@
+//! `pgml.train`: reading the relation through the pool (from every shard), PostgresML's split, fitting in the
+//! proxy, PostgresML's metrics, the registry rows, and auto-deploy when the new model scores at least as well.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_util::future::join_all;
+
+use super::call::{bind, train_params, Arg, Call};
+use super::linear::{regression_metrics, Linear};
+use super::logistic::{classification_metrics, Logistic};
+use super::models::{refuse, registry_conn, sqlstate_of, value, Model, Refusal};
+use crate::pool::balance::Want;
+use crate::pool::server::ServerConn;
+use crate::pool::UserPool;
+use crate::protocol::codes::sqlstate;
+use crate::protocol::encode;
+use crate::proxy::distributed;
+use crate::proxy::fanout::{cells, fields, split_rows};
+use crate::router::session_sql::{quote_literal, quote_name};
+
+pub(super) fn text_arg(args: &BTreeMap<&str, Arg>, name: &str) -> Option<String> {
+    args.get(name).and_then(|a| a.as_text()).map(str::to_owned)
+}
+
+/// A relation name as SQL: each dot-separated part quoted.
+fn relation_sql(name: &str) -> String {
+    name.split('.')
+        .map(|p| quote_name(p.trim_matches('"')))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+pub(super) async fn train(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let args = bind(call, &train_params())?;
+    let project = text_arg(&args, "project_name")
+        .ok_or_else(|| refuse("22023", "project_name must not be NULL"))?;
+    let algorithm = text_arg(&args, "algorithm").unwrap_or_else(|| "linear".into());
+    let mut conn = registry_conn(pool).await?;
+    let existing = value(
+        &mut conn,
+        &format!(
+            "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
+            quote_literal(&project)
+        ),
+    )
+    .await?;
+    let task = match (text_arg(&args, "task"), &existing) {
+        (None, None) => {
+            return Err(refuse(
+                "22023",
+                format!("Project `{project}` does not exist. To create a new project, you must specify a `task`."),
+            ))
+        }
+        (Some(t), Some(e)) if !e.ends_with(&format!(":{t}")) => {
+            let have = e.split(':').nth(1).unwrap_or_default();
+            return Err(refuse(
+                "22023",
+                format!("Project `\"{project}\"` already exists with a different task: `{have}`. Create a new project instead."),
+            ));
+        }
+        (Some(t), _) => t,
+        (None, Some(e)) => e.split(':').nth(1).unwrap_or_default().to_owned(),
+    };
+    enum Algo {
+        Linear(f64),
+        ElasticNet(f64, f64),
+        Logistic(f64, usize),
+    }
+    let algo = match (task.as_str(), algorithm.as_str()) {
+        ("regression", "linear") => Algo::Linear(0.0),
+        ("regression", "ridge") => Algo::Linear(hyperparam(&args, "alpha").unwrap_or(1.0)),
+        ("regression", "lasso") => Algo::ElasticNet(hyperparam(&args, "alpha").unwrap_or(1.0), 1.0),
+        ("regression", "elastic_net") => Algo::ElasticNet(
+            hyperparam(&args, "alpha").unwrap_or(1.0),
+            hyperparam(&args, "l1_ratio").unwrap_or(0.5),
+        ),
+        ("classification", "linear" | "logistic_regression") => Algo::Logistic(
+            hyperparam(&args, "C").unwrap_or(1.0),
+            hyperparam(&args, "max_iter").map_or(3000, |v| v.max(1.0) as usize),
+        ),
+        _ => {
+            return Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: regression with linear, ridge, lasso or elastic_net, classification with linear or logistic_regression"),
+            ))
+        }
+    };
+    let relation = text_arg(&args, "relation_name").ok_or_else(|| {
+        refuse(sqlstate::FEATURE_NOT_SUPPORTED, "training again from a project's last snapshot is not supported yet: pass relation_name and y_column_name")
+    })?;
+    let y_column = text_arg(&args, "y_column_name").ok_or_else(|| {
+        refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task.")
+    })?;
+    let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
+    let order = match sampling.as_str() {
+        "last" => "",
+        // PostgresML's stratified sampling partitions by every column, which amounts to a shuffle for regression.
+        "random" | "stratified" => " ORDER BY random()",
+        other => {
+            return Err(refuse(
+                "22P02",
+                format!("invalid input value for enum pgml.sampling: \"{other}\""),
+            ))
+        }
+    };
+    let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
+    let started = Instant::now();
+    let (features, names, y) = read_relation(pool, &relation, &y_column, order).await?;
+    let n = y.len();
+    let n_test = if test_size > 1.0 {
+        test_size as usize
+    } else {
+        (n as f64 * test_size).round() as usize
+    };
+    if n_test >= n {
+        return Err(refuse(
+            "22023",
+            format!("test_size = {test_size} is too large. There are only {n} samples."),
+        ));
+    }
+    let n_train = n - n_test;
+    let model = match algo {
+        Algo::Linear(alpha) => Model::Linear(
+            Linear::fit(&features[..n_train], &y[..n_train], alpha)
+                .map_err(|e| refuse("22023", e.to_string()))?,
+        ),
+        Algo::ElasticNet(alpha, l1_ratio) => Model::Linear(
+            Linear::fit_elastic_net(
+                &features[..n_train],
+                &y[..n_train],
+                alpha,
+                l1_ratio,
+                hyperparam(&args, "max_iter").map_or(1000, |v| v.max(1.0) as usize),
+                hyperparam(&args, "tol").unwrap_or(1e-4),
+            )
+            .map_err(|e| refuse("22023", e.to_string()))?,
+        ),
+        Algo::Logistic(c, max_iter) => Model::Logistic(
+            Logistic::fit(&features[..n_train], &y[..n_train], c, max_iter).ok_or_else(|| {
+                refuse(
+                    "22023",
+                    "classification needs at least two classes in the training split",
+                )
+            })?,
+        ),
+    };
+    let fit_time = started.elapsed().as_secs_f64();
+    let scored = Instant::now();
+    let (tx, ty) = if n_test == 0 {
+        (&features[..n_train], &y[..n_train])
+    } else {
+        (&features[n_train..], &y[n_train..])
+    };
+    let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
+    let (mut metrics, target) = match &model {
+        Model::Linear(_) => (regression_metrics(ty, &predicted), "r2"),
+        Model::Logistic(_) => (classification_metrics(ty, &predicted), "f1"),
+    };
+    metrics.insert("fit_time".into(), fit_time.into());
+    metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
+    let score = metrics
+        .get(target)
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NEG_INFINITY);
+    let deployed = record(
+        pool,
+        &mut conn,
+        Trained {
+            project: &project,
+            project_id: existing.as_deref().and_then(|e| e.split(':').next()),
+            task: &task,
+            relation: &relation,
+            y_column: &y_column,
+            sampling: &sampling,
+            test_size,
+            samples: n,
+            features: &names,
+            algorithm: &algorithm,
+            hyperparams: text_arg(&args, "hyperparams").unwrap_or_else(|| "{}".into()),
+            model: &model,
+            metrics,
+            target,
+            score,
+            auto_deploy: args
+                .get("automatic_deploy")
+                .and_then(Arg::as_bool)
+                .unwrap_or(true),
+        },
+    )
+    .await?;
+    encode::row_description_typed(
+        out,
+        &[
+            ("project", 25, -1),
+            ("task", 25, -1),
+            ("algorithm", 25, -1),
+            ("deployed", 16, 1),
+        ],
+    );
+    encode::data_row_text(
+        out,
+        &[
+            &project,
+            &task,
+            &algorithm,
+            if deployed { "t" } else { "f" },
+        ],
+    );
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+fn hyperparam(args: &BTreeMap<&str, Arg>, key: &str) -> Option<f64> {
+    let text = text_arg(args, "hyperparams")?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()?
+        .get(key)?
+        .as_f64()
+}
+
+const NUMERIC_TYPES: &[u32] = &[16, 20, 21, 23, 700, 701, 1700];
+
+/// Reads `relation` (from every shard, in parallel): the feature columns (every column but `y_column`, which must
+/// all be numeric) and the label.
+async fn read_relation(
+    pool: &Arc<UserPool>,
+    relation: &str,
+    y_column: &str,
+    order: &str,
+) -> Result<(Vec<Vec<f64>>, Vec<String>, Vec<f64>), Refusal> {
+    let sql = format!("SELECT * FROM {}{order}", relation_sql(relation));
+    let mut q = BytesMut::new();
+    encode::query(&mut q, &sql);
+    let reads = join_all((0..pool.shards.len()).map(|shard| {
+        let q = q.clone();
+        async move {
+            let mut conn = pool.checkout(shard, Want::Any, true).await?;
+            distributed::exec(&mut conn, &q).await
+        }
+    }))
+    .await;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for answer in reads {
+        let answer = answer?;
+        if let Some(e) = answer.error {
+            let f = crate::protocol::decode::error_fields(&e[5..]).unwrap_or_default();
+            return Err(Refusal {
+                code: sqlstate_of(&f.code),
+                message: f.message,
+            });
+        }
+        let Some(rd) = answer.row_description.as_ref() else {
+            continue;
+        };
+        let cols = fields(rd)
+            .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
+        let y_idx = cols
+            .iter()
+            .position(|c| c.name == y_column.to_lowercase())
+            .ok_or_else(|| {
+                refuse(
+                    "42703",
+                    format!(
+                        "Column `{y_column}` not found. Did you pass the correct `y_column_name`?"
+                    ),
+                )
+            })?;
+        for c in &cols {
+            if !NUMERIC_TYPES.contains(&c.oid) {
+                return Err(refuse(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("column \"{}\" of {relation} is not numeric (type oid {}); Ocelot trains on numeric and boolean columns only so far", c.name, c.oid),
+                ));
+            }
+        }
+        names = cols
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != y_idx)
+            .map(|(_, c)| c.name.clone())
+            .collect();
+        for raw in split_rows(&answer.rows) {
+            let row =
+                cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
+            let mut x = Vec::with_capacity(row.len().saturating_sub(1));
+            for (i, cell) in row.iter().enumerate() {
+                let v = match cell {
+                    None if i == y_idx => {
+                        return Err(refuse("22023", format!("The training data labels in \"{y_column}\" contain NULL values. Consider filtering them out.")))
+                    }
+                    None => {
+                        return Err(refuse("22023", format!("missing values in column \"{}\"; Ocelot does not impute them yet", cols[i].name)))
+                    }
+                    Some(b) => {
+                        let t = std::str::from_utf8(b).unwrap_or_default();
+                        match t {
+                            "t" => 1.0,
+                            "f" => 0.0,
+                            _ => t.parse::<f64>().map_err(|_| refuse("22023", format!("value {t:?} of \"{}\" is not a number", cols[i].name)))?,
+                        }
+                    }
+                };
+                if i == y_idx {
+                    labels.push(v);
+                } else {
+                    x.push(v);
+                }
+            }
+            features.push(x);
+        }
+    }
+    if labels.is_empty() {
+        return Err(refuse(
+            "22023",
+            format!("relation {relation} has no rows to train on"),
+        ));
+    }
+    Ok((features, names, labels))
+}
+
+/// A model just fitted, with what the registry records about it.
+struct Trained<'a> {
+    project: &'a str,
+    /// The project's id when it exists already.
+    project_id: Option<&'a str>,
+    task: &'a str,
+    relation: &'a str,
+    y_column: &'a str,
+    sampling: &'a str,
+    test_size: f64,
+    samples: usize,
+    features: &'a [String],
+    algorithm: &'a str,
+    hyperparams: String,
+    model: &'a Model,
+    metrics: serde_json::Map<String, serde_json::Value>,
+    /// The metric auto-deploy compares, and the new model's value of it.
+    target: &'static str,
+    score: f64,
+    auto_deploy: bool,
+}
+
+/// Writes the project (when new), snapshot, model, file and, when it wins, deployment rows; returns whether the
+/// model was deployed.
+async fn record(
+    pool: &Arc<UserPool>,
+    conn: &mut ServerConn,
+    t: Trained<'_>,
+) -> Result<bool, Refusal> {
+    let Trained {
+        project,
+        task,
+        relation,
+        y_column,
+        sampling,
+        test_size,
+        samples: n,
+        features: names,
+        algorithm,
+        hyperparams,
+        model,
+        metrics,
+        target,
+        score,
+        auto_deploy: auto,
+        ..
+    } = t;
+    let bytes = serde_json::to_vec(model).unwrap_or_default();
+    let columns = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+    let project_id = match t.project_id {
+        Some(id) => id.to_owned(),
+        None => value(
+            conn,
+            &format!(
+                "INSERT INTO pgml.projects (name, task) VALUES ({}, {}::pgml.task) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+                quote_literal(project),
+                quote_literal(task)
+            ),
+        )
+        .await?
+        .unwrap_or_default(),
+    };
+    let snapshot_id = value(
+        conn,
+        &format!(
+            "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, ARRAY[{}], {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
+            quote_literal(relation),
+            quote_literal(y_column),
+            quote_literal(sampling),
+            quote_literal(&columns),
+            quote_literal(&format!("{{\"samples\": {n}}}")),
+        ),
+    )
+    .await?
+    .unwrap_or_default();
+    let metrics_json = serde_json::Value::Object(metrics).to_string();
+    let model_id = value(
+        conn,
+        &format!(
+            "INSERT INTO pgml.models (project_id, snapshot_id, num_features, algorithm, runtime, hyperparams, status, metrics, search_params, search_args) VALUES ({project_id}, {snapshot_id}, {}, {}, 'rust', {}::jsonb, 'successful', {}::jsonb, '{{}}', '{{}}') RETURNING id",
+            names.len(),
+            quote_literal(algorithm),
+            quote_literal(&hyperparams),
+            quote_literal(&metrics_json),
+        ),
+    )
+    .await?
+    .unwrap_or_default();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    conn.run(&format!(
+        "INSERT INTO pgml.files (model_id, path, part, data) VALUES ({model_id}, 'estimator.ocelot.json', 0, '\\x{hex}'::bytea)"
+    ))
+    .await?;
+    // Deploy unless the deployed model scores better (ties deploy), as PostgresML does.
+    let current = value(
+        conn,
+        &format!(
+            "SELECT (m.metrics->>'{target}') FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = {project_id} ORDER BY d.created_at DESC, d.id DESC LIMIT 1"
+        ),
+    )
+    .await?
+    .and_then(|v| v.parse::<f64>().ok());
+    let deployed = auto && current.is_none_or(|c| c <= score);
+    if deployed {
+        conn.run(&format!(
+            "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {model_id}, 'new_score')"
+        ))
+        .await?;
+        pool.models.forget(project);
+    }
+    Ok(deployed)
+}
