@@ -352,144 +352,11 @@ impl Session {
             if self.server.is_none() {
                 // Nothing was forwarded yet in this call, since forwarding needs a server.
                 debug_assert_eq!(fwd, 0);
-                if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
-                    continue;
-                }
-                // pgml.* calls Ocelot serves itself (train, deploy, predict with constant arguments).
-                if code == frontend::QUERY
-                    && self.pool.inference_mode == crate::config::InferenceMode::Proxy
-                    && matches!(piece, Piece::Whole(_))
-                    && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
-                {
-                    let status = if self.pending_begin.is_some() {
-                        txn::IN_TRANSACTION
-                    } else {
-                        txn::IDLE
-                    };
-                    if self.serve_inference(piece.len(), status).await? {
-                        continue;
-                    }
-                }
-                // In a sharded pool a pipelined request is routed whole: its Binds may name different shards.
-                if self.pool.shards.len() > 1
-                    && matches!(piece, Piece::Whole(_))
-                    && matches!(code, frontend::PARSE | frontend::BIND)
-                    && !route::request_complete(&self.cbuf)
-                {
-                    break;
-                }
-                let want = self.want();
-                let attached = match self.shard() {
-                    Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-                    Ok(t @ (route::Target::All(..) | route::Target::Write(_))) => {
-                        let write = matches!(t, route::Target::Write(_));
-                        let shards: Vec<usize> = match &t {
-                            route::Target::All(_, s) => s.clone(),
-                            route::Target::Write(p) => p.iter().map(|(s, _, _)| *s).collect(),
-                            _ => Vec::new(),
-                        };
-                        if write && shards.len() > 1 && !self.pool.two_phase {
-                            Err(PoolError::NeedsTwoPhase {
-                                pool: self.pool.database.clone(),
-                                shards: route::shard_list(shards),
-                            })
-                        } else {
-                            match self.shard_requests(t) {
-                                // The rest of the extended request is still on its way.
-                                Ok(None) => break,
-                                Err(why) => Err(PoolError::Unmergeable {
-                                    pool: self.pool.database.clone(),
-                                    why: why.into(),
-                                }),
-                                Ok(Some(prepared)) if write => {
-                                    self.run_on_shards(prepared).await?;
-                                    continue;
-                                }
-                                Ok(Some(prepared)) => {
-                                    let codes = prepared
-                                        .ext
-                                        .as_ref()
-                                        .map(|r| r.bind.result_formats.clone())
-                                        .unwrap_or_default();
-                                    let primary_reads = self.primary_reads();
-                                    let answer = super::fanout::run(
-                                        &self.pool,
-                                        &self.params,
-                                        &prepared.requests,
-                                        want,
-                                        primary_reads,
-                                        &prepared.merge,
-                                        &codes,
-                                    );
-                                    match answer.await {
-                                        Ok(merged) => {
-                                            self.cbuf.advance(prepared.len);
-                                            self.answer(&prepared, &merged);
-                                            let status = if self.pending_begin.is_some() {
-                                                txn::IN_TRANSACTION
-                                            } else {
-                                                txn::IDLE
-                                            };
-                                            encode::ready_for_query(&mut self.out, status);
-                                            self.flush_out().await?;
-                                            continue;
-                                        }
-                                        Err(e) => Err(e),
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Ok(route::Target::Batch(shards)) if !self.pool.two_phase => {
-                        let mut set = shards.clone();
-                        set.sort_unstable();
-                        set.dedup();
-                        Err(PoolError::NeedsTwoPhase {
-                            pool: self.pool.database.clone(),
-                            shards: route::shard_list(set),
-                        })
-                    }
-                    Ok(route::Target::Batch(shards)) => {
-                        if !self.run_batch(shards).await? {
-                            break;
-                        }
-                        continue;
-                    }
-                    Ok(route::Target::CopyIn(plan, false)) if !self.pool.two_phase => {
-                        self.answer_extended_copy_request();
-                        let e = PoolError::NeedsTwoPhase {
-                            pool: self.pool.database.clone(),
-                            shards: route::shard_list(0..self.pool.shards.len()),
-                        };
-                        let code = crate::protocol::codes::sqlstate::FEATURE_NOT_SUPPORTED;
-                        if self.copy_refused(plan, code, e.to_string()).await? {
-                            return Ok(Some(End::ClientLeft));
-                        }
-                        continue;
-                    }
-                    Ok(route::Target::CopyIn(..)) if !self.pool.two_phase => {
-                        Err(PoolError::NeedsTwoPhase {
-                            pool: self.pool.database.clone(),
-                            shards: route::shard_list(0..self.pool.shards.len()),
-                        })
-                    }
-                    Ok(route::Target::CopyIn(plan, simple)) => {
-                        if simple {
-                            self.cbuf.advance(piece.len());
-                        } else {
-                            self.answer_extended_copy_request();
-                        }
-                        if self.copy_in(plan, simple).await? {
-                            return Ok(Some(End::ClientLeft));
-                        }
-                        continue;
-                    }
-                    Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = attached {
-                    self.checkout_failed(e, &piece).await?;
-                    continue;
+                match self.without_server(&piece).await? {
+                    Flow::Attached => {}
+                    Flow::Next => continue,
+                    Flow::Wait => break,
+                    Flow::Leave => return Ok(Some(End::ClientLeft)),
                 }
             }
             if starts {
@@ -588,27 +455,6 @@ impl Session {
             self.cbuf.reserve(wanted - self.cbuf.len());
         }
         Ok(None)
-    }
-
-    /// Answers the Query of `len` bytes at the start of `cbuf` when it is a `pgml.*` call Ocelot serves, ending
-    /// with ReadyForQuery(`status`). Returns false when the call is the server's.
-    async fn serve_inference(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
-        let body = &self.cbuf[5..len];
-        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        let (want, primary_reads) = (self.want(), self.primary_reads());
-        let route = crate::inference::serve::ReadRoute {
-            params: &self.params,
-            want,
-            primary_reads,
-        };
-        let Some(answer) = crate::inference::serve::serve(&self.pool, &sql, route).await else {
-            return Ok(false);
-        };
-        self.cbuf.advance(len);
-        self.out.extend_from_slice(&answer);
-        encode::ready_for_query(&mut self.out, status);
-        self.flush_out().await?;
-        Ok(true)
     }
 
     /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
@@ -956,6 +802,18 @@ impl Session {
     }
 }
 
+/// What the client loop does after [`Session::without_server`].
+pub(super) enum Flow {
+    /// A server is attached: forward the piece.
+    Attached,
+    /// The piece was handled: go on with the next one.
+    Next,
+    /// Wait for more bytes (or for the server) before going on.
+    Wait,
+    /// The client went away.
+    Leave,
+}
+
 enum Event {
     Server(std::io::Result<usize>),
     Client(std::io::Result<usize>),
@@ -964,6 +822,7 @@ enum Event {
 }
 
 mod copy;
+mod idle;
 mod listen;
 mod multi;
 mod route;
