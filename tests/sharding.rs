@@ -1234,5 +1234,7 @@ async fn copy_is_split_by_key_in_and_out_of_transactions() {
     .await
     .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    // tokio-postgres closes the COPY's statement in the background (Close, Sync): the query that follows must
+    // wait for that answer and be routed afresh, not ride along to the shard that closed the statement.
     assert_eq!(first_value(&c2, "SELECT count(*) FROM data").await, "5");
 }

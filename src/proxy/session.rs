@@ -359,6 +359,16 @@ impl Session {
                     Flow::Leave => return Ok(Some(End::ClientLeft)),
                 }
             }
+            if starts
+                && fwd == 0
+                && self.mode == PoolMode::Transaction
+                && self.routing_sensitive()
+                && self.tracker.between_requests()
+            {
+                // A new request while the server still answers the previous one: it is routed once that answer
+                // is in and the server kept or released, not sent along to a server it may not belong on.
+                break;
+            }
             if starts {
                 self.dropping = false;
                 // A pgml.* call while a server is held (a transaction): answered in order, after the server.

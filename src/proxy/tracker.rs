@@ -105,6 +105,12 @@ impl TxnTracker {
         self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
     }
 
+    /// Whether the server is still answering whole requests made outside a transaction and no other request is
+    /// open: the client's next request starts afresh and may belong on another server.
+    pub fn between_requests(&self) -> bool {
+        !self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
+    }
+
     /// Whether the server is in the middle of answering (so its connection state is unknown to Ocelot).
     pub fn is_busy(&self) -> bool {
         !self.pending.is_empty() || self.copy_in
