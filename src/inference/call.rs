@@ -24,6 +24,8 @@ pub enum Arg {
     Bool(bool),
     /// `ARRAY[...]` (or `'{...}'` cast to an array type) with its element type when cast.
     Array(Vec<Arg>, Option<String>),
+    /// `ROW(...)` or `(a, b, ...)`: a record of the training relation's columns.
+    Row(Vec<Arg>),
     /// Not a constant: the expression's SQL.
     Expr(String),
 }
@@ -32,7 +34,7 @@ impl Arg {
     pub fn is_constant(&self) -> bool {
         match self {
             Arg::Expr(_) => false,
-            Arg::Array(items, _) => items.iter().all(Arg::is_constant),
+            Arg::Array(items, _) | Arg::Row(items) => items.iter().all(Arg::is_constant),
             _ => true,
         }
     }
@@ -230,6 +232,21 @@ fn value(e: &Expr) -> Arg {
         },
         Expr::Nested(inner) => value(inner),
         Expr::Array(a) => Arg::Array(a.elem.iter().map(value).collect(), None),
+        Expr::Tuple(items) => Arg::Row(items.iter().map(value).collect()),
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("row") => match &f.args {
+            sqlparser::ast::FunctionArguments::List(list) => {
+                let items: Option<Vec<Arg>> = list
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(value(e)),
+                        _ => None,
+                    })
+                    .collect();
+                items.map_or_else(|| Arg::Expr(e.to_string()), Arg::Row)
+            }
+            _ => Arg::Expr(e.to_string()),
+        },
         Expr::Cast {
             kind: CastKind::DoubleColon | CastKind::Cast,
             expr,
@@ -391,6 +408,16 @@ mod tests {
             )
         );
         assert!(find_calls("SELECT 1").unwrap().is_empty());
+        // The record overload, written as ROW(...) or as a bare tuple.
+        let row = Arg::Row(vec![Arg::Number("1".into()), Arg::Null]);
+        for sql in [
+            "SELECT pgml.predict('p', ROW(1, NULL))",
+            "SELECT pgml.predict('p', (1, NULL))",
+        ] {
+            assert_eq!(find_calls(sql).unwrap()[0].args[1].1, row, "{sql}");
+        }
+        let calls = find_calls("SELECT pgml.predict('p', (a, 2)) FROM t").unwrap();
+        assert!(!calls[0].args[1].1.is_constant());
     }
 
     #[test]

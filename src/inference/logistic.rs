@@ -20,7 +20,7 @@ pub struct Logistic {
     pub intercepts: Vec<f64>,
 }
 
-fn softmax(z: &mut [f64]) {
+pub(super) fn softmax(z: &mut [f64]) {
     let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let mut sum = 0.0;
     for v in z.iter_mut() {
@@ -32,12 +32,24 @@ fn softmax(z: &mut [f64]) {
     }
 }
 
+/// The distinct labels of `y`, sorted (sklearn's `classes_`).
+pub(super) fn classes_of(y: &[f64]) -> Vec<f64> {
+    let mut classes: Vec<f64> = y.to_vec();
+    classes.sort_by(|a, b| a.total_cmp(b));
+    classes.dedup();
+    classes
+}
+
+/// The label of the most probable class (the first on ties, as numpy's argmax).
+pub(super) fn argmax_label(classes: &[f64], p: &[f64]) -> f64 {
+    let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+    classes.get(best).copied().unwrap_or(f64::NAN)
+}
+
 impl Logistic {
     /// Fits on rows `x` with labels `y` (at least two distinct values); `c` is the inverse regularisation strength.
     pub fn fit(x: &[Vec<f64>], y: &[f64], c: f64, max_iter: usize) -> Option<Logistic> {
-        let mut classes: Vec<f64> = y.to_vec();
-        classes.sort_by(|a, b| a.total_cmp(b));
-        classes.dedup();
+        let classes = classes_of(y);
         if classes.len() < 2 || x.is_empty() {
             return None;
         }
@@ -165,9 +177,7 @@ impl Logistic {
 
     /// The most probable class label.
     pub fn predict(&self, x: &[f64]) -> f64 {
-        let p = self.predict_proba(x);
-        let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
-        self.classes[best]
+        argmax_label(&self.classes, &self.predict_proba(x))
     }
 
     pub fn num_features(&self) -> usize {

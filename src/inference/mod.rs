@@ -1,15 +1,22 @@
-//! In-proxy inference for the PostgresML `pgml.*` API: finding `pgml.*` calls and binding their arguments to
-//! PostgresML's signatures (`call`), the versioned `pgml` model registry schema (`registry`), linear and ridge
-//! regression as plain Rust (`linear`), and answering the calls Ocelot serves so far (`serve`: train for linear and
-//! ridge regression, deploy by model id, predict with constant arguments). Other `pgml.*` calls reach the servers
-//! unchanged.
+//! In-proxy inference for the PostgresML `pgml.*` API. `call` finds `pgml.*` calls and binds their arguments to
+//! PostgresML's signatures; `registry` is the versioned `pgml` schema; `serve` answers the calls Ocelot serves
+//! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
+//! `per_row` and `models` (the model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
+//! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
+//! hyperparameters, and `preprocess` imputes and scales. Other `pgml.*` calls reach the servers unchanged.
 
+pub mod algorithms;
+pub mod boosting;
 pub mod call;
 mod deploy;
+pub mod forest;
+pub mod kmeans;
 pub mod linear;
 pub mod logistic;
 mod models;
 pub mod per_row;
+pub mod preprocess;
 pub mod registry;
 pub mod serve;
 mod train;
+pub mod trees;

@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::boosting::Boosted;
 use super::call::{Arg, CallError};
+use super::forest::Forest;
+use super::kmeans::KMeans;
 use super::linear::Linear;
 use super::logistic::Logistic;
+use super::preprocess::{Missing, Preprocess};
 use super::registry;
 use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
@@ -19,26 +23,87 @@ use crate::router::session_sql::quote_literal;
 /// How long a cached project → deployed model mapping is trusted before the registry is asked again.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// A model Ocelot trained, as stored in `pgml.files`.
+/// A model Ocelot trained, as stored in `pgml.files`: the estimator and the preprocessing fitted with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Model {
+    #[serde(default, skip_serializing_if = "Preprocess::is_identity")]
+    pub pre: Preprocess,
+    #[serde(flatten)]
+    pub estimator: Estimator,
+}
+
+/// The fitted estimator.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind")]
-pub enum Model {
+pub enum Estimator {
     Linear(Linear),
     Logistic(Logistic),
+    Boosted(Boosted),
+    Forest(Forest),
+    KMeans(KMeans),
 }
 
 impl Model {
     pub(super) fn num_features(&self) -> usize {
-        match self {
-            Model::Linear(m) => m.coef.len(),
-            Model::Logistic(m) => m.num_features(),
+        match &self.estimator {
+            Estimator::Linear(m) => m.coef.len(),
+            Estimator::Logistic(m) => m.num_features(),
+            Estimator::Boosted(m) => m.num_features(),
+            Estimator::Forest(m) => m.num_features(),
+            Estimator::KMeans(m) => m.num_features(),
         }
     }
 
+    /// The prediction for raw features (the array overloads, which skip preprocessing as PostgresML's do).
     pub(super) fn predict(&self, x: &[f64]) -> f64 {
-        match self {
-            Model::Linear(m) => m.predict(x),
-            Model::Logistic(m) => m.predict(x),
+        match &self.estimator {
+            Estimator::Linear(m) => m.predict(x),
+            Estimator::Logistic(m) => m.predict(x),
+            Estimator::Boosted(m) => m.predict(x),
+            Estimator::Forest(m) => m.predict(x),
+            Estimator::KMeans(m) => m.predict(x),
+        }
+    }
+
+    /// Readies features for the model: a `ROW(...)` of the training relation's columns is preprocessed (NULL,
+    /// read as NaN, is imputed or refused as PostgresML refuses it); an array is used as it is, without NULLs.
+    pub(super) fn prepare(&self, x: &mut [f64], row: bool) -> Result<(), Refusal> {
+        if row {
+            self.pre
+                .apply(x)
+                .map_err(|e| refuse("22023", e.to_string()))?;
+        }
+        match x.iter().position(|v| v.is_nan()) {
+            Some(j) if row => Err(refuse(
+                "22023",
+                Missing {
+                    count: x.iter().filter(|v| v.is_nan()).count(),
+                    column: format!("feature {}", j + 1),
+                }
+                .to_string(),
+            )),
+            Some(j) => Err(refuse("22004", format!("feature {} is NULL", j + 1))),
+            None => Ok(()),
+        }
+    }
+
+    /// Class probabilities in sorted label order; None for a model that is not a classifier.
+    pub(super) fn predict_proba(&self, x: &[f64]) -> Option<Vec<f64>> {
+        match &self.estimator {
+            Estimator::Logistic(m) => Some(m.predict_proba(x)),
+            Estimator::Boosted(m) => m.predict_proba(x),
+            Estimator::Forest(m) => m.predict_proba(x),
+            Estimator::Linear(_) | Estimator::KMeans(_) => None,
+        }
+    }
+
+    /// Whether the model predicts a continuous value (and so has a joint prediction).
+    pub(super) fn is_regression(&self) -> bool {
+        match &self.estimator {
+            Estimator::Linear(_) => true,
+            Estimator::Boosted(m) => !m.is_classifier(),
+            Estimator::Forest(m) => !m.is_classifier(),
+            Estimator::Logistic(_) | Estimator::KMeans(_) => false,
         }
     }
 }

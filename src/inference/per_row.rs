@@ -27,6 +27,8 @@ pub struct PerRow {
     /// Columns of the servers' answer holding the features, in order.
     pub features: Vec<usize>,
     /// The prediction column's name.
+    /// The features came as `ROW(...)`: the model's preprocessing applies.
+    pub row: bool,
     pub name: String,
     /// ORDER BY the prediction (`Some(descending)`), applied by Ocelot with OFFSET and LIMIT.
     pub order: Option<bool>,
@@ -34,7 +36,9 @@ pub struct PerRow {
     pub offset: u64,
 }
 
-fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>)> {
+/// A `pgml.predict(target, features)` call: its target, its feature expressions, and whether they came as a
+/// `ROW(...)` (preprocessed by the model) rather than an array.
+fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, bool)> {
     let Expr::Function(f) = e else {
         return None;
     };
@@ -71,10 +75,25 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>)> {
     while let Expr::Cast { expr, .. } | Expr::Nested(expr) = features {
         features = expr;
     }
-    let Expr::Array(array) = features else {
-        return None;
-    };
-    Some((target, array.elem.clone()))
+    match features {
+        Expr::Array(array) => Some((target, array.elem.clone(), false)),
+        Expr::Tuple(items) => Some((target, items.clone(), true)),
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("row") => {
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            let items: Option<Vec<Expr>> = list
+                .args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
+            Some((target, items?, true))
+        }
+        _ => None,
+    }
 }
 
 /// Plans a per-row prediction query; `None` when `sql` is not one (a constant call, or no call at all).
@@ -93,14 +112,14 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
             SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
             _ => continue,
         };
-        if let Some((target, features)) = is_predict(e) {
+        if let Some((target, features, row)) = is_predict(e) {
             if found.is_some() {
                 return Some(Err("more than one pgml.predict per query"));
             }
-            found = Some((i, target, features, alias));
+            found = Some((i, target, features, alias, row));
         }
     }
-    let (at, target, features, alias) = found?;
+    let (at, target, features, alias, row) = found?;
     if features.iter().all(|f| matches!(f, Expr::Value(_))) {
         return None;
     }
@@ -172,6 +191,7 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
         target,
         outputs,
         features: feature_cols,
+        row,
         name,
         order,
         limit,
@@ -207,6 +227,15 @@ mod tests {
         );
         assert_eq!(p.order, None);
         assert_eq!(p.target, Arg::Number("7".into()));
+        assert!(!p.row);
+        for sql in [
+            "SELECT pgml.predict('p', ROW(a, b)) FROM t",
+            "SELECT pgml.predict('p', (a, b)) FROM t",
+        ] {
+            let p = plan(sql).unwrap().unwrap();
+            assert!(p.row, "{sql}");
+            assert_eq!(p.features, vec![0, 1]);
+        }
         assert!(plan("SELECT pgml.predict('p', ARRAY[1, 2])").is_none());
         assert!(plan("SELECT 1").is_none());
         assert!(plan("SELECT *, pgml.predict('p', ARRAY[a]) FROM t")

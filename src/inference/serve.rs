@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::call::{find_calls, Arg, Call};
 use super::deploy::{deploy_model, deploy_strategy};
-use super::models::{refuse, resolve_model, Model, Refusal};
+use super::models::{refuse, resolve_model, Refusal};
 use super::train::train;
 use crate::pool::balance::Want;
 use crate::pool::UserPool;
@@ -238,26 +238,30 @@ async fn predict_named(
             "function pgml.predict takes (project_name or model_id, features)",
         ));
     };
-    let Arg::Array(items, _) = features else {
-        return Err(refuse(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "Ocelot serves pgml.predict with an array of features so far",
-        ));
+    let (items, row) = match features {
+        Arg::Array(items, _) => (items, false),
+        Arg::Row(items) => (items, true),
+        _ => {
+            return Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "Ocelot serves pgml.predict with an array or a ROW(...) of features",
+            ))
+        }
     };
     let mut x = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        match item {
-            Arg::Null => return Err(refuse("22004", format!("feature {} is NULL", i + 1))),
-            a => x
-                .push(a.as_f64().ok_or_else(|| {
-                    refuse("22023", format!("feature {} is not a number", i + 1))
-                })?),
-        }
+        x.push(match item {
+            Arg::Null => f64::NAN,
+            a => a
+                .as_f64()
+                .ok_or_else(|| refuse("22023", format!("feature {} is not a number", i + 1)))?,
+        });
     }
     let model = resolve_model(pool, target).await?;
     if call.function == "predict_batch" {
         // A flat array of rows × features; the project overload returns a set, the model overload an array.
         let n = model.num_features().max(1);
+        model.prepare(&mut x, false)?;
         if x.len() % n != 0 {
             return Err(refuse(
                 "22023",
@@ -294,30 +298,27 @@ async fn predict_named(
             ),
         ));
     }
+    model.prepare(&mut x, row)?;
     if call.function == "predict_joint" {
-        let Model::Linear(m) = model.as_ref() else {
+        if !model.is_regression() {
             return Err(refuse(
                 "22023",
                 "You can't predict joint probabilities for a classification model",
             ));
-        };
+        }
         encode::row_description_typed(out, &[(name, 1021, -1)]);
         encode::data_row_text(
             out,
-            &[&format!("{{{}}}", float4_text(m.predict(&x) as f32))],
+            &[&format!("{{{}}}", float4_text(model.predict(&x) as f32))],
         );
     } else if call.function == "predict_proba" {
-        let Model::Logistic(m) = model.as_ref() else {
+        let Some(p) = model.predict_proba(&x) else {
             return Err(refuse(
                 "22023",
                 "You can't predict probabilities for a regression model",
             ));
         };
-        let p: Vec<String> = m
-            .predict_proba(&x)
-            .into_iter()
-            .map(|v| float4_text(v as f32))
-            .collect();
+        let p: Vec<String> = p.into_iter().map(|v| float4_text(v as f32)).collect();
         encode::row_description_typed(out, &[(name, 1021, -1)]);
         encode::data_row_text(out, &[&format!("{{{}}}", p.join(","))]);
     } else {
@@ -419,20 +420,21 @@ async fn per_row(
         let c = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
         let mut x = Vec::with_capacity(plan.features.len());
         for &f in &plan.features {
-            let v = c
+            let t = c
                 .get(f)
                 .copied()
                 .flatten()
-                .ok_or_else(|| refuse("22004", "a feature of pgml.predict is NULL"))?;
-            let t = std::str::from_utf8(v).unwrap_or_default();
+                .map(|v| std::str::from_utf8(v).unwrap_or_default());
             x.push(match t {
-                "t" => 1.0,
-                "f" => 0.0,
-                _ => t
+                None => f64::NAN,
+                Some("t") => 1.0,
+                Some("f") => 0.0,
+                Some(t) => t
                     .parse::<f64>()
                     .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
             });
         }
+        model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
         let row = plan
             .outputs

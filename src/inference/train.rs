@@ -8,10 +8,10 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_util::future::join_all;
 
+use super::algorithms::{self, Algo, Choice};
 use super::call::{bind, train_params, Arg, Call};
-use super::linear::{regression_metrics, Linear};
-use super::logistic::{classification_metrics, Logistic};
 use super::models::{refuse, registry_conn, sqlstate_of, value, Model, Refusal};
+use super::preprocess::{check_missing, Preprocess};
 use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
 use crate::pool::UserPool;
@@ -68,36 +68,21 @@ pub(super) async fn train(
         (Some(t), _) => t,
         (None, Some(e)) => e.split(':').nth(1).unwrap_or_default().to_owned(),
     };
-    enum Algo {
-        Linear(f64),
-        ElasticNet(f64, f64),
-        Logistic(f64, usize),
-    }
-    let algo = match (task.as_str(), algorithm.as_str()) {
-        ("regression", "linear") => Algo::Linear(0.0),
-        ("regression", "ridge") => Algo::Linear(hyperparam(&args, "alpha").unwrap_or(1.0)),
-        ("regression", "lasso") => Algo::ElasticNet(hyperparam(&args, "alpha").unwrap_or(1.0), 1.0),
-        ("regression", "elastic_net") => Algo::ElasticNet(
-            hyperparam(&args, "alpha").unwrap_or(1.0),
-            hyperparam(&args, "l1_ratio").unwrap_or(0.5),
-        ),
-        ("classification", "linear" | "logistic_regression") => Algo::Logistic(
-            hyperparam(&args, "C").unwrap_or(1.0),
-            hyperparam(&args, "max_iter").map_or(3000, |v| v.max(1.0) as usize),
-        ),
-        _ => {
-            return Err(refuse(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("Ocelot does not train {algorithm} for {task} yet; supported so far: regression with linear, ridge, lasso or elastic_net, classification with linear or logistic_regression"),
-            ))
-        }
-    };
+    let hyper = algorithms::hyperparams(text_arg(&args, "hyperparams").as_deref())
+        .map_err(|e| refuse("22023", e))?;
+    let algo = Algo::choose(&task, &algorithm, &hyper).map_err(|c| match c {
+        Choice::Unsupported(m) => refuse(sqlstate::FEATURE_NOT_SUPPORTED, m),
+        Choice::Invalid(m) => refuse("22023", m),
+    })?;
+    let algorithm = algo.recorded_name(&algorithm).to_owned();
     let relation = text_arg(&args, "relation_name").ok_or_else(|| {
         refuse(sqlstate::FEATURE_NOT_SUPPORTED, "training again from a project's last snapshot is not supported yet: pass relation_name and y_column_name")
     })?;
-    let y_column = text_arg(&args, "y_column_name").ok_or_else(|| {
-        refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task.")
-    })?;
+    let supervised = task != "clustering";
+    let y_column = text_arg(&args, "y_column_name");
+    if supervised && y_column.is_none() {
+        return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
+    }
     let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
     let order = match sampling.as_str() {
         "last" => "",
@@ -112,8 +97,9 @@ pub(super) async fn train(
     };
     let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
     let started = Instant::now();
-    let (features, names, y) = read_relation(pool, &relation, &y_column, order).await?;
-    let n = y.len();
+    let (mut features, names, y) =
+        read_relation(pool, &relation, y_column.as_deref(), order).await?;
+    let n = features.len();
     let n_test = if test_size > 1.0 {
         test_size as usize
     } else {
@@ -126,43 +112,24 @@ pub(super) async fn train(
         ));
     }
     let n_train = n - n_test;
-    let model = match algo {
-        Algo::Linear(alpha) => Model::Linear(
-            Linear::fit(&features[..n_train], &y[..n_train], alpha)
-                .map_err(|e| refuse("22023", e.to_string()))?,
-        ),
-        Algo::ElasticNet(alpha, l1_ratio) => Model::Linear(
-            Linear::fit_elastic_net(
-                &features[..n_train],
-                &y[..n_train],
-                alpha,
-                l1_ratio,
-                hyperparam(&args, "max_iter").map_or(1000, |v| v.max(1.0) as usize),
-                hyperparam(&args, "tol").unwrap_or(1e-4),
-            )
-            .map_err(|e| refuse("22023", e.to_string()))?,
-        ),
-        Algo::Logistic(c, max_iter) => Model::Logistic(
-            Logistic::fit(&features[..n_train], &y[..n_train], c, max_iter).ok_or_else(|| {
-                refuse(
-                    "22023",
-                    "classification needs at least two classes in the training split",
-                )
-            })?,
-        ),
-    };
+    let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
+    let pre =
+        Preprocess::fit(&spec, &names, &features[..n_train]).map_err(|e| refuse("22023", e))?;
+    check_missing(&pre, &names, &features).map_err(|e| refuse("22023", e.to_string()))?;
+    for row in features.iter_mut() {
+        pre.apply(row).map_err(|e| refuse("22023", e.to_string()))?;
+    }
+    let estimator = algo
+        .fit(&features[..n_train], &y[..n_train.min(y.len())])
+        .map_err(|e| refuse("22023", e))?;
+    let model = Model { pre, estimator };
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
-    let (tx, ty) = if n_test == 0 {
-        (&features[..n_train], &y[..n_train])
-    } else {
-        (&features[n_train..], &y[n_train..])
-    };
+    let test = if n_test == 0 { 0..n_train } else { n_train..n };
+    let tx = &features[test.clone()];
+    let ty = y.get(test).unwrap_or_default();
     let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
-    let (mut metrics, target) = match &model {
-        Model::Linear(_) => (regression_metrics(ty, &predicted), "r2"),
-        Model::Logistic(_) => (classification_metrics(ty, &predicted), "f1"),
-    };
+    let (mut metrics, target) = algorithms::metrics(&task, tx, ty, &predicted);
     metrics.insert("fit_time".into(), fit_time.into());
     metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
     let score = metrics
@@ -177,7 +144,7 @@ pub(super) async fn train(
             project_id: existing.as_deref().and_then(|e| e.split(':').next()),
             task: &task,
             relation: &relation,
-            y_column: &y_column,
+            y_column: y_column.as_deref(),
             sampling: &sampling,
             test_size,
             samples: n,
@@ -217,22 +184,117 @@ pub(super) async fn train(
     Ok(())
 }
 
-fn hyperparam(args: &BTreeMap<&str, Arg>, key: &str) -> Option<f64> {
-    let text = text_arg(args, "hyperparams")?;
-    serde_json::from_str::<serde_json::Value>(&text)
-        .ok()?
-        .get(key)?
-        .as_f64()
+const NUMERIC_TYPES: &[u32] = &[16, 20, 21, 23, 700, 701, 1700];
+/// Arrays of those (bool[], int8[], int2[], int4[], float4[], float8[], numeric[]): each element is a feature.
+const NUMERIC_ARRAYS: &[u32] = &[1000, 1016, 1005, 1007, 1021, 1022, 1231];
+
+/// One cell as a number: booleans are 0/1, NULL is NaN (missing, for the preprocessor to impute or refuse).
+fn number(cell: Option<&[u8]>, column: &str) -> Result<f64, Refusal> {
+    let Some(b) = cell else {
+        return Ok(f64::NAN);
+    };
+    let t = std::str::from_utf8(b).unwrap_or_default();
+    match t {
+        "t" => Ok(1.0),
+        "f" => Ok(0.0),
+        "NULL" => Ok(f64::NAN),
+        _ => t.parse::<f64>().map_err(|_| {
+            refuse(
+                "22023",
+                format!("value {t:?} of \"{column}\" is not a number"),
+            )
+        }),
+    }
 }
 
-const NUMERIC_TYPES: &[u32] = &[16, 20, 21, 23, 700, 701, 1700];
+/// The features and label (when `y_column` is named) of one shard's answer, appended to `x` and `y`; returns
+/// the feature names (`column` or `column[i]` for array elements).
+fn rows_of(
+    answer: &distributed::Answer,
+    relation: &str,
+    y_column: Option<&str>,
+    x: &mut Vec<Vec<f64>>,
+    y: &mut Vec<f64>,
+) -> Result<Option<Vec<String>>, Refusal> {
+    let Some(rd) = answer.row_description.as_ref() else {
+        return Ok(None);
+    };
+    let cols = fields(rd)
+        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
+    let y_idx = match y_column {
+        None => None,
+        Some(y_column) => Some(
+            cols.iter()
+                .position(|c| c.name == y_column.to_lowercase())
+                .ok_or_else(|| {
+                    refuse(
+                "42703",
+                format!("Column `{y_column}` not found. Did you pass the correct `y_column_name`?"),
+            )
+                })?,
+        ),
+    };
+    for (i, c) in cols.iter().enumerate() {
+        let array_ok = Some(i) != y_idx && NUMERIC_ARRAYS.contains(&c.oid);
+        if !NUMERIC_TYPES.contains(&c.oid) && !array_ok {
+            return Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("column \"{}\" of {relation} is not numeric (type oid {}); Ocelot trains on numeric and boolean columns and arrays of them", c.name, c.oid),
+            ));
+        }
+    }
+    let mut names: Option<Vec<String>> = None;
+    for raw in split_rows(&answer.rows) {
+        let row = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
+        let mut features = Vec::with_capacity(row.len());
+        let mut row_names = Vec::new();
+        for (i, cell) in row.iter().enumerate() {
+            let name = &cols[i].name;
+            if Some(i) == y_idx {
+                let v = number(*cell, name)?;
+                if v.is_nan() {
+                    return Err(refuse("22023", format!("The training data labels in \"{name}\" contain NULL values. Consider filtering them out.")));
+                }
+                y.push(v);
+            } else if NUMERIC_ARRAYS.contains(&cols[i].oid) {
+                let text = cell
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let inner = text.trim_start_matches('{').trim_end_matches('}');
+                for (k, item) in inner.split(',').filter(|s| !s.is_empty()).enumerate() {
+                    features.push(number(Some(item.as_bytes()), name)?);
+                    if names.is_none() {
+                        row_names.push(format!("{name}[{}]", k + 1));
+                    }
+                }
+            } else {
+                features.push(number(*cell, name)?);
+                if names.is_none() {
+                    row_names.push(name.clone());
+                }
+            }
+        }
+        match &names {
+            None => names = Some(row_names),
+            Some(n) if n.len() != features.len() => {
+                return Err(refuse(
+                    "22023",
+                    format!("the rows of {relation} have different numbers of features ({} and {}): arrays used as features must all have the same length", n.len(), features.len()),
+                ))
+            }
+            Some(_) => {}
+        }
+        x.push(features);
+    }
+    Ok(names)
+}
 
-/// Reads `relation` (from every shard, in parallel): the feature columns (every column but `y_column`, which must
-/// all be numeric) and the label.
+/// Reads `relation` (from every shard, in parallel): the features (every column but `y_column`; numbers,
+/// booleans and arrays of them) and the label when there is one.
 async fn read_relation(
     pool: &Arc<UserPool>,
     relation: &str,
-    y_column: &str,
+    y_column: Option<&str>,
     order: &str,
 ) -> Result<(Vec<Vec<f64>>, Vec<String>, Vec<f64>), Refusal> {
     let sql = format!("SELECT * FROM {}{order}", relation_sql(relation));
@@ -258,67 +320,17 @@ async fn read_relation(
                 message: f.message,
             });
         }
-        let Some(rd) = answer.row_description.as_ref() else {
-            continue;
-        };
-        let cols = fields(rd)
-            .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
-        let y_idx = cols
-            .iter()
-            .position(|c| c.name == y_column.to_lowercase())
-            .ok_or_else(|| {
-                refuse(
-                    "42703",
-                    format!(
-                        "Column `{y_column}` not found. Did you pass the correct `y_column_name`?"
-                    ),
-                )
-            })?;
-        for c in &cols {
-            if !NUMERIC_TYPES.contains(&c.oid) {
+        if let Some(n) = rows_of(&answer, relation, y_column, &mut features, &mut labels)? {
+            if !names.is_empty() && n.len() != names.len() {
                 return Err(refuse(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("column \"{}\" of {relation} is not numeric (type oid {}); Ocelot trains on numeric and boolean columns only so far", c.name, c.oid),
+                    "22023",
+                    format!("the shards of {relation} have different numbers of features"),
                 ));
             }
-        }
-        names = cols
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != y_idx)
-            .map(|(_, c)| c.name.clone())
-            .collect();
-        for raw in split_rows(&answer.rows) {
-            let row =
-                cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
-            let mut x = Vec::with_capacity(row.len().saturating_sub(1));
-            for (i, cell) in row.iter().enumerate() {
-                let v = match cell {
-                    None if i == y_idx => {
-                        return Err(refuse("22023", format!("The training data labels in \"{y_column}\" contain NULL values. Consider filtering them out.")))
-                    }
-                    None => {
-                        return Err(refuse("22023", format!("missing values in column \"{}\"; Ocelot does not impute them yet", cols[i].name)))
-                    }
-                    Some(b) => {
-                        let t = std::str::from_utf8(b).unwrap_or_default();
-                        match t {
-                            "t" => 1.0,
-                            "f" => 0.0,
-                            _ => t.parse::<f64>().map_err(|_| refuse("22023", format!("value {t:?} of \"{}\" is not a number", cols[i].name)))?,
-                        }
-                    }
-                };
-                if i == y_idx {
-                    labels.push(v);
-                } else {
-                    x.push(v);
-                }
-            }
-            features.push(x);
+            names = n;
         }
     }
-    if labels.is_empty() {
+    if features.is_empty() {
         return Err(refuse(
             "22023",
             format!("relation {relation} has no rows to train on"),
@@ -334,7 +346,7 @@ struct Trained<'a> {
     project_id: Option<&'a str>,
     task: &'a str,
     relation: &'a str,
-    y_column: &'a str,
+    y_column: Option<&'a str>,
     sampling: &'a str,
     test_size: f64,
     samples: usize,
@@ -392,9 +404,9 @@ async fn record(
     let snapshot_id = value(
         conn,
         &format!(
-            "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, ARRAY[{}], {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
+            "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
             quote_literal(relation),
-            quote_literal(y_column),
+            y_column.map_or_else(|| "NULL".into(), |y| format!("ARRAY[{}]", quote_literal(y))),
             quote_literal(sampling),
             quote_literal(&columns),
             quote_literal(&format!("{{\"samples\": {n}}}")),

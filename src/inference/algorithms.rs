@@ -1,0 +1,380 @@
+//! Which estimator `pgml.train` fits: the `(task, algorithm)` pairs Ocelot trains, their hyperparameters read from
+//! the `hyperparams` JSON (with PostgresML's defaults and XGBoost's aliases), and the fit itself. An algorithm
+//! Ocelot does not train, or a hyperparameter it does not know, is refused before any data is read.
+
+use serde_json::{Map, Value};
+
+use super::boosting::{BoostParams, Boosted};
+use super::forest::{Forest, ForestParams, MaxFeatures};
+use super::kmeans::{KMeans, KMeansParams};
+use super::linear::Linear;
+use super::logistic::Logistic;
+use super::models::Estimator;
+
+/// What the algorithm list in refusals says.
+pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest; classification: linear, logistic_regression, xgboost, random_forest; clustering: kmeans";
+
+/// An estimator to fit, with its settings.
+#[derive(Debug, Clone)]
+pub enum Algo {
+    Linear(f64),
+    ElasticNet {
+        alpha: f64,
+        l1_ratio: f64,
+        max_iter: usize,
+        tol: f64,
+    },
+    Logistic {
+        c: f64,
+        max_iter: usize,
+    },
+    Boosted(BoostParams, bool),
+    Forest(ForestParams, bool),
+    KMeans(KMeansParams),
+}
+
+/// The hyperparameters, with each key read at most once so that unknown ones can be named.
+struct Hyper<'a> {
+    map: &'a Map<String, Value>,
+    used: Vec<&'static str>,
+}
+
+impl<'a> Hyper<'a> {
+    /// The value of the first of `keys` present.
+    fn get(&mut self, keys: &[&'static str]) -> Option<&'a Value> {
+        self.used.extend_from_slice(keys);
+        keys.iter().find_map(|k| self.map.get(*k))
+    }
+
+    fn number(&mut self, keys: &[&'static str], default: f64) -> Result<f64, String> {
+        match self.get(keys) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| format!("hyperparameter {} must be a number, not {v}", keys[0])),
+        }
+    }
+
+    fn count(&mut self, keys: &[&'static str], default: usize) -> Result<usize, String> {
+        let v = self.number(keys, default as f64)?;
+        if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
+            return Err(format!(
+                "hyperparameter {} must be a non-negative integer, not {v}",
+                keys[0]
+            ));
+        }
+        Ok(v as usize)
+    }
+
+    fn seed(&mut self) -> Result<u64, String> {
+        Ok(self.count(&["random_state", "seed"], 0)? as u64)
+    }
+
+    /// Keys that change nothing in Ocelot (thread counts, verbosity, exact-vs-histogram split search).
+    fn tolerate(&mut self, keys: &[&'static str]) {
+        self.used.extend_from_slice(keys);
+    }
+
+    fn finish(self, algorithm: &str) -> Result<(), String> {
+        let mut unknown: Vec<&str> = self
+            .map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !self.used.contains(k))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort_unstable();
+        let mut known = self.used.clone();
+        known.sort_unstable();
+        known.dedup();
+        Err(format!(
+            "unknown hyperparameter {} for {algorithm}; Ocelot's {algorithm} takes {}",
+            unknown.join(", "),
+            known.join(", ")
+        ))
+    }
+}
+
+/// Parses the `hyperparams` JSON (NULL or `{}` when none).
+pub fn hyperparams(text: Option<&str>) -> Result<Map<String, Value>, String> {
+    match text {
+        None => Ok(Map::new()),
+        Some(t) => match serde_json::from_str::<Value>(t) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(Value::Null) => Ok(Map::new()),
+            Ok(other) => Err(format!("hyperparams must be a JSON object, not {other}")),
+            Err(e) => Err(format!("invalid hyperparams JSON: {e}")),
+        },
+    }
+}
+
+/// Why an algorithm cannot be chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Ocelot does not train it (0A000).
+    Unsupported(String),
+    /// A bad hyperparameter (22023).
+    Invalid(String),
+}
+
+impl Algo {
+    /// The algorithm PostgresML would train for `algorithm` on `task`, with `hyperparams`.
+    pub fn choose(task: &str, algorithm: &str, h: &Map<String, Value>) -> Result<Algo, Choice> {
+        let mut hp = Hyper {
+            map: h,
+            used: Vec::new(),
+        };
+        let classify = task == "classification";
+        let invalid = Choice::Invalid;
+        let algo = match (task, algorithm) {
+            ("regression", "linear") => {
+                hp.tolerate(&["fit_intercept", "n_jobs", "copy_X"]);
+                Algo::Linear(0.0)
+            }
+            ("regression", "ridge") => {
+                let alpha = hp.number(&["alpha"], 1.0).map_err(invalid)?;
+                hp.tolerate(&["fit_intercept", "solver", "copy_X"]);
+                Algo::Linear(alpha)
+            }
+            ("regression", "lasso" | "elastic_net") => {
+                let l1 = if algorithm == "lasso" { 1.0 } else { 0.5 };
+                let algo = Algo::ElasticNet {
+                    alpha: hp.number(&["alpha"], 1.0).map_err(invalid)?,
+                    l1_ratio: hp.number(&["l1_ratio"], l1).map_err(invalid)?,
+                    max_iter: hp.count(&["max_iter"], 1000).map_err(invalid)?.max(1),
+                    tol: hp.number(&["tol"], 1e-4).map_err(invalid)?,
+                };
+                hp.tolerate(&["fit_intercept", "copy_X"]);
+                algo
+            }
+            ("classification", "linear" | "logistic_regression") => {
+                let algo = Algo::Logistic {
+                    c: hp.number(&["C"], 1.0).map_err(invalid)?,
+                    max_iter: hp.count(&["max_iter"], 3000).map_err(invalid)?.max(1),
+                };
+                hp.tolerate(&["fit_intercept", "solver", "penalty", "n_jobs", "tol"]);
+                algo
+            }
+            ("regression" | "classification", "xgboost") => {
+                let p = BoostParams {
+                    n_estimators: hp
+                        .count(&["n_estimators", "boost_rounds"], 100)
+                        .map_err(invalid)?,
+                    max_depth: hp.count(&["max_depth"], 6).map_err(invalid)?,
+                    learning_rate: hp.number(&["learning_rate", "eta"], 0.3).map_err(invalid)?,
+                    subsample: hp.number(&["subsample"], 1.0).map_err(invalid)?,
+                    min_child_weight: hp.number(&["min_child_weight"], 1.0).map_err(invalid)?,
+                    reg_lambda: hp.number(&["reg_lambda", "lambda"], 1.0).map_err(invalid)?,
+                    gamma: hp
+                        .number(&["gamma", "min_split_loss"], 0.0)
+                        .map_err(invalid)?,
+                    seed: hp.seed().map_err(invalid)?,
+                };
+                if !(p.subsample > 0.0 && p.subsample <= 1.0) {
+                    return Err(invalid("subsample must be in (0, 1]".into()));
+                }
+                hp.tolerate(&[
+                    "tree_method",
+                    "nthread",
+                    "n_jobs",
+                    "verbosity",
+                    "eval_metric",
+                ]);
+                Algo::Boosted(p, classify)
+            }
+            ("regression" | "classification", "random_forest") => {
+                let max_features = match hp.get(&["max_features"]) {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(MaxFeatures::parse(v).map_err(invalid)?),
+                };
+                let p = ForestParams {
+                    n_estimators: hp.count(&["n_estimators"], 100).map_err(invalid)?.max(1),
+                    max_depth: match hp.get(&["max_depth"]) {
+                        None | Some(Value::Null) => None,
+                        Some(_) => Some(hp.count(&["max_depth"], 0).map_err(invalid)?),
+                    },
+                    min_samples_split: hp.number(&["min_samples_split"], 2.0).map_err(invalid)?,
+                    min_samples_leaf: hp.number(&["min_samples_leaf"], 1.0).map_err(invalid)?,
+                    max_features,
+                    bootstrap: match hp.get(&["bootstrap"]) {
+                        None => true,
+                        Some(v) => v
+                            .as_bool()
+                            .ok_or_else(|| invalid("bootstrap must be true or false".into()))?,
+                    },
+                    seed: hp.seed().map_err(invalid)?,
+                };
+                hp.tolerate(&["n_jobs", "verbose", "criterion"]);
+                Algo::Forest(p, classify)
+            }
+            ("clustering", "kmeans" | "linear") => {
+                let p = KMeansParams {
+                    n_clusters: hp.count(&["n_clusters"], 8).map_err(invalid)?,
+                    max_iter: hp.count(&["max_iter"], 300).map_err(invalid)?.max(1),
+                    tol: hp.number(&["tol"], 1e-4).map_err(invalid)?,
+                    n_init: match hp.get(&["n_init"]) {
+                        None | Some(Value::String(_)) => 1,
+                        Some(_) => hp.count(&["n_init"], 1).map_err(invalid)?.max(1),
+                    },
+                    seed: hp.seed().map_err(invalid)?,
+                };
+                if p.n_clusters == 0 {
+                    return Err(invalid("n_clusters must be at least 1".into()));
+                }
+                hp.tolerate(&["init", "algorithm", "verbose"]);
+                Algo::KMeans(p)
+            }
+            _ => {
+                return Err(Choice::Unsupported(format!(
+                    "Ocelot does not train {algorithm} for {task}; it trains {SUPPORTED}"
+                )))
+            }
+        };
+        hp.finish(algorithm).map_err(invalid)?;
+        Ok(algo)
+    }
+
+    /// The algorithm's name as PostgresML records it (`linear` is `kmeans` for clustering).
+    pub fn recorded_name<'a>(&self, algorithm: &'a str) -> &'a str {
+        match self {
+            Algo::KMeans(_) => "kmeans",
+            _ => algorithm,
+        }
+    }
+
+    /// Fits on the training rows.
+    pub fn fit(&self, x: &[Vec<f64>], y: &[f64]) -> Result<Estimator, String> {
+        let few_classes =
+            || "classification needs at least two classes in the training split".to_owned();
+        Ok(match self {
+            Algo::Linear(alpha) => {
+                Estimator::Linear(Linear::fit(x, y, *alpha).map_err(|e| e.to_string())?)
+            }
+            Algo::ElasticNet {
+                alpha,
+                l1_ratio,
+                max_iter,
+                tol,
+            } => Estimator::Linear(
+                Linear::fit_elastic_net(x, y, *alpha, *l1_ratio, *max_iter, *tol)
+                    .map_err(|e| e.to_string())?,
+            ),
+            Algo::Logistic { c, max_iter } => {
+                Estimator::Logistic(Logistic::fit(x, y, *c, *max_iter).ok_or_else(few_classes)?)
+            }
+            Algo::Boosted(p, classify) => {
+                Estimator::Boosted(Boosted::fit(x, y, *classify, p).ok_or_else(few_classes)?)
+            }
+            Algo::Forest(p, classify) => {
+                Estimator::Forest(Forest::fit(x, y, *classify, p).ok_or_else(few_classes)?)
+            }
+            Algo::KMeans(p) => Estimator::KMeans(KMeans::fit(x, p).ok_or_else(|| {
+                format!(
+                    "n_clusters = {} is more than the {} training rows",
+                    p.n_clusters,
+                    x.len()
+                )
+            })?),
+        })
+    }
+}
+
+/// Metrics PostgresML computes for the task, and the one auto-deploy compares.
+pub fn metrics(
+    task: &str,
+    x: &[Vec<f64>],
+    truth: &[f64],
+    predicted: &[f64],
+) -> (Map<String, Value>, &'static str) {
+    match task {
+        "classification" => (
+            super::logistic::classification_metrics(truth, predicted),
+            "f1",
+        ),
+        "clustering" => {
+            let mut m = Map::new();
+            let s = super::kmeans::silhouette(x, predicted);
+            m.insert(
+                "silhouette".into(),
+                if s.is_finite() { s.into() } else { Value::Null },
+            );
+            (m, "silhouette")
+        }
+        _ => (super::linear::regression_metrics(truth, predicted), "r2"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choose(task: &str, algorithm: &str, h: &str) -> Result<Algo, Choice> {
+        Algo::choose(task, algorithm, &hyperparams(Some(h)).unwrap())
+    }
+
+    #[test]
+    fn hyperparameters_with_defaults_and_aliases() {
+        let Ok(Algo::Boosted(p, true)) = choose(
+            "classification",
+            "xgboost",
+            r#"{"eta": 0.1, "boost_rounds": 7}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!((p.learning_rate, p.n_estimators, p.max_depth), (0.1, 7, 6));
+        let Ok(Algo::Forest(p, false)) = choose(
+            "regression",
+            "random_forest",
+            r#"{"max_depth": 4, "max_features": "sqrt"}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.max_depth, p.max_features, p.n_estimators),
+            (Some(4), Some(MaxFeatures::Sqrt), 100)
+        );
+        let Ok(Algo::KMeans(p)) = choose("clustering", "linear", r#"{"n_clusters": 3}"#) else {
+            panic!()
+        };
+        assert_eq!(p.n_clusters, 3);
+        assert!(matches!(choose("regression", "ridge", "{}"), Ok(Algo::Linear(a)) if a == 1.0));
+    }
+
+    #[test]
+    fn unknown_algorithms_and_hyperparameters_are_refused() {
+        let Err(Choice::Unsupported(m)) = choose("regression", "svm", "{}") else {
+            panic!()
+        };
+        assert!(m.contains("xgboost") && m.contains("kmeans"), "{m}");
+        assert!(matches!(
+            choose("clustering", "xgboost", "{}"),
+            Err(Choice::Unsupported(_))
+        ));
+        let Err(Choice::Invalid(m)) = choose("regression", "xgboost", r#"{"max_dpeth": 3}"#) else {
+            panic!()
+        };
+        assert!(m.contains("max_dpeth") && m.contains("max_depth"), "{m}");
+        for bad in [
+            r#"{"n_estimators": -1}"#,
+            r#"{"n_estimators": 2.5}"#,
+            r#"{"learning_rate": "fast"}"#,
+            r#"{"subsample": 0}"#,
+        ] {
+            assert!(
+                matches!(
+                    choose("regression", "xgboost", bad),
+                    Err(Choice::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            choose("regression", "random_forest", r#"{"max_features": 2.5}"#),
+            Err(Choice::Invalid(_))
+        ));
+        assert!(hyperparams(Some("[1]")).is_err());
+        assert!(hyperparams(Some("{")).is_err());
+    }
+}
