@@ -496,3 +496,150 @@ async fn passthrough_mode_leaves_pgml_calls_to_the_server() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "3F000", "{e:?}");
 }
+
+#[tokio::test]
+async fn trees_clustering_and_preprocessing_through_the_proxy() {
+    let pg = Postgres::start();
+    // y depends on x1 by steps (trees fit it exactly); x2 has NULLs; the label of `kinds` is a boolean.
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE steps (x1 float8, x2 float8, y float8);
+         INSERT INTO steps SELECT g % 40, CASE WHEN g % 9 = 0 THEN NULL ELSE g % 11 END, CASE WHEN g % 40 < 20 THEN 10 ELSE -5 END FROM generate_series(1, 400) g;
+         CREATE TABLE kinds (a float4, b float4, big boolean);
+         INSERT INTO kinds SELECT g % 13, g % 7, (g % 13) > 6 FROM generate_series(1, 300) g;
+         CREATE TABLE points (v real[]);
+         INSERT INTO points SELECT ARRAY[(g % 3) * 10 + (g % 5) * 0.1, (g % 3) * -10 + (g % 4) * 0.1] FROM generate_series(1, 90) g;",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 4, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_owned()).unwrap_or_default();
+    // Missing values need a preprocessor: PostgresML's message.
+    let e = c
+        .simple_query(
+            "SELECT * FROM pgml.train('steps', 'regression', 'steps', 'y', algorithm => 'xgboost')",
+        )
+        .await
+        .unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.starts_with("44 missing values for x2."), "{msg}");
+    assert_eq!(code(e), "22023");
+    for algorithm in ["xgboost", "random_forest"] {
+        c.simple_query(&format!(
+            "SELECT * FROM pgml.train('steps_{algorithm}', 'regression', 'steps', 'y', algorithm => '{algorithm}', preprocess => '{{\"x2\": {{\"impute\": \"mean\", \"scale\": \"standard\"}}}}', test_sampling => 'last')"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{algorithm}: {e:?}"));
+        assert_eq!(
+            pg.psql_admin_db("app", &format!("SELECT m.metrics->>'r2', m.algorithm FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE p.name = 'steps_{algorithm}'")),
+            format!("1.0|{algorithm}")
+        );
+        // The ROW overload is preprocessed (the NULL imputed); the array overload takes the values as they are.
+        for (features, want) in [
+            ("ROW(3, NULL)", "10"),
+            ("(33, 4)", "-5"),
+            ("ARRAY[3, 4]", "10"),
+        ] {
+            assert_eq!(
+                first_value(
+                    &c,
+                    &format!("SELECT pgml.predict('steps_{algorithm}', {features})")
+                )
+                .await,
+                want,
+                "{algorithm} {features}"
+            );
+        }
+        // Per-row, with a ROW of columns: NULLs in x2 are imputed.
+        let rows = rows_of(
+            &c.simple_query(&format!("SELECT x1, pgml.predict('steps_{algorithm}', ROW(x1, x2)) AS p FROM steps WHERE x2 IS NULL ORDER BY p LIMIT 3"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows.iter().all(|r| r[1].as_deref() == Some("-5")),
+            "{rows:?}"
+        );
+        let e = c
+            .simple_query(&format!(
+                "SELECT pgml.predict('steps_{algorithm}', ARRAY[3, NULL])"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), "22004");
+        let e = c
+            .simple_query(&format!(
+                "SELECT pgml.predict_proba('steps_{algorithm}', ARRAY[3, 4])"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), "22023");
+    }
+    // Classification with a boolean label: predictions are 0/1, probabilities per class.
+    for algorithm in ["xgboost", "random_forest"] {
+        c.simple_query(&format!("SELECT * FROM pgml.train('kinds_{algorithm}', 'classification', 'kinds', 'big', algorithm => '{algorithm}', hyperparams => '{{\"n_estimators\": 20}}')"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first_value(
+                &c,
+                &format!("SELECT pgml.predict('kinds_{algorithm}', ARRAY[9, 1])")
+            )
+            .await,
+            "1"
+        );
+        let p = first_value(
+            &c,
+            &format!("SELECT pgml.predict_proba('kinds_{algorithm}', ARRAY[2, 1])"),
+        )
+        .await;
+        let p: Vec<f64> = p
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(p.len() == 2 && p[0] > 0.9, "{p:?}");
+    }
+    // Clustering: no label, array features, the default algorithm is kmeans; predict is a cluster index.
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.train('points', 'clustering', 'points', hyperparams => '{\"n_clusters\": 3}')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(row[0][2].as_deref(), Some("kmeans"));
+    let silhouette: f64 = pg
+        .psql_admin_db(
+            "app",
+            "SELECT metrics->>'silhouette' FROM pgml.models WHERE algorithm = 'kmeans'",
+        )
+        .parse()
+        .unwrap();
+    assert!(silhouette > 0.9, "{silhouette}");
+    let mut clusters = Vec::new();
+    for a in [
+        "ARRAY[0.1, 0.1]",
+        "ARRAY[10.2, -9.9]",
+        "ARRAY[20.3, -19.8]",
+        "ARRAY[0.3, 0.2]",
+    ] {
+        clusters
+            .push(first_value(&c, &format!("SELECT pgml.predict('points', {a}::real[])")).await);
+    }
+    assert_eq!(clusters[0], clusters[3]);
+    assert!(clusters[0] != clusters[1] && clusters[1] != clusters[2] && clusters[0] != clusters[2]);
+    // Refusals: an algorithm Ocelot does not train, a misspelt hyperparameter, a bad preprocess.
+    for (sql, want) in [
+        ("SELECT * FROM pgml.train('x', 'regression', 'kinds', 'a', algorithm => 'svm')", "0A000"),
+        ("SELECT * FROM pgml.train('x', 'regression', 'kinds', 'a', algorithm => 'xgboost', hyperparams => '{\"max_dpeth\": 2}')", "22023"),
+        ("SELECT * FROM pgml.train('x', 'regression', 'kinds', 'a', preprocess => '{\"nope\": {\"scale\": \"standard\"}}')", "22023"),
+        ("SELECT * FROM pgml.train('y', 'clustering', 'points', hyperparams => '{\"n_clusters\": 500}')", "22023"),
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(e), want, "{sql}");
+    }
+}

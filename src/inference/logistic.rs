@@ -1,8 +1,8 @@
 //! Logistic regression as plain Rust, with scikit-learn's `LogisticRegression` defaults (what PostgresML trains
 //! for `linear` and `logistic_regression` on classification): L2 penalty with C = 1.0 on the weights but not the
 //! intercept, the multinomial (softmax) model over the sorted class labels (two classes use the equivalent single
-//! logit). The objective is strictly convex, so Ocelot's optimiser (gradient descent with Armijo backtracking,
-//! run to a tight gradient tolerance) reaches the same optimum as sklearn's lbfgs. Classification metrics follow
+//! logit). The objective is strictly convex, so Ocelot's optimiser (L-BFGS, as sklearn's default solver, run to
+//! a tight gradient tolerance) reaches the same optimum as sklearn's lbfgs. Classification metrics follow
 //! PostgresML, including its quirk of computing roc_auc and log_loss on the hard predicted labels.
 
 // Matrix code reads best with explicit indices.
@@ -59,97 +59,63 @@ impl Logistic {
             .iter()
             .map(|v| classes.iter().position(|c| c == v).unwrap_or(0))
             .collect();
-        // Parameters: k rows of (p weights + intercept).
-        let mut theta = vec![vec![0.0; p + 1]; k];
-        let objective = |theta: &[Vec<f64>]| -> f64 {
+        // Parameters: k rows of (p weights + intercept), flattened.
+        let w = p + 1;
+        let mut z = vec![0.0; k];
+        let objective = |theta: &[f64], grad: &mut [f64]| -> f64 {
+            grad.iter_mut().for_each(|v| *v = 0.0);
             let mut loss = 0.0;
             for (row, &l) in x.iter().zip(&label) {
-                loss += if k == 1 {
-                    let z = theta[0][p] + (0..p).map(|j| theta[0][j] * row[j]).sum::<f64>();
+                for (cl, zc) in z.iter_mut().enumerate() {
+                    let t = &theta[cl * w..(cl + 1) * w];
+                    *zc = t[p] + t[..p].iter().zip(row).map(|(a, b)| a * b).sum::<f64>();
+                }
+                if k == 1 {
+                    let z0 = z[0];
                     // log(1 + e^z) - [l == 1] z, computed stably.
-                    let soft = if z > 0.0 {
-                        z + (-z).exp().ln_1p()
+                    let soft = if z0 > 0.0 {
+                        z0 + (-z0).exp().ln_1p()
                     } else {
-                        z.exp().ln_1p()
+                        z0.exp().ln_1p()
                     };
-                    soft - if l == 1 { z } else { 0.0 }
+                    loss += soft - if l == 1 { z0 } else { 0.0 };
+                    z[0] = 1.0 / (1.0 + (-z0).exp());
                 } else {
-                    let z: Vec<f64> = (0..k)
-                        .map(|c| theta[c][p] + (0..p).map(|j| theta[c][j] * row[j]).sum::<f64>())
-                        .collect();
                     let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                    lse - z[l]
-                };
-            }
-            let reg: f64 = theta
-                .iter()
-                .map(|t| t[..p].iter().map(|w| w * w).sum::<f64>())
-                .sum();
-            c * loss + 0.5 * reg
-        };
-        let gradient = |theta: &[Vec<f64>]| -> Vec<Vec<f64>> {
-            let mut g = vec![vec![0.0; p + 1]; k];
-            for (row, &l) in x.iter().zip(&label) {
-                let mut prob: Vec<f64> = (0..k)
-                    .map(|cl| theta[cl][p] + (0..p).map(|j| theta[cl][j] * row[j]).sum::<f64>())
-                    .collect();
-                if k == 1 {
-                    prob[0] = 1.0 / (1.0 + (-prob[0]).exp());
-                } else {
-                    softmax(&mut prob);
+                    loss += lse - z[l];
+                    softmax(&mut z);
                 }
-                for cl in 0..k {
+                for (cl, prob) in z.iter().enumerate() {
                     let target = if (k == 1 && l == 1) || (k > 1 && l == cl) {
                         1.0
                     } else {
                         0.0
                     };
-                    let e = c * (prob[cl] - target);
-                    for j in 0..p {
-                        g[cl][j] += e * row[j];
+                    let e = c * (prob - target);
+                    let g = &mut grad[cl * w..(cl + 1) * w];
+                    for (gj, v) in g[..p].iter_mut().zip(row) {
+                        *gj += e * v;
                     }
-                    g[cl][p] += e;
+                    g[p] += e;
                 }
             }
+            let mut reg = 0.0;
             for cl in 0..k {
                 for j in 0..p {
-                    g[cl][j] += theta[cl][j];
+                    let t = theta[cl * w + j];
+                    reg += t * t;
+                    grad[cl * w + j] += t;
                 }
             }
-            g
+            c * loss + 0.5 * reg
         };
-        let mut f = objective(&theta);
-        let mut step = 1.0 / (c * x.len() as f64 * (1.0 + p as f64)).max(1.0);
-        for _ in 0..max_iter {
-            let g = gradient(&theta);
-            let norm2: f64 = g.iter().flatten().map(|v| v * v).sum();
-            if norm2.sqrt() < 1e-9 * (1.0 + f.abs()) {
-                break;
-            }
-            // Armijo backtracking from a step that grows while it keeps working.
-            step *= 2.0;
-            loop {
-                let trial: Vec<Vec<f64>> = theta
-                    .iter()
-                    .zip(&g)
-                    .map(|(t, gr)| t.iter().zip(gr).map(|(a, b)| a - step * b).collect())
-                    .collect();
-                let ft = objective(&trial);
-                if ft <= f - 0.5 * step * norm2 {
-                    theta = trial;
-                    f = ft;
-                    break;
-                }
-                step *= 0.5;
-                if step < 1e-20 {
-                    break;
-                }
-            }
-            if step < 1e-20 {
-                break;
-            }
-        }
+        let mut theta = vec![0.0; k * w];
+        // A tolerance relative to the loss's scale (C times the rows), tight enough to reach the optimum sklearn's
+        // lbfgs converges to.
+        let gtol = 1e-8 * (c * x.len() as f64).max(1.0);
+        super::lbfgs::minimize(objective, &mut theta, max_iter, gtol);
+        let theta: Vec<Vec<f64>> = theta.chunks(w).map(<[f64]>::to_vec).collect();
         Some(Logistic {
             classes,
             weights: theta.iter().map(|t| t[..p].to_vec()).collect(),

@@ -11,6 +11,7 @@ pub mod call;
 mod deploy;
 pub mod forest;
 pub mod kmeans;
+pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
 mod models;
