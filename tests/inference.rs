@@ -643,3 +643,75 @@ async fn trees_clustering_and_preprocessing_through_the_proxy() {
         assert_eq!(code(e), want, "{sql}");
     }
 }
+
+#[tokio::test]
+async fn instances_share_the_registry_and_the_cache_is_bounded() {
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE line (x float8, y float8);
+         INSERT INTO line SELECT g, 3 * g + 1 FROM generate_series(1, 50) g;",
+    );
+    // Instance B's cache holds one small model at a time.
+    let a = start_proxy(&config_toml(pg.port, 4, "", "")).await;
+    let b = start_proxy(&format!(
+        "{}\n[inference]\ncache_bytes = 120\n",
+        config_toml(pg.port, 4, "", "")
+    ))
+    .await;
+    let ca = connect(a.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let cb = connect(b.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y')",
+        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y', algorithm => 'ridge', hyperparams => '{\"alpha\": 100000}', automatic_deploy => false)",
+        "SELECT * FROM pgml.train('other', 'regression', 'line', 'y')",
+    ] {
+        ca.simple_query(sql).await.unwrap();
+    }
+    async fn predict(c: &tokio_postgres::Client, target: &str) -> String {
+        first_value(
+            c,
+            &format!("SELECT pgml.predict({target}, ARRAY[10]::real[])"),
+        )
+        .await
+    }
+    // B serves A's deployed model.
+    assert_eq!(predict(&cb, "'line'").await, "31");
+    // A deploys the ridge model (id 2); B switches to it within a second or so.
+    ca.simple_query("SELECT * FROM pgml.deploy(2)")
+        .await
+        .unwrap();
+    let ridge = predict(&ca, "'line'").await;
+    assert_ne!(ridge, "31");
+    let switched = std::time::Instant::now();
+    while predict(&cb, "'line'").await != ridge {
+        assert!(
+            switched.elapsed() < std::time::Duration::from_secs(5),
+            "B still serves the old model"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Alternating between two models through a one-model cache evicts and reloads, with the same answers.
+    for _ in 0..3 {
+        assert_eq!(predict(&cb, "1").await, "31");
+        assert_eq!(predict(&cb, "'other'").await, "31");
+    }
+    let snapshot = b.shared().snapshot();
+    let pool = snapshot.cluster.get("app", "postgres").unwrap();
+    let (bytes, evictions) = pool.models.usage();
+    assert!(bytes <= 120 || pool.models.rows().iter().filter(|r| r.loaded).count() == 1);
+    assert!(evictions >= 5, "{evictions}");
+    let rows = pool.models.rows();
+    let served: Vec<(i64, &str, u64)> = rows
+        .iter()
+        .map(|r| (r.model_id, r.project.as_str(), r.predictions))
+        .collect();
+    // Model 1 also answered B's polls until the switch.
+    assert!(served[0].2 >= 4, "{served:?}");
+    assert_eq!(served[1..], [(2, "line", 1), (3, "other", 3)]);
+    assert!(rows.iter().all(|r| r.bytes > 0 && r.algorithm.len() > 1));
+}

@@ -1,6 +1,7 @@
 //! `[inference]` (Ocelot): how `pgml.*` calls are handled. `proxy` (the default) answers the calls Ocelot
 //! serves in the proxy; `passthrough` sends every `pgml.*` call to the servers, for servers that have the real
-//! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`).
+//! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`). `cache_bytes`
+//! bounds each pool's model cache.
 
 use serde::Deserialize;
 
@@ -15,8 +16,25 @@ pub enum InferenceMode {
 }
 
 /// `[inference]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Inference {
     #[serde(default)]
     pub mode: InferenceMode,
+    /// Bound of each pool's model cache, in bytes of the models' stored form; the least recently used model is
+    /// evicted (and loaded again from `pgml.files` when next needed).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+}
+
+fn default_cache_bytes() -> usize {
+    crate::inference::cache::DEFAULT_CACHE_BYTES
+}
+
+impl Default for Inference {
+    fn default() -> Self {
+        Inference {
+            mode: InferenceMode::default(),
+            cache_bytes: default_cache_bytes(),
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! In-proxy inference for the PostgresML `pgml.*` API. `call` finds `pgml.*` calls and binds their arguments to
 //! PostgresML's signatures; `registry` is the versioned `pgml` schema; `serve` answers the calls Ocelot serves
 //! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
-//! `per_row` and `models` (the model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
+//! `per_row`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
 //! hyperparameters, and `preprocess` imputes and scales. Other `pgml.*` calls reach the servers unchanged.
 
 pub mod algorithms;
 pub mod boosting;
+pub mod cache;
 pub mod call;
 mod deploy;
 pub mod forest;

@@ -1,12 +1,11 @@
-//! The models Ocelot serves: how a trained model is stored (`Model`, JSON in `pgml.files`), the per-pool cache of
-//! models by id and of each project's deployed model, the registry connection (the registry schema is ensured once
-//! per pool), and the errors the `pgml.*` handlers answer with.
+//! The models Ocelot serves: how a trained model is stored (`Model`, JSON in `pgml.files`) and what it predicts,
+//! finding the model a call names (through the pool's cache, `cache`), the registry connection (the registry
+//! schema is ensured once per pool), and the errors the `pgml.*` handlers answer with.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use super::boosting::Boosted;
+use super::cache::Loaded;
 use super::call::{Arg, CallError};
 use super::forest::Forest;
 use super::kmeans::KMeans;
@@ -18,10 +17,6 @@ use crate::pool::balance::Want;
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, UserPool};
 use crate::protocol::codes::sqlstate;
-use crate::router::session_sql::quote_literal;
-
-/// How long a cached project → deployed model mapping is trusted before the registry is asked again.
-const RECHECK: Duration = Duration::from_secs(1);
 
 /// A model Ocelot trained, as stored in `pgml.files`: the estimator and the preprocessing fitted with it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -108,15 +103,6 @@ impl Model {
     }
 }
 
-/// Deployed models of one pool, shared by its clients.
-#[derive(Debug, Default)]
-pub struct Models {
-    by_project: Mutex<HashMap<String, (i64, Instant)>>,
-    by_id: Mutex<HashMap<i64, Arc<Model>>>,
-    /// The registry schema was brought to this Ocelot's version (once per pool, not per connection).
-    registry_ready: tokio::sync::OnceCell<()>,
-}
-
 /// A failure answered to the client as an ErrorResponse.
 #[derive(Debug)]
 pub(super) struct Refusal {
@@ -176,9 +162,9 @@ pub(super) fn sqlstate_of(code: &str) -> &'static str {
 pub(super) async fn resolve_model(
     pool: &Arc<UserPool>,
     target: &Arg,
-) -> Result<Arc<Model>, Refusal> {
+) -> Result<Arc<Loaded>, Refusal> {
     match target {
-        Arg::Text(project) => Ok(pool.models.deployed(pool, project).await?.1),
+        Arg::Text(project) => pool.models.deployed(pool, project).await,
         Arg::Number(n) => {
             let id: i64 = n
                 .parse()
@@ -195,7 +181,7 @@ pub(super) async fn resolve_model(
 pub(super) async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
     let mut conn = pool.checkout(0, Want::Primary, true).await?;
     pool.models
-        .registry_ready
+        .registry_ready()
         .get_or_try_init(|| async { registry::ensure(&mut conn).await.map(|_| ()) })
         .await?;
     Ok(conn)
@@ -204,79 +190,4 @@ pub(super) async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::P
 /// One value of a single-row, single-column query.
 pub(super) async fn value(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, Refusal> {
     Ok(conn.query_value(sql).await?)
-}
-
-impl Models {
-    pub(super) fn forget(&self, project: &str) {
-        self.by_project
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(project);
-    }
-
-    /// The deployed model of `project`, from the cache when it was checked within [`RECHECK`].
-    pub(super) async fn deployed(
-        &self,
-        pool: &Arc<UserPool>,
-        project: &str,
-    ) -> Result<(i64, Arc<Model>), Refusal> {
-        let cached = self
-            .by_project
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(project)
-            .copied();
-        let id = match cached {
-            Some((id, at)) if at.elapsed() < RECHECK => id,
-            _ => {
-                let mut conn = registry_conn(pool).await?;
-                let id = value(
-                    &mut conn,
-                    &format!(
-                        "SELECT d.model_id FROM pgml.deployments d JOIN pgml.projects p ON p.id = d.project_id WHERE p.name = {} ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
-                        quote_literal(project)
-                    ),
-                )
-                .await?
-                .and_then(|v| v.parse::<i64>().ok())
-                .ok_or_else(|| refuse("22023", format!("No deployed model exists for the project named: `{project}`")))?;
-                self.by_project
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(project.to_owned(), (id, Instant::now()));
-                id
-            }
-        };
-        Ok((id, self.model(pool, id).await?))
-    }
-
-    pub(super) async fn model(&self, pool: &Arc<UserPool>, id: i64) -> Result<Arc<Model>, Refusal> {
-        if let Some(m) = self
-            .by_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
-            return Ok(m.clone());
-        }
-        let mut conn = registry_conn(pool).await?;
-        let data = value(
-            &mut conn,
-            &format!("SELECT convert_from(data, 'UTF8') FROM pgml.files WHERE model_id = {id} AND path = 'estimator.ocelot.json' ORDER BY part LIMIT 1"),
-        )
-        .await?
-        .ok_or_else(|| refuse("22023", format!("pgml.models WHERE id = {id} could not be loaded. Does it exist?")))?;
-        let model: Model = serde_json::from_str(&data).map_err(|e| {
-            refuse(
-                sqlstate::INTERNAL_ERROR,
-                format!("model {id} cannot be read: {e}"),
-            )
-        })?;
-        let model = Arc::new(model);
-        self.by_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, model.clone());
-        Ok(model)
-    }
 }

@@ -17,7 +17,7 @@ use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
 use crate::proxy::fanout::{cells, fields, split_rows};
 
-pub use super::models::Models;
+pub use super::cache::Models;
 
 /// Whether a simple Query may be a `pgml.*` call (a cheap test before parsing).
 pub fn mentions_pgml(sql: &[u8]) -> bool {
@@ -257,7 +257,9 @@ async fn predict_named(
                 .ok_or_else(|| refuse("22023", format!("feature {} is not a number", i + 1)))?,
         });
     }
-    let model = resolve_model(pool, target).await?;
+    let loaded = resolve_model(pool, target).await?;
+    let started = std::time::Instant::now();
+    let model = &loaded.model;
     if call.function == "predict_batch" {
         // A flat array of rows × features; the project overload returns a set, the model overload an array.
         let n = model.num_features().max(1);
@@ -286,6 +288,7 @@ async fn predict_named(
             encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
             encode::command_complete(out, "SELECT 1");
         }
+        loaded.served(predictions.len() as u64, started.elapsed());
         return Ok(());
     }
     if x.len() != model.num_features() {
@@ -327,6 +330,7 @@ async fn predict_named(
         encode::data_row_text(out, &[&float4_text(y)]);
     }
     encode::command_complete(out, "SELECT 1");
+    loaded.served(1, started.elapsed());
     Ok(())
 }
 
@@ -339,7 +343,8 @@ async fn per_row(
 ) -> Result<(), Refusal> {
     use crate::proxy::fanout::{run, Merge};
     use crate::router::fanout::Plan;
-    let model = resolve_model(pool, &plan.target).await?;
+    let loaded = resolve_model(pool, &plan.target).await?;
+    let model = &loaded.model;
     if plan.features.len() != model.num_features() {
         return Err(refuse(
             "22023",
@@ -413,6 +418,7 @@ async fn per_row(
     let cols = fields(&merged[..h.total()])
         .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
     let mut rows: Vec<(f32, Vec<Option<Vec<u8>>>)> = Vec::new();
+    let started = std::time::Instant::now();
     for raw in split_rows(&merged[h.total()..]) {
         if raw.first() != Some(&crate::protocol::codes::backend::DATA_ROW) {
             continue;
@@ -446,6 +452,7 @@ async fn per_row(
             .collect();
         rows.push((y, row));
     }
+    loaded.served(rows.len() as u64, started.elapsed());
     if let Some(desc) = plan.order {
         // PostgreSQL sorts NaN above every number; NULL cannot occur.
         rows.sort_by(|a, b| {

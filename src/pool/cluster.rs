@@ -195,7 +195,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         round_robin: AtomicUsize::new(0),
         collations: Default::default(),
         two_phase: pool.two_phase_commit,
-        models: Default::default(),
+        models: crate::inference::serve::Models::new(config.inference.cache_bytes),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),

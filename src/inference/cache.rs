@@ -1,0 +1,319 @@
+//! The per-pool model cache shared by every client: which model each project has deployed (asked of the registry
+//! again after [`RECHECK`]), the loaded models by id, bounded in bytes with least-recently-used eviction, and
+//! per-model counters (predictions served, time spent) for `SHOW MODELS` and the metrics. A prediction takes a
+//! read lock to find its model and then touches only atomics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::models::{refuse, registry_conn, value, Model, Refusal};
+use crate::pool::UserPool;
+use crate::protocol::codes::sqlstate;
+use crate::router::session_sql::quote_literal;
+
+/// How long a cached project → deployed model mapping is trusted before the registry is asked again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The default bound of a pool's cache (`[inference] cache_bytes`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Counters of one model, kept after the model itself is evicted.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    predictions: AtomicU64,
+    nanos: AtomicU64,
+    last_use: AtomicU64,
+}
+
+/// A model loaded from the registry.
+#[derive(Debug)]
+pub struct Loaded {
+    pub id: i64,
+    pub project: String,
+    pub algorithm: String,
+    /// Size of its stored form, what the cache bound counts.
+    pub bytes: usize,
+    pub model: Model,
+    stats: Arc<ModelStats>,
+}
+
+impl Loaded {
+    /// Counts `n` predictions that took `elapsed` in all.
+    pub fn served(&self, n: u64, elapsed: Duration) {
+        self.stats.predictions.fetch_add(n, Ordering::Relaxed);
+        self.stats
+            .nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One line of `SHOW MODELS`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRow {
+    pub project: String,
+    pub model_id: i64,
+    pub algorithm: String,
+    pub bytes: usize,
+    pub loaded: bool,
+    pub predictions: u64,
+    /// Mean time per prediction, in microseconds.
+    pub mean_micros: f64,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    loaded: HashMap<i64, Arc<Loaded>>,
+    bytes: usize,
+    /// Every model seen, loaded or evicted: its description and counters.
+    known: HashMap<i64, (String, String, usize, Arc<ModelStats>)>,
+}
+
+/// Deployed models of one pool, shared by its clients.
+#[derive(Debug)]
+pub struct Models {
+    by_project: Mutex<HashMap<String, (i64, Instant)>>,
+    cache: RwLock<Cache>,
+    capacity: usize,
+    clock: AtomicU64,
+    evictions: AtomicU64,
+    /// The registry schema was brought to this Ocelot's version (once per pool, not per connection).
+    registry_ready: tokio::sync::OnceCell<()>,
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Models::new(DEFAULT_CACHE_BYTES)
+    }
+}
+
+impl Models {
+    pub fn new(capacity: usize) -> Models {
+        Models {
+            by_project: Mutex::default(),
+            cache: RwLock::default(),
+            capacity,
+            clock: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            registry_ready: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub(super) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
+        &self.registry_ready
+    }
+
+    pub(super) fn forget(&self, project: &str) {
+        self.by_project
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(project);
+    }
+
+    /// The deployed model of `project`, from the cache when it was checked within [`RECHECK`].
+    pub(super) async fn deployed(
+        &self,
+        pool: &Arc<UserPool>,
+        project: &str,
+    ) -> Result<Arc<Loaded>, Refusal> {
+        let cached = self
+            .by_project
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(project)
+            .copied();
+        let id = match cached {
+            Some((id, at)) if at.elapsed() < RECHECK => id,
+            _ => {
+                let mut conn = registry_conn(pool).await?;
+                let id = value(
+                    &mut conn,
+                    &format!(
+                        "SELECT d.model_id FROM pgml.deployments d JOIN pgml.projects p ON p.id = d.project_id WHERE p.name = {} ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
+                        quote_literal(project)
+                    ),
+                )
+                .await?
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| refuse("22023", format!("No deployed model exists for the project named: `{project}`")))?;
+                self.by_project
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(project.to_owned(), (id, Instant::now()));
+                id
+            }
+        };
+        self.model(pool, id).await
+    }
+
+    /// Model `id`, loaded from `pgml.files` on first use.
+    pub(super) async fn model(
+        &self,
+        pool: &Arc<UserPool>,
+        id: i64,
+    ) -> Result<Arc<Loaded>, Refusal> {
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .loaded
+            .get(&id)
+        {
+            m.stats.last_use.store(tick, Ordering::Relaxed);
+            return Ok(m.clone());
+        }
+        let mut conn = registry_conn(pool).await?;
+        let row = value(
+            &mut conn,
+            &format!(
+                "SELECT json_build_array(p.name, m.algorithm, convert_from(f.data, 'UTF8'))::text FROM pgml.files f JOIN pgml.models m ON m.id = f.model_id JOIN pgml.projects p ON p.id = m.project_id WHERE f.model_id = {id} AND f.path = 'estimator.ocelot.json' ORDER BY f.part LIMIT 1"
+            ),
+        )
+        .await?
+        .ok_or_else(|| refuse("22023", format!("pgml.models WHERE id = {id} could not be loaded. Does it exist?")))?;
+        let [project, algorithm, data] = serde_json::from_str::<[Option<String>; 3]>(&row)
+            .map_err(|e| {
+                refuse(
+                    sqlstate::INTERNAL_ERROR,
+                    format!("model {id}: unexpected registry row: {e}"),
+                )
+            })?;
+        let data = data.unwrap_or_default();
+        let model: Model = serde_json::from_str(&data).map_err(|e| {
+            refuse(
+                sqlstate::INTERNAL_ERROR,
+                format!("model {id} cannot be read: {e}"),
+            )
+        })?;
+        Ok(self.insert(
+            id,
+            project.unwrap_or_default(),
+            algorithm.unwrap_or_default(),
+            data.len(),
+            model,
+        ))
+    }
+
+    /// Adds a loaded model, evicting the least recently used others until the cache fits its bound (a model
+    /// larger than the bound alone is still served, and evicted by the next one).
+    fn insert(
+        &self,
+        id: i64,
+        project: String,
+        algorithm: String,
+        bytes: usize,
+        model: Model,
+    ) -> Arc<Loaded> {
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cache.loaded.get(&id) {
+            return m.clone();
+        }
+        let stats = cache
+            .known
+            .entry(id)
+            .or_insert_with(|| (project.clone(), algorithm.clone(), bytes, Arc::default()))
+            .3
+            .clone();
+        stats.last_use.store(tick, Ordering::Relaxed);
+        while cache.bytes + bytes > self.capacity && !cache.loaded.is_empty() {
+            let Some(victim) = cache
+                .loaded
+                .values()
+                .min_by_key(|m| m.stats.last_use.load(Ordering::Relaxed))
+                .map(|m| m.id)
+            else {
+                break;
+            };
+            if let Some(m) = cache.loaded.remove(&victim) {
+                cache.bytes -= m.bytes;
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let loaded = Arc::new(Loaded {
+            id,
+            project,
+            algorithm,
+            bytes,
+            model,
+            stats,
+        });
+        cache.bytes += bytes;
+        cache.loaded.insert(id, loaded.clone());
+        loaded
+    }
+
+    /// Every model this pool has served or loaded, by model id.
+    pub fn rows(&self) -> Vec<ModelRow> {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<ModelRow> = cache
+            .known
+            .iter()
+            .map(|(id, (project, algorithm, bytes, stats))| {
+                let n = stats.predictions.load(Ordering::Relaxed);
+                let nanos = stats.nanos.load(Ordering::Relaxed);
+                ModelRow {
+                    project: project.clone(),
+                    model_id: *id,
+                    algorithm: algorithm.clone(),
+                    bytes: *bytes,
+                    loaded: cache.loaded.contains_key(id),
+                    predictions: n,
+                    mean_micros: if n == 0 {
+                        0.0
+                    } else {
+                        nanos as f64 / n as f64 / 1e3
+                    },
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| r.model_id);
+        rows
+    }
+
+    /// Bytes of the models loaded now, and evictions so far.
+    pub fn usage(&self) -> (usize, u64) {
+        let bytes = self.cache.read().unwrap_or_else(|e| e.into_inner()).bytes;
+        (bytes, self.evictions.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::linear::Linear;
+    use crate::inference::models::Estimator;
+
+    fn model() -> Model {
+        Model {
+            pre: Default::default(),
+            estimator: Estimator::Linear(Linear {
+                coef: vec![1.0],
+                intercept: 0.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_beyond_the_bound_and_keeps_counters() {
+        let m = Models::new(250);
+        let a = m.insert(1, "a".into(), "linear".into(), 100, model());
+        m.insert(2, "b".into(), "linear".into(), 100, model());
+        // Model 1 is used again, so model 2 is the least recently used when model 3 arrives.
+        a.stats
+            .last_use
+            .store(m.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        a.served(4, Duration::from_micros(20));
+        m.insert(3, "c".into(), "xgboost".into(), 100, model());
+        let rows = m.rows();
+        let loaded: Vec<(i64, bool)> = rows.iter().map(|r| (r.model_id, r.loaded)).collect();
+        assert_eq!(loaded, [(1, true), (2, false), (3, true)]);
+        assert_eq!((rows[0].predictions, rows[0].mean_micros), (4, 5.0));
+        assert_eq!(m.usage(), (200, 1));
+        // A model larger than the bound is still served; it displaces everything else.
+        m.insert(4, "d".into(), "random_forest".into(), 1000, model());
+        assert_eq!(m.usage(), (1000, 3));
+    }
+}
