@@ -715,3 +715,98 @@ async fn instances_share_the_registry_and_the_cache_is_bounded() {
     assert_eq!(served[1..], [(2, "line", 1), (3, "other", 3)]);
     assert!(rows.iter().all(|r| r.bytes > 0 && r.algorithm.len() > 1));
 }
+
+#[tokio::test]
+async fn pgml_statements_over_the_extended_protocol() {
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE house (size float8, rooms int, age int, price float8);
+         INSERT INTO house SELECT s, r, a, 50 + 3 * s + 10 * r - 0.5 * a
+           FROM (SELECT 40 + (g * 37) % 160 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 200) g) t;",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 4, "", "")).await;
+    let mut c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    // Training with bound parameters; the row comes back in binary.
+    let row = c
+        .query_one(
+            "SELECT * FROM pgml.train($1, 'regression', 'house', 'price', algorithm => $2, test_sampling => 'last')",
+            &[&"houses", &"linear"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "houses");
+    assert!(row.get::<_, bool>(3));
+    // Typed parameters (text, real[]) inferred from the call; the result is float4.
+    let p: f32 = c
+        .query_one(
+            "SELECT pgml.predict($1, $2)",
+            &[&"houses", &vec![100f32, 3.0, 10.0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p, 375.0);
+    // A prepared statement is described (its column named by the alias) and run many times.
+    let st = c
+        .prepare("SELECT pgml.predict('houses', $1::double precision[]) AS score")
+        .await
+        .unwrap();
+    assert_eq!(st.columns()[0].name(), "score");
+    assert_eq!(st.params()[0], tokio_postgres::types::Type::FLOAT8_ARRAY);
+    for size in [60f64, 80.0, 120.0] {
+        let p: f32 = c
+            .query_one(&st, &[&vec![size, 2.0, 20.0]])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(p as f64, 50.0 + 3.0 * size + 20.0 - 10.0);
+    }
+    // Per-row with a parameter whose type only the server knows (rooms is int4).
+    let rows = c
+        .query(
+            "SELECT size, pgml.predict('houses', ARRAY[size, rooms, age]) AS p FROM house WHERE rooms = $1 ORDER BY p DESC LIMIT 3",
+            &[&3i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let best: Vec<f32> = rows.iter().map(|r| r.get::<_, f32>(1)).collect();
+    assert!(best[0] >= best[1] && best[1] >= best[2], "{best:?}");
+    let direct = pg.psql_admin_db(
+        "app",
+        "SELECT max(50 + 3 * size + 10 * rooms - 0.5 * age) FROM house WHERE rooms = 3",
+    );
+    assert!((best[0] as f64 - direct.parse::<f64>().unwrap()).abs() < 1e-3);
+    // Errors come back as errors, and the session goes on (pgml and ordinary statements alike).
+    let e = c
+        .query_one("SELECT pgml.predict($1, $2)", &[&"nobody", &vec![1f32]])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023");
+    let e = c
+        .query_one("SELECT pgml.predict('houses', $1)", &[&vec![1f32, 2.0]])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023", "{e:?}");
+    let n: i32 = c
+        .query_one("SELECT $1::int + 1", &[&41i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    // Inside a transaction block too (nothing has reached a server yet).
+    let tx = c.transaction().await.unwrap();
+    let p: f32 = tx
+        .query_one(
+            "SELECT pgml.predict('houses', $1::real[])",
+            &[&vec![100f32, 3.0, 10.0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p, 375.0);
+    tx.commit().await.unwrap();
+}

@@ -3,7 +3,8 @@
 //! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
 //! `per_row`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
-//! hyperparameters, and `preprocess` imputes and scales. Other `pgml.*` calls reach the servers unchanged.
+//! hyperparameters, and `preprocess` imputes and scales. Over the extended protocol, `params` types and substitutes a statement's
+//! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
 
 pub mod algorithms;
 pub mod boosting;
@@ -16,9 +17,11 @@ pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
 mod models;
+pub mod params;
 pub mod per_row;
 pub mod preprocess;
 pub mod registry;
 pub mod serve;
+pub mod statement;
 mod train;
 pub mod trees;

@@ -58,15 +58,8 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         }
         return Some(out);
     }
-    let calls = find_calls(sql).ok()?;
-    let [call] = calls.as_slice() else {
-        return None;
-    };
-    // Only a call that is the whole query: `SELECT pgml.f(...)` or `SELECT * FROM pgml.f(...)`.
-    let norm = sql.trim().trim_end_matches(';').to_ascii_lowercase();
-    if !(norm.starts_with("select pgml.") || norm.starts_with("select * from pgml.")) {
-        return None;
-    }
+    let call = whole_call(sql)?;
+    let call = &call;
     let mut out = BytesMut::new();
     let result = match call.function.as_str() {
         "train" => train(pool, call, &mut out).await,
@@ -89,6 +82,25 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
     }
     Some(out)
+}
+
+/// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM
+/// pgml.f(...)`): train, deploy or a predict function.
+pub(super) fn whole_call(sql: &str) -> Option<Call> {
+    let mut calls = find_calls(sql).ok()?;
+    if calls.len() != 1 {
+        return None;
+    }
+    let norm = sql.trim().trim_end_matches(';').to_ascii_lowercase();
+    if !(norm.starts_with("select pgml.") || norm.starts_with("select * from pgml.")) {
+        return None;
+    }
+    let call = calls.pop()?;
+    matches!(
+        call.function.as_str(),
+        "train" | "deploy" | "predict" | "predict_proba" | "predict_batch" | "predict_joint"
+    )
+    .then_some(call)
 }
 
 /// `SELECT pgml.predict(<'project' | model id>, ARRAY[<numbers>][::<type>[]]) [AS <name>][;]`, read by hand; `None`
@@ -203,7 +215,7 @@ fn float4_text(v: f32) -> String {
 }
 
 /// The column name of a one-item select list: its alias when it has one.
-fn output_alias(sql: &str) -> Option<String> {
+pub(super) fn output_alias(sql: &str) -> Option<String> {
     use sqlparser::ast::{SelectItem, SetExpr, Statement};
     let statements =
         sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)

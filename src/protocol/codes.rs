@@ -114,4 +114,7 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 }

@@ -233,6 +233,48 @@ pub fn row_description_typed(buf: &mut BytesMut, columns: &[(&str, u32, i16)]) {
     });
 }
 
+/// RowDescription of columns (name, type OID, type length, format code).
+pub fn row_description_formats(buf: &mut BytesMut, columns: &[(&str, u32, i16, i16)]) {
+    message(buf, backend::ROW_DESCRIPTION, |b| {
+        b.put_i16(columns.len() as i16);
+        for (name, oid, len, format) in columns {
+            cstr(b, name.as_bytes());
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_u32(*oid);
+            b.put_i16(*len);
+            b.put_i32(-1);
+            b.put_i16(*format);
+        }
+    });
+}
+
+/// ParameterDescription of the given parameter types.
+pub fn parameter_description(buf: &mut BytesMut, types: &[u32]) {
+    message(buf, backend::PARAMETER_DESCRIPTION, |b| {
+        b.put_i16(types.len() as i16);
+        for t in types {
+            b.put_u32(*t);
+        }
+    });
+}
+
+/// DataRow of raw values (`None` is NULL), each already in its column's format.
+pub fn data_row_raw(buf: &mut BytesMut, values: &[Option<Vec<u8>>]) {
+    message(buf, backend::DATA_ROW, |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// DataRow of text values.
 pub fn data_row_text(buf: &mut BytesMut, values: &[&str]) {
     message(buf, backend::DATA_ROW, |b| {

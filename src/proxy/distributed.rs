@@ -36,6 +36,8 @@ pub struct Answer {
     pub error: Option<Bytes>,
     /// CopyInResponse: the server now waits for COPY data (reading stopped there).
     pub copy_in: Option<Bytes>,
+    /// ParameterDescription, when a statement was described.
+    pub param_types: Option<Bytes>,
 }
 
 /// Sends `query` (a whole Query message) and reads the answer up to ReadyForQuery.
@@ -63,6 +65,7 @@ pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
         let msg = next_message(conn).await?;
         match msg[0] {
             backend::ROW_DESCRIPTION => answer.row_description = Some(msg),
+            backend::PARAMETER_DESCRIPTION => answer.param_types = Some(msg),
             backend::DATA_ROW => {
                 answer.rows.extend_from_slice(&msg);
                 answer.count += 1;

@@ -115,6 +115,8 @@ pub struct Session {
     held_back: bool,
     /// An Execute went to the server since its last ReadyForQuery.
     unsynced_execute: bool,
+    /// `pgml.*` statements Ocelot answers over the extended protocol.
+    pgml: Option<Box<pgml_ext::PgmlStatements>>,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
@@ -164,6 +166,7 @@ impl Session {
             swallow_rfq: 0,
             held_back: false,
             unsynced_execute: false,
+            pgml: None,
             replay: None,
             draining,
         }
@@ -386,6 +389,26 @@ impl Session {
                         .serve_inference(piece.len(), self.tracker.status())
                         .await?
                     {
+                        continue;
+                    }
+                }
+                // The same over the extended protocol, when the request is about pgml.* statements.
+                if let (0, Piece::Whole(h)) = (fwd, piece) {
+                    if self.pool.inference_mode == crate::config::InferenceMode::Proxy
+                        && matches!(
+                            code,
+                            frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+                        )
+                        && self.starts_pgml_request(code, h.total())
+                    {
+                        if self.tracker.pending_units() > 0 || self.tracker.is_unsynced() {
+                            self.held_back = true;
+                            break;
+                        }
+                        if !route::request_complete(&self.cbuf) {
+                            break;
+                        }
+                        self.serve_pgml_messages(self.tracker.status()).await?;
                         continue;
                     }
                 }
@@ -835,4 +858,5 @@ mod copy;
 mod idle;
 mod listen;
 mod multi;
+mod pgml_ext;
 mod route;

@@ -111,6 +111,11 @@ impl TxnTracker {
         !self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
     }
 
+    /// Whether Parse/Bind/Describe/Execute/Close went to the server without their Sync yet.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
     /// Whether the server is in the middle of answering (so its connection state is unknown to Ocelot).
     pub fn is_busy(&self) -> bool {
         !self.pending.is_empty() || self.copy_in

@@ -35,6 +35,27 @@ impl Session {
                 return Ok(Flow::Next);
             }
         }
+        // pgml.* statements over the extended protocol, answered whole (up to the Sync or Flush).
+        if let Piece::Whole(h) = piece {
+            if self.pool.inference_mode == crate::config::InferenceMode::Proxy
+                && matches!(
+                    code,
+                    frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+                )
+                && self.starts_pgml_request(code, h.total())
+            {
+                if !route::request_complete(&self.cbuf) {
+                    return Ok(Flow::Wait);
+                }
+                let status = if self.pending_begin.is_some() {
+                    txn::IN_TRANSACTION
+                } else {
+                    txn::IDLE
+                };
+                self.serve_pgml_messages(status).await?;
+                return Ok(Flow::Next);
+            }
+        }
         // In a sharded pool a pipelined request is routed whole: its Binds may name different shards.
         if self.pool.shards.len() > 1
             && matches!(piece, Piece::Whole(_))

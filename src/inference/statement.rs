@@ -1,0 +1,239 @@
+//! What a `pgml.*` statement prepared over the extended protocol returns, known before it runs (a driver describes
+//! a statement before binding it): the columns of train, deploy and the predict functions are fixed by PostgresML;
+//! a per-row prediction returns the query's own columns, which only a server can describe, with the prediction in
+//! its place.
+
+use bytes::BytesMut;
+
+use super::call::Arg;
+use super::params::{
+    BOOL, FLOAT4, FLOAT4_ARRAY, FLOAT8, FLOAT8_ARRAY, INT2, INT4, INT8, NUMERIC, TEXT, VARCHAR,
+};
+use super::per_row::PerRow;
+use crate::protocol::codes::backend;
+use crate::protocol::encode;
+use crate::protocol::frame::Header;
+
+/// The result of a statement Ocelot serves.
+#[derive(Debug)]
+pub enum Shape {
+    /// Fixed columns (name, type).
+    Columns(Vec<(String, u32)>),
+    /// A per-row prediction: the columns come from describing `plan.sql` on a server.
+    PerRow(PerRow),
+    /// A per-row prediction Ocelot refuses (answered with the reason when it runs).
+    Refused,
+}
+
+/// The shape of `sql` when Ocelot serves it, `None` when the statement belongs to the servers.
+pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
+    if !super::serve::mentions_pgml(sql.as_bytes()) {
+        return None;
+    }
+    if let Some(plan) = super::per_row::plan(sql) {
+        return Some(match plan {
+            Ok(p) => Shape::PerRow(p),
+            Err(_) => Shape::Refused,
+        });
+    }
+    let call = super::serve::whole_call(sql)?;
+    let name = super::serve::output_alias(sql).unwrap_or_else(|| call.function.clone());
+    let text = |n: &str| (n.to_owned(), TEXT);
+    Some(Shape::Columns(match call.function.as_str() {
+        "train" => vec![
+            text("project"),
+            text("task"),
+            text("algorithm"),
+            ("deployed".into(), BOOL),
+        ],
+        "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
+        "predict" => vec![(name, FLOAT4)],
+        "predict_batch" => {
+            // By project: a set of real; by model id: one real[].
+            let by_id = match call.args.first().map(|a| &a.1) {
+                Some(Arg::Number(_)) => true,
+                Some(Arg::Expr(e)) => e
+                    .strip_prefix('$')
+                    .and_then(|d| d.split("::").next())
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .is_some_and(|p| types.get(p - 1) == Some(&INT8)),
+                _ => false,
+            };
+            vec![(name, if by_id { FLOAT4_ARRAY } else { FLOAT4 })]
+        }
+        _ => vec![(name, FLOAT4_ARRAY)],
+    }))
+}
+
+/// A text value of type `oid` in binary, for the types a `pgml.*` answer or a per-row query commonly returns.
+fn binary(oid: u32, text: &str) -> Option<Vec<u8>> {
+    Some(match oid {
+        BOOL => vec![u8::from(text == "t")],
+        INT2 => text.parse::<i16>().ok()?.to_be_bytes().to_vec(),
+        INT4 => text.parse::<i32>().ok()?.to_be_bytes().to_vec(),
+        INT8 => text.parse::<i64>().ok()?.to_be_bytes().to_vec(),
+        FLOAT4 => text.parse::<f32>().ok()?.to_be_bytes().to_vec(),
+        FLOAT8 => text.parse::<f64>().ok()?.to_be_bytes().to_vec(),
+        NUMERIC => crate::router::binary::numeric_binary(text)?,
+        TEXT | VARCHAR | 19 | 1042 => text.as_bytes().to_vec(),
+        FLOAT4_ARRAY | FLOAT8_ARRAY => {
+            let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+            let items: Vec<&str> = inner.split(',').filter(|s| !s.is_empty()).collect();
+            let (el, size) = if oid == FLOAT4_ARRAY {
+                (FLOAT4, 4)
+            } else {
+                (FLOAT8, 8)
+            };
+            let mut b = Vec::with_capacity(20 + items.len() * (4 + size));
+            let dims: &[i32] = if items.is_empty() {
+                &[0, 0, el as i32]
+            } else {
+                &[1, 0, el as i32, items.len() as i32, 1]
+            };
+            for w in dims {
+                b.extend_from_slice(&w.to_be_bytes());
+            }
+            for item in items {
+                b.extend_from_slice(&(size as i32).to_be_bytes());
+                b.extend_from_slice(&binary(el, item)?);
+            }
+            b
+        }
+        _ => return None,
+    })
+}
+
+/// The format code of column `i` under a Bind's result formats.
+fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        all => all.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// Rewrites a text-format answer (RowDescription, DataRows, CommandComplete, or an ErrorResponse) as an Execute
+/// answers with the Bind's result `formats`: the RowDescription only when the portal was described, values in
+/// binary where asked. A column Ocelot cannot put in binary is an error (0A000) naming it.
+pub fn in_formats(
+    answer: &[u8],
+    formats: &[i16],
+    describe: bool,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let mut oids: Vec<u32> = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(h)) = Header::parse(&answer[at..], u32::MAX) {
+        let msg = &answer[at..(at + h.total()).min(answer.len())];
+        at += h.total();
+        match h.code {
+            backend::ROW_DESCRIPTION => {
+                let fields =
+                    crate::proxy::fanout::fields(msg).ok_or("unexpected result description")?;
+                oids = fields.iter().map(|f| f.oid).collect();
+                if describe {
+                    let cols: Vec<(&str, u32, i16, i16)> = fields
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| (f.name.as_str(), f.oid, -1, format_of(formats, i)))
+                        .collect();
+                    encode::row_description_formats(out, &cols);
+                }
+            }
+            backend::DATA_ROW if formats.contains(&1) => {
+                let cells = crate::proxy::fanout::cells(msg).ok_or("unexpected row")?;
+                let mut values = Vec::with_capacity(cells.len());
+                for (i, cell) in cells.iter().enumerate() {
+                    values.push(match cell {
+                        None => None,
+                        Some(v) if format_of(formats, i) == 1 => {
+                            let oid = oids.get(i).copied().unwrap_or(0);
+                            let text = std::str::from_utf8(v).unwrap_or_default();
+                            Some(binary(oid, text).ok_or_else(|| {
+                                format!("Ocelot cannot send column {} (type {oid}) of this pgml query in binary; ask for text results", i + 1)
+                            })?)
+                        }
+                        Some(v) => Some(v.to_vec()),
+                    });
+                }
+                encode::data_row_raw(out, &values);
+            }
+            _ => out.extend_from_slice(msg),
+        }
+        if at >= answer.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_of_the_calls() {
+        let cols = |sql: &str, types: &[u32]| match shape(sql, types) {
+            Some(Shape::Columns(c)) => c,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            cols(
+                "SELECT pgml.predict($1, $2) AS score",
+                &[TEXT, FLOAT4_ARRAY]
+            ),
+            vec![("score".to_owned(), FLOAT4)]
+        );
+        assert_eq!(
+            cols("SELECT pgml.predict_proba($1, $2)", &[])[0].1,
+            FLOAT4_ARRAY
+        );
+        assert_eq!(
+            cols("SELECT pgml.predict_batch($1, $2)", &[INT8, FLOAT4_ARRAY])[0].1,
+            FLOAT4_ARRAY
+        );
+        assert_eq!(
+            cols("SELECT pgml.predict_batch('p', $1)", &[FLOAT4_ARRAY])[0].1,
+            FLOAT4
+        );
+        assert_eq!(
+            cols("SELECT * FROM pgml.train($1, $2, $3, $4)", &[]).len(),
+            4
+        );
+        assert!(matches!(
+            shape(
+                "SELECT id, pgml.predict('p', ARRAY[a]) FROM t WHERE id = $1",
+                &[]
+            ),
+            Some(Shape::PerRow(_))
+        ));
+        assert!(shape("SELECT $1", &[]).is_none());
+        assert!(shape("SELECT pgml.version()", &[]).is_none());
+    }
+
+    #[test]
+    fn answers_in_binary_where_asked() {
+        let mut answer = BytesMut::new();
+        encode::row_description_typed(&mut answer, &[("id", INT8, 8), ("p", FLOAT4_ARRAY, -1)]);
+        encode::data_row_text(&mut answer, &["7", "{1.5,-2}"]);
+        encode::command_complete(&mut answer, "SELECT 1");
+        let mut out = BytesMut::new();
+        in_formats(&answer, &[1], false, &mut out).unwrap();
+        let h = Header::parse(&out, u32::MAX).unwrap().unwrap();
+        assert_eq!(h.code, backend::DATA_ROW);
+        let cells = crate::proxy::fanout::cells(&out[..h.total()]).unwrap();
+        assert_eq!(cells[0], Some(&7i64.to_be_bytes()[..]));
+        let arr = cells[1].unwrap();
+        assert_eq!(arr.len(), 20 + 2 * 8);
+        assert_eq!(&arr[arr.len() - 4..], &(-2.0f32).to_be_bytes());
+        // Text formats pass the rows unchanged; a described portal gets its RowDescription with the formats.
+        let mut out = BytesMut::new();
+        in_formats(&answer, &[0, 1], true, &mut out).unwrap();
+        assert_eq!(out[0], backend::ROW_DESCRIPTION);
+        let mut odd = BytesMut::new();
+        encode::row_description_typed(&mut odd, &[("t", 1184, 8)]);
+        encode::data_row_text(&mut odd, &["2020-01-01 00:00:00+00"]);
+        assert!(in_formats(&odd, &[1], false, &mut BytesMut::new()).is_err());
+        assert!(in_formats(&odd, &[0], false, &mut BytesMut::new()).is_ok());
+    }
+}

@@ -1,0 +1,385 @@
+//! `pgml.*` statements over the extended protocol (asyncpg, JDBC, tokio-postgres and psycopg with parameters).
+//! While no server is held, Ocelot takes the statements it serves out of the message stream: it answers Parse with
+//! ParseComplete, Describe with the parameter types and result columns (asking a server to describe a per-row
+//! query), Bind by putting the values into the SQL as literals, Execute by serving that SQL as it serves a simple
+//! Query and sending the answer in the formats the Bind asked for, Close, and Sync with ReadyForQuery. Messages
+//! about other statements are left for the server; an error skips to the Sync, as on a server.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BytesMut};
+
+use super::Session;
+use crate::inference::params;
+use crate::inference::statement::{self, Shape};
+use crate::pool::balance::Want;
+use crate::protocol::codes::{backend, frontend, sqlstate};
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::extended::{self, BindValues};
+use crate::protocol::frame::Header;
+use crate::proxy::error::ClientError;
+
+/// A prepared `pgml.*` statement.
+#[derive(Debug)]
+struct Statement {
+    sql: String,
+    types: Vec<u32>,
+    /// Parameter types were completed by a server's description.
+    described: bool,
+}
+
+/// The bound unnamed portal: the SQL with its values, the result formats, and its answer once run.
+#[derive(Debug)]
+struct Portal {
+    sql: String,
+    formats: Vec<i16>,
+    answer: Option<BytesMut>,
+}
+
+/// The `pgml.*` statements and portal of one session.
+#[derive(Debug, Default)]
+pub(super) struct PgmlStatements {
+    statements: HashMap<String, Statement>,
+    portal: Option<Portal>,
+}
+
+impl Session {
+    /// Whether the whole message of `code` at the start of `cbuf` begins a request about a `pgml.*` statement
+    /// Ocelot serves: its Parse, Bind, or Describe or Close of the statement. (The unnamed portal Ocelot bound
+    /// lives only until the request's Sync.)
+    pub(super) fn starts_pgml_request(&self, code: u8, total: usize) -> bool {
+        matches!(
+            code,
+            frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+        ) && self.is_pgml_message(code, total)
+    }
+
+    /// Whether the whole message of `code` at the start of `cbuf` is about a `pgml.*` statement Ocelot serves.
+    fn is_pgml_message(&self, code: u8, total: usize) -> bool {
+        let body = &self.cbuf[5..total];
+        let mine = |name: &str| {
+            self.pgml
+                .as_ref()
+                .is_some_and(|p| p.statements.contains_key(name))
+        };
+        match code {
+            frontend::PARSE => {
+                if !crate::inference::serve::mentions_pgml(body) {
+                    return false;
+                }
+                let Ok((_, rest)) = extended::parse(body) else {
+                    return false;
+                };
+                let Ok((sql, types)) = extended::parse_query(rest) else {
+                    return false;
+                };
+                statement::shape(&sql, &types).is_some()
+            }
+            frontend::BIND => extended::bind(body).is_ok_and(|(_, name, _)| mine(name)),
+            frontend::DESCRIBE | frontend::CLOSE => match extended::target(code, body) {
+                Ok((b'S', name)) => mine(name),
+                Ok((b'P', "")) => self.pgml.as_ref().is_some_and(|p| p.portal.is_some()),
+                _ => false,
+            },
+            frontend::EXECUTE => self.pgml.as_ref().is_some_and(|p| p.portal.is_some()),
+            _ => false,
+        }
+    }
+
+    /// Answers the `pgml.*` messages at the start of `cbuf` up to their Sync or Flush (or the first message that is
+    /// the server's).
+    /// `status` is what the ReadyForQuery says.
+    pub(super) async fn serve_pgml_messages(&mut self, status: u8) -> Result<(), ClientError> {
+        let mut failed = false;
+        // The request ended at its Sync, or went on with messages for the server.
+        let mut ended = false;
+        loop {
+            let h = match Header::parse(&self.cbuf, u32::MAX) {
+                Ok(Some(h)) if self.cbuf.len() >= h.total() => h,
+                _ => break,
+            };
+            if h.code == frontend::SYNC {
+                self.cbuf.advance(h.total());
+                encode::ready_for_query(&mut self.out, status);
+                ended = true;
+                break;
+            }
+            if failed {
+                // After an error, everything up to the Sync is ignored, as a server ignores it.
+                self.cbuf.advance(h.total());
+                continue;
+            }
+            if h.code == frontend::FLUSH {
+                self.cbuf.advance(h.total());
+                break;
+            }
+            if !self.is_pgml_message(h.code, h.total()) {
+                ended = true;
+                break;
+            }
+            let body = self.cbuf.split_to(h.total()).split_off(5);
+            if let Err(error) = self.pgml_message(h.code, &body).await {
+                self.out.extend_from_slice(&error);
+                failed = true;
+            }
+        }
+        if ended {
+            // Ocelot's unnamed portal does not outlive the request.
+            if let Some(p) = self.pgml.as_mut() {
+                p.portal = None;
+            }
+        }
+        self.flush_out().await
+    }
+
+    async fn pgml_message(&mut self, code: u8, body: &[u8]) -> Result<(), BytesMut> {
+        let malformed = |_| failure(sqlstate::PROTOCOL_VIOLATION, "malformed message");
+        let state = self.pgml.get_or_insert_with(Default::default);
+        match code {
+            frontend::PARSE => {
+                let (name, rest) = extended::parse(body).map_err(malformed)?;
+                let (sql, declared) = extended::parse_query(rest).map_err(malformed)?;
+                let types = params::infer_types(&sql, &declared);
+                state.statements.insert(
+                    name.to_owned(),
+                    Statement {
+                        sql,
+                        types,
+                        described: false,
+                    },
+                );
+                encode::empty(&mut self.out, backend::PARSE_COMPLETE);
+            }
+            frontend::BIND => {
+                let (portal, name, rest) = extended::bind(body).map_err(malformed)?;
+                if !portal.is_empty() {
+                    return Err(failure(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "Ocelot serves pgml statements through the unnamed portal only",
+                    ));
+                }
+                let bind = BindValues::decode(rest).map_err(malformed)?;
+                let stmt = state.statements.get(name).ok_or_else(|| {
+                    failure(
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
+                        &format!("prepared statement \"{name}\" does not exist"),
+                    )
+                })?;
+                if bind.params.len() != stmt.types.len() {
+                    return Err(failure(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!(
+                            "bind message supplies {} parameters, but prepared statement \"{name}\" requires {}",
+                            bind.params.len(),
+                            stmt.types.len()
+                        ),
+                    ));
+                }
+                let sql = params::substitute(&stmt.sql, &stmt.types, &bind)
+                    .map_err(|e| failure(sqlstate::INVALID_TEXT_REPRESENTATION, &e))?;
+                state.portal = Some(Portal {
+                    sql,
+                    formats: bind.result_formats,
+                    answer: None,
+                });
+                encode::empty(&mut self.out, backend::BIND_COMPLETE);
+            }
+            frontend::DESCRIBE => match extended::target(code, body).map_err(malformed)? {
+                (b'S', name) => self.describe_pgml_statement(name.to_owned()).await?,
+                _ => {
+                    let answer = self.run_pgml_portal().await;
+                    let portal = self.pgml.as_mut().and_then(|p| p.portal.as_mut());
+                    let formats = portal
+                        .as_ref()
+                        .map(|p| p.formats.clone())
+                        .unwrap_or_default();
+                    if answer.first() == Some(&backend::ERROR_RESPONSE) {
+                        return Err(answer);
+                    }
+                    // Only the RowDescription now; the rows wait for the Execute.
+                    let end = Header::parse(&answer, u32::MAX)
+                        .ok()
+                        .flatten()
+                        .filter(|h| h.code == backend::ROW_DESCRIPTION)
+                        .map_or(0, |h| h.total());
+                    if end == 0 {
+                        encode::empty(&mut self.out, backend::NO_DATA);
+                    } else {
+                        statement::in_formats(&answer[..end], &formats, true, &mut self.out)
+                            .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
+                    }
+                    if let Some(p) = portal {
+                        p.answer = Some(answer);
+                    }
+                }
+            },
+            frontend::EXECUTE => {
+                let answer = self.run_pgml_portal().await;
+                if answer.first() == Some(&backend::ERROR_RESPONSE) {
+                    return Err(answer);
+                }
+                let formats = self
+                    .pgml
+                    .as_ref()
+                    .and_then(|p| p.portal.as_ref())
+                    .map(|p| p.formats.clone())
+                    .unwrap_or_default();
+                // Rows are converted apart from `out` so that a failure leaves no partial answer behind.
+                let mut rows = BytesMut::new();
+                statement::in_formats(&answer, &formats, false, &mut rows)
+                    .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
+                self.out.extend_from_slice(&rows);
+            }
+            frontend::CLOSE => {
+                match extended::target(code, body).map_err(malformed)? {
+                    (b'S', name) => {
+                        state.statements.remove(name);
+                    }
+                    _ => state.portal = None,
+                }
+                encode::empty(&mut self.out, backend::CLOSE_COMPLETE);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Answers Describe of statement `name`: its parameter types, then its columns.
+    async fn describe_pgml_statement(&mut self, name: String) -> Result<(), BytesMut> {
+        let Some(stmt) = self.pgml.as_ref().and_then(|p| p.statements.get(&name)) else {
+            return Err(failure(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                &format!("prepared statement \"{name}\" does not exist"),
+            ));
+        };
+        let (sql, mut types, described) = (stmt.sql.clone(), stmt.types.clone(), stmt.described);
+        let mut columns: Vec<(String, u32, i16)> = Vec::new();
+        match statement::shape(&sql, &types) {
+            Some(Shape::Columns(cols)) => {
+                columns = cols.into_iter().map(|(n, t)| (n, t, -1)).collect();
+            }
+            Some(Shape::PerRow(plan)) => {
+                let (server_types, fields) = self.describe_on_server(&plan.sql).await?;
+                if !described {
+                    for (t, s) in types.iter_mut().zip(server_types) {
+                        if *t == 0 {
+                            *t = s;
+                        }
+                    }
+                }
+                for o in &plan.outputs {
+                    columns.push(match o {
+                        None => (plan.name.clone(), params::FLOAT4, 4),
+                        Some(i) => fields.get(*i).cloned().ok_or_else(|| {
+                            failure(
+                                sqlstate::INTERNAL_ERROR,
+                                "the server described fewer columns",
+                            )
+                        })?,
+                    });
+                }
+            }
+            Some(Shape::Refused) | None => {}
+        }
+        // Unknown types are sent as text, which PostgreSQL reads as an untyped literal.
+        let shown: Vec<u32> = types
+            .iter()
+            .map(|t| if *t == 0 { params::TEXT } else { *t })
+            .collect();
+        if let Some(stmt) = self.pgml.as_mut().and_then(|p| p.statements.get_mut(&name)) {
+            stmt.types = types;
+            stmt.described = true;
+        }
+        encode::parameter_description(&mut self.out, &shown);
+        if columns.is_empty() {
+            encode::empty(&mut self.out, backend::NO_DATA);
+        } else {
+            let cols: Vec<(&str, u32, i16, i16)> = columns
+                .iter()
+                .map(|(n, t, l)| (n.as_str(), *t, *l, 0))
+                .collect();
+            encode::row_description_formats(&mut self.out, &cols);
+        }
+        Ok(())
+    }
+
+    /// Parameter types and columns (name, type, length) of `sql`, as a server describes them.
+    async fn describe_on_server(
+        &self,
+        sql: &str,
+    ) -> Result<(Vec<u32>, Vec<(String, u32, i16)>), BytesMut> {
+        let failed = |e: crate::pool::PoolError| failure(e.sqlstate(), &e.to_string());
+        let mut conn = self
+            .pool
+            .checkout(0, Want::Any, true)
+            .await
+            .map_err(failed)?;
+        let mut q = BytesMut::new();
+        extended::encode_parse(&mut q, "", &parse_rest(sql));
+        extended::encode_target(&mut q, frontend::DESCRIBE, b'S', "");
+        encode::empty(&mut q, frontend::SYNC);
+        let answer = crate::proxy::distributed::exec(&mut conn, &q)
+            .await
+            .map_err(failed)?;
+        if let Some(e) = answer.error {
+            return Err(BytesMut::from(&e[..]));
+        }
+        let types = answer
+            .param_types
+            .as_ref()
+            .and_then(|m| m.get(7..))
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = answer
+            .row_description
+            .as_deref()
+            .and_then(crate::proxy::fanout::fields)
+            .map(|f| f.iter().map(|f| (f.name.clone(), f.oid, -1)).collect())
+            .unwrap_or_default();
+        Ok((types, fields))
+    }
+
+    /// The answer of the bound portal (run once: a Describe of the portal runs it before its Execute).
+    async fn run_pgml_portal(&mut self) -> BytesMut {
+        let Some(portal) = self.pgml.as_mut().and_then(|p| p.portal.as_mut()) else {
+            return failure(sqlstate::INVALID_CURSOR_NAME, "portal \"\" does not exist");
+        };
+        if let Some(a) = portal.answer.take() {
+            return a;
+        }
+        let sql = portal.sql.clone();
+        let (want, primary_reads) = (self.want(), self.primary_reads());
+        let route = crate::inference::serve::ReadRoute {
+            params: &self.params,
+            want,
+            primary_reads,
+        };
+        match crate::inference::serve::serve(&self.pool, &sql, route).await {
+            Some(answer) => answer,
+            None => failure(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "Ocelot could not serve this pgml statement with its parameters",
+            ),
+        }
+    }
+}
+
+/// A Parse body after the statement name: the query, then no parameter types.
+fn parse_rest(sql: &str) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(sql.len() + 3);
+    rest.extend_from_slice(sql.as_bytes());
+    rest.push(0);
+    rest.extend_from_slice(&0i16.to_be_bytes());
+    rest
+}
+
+/// An ErrorResponse.
+fn failure(code: &str, msg: &str) -> BytesMut {
+    let mut e = BytesMut::new();
+    encode::error_response(&mut e, Severity::Error, code, msg, None);
+    e
+}
