@@ -52,7 +52,7 @@ host = "127.0.0.1"
 port = $((P + 1))
 admin_username = "admin"
 admin_password = "admin"
-worker_threads = $(nproc)
+worker_threads = ${WORKERS:-$(nproc)}
 [pools.bench.users.0]
 username = "postgres"
 auth_type = "trust"

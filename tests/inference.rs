@@ -652,10 +652,11 @@ async fn instances_share_the_registry_and_the_cache_is_bounded() {
         "CREATE TABLE line (x float8, y float8);
          INSERT INTO line SELECT g, 3 * g + 1 FROM generate_series(1, 50) g;",
     );
-    // Instance B's cache holds one small model at a time.
+    // Instance B's cache holds one small model at a time, and it would not look a deployment up again for an
+    // hour: it switches models because A announces its deploy.
     let a = start_proxy(&config_toml(pg.port, 4, "", "")).await;
     let b = start_proxy(&format!(
-        "{}\n[inference]\ncache_bytes = 120\n",
+        "{}\n[inference]\ncache_bytes = 120\ndeploy_recheck_ms = 3600000\n",
         config_toml(pg.port, 4, "", "")
     ))
     .await;
@@ -681,7 +682,7 @@ async fn instances_share_the_registry_and_the_cache_is_bounded() {
     }
     // B serves A's deployed model.
     assert_eq!(predict(&cb, "'line'").await, "31");
-    // A deploys the ridge model (id 2); B switches to it within a second or so.
+    // A deploys the ridge model (id 2); B hears the NOTIFY and switches.
     ca.simple_query("SELECT * FROM pgml.deploy(2)")
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! `[inference]` (Ocelot): how `pgml.*` calls are handled. `proxy` (the default) answers the calls Ocelot
 //! serves in the proxy; `passthrough` sends every `pgml.*` call to the servers, for servers that have the real
 //! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`). `cache_bytes`
-//! bounds each pool's model cache.
+//! bounds each pool's model cache; `deploy_recheck_ms` is how often a deployment is looked up again.
 
 use serde::Deserialize;
 
@@ -24,6 +24,14 @@ pub struct Inference {
     /// evicted (and loaded again from `pgml.files` when next needed).
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: usize,
+    /// How long a project's deployed model is trusted before the registry is asked again. Deploys are also
+    /// announced by NOTIFY, which every instance hears at once; this is the fallback.
+    #[serde(default = "default_recheck_ms")]
+    pub deploy_recheck_ms: u64,
+}
+
+fn default_recheck_ms() -> u64 {
+    crate::inference::cache::DEFAULT_RECHECK.as_millis() as u64
 }
 
 fn default_cache_bytes() -> usize {
@@ -35,6 +43,7 @@ impl Default for Inference {
         Inference {
             mode: InferenceMode::default(),
             cache_bytes: default_cache_bytes(),
+            deploy_recheck_ms: default_recheck_ms(),
         }
     }
 }

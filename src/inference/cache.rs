@@ -1,5 +1,5 @@
 //! The per-pool model cache shared by every client: which model each project has deployed (asked of the registry
-//! again after [`RECHECK`]), the loaded models by id, bounded in bytes with least-recently-used eviction, and
+//! again after the recheck interval), the loaded models by id, bounded in bytes with least-recently-used eviction, and
 //! per-model counters (predictions served, time spent) for `SHOW MODELS` and the metrics. A prediction takes a
 //! read lock to find its model and then touches only atomics.
 
@@ -13,8 +13,15 @@ use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::router::session_sql::quote_literal;
 
-/// How long a cached project → deployed model mapping is trusted before the registry is asked again.
-const RECHECK: Duration = Duration::from_secs(1);
+/// How long a cached project → deployed model mapping is trusted before the registry is asked again, by default
+/// (`[inference] deploy_recheck_ms`); deploys announced by NOTIFY are seen at once.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
+
+/// The channel a deploy is announced on, with the project's name as payload.
+pub const DEPLOY_CHANNEL: &str = "ocelot_pgml_deploy";
+
+/// The listener id of a pool's own subscription to [`DEPLOY_CHANNEL`] (no client has it).
+const LISTENER_ID: i32 = i32::MIN;
 
 /// The default bound of a pool's cache (`[inference] cache_bytes`).
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -76,26 +83,31 @@ pub struct Models {
     by_project: Mutex<HashMap<String, (i64, Instant)>>,
     cache: RwLock<Cache>,
     capacity: usize,
+    recheck: Duration,
     clock: AtomicU64,
     evictions: AtomicU64,
+    /// This pool listens for deploys announced by any instance (set up before its first prediction).
+    listening: tokio::sync::OnceCell<bool>,
     /// The registry schema was brought to this Ocelot's version (once per pool, not per connection).
     registry_ready: tokio::sync::OnceCell<()>,
 }
 
 impl Default for Models {
     fn default() -> Self {
-        Models::new(DEFAULT_CACHE_BYTES)
+        Models::new(DEFAULT_CACHE_BYTES, DEFAULT_RECHECK)
     }
 }
 
 impl Models {
-    pub fn new(capacity: usize) -> Models {
+    pub fn new(capacity: usize, recheck: Duration) -> Models {
         Models {
             by_project: Mutex::default(),
             cache: RwLock::default(),
             capacity,
+            recheck,
             clock: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            listening: tokio::sync::OnceCell::new(),
             registry_ready: tokio::sync::OnceCell::new(),
         }
     }
@@ -111,12 +123,16 @@ impl Models {
             .remove(project);
     }
 
-    /// The deployed model of `project`, from the cache when it was checked within [`RECHECK`].
+    /// The deployed model of `project`, from the cache when it was checked within the recheck interval (a deploy announced
+    /// by any instance makes it check at once).
     pub(super) async fn deployed(
         &self,
         pool: &Arc<UserPool>,
         project: &str,
     ) -> Result<Arc<Loaded>, Refusal> {
+        self.listening
+            .get_or_init(|| listen_for_deploys(pool))
+            .await;
         let cached = self
             .by_project
             .lock()
@@ -124,7 +140,7 @@ impl Models {
             .get(project)
             .copied();
         let id = match cached {
-            Some((id, at)) if at.elapsed() < RECHECK => id,
+            Some((id, at)) if at.elapsed() < self.recheck => id,
             _ => {
                 let mut conn = registry_conn(pool).await?;
                 let id = value(
@@ -280,6 +296,57 @@ impl Models {
     }
 }
 
+/// Announces that `project` has a new deployment, to this instance at once and to the others by NOTIFY.
+pub(super) async fn announce(
+    pool: &Arc<UserPool>,
+    conn: &mut crate::pool::server::ServerConn,
+    project: &str,
+) -> Result<(), Refusal> {
+    pool.models.forget(project);
+    conn.run(&format!(
+        "SELECT pg_notify('{DEPLOY_CHANNEL}', {})",
+        quote_literal(project)
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Subscribes the pool to deploy announcements on its shared LISTEN connection; each one makes the pool forget
+/// the project's deployed model, so the next prediction asks the registry. Returns whether it listens.
+async fn listen_for_deploys(pool: &Arc<UserPool>) -> bool {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Err(e) = pool
+        .listener()
+        .listen(LISTENER_ID, DEPLOY_CHANNEL, &tx)
+        .await
+    {
+        tracing::warn!(pool = %pool.database, "cannot listen for model deploys ({e}); deployed models are looked up again after deploy_recheck_ms");
+        return false;
+    }
+    let weak = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        // Ends when the pool (and its listener, which holds the sender) is gone.
+        while let Some(msg) = rx.recv().await {
+            let Some(pool) = weak.upgrade() else {
+                break;
+            };
+            if let Some(project) = notification_payload(&msg) {
+                pool.models.forget(&project);
+            }
+        }
+    });
+    true
+}
+
+/// The payload of a NotificationResponse (process id, channel, payload).
+fn notification_payload(msg: &[u8]) -> Option<String> {
+    let body = msg.get(9..)?;
+    let channel_end = body.iter().position(|b| *b == 0)?;
+    let payload = &body[channel_end + 1..];
+    let end = payload.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&payload[..end]).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,8 +364,17 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_payload_of_a_notification() {
+        let mut m = vec![b'A', 0, 0, 0, 0];
+        m.extend_from_slice(&7i32.to_be_bytes());
+        m.extend_from_slice(b"ocelot_pgml_deploy\0houses\0");
+        assert_eq!(notification_payload(&m).as_deref(), Some("houses"));
+        assert_eq!(notification_payload(b"A\0\0"), None);
+    }
+
+    #[test]
     fn evicts_the_least_recently_used_beyond_the_bound_and_keeps_counters() {
-        let m = Models::new(250);
+        let m = Models::new(250, DEFAULT_RECHECK);
         let a = m.insert(1, "a".into(), "linear".into(), 100, model());
         m.insert(2, "b".into(), "linear".into(), 100, model());
         // Model 1 is used again, so model 2 is the least recently used when model 3 arrives.

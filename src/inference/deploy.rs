@@ -44,7 +44,7 @@ pub(super) async fn deploy_model(
         "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {id}, 'specific')"
     ))
     .await?;
-    pool.models.forget(&project);
+    super::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, "specific", &algorithm]);
     encode::command_complete(out, "SELECT 1");
@@ -117,7 +117,7 @@ pub(super) async fn deploy_strategy(
         quote_literal(&strategy)
     ))
     .await?;
-    pool.models.forget(&project);
+    super::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, &strategy, algorithm]);
     encode::command_complete(out, "SELECT 1");

@@ -119,9 +119,14 @@ pub(super) async fn train(
     for row in features.iter_mut() {
         pre.apply(row).map_err(|e| refuse("22023", e.to_string()))?;
     }
-    let estimator = algo
-        .fit(&features[..n_train], &y[..n_train.min(y.len())])
-        .map_err(|e| refuse("22023", e))?;
+    // Fitting can take seconds of CPU: off the async workers, so that every other client is still served.
+    let (features, y, fitted) = tokio::task::spawn_blocking(move || {
+        let fitted = algo.fit(&features[..n_train], &y[..n_train.min(y.len())]);
+        (features, y, fitted)
+    })
+    .await
+    .map_err(|e| refuse(sqlstate::INTERNAL_ERROR, format!("training failed: {e}")))?;
+    let estimator = fitted.map_err(|e| refuse("22023", e))?;
     let model = Model { pre, estimator };
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
@@ -447,7 +452,7 @@ async fn record(
             "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {model_id}, 'new_score')"
         ))
         .await?;
-        pool.models.forget(project);
+        super::cache::announce(pool, conn, project).await?;
     }
     Ok(deployed)
 }

@@ -195,7 +195,10 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         round_robin: AtomicUsize::new(0),
         collations: Default::default(),
         two_phase: pool.two_phase_commit,
-        models: crate::inference::serve::Models::new(config.inference.cache_bytes),
+        models: crate::inference::serve::Models::new(
+            config.inference.cache_bytes,
+            std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
+        ),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
