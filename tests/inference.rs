@@ -580,6 +580,21 @@ async fn trees_clustering_and_preprocessing_through_the_proxy() {
             .unwrap_err();
         assert_eq!(code(e), "22023");
     }
+    // Training reports what it does as notices (psql prints them).
+    let port = proxy.local_addr().port();
+    let (ok, _, notices) = tokio::task::spawn_blocking(move || {
+        let mut c = psql_command(port, "app");
+        c.args(["-c", "SELECT * FROM pgml.train('noticed', 'regression', 'kinds', 'a', algorithm => 'random_forest', hyperparams => '{\"n_estimators\": 5}')"]);
+        run_tool(c)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{notices}");
+    assert!(
+        notices.contains("NOTICE:  Ocelot: training random_forest for regression on 225 rows of 2 features (75 test rows)")
+            && notices.contains("NOTICE:  Ocelot: trained random_forest in"),
+        "{notices}"
+    );
     // Classification with a boolean label: predictions are 0/1, probabilities per class.
     for algorithm in ["xgboost", "random_forest"] {
         c.simple_query(&format!("SELECT * FROM pgml.train('kinds_{algorithm}', 'classification', 'kinds', 'big', algorithm => '{algorithm}', hyperparams => '{{\"n_estimators\": 20}}')"))

@@ -244,8 +244,13 @@ impl Algo {
         }
     }
 
-    /// Fits on the training rows.
-    pub fn fit(&self, x: &[Vec<f64>], y: &[f64]) -> Result<Estimator, String> {
+    /// Fits on the training rows; ensembles call `step(done, total)` as they go.
+    pub fn fit(
+        &self,
+        x: &[Vec<f64>],
+        y: &[f64],
+        step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Estimator, String> {
         let few_classes =
             || "classification needs at least two classes in the training split".to_owned();
         Ok(match self {
@@ -264,12 +269,12 @@ impl Algo {
             Algo::Logistic { c, max_iter } => {
                 Estimator::Logistic(Logistic::fit(x, y, *c, *max_iter).ok_or_else(few_classes)?)
             }
-            Algo::Boosted(p, classify) => {
-                Estimator::Boosted(Boosted::fit(x, y, *classify, p).ok_or_else(few_classes)?)
-            }
-            Algo::Forest(p, classify) => {
-                Estimator::Forest(Forest::fit(x, y, *classify, p).ok_or_else(few_classes)?)
-            }
+            Algo::Boosted(p, classify) => Estimator::Boosted(
+                Boosted::fit_reporting(x, y, *classify, p, step).ok_or_else(few_classes)?,
+            ),
+            Algo::Forest(p, classify) => Estimator::Forest(
+                Forest::fit_reporting(x, y, *classify, p, step).ok_or_else(few_classes)?,
+            ),
             Algo::KMeans(p) => Estimator::KMeans(KMeans::fit(x, p).ok_or_else(|| {
                 format!(
                     "n_clusters = {} is more than the {} training rows",

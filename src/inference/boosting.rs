@@ -53,6 +53,17 @@ const MIN_HESSIAN: f64 = 1e-16;
 impl Boosted {
     /// Fits a regressor (`classes` None) or a classifier over the sorted distinct labels of `y`.
     pub fn fit(x: &[Vec<f64>], y: &[f64], classify: bool, p: &BoostParams) -> Option<Boosted> {
+        Boosted::fit_reporting(x, y, classify, p, &mut |_, _| {})
+    }
+
+    /// [`Boosted::fit`], calling `round(done, total)` after each boosting round.
+    pub fn fit_reporting(
+        x: &[Vec<f64>],
+        y: &[f64],
+        classify: bool,
+        p: &BoostParams,
+        round: &mut dyn FnMut(usize, usize),
+    ) -> Option<Boosted> {
         if x.is_empty() {
             return None;
         }
@@ -97,7 +108,8 @@ impl Boosted {
         let mut h = vec![0.0; n];
         let mut probs = vec![0.0; k];
         let mut grads = vec![(0.0, 0.0); n * k];
-        for _ in 0..p.n_estimators {
+        for done in 0..p.n_estimators {
+            round(done, p.n_estimators);
             for r in 0..n {
                 let m = &margin[r * k..(r + 1) * k];
                 let g = &mut grads[r * k..(r + 1) * k];

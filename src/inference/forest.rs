@@ -87,6 +87,17 @@ pub struct Forest {
 
 impl Forest {
     pub fn fit(x: &[Vec<f64>], y: &[f64], classify: bool, p: &ForestParams) -> Option<Forest> {
+        Forest::fit_reporting(x, y, classify, p, &mut |_, _| {})
+    }
+
+    /// [`Forest::fit`], calling `tree(done, total)` before each tree.
+    pub fn fit_reporting(
+        x: &[Vec<f64>],
+        y: &[f64],
+        classify: bool,
+        p: &ForestParams,
+        tree: &mut dyn FnMut(usize, usize),
+    ) -> Option<Forest> {
         let n = x.len();
         let features = x.first()?.len();
         let classes = classify.then(|| super::logistic::classes_of(y));
@@ -122,7 +133,8 @@ impl Forest {
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
         let mut trees = Vec::with_capacity(p.n_estimators);
         let mut s = vec![0.0; n * outputs];
-        for _ in 0..p.n_estimators {
+        for done in 0..p.n_estimators {
+            tree(done, p.n_estimators);
             let mut h = vec![if p.bootstrap { 0.0 } else { 1.0 }; n];
             if p.bootstrap {
                 for _ in 0..n {

@@ -24,11 +24,15 @@ pub fn mentions_pgml(sql: &[u8]) -> bool {
     sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"pgml."))
 }
 
-/// Where the reads of a per-row prediction go.
+/// Notices for the client while a call runs (training progress), sent as they come.
+pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Where the reads of a per-row prediction go, and where progress is reported.
 pub struct ReadRoute<'a> {
     pub params: &'a crate::proxy::params::ClientParams,
     pub want: Want,
     pub primary_reads: bool,
+    pub progress: Option<Progress>,
 }
 
 /// Answers the simple Query `sql` when it is a `pgml.*` call Ocelot serves; `None` passes it to the server.
@@ -62,7 +66,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     let call = &call;
     let mut out = BytesMut::new();
     let result = match call.function.as_str() {
-        "train" => train(pool, call, &mut out).await,
+        "train" => train(pool, call, route.progress.as_ref(), &mut out).await,
         "deploy"
             if call.args.len() == 1
                 && call.args[0].0.as_deref().is_none_or(|n| n == "model_id") =>

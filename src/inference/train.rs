@@ -33,11 +33,20 @@ fn relation_sql(name: &str) -> String {
         .join(".")
 }
 
+/// How often, at most, training reports its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn train(
     pool: &Arc<UserPool>,
     call: &Call,
+    progress: Option<&super::serve::Progress>,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
+    let say = |msg: String| {
+        if let Some(p) = progress {
+            let _ = p.send(msg);
+        }
+    };
     let args = bind(call, &train_params())?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22023", "project_name must not be NULL"))?;
@@ -119,9 +128,29 @@ pub(super) async fn train(
     for row in features.iter_mut() {
         pre.apply(row).map_err(|e| refuse("22023", e.to_string()))?;
     }
+    say(format!(
+        "Ocelot: training {algorithm} for {task} on {n_train} rows of {} features ({n_test} test rows)",
+        names.len()
+    ));
     // Fitting can take seconds of CPU: off the async workers, so that every other client is still served.
+    let reporter = progress.cloned();
+    let label = algorithm.clone();
     let (features, y, fitted) = tokio::task::spawn_blocking(move || {
-        let fitted = algo.fit(&features[..n_train], &y[..n_train.min(y.len())]);
+        let fit_started = Instant::now();
+        let mut last = fit_started;
+        let mut step = |done: usize, total: usize| {
+            if done > 0 && last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                if let Some(r) = &reporter {
+                    let _ = r.send(format!(
+                        "Ocelot: {label} {done}/{total} ({}%), {:.1} s",
+                        done * 100 / total.max(1),
+                        fit_started.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        };
+        let fitted = algo.fit(&features[..n_train], &y[..n_train.min(y.len())], &mut step);
         (features, y, fitted)
     })
     .await
@@ -141,6 +170,9 @@ pub(super) async fn train(
         .get(target)
         .and_then(|v| v.as_f64())
         .unwrap_or(f64::NEG_INFINITY);
+    say(format!(
+        "Ocelot: trained {algorithm} in {fit_time:.3} s; {target} = {score:.6} on the test split"
+    ));
     let deployed = record(
         pool,
         &mut conn,

@@ -2,7 +2,8 @@
 //! `pgml.*` calls), requests that run on several shards (fan-out reads, writes, COPY, batches), and otherwise
 //! checking out the server the request is routed to.
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
 
 use super::{route, Flow, Session};
 use crate::pool::PoolError;
@@ -189,13 +190,7 @@ impl Session {
     ) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..len];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        let (want, primary_reads) = (self.want(), self.primary_reads());
-        let route = crate::inference::serve::ReadRoute {
-            params: &self.params,
-            want,
-            primary_reads,
-        };
-        let Some(answer) = crate::inference::serve::serve(&self.pool, &sql, route).await else {
+        let Some(answer) = self.serve_pgml(&sql).await? else {
             return Ok(false);
         };
         self.cbuf.advance(len);
@@ -203,5 +198,40 @@ impl Session {
         encode::ready_for_query(&mut self.out, status);
         self.flush_out().await?;
         Ok(true)
+    }
+
+    /// Serves `sql` when it is a `pgml.*` call Ocelot answers (`None` when it is the server's), writing the
+    /// call's progress notices to the client while it runs.
+    pub(super) async fn serve_pgml(&mut self, sql: &str) -> Result<Option<BytesMut>, ClientError> {
+        let (want, primary_reads) = (self.want(), self.primary_reads());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let route = crate::inference::serve::ReadRoute {
+            params: &self.params,
+            want,
+            primary_reads,
+            progress: Some(tx),
+        };
+        let serving = crate::inference::serve::serve(&self.pool, sql, route);
+        tokio::pin!(serving);
+        let mut notice = BytesMut::new();
+        loop {
+            tokio::select! {
+                answer = &mut serving => {
+                    // Notices sent just before the end come before the answer, which the caller adds to `out`.
+                    while let Ok(msg) = rx.try_recv() {
+                        encode::notice_response(&mut self.out, &msg);
+                    }
+                    return Ok(answer);
+                }
+                Some(msg) = rx.recv() => {
+                    // After what Ocelot already owes the client (ParseComplete, BindComplete).
+                    notice.clear();
+                    notice.extend_from_slice(&self.out);
+                    self.out.clear();
+                    encode::notice_response(&mut notice, &msg);
+                    self.client.write_all(&notice).await?;
+                }
+            }
+        }
     }
 }

@@ -352,18 +352,13 @@ impl Session {
             return a;
         }
         let sql = portal.sql.clone();
-        let (want, primary_reads) = (self.want(), self.primary_reads());
-        let route = crate::inference::serve::ReadRoute {
-            params: &self.params,
-            want,
-            primary_reads,
-        };
-        match crate::inference::serve::serve(&self.pool, &sql, route).await {
-            Some(answer) => answer,
-            None => failure(
+        match self.serve_pgml(&sql).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => failure(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "Ocelot could not serve this pgml statement with its parameters",
             ),
+            Err(e) => failure(sqlstate::CONNECTION_FAILURE, &e.to_string()),
         }
     }
 }
