@@ -417,3 +417,49 @@ async fn lagging_replica_leaves_rotation_until_it_catches_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn pgml_passthrough_predicts_on_replicas_and_trains_on_the_primary() {
+    let cl = Cluster::start();
+    // Stand-ins for the real extension: predict says which server answered; train writes.
+    cl.primary.psql_admin_db(
+        "app",
+        "CREATE SCHEMA pgml;
+         CREATE TABLE pgml.trained (project text);
+         CREATE FUNCTION pgml.predict(p text, f real[]) RETURNS real
+           AS $$ SELECT current_setting('port')::real $$ LANGUAGE sql;
+         CREATE FUNCTION pgml.train(p text) RETURNS TABLE (project text)
+           AS $$ INSERT INTO pgml.trained VALUES (p) RETURNING project $$ LANGUAGE sql;",
+    );
+    cl.primary
+        .wait_replicated(&cl.replicas.iter().collect::<Vec<_>>());
+    let config = format!(
+        "{}\n[inference]\nmode = \"passthrough\"\n",
+        cl.config(
+            "primary_reads_enabled = true\nload_balancing_mode = \"random\"",
+            ""
+        )
+    );
+    let proxy = start_proxy(&config).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let replicas: Vec<String> = cl.replicas.iter().map(|r| r.port.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let port = first_value(&c, "SELECT pgml.predict('p', ARRAY[1]::real[])").await;
+        assert!(replicas.contains(&port), "{port} is not a replica");
+        seen.insert(port);
+    }
+    assert_eq!(seen.len(), 2, "both replicas serve predictions");
+    // Training writes: the primary (a replica would refuse with 25006).
+    assert_eq!(
+        first_value(&c, "SELECT * FROM pgml.train('houses')").await,
+        "houses"
+    );
+    assert_eq!(
+        cl.primary
+            .psql_admin_db("app", "SELECT count(*) FROM pgml.trained"),
+        "1"
+    );
+}

@@ -19,6 +19,9 @@ pub enum Want {
     /// Replicas, and the primary too when primary reads are enabled.
     Replica,
     Any,
+    /// `pgml.*` predictions passed to servers with the real extension: replicas by least outstanding
+    /// connections whatever the pool's mode, the primary only when no replica is up.
+    Predict,
 }
 
 impl Want {
@@ -27,6 +30,7 @@ impl Want {
             Want::Primary => "primary",
             Want::Replica => "replica",
             Want::Any => "any",
+            Want::Predict => "replica (pgml predictions)",
         }
     }
 }
@@ -69,6 +73,12 @@ impl UserPool {
                 })
                 .cloned()
                 .collect(),
+            Want::Predict if replicas.is_empty() => servers
+                .iter()
+                .filter(|s| is(s, ServerRole::Primary))
+                .cloned()
+                .collect(),
+            Want::Predict => replicas.iter().map(|s| (*s).clone()).collect(),
             Want::Any => servers
                 .iter()
                 .filter(|s| !is(s, ServerRole::Mirror))
@@ -76,7 +86,7 @@ impl UserPool {
                 .collect(),
         };
         list.retain(|s| !s.is_banned() && !s.is_lagging());
-        if list.is_empty() && want == Want::Replica {
+        if list.is_empty() && matches!(want, Want::Replica | Want::Predict) {
             // Every replica is lagging or down: the primary has the freshest data.
             list = servers
                 .iter()
@@ -84,7 +94,11 @@ impl UserPool {
                 .cloned()
                 .collect();
         }
-        match self.routing.load_balancing_mode {
+        let mode = match want {
+            Want::Predict => LoadBalancingMode::LeastOutstandingConnections,
+            _ => self.routing.load_balancing_mode,
+        };
+        match mode {
             LoadBalancingMode::Random => list.shuffle(&mut rand::rng()),
             LoadBalancingMode::RoundRobin => {
                 let n = list.len().max(1);

@@ -401,6 +401,11 @@ impl Session {
 
     /// Which servers may run the request now waiting at the start of `cbuf`.
     pub(super) fn want(&mut self) -> Want {
+        if self.pool.inference_mode == crate::config::InferenceMode::Passthrough {
+            if let Some(w) = self.passthrough_want() {
+                return w;
+            }
+        }
         if let Some(role) = self.role_override {
             return match role {
                 RoleChoice::Primary => Want::Primary,
@@ -419,6 +424,38 @@ impl Session {
             DefaultRole::Primary => Want::Primary,
             DefaultRole::Replica => Want::Replica,
         }
+    }
+
+    /// In passthrough mode, where the `pgml.*` request at the start of `cbuf` goes: training, deploys and dataset
+    /// loads write the registry on the primary; predictions go to replicas by least outstanding connections.
+    fn passthrough_want(&self) -> Option<Want> {
+        let (code, body) = whole_messages(&self.cbuf, 0).next()?;
+        let sql = match code {
+            frontend::QUERY => body.strip_suffix(&[0]).unwrap_or(body),
+            frontend::PARSE => {
+                let (_, rest) = crate::protocol::extended::parse(body).ok()?;
+                let end = rest.iter().position(|b| *b == 0)?;
+                &rest[..end]
+            }
+            _ => return None,
+        };
+        if !crate::inference::serve::mentions_pgml(sql) {
+            return None;
+        }
+        let calls = crate::inference::call::find_calls(std::str::from_utf8(sql).ok()?).ok()?;
+        const WRITES: &[&str] = &[
+            "train",
+            "train_joint",
+            "deploy",
+            "load_dataset",
+            "tune",
+            "snapshot",
+        ];
+        if calls.iter().any(|c| WRITES.contains(&c.function.as_str())) {
+            return Some(Want::Primary);
+        }
+        (!calls.is_empty() && classify(std::str::from_utf8(sql).ok()?, &[]) == Route::Read)
+            .then_some(Want::Predict)
     }
 
     pub(super) fn primary_reads(&self) -> bool {
