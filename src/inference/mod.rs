@@ -22,6 +22,7 @@ pub mod per_row;
 pub mod preprocess;
 pub mod registry;
 pub mod serve;
+pub mod split;
 pub mod statement;
 mod train;
 pub mod trees;

@@ -95,7 +95,7 @@ pub(super) async fn train(
     let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
     let order = match sampling.as_str() {
         "last" => "",
-        // PostgresML's stratified sampling partitions by every column, which amounts to a shuffle for regression.
+        // Shuffled; for classification, stratified by label below.
         "random" | "stratified" => " ORDER BY random()",
         other => {
             return Err(refuse(
@@ -106,7 +106,7 @@ pub(super) async fn train(
     };
     let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
     let started = Instant::now();
-    let (mut features, names, y) =
+    let (mut features, names, mut y) =
         read_relation(pool, &relation, y_column.as_deref(), order).await?;
     let n = features.len();
     let n_test = if test_size > 1.0 {
@@ -121,6 +121,9 @@ pub(super) async fn train(
         ));
     }
     let n_train = n - n_test;
+    if sampling == "stratified" && task == "classification" {
+        super::split::stratify(&mut features, &mut y, n_test);
+    }
     let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
     let pre =
         Preprocess::fit(&spec, &names, &features[..n_train]).map_err(|e| refuse("22023", e))?;
