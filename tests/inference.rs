@@ -826,3 +826,49 @@ async fn pgml_statements_over_the_extended_protocol() {
     assert_eq!(p, 375.0);
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_registry_can_live_in_another_pool() {
+    let pg = Postgres::start();
+    pg.psql_admin("CREATE DATABASE models");
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE line (x float8, y float8);
+         INSERT INTO line SELECT g, 2 * g FROM generate_series(1, 20) g;",
+    );
+    let config = format!(
+        "{}\n[pools.models.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 2\n\n[pools.models.shards.0]\ndatabase = \"models\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n[inference]\nregistry_pool = \"models\"\n",
+        config_toml(pg.port, 2, "", ""),
+        pg.port
+    );
+    let proxy = start_proxy(&config).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    c.simple_query("SELECT * FROM pgml.train('line', 'regression', 'line', 'y')")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_value(&c, "SELECT pgml.predict('line', ARRAY[7]::real[])").await,
+        "14"
+    );
+    // The registry is in the models database; the app database has no pgml schema.
+    assert_eq!(
+        pg.psql_admin_db("models", "SELECT count(*) FROM pgml.models"),
+        "1"
+    );
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgml'"
+        ),
+        "0"
+    );
+    // A registry pool that does not exist is a config error.
+    let bad = format!(
+        "{}\n[inference]\nregistry_pool = \"nope\"\n",
+        config_toml(pg.port, 2, "", "")
+    );
+    let err = ocelot::config::Config::parse_and_validate(&bad).unwrap_err();
+    assert!(err.to_string().contains("inference.registry_pool"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! `[inference]` (Ocelot): how `pgml.*` calls are handled. `proxy` (the default) answers the calls Ocelot
 //! serves in the proxy; `passthrough` sends every `pgml.*` call to the servers, for servers that have the real
 //! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`). `cache_bytes`
-//! bounds each pool's model cache; `deploy_recheck_ms` is how often a deployment is looked up again.
+//! bounds each pool's model cache; `deploy_recheck_ms` is how often a deployment is looked up again;
+//! `registry_pool` puts every pool's registry in one pool's database.
 
 use serde::Deserialize;
 
@@ -28,6 +29,10 @@ pub struct Inference {
     /// announced by NOTIFY, which every instance hears at once; this is the fallback.
     #[serde(default = "default_recheck_ms")]
     pub deploy_recheck_ms: u64,
+    /// The pool whose database (its shard 0 primary) holds the model registry for every pool; by default each
+    /// pool keeps its own.
+    #[serde(default)]
+    pub registry_pool: Option<String>,
 }
 
 fn default_recheck_ms() -> u64 {
@@ -44,6 +49,7 @@ impl Default for Inference {
             mode: InferenceMode::default(),
             cache_bytes: default_cache_bytes(),
             deploy_recheck_ms: default_recheck_ms(),
+            registry_pool: None,
         }
     }
 }

@@ -15,6 +15,14 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
     if g.tls_certificate.is_some() {
         warnings.push("general.tls_certificate: client TLS is not implemented yet; clients are answered 'N' to SSLRequest".into());
     }
+    if let Some(name) = &c.inference.registry_pool {
+        if !c.pools.contains_key(name) {
+            return Err(ConfigError::invalid(
+                "inference.registry_pool",
+                format!("there is no pool named {name:?}"),
+            ));
+        }
+    }
     if g.worker_threads == 0 {
         return Err(ConfigError::invalid(
             "general.worker_threads",

@@ -20,8 +20,9 @@ pub const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
 /// The channel a deploy is announced on, with the project's name as payload.
 pub const DEPLOY_CHANNEL: &str = "ocelot_pgml_deploy";
 
-/// The listener id of a pool's own subscription to [`DEPLOY_CHANNEL`] (no client has it).
-const LISTENER_ID: i32 = i32::MIN;
+/// Listener ids of pools' own subscriptions to [`DEPLOY_CHANNEL`], counted up from the bottom of the range (no
+/// client has them); several pools may share one registry's listener.
+static LISTENER_IDS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(i32::MIN);
 
 /// The default bound of a pool's cache (`[inference] cache_bytes`).
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -311,21 +312,19 @@ pub(super) async fn announce(
     Ok(())
 }
 
-/// Subscribes the pool to deploy announcements on its shared LISTEN connection; each one makes the pool forget
+/// Subscribes the pool to deploy announcements on its registry's shared LISTEN connection; each one makes the pool forget
 /// the project's deployed model, so the next prediction asks the registry. Returns whether it listens.
 async fn listen_for_deploys(pool: &Arc<UserPool>) -> bool {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    if let Err(e) = pool
-        .listener()
-        .listen(LISTENER_ID, DEPLOY_CHANNEL, &tx)
-        .await
-    {
+    let id = LISTENER_IDS.fetch_add(1, Ordering::Relaxed);
+    let registry = super::models::registry_pool(pool);
+    if let Err(e) = registry.listener().listen(id, DEPLOY_CHANNEL, &tx).await {
         tracing::warn!(pool = %pool.database, "cannot listen for model deploys ({e}); deployed models are looked up again after deploy_recheck_ms");
         return false;
     }
     let weak = Arc::downgrade(pool);
     tokio::spawn(async move {
-        // Ends when the pool (and its listener, which holds the sender) is gone.
+        // Ends when the registry pool (and its listener, which holds the sender) is gone, or this pool is.
         while let Some(msg) = rx.recv().await {
             let Some(pool) = weak.upgrade() else {
                 break;

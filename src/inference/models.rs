@@ -178,9 +178,20 @@ pub(super) async fn resolve_model(
     }
 }
 
+/// The pool whose database holds `pool`'s registry: itself, or `[inference] registry_pool`.
+pub(super) fn registry_pool(pool: &Arc<UserPool>) -> Arc<UserPool> {
+    pool.registry
+        .get()
+        .and_then(std::sync::Weak::upgrade)
+        .unwrap_or_else(|| pool.clone())
+}
+
+/// A connection to the registry's database (shard 0's primary), with the schema ensured once per registry pool.
 pub(super) async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
-    let mut conn = pool.checkout(0, Want::Primary, true).await?;
-    pool.models
+    let registry = registry_pool(pool);
+    let mut conn = registry.checkout(0, Want::Primary, true).await?;
+    registry
+        .models
         .registry_ready()
         .get_or_try_init(|| async { registry::ensure(&mut conn).await.map(|_| ()) })
         .await?;

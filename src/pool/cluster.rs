@@ -57,6 +57,8 @@ pub struct UserPool {
     pub two_phase: bool,
     /// Deployed `pgml` models served by Ocelot, shared by the pool's clients.
     pub models: crate::inference::serve::Models,
+    /// The pool holding the model registry when it is another one (`[inference] registry_pool`).
+    pub registry: OnceLock<std::sync::Weak<UserPool>>,
     /// Whether Ocelot answers `pgml.*` calls (`[inference] mode`).
     pub inference_mode: crate::config::InferenceMode,
     pub two_phase_log: Vec<tokio::sync::OnceCell<()>>,
@@ -135,6 +137,20 @@ impl Cluster {
                 pools.insert((db.clone(), user.username.clone()), Arc::new(up));
             }
         }
+        if let Some(name) = &config.inference.registry_pool {
+            for ((db, user), p) in &pools {
+                if db == name {
+                    continue;
+                }
+                // The registry pool's entry for the same user, else any of its users.
+                let registry = pools
+                    .get(&(name.clone(), user.clone()))
+                    .or_else(|| pools.iter().find(|((d, _), _)| d == name).map(|(_, r)| r));
+                if let Some(r) = registry {
+                    let _ = p.registry.set(Arc::downgrade(r));
+                }
+            }
+        }
         Ok(Cluster { pools })
     }
 
@@ -199,6 +215,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
             config.inference.cache_bytes,
             std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
         ),
+        registry: OnceLock::new(),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
