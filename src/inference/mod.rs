@@ -21,6 +21,7 @@ pub mod params;
 pub mod per_row;
 pub mod preprocess;
 pub mod registry;
+mod relation;
 pub mod serve;
 pub mod split;
 pub mod statement;

@@ -1,45 +1,33 @@
-//! `pgml.train`: reading the relation through the pool (from every shard), PostgresML's split, fitting in the
-//! proxy, PostgresML's metrics, the registry rows, and auto-deploy when the new model scores at least as well.
+//! `pgml.train`: the relation read through the pool (`relation`), PostgresML's split, preprocessing, fitting in
+//! the proxy off the async workers with progress notices, PostgresML's metrics, the registry rows, and auto-deploy
+//! when the new model scores at least as well.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_util::future::join_all;
 
 use super::algorithms::{self, Algo, Choice};
 use super::call::{bind, train_params, Arg, Call};
-use super::models::{refuse, registry_conn, sqlstate_of, value, Model, Refusal};
+use super::models::{refuse, registry_conn, value, Estimator, Model, Refusal};
 use super::preprocess::{check_missing, Preprocess};
-use crate::pool::balance::Want;
+use super::relation::read_relation;
+use super::serve::Progress;
 use crate::pool::server::ServerConn;
 use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
-use crate::proxy::distributed;
-use crate::proxy::fanout::{cells, fields, split_rows};
-use crate::router::session_sql::{quote_literal, quote_name};
+use crate::router::session_sql::quote_literal;
 
 pub(super) fn text_arg(args: &BTreeMap<&str, Arg>, name: &str) -> Option<String> {
     args.get(name).and_then(|a| a.as_text()).map(str::to_owned)
 }
 
-/// A relation name as SQL: each dot-separated part quoted.
-fn relation_sql(name: &str) -> String {
-    name.split('.')
-        .map(|p| quote_name(p.trim_matches('"')))
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// How often, at most, training reports its progress.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub(super) async fn train(
     pool: &Arc<UserPool>,
     call: &Call,
-    progress: Option<&super::serve::Progress>,
+    progress: Option<&Progress>,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
     let say = |msg: String| {
@@ -50,7 +38,6 @@ pub(super) async fn train(
     let args = bind(call, &train_params())?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22023", "project_name must not be NULL"))?;
-    let algorithm = text_arg(&args, "algorithm").unwrap_or_else(|| "linear".into());
     let mut conn = registry_conn(pool).await?;
     let existing = value(
         &mut conn,
@@ -60,23 +47,8 @@ pub(super) async fn train(
         ),
     )
     .await?;
-    let task = match (text_arg(&args, "task"), &existing) {
-        (None, None) => {
-            return Err(refuse(
-                "22023",
-                format!("Project `{project}` does not exist. To create a new project, you must specify a `task`."),
-            ))
-        }
-        (Some(t), Some(e)) if !e.ends_with(&format!(":{t}")) => {
-            let have = e.split(':').nth(1).unwrap_or_default();
-            return Err(refuse(
-                "22023",
-                format!("Project `\"{project}\"` already exists with a different task: `{have}`. Create a new project instead."),
-            ));
-        }
-        (Some(t), _) => t,
-        (None, Some(e)) => e.split(':').nth(1).unwrap_or_default().to_owned(),
-    };
+    let task = resolve_task(&project, text_arg(&args, "task"), existing.as_deref())?;
+    let algorithm = text_arg(&args, "algorithm").unwrap_or_else(|| "linear".into());
     let hyper = algorithms::hyperparams(text_arg(&args, "hyperparams").as_deref())
         .map_err(|e| refuse("22023", e))?;
     let algo = Algo::choose(&task, &algorithm, &hyper).map_err(|c| match c {
@@ -87,84 +59,37 @@ pub(super) async fn train(
     let relation = text_arg(&args, "relation_name").ok_or_else(|| {
         refuse(sqlstate::FEATURE_NOT_SUPPORTED, "training again from a project's last snapshot is not supported yet: pass relation_name and y_column_name")
     })?;
-    let supervised = task != "clustering";
     let y_column = text_arg(&args, "y_column_name");
-    if supervised && y_column.is_none() {
+    if task != "clustering" && y_column.is_none() {
         return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
     }
     let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
-    let order = match sampling.as_str() {
-        "last" => "",
-        // Shuffled; for classification, stratified by label below.
-        "random" | "stratified" => " ORDER BY random()",
-        other => {
-            return Err(refuse(
-                "22P02",
-                format!("invalid input value for enum pgml.sampling: \"{other}\""),
-            ))
-        }
-    };
     let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
     let started = Instant::now();
-    let (mut features, names, mut y) =
-        read_relation(pool, &relation, y_column.as_deref(), order).await?;
-    let n = features.len();
-    let n_test = if test_size > 1.0 {
-        test_size as usize
-    } else {
-        (n as f64 * test_size).round() as usize
-    };
-    if n_test >= n {
-        return Err(refuse(
-            "22023",
-            format!("test_size = {test_size} is too large. There are only {n} samples."),
-        ));
-    }
-    let n_train = n - n_test;
-    if sampling == "stratified" && task == "classification" {
-        super::split::stratify(&mut features, &mut y, n_test);
-    }
+    let (features, names, y) = read_relation(
+        pool,
+        &relation,
+        y_column.as_deref(),
+        sampling_order(&sampling)?,
+    )
+    .await?;
     let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
-    let pre =
-        Preprocess::fit(&spec, &names, &features[..n_train]).map_err(|e| refuse("22023", e))?;
-    check_missing(&pre, &names, &features).map_err(|e| refuse("22023", e.to_string()))?;
-    for row in features.iter_mut() {
-        pre.apply(row).map_err(|e| refuse("22023", e.to_string()))?;
+    let mut data = Split::new(features, y, test_size)?;
+    if sampling == "stratified" && task == "classification" {
+        super::split::stratify(&mut data.x, &mut data.y, data.n_test);
     }
+    let pre = data.preprocess(&spec, &names)?;
     say(format!(
-        "Ocelot: training {algorithm} for {task} on {n_train} rows of {} features ({n_test} test rows)",
-        names.len()
+        "Ocelot: training {algorithm} for {task} on {} rows of {} features ({} test rows)",
+        data.n_train,
+        names.len(),
+        data.n_test
     ));
-    // Fitting can take seconds of CPU: off the async workers, so that every other client is still served.
-    let reporter = progress.cloned();
-    let label = algorithm.clone();
-    let (features, y, fitted) = tokio::task::spawn_blocking(move || {
-        let fit_started = Instant::now();
-        let mut last = fit_started;
-        let mut step = |done: usize, total: usize| {
-            if done > 0 && last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                if let Some(r) = &reporter {
-                    let _ = r.send(format!(
-                        "Ocelot: {label} {done}/{total} ({}%), {:.1} s",
-                        done * 100 / total.max(1),
-                        fit_started.elapsed().as_secs_f64()
-                    ));
-                }
-            }
-        };
-        let fitted = algo.fit(&features[..n_train], &y[..n_train.min(y.len())], &mut step);
-        (features, y, fitted)
-    })
-    .await
-    .map_err(|e| refuse(sqlstate::INTERNAL_ERROR, format!("training failed: {e}")))?;
-    let estimator = fitted.map_err(|e| refuse("22023", e))?;
+    let (data, estimator) = fit_off_thread(algo, data, &algorithm, progress).await?;
     let model = Model { pre, estimator };
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
-    let test = if n_test == 0 { 0..n_train } else { n_train..n };
-    let tx = &features[test.clone()];
-    let ty = y.get(test).unwrap_or_default();
+    let (tx, ty) = data.test();
     let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
     let (mut metrics, target) = algorithms::metrics(&task, tx, ty, &predicted);
     metrics.insert("fit_time".into(), fit_time.into());
@@ -187,7 +112,7 @@ pub(super) async fn train(
             y_column: y_column.as_deref(),
             sampling: &sampling,
             test_size,
-            samples: n,
+            samples: data.x.len(),
             features: &names,
             algorithm: &algorithm,
             hyperparams: text_arg(&args, "hyperparams").unwrap_or_else(|| "{}".into()),
@@ -211,172 +136,135 @@ pub(super) async fn train(
             ("deployed", 16, 1),
         ],
     );
-    encode::data_row_text(
-        out,
-        &[
-            &project,
-            &task,
-            &algorithm,
-            if deployed { "t" } else { "f" },
-        ],
-    );
+    let deployed = if deployed { "t" } else { "f" };
+    encode::data_row_text(out, &[&project, &task, &algorithm, deployed]);
     encode::command_complete(out, "SELECT 1");
     Ok(())
 }
 
-const NUMERIC_TYPES: &[u32] = &[16, 20, 21, 23, 700, 701, 1700];
-/// Arrays of those (bool[], int8[], int2[], int4[], float4[], float8[], numeric[]): each element is a feature.
-const NUMERIC_ARRAYS: &[u32] = &[1000, 1016, 1005, 1007, 1021, 1022, 1231];
-
-/// One cell as a number: booleans are 0/1, NULL is NaN (missing, for the preprocessor to impute or refuse).
-fn number(cell: Option<&[u8]>, column: &str) -> Result<f64, Refusal> {
-    let Some(b) = cell else {
-        return Ok(f64::NAN);
-    };
-    let t = std::str::from_utf8(b).unwrap_or_default();
-    match t {
-        "t" => Ok(1.0),
-        "f" => Ok(0.0),
-        "NULL" => Ok(f64::NAN),
-        _ => t.parse::<f64>().map_err(|_| {
-            refuse(
+/// The project's task: the one given, which must match an existing project's, or the existing project's.
+fn resolve_task(
+    project: &str,
+    given: Option<String>,
+    existing: Option<&str>,
+) -> Result<String, Refusal> {
+    match (given, existing) {
+        (None, None) => Err(refuse(
+            "22023",
+            format!("Project `{project}` does not exist. To create a new project, you must specify a `task`."),
+        )),
+        (Some(t), Some(e)) if !e.ends_with(&format!(":{t}")) => {
+            let have = e.split(':').nth(1).unwrap_or_default();
+            Err(refuse(
                 "22023",
-                format!("value {t:?} of \"{column}\" is not a number"),
-            )
-        }),
+                format!("Project `\"{project}\"` already exists with a different task: `{have}`. Create a new project instead."),
+            ))
+        }
+        (Some(t), _) => Ok(t),
+        (None, Some(e)) => Ok(e.split(':').nth(1).unwrap_or_default().to_owned()),
     }
 }
 
-/// The features and label (when `y_column` is named) of one shard's answer, appended to `x` and `y`; returns
-/// the feature names (`column` or `column[i]` for array elements).
-fn rows_of(
-    answer: &distributed::Answer,
-    relation: &str,
-    y_column: Option<&str>,
-    x: &mut Vec<Vec<f64>>,
-    y: &mut Vec<f64>,
-) -> Result<Option<Vec<String>>, Refusal> {
-    let Some(rd) = answer.row_description.as_ref() else {
-        return Ok(None);
-    };
-    let cols = fields(rd)
-        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
-    let y_idx = match y_column {
-        None => None,
-        Some(y_column) => Some(
-            cols.iter()
-                .position(|c| c.name == y_column.to_lowercase())
-                .ok_or_else(|| {
-                    refuse(
-                "42703",
-                format!("Column `{y_column}` not found. Did you pass the correct `y_column_name`?"),
-            )
-                })?,
-        ),
-    };
-    for (i, c) in cols.iter().enumerate() {
-        let array_ok = Some(i) != y_idx && NUMERIC_ARRAYS.contains(&c.oid);
-        if !NUMERIC_TYPES.contains(&c.oid) && !array_ok {
+/// How the relation is read for `test_sampling`: in its order for `last`, shuffled otherwise (and, for
+/// classification, stratified by label afterwards).
+fn sampling_order(sampling: &str) -> Result<&'static str, Refusal> {
+    match sampling {
+        "last" => Ok(""),
+        "random" | "stratified" => Ok(" ORDER BY random()"),
+        other => Err(refuse(
+            "22P02",
+            format!("invalid input value for enum pgml.sampling: \"{other}\""),
+        )),
+    }
+}
+
+/// The rows read, the first `n_train` of them for training and the last `n_test` for testing.
+struct Split {
+    x: Vec<Vec<f64>>,
+    y: Vec<f64>,
+    n_train: usize,
+    n_test: usize,
+}
+
+impl Split {
+    fn new(x: Vec<Vec<f64>>, y: Vec<f64>, test_size: f64) -> Result<Split, Refusal> {
+        let n = x.len();
+        let n_test = if test_size > 1.0 {
+            test_size as usize
+        } else {
+            (n as f64 * test_size).round() as usize
+        };
+        if n_test >= n {
             return Err(refuse(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("column \"{}\" of {relation} is not numeric (type oid {}); Ocelot trains on numeric and boolean columns and arrays of them", c.name, c.oid),
+                "22023",
+                format!("test_size = {test_size} is too large. There are only {n} samples."),
             ));
         }
+        Ok(Split {
+            x,
+            y,
+            n_train: n - n_test,
+            n_test,
+        })
     }
-    let mut names: Option<Vec<String>> = None;
-    for raw in split_rows(&answer.rows) {
-        let row = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
-        let mut features = Vec::with_capacity(row.len());
-        let mut row_names = Vec::new();
-        for (i, cell) in row.iter().enumerate() {
-            let name = &cols[i].name;
-            if Some(i) == y_idx {
-                let v = number(*cell, name)?;
-                if v.is_nan() {
-                    return Err(refuse("22023", format!("The training data labels in \"{name}\" contain NULL values. Consider filtering them out.")));
-                }
-                y.push(v);
-            } else if NUMERIC_ARRAYS.contains(&cols[i].oid) {
-                let text = cell
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let inner = text.trim_start_matches('{').trim_end_matches('}');
-                for (k, item) in inner.split(',').filter(|s| !s.is_empty()).enumerate() {
-                    features.push(number(Some(item.as_bytes()), name)?);
-                    if names.is_none() {
-                        row_names.push(format!("{name}[{}]", k + 1));
-                    }
-                }
-            } else {
-                features.push(number(*cell, name)?);
-                if names.is_none() {
-                    row_names.push(name.clone());
-                }
-            }
+
+    /// Fits the preprocessing on the training rows and applies it to every row.
+    fn preprocess(&mut self, spec: &str, names: &[String]) -> Result<Preprocess, Refusal> {
+        let pre = Preprocess::fit(spec, names, &self.x[..self.n_train])
+            .map_err(|e| refuse("22023", e))?;
+        check_missing(&pre, names, &self.x).map_err(|e| refuse("22023", e.to_string()))?;
+        for row in self.x.iter_mut() {
+            pre.apply(row).map_err(|e| refuse("22023", e.to_string()))?;
         }
-        match &names {
-            None => names = Some(row_names),
-            Some(n) if n.len() != features.len() => {
-                return Err(refuse(
-                    "22023",
-                    format!("the rows of {relation} have different numbers of features ({} and {}): arrays used as features must all have the same length", n.len(), features.len()),
-                ))
-            }
-            Some(_) => {}
-        }
-        x.push(features);
+        Ok(pre)
     }
-    Ok(names)
+
+    /// The test rows and labels (the training rows when there is no test split).
+    fn test(&self) -> (&[Vec<f64>], &[f64]) {
+        let rows = if self.n_test == 0 {
+            0..self.n_train
+        } else {
+            self.n_train..self.x.len()
+        };
+        (&self.x[rows.clone()], self.y.get(rows).unwrap_or_default())
+    }
 }
 
-/// Reads `relation` (from every shard, in parallel): the features (every column but `y_column`; numbers,
-/// booleans and arrays of them) and the label when there is one.
-async fn read_relation(
-    pool: &Arc<UserPool>,
-    relation: &str,
-    y_column: Option<&str>,
-    order: &str,
-) -> Result<(Vec<Vec<f64>>, Vec<String>, Vec<f64>), Refusal> {
-    let sql = format!("SELECT * FROM {}{order}", relation_sql(relation));
-    let mut q = BytesMut::new();
-    encode::query(&mut q, &sql);
-    let reads = join_all((0..pool.shards.len()).map(|shard| {
-        let q = q.clone();
-        async move {
-            let mut conn = pool.checkout(shard, Want::Any, true).await?;
-            distributed::exec(&mut conn, &q).await
-        }
-    }))
-    .await;
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    for answer in reads {
-        let answer = answer?;
-        if let Some(e) = answer.error {
-            let f = crate::protocol::decode::error_fields(&e[5..]).unwrap_or_default();
-            return Err(Refusal {
-                code: sqlstate_of(&f.code),
-                message: f.message,
-            });
-        }
-        if let Some(n) = rows_of(&answer, relation, y_column, &mut features, &mut labels)? {
-            if !names.is_empty() && n.len() != names.len() {
-                return Err(refuse(
-                    "22023",
-                    format!("the shards of {relation} have different numbers of features"),
-                ));
+/// How often, at most, training reports its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Fits on the training rows on a blocking thread (fitting can take seconds of CPU, and every other client must
+/// still be served), reporting ensemble progress at most every [`PROGRESS_EVERY`].
+async fn fit_off_thread(
+    algo: Algo,
+    data: Split,
+    label: &str,
+    progress: Option<&Progress>,
+) -> Result<(Split, Estimator), Refusal> {
+    let reporter = progress.cloned();
+    let label = label.to_owned();
+    let (data, fitted) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut last = started;
+        let mut step = |done: usize, total: usize| {
+            if done > 0 && last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                if let Some(r) = &reporter {
+                    let _ = r.send(format!(
+                        "Ocelot: {label} {done}/{total} ({}%), {:.1} s",
+                        done * 100 / total.max(1),
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
             }
-            names = n;
-        }
-    }
-    if features.is_empty() {
-        return Err(refuse(
-            "22023",
-            format!("relation {relation} has no rows to train on"),
-        ));
-    }
-    Ok((features, names, labels))
+        };
+        let n = data.n_train;
+        let fitted = algo.fit(&data.x[..n], &data.y[..n.min(data.y.len())], &mut step);
+        (data, fitted)
+    })
+    .await
+    .map_err(|e| refuse(sqlstate::INTERNAL_ERROR, format!("training failed: {e}")))?;
+    Ok((data, fitted.map_err(|e| refuse("22023", e))?))
 }
 
 /// A model just fitted, with what the registry records about it.

@@ -190,69 +190,7 @@ pub fn grow(
         if open.iter().any(can_split) {
             find_splits(cols, s, h, outputs, g, &node_of, &mut open, depth);
         }
-        // Settle this level: leaves, or two new open nodes per split.
-        let mut next: Vec<Open> = Vec::new();
-        let mut child_of: Vec<(u32, u32)> = vec![(NONE, NONE); open.len()];
-        for (i, o) in open.iter_mut().enumerate() {
-            match o.best.take() {
-                Some(split) => {
-                    let right_s: Vec<f64> = o
-                        .sum_s
-                        .iter()
-                        .zip(&split.left_s)
-                        .map(|(a, b)| a - b)
-                        .collect();
-                    let right_h = o.sum_h - split.left_h;
-                    let (l, r) = (tree.nodes.len(), tree.nodes.len() + 1);
-                    tree.nodes[o.node] = Node {
-                        feature: split.feature as u32,
-                        threshold: split.threshold,
-                        left: l as u32,
-                        right: r as u32,
-                    };
-                    for _ in 0..2 {
-                        tree.nodes.push(Node {
-                            feature: LEAF,
-                            threshold: 0.0,
-                            left: 0,
-                            right: 0,
-                        });
-                    }
-                    child_of[i] = (next.len() as u32, next.len() as u32 + 1);
-                    for (node, sum_s, sum_h) in
-                        [(l, split.left_s, split.left_h), (r, right_s, right_h)]
-                    {
-                        next.push(Open {
-                            node,
-                            sum_s,
-                            sum_h,
-                            allowed: None,
-                            best: None,
-                        });
-                    }
-                    // The split's feature and threshold, for moving the rows below.
-                    o.best = Some(Split {
-                        gain: 0.0,
-                        feature: split.feature,
-                        threshold: split.threshold,
-                        left_s: Vec::new(),
-                        left_h: 0.0,
-                    });
-                }
-                None => {
-                    let leaf = (tree.values.len() / outputs.max(1)) as u32;
-                    let d = o.sum_h + g.lambda;
-                    tree.values.extend(o.sum_s.iter().map(|v| {
-                        if d > 0.0 {
-                            g.scale * v / d
-                        } else {
-                            0.0
-                        }
-                    }));
-                    tree.nodes[o.node].left = leaf;
-                }
-            }
-        }
+        let (next, child_of) = settle(&mut tree, &mut open, outputs, g);
         for (r, at) in node_of.iter_mut().enumerate() {
             if *at == NONE {
                 continue;
@@ -274,6 +212,68 @@ pub fn grow(
         depth += 1;
     }
     tree
+}
+
+/// Settles a level: each open node becomes a leaf, or a split with two new open nodes (returned, with each split
+/// node's children's positions among them). A split node keeps its feature and threshold in `best` for moving
+/// its rows down.
+fn settle(
+    tree: &mut Tree,
+    open: &mut [Open],
+    outputs: usize,
+    g: &Growth,
+) -> (Vec<Open>, Vec<(u32, u32)>) {
+    let mut next: Vec<Open> = Vec::new();
+    let mut child_of: Vec<(u32, u32)> = vec![(NONE, NONE); open.len()];
+    for (i, o) in open.iter_mut().enumerate() {
+        let Some(split) = o.best.take() else {
+            let leaf = (tree.values.len() / outputs.max(1)) as u32;
+            let d = o.sum_h + g.lambda;
+            tree.values.extend(
+                o.sum_s
+                    .iter()
+                    .map(|v| if d > 0.0 { g.scale * v / d } else { 0.0 }),
+            );
+            tree.nodes[o.node].left = leaf;
+            continue;
+        };
+        let right_s: Vec<f64> = o
+            .sum_s
+            .iter()
+            .zip(&split.left_s)
+            .map(|(a, b)| a - b)
+            .collect();
+        let right_h = o.sum_h - split.left_h;
+        let (l, r) = (tree.nodes.len(), tree.nodes.len() + 1);
+        tree.nodes[o.node] = Node {
+            feature: split.feature as u32,
+            threshold: split.threshold,
+            left: l as u32,
+            right: r as u32,
+        };
+        let leaf = Node {
+            feature: LEAF,
+            threshold: 0.0,
+            left: 0,
+            right: 0,
+        };
+        tree.nodes.extend([leaf.clone(), leaf]);
+        child_of[i] = (next.len() as u32, next.len() as u32 + 1);
+        for (node, sum_s, sum_h) in [(l, split.left_s, split.left_h), (r, right_s, right_h)] {
+            next.push(Open {
+                node,
+                sum_s,
+                sum_h,
+                allowed: None,
+                best: None,
+            });
+        }
+        o.best = Some(Split {
+            left_s: Vec::new(),
+            ..split
+        });
+    }
+    (next, child_of)
 }
 
 /// One pass per feature over its presorted rows, keeping each open node's best split.

@@ -375,41 +375,15 @@ impl Session {
             if starts {
                 self.dropping = false;
                 // A pgml.* call while a server is held (a transaction): answered in order, after the server.
-                if fwd == 0
-                    && code == frontend::QUERY
-                    && self.pool.inference_mode == crate::config::InferenceMode::Proxy
-                    && matches!(piece, Piece::Whole(_))
-                    && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
-                {
-                    if self.tracker.pending_units() > 0 {
-                        self.held_back = true;
-                        break;
-                    }
-                    if self
-                        .serve_inference(piece.len(), self.tracker.status())
-                        .await?
-                    {
-                        continue;
-                    }
-                }
-                // The same over the extended protocol, when the request is about pgml.* statements.
-                if let (0, Piece::Whole(h)) = (fwd, piece) {
-                    if self.pool.inference_mode == crate::config::InferenceMode::Proxy
-                        && matches!(
-                            code,
-                            frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
-                        )
-                        && self.starts_pgml_request(code, h.total())
-                    {
-                        if self.tracker.pending_units() > 0 || self.tracker.is_unsynced() {
+                if fwd == 0 {
+                    match self.intercept_pgml(&piece).await? {
+                        pgml_ext::Intercept::Pass => {}
+                        pgml_ext::Intercept::Served => continue,
+                        pgml_ext::Intercept::Wait => break,
+                        pgml_ext::Intercept::Hold => {
                             self.held_back = true;
                             break;
                         }
-                        if !route::request_complete(&self.cbuf) {
-                            break;
-                        }
-                        self.serve_pgml_messages(self.tracker.status()).await?;
-                        continue;
                     }
                 }
                 if fwd == 0

@@ -21,40 +21,12 @@ impl Session {
         if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
             return Ok(Flow::Next);
         }
-        // pgml.* calls Ocelot serves itself (train, deploy, predict with constant arguments).
-        if code == frontend::QUERY
-            && self.pool.inference_mode == crate::config::InferenceMode::Proxy
-            && matches!(piece, Piece::Whole(_))
-            && crate::inference::serve::mentions_pgml(&self.cbuf[..piece.len()])
-        {
-            let status = if self.pending_begin.is_some() {
-                txn::IN_TRANSACTION
-            } else {
-                txn::IDLE
-            };
-            if self.serve_inference(piece.len(), status).await? {
-                return Ok(Flow::Next);
-            }
-        }
-        // pgml.* statements over the extended protocol, answered whole (up to the Sync or Flush).
-        if let Piece::Whole(h) = piece {
-            if self.pool.inference_mode == crate::config::InferenceMode::Proxy
-                && matches!(
-                    code,
-                    frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
-                )
-                && self.starts_pgml_request(code, h.total())
-            {
-                if !route::request_complete(&self.cbuf) {
-                    return Ok(Flow::Wait);
-                }
-                let status = if self.pending_begin.is_some() {
-                    txn::IN_TRANSACTION
-                } else {
-                    txn::IDLE
-                };
-                self.serve_pgml_messages(status).await?;
-                return Ok(Flow::Next);
+        // pgml.* calls Ocelot serves itself, by simple Query or extended-protocol statements.
+        match self.intercept_pgml(&piece).await? {
+            super::pgml_ext::Intercept::Pass => {}
+            super::pgml_ext::Intercept::Served => return Ok(Flow::Next),
+            super::pgml_ext::Intercept::Wait | super::pgml_ext::Intercept::Hold => {
+                return Ok(Flow::Wait)
             }
         }
         // In a sharded pool a pipelined request is routed whole: its Binds may name different shards.

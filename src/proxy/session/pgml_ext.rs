@@ -13,10 +13,10 @@ use super::Session;
 use crate::inference::params;
 use crate::inference::statement::{self, Shape};
 use crate::pool::balance::Want;
-use crate::protocol::codes::{backend, frontend, sqlstate};
+use crate::protocol::codes::{backend, frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended::{self, BindValues};
-use crate::protocol::frame::Header;
+use crate::protocol::frame::{Header, Piece};
 use crate::proxy::error::ClientError;
 
 /// A prepared `pgml.*` statement.
@@ -43,11 +43,97 @@ pub(super) struct PgmlStatements {
     portal: Option<Portal>,
 }
 
+/// What the client loop does with a request that may be a `pgml.*` call.
+pub(super) enum Intercept {
+    /// Not one Ocelot serves: route it as usual.
+    Pass,
+    /// Answered.
+    Served,
+    /// The rest of the request (up to its Sync) has not arrived.
+    Wait,
+    /// The held server is still answering earlier requests: answer after it.
+    Hold,
+}
+
+impl PgmlStatements {
+    /// Binds statement `name` into the unnamed portal: its SQL with the values as literals.
+    fn bind(&self, portal: &str, name: &str, bind: BindValues) -> Result<Portal, BytesMut> {
+        if !portal.is_empty() {
+            return Err(failure(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "Ocelot serves pgml statements through the unnamed portal only",
+            ));
+        }
+        let stmt = self.statements.get(name).ok_or_else(|| {
+            failure(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                &format!("prepared statement \"{name}\" does not exist"),
+            )
+        })?;
+        if bind.params.len() != stmt.types.len() {
+            return Err(failure(
+                sqlstate::PROTOCOL_VIOLATION,
+                &format!(
+                    "bind message supplies {} parameters, but prepared statement \"{name}\" requires {}",
+                    bind.params.len(),
+                    stmt.types.len()
+                ),
+            ));
+        }
+        let sql = params::substitute(&stmt.sql, &stmt.types, &bind)
+            .map_err(|e| failure(sqlstate::INVALID_TEXT_REPRESENTATION, &e))?;
+        Ok(Portal {
+            sql,
+            formats: bind.result_formats,
+            answer: None,
+        })
+    }
+}
+
 impl Session {
+    /// Answers the request at the start of `cbuf` when it is a `pgml.*` call Ocelot serves: a simple Query, or
+    /// extended-protocol messages about its statements.
+    pub(super) async fn intercept_pgml(&mut self, piece: &Piece) -> Result<Intercept, ClientError> {
+        let Piece::Whole(h) = *piece else {
+            return Ok(Intercept::Pass);
+        };
+        if self.pool.inference_mode != crate::config::InferenceMode::Proxy {
+            return Ok(Intercept::Pass);
+        }
+        let simple = h.code == frontend::QUERY
+            && crate::inference::serve::mentions_pgml(&self.cbuf[..h.total()]);
+        let extended = !simple && self.starts_pgml_request(h.code, h.total());
+        if !simple && !extended {
+            return Ok(Intercept::Pass);
+        }
+        let status = if self.server.is_some() {
+            if self.tracker.pending_units() > 0 || (extended && self.tracker.is_unsynced()) {
+                return Ok(Intercept::Hold);
+            }
+            self.tracker.status()
+        } else if self.pending_begin.is_some() {
+            txn::IN_TRANSACTION
+        } else {
+            txn::IDLE
+        };
+        if simple {
+            return Ok(if self.serve_inference(h.total(), status).await? {
+                Intercept::Served
+            } else {
+                Intercept::Pass
+            });
+        }
+        if !super::route::request_complete(&self.cbuf) {
+            return Ok(Intercept::Wait);
+        }
+        self.serve_pgml_messages(status).await?;
+        Ok(Intercept::Served)
+    }
+
     /// Whether the whole message of `code` at the start of `cbuf` begins a request about a `pgml.*` statement
     /// Ocelot serves: its Parse, Bind, or Describe or Close of the statement. (The unnamed portal Ocelot bound
     /// lives only until the request's Sync.)
-    pub(super) fn starts_pgml_request(&self, code: u8, total: usize) -> bool {
+    fn starts_pgml_request(&self, code: u8, total: usize) -> bool {
         matches!(
             code,
             frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
@@ -89,7 +175,7 @@ impl Session {
     /// Answers the `pgml.*` messages at the start of `cbuf` up to their Sync or Flush (or the first message that is
     /// the server's).
     /// `status` is what the ReadyForQuery says.
-    pub(super) async fn serve_pgml_messages(&mut self, status: u8) -> Result<(), ClientError> {
+    async fn serve_pgml_messages(&mut self, status: u8) -> Result<(), ClientError> {
         let mut failed = false;
         // The request ended at its Sync, or went on with messages for the server.
         let mut ended = false;
@@ -132,6 +218,7 @@ impl Session {
         self.flush_out().await
     }
 
+    /// Answers one message about a `pgml.*` statement or portal; the error is an ErrorResponse.
     async fn pgml_message(&mut self, code: u8, body: &[u8]) -> Result<(), BytesMut> {
         let malformed = |_| failure(sqlstate::PROTOCOL_VIOLATION, "malformed message");
         let state = self.pgml.get_or_insert_with(Default::default);
@@ -140,93 +227,32 @@ impl Session {
                 let (name, rest) = extended::parse(body).map_err(malformed)?;
                 let (sql, declared) = extended::parse_query(rest).map_err(malformed)?;
                 let types = params::infer_types(&sql, &declared);
-                state.statements.insert(
-                    name.to_owned(),
-                    Statement {
-                        sql,
-                        types,
-                        described: false,
-                    },
-                );
+                let stmt = Statement {
+                    sql,
+                    types,
+                    described: false,
+                };
+                state.statements.insert(name.to_owned(), stmt);
                 encode::empty(&mut self.out, backend::PARSE_COMPLETE);
             }
             frontend::BIND => {
                 let (portal, name, rest) = extended::bind(body).map_err(malformed)?;
-                if !portal.is_empty() {
-                    return Err(failure(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "Ocelot serves pgml statements through the unnamed portal only",
-                    ));
-                }
                 let bind = BindValues::decode(rest).map_err(malformed)?;
-                let stmt = state.statements.get(name).ok_or_else(|| {
-                    failure(
-                        sqlstate::INVALID_SQL_STATEMENT_NAME,
-                        &format!("prepared statement \"{name}\" does not exist"),
-                    )
-                })?;
-                if bind.params.len() != stmt.types.len() {
-                    return Err(failure(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &format!(
-                            "bind message supplies {} parameters, but prepared statement \"{name}\" requires {}",
-                            bind.params.len(),
-                            stmt.types.len()
-                        ),
-                    ));
-                }
-                let sql = params::substitute(&stmt.sql, &stmt.types, &bind)
-                    .map_err(|e| failure(sqlstate::INVALID_TEXT_REPRESENTATION, &e))?;
-                state.portal = Some(Portal {
-                    sql,
-                    formats: bind.result_formats,
-                    answer: None,
-                });
+                state.portal = Some(state.bind(portal, name, bind)?);
                 encode::empty(&mut self.out, backend::BIND_COMPLETE);
             }
             frontend::DESCRIBE => match extended::target(code, body).map_err(malformed)? {
                 (b'S', name) => self.describe_pgml_statement(name.to_owned()).await?,
-                _ => {
-                    let answer = self.run_pgml_portal().await;
-                    let portal = self.pgml.as_mut().and_then(|p| p.portal.as_mut());
-                    let formats = portal
-                        .as_ref()
-                        .map(|p| p.formats.clone())
-                        .unwrap_or_default();
-                    if answer.first() == Some(&backend::ERROR_RESPONSE) {
-                        return Err(answer);
-                    }
-                    // Only the RowDescription now; the rows wait for the Execute.
-                    let end = Header::parse(&answer, u32::MAX)
-                        .ok()
-                        .flatten()
-                        .filter(|h| h.code == backend::ROW_DESCRIPTION)
-                        .map_or(0, |h| h.total());
-                    if end == 0 {
-                        encode::empty(&mut self.out, backend::NO_DATA);
-                    } else {
-                        statement::in_formats(&answer[..end], &formats, true, &mut self.out)
-                            .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
-                    }
-                    if let Some(p) = portal {
-                        p.answer = Some(answer);
-                    }
-                }
+                _ => self.describe_pgml_portal().await?,
             },
             frontend::EXECUTE => {
                 let answer = self.run_pgml_portal().await;
                 if answer.first() == Some(&backend::ERROR_RESPONSE) {
                     return Err(answer);
                 }
-                let formats = self
-                    .pgml
-                    .as_ref()
-                    .and_then(|p| p.portal.as_ref())
-                    .map(|p| p.formats.clone())
-                    .unwrap_or_default();
                 // Rows are converted apart from `out` so that a failure leaves no partial answer behind.
                 let mut rows = BytesMut::new();
-                statement::in_formats(&answer, &formats, false, &mut rows)
+                statement::in_formats(&answer, &self.portal_formats(), false, &mut rows)
                     .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
                 self.out.extend_from_slice(&rows);
             }
@@ -240,6 +266,38 @@ impl Session {
                 encode::empty(&mut self.out, backend::CLOSE_COMPLETE);
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    fn portal_formats(&self) -> Vec<i16> {
+        self.pgml
+            .as_ref()
+            .and_then(|p| p.portal.as_ref())
+            .map(|p| p.formats.clone())
+            .unwrap_or_default()
+    }
+
+    /// Answers Describe of the portal with its RowDescription, which means running it; the rows wait for the
+    /// Execute.
+    async fn describe_pgml_portal(&mut self) -> Result<(), BytesMut> {
+        let answer = self.run_pgml_portal().await;
+        if answer.first() == Some(&backend::ERROR_RESPONSE) {
+            return Err(answer);
+        }
+        let end = Header::parse(&answer, u32::MAX)
+            .ok()
+            .flatten()
+            .filter(|h| h.code == backend::ROW_DESCRIPTION)
+            .map_or(0, |h| h.total());
+        if end == 0 {
+            encode::empty(&mut self.out, backend::NO_DATA);
+        } else {
+            statement::in_formats(&answer[..end], &self.portal_formats(), true, &mut self.out)
+                .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
+        }
+        if let Some(p) = self.pgml.as_mut().and_then(|p| p.portal.as_mut()) {
+            p.answer = Some(answer);
         }
         Ok(())
     }
