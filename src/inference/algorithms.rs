@@ -97,6 +97,80 @@ impl<'a> Hyper<'a> {
     }
 }
 
+impl Hyper<'_> {
+    /// XGBoost's hyperparameters, with its aliases.
+    fn boosting(&mut self) -> Result<BoostParams, String> {
+        let p = BoostParams {
+            n_estimators: self.count(&["n_estimators", "boost_rounds"], 100)?,
+            max_depth: self.count(&["max_depth"], 6)?,
+            learning_rate: self.number(&["learning_rate", "eta"], 0.3)?,
+            subsample: self.number(&["subsample"], 1.0)?,
+            min_child_weight: self.number(&["min_child_weight"], 1.0)?,
+            reg_lambda: self.number(&["reg_lambda", "lambda"], 1.0)?,
+            gamma: self.number(&["gamma", "min_split_loss"], 0.0)?,
+            seed: self.seed()?,
+        };
+        if !(p.subsample > 0.0 && p.subsample <= 1.0) {
+            return Err("subsample must be in (0, 1]".into());
+        }
+        self.tolerate(&[
+            "tree_method",
+            "nthread",
+            "n_jobs",
+            "verbosity",
+            "eval_metric",
+        ]);
+        Ok(p)
+    }
+
+    /// scikit-learn's random forest hyperparameters.
+    fn forest(&mut self) -> Result<ForestParams, String> {
+        let max_features = match self.get(&["max_features"]) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(MaxFeatures::parse(v)?),
+        };
+        let max_depth = match self.get(&["max_depth"]) {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(self.count(&["max_depth"], 0)?),
+        };
+        let bootstrap = match self.get(&["bootstrap"]) {
+            None => true,
+            Some(v) => v.as_bool().ok_or("bootstrap must be true or false")?,
+        };
+        let p = ForestParams {
+            n_estimators: self.count(&["n_estimators"], 100)?.max(1),
+            max_depth,
+            min_samples_split: self.number(&["min_samples_split"], 2.0)?,
+            min_samples_leaf: self.number(&["min_samples_leaf"], 1.0)?,
+            max_features,
+            bootstrap,
+            seed: self.seed()?,
+        };
+        self.tolerate(&["n_jobs", "verbose", "criterion"]);
+        Ok(p)
+    }
+
+    /// scikit-learn's k-means hyperparameters (`n_init = "auto"` is one run, as with k-means++).
+    fn kmeans(&mut self) -> Result<KMeansParams, String> {
+        let n_init = match self.get(&["n_init"]) {
+            None | Some(Value::String(_)) => 1,
+            Some(_) => self.count(&["n_init"], 1)?.max(1),
+        };
+        let p = KMeansParams {
+            n_clusters: self.count(&["n_clusters"], 8)?,
+            max_iter: self.count(&["max_iter"], 300)?.max(1),
+            tol: self.number(&["tol"], 1e-4)?,
+            n_init,
+            seed: self.seed()?,
+        };
+        if p.n_clusters == 0 {
+            return Err("n_clusters must be at least 1".into());
+        }
+        self.tolerate(&["init", "algorithm", "verbose"]);
+        Ok(p)
+    }
+}
+
 /// Parses the `hyperparams` JSON (NULL or `{}` when none).
 pub fn hyperparams(text: Option<&str>) -> Result<Map<String, Value>, String> {
     match text {
@@ -158,74 +232,12 @@ impl Algo {
                 algo
             }
             ("regression" | "classification", "xgboost") => {
-                let p = BoostParams {
-                    n_estimators: hp
-                        .count(&["n_estimators", "boost_rounds"], 100)
-                        .map_err(invalid)?,
-                    max_depth: hp.count(&["max_depth"], 6).map_err(invalid)?,
-                    learning_rate: hp.number(&["learning_rate", "eta"], 0.3).map_err(invalid)?,
-                    subsample: hp.number(&["subsample"], 1.0).map_err(invalid)?,
-                    min_child_weight: hp.number(&["min_child_weight"], 1.0).map_err(invalid)?,
-                    reg_lambda: hp.number(&["reg_lambda", "lambda"], 1.0).map_err(invalid)?,
-                    gamma: hp
-                        .number(&["gamma", "min_split_loss"], 0.0)
-                        .map_err(invalid)?,
-                    seed: hp.seed().map_err(invalid)?,
-                };
-                if !(p.subsample > 0.0 && p.subsample <= 1.0) {
-                    return Err(invalid("subsample must be in (0, 1]".into()));
-                }
-                hp.tolerate(&[
-                    "tree_method",
-                    "nthread",
-                    "n_jobs",
-                    "verbosity",
-                    "eval_metric",
-                ]);
-                Algo::Boosted(p, classify)
+                Algo::Boosted(hp.boosting().map_err(invalid)?, classify)
             }
             ("regression" | "classification", "random_forest") => {
-                let max_features = match hp.get(&["max_features"]) {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(MaxFeatures::parse(v).map_err(invalid)?),
-                };
-                let p = ForestParams {
-                    n_estimators: hp.count(&["n_estimators"], 100).map_err(invalid)?.max(1),
-                    max_depth: match hp.get(&["max_depth"]) {
-                        None | Some(Value::Null) => None,
-                        Some(_) => Some(hp.count(&["max_depth"], 0).map_err(invalid)?),
-                    },
-                    min_samples_split: hp.number(&["min_samples_split"], 2.0).map_err(invalid)?,
-                    min_samples_leaf: hp.number(&["min_samples_leaf"], 1.0).map_err(invalid)?,
-                    max_features,
-                    bootstrap: match hp.get(&["bootstrap"]) {
-                        None => true,
-                        Some(v) => v
-                            .as_bool()
-                            .ok_or_else(|| invalid("bootstrap must be true or false".into()))?,
-                    },
-                    seed: hp.seed().map_err(invalid)?,
-                };
-                hp.tolerate(&["n_jobs", "verbose", "criterion"]);
-                Algo::Forest(p, classify)
+                Algo::Forest(hp.forest().map_err(invalid)?, classify)
             }
-            ("clustering", "kmeans" | "linear") => {
-                let p = KMeansParams {
-                    n_clusters: hp.count(&["n_clusters"], 8).map_err(invalid)?,
-                    max_iter: hp.count(&["max_iter"], 300).map_err(invalid)?.max(1),
-                    tol: hp.number(&["tol"], 1e-4).map_err(invalid)?,
-                    n_init: match hp.get(&["n_init"]) {
-                        None | Some(Value::String(_)) => 1,
-                        Some(_) => hp.count(&["n_init"], 1).map_err(invalid)?.max(1),
-                    },
-                    seed: hp.seed().map_err(invalid)?,
-                };
-                if p.n_clusters == 0 {
-                    return Err(invalid("n_clusters must be at least 1".into()));
-                }
-                hp.tolerate(&["init", "algorithm", "verbose"]);
-                Algo::KMeans(p)
-            }
+            ("clustering", "kmeans" | "linear") => Algo::KMeans(hp.kmeans().map_err(invalid)?),
             _ => {
                 return Err(Choice::Unsupported(format!(
                     "Ocelot does not train {algorithm} for {task}; it trains {SUPPORTED}"

@@ -1,7 +1,7 @@
 //! In-proxy inference for the PostgresML `pgml.*` API. `call` finds `pgml.*` calls and binds their arguments to
 //! PostgresML's signatures; `registry` is the versioned `pgml` schema; `serve` answers the calls Ocelot serves
 //! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
-//! `per_row`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
+//! `per_row` and `rows`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
 //! hyperparameters, and `preprocess` imputes and scales. Over the extended protocol, `params` types and substitutes a statement's
 //! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
@@ -22,6 +22,7 @@ pub mod per_row;
 pub mod preprocess;
 pub mod registry;
 mod relation;
+mod rows;
 pub mod serve;
 pub mod split;
 pub mod statement;

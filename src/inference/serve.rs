@@ -15,7 +15,6 @@ use crate::pool::balance::Want;
 use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
-use crate::proxy::fanout::{cells, fields, split_rows};
 
 pub use super::cache::Models;
 
@@ -50,7 +49,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     if let Some(plan) = super::per_row::plan(sql) {
         let mut out = BytesMut::new();
         let result = match plan {
-            Ok(plan) => per_row(pool, &plan, &route, &mut out).await,
+            Ok(plan) => super::rows::per_row(pool, &plan, &route, &mut out).await,
             Err(why) => Err(refuse(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!("Ocelot cannot run this per-row prediction: {why}"),
@@ -199,7 +198,45 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
 }
 
 /// PostgreSQL's float4 output for a prediction.
-fn float4_text(v: f32) -> String {
+/// `pgml.predict_batch`: a flat array of rows × features; by project a set of `real`, by model id one `real[]`.
+/// Returns how many predictions it made.
+fn predict_batch(
+    model: &super::models::Model,
+    mut x: Vec<f64>,
+    set: bool,
+    name: &str,
+    out: &mut BytesMut,
+) -> Result<usize, Refusal> {
+    let n = model.num_features().max(1);
+    model.prepare(&mut x, false)?;
+    if !x.len().is_multiple_of(n) {
+        return Err(refuse(
+            "22023",
+            format!(
+                "pgml.predict_batch got {} values, not a multiple of the model's {n} features",
+                x.len()
+            ),
+        ));
+    }
+    let predictions: Vec<String> = x
+        .chunks(n)
+        .map(|row| float4_text(model.predict(row) as f32))
+        .collect();
+    if set {
+        encode::row_description_typed(out, &[(name, 700, 4)]);
+        for p in &predictions {
+            encode::data_row_text(out, &[p]);
+        }
+        encode::command_complete(out, &format!("SELECT {}", predictions.len()));
+    } else {
+        encode::row_description_typed(out, &[(name, 1021, -1)]);
+        encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
+        encode::command_complete(out, "SELECT 1");
+    }
+    Ok(predictions.len())
+}
+
+pub(super) fn float4_text(v: f32) -> String {
     if v.is_nan() {
         return "NaN".into();
     }
@@ -277,34 +314,8 @@ async fn predict_named(
     let started = std::time::Instant::now();
     let model = &loaded.model;
     if call.function == "predict_batch" {
-        // A flat array of rows × features; the project overload returns a set, the model overload an array.
-        let n = model.num_features().max(1);
-        model.prepare(&mut x, false)?;
-        if x.len() % n != 0 {
-            return Err(refuse(
-                "22023",
-                format!(
-                    "pgml.predict_batch got {} values, not a multiple of the model's {n} features",
-                    x.len()
-                ),
-            ));
-        }
-        let predictions: Vec<String> = x
-            .chunks(n)
-            .map(|row| float4_text(model.predict(row) as f32))
-            .collect();
-        if matches!(target, Arg::Text(_)) {
-            encode::row_description_typed(out, &[(name, 700, 4)]);
-            for p in &predictions {
-                encode::data_row_text(out, &[p]);
-            }
-            encode::command_complete(out, &format!("SELECT {}", predictions.len()));
-        } else {
-            encode::row_description_typed(out, &[(name, 1021, -1)]);
-            encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
-            encode::command_complete(out, "SELECT 1");
-        }
-        loaded.served(predictions.len() as u64, started.elapsed());
+        let n = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
+        loaded.served(n as u64, started.elapsed());
         return Ok(());
     }
     if x.len() != model.num_features() {
@@ -347,171 +358,6 @@ async fn predict_named(
     }
     encode::command_complete(out, "SELECT 1");
     loaded.served(1, started.elapsed());
-    Ok(())
-}
-
-/// Fetches the rows of a per-row prediction (from every shard it needs) and answers with the predictions.
-async fn per_row(
-    pool: &Arc<UserPool>,
-    plan: &super::per_row::PerRow,
-    route: &ReadRoute<'_>,
-    out: &mut BytesMut,
-) -> Result<(), Refusal> {
-    use crate::proxy::fanout::{run, Merge};
-    use crate::router::fanout::Plan;
-    let loaded = resolve_model(pool, &plan.target).await?;
-    let model = &loaded.model;
-    if plan.features.len() != model.num_features() {
-        return Err(refuse(
-            "22023",
-            format!(
-                "the model expects {} features, got {}",
-                model.num_features(),
-                plan.features.len()
-            ),
-        ));
-    }
-    // Which shards: the key's one, or every shard with rows (or order) merged.
-    let (merge, shards, sql) = if pool.shards.len() <= 1 {
-        (Merge::Rows, vec![0], plan.sql.clone())
-    } else {
-        match pool.sharder.from_query(&plan.sql, &[]) {
-            crate::router::sharding::Shards::One(n) => (Merge::Rows, vec![n], plan.sql.clone()),
-            _ => match pool
-                .sharder
-                .key()
-                .map(|k| crate::router::fanout::plan(&plan.sql, k))
-            {
-                Some(Plan::Rows) | Some(Plan::NotSharded) | None => (
-                    Merge::Rows,
-                    (0..pool.shards.len()).collect(),
-                    plan.sql.clone(),
-                ),
-                Some(Plan::Ordered(o)) => {
-                    let sql = o.shard_sql.clone();
-                    (Merge::Ordered(o), (0..pool.shards.len()).collect(), sql)
-                }
-                _ => {
-                    return Err(refuse(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "Ocelot cannot merge the rows of this per-row prediction across shards",
-                    ))
-                }
-            },
-        }
-    };
-    let requests: Vec<(usize, bytes::Bytes)> = shards
-        .iter()
-        .map(|&s| {
-            let mut q = BytesMut::new();
-            encode::query(&mut q, &sql);
-            (s, q.freeze())
-        })
-        .collect();
-    let merged = run(
-        pool,
-        route.params,
-        &requests,
-        route.want,
-        route.primary_reads,
-        &merge,
-        &[],
-    )
-    .await?;
-    if merged.first() == Some(&crate::protocol::codes::backend::ERROR_RESPONSE) {
-        out.extend_from_slice(&merged);
-        return Ok(());
-    }
-    let Some(h) = crate::protocol::frame::Header::parse(&merged, u32::MAX)
-        .ok()
-        .flatten()
-    else {
-        return Err(refuse(
-            sqlstate::INTERNAL_ERROR,
-            "no answer from the servers",
-        ));
-    };
-    let cols = fields(&merged[..h.total()])
-        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
-    let mut rows: Vec<(f32, Vec<Option<Vec<u8>>>)> = Vec::new();
-    let started = std::time::Instant::now();
-    for raw in split_rows(&merged[h.total()..]) {
-        if raw.first() != Some(&crate::protocol::codes::backend::DATA_ROW) {
-            continue;
-        }
-        let c = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
-        let mut x = Vec::with_capacity(plan.features.len());
-        for &f in &plan.features {
-            let t = c
-                .get(f)
-                .copied()
-                .flatten()
-                .map(|v| std::str::from_utf8(v).unwrap_or_default());
-            x.push(match t {
-                None => f64::NAN,
-                Some("t") => 1.0,
-                Some("f") => 0.0,
-                Some(t) => t
-                    .parse::<f64>()
-                    .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
-            });
-        }
-        model.prepare(&mut x, plan.row)?;
-        let y = model.predict(&x) as f32;
-        let row = plan
-            .outputs
-            .iter()
-            .map(|o| match o {
-                None => Some(float4_text(y).into_bytes()),
-                Some(i) => c.get(*i).copied().flatten().map(<[u8]>::to_vec),
-            })
-            .collect();
-        rows.push((y, row));
-    }
-    loaded.served(rows.len() as u64, started.elapsed());
-    if let Some(desc) = plan.order {
-        // PostgreSQL sorts NaN above every number; NULL cannot occur.
-        rows.sort_by(|a, b| {
-            let o = a.0.total_cmp(&b.0);
-            if desc {
-                o.reverse()
-            } else {
-                o
-            }
-        });
-    }
-    let mut rd = BytesMut::new();
-    let mut described: Vec<(String, u32, i16)> = Vec::new();
-    for o in &plan.outputs {
-        match o {
-            None => described.push((plan.name.clone(), 700, 4)),
-            Some(i) => {
-                let f = &cols[*i];
-                described.push((f.name.clone(), f.oid, -1));
-            }
-        }
-    }
-    let typed: Vec<(&str, u32, i16)> = described
-        .iter()
-        .map(|(n, o, l)| (n.as_str(), *o, *l))
-        .collect();
-    encode::row_description_typed(&mut rd, &typed);
-    out.extend_from_slice(&rd);
-    let mut n = 0;
-    for (_, row) in rows
-        .iter()
-        .skip(plan.offset as usize)
-        .take(plan.limit.map_or(usize::MAX, |l| l as usize))
-    {
-        encode::data_row_opt(
-            out,
-            &row.iter()
-                .map(|c| c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
-                .collect::<Vec<_>>(),
-        );
-        n += 1;
-    }
-    encode::command_complete(out, &format!("SELECT {n}"));
     Ok(())
 }
 

@@ -1,0 +1,196 @@
+//! Running a per-row prediction: the rewritten query goes to the key's shard or to every shard (rows
+//! concatenated, or merged in order), each returned row is predicted (preprocessed first when the features came as
+//! a `ROW(...)`), ORDER BY the prediction with its LIMIT and OFFSET is applied here, and the client's columns are
+//! answered in its order with the prediction as `real`.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::models::{refuse, resolve_model, Model, Refusal};
+use super::per_row::PerRow;
+use super::serve::{float4_text, ReadRoute};
+use crate::pool::UserPool;
+use crate::protocol::codes::{backend, sqlstate};
+use crate::protocol::encode;
+use crate::proxy::fanout::{cells, fields, run, split_rows, Merge};
+use crate::router::fanout::Plan;
+
+/// A predicted row: the prediction and the client's columns (text, NULL as `None`).
+type Row = (f32, Vec<Option<Vec<u8>>>);
+
+/// Fetches the rows of a per-row prediction (from every shard it needs) and answers with the predictions.
+pub(super) async fn per_row(
+    pool: &Arc<UserPool>,
+    plan: &PerRow,
+    route: &ReadRoute<'_>,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let loaded = resolve_model(pool, &plan.target).await?;
+    let model = &loaded.model;
+    if plan.features.len() != model.num_features() {
+        return Err(refuse(
+            "22023",
+            format!(
+                "the model expects {} features, got {}",
+                model.num_features(),
+                plan.features.len()
+            ),
+        ));
+    }
+    let merged = fetch(pool, plan, route).await?;
+    if merged.first() == Some(&backend::ERROR_RESPONSE) {
+        out.extend_from_slice(&merged);
+        return Ok(());
+    }
+    let Some(h) = crate::protocol::frame::Header::parse(&merged, u32::MAX)
+        .ok()
+        .flatten()
+    else {
+        return Err(refuse(
+            sqlstate::INTERNAL_ERROR,
+            "no answer from the servers",
+        ));
+    };
+    let started = std::time::Instant::now();
+    let mut rows = predict(model, plan, &merged[h.total()..])?;
+    loaded.served(rows.len() as u64, started.elapsed());
+    if let Some(desc) = plan.order {
+        // PostgreSQL sorts NaN above every number; NULL cannot occur.
+        rows.sort_by(|a, b| {
+            let o = a.0.total_cmp(&b.0);
+            if desc {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    answer(plan, &merged[..h.total()], &rows, out)
+}
+
+/// The servers' answer to the rewritten query: from the key's shard, or from every shard, merged.
+async fn fetch(
+    pool: &Arc<UserPool>,
+    plan: &PerRow,
+    route: &ReadRoute<'_>,
+) -> Result<BytesMut, Refusal> {
+    let every = || (0..pool.shards.len()).collect::<Vec<_>>();
+    let (merge, shards, sql) = if pool.shards.len() <= 1 {
+        (Merge::Rows, vec![0], plan.sql.clone())
+    } else {
+        match pool.sharder.from_query(&plan.sql, &[]) {
+            crate::router::sharding::Shards::One(n) => (Merge::Rows, vec![n], plan.sql.clone()),
+            _ => match pool
+                .sharder
+                .key()
+                .map(|k| crate::router::fanout::plan(&plan.sql, k))
+            {
+                Some(Plan::Rows) | Some(Plan::NotSharded) | None => {
+                    (Merge::Rows, every(), plan.sql.clone())
+                }
+                Some(Plan::Ordered(o)) => {
+                    let sql = o.shard_sql.clone();
+                    (Merge::Ordered(o), every(), sql)
+                }
+                _ => {
+                    return Err(refuse(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "Ocelot cannot merge the rows of this per-row prediction across shards",
+                    ))
+                }
+            },
+        }
+    };
+    let requests: Vec<(usize, bytes::Bytes)> = shards
+        .iter()
+        .map(|&s| {
+            let mut q = BytesMut::new();
+            encode::query(&mut q, &sql);
+            (s, q.freeze())
+        })
+        .collect();
+    Ok(run(
+        pool,
+        route.params,
+        &requests,
+        route.want,
+        route.primary_reads,
+        &merge,
+        &[],
+    )
+    .await?)
+}
+
+/// Predicts each DataRow of `rows` (text format), keeping the client's columns.
+fn predict(model: &Model, plan: &PerRow, rows: &[u8]) -> Result<Vec<Row>, Refusal> {
+    let mut out = Vec::new();
+    for raw in split_rows(rows) {
+        if raw.first() != Some(&backend::DATA_ROW) {
+            continue;
+        }
+        let c = cells(raw).ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected row"))?;
+        let mut x = Vec::with_capacity(plan.features.len());
+        for &f in &plan.features {
+            let t = c
+                .get(f)
+                .copied()
+                .flatten()
+                .map(|v| std::str::from_utf8(v).unwrap_or_default());
+            x.push(match t {
+                None => f64::NAN,
+                Some("t") => 1.0,
+                Some("f") => 0.0,
+                Some(t) => t
+                    .parse::<f64>()
+                    .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
+            });
+        }
+        model.prepare(&mut x, plan.row)?;
+        let y = model.predict(&x) as f32;
+        let row = plan
+            .outputs
+            .iter()
+            .map(|o| match o {
+                None => Some(float4_text(y).into_bytes()),
+                Some(i) => c.get(*i).copied().flatten().map(<[u8]>::to_vec),
+            })
+            .collect();
+        out.push((y, row));
+    }
+    Ok(out)
+}
+
+/// The client's answer: its columns (`rd` is the servers' RowDescription), the rows within OFFSET and LIMIT.
+fn answer(plan: &PerRow, rd: &[u8], rows: &[Row], out: &mut BytesMut) -> Result<(), Refusal> {
+    let cols = fields(rd)
+        .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "unexpected result description"))?;
+    let mut described: Vec<(String, u32, i16)> = Vec::new();
+    for o in &plan.outputs {
+        match o {
+            None => described.push((plan.name.clone(), 700, 4)),
+            Some(i) => {
+                let f = cols
+                    .get(*i)
+                    .ok_or_else(|| refuse(sqlstate::INTERNAL_ERROR, "missing column"))?;
+                described.push((f.name.clone(), f.oid, -1));
+            }
+        }
+    }
+    let typed: Vec<(&str, u32, i16)> = described
+        .iter()
+        .map(|(n, o, l)| (n.as_str(), *o, *l))
+        .collect();
+    encode::row_description_typed(out, &typed);
+    let mut n = 0;
+    for (_, row) in rows
+        .iter()
+        .skip(plan.offset as usize)
+        .take(plan.limit.map_or(usize::MAX, |l| l as usize))
+    {
+        encode::data_row_raw(out, row);
+        n += 1;
+    }
+    encode::command_complete(out, &format!("SELECT {n}"));
+    Ok(())
+}
