@@ -248,3 +248,74 @@ async fn per_row_inference_on_three_shards_equals_scikit_learn() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn chunks_equal_langchain_text_splitters() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fidelity/chunk_reference.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the chunk reference script failed (scripts/setup-drivers.sh installs langchain-text-splitters): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let mut chunks = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let want: Vec<&str> = case["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let (splitter, kwargs, text) = (
+            case["splitter"].as_str().unwrap(),
+            case["kwargs"].to_string(),
+            case["text"].as_str().unwrap(),
+        );
+        // Simple protocol with literals, and the extended protocol with parameters, alternately.
+        let got: Vec<(i64, String)> = if i % 2 == 0 {
+            let sql = format!(
+                "SELECT * FROM pgml.chunk('{splitter}', $ocelot${text}$ocelot$, '{}')",
+                kwargs.replace('\'', "''")
+            );
+            rows_of(&c.simple_query(&sql).await.unwrap())
+                .into_iter()
+                .map(|r| {
+                    (
+                        r[0].as_deref().unwrap().parse().unwrap(),
+                        r[1].clone().unwrap(),
+                    )
+                })
+                .collect()
+        } else {
+            c.query(
+                "SELECT * FROM pgml.chunk($1, $2, $3)",
+                &[&splitter, &text, &kwargs.as_str()],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect()
+        };
+        let got_text: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(got_text, want, "case {i}: {splitter} {kwargs} {text:?}");
+        assert!(got.iter().enumerate().all(|(k, (n, _))| *n == k as i64 + 1));
+        chunks += want.len();
+    }
+    eprintln!(
+        "{} cases, {chunks} chunks equal to LangChain's",
+        cases.len()
+    );
+}

@@ -73,6 +73,9 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
             deploy_model(pool, call, &mut out).await
         }
         "deploy" => deploy_strategy(pool, call, &mut out).await,
+        "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
+            super::chunk::serve(call, &mut out)
+        }
         "predict" | "predict_proba" | "predict_batch" | "predict_joint"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
@@ -88,7 +91,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
 }
 
 /// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM
-/// pgml.f(...)`): train, deploy or a predict function.
+/// pgml.f(...)`): train, deploy, a predict function or chunk.
 pub(super) fn whole_call(sql: &str) -> Option<Call> {
     let mut calls = find_calls(sql).ok()?;
     if calls.len() != 1 {
@@ -101,7 +104,13 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
     let call = calls.pop()?;
     matches!(
         call.function.as_str(),
-        "train" | "deploy" | "predict" | "predict_proba" | "predict_batch" | "predict_joint"
+        "train"
+            | "deploy"
+            | "predict"
+            | "predict_proba"
+            | "predict_batch"
+            | "predict_joint"
+            | "chunk"
     )
     .then_some(call)
 }

@@ -47,6 +47,7 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
             ("deployed".into(), BOOL),
         ],
         "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
+        "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
         "predict" => vec![(name, FLOAT4)],
         "predict_batch" => {
             // By project: a set of real; by model id: one real[].
