@@ -872,3 +872,110 @@ async fn the_registry_can_live_in_another_pool() {
     let err = ocelot::config::Config::parse_and_validate(&bad).unwrap_err();
     assert!(err.to_string().contains("inference.registry_pool"), "{err}");
 }
+
+#[tokio::test]
+async fn vector_functions_in_the_proxy_and_on_three_shards() {
+    let shards: Vec<Postgres> = (0..3).map(|_| Postgres::start()).collect();
+    let mut servers = String::new();
+    for (i, pg) in shards.iter().enumerate() {
+        pg.psql_admin_db("app", "CREATE TABLE vecs (id bigint, v real[])");
+        servers.push_str(&format!(
+            "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+            pg.port
+        ));
+    }
+    let config = format!(
+        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"admin\"\nadmin_password = \"admin\"\n\n[pools.app]\nautomatic_sharding_key = \"vecs.id\"\ntwo_phase_commit = true\n\n[pools.app.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 4\n\n{servers}"
+    );
+    let proxy = start_proxy(&config).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let vecs: Vec<(i64, [f32; 3])> = (1..=200)
+        .map(|i: i64| {
+            let f = i as f32;
+            (
+                i,
+                [
+                    (f * 0.37).sin() * 10.0,
+                    (f * 0.11).cos() * 5.0,
+                    (i % 7) as f32,
+                ],
+            )
+        })
+        .collect();
+    let values: Vec<String> = vecs
+        .iter()
+        .map(|(id, v)| format!("({id}, ARRAY[{}, {}, {}]::real[])", v[0], v[1], v[2]))
+        .collect();
+    c.simple_query(&format!(
+        "INSERT INTO vecs (id, v) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    // Exact nearest neighbours across the shards: every shard's top k, merged by distance. The distance
+    // function runs on the servers, which get Ocelot's SQL version of it.
+    let q = [2.0f32, -1.0, 3.0];
+    let rows = rows_of(
+        &c.simple_query("SELECT id, pgml.distance_l2(v, ARRAY[2, -1, 3]::real[]) AS d FROM vecs ORDER BY d, id LIMIT 10")
+            .await
+            .unwrap(),
+    );
+    let mut want: Vec<(f64, i64)> = vecs
+        .iter()
+        .map(|(id, v)| {
+            let d: f64 = v
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            (d, *id)
+        })
+        .collect();
+    want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let got: Vec<i64> = rows
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, want.iter().take(10).map(|w| w.1).collect::<Vec<_>>());
+    for (r, w) in rows.iter().zip(&want) {
+        let d: f64 = r[1].as_deref().unwrap().parse().unwrap();
+        assert!((d - w.0).abs() < 1e-4 * w.0.max(1.0), "{d} vs {}", w.0);
+    }
+    // Constant calls are computed by Ocelot; the servers' SQL versions give the same values.
+    for sql in [
+        "SELECT pgml.cosine_similarity(ARRAY[1, 2, 3]::real[], ARRAY[3, -2, 1]::real[])",
+        "SELECT pgml.norm_l2(ARRAY[3, 4]::real[])",
+        "SELECT pgml.norm_l0(ARRAY[0, 4, 0, 1]::real[])",
+        "SELECT pgml.dot_product(ARRAY[1.5, 2]::double precision[], ARRAY[2, 4]::double precision[])",
+        "SELECT pgml.distance_l1(ARRAY[1, 2]::real[], ARRAY[4, -2]::real[])",
+        "SELECT pgml.normalize_l1(ARRAY[1, 3]::real[])",
+        "SELECT pgml.add(ARRAY[1, 2, 3]::real[], ARRAY[10, 20]::real[])",
+        "SELECT pgml.divide(ARRAY[1, 2]::real[], 4::real)",
+    ] {
+        let mine = first_value(&c, sql).await;
+        let server = shards[0].psql_admin_db("app", sql);
+        let parse = |s: &str| -> Vec<f64> {
+            s.trim_matches(|c| c == '{' || c == '}')
+                .split(',')
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        let (a, b) = (parse(&mine), parse(&server));
+        assert_eq!(a.len(), b.len(), "{sql}: {mine} vs {server}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{sql}: {mine} vs {server}");
+        }
+    }
+    assert_eq!(
+        first_value(&c, "SELECT pgml.norm_l2(ARRAY[3, 4]::real[])").await,
+        "5"
+    );
+    let e = c
+        .simple_query("SELECT pgml.norm_l2(ARRAY[3, NULL]::real[])")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22004");
+}

@@ -91,6 +91,8 @@ pub struct Models {
     listening: tokio::sync::OnceCell<bool>,
     /// The registry schema was brought to this Ocelot's version (once per pool, not per connection).
     registry_ready: tokio::sync::OnceCell<()>,
+    /// The vector functions' SQL versions were installed on the shards (or found there).
+    vector_sql: tokio::sync::OnceCell<bool>,
 }
 
 impl Default for Models {
@@ -110,11 +112,16 @@ impl Models {
             evictions: AtomicU64::new(0),
             listening: tokio::sync::OnceCell::new(),
             registry_ready: tokio::sync::OnceCell::new(),
+            vector_sql: tokio::sync::OnceCell::new(),
         }
     }
 
     pub(super) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
         &self.registry_ready
+    }
+
+    pub(super) fn vector_sql(&self) -> &tokio::sync::OnceCell<bool> {
+        &self.vector_sql
     }
 
     pub(super) fn forget(&self, project: &str) {

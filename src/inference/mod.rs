@@ -3,7 +3,7 @@
 //! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
 //! `per_row` and `rows`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
-//! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do. Over the extended protocol, `params` types and substitutes a statement's
+//! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions. Over the extended protocol, `params` types and substitutes a statement's
 //! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
 
 pub mod algorithms;
@@ -29,3 +29,4 @@ pub mod split;
 pub mod statement;
 mod train;
 pub mod trees;
+pub mod vector;

@@ -61,7 +61,17 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         }
         return Some(out);
     }
-    let call = whole_call(sql)?;
+    let Some(call) = whole_call(sql) else {
+        // Vector functions over table rows run on the servers: Ocelot's SQL versions are installed there first.
+        if find_calls(sql).is_ok_and(|calls| {
+            calls
+                .iter()
+                .any(|c| super::vector::is_vector_function(&c.function))
+        }) {
+            super::vector::ensure_installed(pool).await;
+        }
+        return None;
+    };
     let call = &call;
     let mut out = BytesMut::new();
     let result = match call.function.as_str() {
@@ -75,6 +85,12 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "deploy" => deploy_strategy(pool, call, &mut out).await,
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
+        }
+        f if super::vector::is_vector_function(f)
+            && call.args.iter().all(|(_, a)| a.is_constant()) =>
+        {
+            let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
+            super::vector::serve(call, &name, &mut out)
         }
         "predict" | "predict_proba" | "predict_batch" | "predict_joint"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
@@ -91,7 +107,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
 }
 
 /// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM
-/// pgml.f(...)`): train, deploy, a predict function or chunk.
+/// pgml.f(...)`): train, deploy, a predict function, chunk or a vector function.
 pub(super) fn whole_call(sql: &str) -> Option<Call> {
     let mut calls = find_calls(sql).ok()?;
     if calls.len() != 1 {
@@ -102,7 +118,7 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
         return None;
     }
     let call = calls.pop()?;
-    matches!(
+    (matches!(
         call.function.as_str(),
         "train"
             | "deploy"
@@ -111,7 +127,7 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
             | "predict_batch"
             | "predict_joint"
             | "chunk"
-    )
+    ) || super::vector::is_vector_function(&call.function))
     .then_some(call)
 }
 
@@ -246,6 +262,27 @@ fn predict_batch(
 }
 
 pub(super) fn float4_text(v: f32) -> String {
+    let text = if v.is_finite() {
+        format!("{v}")
+    } else {
+        String::new()
+    };
+    pg_float_text(v as f64, text, 1e6)
+}
+
+/// A `double precision` as PostgreSQL prints it (shortest round-trip digits).
+pub(super) fn float8_text(v: f64) -> String {
+    let text = if v.is_finite() {
+        format!("{v}")
+    } else {
+        String::new()
+    };
+    pg_float_text(v, text, 1e15)
+}
+
+/// PostgreSQL's float output around Rust's shortest digits `plain`: NaN and infinities by name, and exponent form
+/// (signed, at least two digits) outside `1e-4 ..` `exp_from`.
+fn pg_float_text(v: f64, plain: String, exp_from: f64) -> String {
     if v.is_nan() {
         return "NaN".into();
     }
@@ -253,15 +290,15 @@ pub(super) fn float4_text(v: f32) -> String {
         return if v > 0.0 { "Infinity" } else { "-Infinity" }.into();
     }
     let abs = v.abs();
-    if abs != 0.0 && !(1e-4..1e6).contains(&abs) {
-        // PostgreSQL writes large and small values in exponent form with a signed two-digit exponent.
-        let s = format!("{v:e}");
+    if abs != 0.0 && !(1e-4..exp_from).contains(&abs) {
+        let digits: f64 = plain.parse().unwrap_or(v);
+        let s = format!("{digits:e}");
         if let Some((m, e)) = s.split_once('e') {
             let e: i32 = e.parse().unwrap_or(0);
             return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
         }
     }
-    format!("{v}")
+    plain
 }
 
 /// The column name of a one-item select list: its alias when it has one.

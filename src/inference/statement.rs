@@ -48,6 +48,27 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
         ],
         "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
+        f if super::vector::is_vector_function(f) => {
+            let double =
+                sql.contains("float8") || sql.to_ascii_lowercase().contains("double precision");
+            let array = matches!(
+                f,
+                "add"
+                    | "subtract"
+                    | "multiply"
+                    | "divide"
+                    | "normalize_l1"
+                    | "normalize_l2"
+                    | "normalize_max"
+            );
+            let oid = match (array, double) {
+                (true, true) => FLOAT8_ARRAY,
+                (true, false) => FLOAT4_ARRAY,
+                (false, true) => FLOAT8,
+                (false, false) => FLOAT4,
+            };
+            vec![(name, oid)]
+        }
         "predict" => vec![(name, FLOAT4)],
         "predict_batch" => {
             // By project: a set of real; by model id: one real[].

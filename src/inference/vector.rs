@@ -1,0 +1,429 @@
+//! PostgresML's vector functions (`pgml.add`, `subtract`, `multiply`, `divide`, `norm_l0/l1/l2/max`,
+//! `normalize_l1/l2/max`, `distance_l1/l2`, `dot_product`, `cosine_similarity`) over `real[]` and `double
+//! precision[]`. With constant arguments Ocelot evaluates them itself (in `real` arithmetic for `real[]`, as
+//! PostgresML's BLAS calls do); for use over table rows it installs equivalent SQL functions in the servers'
+//! `pgml` schema, so the same queries run on a stock PostgreSQL.
+
+use bytes::BytesMut;
+
+use super::call::{Arg, Call};
+use super::models::{refuse, Refusal};
+use crate::protocol::encode;
+
+/// The functions, with their PostgresML argument names (`subtahend` and `dividend` are PostgresML's spelling).
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
+    ("add", &["vector", "addend"]),
+    ("subtract", &["vector", "subtahend"]),
+    ("multiply", &["vector", "multiplicand"]),
+    ("divide", &["vector", "dividend"]),
+    ("norm_l0", &["vector"]),
+    ("norm_l1", &["vector"]),
+    ("norm_l2", &["vector"]),
+    ("norm_max", &["vector"]),
+    ("normalize_l1", &["vector"]),
+    ("normalize_l2", &["vector"]),
+    ("normalize_max", &["vector"]),
+    ("distance_l1", &["vector", "other"]),
+    ("distance_l2", &["vector", "other"]),
+    ("dot_product", &["vector", "other"]),
+    ("cosine_similarity", &["vector", "other"]),
+];
+
+pub fn is_vector_function(name: &str) -> bool {
+    FUNCTIONS.iter().any(|(f, _)| *f == name)
+}
+
+/// A value of either precision: `real` arithmetic rounds every step to f32.
+fn round(v: f64, single: bool) -> f64 {
+    if single {
+        v as f32 as f64
+    } else {
+        v
+    }
+}
+
+fn norms(x: &[f64], single: bool) -> [f64; 4] {
+    let mut l1 = 0.0;
+    let mut l2 = 0.0;
+    let mut max = 0.0f64;
+    for v in x {
+        l1 = round(l1 + v.abs(), single);
+        l2 = round(l2 + v * v, single);
+        max = max.max(v.abs());
+    }
+    let l0 = x.iter().filter(|v| **v != 0.0).count() as f64;
+    [l0, l1, round(l2.sqrt(), single), max]
+}
+
+fn dot(a: &[f64], b: &[f64], single: bool) -> f64 {
+    a.iter()
+        .zip(b)
+        .fold(0.0, |s, (x, y)| round(s + round(x * y, single), single))
+}
+
+/// The result of a vector function: a number or an array.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Array(Vec<f64>),
+}
+
+/// Evaluates `function` on `x` and, for two-argument functions, `other` (an array, or a scalar for the
+/// arithmetic ones). Vector pairs are zipped, so the shorter length wins, as in PostgresML.
+pub fn eval(function: &str, x: &[f64], other: Option<&Operand>, single: bool) -> Option<Value> {
+    let zip = |f: &dyn Fn(f64, f64) -> f64| -> Option<Value> {
+        Some(Value::Array(match other? {
+            Operand::Scalar(s) => x.iter().map(|v| round(f(*v, *s), single)).collect(),
+            Operand::Array(b) => x
+                .iter()
+                .zip(b)
+                .map(|(v, w)| round(f(*v, *w), single))
+                .collect(),
+        }))
+    };
+    let array = |other: Option<&Operand>| match other {
+        Some(Operand::Array(b)) => Some(b.clone()),
+        _ => None,
+    };
+    let [l0, l1, l2, max] = norms(x, single);
+    Some(match function {
+        "add" => return zip(&|a, b| a + b),
+        "subtract" => return zip(&|a, b| a - b),
+        "multiply" => return zip(&|a, b| a * b),
+        "divide" => return zip(&|a, b| a / b),
+        "norm_l0" => Value::Number(l0),
+        "norm_l1" => Value::Number(l1),
+        "norm_l2" => Value::Number(l2),
+        "norm_max" => Value::Number(max),
+        "normalize_l1" | "normalize_l2" | "normalize_max" => {
+            let n = match function {
+                "normalize_l1" => l1,
+                "normalize_l2" => l2,
+                _ => max,
+            };
+            Value::Array(x.iter().map(|v| round(v / n, single)).collect())
+        }
+        "distance_l1" => {
+            let b = array(other)?;
+            Value::Number(
+                x.iter()
+                    .zip(&b)
+                    .fold(0.0, |s, (p, q)| round(s + (p - q).abs(), single)),
+            )
+        }
+        "distance_l2" => {
+            let b = array(other)?;
+            let sq = x
+                .iter()
+                .zip(&b)
+                .fold(0.0, |s, (p, q)| round(s + (p - q) * (p - q), single));
+            Value::Number(round(sq.sqrt(), single))
+        }
+        "dot_product" => Value::Number(dot(x, &array(other)?, single)),
+        "cosine_similarity" => {
+            let b = array(other)?;
+            let nb = norms(&b, single)[2];
+            Value::Number(round(dot(x, &b, single) / (l2 * nb), single))
+        }
+        _ => return None,
+    })
+}
+
+/// The second argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Scalar(f64),
+    Array(Vec<f64>),
+}
+
+fn numbers(items: &[Arg], function: &str) -> Result<Vec<f64>, Refusal> {
+    items
+        .iter()
+        .map(|a| match a {
+            Arg::Null => Err(refuse(
+                "22004",
+                format!("pgml.{function}: array elements must not be NULL"),
+            )),
+            a => a
+                .as_f64()
+                .ok_or_else(|| refuse("22P02", format!("pgml.{function}: not a number"))),
+        })
+        .collect()
+}
+
+/// Answers a vector function call with constant arguments.
+pub(super) fn serve(call: &Call, name: &str, out: &mut BytesMut) -> Result<(), Refusal> {
+    let f = call.function.as_str();
+    let params: Vec<super::call::Param> = FUNCTIONS
+        .iter()
+        .find(|(n, _)| *n == f)
+        .map(|(_, p)| p.iter().map(|p| (*p, None)).collect())
+        .unwrap_or_default();
+    let args = super::call::bind(call, &params)?;
+    let (Some(Arg::Array(items, ty)), other) = (
+        args.get("vector"),
+        params.get(1).and_then(|p| args.get(p.0)),
+    ) else {
+        return Err(refuse(
+            "42883",
+            format!("function pgml.{f} takes an array of real or double precision first"),
+        ));
+    };
+    let single = ty.as_deref() != Some("float8");
+    let x = numbers(items, f)?;
+    let other = match other {
+        None => None,
+        Some(Arg::Array(b, _)) => Some(Operand::Array(numbers(b, f)?)),
+        Some(Arg::Null) => None,
+        Some(a) => Some(Operand::Scalar(a.as_f64().ok_or_else(|| {
+            refuse(
+                "22P02",
+                format!("pgml.{f}: the second argument is not a number"),
+            )
+        })?)),
+    };
+    if params.len() == 2 && other.is_none() {
+        // STRICT: a NULL argument gives NULL.
+        encode::row_description_typed(out, &[(name, if single { 700 } else { 701 }, -1)]);
+        encode::data_row_opt(out, &[None]);
+        encode::command_complete(out, "SELECT 1");
+        return Ok(());
+    }
+    let value = eval(f, &x, other.as_ref(), single).ok_or_else(|| {
+        refuse(
+            "42883",
+            format!("function pgml.{f} needs an array as its second argument"),
+        )
+    })?;
+    let text = |v: f64| {
+        if single {
+            super::serve::float4_text(v as f32)
+        } else {
+            super::serve::float8_text(v)
+        }
+    };
+    match value {
+        Value::Number(v) => {
+            encode::row_description_typed(out, &[(name, if single { 700 } else { 701 }, -1)]);
+            encode::data_row_text(out, &[&text(v)]);
+        }
+        Value::Array(v) => {
+            let items: Vec<String> = v.into_iter().map(text).collect();
+            encode::row_description_typed(out, &[(name, if single { 1021 } else { 1022 }, -1)]);
+            encode::data_row_text(out, &[&format!("{{{}}}", items.join(","))]);
+        }
+    }
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+/// Installs the SQL versions on every shard's primary, once per pool, unless the functions exist there (the real
+/// extension, or an earlier install). A failure is logged; the query then gets the server's own error.
+pub(super) async fn ensure_installed(pool: &std::sync::Arc<crate::pool::UserPool>) {
+    pool.models
+        .vector_sql()
+        .get_or_init(|| async {
+            for shard in 0..pool.shards.len() {
+                if let Err(e) = install(pool, shard).await {
+                    tracing::warn!(pool = %pool.database, shard, "cannot install pgml vector functions: {e}");
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+}
+
+async fn install(
+    pool: &std::sync::Arc<crate::pool::UserPool>,
+    shard: usize,
+) -> Result<(), crate::pool::PoolError> {
+    let mut conn = pool
+        .checkout(shard, crate::pool::balance::Want::Primary, true)
+        .await?;
+    let present = conn
+        .query_value("SELECT to_regprocedure('pgml.cosine_similarity(real[],real[])') IS NOT NULL")
+        .await?;
+    if present.as_deref() == Some("t") {
+        return Ok(());
+    }
+    // One Query is one implicit transaction: concurrent installers (other Ocelot instances) take turns on the
+    // lock, and a failure leaves nothing half-installed.
+    conn.run(&format!(
+        "SELECT pg_advisory_xact_lock(7463001); {}",
+        sql_definitions()
+    ))
+    .await?;
+    Ok(())
+}
+
+/// SQL definitions of the functions for `real[]` and `double precision[]`, for servers without PostgresML.
+pub fn sql_definitions() -> String {
+    let mut sql = String::from("CREATE SCHEMA IF NOT EXISTS pgml;\n");
+    for (t, arr) in [
+        ("real", "real[]"),
+        ("double precision", "double precision[]"),
+    ] {
+        let agg = |e: &str| {
+            format!("SELECT coalesce(array_agg({e} ORDER BY i), '{{}}') FROM unnest(vector) WITH ORDINALITY u(a, i)")
+        };
+        let zip = |e: &str, b: &str| {
+            format!("SELECT coalesce(array_agg({e} ORDER BY i), '{{}}') FROM unnest(vector, {b}) WITH ORDINALITY u(a, b, i) WHERE i <= least(cardinality(vector), cardinality({b}))")
+        };
+        let mut def = |name: &str, args: &str, ret: &str, body: String| {
+            sql.push_str(&format!(
+                "CREATE OR REPLACE FUNCTION pgml.{name}({args}) RETURNS {ret} LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $ocelot$ {body} $ocelot$;\n"
+            ));
+        };
+        for (name, arg, op) in [
+            ("add", "addend", "+"),
+            ("subtract", "subtahend", "-"),
+            ("multiply", "multiplicand", "*"),
+            ("divide", "dividend", "/"),
+        ] {
+            def(
+                name,
+                &format!("vector {arr}, {arg} {t}"),
+                arr,
+                agg(&format!("a {op} {arg}")),
+            );
+            def(
+                name,
+                &format!("vector {arr}, {arg} {arr}"),
+                arr,
+                zip(&format!("a {op} b"), arg),
+            );
+        }
+        let norm = |e: &str| format!("(SELECT {e} FROM unnest(vector) a)");
+        for (name, e) in [
+            ("norm_l0", "count(*) FILTER (WHERE a <> 0)"),
+            ("norm_l1", "coalesce(sum(abs(a)), 0)"),
+            ("norm_l2", "sqrt(coalesce(sum(a * a), 0))"),
+            ("norm_max", "coalesce(max(abs(a)), 0)"),
+        ] {
+            def(
+                name,
+                &format!("vector {arr}"),
+                t,
+                format!("SELECT {}::{t}", norm(e)),
+            );
+            let normalize = name.replace("norm_", "normalize_");
+            if name != "norm_l0" {
+                def(
+                    &normalize,
+                    &format!("vector {arr}"),
+                    arr,
+                    agg(&format!("a / {}", norm(e))),
+                );
+            }
+        }
+        let pair = |e: &str| {
+            format!("(SELECT {e} FROM unnest(vector, other) u(a, b) WHERE a IS NOT NULL AND b IS NOT NULL)")
+        };
+        for (name, e) in [
+            ("distance_l1", pair("coalesce(sum(abs(a - b)), 0)")),
+            (
+                "distance_l2",
+                pair("sqrt(coalesce(sum((a - b) * (a - b)), 0))"),
+            ),
+            ("dot_product", pair("coalesce(sum(a * b), 0)")),
+            (
+                "cosine_similarity",
+                format!(
+                    "{} / ({} * (SELECT sqrt(sum(b * b)) FROM unnest(other) b))",
+                    pair("sum(a * b)"),
+                    norm("sqrt(sum(a * a))")
+                ),
+            ),
+        ] {
+            def(
+                name,
+                &format!("vector {arr}, other {arr}"),
+                t,
+                format!("SELECT ({e})::{t}"),
+            );
+        }
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluates_like_postgresml() {
+        let x = [3.0, 0.0, -4.0];
+        let n = |f: &str| match eval(f, &x, None, true) {
+            Some(Value::Number(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (n("norm_l0"), n("norm_l1"), n("norm_l2"), n("norm_max")),
+            (2.0, 7.0, 5.0, 4.0)
+        );
+        assert_eq!(
+            eval("normalize_l2", &x, None, true),
+            Some(Value::Array(
+                vec![0.6, 0.0, -0.8]
+                    .into_iter()
+                    .map(|v: f64| v as f32 as f64)
+                    .collect()
+            ))
+        );
+        let other = Operand::Array(vec![1.0, 2.0]);
+        // Zipped: the shorter length wins.
+        assert_eq!(
+            eval("add", &x, Some(&other), false),
+            Some(Value::Array(vec![4.0, 2.0]))
+        );
+        assert_eq!(
+            eval("divide", &x, Some(&Operand::Scalar(2.0)), false),
+            Some(Value::Array(vec![1.5, 0.0, -2.0]))
+        );
+        assert_eq!(
+            eval("dot_product", &x, Some(&other), false),
+            Some(Value::Number(3.0))
+        );
+        assert_eq!(
+            eval(
+                "distance_l1",
+                &[1.0, 1.0],
+                Some(&Operand::Array(vec![4.0, 5.0])),
+                false
+            ),
+            Some(Value::Number(7.0))
+        );
+        assert_eq!(
+            eval(
+                "distance_l2",
+                &[1.0, 1.0],
+                Some(&Operand::Array(vec![4.0, 5.0])),
+                false
+            ),
+            Some(Value::Number(5.0))
+        );
+        let Some(Value::Number(c)) = eval(
+            "cosine_similarity",
+            &[1.0, 0.0],
+            Some(&Operand::Array(vec![1.0, 1.0])),
+            false,
+        ) else {
+            panic!()
+        };
+        assert!((c - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert_eq!(eval("distance_l2", &x, None, true), None);
+    }
+
+    #[test]
+    fn sql_definitions_cover_every_function_in_both_precisions() {
+        let sql = sql_definitions();
+        for (f, _) in FUNCTIONS {
+            assert!(sql.contains(&format!("pgml.{f}(vector real[]")), "{f}");
+            assert!(
+                sql.contains(&format!("pgml.{f}(vector double precision[]")),
+                "{f}"
+            );
+        }
+    }
+}
