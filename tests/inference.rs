@@ -944,6 +944,18 @@ async fn vector_functions_in_the_proxy_and_on_three_shards() {
         let d: f64 = r[1].as_deref().unwrap().parse().unwrap();
         assert!((d - w.0).abs() < 1e-4 * w.0.max(1.0), "{d} vs {}", w.0);
     }
+    // The distance only in ORDER BY (not selected): the same ids.
+    let only = rows_of(
+        &c.simple_query("SELECT id FROM vecs ORDER BY pgml.distance_l2(v, ARRAY[2, -1, 3]::real[]), id LIMIT 10")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(only[0].len(), 1);
+    let only: Vec<i64> = only
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(only, got);
     // Constant calls are computed by Ocelot; the servers' SQL versions give the same values.
     for sql in [
         "SELECT pgml.cosine_similarity(ARRAY[1, 2, 3]::real[], ARRAY[3, -2, 1]::real[])",

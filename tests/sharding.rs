@@ -793,6 +793,9 @@ async fn merged_results_equal_a_single_server() {
         "SELECT v, id FROM data ORDER BY v DESC, id OFFSET 995",
         "SELECT b, i FROM data ORDER BY b, i DESC LIMIT 30",
         "SELECT i FROM data ORDER BY i NULLS FIRST LIMIT 25",
+        // Sorted by what is not selected: hidden sort columns, dropped from the answer.
+        "SELECT id FROM data ORDER BY abs(i - 40), id LIMIT 9",
+        "SELECT v FROM data ORDER BY id DESC LIMIT 6 OFFSET 2",
         "SELECT min(v), max(v) FROM data WHERE i < 0",
     ] {
         let got = rows_of(
@@ -828,6 +831,7 @@ async fn merged_results_equal_a_single_server() {
         ("SELECT id, n, v FROM data WHERE i < $1 ORDER BY n DESC NULLS LAST, id LIMIT 20 OFFSET 3", vec![0]),
         ("SELECT DISTINCT i % 10 AS d FROM data ORDER BY d", vec![]),
         ("SELECT v FROM data WHERE i = $1 ORDER BY v", vec![7]),
+        ("SELECT id, v FROM data ORDER BY abs(i - $1), id LIMIT 8", vec![30]),
     ] {
         let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();

@@ -182,6 +182,7 @@ type Key = (usize, bool, bool);
 fn resolve_keys(
     keys: &[SortKey],
     cols: &[(String, u32)],
+    hidden: usize,
     bytewise: bool,
 ) -> Result<Vec<Key>, String> {
     let mut out = Vec::new();
@@ -189,6 +190,9 @@ fn resolve_keys(
         let idx = match &k.column {
             SortColumn::Position(p) => Some(*p).filter(|p| *p < cols.len()),
             SortColumn::Name(n) => cols.iter().position(|(c, _)| c == n),
+            SortColumn::Hidden(h) => (cols.len() + h)
+                .checked_sub(hidden)
+                .filter(|i| *i < cols.len()),
         }
         .ok_or_else(|| "ORDER BY a column that is not in the result, across shards".to_owned())?;
         let oid = cols[idx].1;
@@ -259,7 +263,7 @@ fn merge_ordered(
     };
     let binary = binary_columns(codes, fields.len());
     let cols = compare_types(&fields, &binary);
-    let keys = match resolve_keys(&o.keys, &cols, bytewise) {
+    let keys = match resolve_keys(&o.keys, &cols, o.hidden, bytewise) {
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };
@@ -283,17 +287,53 @@ fn merge_ordered(
     }
     // A stable sort keeps shard order among ties, as a single server's sort would keep some order.
     rows.sort_by(|(a, _), (b, _)| order_rows(a, b, &keys));
-    out.extend_from_slice(shape);
+    let shown = fields.len() - o.hidden.min(fields.len());
+    if o.hidden == 0 {
+        out.extend_from_slice(shape);
+    } else {
+        message_of(
+            out,
+            backend::ROW_DESCRIPTION,
+            shown,
+            fields[..shown].iter().map(|f| f.raw),
+        );
+    }
     let mut n = 0;
     for (_, raw) in rows
         .iter()
         .skip(o.offset as usize)
         .take(o.limit.map_or(usize::MAX, |l| l as usize))
     {
-        out.extend_from_slice(raw);
+        if o.hidden == 0 {
+            out.extend_from_slice(raw);
+        } else {
+            let cells = cells(raw).unwrap_or_default();
+            let values: Vec<Option<Vec<u8>>> = cells[..shown.min(cells.len())]
+                .iter()
+                .map(|c| c.map(<[u8]>::to_vec))
+                .collect();
+            encode::data_row_raw(out, &values);
+        }
         n += 1;
     }
     encode::command_complete(out, &format!("SELECT {n}"));
+}
+
+/// A RowDescription of `count` columns from their raw field bytes.
+fn message_of<'a>(
+    out: &mut BytesMut,
+    code: u8,
+    count: usize,
+    parts: impl Iterator<Item = &'a [u8]>,
+) {
+    let at = out.len();
+    out.extend_from_slice(&[code, 0, 0, 0, 0]);
+    out.extend_from_slice(&(count as i16).to_be_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    let len = (out.len() - at - 1) as u32;
+    out[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 fn binary_columns_of(binary: &[bool], n: usize) -> Vec<bool> {
@@ -510,7 +550,7 @@ fn merge_grouped(
             }
         }
     }
-    let keys = match resolve_keys(&g.order, &out_cols, bytewise) {
+    let keys = match resolve_keys(&g.order, &out_cols, 0, bytewise) {
         Ok(k) => k,
         Err(why) => return refuse(out, &why),
     };

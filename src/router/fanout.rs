@@ -42,6 +42,9 @@ pub enum SortColumn {
     Position(usize),
     /// A result column name (resolved against the RowDescription).
     Name(String),
+    /// The k-th of the columns Ocelot appends to the shards' select list for ORDER BY expressions the client
+    /// does not select; they are dropped from the merged answer.
+    Hidden(usize),
 }
 
 /// One ORDER BY key.
@@ -59,6 +62,8 @@ pub struct Ordered {
     pub limit: Option<u64>,
     pub offset: u64,
     pub shard_sql: String,
+    /// How many sort columns the shards return after the client's (see [`SortColumn::Hidden`]).
+    pub hidden: usize,
 }
 
 pub(crate) fn literal_u64(e: &Expr) -> Option<u64> {
@@ -96,8 +101,9 @@ pub(crate) fn limit_offset(q: &sqlparser::ast::Query) -> Result<(Option<u64>, u6
 
 /// Plans ORDER BY / LIMIT / OFFSET of a plain select for a merge.
 fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Ordered, &'static str> {
-    use sqlparser::ast::{LimitClause, OrderByKind, SelectItem};
+    use sqlparser::ast::{Ident, LimitClause, OrderByKind, SelectItem, SetExpr};
     let mut keys = Vec::new();
+    let mut extra: Vec<SelectItem> = Vec::new();
     if let Some(ob) = &q.order_by {
         let OrderByKind::Expressions(exprs) = &ob.kind else {
             return Err("ORDER BY ALL");
@@ -115,15 +121,35 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
             }) {
                 SortColumn::Position(pos)
             } else {
+                let wildcard = s.projection.iter().any(|i| {
+                    matches!(
+                        i,
+                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                    )
+                });
                 match &o.expr {
-                    Expr::Identifier(i) => SortColumn::Name(i.value.to_lowercase()),
-                    Expr::CompoundIdentifier(parts) => SortColumn::Name(
+                    // A column `*` brings, found in the result by name.
+                    Expr::Identifier(i) if wildcard => SortColumn::Name(i.value.to_lowercase()),
+                    Expr::CompoundIdentifier(parts) if wildcard => SortColumn::Name(
                         parts
                             .last()
                             .map(|p| p.value.to_lowercase())
                             .unwrap_or_default(),
                     ),
-                    _ => return Err("ORDER BY an expression that is not in the select list"),
+                    // Sorted by a column of its own, appended to the shards' select list (a nearest-neighbour
+                    // search orders by a distance it does not select).
+                    other => {
+                        if s.distinct.is_some() {
+                            return Err(
+                                "SELECT DISTINCT ordered by an expression that is not selected",
+                            );
+                        }
+                        extra.push(SelectItem::ExprWithAlias {
+                            expr: other.clone(),
+                            alias: Ident::new(format!("ocelot_sort_{}", extra.len())),
+                        });
+                        SortColumn::Hidden(extra.len() - 1)
+                    }
                 }
             };
             let desc = o.options.asc == Some(false);
@@ -136,6 +162,11 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
     }
     let (limit, offset) = limit_offset(q)?;
     let mut shard_query = q.clone();
+    if !extra.is_empty() {
+        let mut select = s.clone();
+        select.projection.extend(extra.iter().cloned());
+        shard_query.body = Box::new(SetExpr::Select(Box::new(select)));
+    }
     shard_query.limit_clause = limit.map(|l| LimitClause::LimitOffset {
         limit: Some(Expr::value(sqlparser::ast::Value::Number(
             (l.saturating_add(offset)).to_string(),
@@ -149,6 +180,7 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
         limit,
         offset,
         shard_sql: Statement::Query(Box::new(shard_query)).to_string(),
+        hidden: extra.len(),
     })
 }
 
@@ -580,8 +612,19 @@ mod tests {
         };
         assert_eq!(o.keys[0].column, SortColumn::Name("id".into()));
         assert!(o.keys[0].nulls_first && o.limit.is_none());
+        // An expression that is not selected is sorted by a hidden column of its own.
+        let Plan::Ordered(o) = plan("SELECT v FROM data ORDER BY lower(v), id DESC LIMIT 3", &s)
+        else {
+            panic!("ordered");
+        };
+        assert_eq!(
+            o.shard_sql,
+            "SELECT v, lower(v) AS ocelot_sort_0, id AS ocelot_sort_1 FROM data ORDER BY lower(v), id DESC LIMIT 3"
+        );
+        assert_eq!(o.hidden, 2);
+        assert_eq!(o.keys[1].column, SortColumn::Hidden(1));
         assert!(matches!(
-            plan("SELECT v FROM data ORDER BY lower(v)", &s),
+            plan("SELECT DISTINCT v FROM data ORDER BY lower(v)", &s),
             Plan::Unsupported(_)
         ));
         assert_eq!(

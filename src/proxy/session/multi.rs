@@ -188,6 +188,12 @@ impl Session {
                         .collect(),
                 )
             }
+            // Hidden sort columns come after the client's: a format list per column needs theirs (text).
+            Merge::Ordered(o) if o.hidden > 0 && req.bind.result_formats.len() > 1 => {
+                let mut f = req.bind.result_formats.clone();
+                f.extend(std::iter::repeat_n(0, o.hidden));
+                Some(f)
+            }
             _ => None,
         };
         let requests = parts
