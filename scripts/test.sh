@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-postgres.sh
 ./scripts/setup-drivers.sh
+./scripts/fetch-models.sh
 cargo test --all-targets "$@"

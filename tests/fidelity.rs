@@ -319,3 +319,113 @@ async fn chunks_equal_langchain_text_splitters() {
         cases.len()
     );
 }
+
+/// Cosine similarity of two vectors.
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn parse_vector(s: &str) -> Vec<f64> {
+    s.trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn embeddings_equal_sentence_transformers() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let model = "sentence-transformers/all-MiniLM-L6-v2";
+    assert!(
+        std::path::Path::new(&format!("{root}/models/{model}/model.safetensors")).is_file(),
+        "the default embedding model is missing: run scripts/fetch-models.sh"
+    );
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/tests/fidelity/embed_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let vectors: Vec<Vec<f64>> = reference["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let pg = Postgres::start();
+    let proxy = start_proxy(&format!(
+        "{}\n[inference]\nmodels_dir = \"{root}/models\"\n",
+        config_toml(pg.port, 2, "", "")
+    ))
+    .await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    // One text per call, simple protocol; then the extended protocol, binary real[].
+    let mut worst = 1.0f64;
+    for (i, (text, want)) in texts.iter().zip(&vectors).enumerate() {
+        let got = if i % 2 == 0 {
+            parse_vector(
+                &first_value(
+                    &c,
+                    &format!("SELECT pgml.embed('{model}', $ocelot${text}$ocelot$)"),
+                )
+                .await,
+            )
+        } else {
+            let v: Vec<f32> = c
+                .query_one("SELECT pgml.embed($1, $2)", &[&model, text])
+                .await
+                .unwrap()
+                .get(0);
+            v.into_iter().map(f64::from).collect()
+        };
+        assert_eq!(got.len(), 384);
+        let cos = cosine(&got, want);
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "text {i} {text:?}: cosine {cos}");
+    }
+    // The array form embeds a batch (padded to its longest text) and returns a row per text, equal to the
+    // single-text vectors.
+    let batch: Vec<String> = texts[100..132]
+        .iter()
+        .map(|t| format!("$ocelot${t}$ocelot$"))
+        .collect();
+    let rows = rows_of(
+        &c.simple_query(&format!(
+            "SELECT pgml.embed('{model}', ARRAY[{}])",
+            batch.join(", ")
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(rows.len(), 32);
+    for (row, want) in rows.iter().zip(&vectors[100..132]) {
+        assert!(cosine(&parse_vector(row[0].as_deref().unwrap()), want) >= 0.9999);
+    }
+    // A model that is not installed: a clear error naming where Ocelot looked.
+    let e = c
+        .simple_query("SELECT pgml.embed('intfloat/e5-small-v2', 'hello')")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "58P01");
+    assert!(
+        db.message().contains("models/intfloat/e5-small-v2"),
+        "{}",
+        db.message()
+    );
+    eprintln!("200 texts: worst cosine similarity to sentence-transformers {worst:.9}");
+}

@@ -2,7 +2,7 @@
 //! serves in the proxy; `passthrough` sends every `pgml.*` call to the servers, for servers that have the real
 //! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`). `cache_bytes`
 //! bounds each pool's model cache; `deploy_recheck_ms` is how often a deployment is looked up again;
-//! `registry_pool` puts every pool's registry in one pool's database.
+//! `registry_pool` puts every pool's registry in one pool's database; `models_dir` holds embedding models.
 
 use serde::Deserialize;
 
@@ -33,6 +33,13 @@ pub struct Inference {
     /// pool keeps its own.
     #[serde(default)]
     pub registry_pool: Option<String>,
+    /// Where embedding models are: `<models_dir>/<org>/<name>` per model (`scripts/fetch-models.sh` fills it).
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
+}
+
+fn default_models_dir() -> String {
+    "models".into()
 }
 
 fn default_recheck_ms() -> u64 {
@@ -50,6 +57,7 @@ impl Default for Inference {
             cache_bytes: default_cache_bytes(),
             deploy_recheck_ms: default_recheck_ms(),
             registry_pool: None,
+            models_dir: default_models_dir(),
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Models {
     cache: RwLock<Cache>,
     capacity: usize,
     recheck: Duration,
+    /// Where embedding models are (`[inference] models_dir`).
+    models_dir: std::path::PathBuf,
     clock: AtomicU64,
     evictions: AtomicU64,
     /// This pool listens for deploys announced by any instance (set up before its first prediction).
@@ -97,17 +99,18 @@ pub struct Models {
 
 impl Default for Models {
     fn default() -> Self {
-        Models::new(DEFAULT_CACHE_BYTES, DEFAULT_RECHECK)
+        Models::new(DEFAULT_CACHE_BYTES, DEFAULT_RECHECK, "models".into())
     }
 }
 
 impl Models {
-    pub fn new(capacity: usize, recheck: Duration) -> Models {
+    pub fn new(capacity: usize, recheck: Duration, models_dir: std::path::PathBuf) -> Models {
         Models {
             by_project: Mutex::default(),
             cache: RwLock::default(),
             capacity,
             recheck,
+            models_dir,
             clock: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             listening: tokio::sync::OnceCell::new(),
@@ -118,6 +121,10 @@ impl Models {
 
     pub(super) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
         &self.registry_ready
+    }
+
+    pub(super) fn models_dir(&self) -> &std::path::Path {
+        &self.models_dir
     }
 
     pub(super) fn vector_sql(&self) -> &tokio::sync::OnceCell<bool> {
@@ -380,7 +387,7 @@ mod tests {
 
     #[test]
     fn evicts_the_least_recently_used_beyond_the_bound_and_keeps_counters() {
-        let m = Models::new(250, DEFAULT_RECHECK);
+        let m = Models::new(250, DEFAULT_RECHECK, "models".into());
         let a = m.insert(1, "a".into(), "linear".into(), 100, model());
         m.insert(2, "b".into(), "linear".into(), 100, model());
         // Model 1 is used again, so model 2 is the least recently used when model 3 arrives.

@@ -3,7 +3,8 @@
 //! (train, deploy, predict and its variants, per-row predictions over a query's rows), with `train`, `deploy`,
 //! `per_row` and `rows`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
-//! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions. Over the extended protocol, `params` types and substitutes a statement's
+//! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions; `embed` runs
+//! sentence-transformers models with candle. Over the extended protocol, `params` types and substitutes a statement's
 //! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
 
 pub mod algorithms;
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod call;
 pub mod chunk;
 mod deploy;
+pub mod embed;
 pub mod forest;
 pub mod kmeans;
 pub mod lbfgs;

@@ -86,6 +86,10 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
         }
+        "embed" if call.args.iter().all(|(_, a)| a.is_constant()) => {
+            let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
+            super::embed::serve(pool, call, &name, &mut out).await
+        }
         f if super::vector::is_vector_function(f)
             && call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
@@ -127,6 +131,7 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
             | "predict_batch"
             | "predict_joint"
             | "chunk"
+            | "embed"
     ) || super::vector::is_vector_function(&call.function))
     .then_some(call)
 }

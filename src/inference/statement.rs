@@ -48,6 +48,7 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
         ],
         "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
+        "embed" => vec![(name, FLOAT4_ARRAY)],
         f if super::vector::is_vector_function(f) => {
             let double =
                 sql.contains("float8") || sql.to_ascii_lowercase().contains("double precision");

@@ -214,6 +214,7 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
         models: crate::inference::serve::Models::new(
             config.inference.cache_bytes,
             std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
+            config.inference.models_dir.clone().into(),
         ),
         registry: OnceLock::new(),
         inference_mode: config.inference.mode,
