@@ -243,12 +243,14 @@ pub(super) async fn serve(
         match (k.as_str(), v) {
             ("prompt", serde_json::Value::String(p)) => prompt = p.clone(),
             ("normalize_embeddings", serde_json::Value::Bool(b)) => normalize = Some(*b),
-            _ => return Err(refuse(
-                "0A000",
-                format!(
+            _ => {
+                return Err(refuse(
+                    "0A000",
+                    format!(
                     "Ocelot's pgml.embed takes the kwargs prompt and normalize_embeddings, not {k}"
                 ),
-            )),
+                ))
+            }
         }
     }
     let (texts, many) = match args.get("text") {
