@@ -415,6 +415,17 @@ async fn embeddings_equal_sentence_transformers() {
     for (row, want) in rows.iter().zip(&vectors[100..132]) {
         assert!(cosine(&parse_vector(row[0].as_deref().unwrap()), want) >= 0.9999);
     }
+    // A repeated text is answered from the cache.
+    let (hits, _) = ocelot::inference::embed::cache_counts();
+    let again = parse_vector(
+        &first_value(
+            &c,
+            &format!("SELECT pgml.embed('{model}', 'Hello, world!')"),
+        )
+        .await,
+    );
+    assert!(ocelot::inference::embed::cache_counts().0 > hits);
+    assert!(cosine(&again, &vectors[3]) >= 0.9999);
     // A model that is not installed: a clear error naming where Ocelot looked.
     let e = c
         .simple_query("SELECT pgml.embed('intfloat/e5-small-v2', 'hello')")

