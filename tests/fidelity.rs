@@ -426,6 +426,34 @@ async fn embeddings_equal_sentence_transformers() {
     );
     assert!(ocelot::inference::embed::cache_counts().0 > hits);
     assert!(cosine(&again, &vectors[3]) >= 0.9999);
+    // Constant embeddings inside bigger queries are computed by Ocelot and inlined: storing documents and a
+    // retrieval by cosine similarity run on a PostgreSQL without any extension.
+    c.simple_query("CREATE TABLE docs (id int, body text, emb real[])")
+        .await
+        .unwrap();
+    for (id, body) in [
+        (1, "Cats purr and sleep all day."),
+        (2, "The stock market fell sharply."),
+        (3, "Rust is a systems programming language."),
+    ] {
+        c.simple_query(&format!(
+            "INSERT INTO docs VALUES ({id}, '{body}', pgml.embed('{model}', '{body}'))"
+        ))
+        .await
+        .unwrap();
+    }
+    for (question, want) in [
+        ("a sleepy kitten", "1"),
+        ("shares and investors", "2"),
+        ("compilers and memory safety", "3"),
+    ] {
+        let best = first_value(
+            &c,
+            &format!("SELECT id FROM docs ORDER BY pgml.cosine_similarity(emb, pgml.embed('{model}', '{question}')) DESC LIMIT 1"),
+        )
+        .await;
+        assert_eq!(best, want, "{question}");
+    }
     // A model that is not installed: a clear error naming where Ocelot looked.
     let e = c
         .simple_query("SELECT pgml.embed('intfloat/e5-small-v2', 'hello')")

@@ -4,7 +4,7 @@
 //! `per_row` and `rows`, `models` and `cache` (the per-pool model cache) behind it. The estimators are plain Rust: `linear`, `logistic`,
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
 //! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions; `embed` runs
-//! sentence-transformers models with candle. Over the extended protocol, `params` types and substitutes a statement's
+//! sentence-transformers models with candle, and `inline` puts constant embeddings into bigger queries. Over the extended protocol, `params` types and substitutes a statement's
 //! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
 
 pub mod algorithms;
@@ -15,6 +15,7 @@ pub mod chunk;
 mod deploy;
 pub mod embed;
 pub mod forest;
+pub mod inline;
 pub mod kmeans;
 pub mod lbfgs;
 pub mod linear;

@@ -259,16 +259,19 @@ async fn install(
 
 /// SQL definitions of the functions for `real[]` and `double precision[]`, for servers without PostgresML.
 pub fn sql_definitions() -> String {
+    // Computed in double precision and cast back: products of small `real` values would underflow (an error in
+    // PostgreSQL) where PostgresML's BLAS rounds them to zero.
     let mut sql = String::from("CREATE SCHEMA IF NOT EXISTS pgml;\n");
+    let d = "double precision";
     for (t, arr) in [
         ("real", "real[]"),
         ("double precision", "double precision[]"),
     ] {
         let agg = |e: &str| {
-            format!("SELECT coalesce(array_agg({e} ORDER BY i), '{{}}') FROM unnest(vector) WITH ORDINALITY u(a, i)")
+            format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{d}[]) WITH ORDINALITY u(a, i)")
         };
         let zip = |e: &str, b: &str| {
-            format!("SELECT coalesce(array_agg({e} ORDER BY i), '{{}}') FROM unnest(vector, {b}) WITH ORDINALITY u(a, b, i) WHERE i <= least(cardinality(vector), cardinality({b}))")
+            format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{d}[], {b}::{d}[]) WITH ORDINALITY u(a, b, i) WHERE i <= least(cardinality(vector), cardinality({b}))")
         };
         let mut def = |name: &str, args: &str, ret: &str, body: String| {
             sql.push_str(&format!(
@@ -285,7 +288,7 @@ pub fn sql_definitions() -> String {
                 name,
                 &format!("vector {arr}, {arg} {t}"),
                 arr,
-                agg(&format!("a {op} {arg}")),
+                agg(&format!("a {op} {arg}::{d}")),
             );
             def(
                 name,
@@ -294,7 +297,7 @@ pub fn sql_definitions() -> String {
                 zip(&format!("a {op} b"), arg),
             );
         }
-        let norm = |e: &str| format!("(SELECT {e} FROM unnest(vector) a)");
+        let norm = |e: &str| format!("(SELECT {e} FROM unnest(vector::{d}[]) a)");
         for (name, e) in [
             ("norm_l0", "count(*) FILTER (WHERE a <> 0)"),
             ("norm_l1", "coalesce(sum(abs(a)), 0)"),
@@ -318,7 +321,7 @@ pub fn sql_definitions() -> String {
             }
         }
         let pair = |e: &str| {
-            format!("(SELECT {e} FROM unnest(vector, other) u(a, b) WHERE a IS NOT NULL AND b IS NOT NULL)")
+            format!("(SELECT {e} FROM unnest(vector::{d}[], other::{d}[]) u(a, b) WHERE a IS NOT NULL AND b IS NOT NULL)")
         };
         for (name, e) in [
             ("distance_l1", pair("coalesce(sum(abs(a - b)), 0)")),
@@ -330,7 +333,7 @@ pub fn sql_definitions() -> String {
             (
                 "cosine_similarity",
                 format!(
-                    "{} / ({} * (SELECT sqrt(sum(b * b)) FROM unnest(other) b))",
+                    "{} / ({} * (SELECT sqrt(sum(b * b)) FROM unnest(other::{d}[]) b))",
                     pair("sum(a * b)"),
                     norm("sqrt(sum(a * a))")
                 ),

@@ -117,17 +117,43 @@ impl Session {
             txn::IDLE
         };
         if simple {
-            return Ok(if self.serve_inference(h.total(), status).await? {
-                Intercept::Served
-            } else {
-                Intercept::Pass
-            });
+            if self.serve_inference(h.total(), status).await?
+                || self.inline_pgml(h.total(), status).await?
+            {
+                return Ok(Intercept::Served);
+            }
+            return Ok(Intercept::Pass);
         }
         if !super::route::request_complete(&self.cbuf) {
             return Ok(Intercept::Wait);
         }
         self.serve_pgml_messages(status).await?;
         Ok(Intercept::Served)
+    }
+
+    /// Replaces the Query of `len` bytes at the start of `cbuf` by the same query with its constant `pgml.embed`
+    /// calls computed and inlined, for the client loop to route afresh (an error is answered instead). Returns
+    /// false when there is nothing to inline.
+    async fn inline_pgml(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
+        let body = &self.cbuf[5..len];
+        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+        match crate::inference::inline::inline_embeddings(&self.pool, &sql).await {
+            None => Ok(false),
+            Some(Ok(inlined)) => {
+                let mut q = BytesMut::with_capacity(inlined.len() + 6 + self.cbuf.len() - len);
+                encode::query(&mut q, &inlined);
+                q.extend_from_slice(&self.cbuf[len..]);
+                self.cbuf = q;
+                Ok(true)
+            }
+            Some(Err((code, message))) => {
+                self.cbuf.advance(len);
+                encode::error_response(&mut self.out, Severity::Error, code, &message, None);
+                encode::ready_for_query(&mut self.out, status);
+                self.flush_out().await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Whether the whole message of `code` at the start of `cbuf` begins a request about a `pgml.*` statement
