@@ -112,6 +112,48 @@ pub struct Splitter {
     strip: bool,
 }
 
+/// `keep_separator`: LangChain's `True` is `start`; the default is `True` for the recursive splitter only.
+fn keep_of(v: Option<&Value>, recursive: bool) -> Result<Keep, String> {
+    Ok(match v {
+        None if recursive => Keep::Start,
+        None => Keep::No,
+        Some(Value::Bool(true)) => Keep::Start,
+        Some(Value::Bool(false)) => Keep::No,
+        Some(Value::String(s)) if s == "start" => Keep::Start,
+        Some(Value::String(s)) if s == "end" => Keep::End,
+        Some(v) => {
+            return Err(format!(
+                "keep_separator must be true, false, \"start\" or \"end\", not {v}"
+            ))
+        }
+    })
+}
+
+/// The separators: `separators` (recursive; LangChain's default list) or `separator` (character; a blank line).
+fn separators_of(kwargs: &Map<String, Value>, recursive: bool) -> Result<Vec<String>, String> {
+    if recursive {
+        return match kwargs.get("separators") {
+            None | Some(Value::Null) => {
+                Ok(vec!["\n\n".into(), "\n".into(), " ".into(), String::new()])
+            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| "separators must be strings".to_owned())
+                })
+                .collect(),
+            Some(v) => Err(format!("separators must be a list of strings, not {v}")),
+        };
+    }
+    match kwargs.get("separator") {
+        None => Ok(vec!["\n\n".into()]),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(v) => Err(format!("separator must be a string, not {v}")),
+    }
+}
+
 fn chars(s: &str) -> usize {
     s.chars().count()
 }
@@ -179,47 +221,9 @@ impl Splitter {
                 "Got a larger chunk overlap ({chunk_overlap}) than chunk size ({chunk_size}), should be smaller."
             ));
         }
-        let keep = match kwargs.get("keep_separator") {
-            None => {
-                if recursive {
-                    Keep::Start
-                } else {
-                    Keep::No
-                }
-            }
-            Some(Value::Bool(true)) => Keep::Start,
-            Some(Value::Bool(false)) => Keep::No,
-            Some(Value::String(s)) if s == "start" => Keep::Start,
-            Some(Value::String(s)) if s == "end" => Keep::End,
-            Some(v) => {
-                return Err(format!(
-                    "keep_separator must be true, false, \"start\" or \"end\", not {v}"
-                ))
-            }
-        };
+        let keep = keep_of(kwargs.get("keep_separator"), recursive)?;
         let regex = flag("is_separator_regex", false)?;
-        let texts: Vec<String> = if recursive {
-            match kwargs.get("separators") {
-                None | Some(Value::Null) => {
-                    vec!["\n\n".into(), "\n".into(), " ".into(), String::new()]
-                }
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_owned)
-                            .ok_or("separators must be strings")
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(v) => return Err(format!("separators must be a list of strings, not {v}")),
-            }
-        } else {
-            match kwargs.get("separator") {
-                None => vec!["\n\n".into()],
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(v) => return Err(format!("separator must be a string, not {v}")),
-            }
-        };
+        let texts = separators_of(kwargs, recursive)?;
         let separators = texts
             .iter()
             .map(|s| Separator::new(s, regex))

@@ -142,7 +142,7 @@ pub async fn inline_embeddings(
     let vectors = tokio::task::spawn_blocking(move || {
         texts
             .iter()
-            .map(|(m, t)| super::embed::embed_cached(&dir, m, std::slice::from_ref(t)))
+            .map(|(m, t)| super::embed_queue::embed_cached(&dir, m, std::slice::from_ref(t)))
             .collect::<Result<Vec<_>, _>>()
     })
     .await;

@@ -14,6 +14,7 @@ pub mod call;
 pub mod chunk;
 mod deploy;
 pub mod embed;
+pub mod embed_queue;
 pub mod forest;
 pub mod inline;
 pub mod kmeans;
