@@ -138,12 +138,7 @@ pool_size = 4
 #[tokio::test]
 async fn pgml_calls_with_asyncpg_and_psycopg() {
     let pg = Postgres::start();
-    pg.psql_admin_db(
-        "app",
-        "CREATE TABLE house (size float8, rooms int, age int, price float8);
-         INSERT INTO house SELECT s, r, a, 50 + 3 * s + 10 * r - 0.5 * a
-           FROM (SELECT 40 + (g * 37) % 160 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 200) g) t;",
-    );
+    pg.psql_admin_db("app", HOUSE_SQL);
     let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
     let port = proxy.local_addr().port().to_string();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {

@@ -186,8 +186,7 @@ async fn per_row_inference_on_three_shards_equals_scikit_learn() {
     load(&source, &dir);
     let rows = source.psql_admin_db("app", &format!("SELECT {DIABETES}, target FROM diabetes"));
     let shards: Vec<Postgres> = (0..3).map(|_| Postgres::start()).collect();
-    let mut servers = String::new();
-    for (i, pg) in shards.iter().enumerate() {
+    for pg in &shards {
         pg.psql_admin_db(
             "app",
             &format!(
@@ -196,14 +195,8 @@ async fn per_row_inference_on_three_shards_equals_scikit_learn() {
                 DIABETES.replace(',', " float4,") + " float4"
             ),
         );
-        servers.push_str(&format!(
-            "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
-            pg.port
-        ));
     }
-    let config = format!(
-        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"admin\"\nadmin_password = \"admin\"\n\n[pools.app]\nautomatic_sharding_key = \"diabetes.id\"\ntwo_phase_commit = true\n\n[pools.app.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 4\n\n{servers}"
-    );
+    let config = sharded_config(&shards, "diabetes.id");
     let proxy = start_proxy(&config).await;
     let c = connect(proxy.local_addr().port(), "postgres", None, "app")
         .await

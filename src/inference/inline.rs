@@ -7,53 +7,7 @@ use std::sync::Arc;
 
 use super::call::{find_calls, Arg};
 use crate::pool::UserPool;
-
-/// The end of the literal, quoted name or comment starting at `i`, or `None` when none starts there.
-fn skip_quoted(b: &[u8], i: usize) -> Option<usize> {
-    let s = std::str::from_utf8(b).ok()?;
-    match b[i] {
-        q @ (b'\'' | b'"') => {
-            let mut j = i + 1;
-            while j < b.len() {
-                if b[j] == q {
-                    if b.get(j + 1) == Some(&q) {
-                        j += 2;
-                        continue;
-                    }
-                    return Some(j + 1);
-                }
-                j += 1;
-            }
-            Some(b.len())
-        }
-        b'-' if b.get(i + 1) == Some(&b'-') => Some(
-            b[i..]
-                .iter()
-                .position(|c| *c == b'\n')
-                .map_or(b.len(), |p| i + p + 1),
-        ),
-        b'/' if b.get(i + 1) == Some(&b'*') => {
-            Some(s[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2))
-        }
-        b'$' => {
-            let tag_len = b[i + 1..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
-                .count();
-            if b.get(i + 1 + tag_len) != Some(&b'$') || b.get(i + 1).is_some_and(u8::is_ascii_digit)
-            {
-                return None;
-            }
-            let tag = &s[i..i + tag_len + 2];
-            Some(
-                s[i + tag.len()..]
-                    .find(tag)
-                    .map_or(b.len(), |p| i + tag.len() + p + tag.len()),
-            )
-        }
-        _ => None,
-    }
-}
+use crate::router::session_sql::skip_quoted;
 
 /// Byte ranges of the `pgml.embed(...)` calls in `sql`, outside literals and comments.
 fn embed_spans(sql: &str) -> Vec<(usize, usize)> {

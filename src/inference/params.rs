@@ -76,61 +76,23 @@ fn placeholders(sql: &str) -> Vec<(usize, usize, usize)> {
     let mut found = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
+        if let Some(end) = crate::router::session_sql::skip_quoted(b, i) {
+            i = end;
+            continue;
+        }
+        let digits = if b[i] == b'$' {
+            b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count()
+        } else {
+            0
+        };
+        if digits > 0 {
+            let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(0);
+            if n > 0 {
+                found.push((i, i + 1 + digits, n));
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'$' => {
-                let start = i;
-                let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if digits > 0 {
-                    let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(0);
-                    i += 1 + digits;
-                    if n > 0 {
-                        found.push((start, i, n));
-                    }
-                    continue;
-                }
-                // A dollar-quoted string: $tag$ ... $tag$.
-                let tag_len = b[i + 1..]
-                    .iter()
-                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
-                    .count();
-                if b.get(i + 1 + tag_len) == Some(&b'$') {
-                    let tag = &sql[i..i + tag_len + 2];
-                    match sql[i + tag.len()..].find(tag) {
-                        Some(end) => i += tag.len() + end + tag.len(),
-                        None => i = b.len(),
-                    }
-                    continue;
-                }
-                i += 1;
-            }
-            _ => i += 1,
+            i += 1 + digits;
+        } else {
+            i += 1;
         }
     }
     found

@@ -219,18 +219,9 @@ pub fn row_description_text(buf: &mut BytesMut, names: &[&str]) {
 
 /// RowDescription of text-format columns of the given types: (name, type OID, type length).
 pub fn row_description_typed(buf: &mut BytesMut, columns: &[(&str, u32, i16)]) {
-    message(buf, backend::ROW_DESCRIPTION, |b| {
-        b.put_i16(columns.len() as i16);
-        for (name, oid, len) in columns {
-            cstr(b, name.as_bytes());
-            b.put_i32(0);
-            b.put_i16(0);
-            b.put_u32(*oid);
-            b.put_i16(*len);
-            b.put_i32(-1);
-            b.put_i16(0);
-        }
-    });
+    let with_format: Vec<(&str, u32, i16, i16)> =
+        columns.iter().map(|(n, o, l)| (*n, *o, *l, 0)).collect();
+    row_description_formats(buf, &with_format);
 }
 
 /// RowDescription of columns (name, type OID, type length, format code).

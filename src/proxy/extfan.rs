@@ -23,6 +23,18 @@ fn execute_max_rows(body: &[u8]) -> i32 {
         .unwrap_or(0)
 }
 
+/// The type and body of the whole message at `at` in `buf`, moving `at` past it; `None` when it is not all there.
+fn next_whole<'a>(buf: &'a [u8], at: &mut usize) -> Result<Option<(u8, &'a [u8])>, Unsupported> {
+    let h = match Header::parse(&buf[*at..], u32::MAX) {
+        Ok(Some(h)) if buf.len() >= *at + h.total() => h,
+        Ok(_) => return Ok(None),
+        Err(_) => return Err("a malformed message"),
+    };
+    let body = &buf[*at + 5..*at + h.total()];
+    *at += h.total();
+    Ok(Some((h.code, body)))
+}
+
 /// A whole extended-protocol request waiting in the client buffer.
 #[derive(Debug)]
 pub struct ExtRequest {
@@ -52,14 +64,10 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
     let mut executed = false;
     let mut limit = 0;
     loop {
-        let h = match Header::parse(&buf[at..], u32::MAX) {
-            Ok(Some(h)) if buf.len() >= at + h.total() => h,
-            Ok(_) => return Ok(None),
-            Err(_) => return Err("a malformed message"),
+        let Some((code, body)) = next_whole(buf, &mut at)? else {
+            return Ok(None);
         };
-        let body = &buf[at + 5..at + h.total()];
-        at += h.total();
-        match h.code {
+        match code {
             frontend::PARSE if parse.is_none() && bind.is_none() => {
                 let (name, rest) = extended::parse(body).map_err(|_| "a malformed Parse")?;
                 query = Some(extended::parse_query(rest).map_err(|_| "a malformed Parse")?);
@@ -79,7 +87,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
                 bind = Some(BindValues::decode(rest).map_err(|_| "a malformed Bind")?);
             }
             frontend::DESCRIBE if bind.is_some() && !executed => {
-                match extended::target(h.code, body) {
+                match extended::target(code, body) {
                     Ok((b'P', "")) => describe_portal = true,
                     _ => return Err("Describe of a statement in the same request"),
                 }
@@ -227,14 +235,10 @@ pub fn decode_batch(
     let mut statements: Vec<(String, String, Vec<u32>)> = Vec::new();
     let mut open: Option<Group> = None;
     loop {
-        let h = match Header::parse(&buf[at..], u32::MAX) {
-            Ok(Some(h)) if buf.len() >= at + h.total() => h,
-            Ok(_) => return Ok(None),
-            Err(_) => return Err("a malformed message"),
+        let Some((code, body)) = next_whole(buf, &mut at)? else {
+            return Ok(None);
         };
-        let body = &buf[at + 5..at + h.total()];
-        at += h.total();
-        match h.code {
+        match code {
             frontend::PARSE if open.is_none() => {
                 let (name, rest) = extended::parse(body).map_err(|_| "a malformed Parse")?;
                 let (sql, types) = extended::parse_query(rest).map_err(|_| "a malformed Parse")?;
@@ -266,7 +270,7 @@ pub fn decode_batch(
                     describe: false,
                 });
             }
-            frontend::DESCRIBE if open.is_some() => match extended::target(h.code, body) {
+            frontend::DESCRIBE if open.is_some() => match extended::target(code, body) {
                 Ok((b'P', "")) => {
                     if let Some(g) = open.as_mut() {
                         g.describe = true;

@@ -128,6 +128,67 @@ pub fn may_change_session(sql: &[u8]) -> bool {
     })
 }
 
+/// Where the string literal, quoted name, comment (`--`, nested `/* */`) or dollar-quoted string that starts at byte
+/// `i` of `b` ends (exclusive; the end of `b` when it is not closed), or `None` when none starts there. A `$1`
+/// parameter is not a quote.
+pub fn skip_quoted(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        q @ (b'\'' | b'"') => {
+            let mut j = i + 1;
+            while j < b.len() {
+                if b[j] == q {
+                    if b.get(j + 1) == Some(&q) {
+                        j += 2;
+                        continue;
+                    }
+                    return Some(j + 1);
+                }
+                j += 1;
+            }
+            Some(b.len())
+        }
+        b'-' if b.get(i + 1) == Some(&b'-') => Some(
+            b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1),
+        ),
+        b'/' if b.get(i + 1) == Some(&b'*') => {
+            let mut depth = 1;
+            let mut j = i + 2;
+            while j < b.len() && depth > 0 {
+                if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
+                    depth += 1;
+                    j += 1;
+                } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
+                    depth -= 1;
+                    j += 1;
+                }
+                j += 1;
+            }
+            Some(j.min(b.len()))
+        }
+        b'$' => {
+            let e = b[i + 1..]
+                .iter()
+                .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                .map(|p| i + 1 + p)?;
+            if b[e] != b'$' || b[i + 1].is_ascii_digit() {
+                return None;
+            }
+            let tag = &b[i..=e];
+            let body = e + 1;
+            Some(
+                b[body..]
+                    .windows(tag.len())
+                    .position(|w| w == tag)
+                    .map_or(b.len(), |p| body + p + tag.len()),
+            )
+        }
+        _ => None,
+    }
+}
+
 /// Splits `sql` into statements at top-level semicolons.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let b = sql.as_bytes();
@@ -135,62 +196,13 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while i < b.len() && depth > 0 {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 1;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                continue;
-            }
-            b'$' => {
-                // $tag$ ... $tag$ (tag may be empty); a $1 parameter is not a quote.
-                let tag_end = b[i + 1..]
-                    .iter()
-                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
-                    .map(|p| i + 1 + p);
-                if let Some(e) = tag_end.filter(|&e| b[e] == b'$' && !b[i + 1].is_ascii_digit()) {
-                    let tag = &b[i..=e];
-                    let body = e + 1;
-                    i = b[body..]
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map_or(b.len(), |p| body + p + tag.len());
-                    continue;
-                }
-            }
-            b';' => {
-                out.push(&sql[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+        if let Some(end) = skip_quoted(b, i) {
+            i = end;
+            continue;
+        }
+        if b[i] == b';' {
+            out.push(&sql[start..i]);
+            start = i + 1;
         }
         i += 1;
     }

@@ -407,3 +407,24 @@ pub async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
         .and_then(|row| row.into_iter().next().flatten())
         .unwrap_or_default()
 }
+
+/// A pool `app` sharded over `shards` (one primary each) by `key` (`table.column`), with two-phase commit.
+#[allow(dead_code)]
+pub fn sharded_config(shards: &[Postgres], key: &str) -> String {
+    let mut servers = String::new();
+    for (i, pg) in shards.iter().enumerate() {
+        servers.push_str(&format!(
+            "[pools.app.shards.{i}]\ndatabase = \"app\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+            pg.port
+        ));
+    }
+    format!(
+        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"admin\"\nadmin_password = \"admin\"\n\n[pools.app]\nautomatic_sharding_key = \"{key}\"\ntwo_phase_commit = true\n\n[pools.app.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 4\n\n{servers}"
+    )
+}
+
+/// A table `house` of 200 rows where price = 50 + 3 size + 10 rooms - 0.5 age exactly.
+#[allow(dead_code)]
+pub const HOUSE_SQL: &str = "CREATE TABLE house (size float8, rooms int, age int, price float8);
+     INSERT INTO house SELECT s, r, a, 50 + 3 * s + 10 * r - 0.5 * a
+       FROM (SELECT 40 + (g * 37) % 160 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 200) g) t;";
