@@ -3,7 +3,8 @@
 //! ParseComplete, Describe with the parameter types and result columns (asking a server to describe a per-row
 //! query), Bind by putting the values into the SQL as literals, Execute by serving that SQL as it serves a simple
 //! Query and sending the answer in the formats the Bind asked for, Close, and Sync with ReadyForQuery. Messages
-//! about other statements are left for the server; an error skips to the Sync, as on a server.
+//! about other statements are left for the server; an error skips to the Sync, as on a server. In passthrough mode
+//! it decides where `pgml.*` requests go (predictions to replicas, training to the primary).
 
 use std::collections::HashMap;
 
@@ -91,6 +92,40 @@ impl PgmlStatements {
 }
 
 impl Session {
+    /// In passthrough mode, where the `pgml.*` request at the start of `cbuf` goes: training, deploys and dataset
+    /// loads write the registry on the primary; predictions go to replicas by least outstanding connections.
+    pub(super) fn passthrough_want(&self) -> Option<Want> {
+        let (code, body) = super::route::whole_messages(&self.cbuf, 0).next()?;
+        let sql = match code {
+            frontend::QUERY => body.strip_suffix(&[0]).unwrap_or(body),
+            frontend::PARSE => {
+                let (_, rest) = crate::protocol::extended::parse(body).ok()?;
+                let end = rest.iter().position(|b| *b == 0)?;
+                &rest[..end]
+            }
+            _ => return None,
+        };
+        if !crate::inference::serve::mentions_pgml(sql) {
+            return None;
+        }
+        let calls = crate::inference::call::find_calls(std::str::from_utf8(sql).ok()?).ok()?;
+        const WRITES: &[&str] = &[
+            "train",
+            "train_joint",
+            "deploy",
+            "load_dataset",
+            "tune",
+            "snapshot",
+        ];
+        if calls.iter().any(|c| WRITES.contains(&c.function.as_str())) {
+            return Some(Want::Primary);
+        }
+        (!calls.is_empty()
+            && crate::router::classify::classify(std::str::from_utf8(sql).ok()?, &[])
+                == crate::router::classify::Route::Read)
+            .then_some(Want::Predict)
+    }
+
     /// Answers the request at the start of `cbuf` when it is a `pgml.*` call Ocelot serves: a simple Query, or
     /// extended-protocol messages about its statements.
     pub(super) async fn intercept_pgml(&mut self, piece: &Piece) -> Result<Intercept, ClientError> {

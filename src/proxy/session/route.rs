@@ -426,38 +426,6 @@ impl Session {
         }
     }
 
-    /// In passthrough mode, where the `pgml.*` request at the start of `cbuf` goes: training, deploys and dataset
-    /// loads write the registry on the primary; predictions go to replicas by least outstanding connections.
-    fn passthrough_want(&self) -> Option<Want> {
-        let (code, body) = whole_messages(&self.cbuf, 0).next()?;
-        let sql = match code {
-            frontend::QUERY => body.strip_suffix(&[0]).unwrap_or(body),
-            frontend::PARSE => {
-                let (_, rest) = crate::protocol::extended::parse(body).ok()?;
-                let end = rest.iter().position(|b| *b == 0)?;
-                &rest[..end]
-            }
-            _ => return None,
-        };
-        if !crate::inference::serve::mentions_pgml(sql) {
-            return None;
-        }
-        let calls = crate::inference::call::find_calls(std::str::from_utf8(sql).ok()?).ok()?;
-        const WRITES: &[&str] = &[
-            "train",
-            "train_joint",
-            "deploy",
-            "load_dataset",
-            "tune",
-            "snapshot",
-        ];
-        if calls.iter().any(|c| WRITES.contains(&c.function.as_str())) {
-            return Some(Want::Primary);
-        }
-        (!calls.is_empty() && classify(std::str::from_utf8(sql).ok()?, &[]) == Route::Read)
-            .then_some(Want::Predict)
-    }
-
     pub(super) fn primary_reads(&self) -> bool {
         self.primary_reads_override
             .unwrap_or(self.pool.routing.primary_reads_enabled)
@@ -837,7 +805,7 @@ fn show(out: &mut BytesMut, column: &str, value: &str) {
 }
 
 /// The whole messages in `buf` from `start`, as (type, body), stopping at the first incomplete one.
-fn whole_messages(buf: &[u8], start: usize) -> impl Iterator<Item = (u8, &[u8])> {
+pub(super) fn whole_messages(buf: &[u8], start: usize) -> impl Iterator<Item = (u8, &[u8])> {
     let mut at = start;
     std::iter::from_fn(move || {
         let h = Header::parse(buf.get(at..)?, u32::MAX).ok()??;
