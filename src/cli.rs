@@ -88,21 +88,23 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(loaded.config))
+    let path = std::fs::canonicalize(&args.config).unwrap_or(args.config);
+    runtime.block_on(serve(loaded.config, path))
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let (mut sigint, mut sigterm) = match (
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
+    let (mut sigint, mut sigterm, mut sighup) = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(i), Ok(t)) => (i, t),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(i), Ok(t), Ok(h)) => (i, t, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("ocelot: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
-    let proxy = match Proxy::start(config).await {
+    let proxy = match Proxy::start_from(config, Some(path)).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("ocelot: {e}");
@@ -114,18 +116,27 @@ async fn serve(config: Config) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         proxy.local_addr()
     );
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {
-            tracing::info!("SIGTERM: exiting now");
-            return ExitCode::SUCCESS;
+    let shared = proxy.shared().clone();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = shared.shutdown.requested() => {
+                tracing::info!("admin SHUTDOWN");
+                break;
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                // Failures are logged by reload and leave the old config in force.
+                let _ = crate::proxy::reload::reload(&shared).await;
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: exiting now");
+                return ExitCode::SUCCESS;
+            }
         }
     }
     let timeout = Duration::from_millis(proxy.shared().snapshot().config.general.shutdown_timeout);
-    tracing::info!(
-        "SIGINT: draining clients for up to {} ms",
-        timeout.as_millis()
-    );
+    tracing::info!("draining clients for up to {} ms", timeout.as_millis());
     tokio::select! {
         left = proxy.shutdown() => {
             if left > 0 {

@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod inference;
@@ -18,3 +19,4 @@ pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod router;
+pub mod stats;

@@ -95,6 +95,15 @@ impl std::str::FromStr for LagLimit {
     }
 }
 
+impl serde::Serialize for LagLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LagLimit::Bytes(n) => s.serialize_str(&format!("{n}B")),
+            LagLimit::Millis(n) => s.serialize_str(&format!("{n}ms")),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for LagLimit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -111,7 +120,7 @@ impl<'de> Deserialize<'de> for LagLimit {
 }
 
 /// How Ocelot authenticates the admin user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdminAuthType {
     #[default]
@@ -122,7 +131,7 @@ pub enum AdminAuthType {
 }
 
 /// `[general]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct General {
     #[serde(default = "d_host")]
     pub host: String,

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 /// How `pgml.*` calls are handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InferenceMode {
     #[default]
@@ -17,7 +17,7 @@ pub enum InferenceMode {
 }
 
 /// `[inference]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Inference {
     #[serde(default)]
     pub mode: InferenceMode,

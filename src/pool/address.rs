@@ -21,6 +21,16 @@ pub struct Address {
     pub database: String,
 }
 
+impl Address {
+    /// The address's name in admin output and metrics: `<pool>_shard_<n>_<role>_<index>`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}_shard_{}_{}_{}",
+            self.pool, self.shard, self.role, self.index
+        )
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -121,6 +121,7 @@ impl UserPool {
         want: Want,
         primary_reads: bool,
     ) -> Result<Pooled, PoolError> {
+        self.wait_unpaused().await;
         let candidates = self.candidates(shard, want, primary_reads);
         let mut last = None;
         for server in candidates {

@@ -40,8 +40,11 @@ pub struct UserPool {
     pub shards: Vec<Vec<Arc<ServerPool>>>,
     pub default_shard: DefaultShard,
     pub default_role: DefaultRole,
-    /// Named prepared statements of this pool's clients (transaction mode).
-    pub statements: Registry,
+    /// Named prepared statements of this pool's clients (transaction mode). Kept across reloads with the server
+    /// pools, whose connections have these names prepared.
+    pub statements: Arc<Registry>,
+    /// Everything in the config this pool was built from, to tell on reload whether it changed.
+    fingerprint: String,
     /// Per-server statement cache size; 0 when statements are passed through untouched (session mode, or
     /// `prepared_statements_cache_size = 0`).
     pub prepared_cache: usize,
@@ -65,6 +68,9 @@ pub struct UserPool {
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
     pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
+    /// `PAUSE`: checkouts wait until `RESUME`.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
 }
 
 /// Read/write splitting and balancing settings of a pool.
@@ -115,6 +121,38 @@ impl UserPool {
             .get_or_init(|| Listener::new(self.target().clone()))
     }
 
+    /// `PAUSE`: new checkouts wait; connections in use are left to finish.
+    pub fn pause(&self) {
+        self.paused
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns at once unless the pool is paused, else when it is resumed.
+    pub async fn wait_unpaused(&self) {
+        while self.is_paused() {
+            let resumed = self.resumed.notified();
+            if !self.is_paused() {
+                break;
+            }
+            resumed.await;
+        }
+    }
+
+    /// Connections of this user checked out now, over every server.
+    pub fn busy_count(&self) -> usize {
+        self.server_pools().map(|s| s.busy_count()).sum()
+    }
+
     /// Every server pool of this user.
     pub fn server_pools(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
         self.shards.iter().flatten()
@@ -130,16 +168,40 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the pools of a validated config. Does no I/O; call [`Cluster::start`] to open connections.
     pub fn build(config: &Config) -> Result<Cluster, AuthError> {
+        Self::build_from(config, None)
+    }
+
+    /// Builds the pools of a new config, keeping what did not change from `old`: a user's pool whose settings
+    /// are all the same is kept as it is (clients see no change); otherwise its server pools whose address,
+    /// limits and credentials are the same are kept with their connections.
+    pub fn build_from(config: &Config, old: Option<&Cluster>) -> Result<Cluster, AuthError> {
         let mut pools = HashMap::new();
+        let registry_changed = config.inference.registry_pool.as_ref().is_some_and(|name| {
+            config.pools.get(name).is_none_or(|pool| {
+                pool.users.values().any(|u| {
+                    let key = (name.clone(), u.username.clone());
+                    old.and_then(|o| o.pools.get(&key))
+                        .is_none_or(|p| p.fingerprint != fingerprint(config, pool, u))
+                })
+            })
+        });
         for (db, pool) in &config.pools {
             for user in pool.users.values() {
-                let up = user_pool(config, db, pool, user)?;
-                pools.insert((db.clone(), user.username.clone()), Arc::new(up));
+                let key = (db.clone(), user.username.clone());
+                let previous = old.and_then(|o| o.pools.get(&key));
+                if let Some(p) = previous {
+                    if !registry_changed && p.fingerprint == fingerprint(config, pool, user) {
+                        pools.insert(key, p.clone());
+                        continue;
+                    }
+                }
+                let up = user_pool(config, db, pool, user, previous.map(|p| &**p))?;
+                pools.insert(key, Arc::new(up));
             }
         }
         if let Some(name) = &config.inference.registry_pool {
             for ((db, user), p) in &pools {
-                if db == name {
+                if db == name || p.registry.get().is_some() {
                     continue;
                 }
                 // The registry pool's entry for the same user, else any of its users.
@@ -156,14 +218,42 @@ impl Cluster {
 
     /// Starts the maintenance task of every server pool (idle and lifetime expiry, `min_pool_size`).
     pub fn start(&self) {
-        for p in self.pools.values() {
+        self.start_new(None);
+    }
+
+    /// Starts the background tasks of the pools that are not carried over from `old`; returns those user pools.
+    pub fn start_new(&self, old: Option<&Cluster>) -> Vec<Arc<UserPool>> {
+        let old_servers: Vec<&Arc<ServerPool>> = old
+            .map(|o| o.pools.values().flat_map(|p| p.server_pools()).collect())
+            .unwrap_or_default();
+        let mut fresh = Vec::new();
+        for (key, p) in &self.pools {
+            if old
+                .and_then(|o| o.pools.get(key))
+                .is_some_and(|o| Arc::ptr_eq(o, p))
+            {
+                continue;
+            }
             for s in p.server_pools() {
-                s.spawn_maintenance();
+                if !old_servers.iter().any(|o| Arc::ptr_eq(o, s)) {
+                    s.spawn_maintenance();
+                }
             }
             if let Some(limit) = p.routing.lag_limit {
                 super::lag::spawn(p, limit, p.routing.lag_interval);
             }
+            fresh.push(p.clone());
         }
+        fresh
+    }
+
+    /// Pools of `old` that this cluster no longer has.
+    pub fn removed_from(&self, old: &Cluster) -> Vec<(String, String)> {
+        old.pools
+            .keys()
+            .filter(|k| !self.pools.contains_key(*k))
+            .cloned()
+            .collect()
     }
 
     pub fn get(&self, database: &str, user: &str) -> Option<&Arc<UserPool>> {
@@ -180,8 +270,30 @@ impl Cluster {
     }
 }
 
-/// The pool of one user of one config pool: its client auth, settings, and a server pool per server of every shard.
-fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<UserPool, AuthError> {
+/// What a user's pool is built from. Passwords are included verbatim: the string is compared, never shown.
+fn fingerprint(config: &Config, pool: &Pool, user: &User) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        config.general,
+        config.inference,
+        config.plugins,
+        pool,
+        user,
+        user.password,
+        user.server_password
+    )
+}
+
+/// The pool of one user of one config pool: its client auth, settings, and a server pool per server of every
+/// shard. With `previous` (the same user's pool before a reload), its unchanged server pools and its statement
+/// registry are kept.
+fn user_pool(
+    config: &Config,
+    db: &str,
+    pool: &Pool,
+    user: &User,
+    previous: Option<&UserPool>,
+) -> Result<UserPool, AuthError> {
     let settings = config.user_settings(pool, user);
     let secret = user.password.as_deref().map(Secret::parse);
     let scram = match (&secret, user.auth_type) {
@@ -200,16 +312,19 @@ fn user_pool(config: &Config, db: &str, pool: &Pool, user: &User) -> Result<User
             secret,
             scram,
         },
-        shards: server_pools(config, db, pool, user, &settings),
+        shards: server_pools(config, db, pool, user, &settings, previous),
         settings,
         default_shard: pool.default_shard,
         default_role: pool.default_role,
-        statements: Registry::default(),
+        statements: previous.map(|p| p.statements.clone()).unwrap_or_default(),
+        fingerprint: fingerprint(config, pool, user),
         prepared_cache,
         listener: OnceLock::new(),
         routing: routing(&config.general, pool),
         round_robin: AtomicUsize::new(0),
         collations: Default::default(),
+        paused: Default::default(),
+        resumed: Default::default(),
         two_phase: pool.two_phase_commit,
         models: crate::inference::serve::Models::new(
             config.inference.cache_bytes,
@@ -230,6 +345,7 @@ fn server_pools(
     pool: &Pool,
     user: &User,
     settings: &UserSettings,
+    previous: Option<&UserPool>,
 ) -> Vec<Vec<Arc<ServerPool>>> {
     let g = &config.general;
     let creds = ServerCredentials {
@@ -279,7 +395,15 @@ fn server_pools(
                         role: *role,
                         database: shard.database.clone(),
                     };
-                    ServerPool::new(address, pool_settings.clone(), creds.clone())
+                    previous
+                        .and_then(|p| {
+                            p.server_pools()
+                                .find(|s| s.same_as(&address, &pool_settings, &creds))
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            ServerPool::new(address, pool_settings.clone(), creds.clone())
+                        })
                 })
                 .collect()
         })

@@ -18,7 +18,7 @@ use crate::protocol::decode::{self, AuthRequest};
 use crate::protocol::encode;
 
 /// Who Ocelot logs in as on the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerCredentials {
     pub user: String,
     pub password: Option<Secret>,

@@ -17,9 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{connect, ServerCredentials};
 use super::{Address, PoolError, ServerConn, ServerParams};
+use crate::stats::{ConnInfo, ConnState};
 
 /// Limits and timeouts of one server pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub pool_size: u32,
     pub min_pool_size: u32,
@@ -34,6 +35,25 @@ pub struct PoolSettings {
     /// An idle connection unused for longer than this is checked with `;` before it is handed out.
     pub healthcheck_delay: Duration,
     pub healthcheck_timeout: Duration,
+}
+
+/// Why and when a server was banned, for `SHOW BANS`.
+#[derive(Debug, Clone)]
+pub struct BanInfo {
+    pub reason: String,
+    /// Seconds.
+    pub duration: u64,
+    pub at: std::time::SystemTime,
+}
+
+impl Default for BanInfo {
+    fn default() -> Self {
+        BanInfo {
+            reason: String::new(),
+            duration: 0,
+            at: std::time::UNIX_EPOCH,
+        }
+    }
 }
 
 /// Milliseconds on a process-wide monotonic clock, for lock-free ban deadlines.
@@ -57,9 +77,17 @@ pub struct ServerPool {
     /// Until when (on [`now_ms`]'s clock) the server is banned; 0 when it is not.
     banned_until: AtomicU64,
     /// Why it was banned, for logs and SHOW BANS.
-    ban_reason: Mutex<String>,
+    ban_reason: Mutex<BanInfo>,
     /// A replica lagging the primary by more than `ban_replica_lag`.
     lagging: std::sync::atomic::AtomicBool,
+    /// Traffic through this server for this user (`SHOW STATS`, `pgcat_stats_*`).
+    pub stats: crate::stats::Counters,
+    /// Open connections, for `SHOW SERVERS`; changed only when one opens or closes.
+    conns: Mutex<Vec<Arc<ConnInfo>>>,
+    /// Connections being opened now (`sv_login`).
+    logging_in: AtomicUsize,
+    /// Bumped by `RECONNECT`: connections opened before are closed when they come back.
+    epoch: AtomicU64,
 }
 
 impl ServerPool {
@@ -73,13 +101,61 @@ impl ServerPool {
             open: AtomicUsize::new(0),
             defaults: OnceLock::new(),
             banned_until: AtomicU64::new(0),
-            ban_reason: Mutex::new(String::new()),
+            ban_reason: Mutex::new(BanInfo::default()),
             lagging: std::sync::atomic::AtomicBool::new(false),
+            stats: Default::default(),
+            conns: Mutex::new(Vec::new()),
+            logging_in: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// The open connections now.
+    pub fn connections(&self) -> Vec<Arc<ConnInfo>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Connections being opened now.
+    pub fn login_count(&self) -> usize {
+        self.logging_in.load(Ordering::Relaxed)
+    }
+
+    /// The ban in force and the milliseconds it has left, if the server is banned.
+    pub fn ban_state(&self) -> Option<(BanInfo, u64)> {
+        let until = self.banned_until.load(Ordering::Acquire);
+        let now = now_ms();
+        if until == 0 || now >= until {
+            return None;
+        }
+        let info = self
+            .ban_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some((info, until - now))
+    }
+
+    /// `RECONNECT`: idle connections close now, the others when their client gives them back.
+    pub fn reconnect(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let idle: Vec<ServerConn> = self.lock_idle().drain(..).collect();
+        for c in idle {
+            self.discard(c);
+        }
     }
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// Whether this pool is what these settings would build (a reload keeps it then).
+    pub fn same_as(
+        &self,
+        address: &Address,
+        settings: &PoolSettings,
+        creds: &ServerCredentials,
+    ) -> bool {
+        *self.address == *address && self.settings == *settings && self.creds == *creds
     }
 
     /// Connections currently open.
@@ -96,7 +172,11 @@ impl ServerPool {
     pub fn ban(&self, duration: Duration, reason: &str) {
         let until = now_ms() + duration.as_millis() as u64;
         self.banned_until.store(until, Ordering::Release);
-        *self.ban_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        *self.ban_reason.lock().unwrap_or_else(|p| p.into_inner()) = BanInfo {
+            reason: reason.to_owned(),
+            duration: duration.as_secs(),
+            at: std::time::SystemTime::now(),
+        };
         tracing::warn!(server = %self.address, "banned for {} s: {reason}", duration.as_secs());
     }
 
@@ -170,6 +250,7 @@ impl ServerPool {
             if conn.last_used.elapsed() < self.settings.healthcheck_delay {
                 return Ok(self.guard(conn, permit));
             }
+            conn.info.set_state(ConnState::Tested);
             match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
                 Ok(Ok(_)) => return Ok(self.guard(conn, permit)),
                 failed => {
@@ -203,6 +284,7 @@ impl ServerPool {
     }
 
     fn guard(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Pooled {
+        conn.info.set_state(ConnState::Active);
         Pooled {
             conn: Some(conn),
             pool: self.clone(),
@@ -238,7 +320,10 @@ impl ServerPool {
 
     async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
         let fut = connect(self.address.clone(), &self.creds, self.settings.max_message);
-        let conn = match tokio::time::timeout(timeout, fut).await {
+        self.logging_in.fetch_add(1, Ordering::Relaxed);
+        let connected = tokio::time::timeout(timeout, fut).await;
+        self.logging_in.fetch_sub(1, Ordering::Relaxed);
+        let mut conn = match connected {
             Ok(r) => r?,
             Err(_) => {
                 return Err(PoolError::ConnectTimeout {
@@ -247,6 +332,11 @@ impl ServerPool {
                 })
             }
         };
+        conn.epoch = self.epoch.load(Ordering::Acquire);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.info.clone());
         self.open.fetch_add(1, Ordering::Relaxed);
         let _ = self.defaults.set(Arc::new(conn.params.clone()));
         tracing::debug!(server = %self.address, "opened server connection");
@@ -274,6 +364,10 @@ impl ServerPool {
     /// Closes a connection and forgets it.
     fn discard(&self, conn: ServerConn) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, &conn.info));
         tracing::debug!(server = %self.address, broken = conn.broken, "closing server connection");
         if !conn.broken {
             tokio::spawn(conn.terminate());
@@ -283,16 +377,21 @@ impl ServerPool {
     /// Takes a connection back. Clean ones go to the idle list at once; dirty ones are cleaned in a task that
     /// holds the permit until done, so the pool never lends more than `pool_size` connections.
     fn checkin(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
-        if conn.broken || !conn.rbuf.is_empty() {
+        let st = &conn.statements;
+        conn.info
+            .publish_prepared(st.stats.hits, st.stats.misses, st.stats.evictions, st.len());
+        if conn.broken || !conn.rbuf.is_empty() || conn.epoch < self.epoch.load(Ordering::Acquire) {
             self.discard(conn);
             return;
         }
         if conn.is_clean() {
+            conn.info.set_state(ConnState::Idle);
             conn.last_used = Instant::now();
             self.lock_idle().push_back(conn);
             drop(permit);
             return;
         }
+        conn.info.set_state(ConnState::Used);
         let pool = self.clone();
         tokio::spawn(async move {
             let cleaned = tokio::time::timeout(pool.settings.cleanup_timeout, conn.clean()).await;
@@ -384,6 +483,12 @@ impl Pooled {
     pub fn pool(&self) -> &Arc<ServerPool> {
         &self.pool
     }
+
+    /// The pool and the connection at once, to update the pool's counters while reading the connection.
+    pub fn split(&mut self) -> (&ServerPool, &mut ServerConn) {
+        let conn = self.conn.as_mut().unwrap_or_else(|| unreachable!());
+        (&self.pool, conn)
+    }
 }
 
 impl Deref for Pooled {
@@ -404,6 +509,21 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) {
             self.pool.checkin(conn, permit);
+        }
+    }
+}
+
+impl Drop for ServerPool {
+    /// A pool dropped after a reload or a removed config says goodbye to its idle servers instead of cutting them
+    /// off (which PostgreSQL logs as an unexpected EOF).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.lock_idle());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for conn in idle {
+                if !conn.broken {
+                    rt.spawn(conn.terminate());
+                }
+            }
         }
     }
 }

@@ -144,6 +144,10 @@ pub struct ServerConn {
     pub last_used: Instant,
     pub address: Arc<Address>,
     max_message: u32,
+    /// What `SHOW SERVERS` reports about this connection.
+    pub info: Arc<crate::stats::ConnInfo>,
+    /// The pool's reconnect epoch when it was opened: `RECONNECT` closes older ones at checkin.
+    pub epoch: u64,
 }
 
 impl ServerConn {
@@ -170,6 +174,8 @@ impl ServerConn {
             last_used: now,
             address,
             max_message,
+            info: Arc::default(),
+            epoch: 0,
         }
     }
 

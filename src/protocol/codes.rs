@@ -117,4 +117,7 @@ pub mod sqlstate {
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     pub const INVALID_CURSOR_NAME: &str = "34000";
     pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
 }

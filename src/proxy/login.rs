@@ -14,11 +14,12 @@ use super::cancel::Registration;
 use super::error::ClientError;
 use super::params::ClientParams;
 use super::Shared;
-use crate::config::AuthType;
+use crate::config::{AdminAuthType, AuthType};
 use crate::net::{read_message, read_startup_packet};
 use crate::pool::balance::Want;
+use crate::pool::cluster::ClientAuth;
 use crate::pool::{ServerParams, UserPool};
-use crate::protocol::auth::{md5, scram, AuthError, ScramServer};
+use crate::protocol::auth::{md5, scram, AuthError, ScramServer, Secret};
 use crate::protocol::codes::{frontend, txn};
 use crate::protocol::startup::{self, StartupRequest};
 use crate::protocol::{decode, encode, ProtocolError};
@@ -28,8 +29,13 @@ const MAX_AUTH_MESSAGE: u32 = 8192;
 
 /// What a new connection turned out to be.
 pub enum Login {
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
     Ready(Box<LoggedIn>),
+    /// The admin user, greeted, for the admin console.
+    Admin,
 }
 
 /// An authenticated client, greeted and ready for queries.
@@ -76,6 +82,31 @@ pub async fn login(
         return Err(ClientError::ShuttingDown);
     }
     let snapshot = shared.snapshot();
+    let g = &snapshot.config.general;
+    if crate::admin::is_admin_database(&database) && user == g.admin_username {
+        let mut out = BytesMut::with_capacity(512);
+        let auth = admin_auth(g).map_err(|source| ClientError::AuthProtocol {
+            user: user.clone(),
+            source,
+        })?;
+        authenticate(stream, buf, &mut out, &auth, &user).await?;
+        encode::auth_ok(&mut out);
+        for (k, v) in [
+            ("server_version", "15.0 (Ocelot admin console)"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+            ("application_name", application_name.as_str()),
+        ] {
+            encode::parameter_status(&mut out, k, v);
+        }
+        encode::backend_key_data(&mut out, 0, 0);
+        encode::ready_for_query(&mut out, txn::IDLE);
+        stream.write_all(&out).await?;
+        return Ok(Login::Admin);
+    }
     let pool = match snapshot.cluster.get(&database, &user) {
         Some(p) => p.clone(),
         None if !snapshot.cluster.has_database(&database) => {
@@ -93,7 +124,7 @@ pub async fn login(
     if minor > 0 || !unrecognised.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &unrecognised);
     }
-    authenticate(stream, buf, &mut out, &pool, &user).await?;
+    authenticate(stream, buf, &mut out, &pool.auth, &user).await?;
 
     // Clients are told the parameters of a real server session; the first connection of the pool provides them.
     let defaults = server_defaults(&pool).await?;
@@ -117,6 +148,21 @@ pub async fn login(
     })))
 }
 
+/// How the admin user proves who it is: `admin_password` checked by `admin_auth_type`.
+fn admin_auth(g: &crate::config::General) -> Result<ClientAuth, AuthError> {
+    let secret = Secret::parse(&g.admin_password);
+    let (auth_type, scram) = match g.admin_auth_type {
+        AdminAuthType::Trust => (AuthType::Trust, None),
+        AdminAuthType::Md5 => (AuthType::Md5, None),
+        AdminAuthType::ScramSha256 => (AuthType::ScramSha256, Some(secret.scram_verifier()?)),
+    };
+    Ok(ClientAuth {
+        auth_type,
+        secret: Some(secret),
+        scram,
+    })
+}
+
 async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientError> {
     if let Some(d) = pool.server_pools().find_map(|s| s.server_defaults()) {
         return Ok(d);
@@ -132,11 +178,11 @@ async fn authenticate(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    pool: &UserPool,
+    auth: &ClientAuth,
     user: &str,
 ) -> Result<(), ClientError> {
     let wrong = || ClientError::WrongPassword(user.to_owned());
-    match pool.auth.auth_type {
+    match auth.auth_type {
         AuthType::Trust => Ok(()),
         AuthType::Md5 => {
             let salt: [u8; 4] = rand::rng().random();
@@ -144,13 +190,13 @@ async fn authenticate(
             flush(stream, out).await?;
             let body = read_password_message(stream, buf).await?;
             let response = decode::password(&body)?;
-            match &pool.auth.secret {
+            match &auth.secret {
                 Some(secret) if md5::verify(secret, user, salt, response) => Ok(()),
                 _ => Err(wrong()),
             }
         }
         AuthType::ScramSha256 => {
-            let Some(verifier) = pool.auth.scram.clone() else {
+            let Some(verifier) = auth.scram.clone() else {
                 return Err(wrong());
             };
             let auth_err = |source: AuthError| match source {

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod login;
 pub mod notify;
 pub mod params;
+pub mod reload;
 pub mod session;
 pub mod session_state;
 pub mod shutdown;
@@ -48,6 +49,16 @@ pub struct Shared {
     state: ArcSwap<Snapshot>,
     pub cancels: Arc<CancelRegistry>,
     pub shutdown: Arc<Shutdown>,
+    pub clients: Arc<crate::stats::ClientRegistry>,
+    /// The file the config came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Bumped by every reload, so sessions notice a new config with one atomic load.
+    pub generation: std::sync::atomic::AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub reload_failures: std::sync::atomic::AtomicU64,
+    /// Where the Prometheus exporter listens, once started.
+    pub metrics_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Shared {
@@ -80,6 +91,14 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the pools, binds `general.host:general.port` and starts accepting clients.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        Self::start_from(config, None).await
+    }
+
+    /// [`Proxy::start`] for a config read from `path`, which `RELOAD`, SIGHUP and `autoreload` read again.
+    pub async fn start_from(
+        config: Config,
+        path: Option<std::path::PathBuf>,
+    ) -> Result<Proxy, StartError> {
         let addr = format!("{}:{}", config.general.host, config.general.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -98,7 +117,21 @@ impl Proxy {
             }),
             cancels: Arc::default(),
             shutdown: Arc::default(),
+            clients: Arc::default(),
+            config_path: path,
+            generation: Default::default(),
+            reload_lock: Default::default(),
+            reloads: Default::default(),
+            reload_failures: Default::default(),
+            metrics_addr: Default::default(),
         });
+        if let Some(ms) = shared.snapshot().config.general.autoreload {
+            reload::spawn_autoreload(&shared, Duration::from_millis(ms));
+        }
+        crate::admin::spawn_stats_roller(&shared);
+        if shared.snapshot().config.general.enable_prometheus_exporter == Some(true) {
+            crate::admin::prometheus::spawn(&shared).await?;
+        }
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: "listener".into(),
             source,
@@ -183,6 +216,12 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             return;
         }
         Ok(Login::Ready(l)) => l,
+        Ok(Login::Admin) => {
+            if let Err(e) = crate::admin::serve(stream, buf, shared.clone()).await {
+                tracing::debug!(%peer, "admin session ended: {e}");
+            }
+            return;
+        }
         Err(e) => {
             report(&mut stream, &e).await;
             if e.sqlstate().is_some() {
@@ -194,12 +233,20 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     if g.log_client_connections {
         tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
     }
+    let client = shared.clients.register(
+        &login.database,
+        &login.user,
+        &login.application_name,
+        Some(peer),
+    );
     let session = Session::new(
         stream,
         buf,
         &login,
         g.max_message_size,
         shared.shutdown.subscribe(),
+        client.info.clone(),
+        shared.clone(),
     );
     let result = session.run().await;
     match &result {

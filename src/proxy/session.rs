@@ -4,7 +4,9 @@
 //! messages that change what Ocelot tracks (ReadyForQuery, ParameterStatus, CommandComplete, CopyInResponse).
 //! Large messages are streamed through in pieces, so memory per client stays bounded.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +33,7 @@ use crate::protocol::{decode, ProtocolError};
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::session_sql::{mentions_set_config, SessionCommand};
+use crate::stats::{ClientInfo, ClientState};
 use std::collections::HashMap;
 
 /// Read buffers grow to at least this much free space before each read.
@@ -120,6 +123,14 @@ pub struct Session {
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     draining: watch::Receiver<bool>,
+    /// This client as `SHOW CLIENTS` sees it.
+    info: Arc<ClientInfo>,
+    /// The proxy's shared state, to follow config reloads, and the reload generation this session is on.
+    shared: Arc<super::Shared>,
+    generation: u64,
+    /// When the request being answered and the transaction around it began, for the stats.
+    request_started: Option<Instant>,
+    xact_started: Option<Instant>,
 }
 
 impl Session {
@@ -129,6 +140,8 @@ impl Session {
         login: &LoggedIn,
         max_message: u32,
         draining: watch::Receiver<bool>,
+        info: Arc<ClientInfo>,
+        shared: Arc<super::Shared>,
     ) -> Self {
         Session {
             client,
@@ -169,6 +182,11 @@ impl Session {
             pgml: None,
             replay: None,
             draining,
+            info,
+            generation: shared.generation.load(std::sync::atomic::Ordering::Acquire),
+            shared,
+            request_started: None,
+            xact_started: None,
         }
     }
 
@@ -236,12 +254,14 @@ impl Session {
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                         _ = self.draining.changed(), if !draining => Event::Draining,
                         m = notify::next(&mut self.notify) => Event::Notification(m),
+                        _ = self.info.kill.notified() => Event::Killed,
                     }
                 }
                 None => tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = self.draining.changed(), if !draining => Event::Draining,
                     m = notify::next(&mut self.notify) => Event::Notification(m),
+                    _ = self.info.kill.notified() => Event::Killed,
                 },
             };
             match event {
@@ -250,7 +270,11 @@ impl Session {
                         return Err(self.server_lost("server closed the connection"));
                     }
                 }
-                Event::Server(Ok(_)) => {
+                Event::Server(Ok(n)) => {
+                    if let Some(s) = self.server.as_ref() {
+                        s.pool().stats.received(n);
+                        s.info.bytes_received.fetch_add(n as u64, Relaxed);
+                    }
                     if let Some(reason) = self.on_server_bytes().await? {
                         if !self.failover(&reason).await? {
                             return Err(self.server_lost(&reason));
@@ -282,6 +306,7 @@ impl Session {
                     }
                 }
                 Event::Draining => draining = true,
+                Event::Killed => return Err(ClientError::AdminShutdown),
                 Event::Notification(Some(msg)) => self.notification(msg).await?,
                 Event::Notification(None) => {}
             }
@@ -293,6 +318,38 @@ impl Session {
                 return Ok(End::Shutdown);
             }
         }
+    }
+
+    /// Between transactions, moves to the user's pool of a reloaded config. A pool that was removed is kept until
+    /// the client leaves; one whose pool mode or statement handling changed is kept too, since the client's
+    /// session state was built for the old one (it reconnects to get the new).
+    fn follow_reload(&mut self) {
+        let generation = self
+            .shared
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if generation == self.generation
+            || !self.parked.is_empty()
+            || self.pending_begin.is_some()
+            || self.tracker.in_copy()
+        {
+            return;
+        }
+        self.generation = generation;
+        let snapshot = self.shared.snapshot();
+        let Some(new) = snapshot.cluster.get(&self.pool.database, &self.pool.user) else {
+            return;
+        };
+        if Arc::ptr_eq(new, &self.pool) {
+            return;
+        }
+        if new.settings.pool_mode != self.mode || (new.prepared_cache > 0) != self.stmts.is_some() {
+            tracing::info!(pool = %new.database, user = %new.user, "the reloaded pool changed pool_mode or prepared statement handling: this client keeps the old pool until it reconnects");
+            return;
+        }
+        self.pool = new.clone();
+        self.route_cache.clear();
+        self.key_cache.clear();
     }
 
     /// Whether consecutive requests may need different servers (read/write splitting or several shards).
@@ -323,6 +380,7 @@ impl Session {
         self.attached_want = None;
         if self.server.take().is_some() {
             self.slot.detach();
+            self.info.set_state(ClientState::Idle);
         }
     }
 
@@ -330,6 +388,9 @@ impl Session {
     /// needed. Returns `Some` when the client asked to terminate.
     async fn on_client_bytes(&mut self) -> Result<Option<End>, ClientError> {
         self.held_back = false;
+        if self.server.is_none() {
+            self.follow_reload();
+        }
         let mut fwd = 0usize;
         let inspect = self.stmts.is_some();
         while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |c| {
@@ -593,10 +654,11 @@ impl Session {
 
     /// Checks out a server and brings its session in line with this client's parameters.
     async fn attach(&mut self, want: Want, shard: usize) -> Result<(), PoolError> {
-        let mut server = self
-            .pool
-            .checkout(shard, want, self.primary_reads())
-            .await?;
+        self.info.wait_begins();
+        let checked_out = self.pool.checkout(shard, want, self.primary_reads()).await;
+        let waited = self.info.wait_ends(checked_out.is_ok());
+        let mut server = checked_out?;
+        server.pool().stats.wait(waited);
         self.attached_want = Some(want);
         self.attached_shard = shard;
         self.replay =
@@ -658,6 +720,12 @@ impl Session {
                 self.replay = None;
             }
         }
+        let sent = n + self.sout.len();
+        server.pool().stats.sent(sent);
+        server.info.bytes_sent.fetch_add(sent as u64, Relaxed);
+        let now = Instant::now();
+        self.request_started.get_or_insert(now);
+        self.xact_started.get_or_insert(now);
         let written = if self.sout.is_empty() {
             server.stream.write_all(&self.cbuf[..n]).await
         } else {
@@ -681,7 +749,7 @@ impl Session {
         let Some(pooled) = self.server.as_mut() else {
             return Ok(None);
         };
-        let server: &mut ServerConn = pooled;
+        let (spool, server) = pooled.split();
         let mut fwd = 0usize;
         let mut saw_rfq = false;
         loop {
@@ -723,6 +791,8 @@ impl Session {
                 if let Some(fx) = self.effects.as_mut() {
                     fx.server_error();
                 }
+                spool.stats.error();
+                self.info.error_count.fetch_add(1, Relaxed);
             }
             if let Piece::Whole(h) = piece {
                 let ServerConn {
@@ -732,6 +802,7 @@ impl Session {
                     txn_status,
                     statements,
                     applied,
+                    info,
                     ..
                 } = &mut *server;
                 let body = &rbuf[fwd + 5..fwd + h.total()];
@@ -739,6 +810,14 @@ impl Session {
                     backend::READY_FOR_QUERY => {
                         let status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
                         *txn_status = status;
+                        Self::count_request(
+                            &self.info,
+                            spool,
+                            info,
+                            &mut self.request_started,
+                            &mut self.xact_started,
+                            status,
+                        );
                         self.tracker.server_message(h.code, Some(status));
                         if let Some(fx) = self.effects.as_mut() {
                             for cmd in fx.server_ready(status) {
@@ -809,6 +888,29 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Counts a request answered with ReadyForQuery(`status`) for the client, the server pool and the connection.
+    fn count_request(
+        client: &ClientInfo,
+        pool: &crate::pool::ServerPool,
+        conn: &crate::stats::ConnInfo,
+        request_started: &mut Option<Instant>,
+        xact_started: &mut Option<Instant>,
+        status: u8,
+    ) {
+        let now = Instant::now();
+        let us = |t: Option<Instant>| t.map_or(0, |t| now.duration_since(t).as_micros() as u64);
+        pool.stats.query(us(request_started.take()));
+        client.query_count.fetch_add(1, Relaxed);
+        let ended = status == txn::IDLE;
+        if ended {
+            pool.stats.xact(us(xact_started.take()));
+            client.xact_count.fetch_add(1, Relaxed);
+        }
+        conn.request(ended);
+    }
+}
+
 /// What the client loop does after [`Session::without_server`].
 pub(super) enum Flow {
     /// A server is attached: forward the piece.
@@ -826,6 +928,7 @@ enum Event {
     Client(std::io::Result<usize>),
     Draining,
     Notification(Option<bytes::Bytes>),
+    Killed,
 }
 
 mod copy;

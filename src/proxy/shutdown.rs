@@ -13,6 +13,8 @@ pub struct Shutdown {
     draining: watch::Sender<bool>,
     clients: AtomicUsize,
     all_gone: Notify,
+    /// The admin `SHUTDOWN` command: the binary then shuts down as on SIGINT.
+    requested: watch::Sender<bool>,
 }
 
 impl Default for Shutdown {
@@ -21,6 +23,7 @@ impl Default for Shutdown {
             draining: watch::channel(false).0,
             clients: AtomicUsize::new(0),
             all_gone: Notify::new(),
+            requested: watch::channel(false).0,
         }
     }
 }
@@ -40,6 +43,17 @@ impl Drop for ClientToken {
 impl Shutdown {
     pub fn begin(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// Asks the process to shut down gracefully (admin `SHUTDOWN`).
+    pub fn request(&self) {
+        self.requested.send_replace(true);
+    }
+
+    /// Resolves once a shutdown was requested.
+    pub async fn requested(&self) {
+        let mut rx = self.requested.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     pub fn is_draining(&self) -> bool {

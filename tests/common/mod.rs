@@ -428,3 +428,57 @@ pub fn sharded_config(shards: &[Postgres], key: &str) -> String {
 pub const HOUSE_SQL: &str = "CREATE TABLE house (size float8, rooms int, age int, price float8);
      INSERT INTO house SELECT s, r, a, 50 + 3 * s + 10 * r - 0.5 * a
        FROM (SELECT 40 + (g * 37) % 160 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 200) g) t;";
+
+/// A result of the admin console read with psql: column names, then rows of text values.
+pub type AdminResult = (Vec<String>, Vec<Vec<String>>);
+
+/// Runs `sql` in Ocelot's admin console on `port` with psql as `admin`/`admin` (the test configs' admin user):
+/// the columns and rows, or psql's error output.
+pub fn admin_psql(port: u16, sql: &str) -> Result<AdminResult, String> {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-A",
+        "-F",
+        "\u{1f}",
+        "-P",
+        "footer=off",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ])
+    .args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "admin",
+        "-d",
+        "pgcat",
+    ])
+    .args(["-c", sql])
+    .env("PGPASSWORD", "admin");
+    let (ok, out, err) = run_tool(c);
+    if !ok {
+        return Err(err);
+    }
+    let mut lines = out.lines();
+    let cols = lines
+        .next()
+        .map(|h| h.split('\u{1f}').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let rows = lines
+        .map(|l| l.split('\u{1f}').map(str::to_owned).collect())
+        .collect();
+    Ok((cols, rows))
+}
+
+/// The value of column `col` in `row` of an admin result.
+pub fn admin_value<'a>(res: &'a AdminResult, row: &'a [String], col: &str) -> &'a str {
+    let i = res
+        .0
+        .iter()
+        .position(|c| c == col)
+        .unwrap_or_else(|| panic!("no column {col} in {:?}", res.0));
+    &row[i]
+}

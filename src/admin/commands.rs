@@ -1,0 +1,194 @@
+//! Admin commands other than SHOW: RELOAD, PAUSE/RESUME, BAN/UNBAN, RECONNECT, KILL, SHUTDOWN, SET. Database
+//! arguments name pools; without one, PAUSE, RESUME and RECONNECT apply to every pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::table::{t, Col, Table};
+use super::{show, AdminError};
+use crate::pool::UserPool;
+use crate::protocol::codes::sqlstate;
+use crate::protocol::encode::{self, Severity};
+use crate::proxy::Shared;
+
+/// How long PAUSE waits for the pool's servers to be given back before it answers anyway.
+const PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs one console request (possibly several commands separated by `;`), writing results or an error.
+pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
+    let commands: Vec<&str> = sql
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if commands.is_empty() {
+        encode::empty(out, crate::protocol::codes::backend::EMPTY_QUERY_RESPONSE);
+        return;
+    }
+    for c in commands {
+        if let Err(e) = one(shared, c, out).await {
+            encode::error_response(out, Severity::Error, e.code, &e.message, None);
+            return;
+        }
+    }
+}
+
+async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), AdminError> {
+    let words: Vec<String> = cmd.split_whitespace().map(unquote).collect();
+    let verb = words[0].to_ascii_lowercase();
+    let args = &words[1..];
+    match verb.as_str() {
+        "show" => show::run(shared, args, out),
+        "set" => {
+            encode::command_complete(out, "SET");
+            Ok(())
+        }
+        "reload" => {
+            no_args(&verb, args)?;
+            let report = crate::proxy::reload::reload(shared)
+                .await
+                .map_err(|e| AdminError {
+                    code: sqlstate::CONFIG_FILE_ERROR,
+                    message: e.to_string(),
+                })?;
+            for n in report.notices() {
+                encode::notice_response(out, &n);
+            }
+            encode::command_complete(out, "RELOAD");
+            Ok(())
+        }
+        "pause" => {
+            let pools = pools_named(shared, args.first())?;
+            for p in &pools {
+                p.pause();
+            }
+            // PgBouncer answers PAUSE once the pools' servers are all given back.
+            let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+            while pools.iter().any(|p| p.busy_count() > 0) && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            encode::command_complete(out, "PAUSE");
+            Ok(())
+        }
+        "resume" => {
+            for p in pools_named(shared, args.first())? {
+                p.resume();
+            }
+            encode::command_complete(out, "RESUME");
+            Ok(())
+        }
+        "reconnect" => {
+            for p in pools_named(shared, args.first())? {
+                p.server_pools().for_each(|s| s.reconnect());
+            }
+            encode::command_complete(out, "RECONNECT");
+            Ok(())
+        }
+        "kill" => {
+            let Some(db) = args.first() else {
+                return Err(AdminError::syntax("KILL needs a database name"));
+            };
+            let pools = pools_named(shared, Some(db))?;
+            for c in shared.clients.list() {
+                if &c.database == db {
+                    c.kill.notify_one();
+                }
+            }
+            for p in pools {
+                p.server_pools().for_each(|s| s.reconnect());
+            }
+            encode::command_complete(out, "KILL");
+            Ok(())
+        }
+        "ban" | "unban" => ban(shared, &verb, args, out),
+        "shutdown" => {
+            no_args(&verb, args)?;
+            shared.shutdown.request();
+            let mut table = Table::new(&[Col::Text("success")]);
+            table.row(vec![t("t")]);
+            table.write(out, "SHUTDOWN");
+            Ok(())
+        }
+        _ => Err(AdminError::syntax(format!(
+            "unsupported admin command \"{cmd}\"; SHOW HELP lists the commands"
+        ))),
+    }
+}
+
+fn unquote(w: &str) -> String {
+    w.trim_matches(|c| c == '"' || c == '\'').to_owned()
+}
+
+fn no_args(verb: &str, args: &[String]) -> Result<(), AdminError> {
+    if args.is_empty() {
+        Ok(())
+    } else {
+        Err(AdminError::syntax(format!(
+            "{} takes no arguments",
+            verb.to_uppercase()
+        )))
+    }
+}
+
+/// The pools of database `db` (all pools when `None`); an unknown database is an error.
+fn pools_named(shared: &Shared, db: Option<&String>) -> Result<Vec<Arc<UserPool>>, AdminError> {
+    let snapshot = shared.snapshot();
+    let pools: Vec<Arc<UserPool>> = snapshot
+        .cluster
+        .user_pools()
+        .filter(|p| db.is_none_or(|d| &p.database == d))
+        .cloned()
+        .collect();
+    match db {
+        Some(d) if pools.is_empty() => Err(AdminError {
+            code: sqlstate::INVALID_CATALOG_NAME,
+            message: format!("database \"{d}\" does not exist"),
+        }),
+        _ => Ok(pools),
+    }
+}
+
+/// `BAN host seconds` / `UNBAN host`: every server address whose host matches, in every pool.
+fn ban(shared: &Shared, verb: &str, args: &[String], out: &mut BytesMut) -> Result<(), AdminError> {
+    let Some(host) = args.first() else {
+        return Err(AdminError::syntax(format!(
+            "{} needs a host",
+            verb.to_uppercase()
+        )));
+    };
+    let secs = if verb == "ban" {
+        let Some(Ok(secs)) = args.get(1).map(|s| s.parse::<u64>()) else {
+            return Err(AdminError::syntax(
+                "BAN needs a host and a duration in seconds",
+            ));
+        };
+        Some(secs)
+    } else {
+        None
+    };
+    let mut table = Table::new(&[
+        Col::Text("db"),
+        Col::Text("user"),
+        Col::Text("role"),
+        Col::Text("host"),
+    ]);
+    for p in shared.snapshot().cluster.user_pools() {
+        // As in PgCat, a primary is never banned.
+        for s in p.server_pools().filter(|s| {
+            &s.address.host == host
+                && (secs.is_none() || s.address.role != crate::config::ServerRole::Primary)
+        }) {
+            match secs {
+                Some(secs) => s.ban(Duration::from_secs(secs), "admin ban"),
+                None => s.unban(),
+            }
+            let a = &s.address;
+            table.row(vec![t(&a.pool), t(&a.user), t(a.role), t(&a.host)]);
+        }
+    }
+    table.write(out, &verb.to_uppercase());
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The admin console: a client that logs in to the database `pgcat` or `pgbouncer` as `admin_username` gets
+//! PgBouncer's and PgCat's admin commands instead of a server (`SHOW POOLS`, `RELOAD`, `PAUSE`, ...), over the
+//! simple query protocol, with PgCat's column names. Everything else gets an ErrorResponse and the console goes on.
+
+mod commands;
+pub mod prometheus;
+mod show;
+mod table;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::net::read_message;
+use crate::protocol::codes::{frontend, sqlstate, txn};
+use crate::protocol::encode::{self, Severity};
+use crate::proxy::error::ClientError;
+use crate::proxy::Shared;
+
+/// Databases that lead to the admin console.
+pub fn is_admin_database(db: &str) -> bool {
+    db.eq_ignore_ascii_case("pgcat") || db.eq_ignore_ascii_case("pgbouncer")
+}
+
+/// The largest admin command accepted.
+const MAX_COMMAND: u32 = 64 * 1024;
+
+/// A failed admin command: its SQLSTATE and message.
+#[derive(Debug)]
+pub struct AdminError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AdminError {
+    fn syntax(message: impl Into<String>) -> Self {
+        AdminError {
+            code: sqlstate::SYNTAX_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+/// Rolls every server pool's averages each [`crate::stats::STATS_PERIOD`], for as long as the proxy lives.
+pub fn spawn_stats_roller(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let period = crate::stats::STATS_PERIOD;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            for p in shared.snapshot().cluster.user_pools() {
+                for s in p.server_pools() {
+                    s.stats.roll(period);
+                }
+            }
+        }
+    });
+}
+
+/// Serves one admin client until it leaves.
+pub async fn serve(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+) -> Result<(), ClientError> {
+    let mut out = BytesMut::with_capacity(4096);
+    // After an extended-protocol message: drop the rest up to Sync, as a server does after an error.
+    let mut skipping = false;
+    loop {
+        let (code, body) = match read_message(&mut stream, &mut buf, MAX_COMMAND).await {
+            Ok(m) => m,
+            Err(crate::net::NetError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match code {
+            frontend::TERMINATE => return Ok(()),
+            frontend::QUERY => {
+                skipping = false;
+                let sql = body.chunk().strip_suffix(&[0]).unwrap_or(body.chunk());
+                let sql = String::from_utf8_lossy(sql);
+                commands::run(&shared, &sql, &mut out).await;
+                encode::ready_for_query(&mut out, txn::IDLE);
+            }
+            frontend::SYNC => {
+                skipping = false;
+                encode::ready_for_query(&mut out, txn::IDLE);
+            }
+            frontend::FLUSH => {}
+            _ if skipping => {}
+            _ => {
+                skipping = true;
+                encode::error_response(
+                    &mut out,
+                    Severity::Error,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the admin console speaks the simple query protocol only",
+                    None,
+                );
+            }
+        }
+        stream.write_all(&out).await?;
+        out.clear();
+    }
+}

@@ -1,0 +1,59 @@
+//! A result set the console builds in memory and writes as RowDescription, DataRows and CommandComplete. Column
+//! types follow PgCat: names are text, counters bigint.
+
+use bytes::BytesMut;
+
+use crate::protocol::encode;
+
+const TEXT: u32 = 25;
+const INT8: u32 = 20;
+
+/// Column kinds of console results.
+#[derive(Debug, Clone, Copy)]
+pub enum Col {
+    Text(&'static str),
+    Int(&'static str),
+}
+
+/// One result set.
+pub struct Table {
+    columns: Vec<Col>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    pub fn new(columns: &[Col]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row of values already in text form, one per column.
+    pub fn row(&mut self, values: Vec<String>) {
+        debug_assert_eq!(values.len(), self.columns.len());
+        self.rows.push(values.into_iter().map(Some).collect());
+    }
+
+    /// Writes the result set, ending with CommandComplete `tag`.
+    pub fn write(&self, out: &mut BytesMut, tag: &str) {
+        let cols: Vec<(&str, u32, i16)> = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                Col::Text(n) => (*n, TEXT, -1),
+                Col::Int(n) => (*n, INT8, 8),
+            })
+            .collect();
+        encode::row_description_typed(out, &cols);
+        for r in &self.rows {
+            encode::data_row_opt(out, r);
+        }
+        encode::command_complete(out, tag);
+    }
+}
+
+/// Shorthand for a text value.
+pub fn t(s: impl ToString) -> String {
+    s.to_string()
+}
