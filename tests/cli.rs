@@ -183,3 +183,67 @@ async fn sigint_gives_up_after_shutdown_timeout_and_sigterm_is_immediate() {
     assert!(status.is_some(), "SIGTERM exits at once");
     let _ = std::io::stdout().flush();
 }
+
+/// `pool_size` of `user`'s first server as SHOW DATABASES reports it.
+fn shown_pool_size(port: u16) -> Option<String> {
+    let res = admin_psql(port, "SHOW DATABASES").ok()?;
+    let row = res
+        .1
+        .iter()
+        .find(|r| admin_value(&res, r, "force_user") == "postgres")?;
+    Some(admin_value(&res, row, "pool_size").to_owned())
+}
+
+async fn wait_pool_size(port: u16, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shown_pool_size(port).as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "pool_size never became {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_and_autoreload_reload_and_admin_shutdown_exits() {
+    let pg = Postgres::start();
+    let port = free_port();
+    let toml = |size: u32, general: &str| {
+        config_toml(pg.port, size, general, "").replace("port = 0", &format!("port = {port}"))
+    };
+    let cfg = write_config(&toml(2, ""));
+    let mut child = spawn(&cfg);
+    let c = wait_connect(port).await;
+    wait_pool_size(port, "2").await;
+    std::fs::write(&cfg.0, toml(3, "")).unwrap();
+    signal(&child, "HUP");
+    wait_pool_size(port, "3").await;
+    c.simple_query("SELECT 1")
+        .await
+        .expect("the client survived the reload");
+    // A broken file on SIGHUP is refused: the proxy keeps serving with what it had.
+    std::fs::write(&cfg.0, "[general\n").unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shown_pool_size(port).as_deref(), Some("3"));
+    c.simple_query("SELECT 1").await.unwrap();
+
+    // SHUTDOWN from the admin console exits cleanly once clients are gone.
+    drop(c);
+    let res = admin_psql(port, "SHUTDOWN").unwrap();
+    assert_eq!(res.1, vec![vec!["t".to_owned()]]);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("exited after SHUTDOWN");
+    assert!(status.success());
+
+    // autoreload polls the file.
+    std::fs::write(&cfg.0, toml(2, "autoreload = 100")).unwrap();
+    let mut child = spawn(&cfg);
+    let _c = wait_connect(port).await;
+    wait_pool_size(port, "2").await;
+    std::fs::write(&cfg.0, toml(5, "autoreload = 100")).unwrap();
+    wait_pool_size(port, "5").await;
+    signal(&child, "TERM");
+    let _ =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5))).await;
+}

@@ -219,3 +219,276 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     let v = rows_of(&a.simple_query("SHOW VERSION").await.unwrap());
     assert!(v[0][0].as_deref().unwrap_or_default().starts_with("Ocelot"));
 }
+
+/// A config with pool `app` (users postgres and md5user, read/write splitting) and, when `extra`, pool `extra`.
+fn reload_config(
+    pg: &Postgres,
+    replica: Option<&Postgres>,
+    pool_size: u32,
+    md5_password: &str,
+    extra: bool,
+) -> String {
+    let mut servers = format!("[\"127.0.0.1\", {}, \"primary\"]", pg.port);
+    if let Some(r) = replica {
+        servers.push_str(&format!(", [\"127.0.0.1\", {}, \"replica\"]", r.port));
+    }
+    let mut text = format!(
+        r#"
+[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+connect_timeout = 5000
+
+[pools.app]
+query_parser_enabled = true
+query_parser_read_write_splitting = true
+
+[pools.app.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = {pool_size}
+
+[pools.app.users.1]
+username = "{md5u}"
+password = "{md5_password}"
+server_password = "{md5p}"
+auth_type = "md5"
+pool_size = 5
+
+[pools.app.shards.0]
+database = "app"
+servers = [{servers}]
+"#,
+        md5u = MD5_USER.0,
+        md5p = MD5_USER.1,
+    );
+    if extra {
+        text.push_str(&format!(
+            r#"
+[pools.extra]
+[pools.extra.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = 2
+[pools.extra.shards.0]
+database = "app"
+servers = [["127.0.0.1", {}, "primary"]]
+"#,
+            pg.port
+        ));
+    }
+    text
+}
+
+/// Server ids of `user`'s connections to the primary.
+fn primary_server_ids(port: u16, user: &str) -> Vec<String> {
+    let servers = admin(port, "SHOW SERVERS");
+    servers
+        .1
+        .iter()
+        .filter(|r| {
+            admin_value(&servers, r, "user") == user
+                && admin_value(&servers, r, "address_id").contains("primary")
+        })
+        .map(|r| r[0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_pgbench_load_drops_nothing() {
+    let pg = Postgres::start();
+    let replica = Postgres::replica_of(&pg);
+    let dir = std::env::temp_dir().join(format!("ocelot-reload-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgcat.toml");
+    std::fs::write(&path, reload_config(&pg, None, 5, "md5pass", true)).unwrap();
+    let loaded = ocelot::config::Config::load(&path).unwrap();
+    let proxy = ocelot::proxy::Proxy::start_from(loaded.config, Some(path.clone()))
+        .await
+        .unwrap();
+    let port = proxy.local_addr().port();
+    pgbench_init(port).await;
+    pg.wait_replicated(&[&replica]);
+
+    let extra = connect(port, "postgres", None, "extra").await.unwrap();
+    let md5 = connect(port, MD5_USER.0, Some("md5pass"), "app")
+        .await
+        .unwrap();
+    md5.simple_query("SELECT 1").await.unwrap();
+    let md5_servers = primary_server_ids(port, MD5_USER.0);
+    assert_eq!(md5_servers.len(), 1);
+
+    let bench = tokio::task::spawn_blocking(move || {
+        pgbench(port, &["-c", "50", "-j", "2", "-T", "10", "-n"])
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Add a replica, grow pool_size, change md5user's password, remove pool `extra`.
+    std::fs::write(
+        &path,
+        reload_config(&pg, Some(&replica), 8, "newpass", false),
+    )
+    .unwrap();
+    admin(port, "RELOAD");
+    let dbs = admin(port, "SHOW DATABASES");
+    let app: Vec<_> = dbs
+        .1
+        .iter()
+        .filter(|r| admin_value(&dbs, r, "force_user") == "postgres")
+        .collect();
+    assert_eq!(app.len(), 2, "{:?}", dbs.1);
+    assert!(app.iter().all(|r| num(&dbs, r, "pool_size") == 8));
+    assert!(app
+        .iter()
+        .any(|r| admin_value(&dbs, r, "name").contains("replica")));
+    let pools = admin(port, "SHOW POOLS");
+    assert!(rows_where(&pools, "database", "extra").is_empty());
+    // md5user's server pool did not change: its connection was kept.
+    assert_eq!(primary_server_ids(port, MD5_USER.0), md5_servers);
+    // The new password logs in, the old one no longer does; clients already in keep going.
+    connect(port, MD5_USER.0, Some("newpass"), "app")
+        .await
+        .unwrap();
+    let e = connect(port, MD5_USER.0, Some("md5pass"), "app")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("28P01"));
+    md5.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(first_value(&extra, "SELECT 41 + 1").await, "42");
+    // Reads now go to the new replica.
+    let reader = connect(port, "postgres", None, "app").await.unwrap();
+    assert_eq!(
+        first_value(&reader, "SELECT pg_is_in_recovery()::text").await,
+        "true"
+    );
+
+    // An invalid file is refused and everything goes on with the config in force.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&path, "[general]\nport = \"not a number\"\n").unwrap();
+    let err = admin_psql(port, "RELOAD").unwrap_err();
+    assert!(err.contains("config not reloaded"), "{err}");
+    assert_eq!(first_value(&reader, "SELECT 1").await, "1");
+
+    let (ok, out, err) = bench.await.unwrap();
+    assert!(ok, "pgbench failed: {out}\n{err}");
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    let processed: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(processed > 100, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Scrapes `/metrics` and parses it with prometheus-client's parser: (family types, samples).
+fn scrape(addr: std::net::SocketAddr) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ops/prom_parse.py");
+    let mut c = std::process::Command::new("python3");
+    c.arg(script).arg(format!("http://{addr}/metrics"));
+    let (ok, out, err) = run_tool(c);
+    assert!(ok, "scrape failed: {err}");
+    serde_json::from_str(&out).expect("parser output")
+}
+
+/// The sum of the samples of `name` whose labels include every (key, value) of `labels`. (The Python parser
+/// names counter samples `<family>_total` whatever the exposition said.)
+fn metric(scraped: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let total = format!("{name}_total");
+    scraped["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s[0] == name || (!name.ends_with("_total") && s[0] == total.as_str()))
+        .filter(|s| labels.iter().all(|(k, v)| s[1][*k] == *v))
+        .map(|s| s[2].as_f64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_parse_and_follow_traffic() {
+    let pg = Postgres::start();
+    let toml = config_toml(
+        pg.port,
+        4,
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0",
+        "",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let addr = *proxy.shared().metrics_addr.get().expect("exporter started");
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    c.simple_query(HOUSE_SQL).await.unwrap();
+    c.simple_query(
+        "SELECT * FROM pgml.train('houses', 'regression', 'house', 'price', algorithm => 'linear')",
+    )
+    .await
+    .unwrap();
+
+    let before = scrape(addr);
+    for (family, kind) in [
+        ("pgcat_stats_total_query_count", "counter"),
+        ("pgcat_stats_avg_query_time", "gauge"),
+        ("pgcat_pools_cl_idle", "gauge"),
+        ("pgcat_servers_bytes_sent", "counter"),
+        ("pgcat_databases_pool_size", "gauge"),
+        ("ocelot_model_predictions", "counter"),
+        ("ocelot_reloads", "counter"),
+    ] {
+        assert_eq!(before["families"][family], kind, "{family}");
+    }
+    let me = [("pool", "app"), ("username", "postgres")];
+    let q0 = metric(&before, "pgcat_stats_total_query_count", &me);
+    let sent0 = metric(&before, "pgcat_servers_bytes_sent", &me);
+    assert_eq!(
+        metric(&before, "pgcat_databases_pool_size", &me),
+        4.0,
+        "labels: host, shard, pool, role, index, database, username"
+    );
+    assert_eq!(
+        metric(
+            &before,
+            "pgcat_pools_cl_idle",
+            &[("pool", "app"), ("user", "postgres")]
+        ),
+        1.0
+    );
+
+    for _ in 0..25 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    for _ in 0..10 {
+        c.simple_query("SELECT pgml.predict('houses', ARRAY[100, 3, 10])")
+            .await
+            .unwrap();
+    }
+    let after = scrape(addr);
+    assert_eq!(
+        metric(&after, "pgcat_stats_total_query_count", &me) - q0,
+        25.0
+    );
+    assert!(metric(&after, "pgcat_servers_bytes_sent", &me) >= sent0 + 25.0 * 14.0);
+    assert_eq!(
+        metric(
+            &after,
+            "ocelot_model_predictions_total",
+            &[("project", "houses")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(&after, "ocelot_model_loaded", &[("project", "houses")]),
+        1.0
+    );
+    // Anything but /metrics is a 404.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+}
