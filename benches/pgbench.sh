@@ -13,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-postgres.sh
 command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
-cargo build --release -q
-BIN="${CARGO_TARGET_DIR:-target}/release/ocelot"
+# OCELOT_BIN runs a given build instead (to compare two builds).
+if [ -z "${OCELOT_BIN:-}" ]; then cargo build --release -q; fi
+BIN="${OCELOT_BIN:-${CARGO_TARGET_DIR:-target}/release/ocelot}"
 
 CLIENTS=${CLIENTS:-"1 10 50 200"}
 MODES=${MODES:-"simple extended prepared"}

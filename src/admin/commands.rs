@@ -94,7 +94,7 @@ async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), 
             let pools = pools_named(shared, Some(db))?;
             for c in shared.clients.list() {
                 if &c.database == db {
-                    c.kill.notify_one();
+                    c.kill();
                 }
             }
             for p in pools {

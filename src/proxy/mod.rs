@@ -158,6 +158,9 @@ impl Proxy {
     pub async fn shutdown(self) -> usize {
         let timeout = Duration::from_millis(self.shared.snapshot().config.general.shutdown_timeout);
         self.shared.shutdown.begin();
+        for c in self.shared.clients.list() {
+            c.drain();
+        }
         let _ = tokio::time::timeout(timeout, self.shared.shutdown.all_clients_gone()).await;
         self.accept.abort();
         self.shared.shutdown.client_count()
@@ -239,12 +242,15 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         &login.application_name,
         Some(peer),
     );
+    // Registered after a shutdown began drains at once (shutdown drains the clients it finds registered).
+    if shared.shutdown.is_draining() {
+        client.info.drain();
+    }
     let session = Session::new(
         stream,
         buf,
         &login,
         g.max_message_size,
-        shared.shutdown.subscribe(),
         client.info.clone(),
         shared.clone(),
     );

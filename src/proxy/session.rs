@@ -33,7 +33,7 @@ use crate::protocol::{decode, ProtocolError};
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::session_sql::{mentions_set_config, SessionCommand};
-use crate::stats::{ClientInfo, ClientState};
+use crate::stats::{ClientInfo, ClientState, Stop};
 use std::collections::HashMap;
 
 /// Read buffers grow to at least this much free space before each read.
@@ -122,7 +122,8 @@ pub struct Session {
     pgml: Option<Box<pgml_ext::PgmlStatements>>,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
-    draining: watch::Receiver<bool>,
+    /// Shutdown (drain) and `KILL`.
+    stop: watch::Receiver<Stop>,
     /// This client as `SHOW CLIENTS` sees it.
     info: Arc<ClientInfo>,
     /// The proxy's shared state, to follow config reloads, and the reload generation this session is on.
@@ -139,7 +140,6 @@ impl Session {
         cbuf: BytesMut,
         login: &LoggedIn,
         max_message: u32,
-        draining: watch::Receiver<bool>,
         info: Arc<ClientInfo>,
         shared: Arc<super::Shared>,
     ) -> Self {
@@ -181,7 +181,7 @@ impl Session {
             unsynced_execute: false,
             pgml: None,
             replay: None,
-            draining,
+            stop: info.stop_signal(),
             info,
             generation: shared.generation.load(std::sync::atomic::Ordering::Acquire),
             shared,
@@ -234,7 +234,11 @@ impl Session {
     }
 
     async fn run_inner(&mut self) -> Result<End, ClientError> {
-        let mut draining = *self.draining.borrow();
+        let mut draining = match *self.stop.borrow() {
+            Stop::Run => false,
+            Stop::Drain => true,
+            Stop::Kill => return Err(ClientError::AdminShutdown),
+        };
         loop {
             if draining && self.server.is_none() {
                 return Ok(End::Shutdown);
@@ -252,16 +256,14 @@ impl Session {
                     tokio::select! {
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
-                        _ = self.draining.changed(), if !draining => Event::Draining,
+                        _ = self.stop.changed() => Event::Stop,
                         m = notify::next(&mut self.notify) => Event::Notification(m),
-                        _ = self.info.kill.notified() => Event::Killed,
                     }
                 }
                 None => tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
-                    _ = self.draining.changed(), if !draining => Event::Draining,
+                    _ = self.stop.changed() => Event::Stop,
                     m = notify::next(&mut self.notify) => Event::Notification(m),
-                    _ = self.info.kill.notified() => Event::Killed,
                 },
             };
             match event {
@@ -305,8 +307,11 @@ impl Session {
                         return Ok(end);
                     }
                 }
-                Event::Draining => draining = true,
-                Event::Killed => return Err(ClientError::AdminShutdown),
+                Event::Stop => match *self.stop.borrow() {
+                    Stop::Run => {}
+                    Stop::Drain => draining = true,
+                    Stop::Kill => return Err(ClientError::AdminShutdown),
+                },
                 Event::Notification(Some(msg)) => self.notification(msg).await?,
                 Event::Notification(None) => {}
             }
@@ -926,9 +931,8 @@ pub(super) enum Flow {
 enum Event {
     Server(std::io::Result<usize>),
     Client(std::io::Result<usize>),
-    Draining,
+    Stop,
     Notification(Option<bytes::Bytes>),
-    Killed,
 }
 
 mod copy;

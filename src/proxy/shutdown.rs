@@ -1,5 +1,5 @@
-//! Shutdown coordination. SIGINT (or [`Shutdown::begin`]) moves the proxy to draining: new logins are refused,
-//! idle clients are told and disconnected, clients inside a transaction finish it first; the process exits when
+//! Shutdown coordination. SIGINT or admin `SHUTDOWN` (through [`super::Proxy::shutdown`]) moves the proxy to
+//! draining: new logins are refused, idle clients are told and disconnected, clients inside a transaction finish it first; the process exits when
 //! every client is gone or `shutdown_timeout` has passed. SIGTERM exits at once (handled by the binary).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,11 +58,6 @@ impl Shutdown {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
-    }
-
-    /// A receiver that changes to `true` when draining starts.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.draining.subscribe()
     }
 
     pub fn client_token(self: &Arc<Self>) -> ClientToken {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::now_us;
 
@@ -34,6 +34,14 @@ impl ClientState {
     }
 }
 
+/// What the proxy wants a session to do: go on, end once it holds no server (shutdown), or end now (`KILL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    Drain,
+    Kill,
+}
+
 /// One client's identity and counters.
 #[derive(Debug)]
 pub struct ClientInfo {
@@ -51,8 +59,8 @@ pub struct ClientInfo {
     wait_since: AtomicU64,
     /// The longest wait so far, in microseconds.
     pub max_wait_us: AtomicU64,
-    /// `KILL`: the session ends at its next step.
-    pub kill: Notify,
+    /// Shutdown and `KILL` reach the session through this one channel, so its loop waits on a single signal.
+    stop: watch::Sender<Stop>,
 }
 
 impl ClientInfo {
@@ -89,6 +97,27 @@ impl ClientInfo {
             ClientState::Idle
         });
         waited
+    }
+
+    /// The session's end of the stop signal.
+    pub fn stop_signal(&self) -> watch::Receiver<Stop> {
+        self.stop.subscribe()
+    }
+
+    /// Shutdown: the session ends once it holds no server.
+    pub fn drain(&self) {
+        self.stop.send_if_modified(|s| {
+            let run = *s == Stop::Run;
+            if run {
+                *s = Stop::Drain;
+            }
+            run
+        });
+    }
+
+    /// `KILL`: the session ends now.
+    pub fn kill(&self) {
+        self.stop.send_replace(Stop::Kill);
     }
 
     /// How long the client has been waiting now, in microseconds (0 when it is not).
@@ -147,7 +176,7 @@ impl ClientRegistry {
             error_count: AtomicU64::new(0),
             wait_since: AtomicU64::new(0),
             max_wait_us: AtomicU64::new(0),
-            kill: Notify::new(),
+            stop: watch::channel(Stop::Run).0,
         });
         self.lock().insert(id, info.clone());
         ClientHandle {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use clients::{ClientInfo, ClientRegistry, ClientState};
+pub use clients::{ClientInfo, ClientRegistry, ClientState, Stop};
 pub use conns::{ConnInfo, ConnState};
 
 /// How often averages are recomputed (PgBouncer's default `stats_period` is 60 s; PgCat's is 15 s).
