@@ -1,6 +1,7 @@
 //! Shutdown coordination. SIGINT or admin `SHUTDOWN` (through [`super::Proxy::shutdown`]) moves the proxy to
-//! draining: new logins are refused, idle clients are told and disconnected, clients inside a transaction finish it first; the process exits when
-//! every client is gone or `shutdown_timeout` has passed. SIGTERM exits at once (handled by the binary).
+//! draining: new logins are refused, idle clients are told and disconnected, clients inside a transaction finish
+//! it first; the process exits when every client is gone or `shutdown_timeout` has passed. SIGTERM exits at once
+//! (handled by the binary).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
