@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::net::read_message;
 use crate::protocol::codes::{frontend, sqlstate, txn};
@@ -65,7 +64,7 @@ pub fn spawn_stats_roller(shared: &Arc<Shared>) {
 
 /// Serves one admin client until it leaves.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: crate::net::Stream,
     mut buf: BytesMut,
     shared: Arc<Shared>,
 ) -> Result<(), ClientError> {

@@ -187,10 +187,21 @@ pub struct General {
     pub tls_certificate: Option<String>,
     #[serde(default)]
     pub tls_private_key: Option<String>,
+    /// Ocelot: refuse clients that connect over TCP without TLS (PgCat issue 633). Unix-socket clients are local
+    /// and allowed.
+    #[serde(default)]
+    pub tls_required: bool,
     #[serde(default)]
     pub server_tls: bool,
     #[serde(default)]
     pub verify_server_certificate: bool,
+    /// Ocelot: a PEM file of the CA certificates servers are verified against (the system's roots otherwise).
+    #[serde(default)]
+    pub server_tls_ca_file: Option<String>,
+    /// Ocelot: also listen on a Unix-domain socket in this directory, named `.s.PGSQL.<port>` as PostgreSQL names
+    /// its own, so `psql -h <dir>` finds it (PgCat issue 365).
+    #[serde(default)]
+    pub unix_socket_dir: Option<String>,
     pub admin_username: String,
     pub admin_password: String,
     #[serde(default)]

@@ -12,8 +12,11 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
             "tls_certificate and tls_private_key must be set together",
         ));
     }
-    if g.tls_certificate.is_some() {
-        warnings.push("general.tls_certificate: client TLS is not implemented yet; clients are answered 'N' to SSLRequest".into());
+    if g.tls_required && g.tls_certificate.is_none() {
+        return Err(ConfigError::invalid(
+            "general.tls_required",
+            "tls_required needs tls_certificate and tls_private_key",
+        ));
     }
     if let Some(name) = &c.inference.registry_pool {
         if !c.pools.contains_key(name) {

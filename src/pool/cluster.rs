@@ -349,6 +349,11 @@ fn server_pools(
 ) -> Vec<Vec<Arc<ServerPool>>> {
     let g = &config.general;
     let creds = ServerCredentials {
+        tls: super::connect::ServerTls {
+            enabled: g.server_tls,
+            verify: g.verify_server_certificate,
+            ca_file: g.server_tls_ca_file.clone(),
+        },
         user: user
             .server_username
             .clone()

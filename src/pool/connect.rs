@@ -11,17 +11,62 @@ use tokio::net::TcpStream;
 
 use super::server::CancelTarget;
 use super::{Address, PoolError, ServerConn, ServerParams};
-use crate::net::{configure_server_socket, read_message, NetError};
+use crate::net::{configure_server_socket, read_message, NetError, Stream};
 use crate::protocol::auth::{md5, scram, Secret};
 use crate::protocol::codes::backend;
 use crate::protocol::decode::{self, AuthRequest};
 use crate::protocol::encode;
 
-/// Who Ocelot logs in as on the server.
+/// Who Ocelot logs in as on the server, and over what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerCredentials {
     pub user: String,
     pub password: Option<Secret>,
+    pub tls: ServerTls,
+}
+
+/// `server_tls`, `verify_server_certificate` and `server_tls_ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerTls {
+    pub enabled: bool,
+    pub verify: bool,
+    pub ca_file: Option<String>,
+}
+
+/// Asks the server for TLS (SSLRequest) and does the handshake. A server that declines is used in plain text
+/// unless its certificate must be verified, which then fails.
+async fn start_tls(
+    mut tcp: TcpStream,
+    tls: &ServerTls,
+    address: &Address,
+) -> std::io::Result<Stream> {
+    use tokio::io::AsyncReadExt;
+    let mut req = BytesMut::with_capacity(8);
+    encode::ssl_request(&mut req);
+    tcp.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let connector = crate::net::tls::connector(tls.verify, tls.ca_file.as_deref())
+                .map_err(std::io::Error::other)?;
+            let name =
+                crate::net::tls::server_name(&address.host).map_err(std::io::Error::other)?;
+            let s = connector.connect(name, tcp).await?;
+            Ok(Stream::TlsClient(Box::new(s)))
+        }
+        b'N' if !tls.verify => {
+            tracing::warn!(server = %address, "server_tls: the server does not offer TLS; going on in plain text");
+            Ok(Stream::Tcp(tcp))
+        }
+        b'N' => Err(std::io::Error::other(
+            "the server does not offer TLS and verify_server_certificate is on",
+        )),
+        other => Err(std::io::Error::other(format!(
+            "unexpected answer {:?} to SSLRequest",
+            other as char
+        ))),
+    }
 }
 
 /// Connects and authenticates to the server of `address`. The caller applies the connect timeout.
@@ -31,13 +76,23 @@ pub async fn connect(
     max_message: u32,
 ) -> Result<ServerConn, PoolError> {
     let server = || address.to_string();
-    let mut stream = TcpStream::connect((address.host.as_str(), address.port))
+    let tcp = TcpStream::connect((address.host.as_str(), address.port))
         .await
         .map_err(|source| PoolError::Connect {
             server: server(),
             source,
         })?;
-    configure_server_socket(&stream);
+    configure_server_socket(&tcp);
+    let mut stream = if creds.tls.enabled {
+        start_tls(tcp, &creds.tls, &address)
+            .await
+            .map_err(|source| PoolError::Connect {
+                server: server(),
+                source,
+            })?
+    } else {
+        Stream::Tcp(tcp)
+    };
     let mut out = BytesMut::with_capacity(128);
     encode::startup_message(
         &mut out,
@@ -109,7 +164,7 @@ pub async fn connect(
 }
 
 async fn write(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     out: &mut BytesMut,
     address: &Address,
 ) -> Result<(), PoolError> {

@@ -314,8 +314,7 @@ impl ServerPool {
     /// An idle server has nothing to say; readable bytes or EOF mean it was terminated (e.g. by
     /// `pg_terminate_backend`) or broke. One non-blocking read, so a dead connection is never handed out.
     fn closed_while_idle(conn: &ServerConn) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        conn.stream.readable_while_idle()
     }
 
     async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::prepared::ServerStatements;
 use super::{Address, PoolError, ServerParams};
@@ -125,7 +124,7 @@ impl Dirty {
 /// An authenticated connection to a PostgreSQL server.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: crate::net::Stream,
     /// Bytes read from the server and not yet consumed.
     pub rbuf: BytesMut,
     /// Reported parameters, as the server last reported them.
@@ -152,7 +151,7 @@ pub struct ServerConn {
 
 impl ServerConn {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: crate::net::Stream,
         rbuf: BytesMut,
         params: ServerParams,
         cancel: CancelTarget,

@@ -162,6 +162,12 @@ pub fn startup_message<'a>(
 }
 
 /// CancelRequest (untyped).
+/// SSLRequest: asks a server for TLS before the StartupMessage.
+pub fn ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_u32(crate::protocol::codes::startup::SSL_REQUEST);
+}
+
 pub fn cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(16);
     buf.put_u32(startup::CANCEL_REQUEST);

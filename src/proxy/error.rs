@@ -38,6 +38,8 @@ pub enum ClientError {
     },
     #[error("canceling authentication due to timeout")]
     LoginTimeout,
+    #[error("TLS is required: connect with sslmode=require or stronger")]
+    TlsRequired,
     #[error("the connection pooler is shutting down")]
     ShuttingDown,
     #[error("terminating connection due to administrator command")]
@@ -65,7 +67,9 @@ impl ClientError {
             ClientError::Closed | ClientError::Io(_) => return None,
             ClientError::Protocol(_) | ClientError::LoginTimeout => sqlstate::PROTOCOL_VIOLATION,
             ClientError::UnsupportedProtocol(..) => sqlstate::FEATURE_NOT_SUPPORTED,
-            ClientError::NoUser | ClientError::UnknownRole(_) => sqlstate::INVALID_AUTHORIZATION,
+            ClientError::NoUser | ClientError::UnknownRole(_) | ClientError::TlsRequired => {
+                sqlstate::INVALID_AUTHORIZATION
+            }
             ClientError::UnknownDatabase(_) => sqlstate::INVALID_CATALOG_NAME,
             ClientError::WrongPassword(_) => sqlstate::INVALID_PASSWORD,
             ClientError::AuthProtocol { source, .. } => match source {

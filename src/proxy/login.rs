@@ -8,14 +8,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::cancel::Registration;
 use super::error::ClientError;
 use super::params::ClientParams;
 use super::Shared;
 use crate::config::{AdminAuthType, AuthType};
-use crate::net::{read_message, read_startup_packet};
+use crate::net::{read_message, read_startup_packet, Stream};
 use crate::pool::balance::Want;
 use crate::pool::cluster::ClientAuth;
 use crate::pool::{ServerParams, UserPool};
@@ -50,17 +49,37 @@ pub struct LoggedIn {
 
 /// Runs start-up and authentication. The caller applies `client_login_timeout`.
 pub async fn login(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Login, ClientError> {
     let (minor, params) = loop {
         let packet = read_startup_packet(stream, buf).await?;
         match startup::parse(&packet)? {
-            StartupRequest::Ssl | StartupRequest::GssEnc => {
-                // No TLS or GSS configured: 'N' tells the client to go on in plaintext.
-                stream.write_all(b"N").await?;
-            }
+            StartupRequest::Ssl => match (&shared.snapshot().tls, stream.take_tcp()) {
+                (Some(acceptor), Some(tcp)) => {
+                    if !buf.is_empty() {
+                        // Bytes sent before the handshake would be read as if they had come over TLS.
+                        return Err(ProtocolError::Unexpected {
+                            got: buf[0] as char,
+                            expected: "nothing before the TLS handshake",
+                        }
+                        .into());
+                    }
+                    let mut tcp = tcp;
+                    tcp.write_all(b"S").await?;
+                    let tls = acceptor.accept(tcp).await?;
+                    *stream = Stream::TlsServer(Box::new(tls));
+                }
+                (_, tcp) => {
+                    if let Some(tcp) = tcp {
+                        *stream = Stream::Tcp(tcp);
+                    }
+                    // No TLS configured (or already on it): 'N' tells the client to go on in plain text.
+                    stream.write_all(b"N").await?;
+                }
+            },
+            StartupRequest::GssEnc => stream.write_all(b"N").await?,
             StartupRequest::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
             StartupRequest::Unsupported { major, minor } => {
                 return Err(ClientError::UnsupportedProtocol(major, minor))
@@ -80,6 +99,9 @@ pub async fn login(
     let application_name = get("application_name").unwrap_or_default().to_owned();
     if shared.shutdown.is_draining() {
         return Err(ClientError::ShuttingDown);
+    }
+    if !stream.is_tls() && !stream.is_unix() && shared.snapshot().config.general.tls_required {
+        return Err(ClientError::TlsRequired);
     }
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
@@ -175,7 +197,7 @@ async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientErr
 }
 
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     auth: &ClientAuth,
@@ -228,14 +250,14 @@ async fn authenticate(
     }
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), ClientError> {
+async fn flush(stream: &mut Stream, out: &mut BytesMut) -> Result<(), ClientError> {
     stream.write_all(out).await?;
     out.clear();
     Ok(())
 }
 
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, ClientError> {
     let (code, body) = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;

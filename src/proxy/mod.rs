@@ -37,10 +37,33 @@ use session::Session;
 use shutdown::Shutdown;
 
 /// A config and the pools built from it, published together.
-#[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub cluster: Arc<Cluster>,
+    /// Client-facing TLS, when `tls_certificate` and `tls_private_key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("cluster", &self.cluster)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client-facing TLS acceptor a config asks for.
+pub fn tls_acceptor(
+    config: &Config,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::net::tls::TlsError> {
+    match (
+        &config.general.tls_certificate,
+        &config.general.tls_private_key,
+    ) {
+        (Some(cert), Some(key)) => crate::net::tls::acceptor(cert, key).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// State shared by every connection.
@@ -79,6 +102,8 @@ pub enum StartError {
     },
     #[error("cannot prepare user authentication: {0}")]
     Auth(#[from] crate::protocol::auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// A running proxy.
@@ -86,6 +111,8 @@ pub struct Proxy {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
+    /// The Unix-domain socket's accept task and path, when `unix_socket_dir` is set.
+    unix: Option<(JoinHandle<()>, std::path::PathBuf)>,
 }
 
 impl Proxy {
@@ -103,6 +130,7 @@ impl Proxy {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let tls = tls_acceptor(&config)?;
         let cluster = Cluster::build(&config)?;
         cluster.start();
         for pool in cluster.user_pools() {
@@ -114,6 +142,7 @@ impl Proxy {
             state: ArcSwap::from_pointee(Snapshot {
                 config: Arc::new(config),
                 cluster: Arc::new(cluster),
+                tls,
             }),
             cancels: Arc::default(),
             shutdown: Arc::default(),
@@ -137,11 +166,29 @@ impl Proxy {
             source,
         })?;
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let unix = match &shared.snapshot().config.general.unix_socket_dir {
+            Some(dir) => {
+                let path =
+                    std::path::Path::new(dir).join(format!(".s.PGSQL.{}", local_addr.port()));
+                let listener = bind_unix(&path).map_err(|source| StartError::Bind {
+                    addr: path.display().to_string(),
+                    source,
+                })?;
+                Some((tokio::spawn(accept_unix(listener, shared.clone())), path))
+            }
+            None => None,
+        };
         Ok(Proxy {
             local_addr,
             shared,
             accept,
+            unix,
         })
+    }
+
+    /// The Unix-domain socket clients can connect to, when `unix_socket_dir` is set.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
     }
 
     /// The address clients connect to (useful with port 0).
@@ -163,7 +210,42 @@ impl Proxy {
         }
         let _ = tokio::time::timeout(timeout, self.shared.shutdown.all_clients_gone()).await;
         self.accept.abort();
+        if let Some((task, path)) = &self.unix {
+            task.abort();
+            let _ = std::fs::remove_file(path);
+        }
         self.shared.shutdown.client_count()
+    }
+}
+
+/// Binds the Unix-domain socket, replacing a stale socket file left by an earlier run, open to every local user
+/// (authentication still applies), as PostgreSQL's own socket is by default.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    handle_client(crate::net::Stream::Unix(stream), None, shared).await
+                });
+            }
+            Err(e) => {
+                tracing::error!("accept on the Unix socket failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -172,7 +254,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move { handle_client(stream, peer, shared).await });
+                tokio::spawn(async move { handle_tcp_client(stream, peer, shared).await });
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -183,10 +265,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _token = shared.shutdown.client_token();
-    let snapshot = shared.snapshot();
-    let g = &snapshot.config.general;
+async fn handle_tcp_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let g = &shared.snapshot().config.general;
     configure_client_socket(
         &stream,
         Keepalive {
@@ -196,6 +276,18 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             user_timeout_ms: g.tcp_user_timeout,
         },
     );
+    handle_client(crate::net::Stream::Tcp(stream), Some(peer), shared).await
+}
+
+async fn handle_client(
+    mut stream: crate::net::Stream,
+    addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+) {
+    let _token = shared.shutdown.client_token();
+    let snapshot = shared.snapshot();
+    let g = &snapshot.config.general;
+    let peer = addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = Duration::from_millis(g.client_login_timeout);
     let login =
@@ -236,12 +328,10 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     if g.log_client_connections {
         tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
     }
-    let client = shared.clients.register(
-        &login.database,
-        &login.user,
-        &login.application_name,
-        Some(peer),
-    );
+    let client =
+        shared
+            .clients
+            .register(&login.database, &login.user, &login.application_name, addr);
     // Registered after a shutdown began drains at once (shutdown drains the clients it finds registered).
     if shared.shutdown.is_draining() {
         client.info.drain();
@@ -266,7 +356,7 @@ async fn handle_client(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
 }
 
 /// Sends a FATAL ErrorResponse for `e` when the client can still receive it.
-async fn report(stream: &mut TcpStream, e: &ClientError) {
+async fn report(stream: &mut crate::net::Stream, e: &ClientError) {
     if let Some(code) = e.sqlstate() {
         let mut b = BytesMut::new();
         encode::error_response(&mut b, e.severity(), code, &e.to_string(), None);

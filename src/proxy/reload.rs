@@ -23,6 +23,8 @@ pub enum ReloadError {
     Auth(#[from] crate::protocol::auth::AuthError),
     #[error("config not reloaded: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("config not reloaded: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// What a reload did.
@@ -88,6 +90,7 @@ async fn reload_now(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
         .await?
     };
     let cluster = cluster?;
+    let tls = super::tls_acceptor(&config.config)?;
     let mut report = ReloadReport {
         warnings: config.warnings,
         ..Default::default()
@@ -127,6 +130,7 @@ async fn reload_now(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     shared.state.store(Arc::new(Snapshot {
         config: Arc::new(config),
         cluster: Arc::new(cluster),
+        tls,
     }));
     shared.generation.fetch_add(1, Ordering::AcqRel);
     Ok(report)

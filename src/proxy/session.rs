@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::cancel::CancelSlot;
@@ -61,7 +60,7 @@ pub enum End {
 
 /// One client's session.
 pub struct Session {
-    client: TcpStream,
+    client: crate::net::Stream,
     cbuf: BytesMut,
     csplit: Splitter,
     server: Option<Pooled>,
@@ -136,7 +135,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        client: TcpStream,
+        client: crate::net::Stream,
         cbuf: BytesMut,
         login: &LoggedIn,
         max_message: u32,
