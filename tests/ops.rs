@@ -492,3 +492,97 @@ async fn prometheus_metrics_parse_and_follow_traffic() {
     s.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_fetches_md5_and_scram_secrets_and_follows_rotation() {
+    let pg = Postgres::start();
+    // Only postgres is listed with credentials; scramuser is listed without a password; md5user is not listed.
+    let toml = format!(
+        r#"
+[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+auth_query = "SELECT usename, passwd FROM pg_shadow WHERE usename='$1'"
+auth_query_user = "postgres"
+auth_query_password = "unused-with-trust"
+
+[pools.app]
+[pools.app.users.0]
+username = "postgres"
+auth_type = "trust"
+pool_size = 2
+[pools.app.users.1]
+username = "{scu}"
+pool_size = 3
+[pools.app.shards.0]
+database = "app"
+servers = [["127.0.0.1", {port}, "primary"]]
+"#,
+        scu = SCRAM_USER.0,
+        port = pg.port
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let who = "SELECT current_user::text";
+    // The server asks md5 of md5user and SCRAM of scramuser: Ocelot logs in with the fetched hash and with the
+    // keys from the client's own SCRAM exchange.
+    let m = connect(port, MD5_USER.0, Some(MD5_USER.1), "app")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&m, who).await, MD5_USER.0);
+    let s = connect(port, SCRAM_USER.0, Some(SCRAM_USER.1), "app")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&s, who).await, SCRAM_USER.0);
+    for (user, pw) in [
+        (MD5_USER.0, "wrong"),
+        (SCRAM_USER.0, "wrong"),
+        ("nobody", "x"),
+    ] {
+        let e = connect(port, user, Some(pw), "app")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{user}: {e:?}");
+    }
+    let dbs = admin(port, "SHOW DATABASES");
+    let size = |u: &str| {
+        dbs.1
+            .iter()
+            .find(|r| admin_value(&dbs, r, "force_user") == u)
+            .map(|r| num(&dbs, r, "pool_size"))
+    };
+    assert_eq!(
+        size(MD5_USER.0),
+        Some(10),
+        "auth_query_pool_size for unlisted users"
+    );
+    assert_eq!(
+        size(SCRAM_USER.0),
+        Some(3),
+        "a listed user keeps its settings"
+    );
+
+    // Rotation on the server: the next login needs the new password; connected clients carry on.
+    pg.psql_admin(&format!(
+        "SET password_encryption = 'md5'; ALTER ROLE {} PASSWORD 'rotated1';
+         SET password_encryption = 'scram-sha-256'; ALTER ROLE {} PASSWORD 'rotated2';",
+        MD5_USER.0, SCRAM_USER.0
+    ));
+    for (user, old, new) in [
+        (MD5_USER.0, MD5_USER.1, "rotated1"),
+        (SCRAM_USER.0, SCRAM_USER.1, "rotated2"),
+    ] {
+        let e = connect(port, user, Some(old), "app")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{user}");
+        let c = connect(port, user, Some(new), "app").await.unwrap();
+        assert_eq!(first_value(&c, who).await, user);
+    }
+    assert_eq!(first_value(&m, "SELECT 1").await, "1");
+    assert_eq!(first_value(&s, "SELECT 1").await, "1");
+}

@@ -138,9 +138,9 @@ fn pools_named(shared: &Shared, db: Option<&String>) -> Result<Vec<Arc<UserPool>
     let snapshot = shared.snapshot();
     let pools: Vec<Arc<UserPool>> = snapshot
         .cluster
-        .user_pools()
+        .all_pools()
+        .into_iter()
         .filter(|p| db.is_none_or(|d| &p.database == d))
-        .cloned()
         .collect();
     match db {
         Some(d) if pools.is_empty() => Err(AdminError {
@@ -175,7 +175,7 @@ fn ban(shared: &Shared, verb: &str, args: &[String], out: &mut BytesMut) -> Resu
         Col::Text("role"),
         Col::Text("host"),
     ]);
-    for p in shared.snapshot().cluster.user_pools() {
+    for p in shared.snapshot().cluster.all_pools() {
         // As in PgCat, a primary is never banned.
         for s in p.server_pools().filter(|s| {
             &s.address.host == host

@@ -53,7 +53,7 @@ pub fn spawn_stats_roller(shared: &Arc<Shared>) {
         loop {
             tick.tick().await;
             let Some(shared) = weak.upgrade() else { return };
-            for p in shared.snapshot().cluster.user_pools() {
+            for p in shared.snapshot().cluster.all_pools() {
                 for s in p.server_pools() {
                     s.stats.roll(period);
                 }

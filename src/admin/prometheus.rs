@@ -131,8 +131,8 @@ fn address_labels(s: &ServerPool) -> String {
 /// The whole exposition.
 pub fn render(shared: &Shared) -> String {
     let snapshot = shared.snapshot();
-    let mut pools: Vec<&Arc<UserPool>> = snapshot.cluster.user_pools().collect();
-    pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+    let all = snapshot.cluster.all_pools();
+    let pools: Vec<&Arc<UserPool>> = all.iter().collect();
     let servers: Vec<&Arc<ServerPool>> = pools.iter().flat_map(|p| p.server_pools()).collect();
     let mut out = String::with_capacity(16 * 1024);
     stats_families(&mut out, &servers);

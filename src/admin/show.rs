@@ -33,11 +33,8 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
         .map(|s| s.to_ascii_lowercase())
         .unwrap_or_default();
     let snapshot = shared.snapshot();
-    let pools: Vec<&Arc<UserPool>> = {
-        let mut v: Vec<_> = snapshot.cluster.user_pools().collect();
-        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
-        v
-    };
+    let all = snapshot.cluster.all_pools();
+    let pools: Vec<&Arc<UserPool>> = all.iter().collect();
     let table = match what.as_str() {
         "help" => {
             for line in HELP {

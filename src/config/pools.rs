@@ -193,6 +193,10 @@ fn d_volatile() -> Vec<String> {
     .to_vec()
 }
 
+fn d_auth_query_pool_size() -> u32 {
+    10
+}
+
 /// `[pools.<name>]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pool {
@@ -243,6 +247,9 @@ pub struct Pool {
     pub auth_query_user: Option<String>,
     #[serde(default)]
     pub auth_query_password: Option<String>,
+    /// Ocelot: `pool_size` of users who are not listed in the config and log in through `auth_query`.
+    #[serde(default = "d_auth_query_pool_size")]
+    pub auth_query_pool_size: u32,
     #[serde(default = "d_true")]
     pub cleanup_server_connections: bool,
     #[serde(default)]

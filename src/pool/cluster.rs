@@ -29,6 +29,24 @@ pub struct ClientAuth {
     pub scram: Option<ScramVerifier>,
 }
 
+impl ClientAuth {
+    /// Authentication by a stored secret (from `auth_query`): md5 for an md5 hash, SCRAM for a SCRAM verifier.
+    pub fn for_secret(secret: Secret) -> Result<ClientAuth, AuthError> {
+        let (auth_type, scram) = match &secret {
+            Secret::Scram(_) => (AuthType::ScramSha256, Some(secret.scram_verifier()?)),
+            Secret::ScramKeys(_) => {
+                return Err(AuthError::Unsupported("SCRAM keys are not a stored secret"))
+            }
+            Secret::Md5Hash(_) | Secret::Plain(_) => (AuthType::Md5, None),
+        };
+        Ok(ClientAuth {
+            auth_type,
+            secret: Some(secret),
+            scram,
+        })
+    }
+}
+
 /// One user of one pool: how clients authenticate and where their queries go.
 #[derive(Debug)]
 pub struct UserPool {
@@ -163,6 +181,10 @@ impl UserPool {
 #[derive(Debug, Default)]
 pub struct Cluster {
     pools: HashMap<(String, String), Arc<UserPool>>,
+    /// Pools of users authenticated through `auth_query`, made at their first login (locked at login only).
+    dynamic: std::sync::Mutex<HashMap<(String, String), Arc<UserPool>>>,
+    /// Per pool, the connections `auth_query` runs on.
+    auth_pools: std::sync::Mutex<HashMap<String, Arc<ServerPool>>>,
 }
 
 impl Cluster {
@@ -195,7 +217,7 @@ impl Cluster {
                         continue;
                     }
                 }
-                let up = user_pool(config, db, pool, user, previous.map(|p| &**p))?;
+                let up = user_pool(config, db, pool, user, previous.map(|p| &**p), None)?;
                 pools.insert(key, Arc::new(up));
             }
         }
@@ -213,7 +235,139 @@ impl Cluster {
                 }
             }
         }
-        Ok(Cluster { pools })
+        Ok(Cluster {
+            pools,
+            ..Default::default()
+        })
+    }
+
+    /// Every user pool, those made for `auth_query` users included, by (database, user).
+    pub fn all_pools(&self) -> Vec<Arc<UserPool>> {
+        let dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+        // A listed user without a password is served by its dynamic pool once it has logged in.
+        let mut v: Vec<Arc<UserPool>> = self
+            .pools
+            .iter()
+            .filter(|(k, _)| !dynamic.contains_key(*k))
+            .map(|(_, p)| p.clone())
+            .collect();
+        v.extend(dynamic.values().cloned());
+        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v
+    }
+
+    /// The server pool `auth_query` runs on for pool `db`: its shard 0 primary (else first server), logged in as
+    /// `auth_query_user`.
+    pub fn auth_pool(
+        &self,
+        config: &Config,
+        db: &str,
+        login: (&str, &str),
+    ) -> Option<Arc<ServerPool>> {
+        let mut pools = self.auth_pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(db) {
+            return Some(p.clone());
+        }
+        let pool = config.pools.get(db)?;
+        let shard = pool.shards.get("0")?;
+        let (host, port, role) = shard
+            .servers
+            .iter()
+            .find(|s| s.2 == ServerRole::Primary)
+            .or(shard.servers.first())?;
+        let g = &config.general;
+        let address = Address {
+            pool: db.to_owned(),
+            user: login.0.to_owned(),
+            shard: 0,
+            index: 0,
+            host: host.clone(),
+            port: *port,
+            role: *role,
+            database: shard.database.clone(),
+        };
+        let settings = PoolSettings {
+            pool_size: 2,
+            min_pool_size: 0,
+            connect_timeout: Duration::from_millis(
+                pool.connect_timeout.unwrap_or(g.connect_timeout),
+            ),
+            idle_timeout: Duration::from_millis(g.idle_timeout),
+            server_lifetime: Duration::from_millis(g.server_lifetime),
+            fifo: false,
+            max_message: u32::MAX,
+            cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
+            healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
+            healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
+        };
+        let creds = ServerCredentials {
+            user: login.0.to_owned(),
+            password: Some(Secret::parse(login.1)),
+            tls: super::connect::ServerTls {
+                enabled: g.server_tls,
+                verify: g.verify_server_certificate,
+                ca_file: g.server_tls_ca_file.clone(),
+            },
+        };
+        let sp = ServerPool::new(address, settings, creds);
+        sp.spawn_maintenance();
+        pools.insert(db.to_owned(), sp.clone());
+        Some(sp)
+    }
+
+    /// The pool of a user authenticated through `auth_query` with `auth` (the fetched secret), logging in to the
+    /// servers with `server_secret`. Kept while the secret stays the same; a changed password makes a new one
+    /// (clients of the old one keep it until they leave).
+    pub fn dynamic_pool(
+        &self,
+        config: &Config,
+        db: &str,
+        user: &str,
+        auth: ClientAuth,
+        server_secret: Secret,
+    ) -> Result<Arc<UserPool>, AuthError> {
+        let key = (db.to_owned(), user.to_owned());
+        let mut dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = dynamic.get(&key) {
+            let same_server = p
+                .server_pools()
+                .next()
+                .is_some_and(|s| s.password() == Some(&server_secret));
+            if same_server && p.auth.secret == auth.secret {
+                return Ok(p.clone());
+            }
+        }
+        let Some(pool) = config.pools.get(db) else {
+            return Err(AuthError::Unsupported("no such pool"));
+        };
+        let listed = pool.users.values().find(|u| u.username == user).cloned();
+        let template = listed.unwrap_or_else(|| User {
+            username: user.to_owned(),
+            password: None,
+            auth_type: auth.auth_type,
+            server_username: None,
+            server_password: None,
+            pool_size: pool.auth_query_pool_size,
+            min_pool_size: None,
+            pool_mode: None,
+            server_lifetime: None,
+            statement_timeout: 0,
+            connect_timeout: None,
+            idle_timeout: None,
+        });
+        let up = Arc::new(user_pool(
+            config,
+            db,
+            pool,
+            &template,
+            None,
+            Some((auth, server_secret)),
+        )?);
+        for s in up.server_pools() {
+            s.spawn_maintenance();
+        }
+        dynamic.insert(key, up.clone());
+        Ok(up)
     }
 
     /// Starts the maintenance task of every server pool (idle and lifetime expiry, `min_pool_size`).
@@ -293,12 +447,45 @@ fn user_pool(
     pool: &Pool,
     user: &User,
     previous: Option<&UserPool>,
+    fetched: Option<(ClientAuth, Secret)>,
 ) -> Result<UserPool, AuthError> {
     let settings = config.user_settings(pool, user);
-    let secret = user.password.as_deref().map(Secret::parse);
-    let scram = match (&secret, user.auth_type) {
-        (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
-        _ => None,
+    let g = &config.general;
+    let mut creds = ServerCredentials {
+        tls: super::connect::ServerTls {
+            enabled: g.server_tls,
+            verify: g.verify_server_certificate,
+            ca_file: g.server_tls_ca_file.clone(),
+        },
+        user: user
+            .server_username
+            .clone()
+            .unwrap_or_else(|| user.username.clone()),
+        password: user
+            .server_password
+            .as_deref()
+            .or(user.password.as_deref())
+            .map(Secret::parse),
+    };
+    let auth = match fetched {
+        Some((auth, server_secret)) => {
+            if user.server_password.is_none() {
+                creds.password = Some(server_secret);
+            }
+            auth
+        }
+        None => {
+            let secret = user.password.as_deref().map(Secret::parse);
+            let scram = match (&secret, user.auth_type) {
+                (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
+                _ => None,
+            };
+            ClientAuth {
+                auth_type: user.auth_type,
+                secret,
+                scram,
+            }
+        }
     };
     let prepared_cache = match settings.pool_mode {
         PoolMode::Transaction => pool.prepared_statements_cache_size,
@@ -307,12 +494,8 @@ fn user_pool(
     Ok(UserPool {
         database: db.to_owned(),
         user: user.username.clone(),
-        auth: ClientAuth {
-            auth_type: user.auth_type,
-            secret,
-            scram,
-        },
-        shards: server_pools(config, db, pool, user, &settings, previous),
+        auth,
+        shards: server_pools(config, db, pool, user, creds, &settings, previous),
         settings,
         default_shard: pool.default_shard,
         default_role: pool.default_role,
@@ -344,26 +527,11 @@ fn server_pools(
     db: &str,
     pool: &Pool,
     user: &User,
+    creds: ServerCredentials,
     settings: &UserSettings,
     previous: Option<&UserPool>,
 ) -> Vec<Vec<Arc<ServerPool>>> {
     let g = &config.general;
-    let creds = ServerCredentials {
-        tls: super::connect::ServerTls {
-            enabled: g.server_tls,
-            verify: g.verify_server_certificate,
-            ca_file: g.server_tls_ca_file.clone(),
-        },
-        user: user
-            .server_username
-            .clone()
-            .unwrap_or_else(|| user.username.clone()),
-        password: user
-            .server_password
-            .as_deref()
-            .or(user.password.as_deref())
-            .map(Secret::parse),
-    };
     let pool_settings = PoolSettings {
         pool_size: settings.pool_size,
         min_pool_size: settings.min_pool_size,

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::server::CancelTarget;
 use super::{Address, PoolError, ServerConn, ServerParams};
 use crate::net::{configure_server_socket, read_message, NetError, Stream};
-use crate::protocol::auth::{md5, scram, Secret};
+use crate::protocol::auth::{md5, scram, ScramKeyClient, Secret};
 use crate::protocol::codes::backend;
 use crate::protocol::decode::{self, AuthRequest};
 use crate::protocol::encode;
@@ -106,7 +106,7 @@ pub async fn connect(
     let mut rbuf = BytesMut::with_capacity(8192);
     let mut params = ServerParams::default();
     let mut key = None;
-    let mut scram_client: Option<ScramSha256> = None;
+    let mut scram_client: Option<ScramClient> = None;
     loop {
         let (code, body) = read_message(&mut stream, &mut rbuf, max_message)
             .await
@@ -191,11 +191,40 @@ fn net_error(e: NetError, address: &Address) -> PoolError {
     }
 }
 
+/// A SCRAM exchange with a server: from a cleartext password, or from a client's keys (`auth_query` users).
+enum ScramClient {
+    Password(ScramSha256),
+    Keys(ScramKeyClient),
+}
+
+impl ScramClient {
+    fn message(&self) -> &[u8] {
+        match self {
+            ScramClient::Password(c) => c.message(),
+            ScramClient::Keys(c) => c.message(),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            ScramClient::Password(c) => c.update(data).map_err(|e| e.to_string()),
+            ScramClient::Keys(c) => c.update(data).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn finish(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            ScramClient::Password(c) => c.finish(data).map_err(|e| e.to_string()),
+            ScramClient::Keys(c) => c.finish(data).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The message answering one authentication request, if any.
 fn auth_reply(
     req: AuthRequest<'_>,
     creds: &ServerCredentials,
-    scram_client: &mut Option<ScramSha256>,
+    scram_client: &mut Option<ScramClient>,
     address: &Address,
 ) -> Result<Option<BytesMut>, PoolError> {
     let cannot = |method: &str| PoolError::Auth {
@@ -225,10 +254,14 @@ fn auth_reply(
             if !mechanisms.contains(&scram::MECHANISM) {
                 return Err(cannot(&format!("SASL {mechanisms:?}")));
             }
-            let Some(Secret::Plain(p)) = &creds.password else {
-                return Err(cannot("SCRAM-SHA-256 (needs a cleartext server_password)"));
+            let client = match &creds.password {
+                Some(Secret::Plain(p)) => ScramClient::Password(ScramSha256::new(
+                    p.as_bytes(),
+                    ChannelBinding::unsupported(),
+                )),
+                Some(Secret::ScramKeys(k)) => ScramClient::Keys(ScramKeyClient::new(k.clone())),
+                _ => return Err(cannot("SCRAM-SHA-256 (needs a cleartext server_password)")),
             };
-            let client = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
             encode::sasl_initial_response(&mut out, scram::MECHANISM, client.message());
             *scram_client = Some(client);
         }

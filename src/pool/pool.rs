@@ -148,6 +148,11 @@ impl ServerPool {
         &self.settings
     }
 
+    /// The secret this pool logs in to its server with.
+    pub fn password(&self) -> Option<&crate::protocol::auth::Secret> {
+        self.creds.password.as_ref()
+    }
+
     /// Whether this pool is what these settings would build (a reload keeps it then).
     pub fn same_as(
         &self,

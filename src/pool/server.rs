@@ -27,8 +27,8 @@ pub struct CancelTarget {
 struct Exchange {
     /// ParameterStatus values that changed.
     changed: Vec<(String, String)>,
-    /// The first column of the first row.
-    first_value: Option<String>,
+    /// The first row (`None` when there was none; NULLs are `None` values).
+    first_row: Option<Vec<Option<String>>>,
 }
 
 /// Session state Ocelot applied on a server for the client using it: startup settings that the server does not
@@ -206,7 +206,14 @@ impl ServerConn {
     /// Runs `sql` and returns the first column of its first row (`None` for no row or NULL). For Ocelot's own
     /// monitoring queries.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, PoolError> {
-        self.exchange(sql).await.map(|r| r.first_value)
+        self.exchange(sql)
+            .await
+            .map(|r| r.first_row.and_then(|row| row.into_iter().next().flatten()))
+    }
+
+    /// Runs `sql` and returns its first row, if any, as text values.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Option<Vec<Option<String>>>, PoolError> {
+        self.exchange(sql).await.map(|r| r.first_row)
     }
 
     /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery.
@@ -251,12 +258,16 @@ impl ServerConn {
                 backend::DATA_ROW if !seen_row => {
                     seen_row = true;
                     let mut c = decode::Cursor::new(h.code, body);
-                    result.first_value = c.bytes(2).and_then(|_| c.i32()).ok().and_then(|len| {
-                        let len = usize::try_from(len).ok()?;
-                        c.bytes(len)
-                            .ok()
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                    });
+                    let n = c.i16().unwrap_or(0).max(0);
+                    let row = (0..n)
+                        .map(|_| {
+                            let len = usize::try_from(c.i32().ok()?).ok()?;
+                            c.bytes(len)
+                                .ok()
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                        })
+                        .collect();
+                    result.first_row = Some(row);
                 }
                 backend::ERROR_RESPONSE => {
                     error = Some(decode::error_fields(body).unwrap_or_default());

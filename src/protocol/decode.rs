@@ -38,6 +38,11 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
+    pub fn i16(&mut self) -> Result<i16, ProtocolError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
     pub fn i32(&mut self) -> Result<i32, ProtocolError> {
         let b = self.bytes(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))

@@ -18,7 +18,7 @@ use crate::net::{read_message, read_startup_packet, Stream};
 use crate::pool::balance::Want;
 use crate::pool::cluster::ClientAuth;
 use crate::pool::{ServerParams, UserPool};
-use crate::protocol::auth::{md5, scram, AuthError, ScramServer, Secret};
+use crate::protocol::auth::{md5, scram, AuthError, ScramKeys, ScramServer, Secret};
 use crate::protocol::codes::{frontend, txn};
 use crate::protocol::startup::{self, StartupRequest};
 use crate::protocol::{decode, encode, ProtocolError};
@@ -129,13 +129,17 @@ pub async fn login(
         stream.write_all(&out).await?;
         return Ok(Login::Admin);
     }
-    let pool = match snapshot.cluster.get(&database, &user) {
-        Some(p) => p.clone(),
-        None if !snapshot.cluster.has_database(&database) => {
-            return Err(ClientError::UnknownDatabase(database))
-        }
-        None => return Err(ClientError::UnknownRole(user)),
-    };
+    let found = snapshot.cluster.get(&database, &user);
+    let aq = super::auth_query::needed(found)
+        .then(|| super::auth_query::settings(&snapshot.config, &database))
+        .flatten();
+    if found.is_none() && aq.is_none() {
+        return Err(if snapshot.cluster.has_database(&database) {
+            ClientError::UnknownRole(user)
+        } else {
+            ClientError::UnknownDatabase(database)
+        });
+    }
 
     let mut out = BytesMut::with_capacity(512);
     let unrecognised: Vec<&str> = params
@@ -146,7 +150,36 @@ pub async fn login(
     if minor > 0 || !unrecognised.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &unrecognised);
     }
-    authenticate(stream, buf, &mut out, &pool.auth, &user).await?;
+    let pool = match (aq, found) {
+        (Some(aq), _) => {
+            let c = &snapshot.cluster;
+            // An unknown user fails like a wrong password, as PostgreSQL does, to not reveal who exists.
+            let secret = super::auth_query::fetch(c, &snapshot.config, &database, &aq, &user)
+                .await?
+                .ok_or_else(|| ClientError::WrongPassword(user.clone()))?;
+            let auth = ClientAuth::for_secret(secret.clone()).map_err(|source| {
+                ClientError::AuthProtocol {
+                    user: user.clone(),
+                    source,
+                }
+            })?;
+            let keys = authenticate(stream, buf, &mut out, &auth, &user).await?;
+            let server_secret = match (secret, keys) {
+                (Secret::Scram(_), Some(keys)) => Secret::ScramKeys(keys),
+                (secret, _) => secret,
+            };
+            c.dynamic_pool(&snapshot.config, &database, &user, auth, server_secret)
+                .map_err(|source| ClientError::AuthProtocol {
+                    user: user.clone(),
+                    source,
+                })?
+        }
+        (None, Some(p)) => {
+            authenticate(stream, buf, &mut out, &p.auth, &user).await?;
+            p.clone()
+        }
+        (None, None) => return Err(ClientError::UnknownRole(user)),
+    };
 
     // Clients are told the parameters of a real server session; the first connection of the pool provides them.
     let defaults = server_defaults(&pool).await?;
@@ -202,10 +235,10 @@ async fn authenticate(
     out: &mut BytesMut,
     auth: &ClientAuth,
     user: &str,
-) -> Result<(), ClientError> {
+) -> Result<Option<ScramKeys>, ClientError> {
     let wrong = || ClientError::WrongPassword(user.to_owned());
     match auth.auth_type {
-        AuthType::Trust => Ok(()),
+        AuthType::Trust => Ok(None),
         AuthType::Md5 => {
             let salt: [u8; 4] = rand::rng().random();
             encode::auth_md5(out, salt);
@@ -213,7 +246,7 @@ async fn authenticate(
             let body = read_password_message(stream, buf).await?;
             let response = decode::password(&body)?;
             match &auth.secret {
-                Some(secret) if md5::verify(secret, user, salt, response) => Ok(()),
+                Some(secret) if md5::verify(secret, user, salt, response) => Ok(None),
                 _ => Err(wrong()),
             }
         }
@@ -245,7 +278,7 @@ async fn authenticate(
             let body = read_password_message(stream, buf).await?;
             let server_final = server.client_final(&body).map_err(auth_err)?;
             encode::auth_sasl_final(out, server_final.as_bytes());
-            Ok(())
+            Ok(server.keys())
         }
     }
 }

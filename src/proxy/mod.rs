@@ -1,6 +1,7 @@
 //! The client side of Ocelot: the listener, each client's login and session, cancellation and shutdown.
 //! [`Proxy::start`] binds the configured address and serves until [`Proxy::shutdown`] (or SIGINT in the binary).
 
+pub mod auth_query;
 pub mod cancel;
 pub mod distributed;
 pub mod error;

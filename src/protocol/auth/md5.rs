@@ -14,7 +14,7 @@ pub fn expected_response(secret: &Secret, user: &str, salt: [u8; 4]) -> Option<S
             salt,
         )),
         Secret::Md5Hash(h) => Some(salted(&h.as_bytes()[3..], salt)),
-        Secret::Scram(_) => None,
+        Secret::Scram(_) | Secret::ScramKeys(_) => None,
     }
 }
 

@@ -7,7 +7,7 @@ pub mod scram;
 
 use thiserror::Error;
 
-pub use scram::{ScramServer, ScramVerifier};
+pub use scram::{ScramKeyClient, ScramKeys, ScramServer, ScramVerifier};
 
 /// A user's password as configured: cleartext, an md5 hash (`md5` + 32 hex, as in `pg_shadow`), or a SCRAM
 /// verifier (`SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`). Debug never prints it.
@@ -16,6 +16,8 @@ pub enum Secret {
     Plain(String),
     Md5Hash(String),
     Scram(String),
+    /// Keys from a client's SCRAM exchange, for logging in to servers on its behalf (`auth_query` users).
+    ScramKeys(ScramKeys),
 }
 
 impl std::fmt::Debug for Secret {
@@ -24,6 +26,7 @@ impl std::fmt::Debug for Secret {
             Secret::Plain(_) => "Plain",
             Secret::Md5Hash(_) => "Md5Hash",
             Secret::Scram(_) => "Scram",
+            Secret::ScramKeys(_) => "ScramKeys",
         };
         write!(f, "Secret::{kind}(<redacted>)")
     }
@@ -43,12 +46,12 @@ impl Secret {
 
     /// Whether a client can prove knowledge of this secret with md5.
     pub fn supports_md5(&self) -> bool {
-        !matches!(self, Secret::Scram(_))
+        matches!(self, Secret::Plain(_) | Secret::Md5Hash(_))
     }
 
     /// Whether a client can prove knowledge of this secret with SCRAM-SHA-256.
     pub fn supports_scram(&self) -> bool {
-        !matches!(self, Secret::Md5Hash(_))
+        matches!(self, Secret::Plain(_) | Secret::Scram(_))
     }
 
     /// The SCRAM verifier for this secret; for a cleartext password one is derived with a fresh salt.
@@ -58,7 +61,7 @@ impl Secret {
                 ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(p.as_bytes()))
             }
             Secret::Scram(v) => ScramVerifier::parse(v),
-            Secret::Md5Hash(_) => Err(AuthError::Unsupported(
+            Secret::Md5Hash(_) | Secret::ScramKeys(_) => Err(AuthError::Unsupported(
                 "an md5 password hash cannot be used for SCRAM authentication",
             )),
         }

@@ -79,6 +79,8 @@ enum State {
 pub struct ScramServer {
     verifier: ScramVerifier,
     state: State,
+    /// The client's ClientKey, known once its proof checked out.
+    client_key: Option<[u8; 32]>,
 }
 
 impl ScramServer {
@@ -86,7 +88,16 @@ impl ScramServer {
         ScramServer {
             verifier,
             state: State::Initial,
+            client_key: None,
         }
+    }
+
+    /// After a successful exchange: the keys that log in, as this client, to a server holding the same verifier.
+    pub fn keys(&self) -> Option<ScramKeys> {
+        self.client_key.map(|client_key| ScramKeys {
+            client_key,
+            server_key: self.verifier.server_key,
+        })
     }
 
     /// Takes the client-first-message and returns the server-first-message.
@@ -175,8 +186,92 @@ impl ScramServer {
         if !constant_time_eq(&stored, &self.verifier.stored_key) {
             return Err(AuthError::WrongPassword);
         }
+        self.client_key = client_key.try_into().ok();
         let server_sig = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
         Ok(format!("v={}", B64.encode(server_sig)))
+    }
+}
+
+/// A user's SCRAM keys as a successful client exchange reveals them: enough to log in to a server that holds the
+/// same verifier, without the password (PgBouncer's SCRAM pass-through, used with `auth_query`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    client_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ScramKeys(<redacted>)")
+    }
+}
+
+/// The client side of SCRAM-SHA-256 from [`ScramKeys`]: the server's salt and iteration count are not needed,
+/// since ClientKey is what the password would be derived into.
+pub struct ScramKeyClient {
+    keys: ScramKeys,
+    nonce: String,
+    message: String,
+    auth_message: String,
+}
+
+impl ScramKeyClient {
+    pub fn new(keys: ScramKeys) -> Self {
+        let mut raw = [0u8; 18];
+        rand::rng().fill_bytes(&mut raw);
+        let nonce = B64.encode(raw);
+        ScramKeyClient {
+            keys,
+            message: format!("n,,n=,r={nonce}"),
+            nonce,
+            auth_message: String::new(),
+        }
+    }
+
+    /// The next message to send.
+    pub fn message(&self) -> &[u8] {
+        self.message.as_bytes()
+    }
+
+    /// Takes the server-first-message and prepares the client-final-message.
+    pub fn update(&mut self, server_first: &[u8]) -> Result<(), AuthError> {
+        let sf =
+            std::str::from_utf8(server_first).map_err(|_| AuthError::Malformed("not UTF-8"))?;
+        let nonce = sf
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .filter(|r| r.starts_with(&self.nonce))
+            .ok_or(AuthError::Malformed("server nonce does not extend ours"))?;
+        let without_proof = format!("c=biws,r={nonce}");
+        let client_first_bare = &self.message[3..];
+        self.auth_message = format!("{client_first_bare},{sf},{without_proof}");
+        let stored: [u8; 32] = Sha256::digest(self.keys.client_key).into();
+        let signature = hmac(&stored, &[self.auth_message.as_bytes()]);
+        let proof: Vec<u8> = self
+            .keys
+            .client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.message = format!("{without_proof},p={}", B64.encode(proof));
+        Ok(())
+    }
+
+    /// Checks the server-final-message: the server proves it knows the verifier too.
+    pub fn finish(&mut self, server_final: &[u8]) -> Result<(), AuthError> {
+        let sf =
+            std::str::from_utf8(server_final).map_err(|_| AuthError::Malformed("not UTF-8"))?;
+        let v = sf
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(AuthError::Malformed("missing server signature"))?;
+        let expected = hmac(&self.keys.server_key, &[self.auth_message.as_bytes()]);
+        if constant_time_eq(&v, &expected) {
+            Ok(())
+        } else {
+            Err(AuthError::WrongPassword)
+        }
     }
 }
 
@@ -202,6 +297,36 @@ mod tests {
     #[test]
     fn real_client_authenticates() {
         exchange("s3cret", "s3cret").unwrap();
+    }
+
+    #[test]
+    fn keys_from_a_client_exchange_log_in_to_the_same_verifier() {
+        let verifier_text = postgres_protocol::password::scram_sha_256(b"s3cret");
+        let verifier = ScramVerifier::parse(&verifier_text).unwrap();
+        let mut front = ScramServer::new(verifier.clone());
+        let mut client = ScramSha256::new(b"s3cret", ChannelBinding::unsupported());
+        let first = front.client_first(client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        front.client_final(client.message()).unwrap();
+        let keys = front.keys().expect("keys after success");
+        // Ocelot, with only the keys, against a server holding the verifier.
+        let mut back = ScramServer::new(verifier);
+        let mut ours = ScramKeyClient::new(keys.clone());
+        let first = back.client_first(ours.message()).unwrap();
+        ours.update(first.as_bytes()).unwrap();
+        let fin = back.client_final(ours.message()).unwrap();
+        ours.finish(fin.as_bytes()).unwrap();
+        // Against another password's verifier they fail.
+        let other =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"x")).unwrap();
+        let mut back = ScramServer::new(other);
+        let mut ours = ScramKeyClient::new(keys);
+        let first = back.client_first(ours.message()).unwrap();
+        ours.update(first.as_bytes()).unwrap();
+        assert_eq!(
+            back.client_final(ours.message()),
+            Err(AuthError::WrongPassword)
+        );
     }
 
     #[test]
