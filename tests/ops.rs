@@ -586,3 +586,119 @@ servers = [["127.0.0.1", {port}, "primary"]]
     assert_eq!(first_value(&m, "SELECT 1").await, "1");
     assert_eq!(first_value(&s, "SELECT 1").await, "1");
 }
+
+/// Log lines written through `tracing` in this test process (for the query_logger plugin).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgcat_plugins_intercept_deny_log_and_prewarm() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .try_init();
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE secrets (x int); CREATE TABLE prewarm_log (pid int); GRANT ALL ON prewarm_log TO PUBLIC;",
+    );
+    let plugins = r#"query_parser_enabled = true
+
+[pools.app.plugins.query_logger]
+enabled = true
+
+[pools.app.plugins.intercept]
+enabled = true
+[pools.app.plugins.intercept.queries.0]
+query = "select * from pg_catalog.ide_metadata"
+schema = [["name", "text"], ["n", "int4"]]
+result = [["${DATABASE}", "1"], ["${USER}", "2"]]
+
+[pools.app.plugins.table_access]
+enabled = true
+tables = ["secrets"]
+
+[pools.app.plugins.prewarmer]
+enabled = true
+queries = ["INSERT INTO prewarm_log VALUES (pg_backend_pid())"]
+"#;
+    let toml = config_toml(pg.port, 3, "", "")
+        .replace("[pools.app]\n", &format!("[pools.app]\n{plugins}"));
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+
+    // intercept: answered from the config, matched case- and space-insensitively.
+    let rows = rows_of(
+        &c.simple_query("  SELECT * FROM pg_catalog.IDE_METADATA;")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("app".into()), Some("1".into())],
+            vec![Some("postgres".into()), Some("2".into())]
+        ]
+    );
+
+    // table_access: refused in the simple and extended protocols, outside and inside a transaction.
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_owned());
+    let e = c.simple_query("SELECT * FROM secrets").await.unwrap_err();
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("permission for table \"secrets\" denied"));
+    assert_eq!(code(e).as_deref(), Some("42501"));
+    let e = c
+        .query("SELECT x FROM public.secrets WHERE x = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e).as_deref(), Some("42501"));
+    assert_eq!(first_value(&c, "SELECT 40 + 2").await, "42");
+    c.simple_query("BEGIN").await.unwrap();
+    let e = c
+        .simple_query("SELECT count(*) FROM secrets")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e).as_deref(), Some("42501"));
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        code(e).as_deref(),
+        Some("25P02"),
+        "the transaction is aborted on the server too"
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+
+    // prewarmer: one row per server connection opened.
+    let others: Vec<_> =
+        futures_util::future::join_all((0..3).map(|_| connect(port, "postgres", None, "app")))
+            .await;
+    let others: Vec<_> = others.into_iter().map(Result::unwrap).collect();
+    futures_util::future::join_all(
+        others
+            .iter()
+            .map(|o| o.simple_query("SELECT pg_sleep(0.2)")),
+    )
+    .await;
+    let servers = admin(port, "SHOW SERVERS").1.len();
+    let logged = pg.psql_admin_db("app", "SELECT count(DISTINCT pid) FROM prewarm_log");
+    assert_eq!(logged, servers.to_string());
+    assert!(servers >= 2, "{servers}");
+
+    // query_logger
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(logs.contains("query: SELECT 40 + 2"), "{logs}");
+}

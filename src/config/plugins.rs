@@ -1,5 +1,5 @@
-//! `[plugins]` and `[pools.<name>.plugins]`: PgCat's four compiled-in plugins. Parsed and validated now so PgCat
-//! configs load unchanged; their behaviour arrives with the query router.
+//! `[plugins]` and `[pools.<name>.plugins]`: PgCat's four compiled-in plugins, as PgCat spells them. What they do
+//! is in `router::plugins`.
 
 use std::collections::BTreeMap;
 

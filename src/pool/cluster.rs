@@ -86,6 +86,8 @@ pub struct UserPool {
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
     pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
+    /// PgCat's plugins in force for this pool, if any is enabled.
+    pub plugins: Option<Arc<crate::router::plugins::PoolPlugins>>,
     /// `PAUSE`: checkouts wait until `RESUME`.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -299,6 +301,7 @@ impl Cluster {
             cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
             healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
             healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
+            prewarm: Vec::new(),
         };
         let creds = ServerCredentials {
             user: login.0.to_owned(),
@@ -508,6 +511,11 @@ fn user_pool(
         collations: Default::default(),
         paused: Default::default(),
         resumed: Default::default(),
+        plugins: crate::router::plugins::PoolPlugins::compile(
+            config.plugins.as_ref(),
+            pool.plugins.as_ref(),
+        )
+        .map(Arc::new),
         two_phase: pool.two_phase_commit,
         models: crate::inference::serve::Models::new(
             config.inference.cache_bytes,
@@ -543,6 +551,12 @@ fn server_pools(
         cleanup_timeout: Duration::from_millis(g.healthcheck_timeout.max(1000)),
         healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
         healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
+        prewarm: crate::router::plugins::PoolPlugins::compile(
+            config.plugins.as_ref(),
+            pool.plugins.as_ref(),
+        )
+        .map(|p| p.prewarm)
+        .unwrap_or_default(),
     };
     let mut shards: Vec<(usize, &Shard)> = pool
         .shards

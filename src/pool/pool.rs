@@ -35,6 +35,8 @@ pub struct PoolSettings {
     /// An idle connection unused for longer than this is checked with `;` before it is handed out.
     pub healthcheck_delay: Duration,
     pub healthcheck_timeout: Duration,
+    /// The prewarmer plugin's queries, run on every new connection.
+    pub prewarm: Vec<String>,
 }
 
 /// Why and when a server was banned, for `SHOW BANS`.
@@ -336,6 +338,11 @@ impl ServerPool {
                 })
             }
         };
+        for sql in &self.settings.prewarm {
+            if let Err(e) = conn.run(sql).await {
+                tracing::warn!(server = %self.address, "prewarmer query failed: {e}");
+            }
+        }
         conn.epoch = self.epoch.load(Ordering::Acquire);
         self.conns
             .lock()

@@ -299,6 +299,15 @@ pub fn data_row_opt(buf: &mut BytesMut, values: &[Option<String>]) {
     });
 }
 
+/// Parse of `sql` as statement `name`, with no parameter types given.
+pub fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
+    message(buf, frontend::PARSE, |b| {
+        cstr(b, name.as_bytes());
+        cstr(b, sql.as_bytes());
+        b.put_i16(0);
+    });
+}
+
 /// Simple Query.
 pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, frontend::QUERY, |b| cstr(b, sql.as_bytes()));

@@ -417,6 +417,18 @@ impl Session {
                 }
                 continue;
             }
+            if starts && fwd == 0 && self.pool.plugins.is_some() && !self.discard_until_sync {
+                match self.run_plugins(&piece).await? {
+                    plugins::PluginStep::Pass => {}
+                    plugins::PluginStep::Served => continue,
+                    plugins::PluginStep::Replaced => {
+                        self.tracker.client_message(code);
+                        self.sout.extend_from_slice(&self.scratch);
+                        self.cbuf.advance(piece.len());
+                        continue;
+                    }
+                }
+            }
             if self.server.is_none() {
                 // Nothing was forwarded yet in this call, since forwarding needs a server.
                 debug_assert_eq!(fwd, 0);
@@ -939,4 +951,5 @@ mod idle;
 mod listen;
 mod multi;
 mod pgml_ext;
+mod plugins;
 mod route;
