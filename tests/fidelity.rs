@@ -481,4 +481,35 @@ async fn embeddings_equal_sentence_transformers() {
         db.message()
     );
     eprintln!("200 texts: worst cosine similarity to sentence-transformers {worst:.9}");
+
+    // `batch_wait_ms` lets requests that arrive apart share a pass, `batch_max` bounds it: eight requests 40 ms
+    // apart, with a 400 ms wait and at most 4 texts a pass, take 2 passes (alone, each would take its own).
+    let tuned = start_proxy(&format!(
+        "{}\n[inference]\nmodels_dir = \"{root}/models\"\nbatch_max = 4\nbatch_wait_ms = 400\n",
+        config_toml(pg.port, 2, "", "")
+    ))
+    .await;
+    let port = tuned.local_addr().port();
+    let conns = futures_util::future::join_all(
+        (0..8).map(|_| async move { connect(port, "postgres", None, "app").await.unwrap() }),
+    )
+    .await;
+    let (requests, passes) = ocelot::inference::embed_queue::batch_counts();
+    let started = std::time::Instant::now();
+    futures_util::future::join_all(conns.iter().enumerate().map(|(i, c)| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(40 * i as u64)).await;
+        let text = format!("staggered request {i} for the batch settings");
+        first_value(c, &format!("SELECT pgml.embed('{model}', '{text}')")).await
+    }))
+    .await;
+    let (requests2, passes2) = ocelot::inference::embed_queue::batch_counts();
+    eprintln!(
+        "batch_max 4, batch_wait_ms 400: {} requests in {} passes, {:?}",
+        requests2 - requests,
+        passes2 - passes,
+        started.elapsed()
+    );
+    assert_eq!(requests2 - requests, 8);
+    assert_eq!(passes2 - passes, 2);
+    ocelot::inference::embed_queue::configure(&Default::default());
 }

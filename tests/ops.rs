@@ -380,6 +380,12 @@ async fn reload_under_pgbench_load_drops_nothing() {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(processed > 100, "{out}");
+    eprintln!(
+        "reload under load: {processed} transactions, 0 failed; {}",
+        out.lines()
+            .find(|l| l.starts_with("tps"))
+            .unwrap_or_default()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -482,6 +488,40 @@ async fn prometheus_metrics_parse_and_follow_traffic() {
         metric(&after, "ocelot_model_loaded", &[("project", "houses")]),
         1.0
     );
+    // Every metric the Grafana dashboard in the repository plots is exported.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/grafana_dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exported: Vec<String> = after["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap().to_owned())
+        .collect();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("pgcat_") || word.starts_with("ocelot_") {
+                    used += 1;
+                    let plain = word.trim_end_matches("_total");
+                    assert!(
+                        exported
+                            .iter()
+                            .any(|e| e.trim_end_matches("_total") == plain),
+                        "the dashboard uses {word}, which is not exported"
+                    );
+                }
+            }
+        }
+    }
+    assert!(used > 20, "{used}");
     // Anything but /metrics is a 404.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -16,6 +16,18 @@ pub enum InferenceMode {
     Off,
 }
 
+/// Where embedding models run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// The first CUDA GPU; needs a build with `--features cuda`.
+    Cuda,
+    /// CUDA when built with it and a GPU is there, else the CPU.
+    Auto,
+}
+
 /// `[inference]`.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Inference {
@@ -36,6 +48,20 @@ pub struct Inference {
     /// Where embedding models are: `<models_dir>/<org>/<name>` per model (`scripts/fetch-models.sh` fills it).
     #[serde(default = "default_models_dir")]
     pub models_dir: String,
+    /// Where embedding models run: `cpu`, `cuda` or `auto`.
+    #[serde(default)]
+    pub device: Device,
+    /// Most texts one embedding forward pass takes from concurrent requests.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// How long a request waits for others to share its forward pass (0: a request alone does not wait; requests
+    /// that arrive while a pass runs go together in the next anyway).
+    #[serde(default)]
+    pub batch_wait_ms: u64,
+}
+
+fn default_batch_max() -> usize {
+    32
 }
 
 fn default_models_dir() -> String {
@@ -58,6 +84,9 @@ impl Default for Inference {
             deploy_recheck_ms: default_recheck_ms(),
             registry_pool: None,
             models_dir: default_models_dir(),
+            device: Device::default(),
+            batch_max: default_batch_max(),
+            batch_wait_ms: 0,
         }
     }
 }

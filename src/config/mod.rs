@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use general::{AdminAuthType, General, LagLimit};
-pub use inference::{Inference, InferenceMode};
+pub use inference::{Device, Inference, InferenceMode};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,

@@ -170,3 +170,31 @@ fn replica_lag_limits() {
     let err = Config::parse_and_validate(&text).unwrap_err().to_string();
     assert!(err.contains("ban_replica_lag"), "{err}");
 }
+
+#[test]
+fn inference_device_and_batch_settings() {
+    let c = Config::parse_and_validate(&format!(
+        "{MINIMAL}\n[inference]\ndevice = \"auto\"\nbatch_max = 8\nbatch_wait_ms = 5\n"
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.inference.device, Device::Auto);
+    assert_eq!((c.inference.batch_max, c.inference.batch_wait_ms), (8, 5));
+    let cuda = Config::parse_and_validate(&format!("{MINIMAL}\n[inference]\ndevice = \"cuda\"\n"));
+    if cfg!(feature = "cuda") {
+        assert!(cuda.is_ok());
+    } else {
+        let e = cuda.unwrap_err().to_string();
+        assert!(
+            e.contains("inference.device") && e.contains("--features cuda"),
+            "{e}"
+        );
+    }
+    let zero = Config::parse_and_validate(&format!("{MINIMAL}\n[inference]\nbatch_max = 0\n"));
+    assert!(zero.unwrap_err().to_string().contains("batch_max"));
+    let tls = Config::parse_and_validate(&MINIMAL.replace(
+        "admin_password = \"b\"",
+        "admin_password = \"b\"\ntls_required = true",
+    ));
+    assert!(tls.unwrap_err().to_string().contains("tls_required"));
+}

@@ -18,6 +18,18 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
             "tls_required needs tls_certificate and tls_private_key",
         ));
     }
+    if c.inference.device == super::Device::Cuda && !cfg!(feature = "cuda") {
+        return Err(ConfigError::invalid(
+            "inference.device",
+            "\"cuda\" needs a build with the cuda feature (cargo build --release --features cuda)",
+        ));
+    }
+    if c.inference.batch_max == 0 {
+        return Err(ConfigError::invalid(
+            "inference.batch_max",
+            "must be at least 1",
+        ));
+    }
     if let Some(name) = &c.inference.registry_pool {
         if !c.pools.contains_key(name) {
             return Err(ConfigError::invalid(

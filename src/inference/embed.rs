@@ -52,6 +52,27 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
+/// `[inference] device`: 0 cpu, 1 cuda, 2 auto.
+static DEVICE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+pub fn set_device(d: crate::config::Device) {
+    let v = match d {
+        crate::config::Device::Cpu => 0,
+        crate::config::Device::Cuda => 1,
+        crate::config::Device::Auto => 2,
+    };
+    DEVICE.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The device models are loaded on. Without the `cuda` feature, candle reports that CUDA is not compiled in.
+fn device() -> candle_core::Result<Device> {
+    match DEVICE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Device::new_cuda(0),
+        2 if candle_core::utils::cuda_is_available() => Device::new_cuda(0),
+        _ => Ok(Device::Cpu),
+    }
+}
+
 impl Embedder {
     /// Loads the model directory `dir`.
     pub fn load(name: &str, dir: &Path) -> Result<Embedder, EmbedError> {
@@ -66,7 +87,7 @@ impl Embedder {
                 dir: dir.display().to_string(),
             });
         }
-        let device = Device::Cpu;
+        let device = device().map_err(|e| fail(format!("device: {e}")))?;
         let config: Config = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json"))
                 .map_err(|e| fail(format!("config.json: {e}")))?,

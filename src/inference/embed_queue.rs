@@ -1,6 +1,7 @@
 //! Embedding throughput: a per-process cache of the last embeddings by (model, text), and one batcher thread per
 //! model, so that concurrent clients' requests share forward passes (the requests that queue up while one pass runs
-//! go together in the next, up to [`BATCH_MAX`] texts; a request alone does not wait).
+//! go together in the next, up to `[inference] batch_max` texts; a request alone waits `batch_wait_ms`, 0 by
+//! default).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -93,8 +94,17 @@ pub fn embed_cached(
     Ok(found.into_iter().map(|f| f.unwrap_or_default()).collect())
 }
 
-/// Most texts embedded in one forward pass.
-const BATCH_MAX: usize = 32;
+/// `[inference] batch_max` and `batch_wait_ms` (as microseconds), set at start and at each reload.
+static BATCH_MAX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(32);
+static BATCH_WAIT_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Applies `[inference]`'s batching and device settings to the process.
+pub fn configure(c: &crate::config::Inference) {
+    use std::sync::atomic::Ordering::Relaxed;
+    BATCH_MAX.store(c.batch_max.max(1), Relaxed);
+    BATCH_WAIT_US.store(c.batch_wait_ms * 1000, Relaxed);
+    super::embed::set_device(c.device);
+}
 
 /// A request to a model's batcher: texts, and where their vectors go.
 type Job = (
@@ -112,7 +122,7 @@ pub fn batch_counts() -> (u64, u64) {
 }
 
 /// One batcher thread per model: requests that queue up while a forward pass runs share the next one (up to
-/// [`BATCH_MAX`] texts), which is where a model's throughput under load comes from. A request alone does not wait.
+/// `batch_max` texts), which is where a model's throughput under load comes from.
 fn batcher(e: &Arc<Embedder>) -> std::sync::mpsc::Sender<Job> {
     static BATCHERS: OnceLock<Mutex<HashMap<usize, std::sync::mpsc::Sender<Job>>>> =
         OnceLock::new();
@@ -134,15 +144,22 @@ fn batcher(e: &Arc<Embedder>) -> std::sync::mpsc::Sender<Job> {
 fn run_batches(model: &Embedder, rx: &std::sync::mpsc::Receiver<Job>) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
+        let max = BATCH_MAX.load(Relaxed);
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_micros(BATCH_WAIT_US.load(Relaxed));
         let mut jobs = vec![first];
         let mut texts: usize = jobs[0].0.len();
-        while texts < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(job) => {
+        while texts < max {
+            let next = match deadline.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
+                _ => rx.try_recv().ok(),
+            };
+            match next {
+                Some(job) => {
                     texts += job.0.len();
                     jobs.push(job);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let all: Vec<String> = jobs.iter().flat_map(|(t, _)| t.iter().cloned()).collect();
