@@ -125,8 +125,8 @@ echo "SELECT pgml.predict('houses', ARRAY[100, 3, 10]::real[]);" > "$W/predict.s
 echo "SELECT sk_predict(ARRAY[100, 3, 10]::real[]);" > "$W/plpython.sql"
 echo "SELECT (50 + 3 * 100 + 10 * 3 - 0.5 * 10)::real;" > "$W/sqlexpr.sql"
 echo "SELECT 1;" > "$W/one.sql"
-bench() { # PORT SCRIPT CLIENTS -> tps
-  pgbench -h 127.0.0.1 -p "$1" -U postgres -n -f "$2" -c "$3" -j "$(( $3 < 2 ? 1 : 2 ))" -T "$SECONDS_PER_RUN" bench 2>&1 \
+bench() { # PORT SCRIPT CLIENTS [PROTOCOL] -> tps
+  pgbench -h 127.0.0.1 -p "$1" -U postgres -n -M "${4:-simple}" -f "$2" -c "$3" -j "$(( $3 < 2 ? 1 : 2 ))" -T "$SECONDS_PER_RUN" bench 2>&1 \
     | awk '/^tps/ {print $3}'
 }
 http() { # CLIENTS -> requests/s
@@ -152,6 +152,20 @@ for clients in 1 50; do
     "$clients" "$p" "$y" "$h" "$s" "$o"
   printf "            Ocelot/PL/Python %.1fx | Ocelot/HTTP %.1fx | Ocelot/SELECT 1 %.2fx\n" \
     "$(echo "$p $y" | awk '{print ($2>0)?$1/$2:0}')" "$(echo "$p $h" | awk '{print ($2>0)?$1/$2:0}')" "$(echo "$p $o" | awk '{print ($2>0)?$1/$2:0}')"
+done
+
+# The extended protocol (Parse/Bind/Describe/Execute/Sync per call, unnamed statement), as drivers send queries
+# with parameters.
+echo
+for clients in 1 50; do
+  : > "$W/p"; : > "$W/y"
+  for _ in $(seq "$ROUNDS"); do
+    bench $((P + 1)) "$W/predict.sql" "$clients" extended >> "$W/p"
+    bench $((P + 1)) "$W/plpython.sql" "$clients" extended >> "$W/y"
+  done
+  p=$(median < "$W/p"); y=$(median < "$W/y")
+  printf "%2s clients, extended protocol: pgml.predict in Ocelot %7.0f/s | PL/Python sklearn %7.0f/s | %.1fx\n" \
+    "$clients" "$p" "$y" "$(echo "$p $y" | awk '{print ($2>0)?$1/$2:0}')"
 done
 
 # Per-row inference over 100,000 rows, the whole result read by psql.

@@ -119,6 +119,8 @@ pub struct Session {
     unsynced_execute: bool,
     /// `pgml.*` statements Ocelot answers over the extended protocol.
     pgml: Option<Box<pgml_ext::PgmlStatements>>,
+    /// Shapes of the `pgml.*` statement texts this client prepared, by text and parameter types.
+    pgml_shapes: pgml_ext::ShapeCache,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     replay: Option<BytesMut>,
     /// Shutdown (drain) and `KILL`.
@@ -179,6 +181,7 @@ impl Session {
             held_back: false,
             unsynced_execute: false,
             pgml: None,
+            pgml_shapes: Default::default(),
             replay: None,
             stop: info.stop_signal(),
             info,

@@ -7,10 +7,22 @@
 //! it decides where `pgml.*` requests go (predictions to replicas, training to the primary).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
 use super::Session;
+
+/// What is known of a statement text with given declared parameter types.
+pub(super) struct Known {
+    declared: Box<[u32]>,
+    shape: Option<Arc<Shape>>,
+    /// Parameter types inferred from the text, once asked for.
+    inferred: Option<Vec<u32>>,
+}
+
+/// Statement shapes and parameter types by text, then by declared parameter types.
+pub(super) type ShapeCache = HashMap<Box<str>, Vec<Known>>;
 use crate::inference::params;
 use crate::inference::statement::{self, Shape};
 use crate::pool::balance::Want;
@@ -194,7 +206,7 @@ impl Session {
     /// Whether the whole message of `code` at the start of `cbuf` begins a request about a `pgml.*` statement
     /// Ocelot serves: its Parse, Bind, or Describe or Close of the statement. (The unnamed portal Ocelot bound
     /// lives only until the request's Sync.)
-    fn starts_pgml_request(&self, code: u8, total: usize) -> bool {
+    fn starts_pgml_request(&mut self, code: u8, total: usize) -> bool {
         matches!(
             code,
             frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
@@ -202,7 +214,20 @@ impl Session {
     }
 
     /// Whether the whole message of `code` at the start of `cbuf` is about a `pgml.*` statement Ocelot serves.
-    fn is_pgml_message(&self, code: u8, total: usize) -> bool {
+    fn is_pgml_message(&mut self, code: u8, total: usize) -> bool {
+        if code == frontend::PARSE {
+            let body = &self.cbuf[5..total];
+            if !crate::inference::serve::mentions_pgml(body) {
+                return false;
+            }
+            let Ok((_, rest)) = extended::parse(body) else {
+                return false;
+            };
+            let Ok((sql, types)) = extended::parse_query(rest) else {
+                return false;
+            };
+            return self.shape_of(&sql, &types).is_some();
+        }
         let body = &self.cbuf[5..total];
         let mine = |name: &str| {
             self.pgml
@@ -210,18 +235,6 @@ impl Session {
                 .is_some_and(|p| p.statements.contains_key(name))
         };
         match code {
-            frontend::PARSE => {
-                if !crate::inference::serve::mentions_pgml(body) {
-                    return false;
-                }
-                let Ok((_, rest)) = extended::parse(body) else {
-                    return false;
-                };
-                let Ok((sql, types)) = extended::parse_query(rest) else {
-                    return false;
-                };
-                statement::shape(&sql, &types).is_some()
-            }
             frontend::BIND => extended::bind(body).is_ok_and(|(_, name, _)| mine(name)),
             frontend::DESCRIBE | frontend::CLOSE => match extended::target(code, body) {
                 Ok((b'S', name)) => mine(name),
@@ -282,12 +295,21 @@ impl Session {
     /// Answers one message about a `pgml.*` statement or portal; the error is an ErrorResponse.
     async fn pgml_message(&mut self, code: u8, body: &[u8]) -> Result<(), BytesMut> {
         let malformed = |_| failure(sqlstate::PROTOCOL_VIOLATION, "malformed message");
-        let state = self.pgml.get_or_insert_with(Default::default);
-        match code {
+        let parsed = match code {
             frontend::PARSE => {
                 let (name, rest) = extended::parse(body).map_err(malformed)?;
                 let (sql, declared) = extended::parse_query(rest).map_err(malformed)?;
-                let types = params::infer_types(&sql, &declared);
+                let types = self.parameter_types(&sql, &declared);
+                Some((name, sql, types))
+            }
+            _ => None,
+        };
+        let state = self.pgml.get_or_insert_with(Default::default);
+        match code {
+            frontend::PARSE => {
+                let Some((name, sql, types)) = parsed else {
+                    return Ok(());
+                };
                 let stmt = Statement {
                     sql,
                     types,
@@ -363,6 +385,46 @@ impl Session {
         Ok(())
     }
 
+    /// The shape of a statement, parsed once per session and text: drivers send the same Parse over and over,
+    /// and reading it with the SQL parser costs tens of microseconds.
+    pub(super) fn shape_of(&mut self, sql: &str, types: &[u32]) -> Option<Arc<Shape>> {
+        self.known(sql, types).shape.clone()
+    }
+
+    /// The parameter types of a statement, from its Parse and its text (cached like [`Self::shape_of`]).
+    fn parameter_types(&mut self, sql: &str, declared: &[u32]) -> Vec<u32> {
+        let k = self.known(sql, declared);
+        k.inferred
+            .get_or_insert_with(|| params::infer_types(sql, declared))
+            .clone()
+    }
+
+    fn known(&mut self, sql: &str, types: &[u32]) -> &mut Known {
+        const KEPT: usize = 256;
+        let cached = self
+            .pgml_shapes
+            .get(sql)
+            .and_then(|v| v.iter().position(|k| *k.declared == *types));
+        let i = match cached {
+            Some(i) => i,
+            None => {
+                if self.pgml_shapes.len() >= KEPT {
+                    self.pgml_shapes.clear();
+                }
+                let known = Known {
+                    declared: types.into(),
+                    shape: statement::shape(sql, types).map(Arc::new),
+                    inferred: None,
+                };
+                let v = self.pgml_shapes.entry(sql.into()).or_default();
+                v.push(known);
+                v.len() - 1
+            }
+        };
+        // Present: found or just inserted above.
+        &mut self.pgml_shapes.get_mut(sql).unwrap_or_else(|| unreachable!())[i]
+    }
+
     /// Answers Describe of statement `name`: its parameter types, then its columns.
     async fn describe_pgml_statement(&mut self, name: String) -> Result<(), BytesMut> {
         let Some(stmt) = self.pgml.as_ref().and_then(|p| p.statements.get(&name)) else {
@@ -373,9 +435,9 @@ impl Session {
         };
         let (sql, mut types, described) = (stmt.sql.clone(), stmt.types.clone(), stmt.described);
         let mut columns: Vec<(String, u32, i16)> = Vec::new();
-        match statement::shape(&sql, &types) {
+        match self.shape_of(&sql, &types).as_deref() {
             Some(Shape::Columns(cols)) => {
-                columns = cols.into_iter().map(|(n, t)| (n, t, -1)).collect();
+                columns = cols.iter().map(|(n, t)| (n.clone(), *t, -1)).collect();
             }
             Some(Shape::PerRow(plan)) => {
                 let (server_types, fields) = self.describe_on_server(&plan.sql).await?;
