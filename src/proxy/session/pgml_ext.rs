@@ -422,7 +422,10 @@ impl Session {
             }
         };
         // Present: found or just inserted above.
-        &mut self.pgml_shapes.get_mut(sql).unwrap_or_else(|| unreachable!())[i]
+        &mut self
+            .pgml_shapes
+            .get_mut(sql)
+            .unwrap_or_else(|| unreachable!())[i]
     }
 
     /// Answers Describe of statement `name`: its parameter types, then its columns.
