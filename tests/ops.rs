@@ -420,7 +420,7 @@ async fn prometheus_metrics_parse_and_follow_traffic() {
         pg.port,
         4,
         "enable_prometheus_exporter = true\nprometheus_exporter_port = 0",
-        "",
+        "query_parser_enabled = true\nquery_parser_read_write_splitting = true",
     );
     let proxy = start_proxy(&toml).await;
     let port = proxy.local_addr().port();
@@ -475,6 +475,14 @@ async fn prometheus_metrics_parse_and_follow_traffic() {
         metric(&after, "pgcat_stats_total_query_count", &me) - q0,
         25.0
     );
+    // The read/write router parsed `SELECT 1` once and took it from the client's cache afterwards.
+    let pool_user = [("pool", "app"), ("user", "postgres")];
+    assert!(
+        metric(&after, "ocelot_route_cache_hits", &pool_user)
+            - metric(&before, "ocelot_route_cache_hits", &pool_user)
+            >= 24.0
+    );
+    assert_eq!(before["families"]["ocelot_fanout_queries"], "counter");
     assert!(metric(&after, "pgcat_servers_bytes_sent", &me) >= sent0 + 25.0 * 14.0);
     assert_eq!(
         metric(

@@ -752,6 +752,20 @@ async fn merged_results_equal_a_single_server() {
         assert_eq!(got.len(), 10_000);
         assert!(got == want, "{sql}: the rows differ from the reference");
     }
+    // Keyless reads fan out: the metrics' ocelot_fanout_queries_total counts them.
+    let pool = proxy
+        .shared()
+        .snapshot()
+        .cluster
+        .get("app", "postgres")
+        .unwrap()
+        .clone();
+    let fanouts = pool.fanouts.load(std::sync::atomic::Ordering::Relaxed);
+    via.simple_query("SELECT count(*) FROM data").await.unwrap();
+    assert_eq!(
+        pool.fanouts.load(std::sync::atomic::Ordering::Relaxed),
+        fanouts + 1
+    );
     // Aggregates combined, and ORDER BY merged with LIMIT/OFFSET after the merge: exactly what one server returns.
     for sql in [
         "SELECT count(*) FROM data",

@@ -459,6 +459,32 @@ fn ocelot_families(out: &mut String, shared: &Shared, pools: &[&Arc<UserPool>]) 
         let labels = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
         f.sample("ocelot_prepared_statements", &labels, p.statements.len());
     }
+    for (name, kind, help, pick) in [
+        (
+            "ocelot_route_cache_hits_total",
+            "counter",
+            "read/write routes found in a client's cache (no parse)",
+            (|p: &UserPool| p.route_hits.load(Ordering::Relaxed)) as fn(&UserPool) -> u64,
+        ),
+        (
+            "ocelot_route_cache_misses_total",
+            "counter",
+            "queries parsed to route them",
+            |p: &UserPool| p.route_misses.load(Ordering::Relaxed),
+        ),
+        (
+            "ocelot_fanout_queries_total",
+            "counter",
+            "requests run on several shards and merged",
+            |p: &UserPool| p.fanouts.load(Ordering::Relaxed),
+        ),
+    ] {
+        let mut f = Family::new(out, name, kind, help);
+        for p in pools {
+            let labels = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
+            f.sample(name, &labels, pick(p));
+        }
+    }
     let mut prepare = [0u64; 3];
     for s in pools.iter().flat_map(|p| p.server_pools()) {
         for c in s.connections() {

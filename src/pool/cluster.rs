@@ -86,6 +86,11 @@ pub struct UserPool {
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
     pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
+    /// Query-router counters for the metrics: read/write route cache hits and misses, requests run on several
+    /// shards.
+    pub route_hits: std::sync::atomic::AtomicU64,
+    pub route_misses: std::sync::atomic::AtomicU64,
+    pub fanouts: std::sync::atomic::AtomicU64,
     /// PgCat's plugins in force for this pool, if any is enabled.
     pub plugins: Option<Arc<crate::router::plugins::PoolPlugins>>,
     /// `PAUSE`: checkouts wait until `RESUME`.
@@ -511,6 +516,9 @@ fn user_pool(
         collations: Default::default(),
         paused: Default::default(),
         resumed: Default::default(),
+        route_hits: Default::default(),
+        route_misses: Default::default(),
+        fanouts: Default::default(),
         plugins: crate::router::plugins::PoolPlugins::compile(
             config.plugins.as_ref(),
             pool.plugins.as_ref(),

@@ -665,6 +665,8 @@ pub async fn run(
     merge: &Merge,
     codes: &[i16],
 ) -> Result<BytesMut, PoolError> {
+    pool.fanouts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut set = JoinSet::new();
     for (i, (shard, request)) in requests.iter().enumerate() {
         let task = ask(

@@ -239,6 +239,9 @@ impl Session {
     /// Outside a transaction block the parts commit together (or all roll back); inside one they stay open.
     pub(super) async fn run_on_shards(&mut self, prepared: Prepared) -> Result<(), ClientError> {
         self.cbuf.advance(prepared.len);
+        self.pool
+            .fanouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let explicit = self.in_transaction();
         let shards: Vec<usize> = prepared.requests.iter().map(|(s, _)| *s).collect();
         if shards.len() > 1

@@ -445,7 +445,7 @@ impl Session {
             };
             if let Some(sql) = sql {
                 seen = true;
-                let r = route_of(&mut self.route_cache, sql, &self.pool.routing);
+                let r = route_of(&mut self.route_cache, sql, &self.pool);
                 if r == Route::Write {
                     return Route::Write;
                 }
@@ -456,9 +456,7 @@ impl Session {
                 match stmt {
                     Some(text) => {
                         seen = true;
-                        if route_of(&mut self.route_cache, &text, &self.pool.routing)
-                            == Route::Write
-                        {
+                        if route_of(&mut self.route_cache, &text, &self.pool) == Route::Write {
                             return Route::Write;
                         }
                     }
@@ -781,11 +779,15 @@ impl Session {
 fn route_of(
     cache: &mut std::collections::HashMap<Box<[u8]>, Route>,
     sql: &[u8],
-    routing: &crate::pool::cluster::Routing,
+    pool: &crate::pool::UserPool,
 ) -> Route {
+    use std::sync::atomic::Ordering::Relaxed;
+    let routing = &pool.routing;
     if let Some(r) = cache.get(sql) {
+        pool.route_hits.fetch_add(1, Relaxed);
         return *r;
     }
+    pool.route_misses.fetch_add(1, Relaxed);
     let r = match (std::str::from_utf8(sql), routing.query_parser_max_length) {
         (Ok(_), Some(max)) if sql.len() > max => Route::Write,
         (Ok(text), _) => classify(text, &routing.volatile_functions),
