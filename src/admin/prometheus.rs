@@ -485,6 +485,33 @@ fn ocelot_families(out: &mut String, shared: &Shared, pools: &[&Arc<UserPool>]) 
             f.sample(name, &labels, pick(p));
         }
     }
+    type VectorPick = fn(&crate::router::vectors::VectorRouter) -> u64;
+    let vector_families: [(&str, &str, VectorPick); 3] = [
+        (
+            "ocelot_vector_routing_lookups_total",
+            "vectors looked up among the centroids to route a row or key",
+            |v| v.routing_lookups.load(Ordering::Relaxed),
+        ),
+        (
+            "ocelot_knn_queries_total",
+            "nearest-neighbour queries routed by centroid probes",
+            |v| v.knn_queries.load(Ordering::Relaxed),
+        ),
+        (
+            "ocelot_knn_shards_touched_total",
+            "shards those queries searched",
+            |v| v.knn_shards.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, pick) in vector_families {
+        let mut f = Family::new(out, name, "counter", help);
+        for p in pools {
+            if let Some(v) = p.sharder.vectors.as_ref() {
+                let labels = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
+                f.sample(name, &labels, pick(v));
+            }
+        }
+    }
     let mut prepare = [0u64; 3];
     for s in pools.iter().flat_map(|p| p.server_pools()) {
         for c in s.connections() {

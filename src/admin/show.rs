@@ -15,7 +15,7 @@ use crate::proxy::Shared;
 use crate::stats::{ClientState, ConnInfo, ConnState, Totals};
 
 const HELP: &[&str] = &[
-    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS",
+    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS|CENTROIDS",
     "RELOAD",
     "PAUSE [<db>]",
     "RESUME [<db>]",
@@ -60,6 +60,7 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
         }
         "bans" => bans(&pools),
         "models" => models(&pools),
+        "centroids" => centroids(&pools),
         _ => {
             return Err(AdminError {
                 code: sqlstate::UNDEFINED_OBJECT,
@@ -505,6 +506,51 @@ fn models(pools: &[&Arc<UserPool>]) -> Table {
                 format!("{:.2}", m.mean_micros),
             ]);
         }
+    }
+    table
+}
+
+/// Centroid sharding per pool: its centroids and what they routed.
+fn centroids(pools: &[&Arc<UserPool>]) -> Table {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut table = Table::new(&[
+        Col::Text("database"),
+        Col::Text("user"),
+        Col::Text("key"),
+        Col::Int("centroids"),
+        Col::Text("source"),
+        Col::Text("metric"),
+        Col::Int("probes"),
+        Col::Int("routing_lookups"),
+        Col::Int("knn_queries"),
+        Col::Int("shards_touched"),
+        Col::Text("avg_shards_per_query"),
+    ]);
+    for p in pools {
+        let Some(v) = p.sharder.vectors.as_ref() else {
+            continue;
+        };
+        let key = p
+            .sharder
+            .key()
+            .map(|k| format!("{}.{}", k.table, k.column))
+            .unwrap_or_default();
+        let (q, sh) = (v.knn_queries.load(Relaxed), v.knn_shards.load(Relaxed));
+        table.row(vec![
+            t(&p.database),
+            t(&p.user),
+            key,
+            t(v.centroids().map_or(0, |c| c.len())),
+            v.model
+                .as_ref()
+                .map_or_else(|| t("config"), |m| format!("model {m}")),
+            format!("{:?}", v.metric).to_lowercase(),
+            t(v.probes),
+            t(v.routing_lookups.load(Relaxed)),
+            t(q),
+            t(sh),
+            format!("{:.2}", if q == 0 { 0.0 } else { sh as f64 / q as f64 }),
+        ]);
     }
     table
 }

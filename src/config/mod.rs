@@ -20,7 +20,7 @@ pub use inference::{Device, Inference, InferenceMode};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,
-    ShardingFunction, ShardingKeyType, User,
+    ShardingFunction, ShardingKeyType, User, VectorMetric, VectorSharding,
 };
 
 /// The whole file.

@@ -81,6 +81,46 @@ pub enum ShardingKeyType {
     /// text/varchar keys.
     Text,
     Uuid,
+    /// A vector column (`real[]`, `float8[]`, pgvector's `vector`): each row goes to the shard of its nearest
+    /// centroid (`[pools.<name>.vector_sharding]`).
+    Vector,
+}
+
+/// How vectors are compared with centroids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorMetric {
+    /// Euclidean distance (`pgml.distance_l2`, `<->`).
+    #[default]
+    L2,
+    /// Cosine distance (`pgml.cosine_similarity`, `<=>`).
+    Cosine,
+    /// Negative inner product (`pgml.dot_product`, `<#>`).
+    Inner,
+}
+
+/// `[pools.<name>.vector_sharding]` (Ocelot): centroid sharding of the `automatic_sharding_key` vector column.
+/// Centroid `i` belongs to shard `i % shards`. Exactly one source of centroids.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct VectorSharding {
+    /// The centroids themselves.
+    #[serde(default)]
+    pub centroids: Option<Vec<Vec<f32>>>,
+    /// A JSON file holding an array of centroids.
+    #[serde(default)]
+    pub centroids_file: Option<String>,
+    /// A `pgml.train` project whose deployed model is kmeans: its cluster centers.
+    #[serde(default)]
+    pub centroids_model: Option<String>,
+    /// How many nearest centroids' shards a nearest-neighbour query searches.
+    #[serde(default = "d_probes")]
+    pub probes: usize,
+    #[serde(default)]
+    pub metric: VectorMetric,
+}
+
+fn d_probes() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
@@ -233,6 +273,9 @@ pub struct Pool {
     /// Ocelot: the SQL type of the sharding key, which decides PostgreSQL's partition hash for it.
     #[serde(default)]
     pub sharding_key_type: ShardingKeyType,
+    /// Ocelot: centroid sharding, with `sharding_key_type = "vector"`.
+    #[serde(default)]
+    pub vector_sharding: Option<VectorSharding>,
     #[serde(default)]
     pub sharding_key_regex: Option<String>,
     #[serde(default)]

@@ -129,6 +129,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 "auth_query, auth_query_user and auth_query_password must be set together",
             ));
         }
+        validate_vector_sharding(name, pool)?;
         let auth_query = pool.auth_query.is_some() || g.auth_query.is_some();
         validate_shards(name, pool, &mut warnings)?;
         if let DefaultShard::Shard(n) = pool.default_shard {
@@ -282,6 +283,66 @@ fn validate_shards(
             format!("pools.{name}.shards"),
             "shards must be numbered 0..N-1 without gaps",
         ));
+    }
+    Ok(())
+}
+
+/// Centroid sharding: a vector key, one source of centroids, all of one dimension.
+fn validate_vector_sharding(name: &str, pool: &super::Pool) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("pools.{name}.{k}");
+    let vector = pool.sharding_key_type == super::ShardingKeyType::Vector;
+    let Some(v) = &pool.vector_sharding else {
+        if vector {
+            return Err(ConfigError::invalid(
+                key("vector_sharding"),
+                "sharding_key_type = \"vector\" needs a [vector_sharding] table with centroids",
+            ));
+        }
+        return Ok(());
+    };
+    if !vector {
+        return Err(ConfigError::invalid(
+            key("sharding_key_type"),
+            "vector_sharding needs sharding_key_type = \"vector\"",
+        ));
+    }
+    if pool.automatic_sharding_key.is_none() {
+        return Err(ConfigError::invalid(
+            key("automatic_sharding_key"),
+            "vector_sharding needs automatic_sharding_key = \"table.vector_column\"",
+        ));
+    }
+    let sources = [
+        v.centroids.is_some(),
+        v.centroids_file.is_some(),
+        v.centroids_model.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(ConfigError::invalid(
+            key("vector_sharding"),
+            "give exactly one of centroids, centroids_file and centroids_model",
+        ));
+    }
+    let centroids = crate::router::vectors::configured_centroids(v)
+        .map_err(|e| ConfigError::invalid(key("vector_sharding.centroids_file"), e))?;
+    if let Some(c) = centroids {
+        let dim = c.first().map_or(0, Vec::len);
+        if dim == 0 || c.iter().any(|x| x.len() != dim) {
+            return Err(ConfigError::invalid(
+                key("vector_sharding.centroids"),
+                "centroids must be non-empty vectors of one dimension",
+            ));
+        }
+        if c.len() < pool.shards.len() {
+            return Err(ConfigError::invalid(
+                key("vector_sharding.centroids"),
+                format!(
+                    "{} centroid(s) for {} shards: every shard needs at least one",
+                    c.len(),
+                    pool.shards.len()
+                ),
+            ));
+        }
     }
     Ok(())
 }

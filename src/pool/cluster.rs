@@ -404,6 +404,7 @@ impl Cluster {
             if let Some(limit) = p.routing.lag_limit {
                 super::lag::spawn(p, limit, p.routing.lag_interval);
             }
+            spawn_centroid_loader(p);
             fresh.push(p.clone());
         }
         fresh
@@ -430,6 +431,38 @@ impl Cluster {
     pub fn user_pools(&self) -> impl Iterator<Item = &Arc<UserPool>> {
         self.pools.values()
     }
+}
+
+/// Centroid sharding from a kmeans model: its centers are read from the registry in the background, retried
+/// until the project has a deployed kmeans model (rows and queries are not routed by vector until then).
+fn spawn_centroid_loader(p: &Arc<UserPool>) {
+    let Some(v) = p.sharder.vectors.clone() else {
+        return;
+    };
+    let (Some(project), None) = (v.model.clone(), v.centroids()) else {
+        return;
+    };
+    let weak = Arc::downgrade(p);
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            let Some(pool) = weak.upgrade() else { return };
+            match crate::inference::cache::kmeans_centroids(&pool, &project).await {
+                Ok(c) => {
+                    tracing::info!(pool = %pool.database, "centroid sharding: {} centroids from the kmeans model of {project}", c.len());
+                    v.set_centroids(c);
+                    return;
+                }
+                Err(e) if !warned => {
+                    tracing::warn!(pool = %pool.database, "centroid sharding waits for {project}: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            drop(pool);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
 
 /// What a user's pool is built from. Passwords are included verbatim: the string is compared, never shown.

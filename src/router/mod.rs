@@ -14,3 +14,4 @@ pub mod plugins;
 pub mod session_sql;
 pub mod shard_key;
 pub mod sharding;
+pub mod vectors;

@@ -123,6 +123,8 @@ fn value(e: &Expr) -> Option<KeyValue> {
             KeyValue::Param(_) => None,
         },
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => value(inner),
+        // A vector key (centroid sharding): `ARRAY[1, 2, ...]`, as PostgreSQL's array text.
+        Expr::Array(_) => super::vectors::vector_value(e),
         _ => None,
     }
 }

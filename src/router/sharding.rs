@@ -31,6 +31,8 @@ pub struct Sharder {
     shard_id_re: Option<Regex>,
     key_re: Option<Regex>,
     search_limit: usize,
+    /// Centroid sharding, with `sharding_key_type = "vector"`.
+    pub vectors: Option<std::sync::Arc<super::vectors::VectorRouter>>,
 }
 
 impl Sharder {
@@ -48,6 +50,12 @@ impl Sharder {
             shard_id_re: re(&pool.shard_id_regex),
             key_re: re(&pool.sharding_key_regex),
             search_limit: pool.regex_search_limit.unwrap_or(1000),
+            vectors: match (pool.sharding_key_type, &pool.vector_sharding) {
+                (ShardingKeyType::Vector, Some(v)) => {
+                    Some(super::vectors::VectorRouter::new(v, pool.shards.len()))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -63,6 +71,10 @@ impl Sharder {
             }
             (ShardingKeyType::Text, _) => text_partition(value.as_bytes(), n),
             (ShardingKeyType::Uuid, _) => uuid_partition(&parse_uuid(value)?, n),
+            (ShardingKeyType::Vector, _) => {
+                let v = super::vectors::parse_vector(value)?;
+                return self.vectors.as_ref()?.shard_of(&v);
+            }
         };
         Some(shard as usize)
     }
@@ -88,6 +100,10 @@ impl Sharder {
             }
             ShardingKeyType::Text => text_partition(raw, n),
             ShardingKeyType::Uuid => uuid_partition(raw.try_into().ok()?, n),
+            ShardingKeyType::Vector => {
+                let v = super::vectors::decode_binary_array(raw)?;
+                return self.vectors.as_ref()?.shard_of(&v);
+            }
         };
         Some(shard as usize)
     }

@@ -217,7 +217,13 @@ impl Session {
                             Plan::NotSharded => None,
                             Plan::Rows => return Ok(Target::All(Merge::Rows, all)),
                             Plan::Grouped(g) => return Ok(Target::All(Merge::Grouped(g), all)),
-                            Plan::Ordered(o) => return Ok(Target::All(Merge::Ordered(o), all)),
+                            Plan::Ordered(o) => {
+                                // Centroid sharding: a nearest-neighbour query searches its nearest centroids'
+                                // shards only.
+                                let shards =
+                                    knn_shards(sharder, &text, spec, &params).unwrap_or(all);
+                                return Ok(Target::All(Merge::Ordered(o), shards));
+                            }
                             Plan::Write => {
                                 return Ok(Target::Write(
                                     all.into_iter()
@@ -798,6 +804,26 @@ fn route_of(
     }
     cache.insert(sql.into(), r);
     r
+}
+
+/// The shards a nearest-neighbour query on a centroid-sharded pool searches (`None`: all of them).
+fn knn_shards(
+    sharder: &crate::router::sharding::Sharder,
+    text: &str,
+    spec: &crate::router::shard_key::KeySpec,
+    params: &[(Option<&[u8]>, bool)],
+) -> Option<Vec<usize>> {
+    use crate::router::vectors::{decode_binary_array, knn_target, parse_vector};
+    let router = sharder.vectors.as_ref()?;
+    let v = match knn_target(text, spec)? {
+        KeyValue::Literal(s) => parse_vector(&s)?,
+        KeyValue::Param(i) => match params.get(i)? {
+            (Some(raw), true) => decode_binary_array(raw)?,
+            (Some(raw), false) => parse_vector(std::str::from_utf8(raw).ok()?)?,
+            _ => return None,
+        },
+    };
+    Some(router.probe(&v)?.into_iter().collect())
 }
 
 fn show(out: &mut BytesMut, column: &str, value: &str) {
