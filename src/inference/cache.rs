@@ -360,6 +360,35 @@ fn notification_payload(msg: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&payload[..end]).into_owned())
 }
 
+/// The cluster centers of `project`'s deployed kmeans model, for centroid sharding
+/// (`vector_sharding.centroids_model`).
+pub async fn kmeans_centroids(
+    pool: &Arc<UserPool>,
+    project: &str,
+) -> Result<Vec<Vec<f32>>, String> {
+    let loaded = pool
+        .models
+        .deployed(pool, project)
+        .await
+        .map_err(|r| r.message)?;
+    if !loaded.model.pre.is_identity() {
+        return Err(format!(
+            "the kmeans model of {project} was trained with preprocess: its centers are not in the column's space"
+        ));
+    }
+    match &loaded.model.estimator {
+        super::models::Estimator::KMeans(k) => Ok(k
+            .centers
+            .iter()
+            .map(|c| c.iter().map(|x| *x as f32).collect())
+            .collect()),
+        _ => Err(format!(
+            "the deployed model of {project} is {}, not kmeans",
+            loaded.algorithm
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,34 +433,5 @@ mod tests {
         // A model larger than the bound is still served; it displaces everything else.
         m.insert(4, "d".into(), "random_forest".into(), 1000, model());
         assert_eq!(m.usage(), (1000, 3));
-    }
-}
-
-/// The cluster centers of `project`'s deployed kmeans model, for centroid sharding
-/// (`vector_sharding.centroids_model`).
-pub async fn kmeans_centroids(
-    pool: &Arc<UserPool>,
-    project: &str,
-) -> Result<Vec<Vec<f32>>, String> {
-    let loaded = pool
-        .models
-        .deployed(pool, project)
-        .await
-        .map_err(|r| r.message)?;
-    if !loaded.model.pre.is_identity() {
-        return Err(format!(
-            "the kmeans model of {project} was trained with preprocess: its centers are not in the column's space"
-        ));
-    }
-    match &loaded.model.estimator {
-        super::models::Estimator::KMeans(k) => Ok(k
-            .centers
-            .iter()
-            .map(|c| c.iter().map(|x| *x as f32).collect())
-            .collect()),
-        _ => Err(format!(
-            "the deployed model of {project} is {}, not kmeans",
-            loaded.algorithm
-        )),
     }
 }
