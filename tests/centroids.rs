@@ -207,6 +207,31 @@ async fn rows_follow_their_nearest_centroid_and_queries_probe_it() {
     let mut exact: Vec<(f32, i32)> = data.iter().map(|(id, _, d)| (l2(&v, d), *id)).collect();
     exact.sort_by(|a, b| a.0.total_cmp(&b.0));
     assert_eq!(got, exact[..10].iter().map(|e| e.1).collect::<Vec<_>>());
+
+    // pgvector's operator syntax: with `<->` defined on the servers (here over real[], as pgvector defines it over
+    // vector, which Debian 12 does not package), the same search in pgvector's spelling gives the same rows.
+    for pg in &shards {
+        pg.psql_admin_db(
+            "app",
+            "CREATE FUNCTION l2(a real[], b real[]) RETURNS float8 IMMUTABLE LANGUAGE sql AS
+               'SELECT sqrt(sum((x - y) ^ 2)) FROM unnest(a, b) AS t (x, y)';
+             CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = real[], FUNCTION = l2);",
+        );
+    }
+    let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+    let sql = format!("SELECT id FROM docs ORDER BY emb <-> '{{{}}}' LIMIT 10", parts.join(","));
+    let got: Vec<i32> = rows_of(&c3.simple_query(&sql).await.unwrap())
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, exact[..10].iter().map(|e| e.1).collect::<Vec<_>>());
+    let got: Vec<i32> = rows_of(&c.simple_query(&sql).await.unwrap())
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got.len(), 10, "probes = 1 searches one shard");
+    let res = admin_psql(port, "SHOW CENTROIDS").unwrap();
+    assert_eq!(admin_value(&res, &res.1[0], "knn_queries"), (queries + 1).to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
