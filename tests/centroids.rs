@@ -219,7 +219,10 @@ async fn rows_follow_their_nearest_centroid_and_queries_probe_it() {
         );
     }
     let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
-    let sql = format!("SELECT id FROM docs ORDER BY emb <-> '{{{}}}' LIMIT 10", parts.join(","));
+    let sql = format!(
+        "SELECT id FROM docs ORDER BY emb <-> '{{{}}}' LIMIT 10",
+        parts.join(",")
+    );
     let got: Vec<i32> = rows_of(&c3.simple_query(&sql).await.unwrap())
         .iter()
         .map(|r| r[0].as_deref().unwrap().parse().unwrap())
@@ -231,7 +234,10 @@ async fn rows_follow_their_nearest_centroid_and_queries_probe_it() {
         .collect();
     assert_eq!(got.len(), 10, "probes = 1 searches one shard");
     let res = admin_psql(port, "SHOW CENTROIDS").unwrap();
-    assert_eq!(admin_value(&res, &res.1[0], "knn_queries"), (queries + 1).to_string());
+    assert_eq!(
+        admin_value(&res, &res.1[0], "knn_queries"),
+        (queries + 1).to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
