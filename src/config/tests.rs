@@ -198,3 +198,51 @@ fn inference_device_and_batch_settings() {
     ));
     assert!(tls.unwrap_err().to_string().contains("tls_required"));
 }
+
+#[test]
+fn vector_sharding_reads_centroids_inline_or_from_a_file() {
+    let pool = |table: &str| {
+        MINIMAL.replace(
+            "[pools.db.users.0]",
+            &format!("[pools.db]\nautomatic_sharding_key = \"docs.emb\"\nsharding_key_type = \"vector\"\n{table}\n[pools.db.users.0]"),
+        )
+    };
+    let file = std::env::temp_dir().join(format!("ocelot-centroids-{}.json", std::process::id()));
+    std::fs::write(&file, "[[1, 0], [0, 1]]").unwrap();
+    let c = Config::parse_and_validate(&pool(&format!(
+        "[pools.db.vector_sharding]\ncentroids_file = \"{}\"\nprobes = 2",
+        file.display()
+    )))
+    .unwrap()
+    .config;
+    let sharder = crate::router::sharding::Sharder::new(&c.pools["db"]);
+    let v = sharder.vectors.as_ref().unwrap();
+    assert_eq!(v.centroids().unwrap().len(), 2);
+    assert_eq!(v.probes, 2);
+    assert_eq!(
+        sharder.shard_of_text("{0.1, 0.9}"),
+        Some(0),
+        "centroid 1 % 1 shard"
+    );
+    std::fs::remove_file(&file).unwrap();
+    for (table, complaint) in [
+        ("", "needs a [vector_sharding]"),
+        (
+            "[pools.db.vector_sharding]\ncentroids = [[1, 0]]\ncentroids_model = \"m\"",
+            "exactly one",
+        ),
+        (
+            "[pools.db.vector_sharding]\ncentroids = [[1, 0], [1]]",
+            "one dimension",
+        ),
+        (
+            "[pools.db.vector_sharding]\ncentroids_file = \"/nonexistent.json\"",
+            "cannot read",
+        ),
+    ] {
+        let e = Config::parse_and_validate(&pool(table))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(complaint), "{table}: {e}");
+    }
+}
