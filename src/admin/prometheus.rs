@@ -459,6 +459,40 @@ fn ocelot_families(out: &mut String, shared: &Shared, pools: &[&Arc<UserPool>]) 
         let labels = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
         f.sample("ocelot_prepared_statements", &labels, p.statements.len());
     }
+    let mut prepare = [0u64; 3];
+    for s in pools.iter().flat_map(|p| p.server_pools()) {
+        for c in s.connections() {
+            prepare[0] += ConnInfo::get(&c.prepare_hits);
+            prepare[1] += ConnInfo::get(&c.prepare_misses);
+            prepare[2] += ConnInfo::get(&c.prepare_evictions);
+        }
+    }
+    for (i, (name, help)) in [
+        (
+            "ocelot_prepare_cache_hits",
+            "statements already prepared on the server (open connections)",
+        ),
+        (
+            "ocelot_prepare_cache_misses",
+            "statements Ocelot had to prepare (open connections)",
+        ),
+        (
+            "ocelot_prepare_cache_evictions",
+            "statements closed to stay within the cache size",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut f = Family::new(out, name, "gauge", help);
+        f.sample(name, "", prepare[i]);
+    }
+    router_families(out, pools);
+    inference_families(out, pools);
+}
+
+/// The query router's families: read/write route cache, fan-out, centroid sharding.
+fn router_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     for (name, kind, help, pick) in [
         (
             "ocelot_route_cache_hits_total",
@@ -512,35 +546,6 @@ fn ocelot_families(out: &mut String, shared: &Shared, pools: &[&Arc<UserPool>]) 
             }
         }
     }
-    let mut prepare = [0u64; 3];
-    for s in pools.iter().flat_map(|p| p.server_pools()) {
-        for c in s.connections() {
-            prepare[0] += ConnInfo::get(&c.prepare_hits);
-            prepare[1] += ConnInfo::get(&c.prepare_misses);
-            prepare[2] += ConnInfo::get(&c.prepare_evictions);
-        }
-    }
-    for (i, (name, help)) in [
-        (
-            "ocelot_prepare_cache_hits",
-            "statements already prepared on the server (open connections)",
-        ),
-        (
-            "ocelot_prepare_cache_misses",
-            "statements Ocelot had to prepare (open connections)",
-        ),
-        (
-            "ocelot_prepare_cache_evictions",
-            "statements closed to stay within the cache size",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut f = Family::new(out, name, "gauge", help);
-        f.sample(name, "", prepare[i]);
-    }
-    inference_families(out, pools);
 }
 
 fn inference_families(out: &mut String, pools: &[&Arc<UserPool>]) {

@@ -7,6 +7,7 @@ pub mod address;
 pub mod balance;
 pub mod cluster;
 pub mod connect;
+mod dynamic;
 pub mod error;
 pub mod lag;
 pub mod listener;

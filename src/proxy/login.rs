@@ -53,39 +53,9 @@ pub async fn login(
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Login, ClientError> {
-    let (minor, params) = loop {
-        let packet = read_startup_packet(stream, buf).await?;
-        match startup::parse(&packet)? {
-            StartupRequest::Ssl => match (&shared.snapshot().tls, stream.take_tcp()) {
-                (Some(acceptor), Some(tcp)) => {
-                    if !buf.is_empty() {
-                        // Bytes sent before the handshake would be read as if they had come over TLS.
-                        return Err(ProtocolError::Unexpected {
-                            got: buf[0] as char,
-                            expected: "nothing before the TLS handshake",
-                        }
-                        .into());
-                    }
-                    let mut tcp = tcp;
-                    tcp.write_all(b"S").await?;
-                    let tls = acceptor.accept(tcp).await?;
-                    *stream = Stream::TlsServer(Box::new(tls));
-                }
-                (_, tcp) => {
-                    if let Some(tcp) = tcp {
-                        *stream = Stream::Tcp(tcp);
-                    }
-                    // No TLS configured (or already on it): 'N' tells the client to go on in plain text.
-                    stream.write_all(b"N").await?;
-                }
-            },
-            StartupRequest::GssEnc => stream.write_all(b"N").await?,
-            StartupRequest::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
-            StartupRequest::Unsupported { major, minor } => {
-                return Err(ClientError::UnsupportedProtocol(major, minor))
-            }
-            StartupRequest::Startup { minor, params } => break (minor, params),
-        }
+    let (minor, params) = match negotiate(stream, buf, shared).await? {
+        Ok(startup) => startup,
+        Err(cancel) => return Ok(cancel),
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let user = get("user")
@@ -106,27 +76,7 @@ pub async fn login(
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
     if crate::admin::is_admin_database(&database) && user == g.admin_username {
-        let mut out = BytesMut::with_capacity(512);
-        let auth = admin_auth(g).map_err(|source| ClientError::AuthProtocol {
-            user: user.clone(),
-            source,
-        })?;
-        authenticate(stream, buf, &mut out, &auth, &user).await?;
-        encode::auth_ok(&mut out);
-        for (k, v) in [
-            ("server_version", "15.0 (Ocelot admin console)"),
-            ("server_encoding", "UTF8"),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO, MDY"),
-            ("integer_datetimes", "on"),
-            ("standard_conforming_strings", "on"),
-            ("application_name", application_name.as_str()),
-        ] {
-            encode::parameter_status(&mut out, k, v);
-        }
-        encode::backend_key_data(&mut out, 0, 0);
-        encode::ready_for_query(&mut out, txn::IDLE);
-        stream.write_all(&out).await?;
+        admin_login(stream, buf, g, &user, &application_name).await?;
         return Ok(Login::Admin);
     }
     let found = snapshot.cluster.get(&database, &user);
@@ -152,27 +102,7 @@ pub async fn login(
     }
     let pool = match (aq, found) {
         (Some(aq), _) => {
-            let c = &snapshot.cluster;
-            // An unknown user fails like a wrong password, as PostgreSQL does, to not reveal who exists.
-            let secret = super::auth_query::fetch(c, &snapshot.config, &database, &aq, &user)
-                .await?
-                .ok_or_else(|| ClientError::WrongPassword(user.clone()))?;
-            let auth = ClientAuth::for_secret(secret.clone()).map_err(|source| {
-                ClientError::AuthProtocol {
-                    user: user.clone(),
-                    source,
-                }
-            })?;
-            let keys = authenticate(stream, buf, &mut out, &auth, &user).await?;
-            let server_secret = match (secret, keys) {
-                (Secret::Scram(_), Some(keys)) => Secret::ScramKeys(keys),
-                (secret, _) => secret,
-            };
-            c.dynamic_pool(&snapshot.config, &database, &user, auth, server_secret)
-                .map_err(|source| ClientError::AuthProtocol {
-                    user: user.clone(),
-                    source,
-                })?
+            auth_query_login(stream, buf, &mut out, &snapshot, &aq, &database, &user).await?
         }
         (None, Some(p)) => {
             authenticate(stream, buf, &mut out, &p.auth, &user).await?;
@@ -216,6 +146,120 @@ fn admin_auth(g: &crate::config::General) -> Result<ClientAuth, AuthError> {
         secret: Some(secret),
         scram,
     })
+}
+
+/// A StartupMessage's protocol minor version and parameters.
+type Startup = (u16, Vec<(String, String)>);
+
+/// Reads start-up packets, answering SSLRequest (TLS when configured) and GSSENCRequest, up to the
+/// StartupMessage: its protocol minor version and parameters, or the CancelRequest it turned out to be.
+async fn negotiate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Result<Startup, Login>, ClientError> {
+    loop {
+        let packet = read_startup_packet(stream, buf).await?;
+        match startup::parse(&packet)? {
+            StartupRequest::Ssl => match (&shared.snapshot().tls, stream.take_tcp()) {
+                (Some(acceptor), Some(tcp)) => {
+                    if !buf.is_empty() {
+                        // Bytes sent before the handshake would be read as if they had come over TLS.
+                        return Err(ProtocolError::Unexpected {
+                            got: buf[0] as char,
+                            expected: "nothing before the TLS handshake",
+                        }
+                        .into());
+                    }
+                    let mut tcp = tcp;
+                    tcp.write_all(b"S").await?;
+                    let tls = acceptor.accept(tcp).await?;
+                    *stream = Stream::TlsServer(Box::new(tls));
+                }
+                (_, tcp) => {
+                    if let Some(tcp) = tcp {
+                        *stream = Stream::Tcp(tcp);
+                    }
+                    // No TLS configured (or already on it): 'N' tells the client to go on in plain text.
+                    stream.write_all(b"N").await?;
+                }
+            },
+            StartupRequest::GssEnc => stream.write_all(b"N").await?,
+            StartupRequest::Cancel { pid, secret } => {
+                return Ok(Err(Login::Cancel { pid, secret }))
+            }
+            StartupRequest::Unsupported { major, minor } => {
+                return Err(ClientError::UnsupportedProtocol(major, minor))
+            }
+            StartupRequest::Startup { minor, params } => return Ok(Ok((minor, params))),
+        }
+    }
+}
+
+/// Authenticates the admin user and greets it as a server would, for the admin console.
+async fn admin_login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    g: &crate::config::General,
+    user: &str,
+    application_name: &str,
+) -> Result<(), ClientError> {
+    let mut out = BytesMut::with_capacity(512);
+    let auth = admin_auth(g).map_err(|source| ClientError::AuthProtocol {
+        user: user.to_owned(),
+        source,
+    })?;
+    authenticate(stream, buf, &mut out, &auth, user).await?;
+    encode::auth_ok(&mut out);
+    for (k, v) in [
+        ("server_version", "15.0 (Ocelot admin console)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", application_name),
+    ] {
+        encode::parameter_status(&mut out, k, v);
+    }
+    encode::backend_key_data(&mut out, 0, 0);
+    encode::ready_for_query(&mut out, txn::IDLE);
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+/// Authenticates a user against the secret `auth_query` fetches, and returns its pool.
+async fn auth_query_login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    snapshot: &super::Snapshot,
+    aq: &super::auth_query::AuthQuery<'_>,
+    database: &str,
+    user: &str,
+) -> Result<Arc<UserPool>, ClientError> {
+    let c = &snapshot.cluster;
+    // An unknown user fails like a wrong password, as PostgreSQL does, to not reveal who exists.
+    let secret = super::auth_query::fetch(c, &snapshot.config, database, aq, user)
+        .await?
+        .ok_or_else(|| ClientError::WrongPassword(user.to_owned()))?;
+    let auth =
+        ClientAuth::for_secret(secret.clone()).map_err(|source| ClientError::AuthProtocol {
+            user: user.to_owned(),
+            source,
+        })?;
+    let keys = authenticate(stream, buf, out, &auth, user).await?;
+    let server_secret = match (secret, keys) {
+        (Secret::Scram(_), Some(keys)) => Secret::ScramKeys(keys),
+        (secret, _) => secret,
+    };
+    let pool = c
+        .dynamic_pool(&snapshot.config, database, user, auth, server_secret)
+        .map_err(|source| ClientError::AuthProtocol {
+            user: user.to_owned(),
+            source,
+        })?;
+    Ok(pool)
 }
 
 async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientError> {
