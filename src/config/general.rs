@@ -57,6 +57,18 @@ fn d_lag_interval() -> u64 {
 fn d_client_login_timeout() -> u64 {
     60_000
 }
+fn d_max_client_conn() -> usize {
+    10_000
+}
+
+fn d_max_auth_failures() -> u32 {
+    10
+}
+
+fn d_auth_failure_block() -> u64 {
+    60_000
+}
+
 fn d_max_message_size() -> u32 {
     // PostgreSQL's own limit for a single message (PQ_LARGE_MESSAGE_LIMIT).
     0x3fff_ffff
@@ -217,6 +229,17 @@ pub struct General {
     /// Ocelot: milliseconds a client may take from connecting to finishing authentication (PgBouncer's name).
     #[serde(default = "d_client_login_timeout")]
     pub client_login_timeout: u64,
+    /// PgBouncer's: clients allowed at once; more are refused with 53300.
+    #[serde(default = "d_max_client_conn")]
+    pub max_client_conn: usize,
+    /// PgBouncer's: a client holding no server and silent for this long is disconnected (57P05); 0 is off.
+    #[serde(default)]
+    pub client_idle_timeout: u64,
+    /// Ocelot: failed logins from one address before its logins are refused for `auth_failure_block_ms` (0: off).
+    #[serde(default = "d_max_auth_failures")]
+    pub max_auth_failures: u32,
+    #[serde(default = "d_auth_failure_block")]
+    pub auth_failure_block_ms: u64,
     /// Ocelot: the largest message a client may send, in bytes; larger ones end the connection with 08P01.
     #[serde(default = "d_max_message_size")]
     pub max_message_size: u32,

@@ -44,6 +44,14 @@ pub enum ClientError {
     ShuttingDown,
     #[error("terminating connection due to administrator command")]
     AdminShutdown,
+    #[error("terminating connection due to idle-session timeout (client_idle_timeout)")]
+    IdleTimeout,
+    #[error("terminating connection due to idle-in-transaction timeout (idle_client_in_transaction_timeout)")]
+    IdleInTransactionTimeout,
+    #[error("sorry, too many clients already (max_client_conn)")]
+    TooManyClients,
+    #[error("too many failed authentication attempts from this address; try again later")]
+    AuthThrottled,
     #[error("{0}")]
     Pool(#[from] PoolError),
     #[error("server connection lost: {0}")]
@@ -78,9 +86,25 @@ impl ClientError {
             },
             ClientError::ShuttingDown => sqlstate::CANNOT_CONNECT_NOW,
             ClientError::AdminShutdown => sqlstate::ADMIN_SHUTDOWN,
+            ClientError::IdleTimeout => "57P05",
+            ClientError::IdleInTransactionTimeout => "25P03",
+            ClientError::TooManyClients => sqlstate::TOO_MANY_CONNECTIONS,
+            ClientError::AuthThrottled => sqlstate::INVALID_AUTHORIZATION,
             ClientError::Pool(p) => p.sqlstate(),
             ClientError::ServerLost(_) => sqlstate::CONNECTION_FAILURE,
         })
+    }
+
+    /// A failed password check (counted for login throttling).
+    pub fn is_wrong_password(&self) -> bool {
+        matches!(
+            self,
+            ClientError::WrongPassword(_)
+                | ClientError::AuthProtocol {
+                    source: AuthError::WrongPassword,
+                    ..
+                }
+        )
     }
 
     /// Errors that end the connection are FATAL.

@@ -75,7 +75,12 @@ pub async fn login(
     }
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
-    if crate::admin::is_admin_database(&database) && user == g.admin_username {
+    let admin = crate::admin::is_admin_database(&database) && user == g.admin_username;
+    // The admin can always get in, to see what is going on.
+    if !admin && shared.shutdown.client_count() > g.max_client_conn {
+        return Err(ClientError::TooManyClients);
+    }
+    if admin {
         admin_login(stream, buf, g, &user, &application_name).await?;
         return Ok(Login::Admin);
     }

@@ -16,6 +16,7 @@ pub mod session_state;
 pub mod shutdown;
 pub mod statements;
 pub mod tracker;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     pub reloads: std::sync::atomic::AtomicU64,
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// Failed logins per source address, for throttling.
+    pub auth_failures: watchdog::AuthFailures,
     /// Where the Prometheus exporter listens, once started.
     pub metrics_addr: std::sync::OnceLock<SocketAddr>,
 }
@@ -155,7 +158,9 @@ impl Proxy {
             reloads: Default::default(),
             reload_failures: Default::default(),
             metrics_addr: Default::default(),
+            auth_failures: Default::default(),
         });
+        watchdog::spawn(&shared);
         if let Some(ms) = shared.snapshot().config.general.autoreload {
             reload::spawn_autoreload(&shared, Duration::from_millis(ms));
         }
@@ -291,6 +296,15 @@ async fn handle_client(
     let g = &snapshot.config.general;
     let peer = addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
     let mut buf = BytesMut::with_capacity(1024);
+    let block = Duration::from_millis(g.auth_failure_block_ms);
+    let ip = addr.map(|a| a.ip());
+    if let Some(ip) = ip {
+        if !shared.auth_failures.allowed(ip, g.max_auth_failures, block) {
+            report(&mut stream, &ClientError::AuthThrottled).await;
+            tracing::warn!(%peer, "login refused: too many failed authentication attempts");
+            return;
+        }
+    }
     let login_timeout = Duration::from_millis(g.client_login_timeout);
     let login =
         match tokio::time::timeout(login_timeout, login::login(&mut stream, &mut buf, &shared))
@@ -320,6 +334,9 @@ async fn handle_client(
             return;
         }
         Err(e) => {
+            if let (Some(ip), true) = (ip, e.is_wrong_password()) {
+                shared.auth_failures.failed(ip, block);
+            }
             report(&mut stream, &e).await;
             if e.sqlstate().is_some() {
                 tracing::info!(%peer, "login refused: {e}");
@@ -327,6 +344,9 @@ async fn handle_client(
             return;
         }
     };
+    if let Some(ip) = ip {
+        shared.auth_failures.succeeded(ip);
+    }
     if g.log_client_connections {
         tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
     }
@@ -334,6 +354,14 @@ async fn handle_client(
         shared
             .clients
             .register(&login.database, &login.user, &login.application_name, addr);
+    let _ = client
+        .info
+        .cancel_key
+        .set((login.registration.slot.pid, login.registration.slot.secret));
+    client.info.statement_timeout_ms.store(
+        login.pool.settings.statement_timeout_ms,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Registered after a shutdown began drains at once (shutdown drains the clients it finds registered).
     if shared.shutdown.is_draining() {
         client.info.drain();

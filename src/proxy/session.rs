@@ -236,10 +236,9 @@ impl Session {
     }
 
     async fn run_inner(&mut self) -> Result<End, ClientError> {
-        let mut draining = match *self.stop.borrow() {
-            Stop::Run => false,
-            Stop::Drain => true,
-            Stop::Kill => return Err(ClientError::AdminShutdown),
+        let mut draining = match stopping(*self.stop.borrow()) {
+            Ok(d) => d,
+            Err(e) => return Err(e),
         };
         loop {
             if draining && self.server.is_none() {
@@ -305,15 +304,12 @@ impl Session {
                     if r? == 0 {
                         return Ok(End::ClientLeft);
                     }
+                    self.info.last_active.store(crate::stats::now_us(), Relaxed);
                     if let Some(end) = self.on_client_bytes().await? {
                         return Ok(end);
                     }
                 }
-                Event::Stop => match *self.stop.borrow() {
-                    Stop::Run => {}
-                    Stop::Drain => draining = true,
-                    Stop::Kill => return Err(ClientError::AdminShutdown),
-                },
+                Event::Stop => draining |= stopping(*self.stop.borrow())?,
                 Event::Notification(Some(msg)) => self.notification(msg).await?,
                 Event::Notification(None) => {}
             }
@@ -711,6 +707,11 @@ impl Session {
         server.pool().stats.sent(sent);
         server.info.bytes_sent.fetch_add(sent as u64, Relaxed);
         let now = Instant::now();
+        if self.request_started.is_none() {
+            self.info
+                .request_since
+                .store(crate::stats::now_us(), Relaxed);
+        }
         self.request_started.get_or_insert(now);
         self.xact_started.get_or_insert(now);
         let written = if self.sout.is_empty() {
@@ -872,6 +873,17 @@ impl Session {
             self.release();
         }
         Ok(None)
+    }
+}
+
+/// Whether a stop signal drains the session (`Ok(true)`), or ends it now with the reason.
+fn stopping(s: Stop) -> Result<bool, ClientError> {
+    match s {
+        Stop::Run => Ok(false),
+        Stop::Drain => Ok(true),
+        Stop::Kill => Err(ClientError::AdminShutdown),
+        Stop::IdleTimeout => Err(ClientError::IdleTimeout),
+        Stop::IdleInTransaction => Err(ClientError::IdleInTransactionTimeout),
     }
 }
 

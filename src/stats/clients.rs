@@ -40,6 +40,10 @@ pub enum Stop {
     Run,
     Drain,
     Kill,
+    /// `client_idle_timeout`: idle with no server for too long.
+    IdleTimeout,
+    /// `idle_client_in_transaction_timeout`: idle inside a transaction for too long.
+    IdleInTransaction,
 }
 
 /// One client's identity and counters.
@@ -61,6 +65,16 @@ pub struct ClientInfo {
     pub max_wait_us: AtomicU64,
     /// Shutdown and `KILL` reach the session through this one channel, so its loop waits on a single signal.
     stop: watch::Sender<Stop>,
+    /// When the client last sent something ([`now_us`]), for the idle timeouts.
+    pub last_active: AtomicU64,
+    /// When the request the server is answering was sent ([`now_us`]), 0 when none: `statement_timeout`.
+    pub request_since: AtomicU64,
+    /// Whether the client's server session is inside a transaction block.
+    pub in_transaction: std::sync::atomic::AtomicBool,
+    /// The client's BackendKeyData, to cancel its query at `statement_timeout`.
+    pub cancel_key: std::sync::OnceLock<(i32, i32)>,
+    /// The user's `statement_timeout` in milliseconds (0: none).
+    pub statement_timeout_ms: AtomicU64,
 }
 
 impl ClientInfo {
@@ -120,6 +134,17 @@ impl ClientInfo {
         self.stop.send_replace(Stop::Kill);
     }
 
+    /// An idle timeout: the session ends now, saying why.
+    pub fn time_out(&self, why: Stop) {
+        self.stop.send_if_modified(|s| {
+            let running = matches!(*s, Stop::Run | Stop::Drain);
+            if running {
+                *s = why;
+            }
+            running
+        });
+    }
+
     /// How long the client has been waiting now, in microseconds (0 when it is not).
     pub fn waiting_us(&self) -> u64 {
         match self.wait_since.load(Ordering::Relaxed) {
@@ -177,6 +202,11 @@ impl ClientRegistry {
             wait_since: AtomicU64::new(0),
             max_wait_us: AtomicU64::new(0),
             stop: watch::channel(Stop::Run).0,
+            last_active: AtomicU64::new(now_us()),
+            request_since: AtomicU64::new(0),
+            in_transaction: Default::default(),
+            cancel_key: Default::default(),
+            statement_timeout_ms: AtomicU64::new(0),
         });
         self.lock().insert(id, info.clone());
         ClientHandle {

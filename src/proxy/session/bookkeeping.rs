@@ -55,7 +55,9 @@ impl Session {
         let us = |t: Option<Instant>| t.map_or(0, |t| now.duration_since(t).as_micros() as u64);
         pool.stats.query(us(request_started.take()));
         client.query_count.fetch_add(1, Relaxed);
+        client.request_since.store(0, Relaxed);
         let ended = status == txn::IDLE;
+        client.in_transaction.store(!ended, Relaxed);
         if ended {
             pool.stats.xact(us(xact_started.take()));
             client.xact_count.fetch_add(1, Relaxed);

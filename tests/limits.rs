@@ -1,0 +1,254 @@
+//! Limits and secrets: client_idle_timeout, idle_client_in_transaction_timeout, statement_timeout,
+//! max_client_conn, throttling of failed logins per address, and secrets that never show in logs, SHOW CONFIG,
+//! metrics or error messages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_owned())
+}
+
+/// A client whose connection task reports how the connection ended: the SQLSTATE of the FATAL message Ocelot
+/// sent, if any.
+async fn watched(
+    port: u16,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::oneshot::Receiver<String>,
+) {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("app");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let end = match conn.await {
+            Ok(()) => "closed cleanly".to_owned(),
+            Err(e) => code(&e).unwrap_or_else(|| e.to_string()),
+        };
+        let _ = tx.send(end);
+    });
+    (client, rx)
+}
+
+/// How a watched connection ended, waiting up to 3 s.
+async fn ended(rx: tokio::sync::oneshot::Receiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(3), rx)
+        .await
+        .map(|r| r.unwrap_or_default())
+        .unwrap_or_else(|_| "still open".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_statement_timeouts() {
+    let pg = Postgres::start();
+    pg.psql_admin_db("app", "CREATE TABLE t (x int)");
+    let toml = config_toml(
+        pg.port,
+        2,
+        "client_idle_timeout = 400\nidle_client_in_transaction_timeout = 400",
+        "",
+    )
+    .replace(
+        "pool_size = 2\n",
+        "pool_size = 2\nstatement_timeout = 500\n",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+
+    // A busy client stays; an idle one is disconnected with 57P05.
+    let busy = connect(port, "postgres", None, "app").await.unwrap();
+    let (_idle, idle_end) = watched(port).await;
+    for _ in 0..8 {
+        busy.simple_query("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended(idle_end).await, "57P05");
+    busy.simple_query("SELECT 1").await.unwrap();
+
+    // Idle inside a transaction: 25P03, and the transaction is rolled back on the server.
+    let (c, c_end) = watched(port).await;
+    c.simple_query("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(ended(c_end).await, "25P03");
+    let busy = connect(port, "postgres", None, "app").await.unwrap();
+    assert_eq!(first_value(&busy, "SELECT count(*) FROM t").await, "0");
+
+    // statement_timeout: the server cancels the request (57014) and the client goes on.
+    let started = Instant::now();
+    let e = busy.simple_query("SELECT pg_sleep(5)").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("57014"), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(first_value(&busy, "SELECT 7").await, "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_and_failed_login_throttling() {
+    let pg = Postgres::start();
+    let sock = std::env::temp_dir().join(format!("ocelot-limits-{}", free_port()));
+    std::fs::create_dir_all(&sock).unwrap();
+    let toml = config_toml(
+        pg.port,
+        2,
+        &format!(
+            "max_client_conn = 3\nmax_auth_failures = 3\nauth_failure_block_ms = 1500\nunix_socket_dir = \"{}\"",
+            sock.display()
+        ),
+        "",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(port, "postgres", None, "app").await.unwrap());
+    }
+    let e = connect(port, "postgres", None, "app")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("53300"), "{e:?}");
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.push(connect(port, "postgres", None, "app").await.unwrap());
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Three wrong passwords from 127.0.0.1: its logins are refused for a while, even with the right password.
+    for _ in 0..3 {
+        let e = connect(port, MD5_USER.0, Some("wrong"), "app")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(code(&e).as_deref(), Some("28P01"));
+    }
+    let e = connect(port, MD5_USER.0, Some(MD5_USER.1), "app")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("28000"), "{e:?}");
+    // Another source (the Unix socket) is not affected.
+    let (ok, out, err) = run_tool({
+        let mut c = std::process::Command::new("psql");
+        c.args(["-X", "-A", "-t", "-h"]).arg(&sock).args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            MD5_USER.0,
+            "-d",
+            "app",
+            "-c",
+            "SELECT 'via the socket'",
+        ]);
+        c.env("PGPASSWORD", MD5_USER.1);
+        c
+    });
+    assert!(ok && out.contains("via the socket"), "{out} {err}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    connect(port, MD5_USER.0, Some(MD5_USER.1), "app")
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&sock);
+}
+
+/// Log lines written through `tracing` in this test process.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_show() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .with_env_filter("debug")
+        .try_init();
+    let pg = Postgres::start();
+    let secrets = [
+        "AdminSecret4711",
+        "ClientSecret4712",
+        "md5pass",
+        "AuthQuerySecret4713",
+    ];
+    let toml = config_toml(
+        pg.port,
+        2,
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0\nauth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename='$1'\"\nauth_query_user = \"postgres\"\nauth_query_password = \"AuthQuerySecret4713\"",
+        "",
+    )
+    .replace("admin_password = \"admin\"", "admin_password = \"AdminSecret4711\"")
+    .replace(
+        &format!("password = \"{}\"\nauth_type = \"md5\"", MD5_USER.1),
+        &format!(
+            "password = \"ClientSecret4712\"\nserver_password = \"{}\"\nauth_type = \"md5\"",
+            MD5_USER.1
+        ),
+    );
+    assert!(toml.contains("ClientSecret4712"));
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let mut seen = String::new();
+    // Logins that fail and succeed, a query error, the admin console, the metrics.
+    for pw in ["wrong", "ClientSecret4712"] {
+        match connect(port, MD5_USER.0, Some(pw), "app").await {
+            Ok(c) => {
+                let e = c.simple_query("SELECT * FROM nowhere").await.unwrap_err();
+                seen.push_str(&format!("{e:?}"));
+            }
+            Err(e) => seen.push_str(&format!("{e:?}")),
+        }
+    }
+    for cmd in ["SHOW CONFIG", "SHOW USERS", "SHOW DATABASES", "SHOW POOLS"] {
+        let mut c = std::process::Command::new("psql");
+        c.args([
+            "-X",
+            "-A",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "pgcat",
+            "-c",
+            cmd,
+        ])
+        .env("PGPASSWORD", "AdminSecret4711");
+        let (ok, out, err) = run_tool(c);
+        assert!(ok, "{err}");
+        seen.push_str(&out);
+        seen.push_str(&err);
+    }
+    let addr = *proxy.shared().metrics_addr.get().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    s.read_to_string(&mut seen).await.unwrap();
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(logs.contains("login refused"), "the logs were captured");
+    for secret in secrets {
+        assert!(!seen.contains(secret), "{secret} shown to a client");
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+}
