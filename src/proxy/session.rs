@@ -236,10 +236,11 @@ impl Session {
     }
 
     async fn run_inner(&mut self) -> Result<End, ClientError> {
-        let mut draining = match stopping(*self.stop.borrow()) {
-            Ok(d) => d,
-            Err(e) => return Err(e),
-        };
+        let stop = *self.stop.borrow();
+        if let Some(e) = stop_reason(stop) {
+            return Err(e);
+        }
+        let mut draining = stop == Stop::Drain;
         loop {
             if draining && self.server.is_none() {
                 return Ok(End::Shutdown);
@@ -309,7 +310,13 @@ impl Session {
                         return Ok(end);
                     }
                 }
-                Event::Stop => draining |= stopping(*self.stop.borrow())?,
+                Event::Stop => {
+                    let stop = *self.stop.borrow();
+                    if let Some(e) = stop_reason(stop) {
+                        return Err(e);
+                    }
+                    draining |= stop == Stop::Drain;
+                }
                 Event::Notification(Some(msg)) => self.notification(msg).await?,
                 Event::Notification(None) => {}
             }
@@ -876,14 +883,13 @@ impl Session {
     }
 }
 
-/// Whether a stop signal drains the session (`Ok(true)`), or ends it now with the reason.
-fn stopping(s: Stop) -> Result<bool, ClientError> {
+/// Why a stop signal ends the session now, if it does (a drain lets it finish its transaction).
+fn stop_reason(s: Stop) -> Option<ClientError> {
     match s {
-        Stop::Run => Ok(false),
-        Stop::Drain => Ok(true),
-        Stop::Kill => Err(ClientError::AdminShutdown),
-        Stop::IdleTimeout => Err(ClientError::IdleTimeout),
-        Stop::IdleInTransaction => Err(ClientError::IdleInTransactionTimeout),
+        Stop::Run | Stop::Drain => None,
+        Stop::Kill => Some(ClientError::AdminShutdown),
+        Stop::IdleTimeout => Some(ClientError::IdleTimeout),
+        Stop::IdleInTransaction => Some(ClientError::IdleInTransactionTimeout),
     }
 }
 

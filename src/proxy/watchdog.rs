@@ -50,20 +50,20 @@ async fn check(shared: &Shared) {
             {
                 c.time_out(Stop::IdleInTransaction)
             }
-            ClientState::Active if older(request, c.statement_timeout_ms.load(Relaxed)) => {
-                // Once per request: the next one starts a new clock.
-                if c.request_since
-                    .compare_exchange(request, 0, Relaxed, Relaxed)
-                    .is_ok()
+            // Once per request: the next one starts a new clock.
+            ClientState::Active
+                if older(request, c.statement_timeout_ms.load(Relaxed))
+                    && c.request_since
+                        .compare_exchange(request, 0, Relaxed, Relaxed)
+                        .is_ok() =>
+            {
+                if let Some(target) = c
+                    .cancel_key
+                    .get()
+                    .and_then(|(pid, secret)| shared.cancels.lookup(*pid, *secret))
                 {
-                    if let Some(target) = c
-                        .cancel_key
-                        .get()
-                        .and_then(|(pid, secret)| shared.cancels.lookup(*pid, *secret))
-                    {
-                        tracing::info!(client = c.id, "statement_timeout: cancelling the request");
-                        let _ = super::cancel::send_cancel(&target).await;
-                    }
+                    tracing::info!(client = c.id, "statement_timeout: cancelling the request");
+                    let _ = super::cancel::send_cancel(&target).await;
                 }
             }
             _ => {}
