@@ -71,6 +71,9 @@ fn type_oid(name: &str) -> u32 {
 }
 
 /// Where each `$n` placeholder is in `sql` (byte ranges), outside literals, quoted names and comments.
+/// The most parameters a statement can have (the protocol counts them in an Int16).
+const MAX_PARAMS: usize = 65535;
+
 fn placeholders(sql: &str) -> Vec<(usize, usize, usize)> {
     let b = sql.as_bytes();
     let mut found = Vec::new();
@@ -87,7 +90,9 @@ fn placeholders(sql: &str) -> Vec<(usize, usize, usize)> {
         };
         if digits > 0 {
             let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(0);
-            if n > 0 {
+            // PostgreSQL's protocol carries at most 65535 parameters; a larger number is no parameter (the
+            // server refuses the statement), and must not size anything Ocelot allocates.
+            if n > 0 && n <= MAX_PARAMS {
                 found.push((i, i + 1 + digits, n));
             }
             i += 1 + digits;
@@ -308,6 +313,13 @@ pub fn substitute(sql: &str, types: &[u32], bind: &BindValues) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_parameter_numbers_are_not_parameters() {
+        // Found by the pgml fuzz target: `$11111111111` sized a vector of that many parameter types.
+        assert_eq!(count("SELECT pgml.predict('p', $11111111111)"), 0);
+        assert!(infer_types("SELECT $99999999999999, $2", &[]).len() == 2);
+    }
 
     fn float4_array(values: &[f32]) -> Vec<u8> {
         let mut b = Vec::new();

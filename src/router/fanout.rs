@@ -270,7 +270,8 @@ pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
     let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).or_else(|e| {
         // sqlparser wants `COPY ... FROM STDIN` to end with a semicolon (inline data may follow it).
         let t = sql.trim_start();
-        if t.len() > 4 && t[..4].eq_ignore_ascii_case("copy") && !sql.trim_end().ends_with(';') {
+        let copy = t.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("copy"));
+        if t.len() > 4 && copy && !sql.trim_end().ends_with(';') {
             Parser::parse_sql(&PostgreSqlDialect {}, &format!("{sql};"))
         } else {
             Err(e)
@@ -444,6 +445,13 @@ fn renumber(stmt: &mut Statement) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_fails_to_parse_with_a_multibyte_character_early() {
+        // Found by the router fuzz target: the COPY check sliced inside a character.
+        let spec = KeySpec::parse("data.id").unwrap();
+        assert!(matches!(plan("8S8\u{6ba}", &spec), Plan::NotSharded));
+    }
 
     #[test]
     fn plans() {

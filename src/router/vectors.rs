@@ -157,7 +157,8 @@ pub fn decode_binary_array(raw: &[u8]) -> Option<Vec<f32>> {
         return None;
     }
     let n = usize::try_from(i32_at(12)?).ok()?;
-    let mut out = Vec::with_capacity(n);
+    // The count comes from the client: at most one element per 8 bytes that are really there.
+    let mut out = Vec::with_capacity(n.min(raw.len() / 8));
     let mut o = 20;
     for _ in 0..n {
         let len = usize::try_from(i32_at(o)?).ok()?;
@@ -312,6 +313,11 @@ mod tests {
         }
         assert_eq!(decode_binary_array(&b), Some(vec![1.5, -2.0]));
         assert_eq!(decode_binary_array(&b[..10]), None);
+        // Found by the backend fuzz target: a huge element count over a few bytes allocated it up front.
+        let fuzzed = [
+            0, 0, 0, 1, 10, 83, 67, 82, 65, 77, 45, 83, 72, 65, 45, 50, 53, 54, 0, 0,
+        ];
+        assert_eq!(decode_binary_array(&fuzzed), None);
     }
 
     #[test]
