@@ -37,6 +37,11 @@ use std::collections::HashMap;
 
 /// Read buffers grow to at least this much free space before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// While no server is held, the client's buffer only needs room for a typical request: thousands of idle clients
+/// then cost little. A larger request grows it as its header asks.
+const IDLE_READ: usize = 2 * 1024;
+/// An idle client's empty buffer above this size (left by a large message) is given back.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// Server messages whose bodies Ocelot reads.
 fn server_inspects(code: u8) -> bool {
@@ -245,8 +250,16 @@ impl Session {
             if draining && self.server.is_none() {
                 return Ok(End::Shutdown);
             }
-            if self.cbuf.capacity() - self.cbuf.len() < READ_CHUNK {
-                self.cbuf.reserve(READ_CHUNK);
+            let want = if self.server.is_some() {
+                READ_CHUNK
+            } else {
+                if self.cbuf.is_empty() && self.cbuf.capacity() > SHRINK_ABOVE {
+                    self.cbuf = BytesMut::with_capacity(IDLE_READ);
+                }
+                IDLE_READ
+            };
+            if self.cbuf.capacity() - self.cbuf.len() < want {
+                self.cbuf.reserve(want);
             }
             let event = match self.server.as_mut() {
                 Some(pooled) => {
@@ -270,7 +283,7 @@ impl Session {
             };
             match event {
                 Event::Server(Ok(0)) => {
-                    if !self.failover("server closed the connection").await? {
+                    if !Box::pin(self.failover("server closed the connection")).await? {
                         return Err(self.server_lost("server closed the connection"));
                     }
                 }
@@ -280,7 +293,7 @@ impl Session {
                         s.info.bytes_received.fetch_add(n as u64, Relaxed);
                     }
                     if let Some(reason) = self.on_server_bytes().await? {
-                        if !self.failover(&reason).await? {
+                        if !Box::pin(self.failover(&reason)).await? {
                             return Err(self.server_lost(&reason));
                         }
                     }
@@ -297,7 +310,7 @@ impl Session {
                     }
                 }
                 Event::Server(Err(e)) => {
-                    if !self.failover(&e.to_string()).await? {
+                    if !Box::pin(self.failover(&e.to_string())).await? {
                         return Err(self.server_lost(&e.to_string()));
                     }
                 }
@@ -392,7 +405,7 @@ impl Session {
                 continue;
             }
             if starts && fwd == 0 && self.pool.plugins.is_some() && !self.discard_until_sync {
-                match self.run_plugins(&piece).await? {
+                match Box::pin(self.run_plugins(&piece)).await? {
                     plugins::PluginStep::Pass => {}
                     plugins::PluginStep::Served => continue,
                     plugins::PluginStep::Replaced => {
@@ -427,7 +440,7 @@ impl Session {
                 self.dropping = false;
                 // A pgml.* call while a server is held (a transaction): answered in order, after the server.
                 if fwd == 0 {
-                    match self.intercept_pgml(&piece).await? {
+                    match Box::pin(self.intercept_pgml(&piece)).await? {
                         pgml_ext::Intercept::Pass => {}
                         pgml_ext::Intercept::Served => continue,
                         pgml_ext::Intercept::Wait => break,
@@ -442,7 +455,7 @@ impl Session {
                     && matches!(piece, Piece::Whole(_))
                     && matches!(code, frontend::QUERY | frontend::PARSE | frontend::BIND)
                 {
-                    match self.cross_shard(&piece).await? {
+                    match Box::pin(self.cross_shard(&piece)).await? {
                         route::Cross::Forward => {}
                         route::Cross::Wait => break,
                         route::Cross::Handled => continue,

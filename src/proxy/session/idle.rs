@@ -61,7 +61,7 @@ impl Session {
                             why: why.into(),
                         }),
                         Ok(Some(prepared)) if write => {
-                            self.run_on_shards(prepared).await?;
+                            Box::pin(self.run_on_shards(prepared)).await?;
                             return Ok(Flow::Next);
                         }
                         Ok(Some(prepared)) => {
@@ -80,7 +80,7 @@ impl Session {
                                 &prepared.merge,
                                 &codes,
                             );
-                            match answer.await {
+                            match Box::pin(answer).await {
                                 Ok(merged) => {
                                     self.cbuf.advance(prepared.len);
                                     self.answer(&prepared, &merged);
@@ -109,7 +109,7 @@ impl Session {
                 })
             }
             Ok(route::Target::Batch(shards)) => {
-                if !self.run_batch(shards).await? {
+                if !Box::pin(self.run_batch(shards)).await? {
                     return Ok(Flow::Wait);
                 }
                 return Ok(Flow::Next);
@@ -121,7 +121,7 @@ impl Session {
                     shards: route::shard_list(0..self.pool.shards.len()),
                 };
                 let code = crate::protocol::codes::sqlstate::FEATURE_NOT_SUPPORTED;
-                if self.copy_refused(plan, code, e.to_string()).await? {
+                if Box::pin(self.copy_refused(plan, code, e.to_string())).await? {
                     return Ok(Flow::Leave);
                 }
                 return Ok(Flow::Next);
@@ -138,7 +138,7 @@ impl Session {
                 } else {
                     self.answer_extended_copy_request();
                 }
-                if self.copy_in(plan, simple).await? {
+                if Box::pin(self.copy_in(plan, simple)).await? {
                     return Ok(Flow::Leave);
                 }
                 return Ok(Flow::Next);
@@ -162,7 +162,7 @@ impl Session {
     ) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..len];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        let Some(answer) = self.serve_pgml(&sql).await? else {
+        let Some(answer) = Box::pin(self.serve_pgml(&sql)).await? else {
             return Ok(false);
         };
         self.cbuf.advance(len);

@@ -164,8 +164,9 @@ impl Session {
             txn::IDLE
         };
         if simple {
-            if self.serve_inference(h.total(), status).await?
-                || self.inline_pgml(h.total(), status).await?
+            // Boxed: these futures are large and rare, and would otherwise size every idle session.
+            if Box::pin(self.serve_inference(h.total(), status)).await?
+                || Box::pin(self.inline_pgml(h.total(), status)).await?
             {
                 return Ok(Intercept::Served);
             }
@@ -174,7 +175,7 @@ impl Session {
         if !super::route::request_complete(&self.cbuf) {
             return Ok(Intercept::Wait);
         }
-        self.serve_pgml_messages(status).await?;
+        Box::pin(self.serve_pgml_messages(status)).await?;
         Ok(Intercept::Served)
     }
 
