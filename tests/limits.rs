@@ -161,28 +161,9 @@ async fn max_client_conn_and_failed_login_throttling() {
     let _ = std::fs::remove_dir_all(&sock);
 }
 
-/// Log lines written through `tracing` in this test process.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_show() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| LogSink)
-        .with_ansi(false)
-        .with_env_filter("debug")
-        .try_init();
+    capture_logs("debug");
     let pg = Postgres::start();
     let secrets = [
         "AdminSecret4711",
@@ -219,22 +200,7 @@ async fn secrets_never_show() {
         }
     }
     for cmd in ["SHOW CONFIG", "SHOW USERS", "SHOW DATABASES", "SHOW POOLS"] {
-        let mut c = std::process::Command::new("psql");
-        c.args([
-            "-X",
-            "-A",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "admin",
-            "-d",
-            "pgcat",
-            "-c",
-            cmd,
-        ])
-        .env("PGPASSWORD", "AdminSecret4711");
+        let c = admin_psql_command(port, "pgcat", "AdminSecret4711", cmd);
         let (ok, out, err) = run_tool(c);
         assert!(ok, "{err}");
         seen.push_str(&out);
@@ -245,7 +211,7 @@ async fn secrets_never_show() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
     s.read_to_string(&mut seen).await.unwrap();
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    let logs = captured_logs();
     assert!(logs.contains("login refused"), "the logs were captured");
     for secret in secrets {
         assert!(!seen.contains(secret), "{secret} shown to a client");

@@ -181,23 +181,7 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     assert!(err.contains("unsupported SHOW"), "{err}");
     let err = admin_psql(port, "PAUSE nosuchdb").unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
-    let (ok, _, help) = run_tool({
-        let mut c = std::process::Command::new("psql");
-        c.args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "admin",
-            "-d",
-            "pgbouncer",
-        ])
-        .args(["-c", "SHOW HELP"])
-        .env("PGPASSWORD", "admin");
-        c
-    });
+    let (ok, _, help) = run_tool(admin_psql_command(port, "pgbouncer", "admin", "SHOW HELP"));
     assert!(
         ok && help.contains("RELOAD") && help.contains("SHOW HELP|CONFIG"),
         "{help}"
@@ -635,27 +619,9 @@ servers = [["127.0.0.1", {port}, "primary"]]
     assert_eq!(first_value(&s, "SELECT 1").await, "1");
 }
 
-/// Log lines written through `tracing` in this test process (for the query_logger plugin).
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgcat_plugins_intercept_deny_log_and_prewarm() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| LogSink)
-        .with_ansi(false)
-        .try_init();
+    capture_logs("info");
     let pg = Postgres::start();
     pg.psql_admin_db(
         "app",
@@ -747,6 +713,6 @@ queries = ["INSERT INTO prewarm_log VALUES (pg_backend_pid())"]
     assert!(servers >= 2, "{servers}");
 
     // query_logger
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    let logs = captured_logs();
     assert!(logs.contains("query: SELECT 40 + 2"), "{logs}");
 }

@@ -435,29 +435,8 @@ pub type AdminResult = (Vec<String>, Vec<Vec<String>>);
 /// Runs `sql` in Ocelot's admin console on `port` with psql as `admin`/`admin` (the test configs' admin user):
 /// the columns and rows, or psql's error output.
 pub fn admin_psql(port: u16, sql: &str) -> Result<AdminResult, String> {
-    let mut c = Command::new("psql");
-    c.args([
-        "-X",
-        "-A",
-        "-F",
-        "\u{1f}",
-        "-P",
-        "footer=off",
-        "-v",
-        "ON_ERROR_STOP=1",
-    ])
-    .args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "admin",
-        "-d",
-        "pgcat",
-    ])
-    .args(["-c", sql])
-    .env("PGPASSWORD", "admin");
+    let mut c = admin_psql_command(port, "pgcat", "admin", sql);
+    c.args(["-F", "\u{1f}", "-P", "footer=off", "-v", "ON_ERROR_STOP=1"]);
     let (ok, out, err) = run_tool(c);
     if !ok {
         return Err(err);
@@ -481,4 +460,41 @@ pub fn admin_value<'a>(res: &'a AdminResult, row: &'a [String], col: &str) -> &'
         .position(|c| c == col)
         .unwrap_or_else(|| panic!("no column {col} in {:?}", res.0));
     &row[i]
+}
+
+/// psql (unaligned) to Ocelot's admin console on `port`, database `db` (`pgcat` or `pgbouncer`), as `admin`.
+pub fn admin_psql_command(port: u16, db: &str, password: &str, sql: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-A", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "admin", "-d", db, "-c", sql])
+        .env("PGPASSWORD", password);
+    c
+}
+
+/// Log lines written through `tracing` in this test process, once [`capture_logs`] ran.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this test process's `tracing` output, at `filter` level, to a buffer [`captured_logs`] reads.
+pub fn capture_logs(filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
 }
