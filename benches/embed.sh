@@ -23,23 +23,13 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 QUESTIONS=${QUESTIONS:-40}
 P=${BASE_PORT:-47432}
 MODEL="sentence-transformers/all-MiniLM-L6-v2"
-W=$(mktemp -d /tmp/ocelot-embedbench.XXXXXX)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for d in s0 s1 s2 one; do "${AS[@]}" pg_ctl -D "$W/$d" -m immediate stop >/dev/null 2>&1 || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. benches/lib.sh
+bench_setup embedbench
 
 i=0
 for d in s0 s1 s2 one; do
   port=$((P + i)); i=$((i + 1))
-  "${AS[@]}" initdb -A trust -U postgres -D "$W/$d" --no-sync >/dev/null
-  "${AS[@]}" pg_ctl -D "$W/$d" -l "$W/$d.log" -w \
-    -o "-p $port -k $W -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_prepared_transactions=20" start >/dev/null
+  start_pg "$d" "$port" "-c max_connections=200 -c max_prepared_transactions=20"
   psql -X -q -h 127.0.0.1 -p "$port" -U postgres -c "CREATE DATABASE bench" postgres
   psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d bench -c "CREATE TABLE docs (id bigint, body text, emb real[])"
 done

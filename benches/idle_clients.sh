@@ -9,18 +9,9 @@ ulimit -n $((N + 1000)) 2>/dev/null || true
 if [ -z "${OCELOT_BIN:-}" ]; then cargo build --release -q; fi
 BIN="${OCELOT_BIN:-${CARGO_TARGET_DIR:-target}/release/ocelot}"
 P=${BASE_PORT:-48432}
-W=$(mktemp -d /tmp/ocelot-idlebench.XXXXXX)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${AS[@]}" pg_ctl -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-"${AS[@]}" initdb -A trust -U postgres -D "$W/pg" --no-sync >/dev/null
-"${AS[@]}" pg_ctl -D "$W/pg" -l "$W/pg.log" -w -o "-p $P -k $W -c listen_addresses=127.0.0.1" start >/dev/null
+. benches/lib.sh
+bench_setup idlebench
+start_pg pg "$P"
 psql -X -q -h 127.0.0.1 -p "$P" -U postgres -c "CREATE DATABASE app" postgres
 cat > "$W/ocelot.toml" <<CONF
 [general]

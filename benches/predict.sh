@@ -28,20 +28,10 @@ BIN="${CARGO_TARGET_DIR:-target}/release/ocelot"
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 ROUNDS=${ROUNDS:-3}
 P=${BASE_PORT:-46432}
-W=$(mktemp -d /tmp/ocelot-predictbench.XXXXXX)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${AS[@]}" pg_ctl -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. benches/lib.sh
+bench_setup predictbench
 
-"${AS[@]}" initdb -A trust -U postgres -D "$W/pg" --no-sync >/dev/null
-"${AS[@]}" pg_ctl -D "$W/pg" -l "$W/pg.log" -w \
-  -o "-p $P -k $W -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+start_pg pg "$P" "-c max_connections=200"
 psql -X -q -h 127.0.0.1 -p "$P" -U postgres -c "CREATE DATABASE bench" postgres
 psql -X -q -h 127.0.0.1 -p "$P" -U postgres -d bench -c \
   "CREATE TABLE house AS SELECT s AS size, r AS rooms, a AS age, 50 + 3 * s + 10 * r - 0.5 * a AS price
