@@ -1,0 +1,183 @@
+//! Between a client's message and a server: noting the session commands a message carries and mapping its
+//! prepared statement names, answering what needs no server, checking a server out (and telling the client when
+//! that fails), and bringing the server's session in line with the client's.
+
+use super::*;
+
+impl Session {
+    /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
+    /// the server to reject.
+    pub(super) fn track_effects(&mut self, fwd: usize, piece: &Piece) {
+        let (Some(fx), Piece::Whole(h)) = (self.effects.as_mut(), piece) else {
+            if let (Some(fx), frontend::SYNC) = (self.effects.as_mut(), piece.code()) {
+                fx.sync();
+            }
+            return;
+        };
+        let body = &self.cbuf[fwd + 5..fwd + h.total()];
+        // A set_config that is not recognised as a plain session SET could still change a setting: the
+        // server is reset before anyone else gets it.
+        if matches!(h.code, frontend::QUERY | frontend::PARSE) && mentions_set_config(body) {
+            if let Some(server) = self.server.as_mut() {
+                server.dirty.reset_all = true;
+            }
+        }
+        match h.code {
+            frontend::QUERY => fx.query(body.strip_suffix(&[0]).unwrap_or(body)),
+            frontend::SYNC => fx.sync(),
+            frontend::PARSE => {
+                if let Ok((name, rest)) = crate::protocol::extended::parse(body) {
+                    let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
+                    fx.parse(name, sql);
+                }
+            }
+            frontend::BIND => {
+                if let Ok((portal, statement, rest)) = crate::protocol::extended::bind(body) {
+                    let params = crate::protocol::extended::bind_params(rest).ok();
+                    fx.bind(portal, statement, params.as_deref());
+                }
+            }
+            frontend::EXECUTE => {
+                let portal = body.split(|&b| b == 0).next().unwrap_or_default();
+                fx.execute(std::str::from_utf8(portal).unwrap_or("\u{0}"));
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs a client message that starts at `cbuf[fwd..]` through the prepared statement map, if any. A
+    /// replacement is left in `scratch`.
+    pub(super) fn map_statement(
+        &mut self,
+        fwd: usize,
+        piece: &Piece,
+    ) -> Result<ClientAction, ProtocolError> {
+        let (Some(map), Some(pooled)) = (self.stmts.as_mut(), self.server.as_mut()) else {
+            return Ok(ClientAction::Forward);
+        };
+        let body = match piece {
+            Piece::Whole(h) => &self.cbuf[fwd + 5..fwd + h.total()],
+            Piece::Part { .. } => &[][..],
+        };
+        self.scratch.clear();
+        let conn: &mut ServerConn = pooled;
+        map.client_message(
+            piece.code(),
+            body,
+            &mut conn.statements,
+            &self.pool.statements,
+            self.pool.prepared_cache,
+            &mut self.scratch,
+        )
+    }
+
+    /// Drops or answers a piece that needs no server. Returns true when the piece was consumed.
+    pub(super) async fn skip_without_server(&mut self, piece: &Piece) -> Result<bool, ClientError> {
+        let code = piece.code();
+        let starts = piece.starts_message();
+        let consume = |s: &mut Self| s.cbuf.advance(piece.len());
+        if self.discard_until_sync {
+            consume(self);
+            if starts && (code == frontend::SYNC || code == frontend::QUERY) {
+                self.discard_until_sync = false;
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+                self.flush_out().await?;
+            }
+            return Ok(true);
+        }
+        // A message continued without a server is one being dropped; stray COPY messages after a COPY ended
+        // are dropped by PostgreSQL too.
+        if !starts
+            || matches!(
+                code,
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL | frontend::FLUSH
+            )
+        {
+            consume(self);
+            return Ok(true);
+        }
+        if code == frontend::SYNC {
+            consume(self);
+            encode::ready_for_query(&mut self.out, txn::IDLE);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Tells the client its request could not get a server, and skips the request as a server would skip a
+    /// failed one: a Query is answered with ReadyForQuery, extended messages are dropped up to Sync.
+    pub(super) async fn checkout_failed(
+        &mut self,
+        e: PoolError,
+        piece: &Piece,
+    ) -> Result<(), ClientError> {
+        tracing::warn!(pool = %self.pool.database, user = %self.pool.user, "{e}");
+        encode::error_response(
+            &mut self.out,
+            Severity::Error,
+            e.sqlstate(),
+            &e.to_string(),
+            None,
+        );
+        if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
+            self.discard_until_sync = false;
+            self.cbuf.advance(piece.len());
+            if !self.csplit.is_streaming() {
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+            } else {
+                // The rest of the Query arrives later and is dropped; answer when it ends.
+                self.discard_until_sync = true;
+            }
+        } else {
+            self.discard_until_sync = true;
+            self.cbuf.advance(piece.len());
+            if piece.code() == frontend::SYNC {
+                self.discard_until_sync = false;
+                encode::ready_for_query(&mut self.out, txn::IDLE);
+            }
+        }
+        self.flush_out().await
+    }
+
+    /// Checks out a server and brings its session in line with this client's parameters.
+    pub(super) async fn attach(&mut self, want: Want, shard: usize) -> Result<(), PoolError> {
+        self.info.wait_begins();
+        let checked_out = self.pool.checkout(shard, want, self.primary_reads()).await;
+        let waited = self.info.wait_ends(checked_out.is_ok());
+        let mut server = checked_out?;
+        server.pool().stats.wait(waited);
+        self.attached_want = Some(want);
+        self.attached_shard = shard;
+        self.replay =
+            (server.address.role != crate::config::ServerRole::Primary).then(BytesMut::new);
+        if let Some(sql) = self.params.sync_sql(&server.params, &server.applied) {
+            let changed = server.run(&sql).await?;
+            let conn = &mut *server;
+            self.params.after_sync(&conn.params, &mut conn.applied);
+            // The client hears about values the server spelled differently from what it was told.
+            for (k, v) in changed {
+                if is_tracked(&k) {
+                    encode::parameter_status(&mut self.out, &k, &v);
+                }
+            }
+        }
+        self.slot.attach(&server.cancel);
+        if let Some(map) = self.stmts.as_mut() {
+            map.attach();
+        }
+        if let Some(fx) = self.effects.as_mut() {
+            fx.attach();
+        }
+        self.ssplit = Splitter::new(server.max_message());
+        self.tracker = TxnTracker::default();
+        self.txn_begin = "BEGIN".into();
+        if let Some(begin) = self.pending_begin.take() {
+            server.run(&begin).await?;
+            self.tracker.set_status(server.txn_status);
+            self.txn_begin = begin;
+        }
+        self.server = Some(server);
+        Ok(())
+    }
+}
