@@ -268,6 +268,7 @@ impl Cluster {
                     s.spawn_maintenance();
                 }
             }
+            super::health::spawn(p);
             if let Some(limit) = p.routing.lag_limit {
                 super::lag::spawn(p, limit, p.routing.lag_interval);
             }

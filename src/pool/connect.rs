@@ -83,6 +83,10 @@ pub async fn connect(
             source,
         })?;
     configure_server_socket(&tcp);
+    let handle = std::os::fd::AsFd::as_fd(&tcp)
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from);
     let mut stream = if creds.tls.enabled {
         start_tls(tcp, &creds.tls, &address)
             .await
@@ -153,14 +157,11 @@ pub async fn connect(
         pid,
         secret,
     };
-    Ok(ServerConn::new(
-        stream,
-        rbuf,
-        params,
-        cancel,
-        address,
-        max_message,
-    ))
+    let conn = ServerConn::new(stream, rbuf, params, cancel, address, max_message);
+    if let Some(h) = handle {
+        let _ = conn.info.socket.set(h);
+    }
+    Ok(conn)
 }
 
 async fn write(

@@ -70,6 +70,21 @@ impl PoolError {
         )
     }
 
+    /// Whether the server is likely down for a moment only (restarting, failing over, or its connection was
+    /// cut): not a refused password, a bad configuration or a timeout already spent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PoolError::Connect { .. } | PoolError::Lost { .. } | PoolError::HealthCheck { .. } => {
+                true
+            }
+            // admin_shutdown, crash_shutdown, cannot_connect_now ("the database system is starting up").
+            PoolError::LoginRejected { fields, .. } => {
+                matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+            }
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE a client sees for this error.
     pub fn sqlstate(&self) -> &str {
         use crate::protocol::codes::sqlstate;

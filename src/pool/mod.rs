@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod connect;
 mod dynamic;
 pub mod error;
+pub mod health;
 pub mod lag;
 pub mod listener;
 pub mod params;

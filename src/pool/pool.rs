@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{connect, ServerCredentials};
 use super::{Address, PoolError, ServerConn, ServerParams};
+use crate::config::ServerRole;
 use crate::stats::{ConnInfo, ConnState};
 
 /// Limits and timeouts of one server pool.
@@ -90,6 +91,8 @@ pub struct ServerPool {
     logging_in: AtomicUsize,
     /// Bumped by `RECONNECT`: connections opened before are closed when they come back.
     epoch: AtomicU64,
+    /// Until when (on [`now_ms`]'s clock) idle connections are checked before reuse, after one broke.
+    suspect_until: AtomicU64,
 }
 
 impl ServerPool {
@@ -109,6 +112,7 @@ impl ServerPool {
             conns: Mutex::new(Vec::new()),
             logging_in: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            suspect_until: AtomicU64::new(0),
         })
     }
 
@@ -239,6 +243,11 @@ impl ServerPool {
 
     /// Waits up to `connect_timeout` for a connection: an idle one if any, else a new one.
     ///
+    /// A primary that refuses connections or drops them is retried, with backoff, until `connect_timeout` runs
+    /// out: a restart or a failover of the primary then delays requests instead of failing them, as PgBouncer
+    /// queues clients while its server is down. A replica fails at once, so that the balancer bans it and tries
+    /// the next one.
+    ///
     /// Cancel-safe: dropping the future gives back the permit and any connection it made.
     pub async fn checkout(self: &Arc<Self>) -> Result<Pooled, PoolError> {
         let started = Instant::now();
@@ -253,32 +262,60 @@ impl ServerPool {
             }
             Err(_) => return Err(self.checkout_timeout(started)),
         };
-        if let Some(mut conn) = self.take_idle() {
-            if conn.last_used.elapsed() < self.settings.healthcheck_delay {
-                return Ok(self.guard(conn, permit));
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let e = match self.connection(started + timeout).await {
+                Ok(conn) => return Ok(self.guard(conn, permit)),
+                Err(e) => e,
+            };
+            let left = timeout.saturating_sub(started.elapsed());
+            if self.address.role != ServerRole::Primary || !e.is_transient() || left <= backoff {
+                return Err(e);
+            }
+            tracing::debug!(server = %self.address, "primary unavailable, retrying: {e}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// One attempt at a connection: a reusable idle one, else a new one opened before `deadline`. An idle one is
+    /// checked with `;` first when it sat unused for `healthcheck_delay`, or when a connection of this pool broke
+    /// a moment ago: a restart or `pg_terminate_backend` kills idle connections too, and some may not have said
+    /// so yet. One that fails the check is closed and the next is tried; one that does not answer in
+    /// `healthcheck_timeout` means the server does not, and fails the attempt.
+    async fn connection(&self, deadline: Instant) -> Result<ServerConn, PoolError> {
+        while let Some(mut conn) = self.take_idle() {
+            if conn.last_used.elapsed() < self.settings.healthcheck_delay && !self.is_suspect() {
+                return Ok(conn);
             }
             conn.info.set_state(ConnState::Tested);
             match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
-                Ok(Ok(_)) => return Ok(self.guard(conn, permit)),
-                failed => {
+                Ok(Ok(_)) => return Ok(conn),
+                Ok(Err(e)) => {
+                    tracing::debug!(server = %self.address, "idle connection failed its health check: {e}");
+                    conn.broken = true;
+                    self.discard(conn);
+                }
+                Err(_) => {
                     conn.broken = true;
                     self.discard(conn);
                     return Err(PoolError::HealthCheck {
                         server: self.address.to_string(),
-                        reason: match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!(
-                                "no answer within {} ms",
-                                self.settings.healthcheck_timeout.as_millis()
-                            ),
-                        },
+                        reason: format!(
+                            "no answer within {} ms",
+                            self.settings.healthcheck_timeout.as_millis()
+                        ),
                     });
                 }
             }
         }
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let conn = self.open_new(remaining).await?;
-        Ok(self.guard(conn, permit))
+        self.open_new(deadline.saturating_duration_since(Instant::now()))
+            .await
+    }
+
+    /// Whether a connection of this pool broke in the last second.
+    fn is_suspect(&self) -> bool {
+        now_ms() < self.suspect_until.load(Ordering::Relaxed)
     }
 
     fn checkout_timeout(&self, started: Instant) -> PoolError {
@@ -311,7 +348,13 @@ impl ServerPool {
                     idle.pop_back()
                 }
             }?;
-            if conn.created.elapsed() < lifetime && !Self::closed_while_idle(&conn) {
+            if Self::closed_while_idle(&conn) {
+                let mut conn = conn;
+                conn.broken = true;
+                self.discard(conn);
+                continue;
+            }
+            if conn.created.elapsed() < lifetime {
                 return Some(conn);
             }
             self.discard(conn);
@@ -374,6 +417,9 @@ impl ServerPool {
 
     /// Closes a connection and forgets it.
     fn discard(&self, conn: ServerConn) {
+        if conn.broken {
+            self.suspect_until.store(now_ms() + 1000, Ordering::Relaxed);
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.conns
             .lock()

@@ -42,6 +42,9 @@ pub struct ConnInfo {
     pub prepare_misses: AtomicU64,
     pub prepare_evictions: AtomicU64,
     pub prepare_size: AtomicU64,
+    /// A duplicate of the server socket's descriptor, so that the health watcher can cut a connection stuck
+    /// on a server that stopped answering (see [`ConnInfo::abort`]).
+    pub socket: std::sync::OnceLock<std::net::TcpStream>,
 }
 
 impl Default for ConnInfo {
@@ -59,11 +62,21 @@ impl Default for ConnInfo {
             prepare_misses: AtomicU64::new(0),
             prepare_evictions: AtomicU64::new(0),
             prepare_size: AtomicU64::new(0),
+            socket: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl ConnInfo {
+    /// Shuts the server socket down in both directions: whoever is waiting on the connection reads end of file
+    /// and handles it as a lost server (a read fails over, anything else fails), instead of waiting for a server
+    /// that does not answer.
+    pub fn abort(&self) {
+        if let Some(s) = self.socket.get() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     pub fn state(&self) -> ConnState {
         match self.state.load(Ordering::Relaxed) {
             1 => ConnState::Active,

@@ -105,7 +105,7 @@ fn template() -> &'static Path {
             "local all all trust\nhost replication all 127.0.0.1/32 trust\nhost all md5user 127.0.0.1/32 md5\nhost all scramuser 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
         )
         .expect("pg_hba");
-        let pg = Postgres::start_from(&data, true);
+        let pg = Postgres::start_from(&data, "");
         pg.psql_admin(&format!(
             "SET password_encryption = 'md5'; CREATE ROLE {} LOGIN PASSWORD '{}';
              SET password_encryption = 'scram-sha-256'; CREATE ROLE {} LOGIN PASSWORD '{}';",
@@ -133,11 +133,26 @@ pub struct Postgres {
     pub port: u16,
     pub data: PathBuf,
     owned_dir: Option<PathBuf>,
+    /// Settings that differ from the fast test defaults, kept for [`Postgres::restart`].
+    extra: String,
 }
+
+/// Fast and unsafe against an OS crash, which no test simulates.
+const FAST: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off";
 
 impl Postgres {
     /// A fresh server copied from the template.
     pub fn start() -> Postgres {
+        Postgres::start_with("")
+    }
+
+    /// A fresh server whose acknowledged commits survive an immediate stop (`synchronous_commit = on`): what
+    /// fault-injection tests check writes against.
+    pub fn start_durable() -> Postgres {
+        Postgres::start_with("-c synchronous_commit=on")
+    }
+
+    fn start_with(extra: &str) -> Postgres {
         let src = template();
         let dir = make_dir("ocelot-pg");
         let data = dir.join("data");
@@ -146,32 +161,20 @@ impl Postgres {
             c.arg("-a").arg(src).arg(&data);
             c
         });
-        let mut pg = Postgres::start_from(&data, false);
+        let mut pg = Postgres::start_from(&data, extra);
         pg.owned_dir = Some(dir);
         pg
     }
 
-    fn start_from(data: &Path, _template: bool) -> Postgres {
-        let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB -c max_prepared_transactions=20",
-            data.display()
-        );
-        run({
-            let mut c = pg_command("pg_ctl");
-            c.args(["-w", "-t", "60", "-D"])
-                .arg(data)
-                .args(["-l"])
-                .arg(data.join("log"))
-                .args(["-o", &opts, "start"]);
-            c.stdout(Stdio::null());
-            c
-        });
-        Postgres {
-            port,
+    fn start_from(data: &Path, extra: &str) -> Postgres {
+        let pg = Postgres {
+            port: free_port(),
             data: data.to_owned(),
             owned_dir: None,
-        }
+            extra: extra.to_owned(),
+        };
+        pg.restart();
+        pg
     }
 
     /// A streaming replica of `primary` (pg_basebackup -R), started on its own port.
@@ -195,7 +198,7 @@ impl Postgres {
             .arg(&data);
             c
         });
-        let mut pg = Postgres::start_from(&data, false);
+        let mut pg = Postgres::start_from(&data, "");
         pg.owned_dir = Some(dir);
         pg
     }
@@ -203,9 +206,10 @@ impl Postgres {
     /// Starts this server again after [`Postgres::stop`], on the same port.
     pub fn restart(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB -c max_prepared_transactions=20",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {FAST} -c max_connections=300 -c shared_buffers=32MB -c max_prepared_transactions=20 {}",
             self.port,
-            self.data.display()
+            self.data.display(),
+            self.extra
         );
         run({
             let mut c = pg_command("pg_ctl");
@@ -244,6 +248,44 @@ impl Postgres {
             .status();
     }
 
+    /// The postmaster and every process it started (backends, walreceiver, checkpointer, ...).
+    fn processes(&self) -> Vec<String> {
+        let Ok(pidfile) = std::fs::read_to_string(self.data.join("postmaster.pid")) else {
+            return Vec::new();
+        };
+        let Some(pid) = pidfile.lines().next().map(str::to_owned) else {
+            return Vec::new();
+        };
+        let children = Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        std::iter::once(pid)
+            .chain(children.split_whitespace().map(str::to_owned))
+            .collect()
+    }
+
+    /// Freezes the whole server with SIGSTOP: it keeps its sockets and answers nothing, like a hung host.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pids = self.processes();
+        assert!(!pids.is_empty(), "server {} is not running", self.port);
+        run({
+            let mut c = Command::new("kill");
+            c.arg(format!("-{sig}")).args(&pids);
+            c
+        });
+    }
+
     /// Runs SQL as superuser on database `postgres`, directly (not through Ocelot).
     pub fn psql_admin(&self, sql: &str) -> String {
         self.psql_admin_db("postgres", sql)
@@ -280,6 +322,11 @@ pub fn psql_command(port: u16, db: &str) -> Command {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A server a failed test left frozen could not stop.
+        let pids = self.processes();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-CONT").args(&pids).status();
+        }
         self.stop();
         if let Some(dir) = &self.owned_dir {
             let _ = std::fs::remove_dir_all(dir);
