@@ -1,7 +1,8 @@
 //! Limits and secrets: client_idle_timeout, idle_client_in_transaction_timeout, statement_timeout,
 //! max_client_conn, throttling of failed logins per address, and secrets that never show in logs, SHOW CONFIG,
-//! metrics or error messages.
+//! metrics or error messages; memory that stays bounded under clients that send without reading.
 
+mod chaos;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -217,4 +218,118 @@ async fn secrets_never_show() {
         assert!(!seen.contains(secret), "{secret} shown to a client");
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
+}
+
+/// A client logged in over a raw socket (user postgres, trust).
+async fn raw_client(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut body = vec![0, 3, 0, 0];
+    for kv in ["user", "postgres", "database", "app", ""] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    pkt.extend(body);
+    s.write_all(&pkt).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed during login");
+        got.extend_from_slice(&b[..n]);
+    }
+    s
+}
+
+/// Clients that pipeline queries with large answers and never read: Ocelot stops reading from them once their
+/// answers back up, so its memory stays bounded, everyone else is served, and each client still gets every
+/// answer when it finally reads. With read/write splitting, where Ocelot holds pipelined requests back until the
+/// previous one is answered, and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_without_reading_use_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = chaos::Cluster::start();
+    // tcp_user_timeout (10 s by default, as in PgCat) drops a client that reads nothing for that long.
+    let ocelot = chaos::Ocelot::start_with(&cluster, 8, "tcp_user_timeout = 120000").await;
+    let port = ocelot.port;
+    let bystander = connect(port, "postgres", None, "app").await.unwrap();
+    let rss_before = ocelot.rss_kib();
+
+    // Each query is 16 KB (a comment pads it, so that requests outgrow the kernel's socket buffers) and is
+    // answered with 64 KB: more than the kernel's socket buffers hold, in both directions.
+    let sql = format!(
+        "/* {} */ SELECT repeat('x', 65536)\0",
+        "p".repeat(16 * 1024)
+    );
+    let sql = sql.as_bytes();
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    query.extend_from_slice(sql);
+    const CLIENTS: usize = 4;
+    let mut clients = Vec::new();
+    let mut sent = Vec::new();
+    let t_send = Instant::now();
+    for _ in 0..CLIENTS {
+        let mut s = raw_client(port).await;
+        // Send until Ocelot stops taking the requests (one second without progress), or 4,000 queries (64 MB of
+        // requests, 256 MB of answers) were sent.
+        let mut n = 0usize;
+        while n < 4000 {
+            match tokio::time::timeout(Duration::from_secs(1), s.write_all(&query)).await {
+                Ok(r) => r.unwrap(),
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        assert!(
+            n < 4000,
+            "Ocelot kept reading from a client that reads nothing"
+        );
+        sent.push(n);
+        clients.push(s);
+    }
+    let rss_full = ocelot.rss_kib();
+    println!("sent in {} ms", t_send.elapsed().as_millis());
+    let started = Instant::now();
+    bystander.simple_query("SELECT 1").await.unwrap();
+    let bystander_ms = started.elapsed().as_millis();
+    println!(
+        "{CLIENTS} clients sent {sent:?} 16 KB queries with 64 KB answers without reading; Ocelot RSS {rss_before} -> {rss_full} KiB; a bystander's query took {bystander_ms} ms"
+    );
+    assert!(
+        rss_full < rss_before + (CLIENTS as u64) * 4 * 1024,
+        "Ocelot grew from {rss_before} KiB to {rss_full} KiB"
+    );
+
+    // Reading now, each client gets an answer to every query it sent.
+    let mut readers = Vec::new();
+    for (mut s, n) in clients.into_iter().zip(sent) {
+        readers.push(tokio::spawn(async move {
+            let mut ready = 0usize;
+            let mut tail: Vec<u8> = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            while ready < n {
+                let got = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+                    .await
+                    .expect("answers keep coming")
+                    .unwrap();
+                assert!(got > 0, "closed after {ready} of {n} answers");
+                // ReadyForQuery (idle) is Z 0 0 0 5 I: counted across read boundaries.
+                tail.extend_from_slice(&buf[..got]);
+                ready += tail.windows(6).filter(|w| *w == b"Z\0\0\0\x05I").count();
+                let keep = tail.len().min(5);
+                tail.drain(..tail.len() - keep);
+            }
+            assert_eq!(ready, n, "answers to every query sent");
+            s.write_all(b"X\0\0\0\x04").await.unwrap();
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    println!("read all in {} ms", started.elapsed().as_millis());
+    bystander.simple_query("SELECT 1").await.unwrap();
 }

@@ -42,6 +42,11 @@ const READ_CHUNK: usize = 16 * 1024;
 const IDLE_READ: usize = 2 * 1024;
 /// An idle client's empty buffer above this size (left by a large message) is given back.
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// Requests a client sent ahead that wait for the server (pipelined, or held back for routing) are read up to
+/// this much (or one whole message, if larger). Beyond it Ocelot stops reading from the client until the server
+/// has answered, so a client that sends without reading cannot grow Ocelot's memory: it is the kernel's socket
+/// buffers that fill up and block the client.
+const AHEAD_MAX: usize = 256 * 1024;
 
 /// Server messages whose bodies Ocelot reads.
 fn server_inspects(code: u8) -> bool {
@@ -258,7 +263,9 @@ impl Session {
                 }
                 IDLE_READ
             };
-            if self.cbuf.capacity() - self.cbuf.len() < want {
+            let read_client = self.server.is_none()
+                || self.cbuf.len() < AHEAD_MAX.max(self.csplit.wanted(&self.cbuf));
+            if read_client && self.cbuf.capacity() - self.cbuf.len() < want {
                 self.cbuf.reserve(want);
             }
             let event = match self.server.as_mut() {
@@ -270,7 +277,7 @@ impl Session {
                     // Both reads are cancel-safe: bytes read stay in their buffers.
                     tokio::select! {
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
-                        r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                        r = self.client.read_buf(&mut self.cbuf), if read_client => Event::Client(r),
                         _ = self.stop.changed() => Event::Stop,
                         m = notify::next(&mut self.notify) => Event::Notification(m),
                     }
@@ -394,6 +401,11 @@ impl Session {
             }
             if starts && code == frontend::TERMINATE {
                 self.forward_client(&mut fwd).await?;
+                if self.server.is_some() && self.tracker.pending_units() > 0 {
+                    // As PostgreSQL does, everything sent before the Terminate is answered first.
+                    self.held_back = true;
+                    break;
+                }
                 return Ok(Some(End::ClientLeft));
             }
             if self.skip_to_sync {

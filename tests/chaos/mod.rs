@@ -50,6 +50,11 @@ impl Cluster {
 
     /// Ocelot's config: read/write splitting over the three servers, a fast health check and short bans.
     pub fn config(&self, port: u16, pool_size: u32) -> String {
+        self.config_with(port, pool_size, "")
+    }
+
+    /// [`Cluster::config`] with more `[general]` settings.
+    pub fn config_with(&self, port: u16, pool_size: u32, general: &str) -> String {
         format!(
             r#"
 [general]
@@ -61,6 +66,7 @@ connect_timeout = 5000
 healthcheck_timeout = 500
 ban_time = 2
 shutdown_timeout = 1000
+{general}
 
 [pools.app]
 query_parser_enabled = true
@@ -112,14 +118,22 @@ pub struct Ocelot {
 
 impl Ocelot {
     pub async fn start(cluster: &Cluster, pool_size: u32) -> Ocelot {
+        Ocelot::start_with(cluster, pool_size, "").await
+    }
+
+    /// [`Ocelot::start`] with more `[general]` settings.
+    pub async fn start_with(cluster: &Cluster, pool_size: u32, general: &str) -> Ocelot {
         let port = free_port();
         let config =
             std::env::temp_dir().join(format!("ocelot-chaos-{}-{port}.toml", std::process::id()));
-        std::fs::write(&config, cluster.config(port, pool_size)).expect("config");
+        std::fs::write(&config, cluster.config_with(port, pool_size, general)).expect("config");
         let log = config.with_extension("log");
         let child = Command::new(binary())
             .arg(&config)
-            .args(["-l", "info"])
+            .args([
+                "-l",
+                &std::env::var("OCELOT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
