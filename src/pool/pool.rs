@@ -284,33 +284,45 @@ impl ServerPool {
     /// so yet. One that fails the check is closed and the next is tried; one that does not answer in
     /// `healthcheck_timeout` means the server does not, and fails the attempt.
     async fn connection(&self, deadline: Instant) -> Result<ServerConn, PoolError> {
-        while let Some(mut conn) = self.take_idle() {
+        loop {
+            let Some(conn) = self.take_idle() else { break };
             if conn.last_used.elapsed() < self.settings.healthcheck_delay && !self.is_suspect() {
                 return Ok(conn);
             }
-            conn.info.set_state(ConnState::Tested);
-            match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
-                Ok(Ok(_)) => return Ok(conn),
-                Ok(Err(e)) => {
-                    tracing::debug!(server = %self.address, "idle connection failed its health check: {e}");
-                    conn.broken = true;
-                    self.discard(conn);
-                }
-                Err(_) => {
-                    conn.broken = true;
-                    self.discard(conn);
-                    return Err(PoolError::HealthCheck {
-                        server: self.address.to_string(),
-                        reason: format!(
-                            "no answer within {} ms",
-                            self.settings.healthcheck_timeout.as_millis()
-                        ),
-                    });
-                }
+            // Boxed, as the rare branches below are: every client's task is sized for its largest future.
+            match Box::pin(self.health_check(conn)).await {
+                Ok(conn) => return Ok(conn),
+                Err(Some(e)) => return Err(e),
+                Err(None) => {}
             }
         }
-        self.open_new(deadline.saturating_duration_since(Instant::now()))
-            .await
+        Box::pin(self.open_new(deadline.saturating_duration_since(Instant::now()))).await
+    }
+
+    /// `;` on an idle connection. A connection that fails it is closed (`Err(None)`: try another); one that does
+    /// not answer within `healthcheck_timeout` is closed and reported.
+    async fn health_check(&self, mut conn: ServerConn) -> Result<ServerConn, Option<PoolError>> {
+        conn.info.set_state(ConnState::Tested);
+        match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
+            Ok(Ok(_)) => Ok(conn),
+            Ok(Err(e)) => {
+                tracing::debug!(server = %self.address, "idle connection failed its health check: {e}");
+                conn.broken = true;
+                self.discard(conn);
+                Err(None)
+            }
+            Err(_) => {
+                conn.broken = true;
+                self.discard(conn);
+                Err(Some(PoolError::HealthCheck {
+                    server: self.address.to_string(),
+                    reason: format!(
+                        "no answer within {} ms",
+                        self.settings.healthcheck_timeout.as_millis()
+                    ),
+                }))
+            }
+        }
     }
 
     /// Whether a connection of this pool broke in the last second.

@@ -366,14 +366,14 @@ async fn handle_client(
     if shared.shutdown.is_draining() {
         client.info.drain();
     }
-    let session = Session::new(
+    let session = Box::new(Session::new(
         stream,
         buf,
         &login,
         g.max_message_size,
         client.info.clone(),
         shared.clone(),
-    );
+    ));
     let result = session.run().await;
     match &result {
         Err(e) if e.is_notable() => tracing::warn!(%peer, user = %login.user, "session ended: {e}"),

@@ -204,7 +204,10 @@ impl Session {
 
     /// Runs until the client leaves, an error ends the session, or shutdown. On error, the client is sent an
     /// ErrorResponse when it can still hear one.
-    pub async fn run(mut self) -> Result<End, ClientError> {
+    ///
+    /// The session is boxed: an `async fn` taking `self` by value keeps two copies of it in its future, and the
+    /// future is what every connected client costs.
+    pub async fn run(mut self: Box<Self>) -> Result<End, ClientError> {
         let result = self.run_inner().await;
         match &result {
             Err(e) => {

@@ -143,10 +143,14 @@ impl Session {
     /// Checks out a server and brings its session in line with this client's parameters.
     pub(super) async fn attach(&mut self, want: Want, shard: usize) -> Result<(), PoolError> {
         self.info.wait_begins();
-        let checked_out = self.pool.checkout(shard, want, self.primary_reads()).await;
-        let waited = self.info.wait_ends(checked_out.is_ok());
-        let mut server = checked_out?;
-        server.pool().stats.wait(waited);
+        // A block of its own, so that the result is not kept beside `server` in the future.
+        let mut server = {
+            let checked_out = self.pool.checkout(shard, want, self.primary_reads()).await;
+            let waited = self.info.wait_ends(checked_out.is_ok());
+            let server = checked_out?;
+            server.pool().stats.wait(waited);
+            server
+        };
         self.attached_want = Some(want);
         self.attached_shard = shard;
         self.replay =

@@ -40,7 +40,27 @@ impl Session {
         let want = self.want();
         let attached = match self.shard() {
             Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-            Ok(t @ (route::Target::All(..) | route::Target::Write(_))) => {
+            Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
+            // Boxed: requests for several shards are rare, and their state would size every client's task.
+            Ok(t) => return Box::pin(self.several_shards(t, piece, want)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attached {
+            self.checkout_failed(e, &piece).await?;
+            return Ok(Flow::Next);
+        }
+        Ok(Flow::Attached)
+    }
+
+    /// A request for several shards (fan-out, batches, COPY), or one refused for needing them.
+    async fn several_shards(
+        &mut self,
+        t: route::Target,
+        piece: Piece,
+        want: crate::pool::balance::Want,
+    ) -> Result<Flow, ClientError> {
+        let failed = match t {
+            t @ (route::Target::All(..) | route::Target::Write(_)) => {
                 let write = matches!(t, route::Target::Write(_));
                 let shards: Vec<usize> = match &t {
                     route::Target::All(_, s) => s.clone(),
@@ -99,7 +119,7 @@ impl Session {
                     }
                 }
             }
-            Ok(route::Target::Batch(shards)) if !self.pool.two_phase => {
+            route::Target::Batch(shards) if !self.pool.two_phase => {
                 let mut set = shards.clone();
                 set.sort_unstable();
                 set.dedup();
@@ -108,13 +128,13 @@ impl Session {
                     shards: route::shard_list(set),
                 })
             }
-            Ok(route::Target::Batch(shards)) => {
+            route::Target::Batch(shards) => {
                 if !Box::pin(self.run_batch(shards)).await? {
                     return Ok(Flow::Wait);
                 }
                 return Ok(Flow::Next);
             }
-            Ok(route::Target::CopyIn(plan, false)) if !self.pool.two_phase => {
+            route::Target::CopyIn(plan, false) if !self.pool.two_phase => {
                 self.answer_extended_copy_request();
                 let e = PoolError::NeedsTwoPhase {
                     pool: self.pool.database.clone(),
@@ -126,13 +146,11 @@ impl Session {
                 }
                 return Ok(Flow::Next);
             }
-            Ok(route::Target::CopyIn(..)) if !self.pool.two_phase => {
-                Err(PoolError::NeedsTwoPhase {
-                    pool: self.pool.database.clone(),
-                    shards: route::shard_list(0..self.pool.shards.len()),
-                })
-            }
-            Ok(route::Target::CopyIn(plan, simple)) => {
+            route::Target::CopyIn(..) if !self.pool.two_phase => Err(PoolError::NeedsTwoPhase {
+                pool: self.pool.database.clone(),
+                shards: route::shard_list(0..self.pool.shards.len()),
+            }),
+            route::Target::CopyIn(plan, simple) => {
                 if simple {
                     self.cbuf.advance(piece.len());
                 } else {
@@ -143,10 +161,10 @@ impl Session {
                 }
                 return Ok(Flow::Next);
             }
-            Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
-            Err(e) => Err(e),
+            route::Target::One(shard) => self.attach(want, shard).await,
+            route::Target::Default => self.attach(want, self.attached_shard).await,
         };
-        if let Err(e) = attached {
+        if let Err(e) = failed {
             self.checkout_failed(e, &piece).await?;
             return Ok(Flow::Next);
         }
