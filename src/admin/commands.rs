@@ -104,6 +104,7 @@ async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), 
             Ok(())
         }
         "ban" | "unban" => ban(shared, &verb, args, out),
+        "end" => end_ab(shared, args, out).await,
         "shutdown" => {
             no_args(&verb, args)?;
             shared.shutdown.request();
@@ -116,6 +117,49 @@ async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), 
             "unsupported admin command \"{cmd}\"; SHOW HELP lists the commands"
         ))),
     }
+}
+
+/// `END AB <project>`: ends the project's A/B test in the registry of every pool that serves it; all its
+/// predictions go to the deployed model again.
+async fn end_ab(
+    shared: &Arc<Shared>,
+    args: &[String],
+    out: &mut BytesMut,
+) -> Result<(), AdminError> {
+    let [what, project] = args else {
+        return Err(AdminError::syntax("END AB needs a project name"));
+    };
+    if !what.eq_ignore_ascii_case("ab") {
+        return Err(AdminError::syntax("END AB needs a project name"));
+    }
+    let snapshot = shared.snapshot();
+    let pools = snapshot.cluster.all_pools();
+    // The pools that served the test; if none has yet, any pool whose registry knows it.
+    let serving: Vec<&Arc<UserPool>> = pools.iter().filter(|p| p.models.has_ab(project)).collect();
+    let candidates: Vec<&Arc<UserPool>> = if serving.is_empty() {
+        pools.iter().collect()
+    } else {
+        serving
+    };
+    let mut ended = false;
+    let mut last_error = None;
+    for p in candidates {
+        match crate::inference::ab::end(p, project).await {
+            Ok(e) => ended |= e,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    if !ended {
+        return Err(AdminError {
+            code: "22023",
+            message: match last_error {
+                Some(e) => format!("no A/B test of project {project:?} could be ended: {e}"),
+                None => format!("project {project:?} has no A/B test"),
+            },
+        });
+    }
+    encode::command_complete(out, "END AB");
+    Ok(())
 }
 
 fn unquote(w: &str) -> String {

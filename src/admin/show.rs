@@ -15,7 +15,8 @@ use crate::proxy::Shared;
 use crate::stats::{ClientState, ConnInfo, ConnState, Totals};
 
 const HELP: &[&str] = &[
-    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS|CENTROIDS",
+    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS|CENTROIDS|AB",
+    "END AB <project>",
     "RELOAD",
     "PAUSE [<db>]",
     "RESUME [<db>]",
@@ -60,6 +61,7 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
         }
         "bans" => bans(&pools),
         "models" => models(&pools),
+        "ab" => ab(&pools),
         "centroids" => centroids(&pools),
         _ => {
             return Err(AdminError {
@@ -475,6 +477,39 @@ fn bans(pools: &[&Arc<UserPool>]) -> Table {
                     t(left_ms.div_ceil(1000)),
                 ]);
             }
+        }
+    }
+    table
+}
+
+/// Active A/B tests of the projects each pool has served, with the predictions and mean latency of each arm.
+fn ab(pools: &[&Arc<UserPool>]) -> Table {
+    let mut table = Table::new(&[
+        Col::Text("database"),
+        Col::Text("user"),
+        Col::Text("project"),
+        Col::Int("model_a"),
+        Col::Int("model_b"),
+        Col::Text("share"),
+        Col::Int("a_predictions"),
+        Col::Int("b_predictions"),
+        Col::Text("a_mean_latency_us"),
+        Col::Text("b_mean_latency_us"),
+    ]);
+    for p in pools {
+        for r in p.models.ab_rows() {
+            table.row(vec![
+                t(&p.database),
+                t(&p.user),
+                r.project,
+                t(r.model_a),
+                t(r.model_b),
+                t(r.share),
+                t(r.predictions[0]),
+                t(r.predictions[1]),
+                format!("{:.2}", r.mean_micros[0]),
+                format!("{:.2}", r.mean_micros[1]),
+            ]);
         }
     }
     table

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::ab::{AbRow, AbTest};
 use super::models::{refuse, registry_conn, value, Model, Refusal};
 use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
@@ -57,6 +58,25 @@ impl Loaded {
     }
 }
 
+/// A project's deployed model id, when the registry was asked, and its active A/B test.
+type Deployment = (i64, Instant, Option<Arc<AbTest>>);
+
+/// The model chosen for a prediction, and its A/B test and arm when the project has one.
+pub struct Chosen {
+    pub model: Arc<Loaded>,
+    pub ab: Option<(Arc<AbTest>, usize)>,
+}
+
+impl Chosen {
+    /// Counts `n` predictions that took `elapsed`, for the model and its arm.
+    pub fn served(&self, n: u64, elapsed: Duration) {
+        self.model.served(n, elapsed);
+        if let Some((t, arm)) = &self.ab {
+            t.served(*arm, n, elapsed);
+        }
+    }
+}
+
 /// One line of `SHOW MODELS`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRow {
@@ -81,7 +101,12 @@ struct Cache {
 /// Deployed models of one pool, shared by its clients.
 #[derive(Debug)]
 pub struct Models {
-    by_project: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Per project: the deployed model (arm A), when the registry was last asked, and the active A/B test. One
+    /// lock per prediction.
+    by_project: Mutex<HashMap<String, Deployment>>,
+    /// Per project: its active A/B test, kept across rechecks of the same test (so its counters go on) and for
+    /// `SHOW AB`. Locked only when the registry is asked.
+    ab_tests: Mutex<HashMap<String, Arc<AbTest>>>,
     cache: RwLock<Cache>,
     capacity: usize,
     recheck: Duration,
@@ -107,6 +132,7 @@ impl Models {
     pub fn new(capacity: usize, recheck: Duration, models_dir: std::path::PathBuf) -> Models {
         Models {
             by_project: Mutex::default(),
+            ab_tests: Mutex::default(),
             cache: RwLock::default(),
             capacity,
             recheck,
@@ -138,44 +164,140 @@ impl Models {
             .remove(project);
     }
 
-    /// The deployed model of `project`, from the cache when it was checked within the recheck interval (a deploy announced
-    /// by any instance makes it check at once).
+    /// The deployed model of `project` (arm A of its A/B test, if it has one).
     pub(super) async fn deployed(
         &self,
         pool: &Arc<UserPool>,
         project: &str,
     ) -> Result<Arc<Loaded>, Refusal> {
+        let (id, _) = self.deployed_id(pool, project).await?;
+        self.model(pool, id).await
+    }
+
+    /// The model that serves `project` for `key`: arm B of the project's A/B test when the key hashes into its
+    /// share, else the deployed model. Without a key, the deployed model.
+    pub(super) async fn deployed_for(
+        &self,
+        pool: &Arc<UserPool>,
+        project: &str,
+        key: Option<&[u8]>,
+    ) -> Result<Chosen, Refusal> {
+        let (id, ab) = self.deployed_id(pool, project).await?;
+        let Some(ab) = ab else {
+            return Ok(Chosen {
+                model: self.model(pool, id).await?,
+                ab: None,
+            });
+        };
+        let arm = key.map_or(0, |k| ab.arm(k));
+        let model = self
+            .model(pool, if arm == 1 { ab.model_b } else { id })
+            .await?;
+        Ok(Chosen {
+            model,
+            ab: Some((ab, arm)),
+        })
+    }
+
+    /// The id of `project`'s deployed model and its A/B test, from the cache when they were checked within the
+    /// recheck interval (a deploy announced by any instance makes it check at once).
+    async fn deployed_id(
+        &self,
+        pool: &Arc<UserPool>,
+        project: &str,
+    ) -> Result<(i64, Option<Arc<AbTest>>), Refusal> {
         self.listening
             .get_or_init(|| listen_for_deploys(pool))
             .await;
-        let cached = self
+        if let Some((id, at, ab)) = self
             .by_project
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(project)
-            .copied();
-        let id = match cached {
-            Some((id, at)) if at.elapsed() < self.recheck => id,
-            _ => {
-                let mut conn = registry_conn(pool).await?;
-                let id = value(
-                    &mut conn,
-                    &format!(
-                        "SELECT d.model_id FROM pgml.deployments d JOIN pgml.projects p ON p.id = d.project_id WHERE p.name = {} ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
-                        quote_literal(project)
-                    ),
-                )
-                .await?
-                .and_then(|v| v.parse::<i64>().ok())
-                .ok_or_else(|| refuse("22023", format!("No deployed model exists for the project named: `{project}`")))?;
-                self.by_project
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(project.to_owned(), (id, Instant::now()));
-                id
+        {
+            if at.elapsed() < self.recheck {
+                return Ok((*id, ab.clone()));
+            }
+        }
+        let mut conn = registry_conn(pool).await?;
+        let row = conn
+            .query_row(&format!(
+                "SELECT d.model_id, ab.id, ab.model_b, ab.share FROM pgml.projects p \
+                 JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) d ON true \
+                 LEFT JOIN pgml.ab_tests ab ON ab.project_id = p.id AND ab.ended_at IS NULL WHERE p.name = {}",
+                quote_literal(project)
+            ))
+            .await?
+            .unwrap_or_default();
+        let num = |i: usize| row.get(i).cloned().flatten();
+        let id = num(0).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
+            refuse(
+                "22023",
+                format!("No deployed model exists for the project named: `{project}`"),
+            )
+        })?;
+        let found = match (num(1), num(2), num(3)) {
+            (Some(ab_id), Some(b), Some(share)) => ab_id
+                .parse::<i64>()
+                .ok()
+                .zip(b.parse::<i64>().ok())
+                .zip(share.parse::<f64>().ok()),
+            _ => None,
+        };
+        let ab = {
+            let mut tests = self.ab_tests.lock().unwrap_or_else(|e| e.into_inner());
+            match found {
+                Some(((ab_id, model_b), share)) => {
+                    let same = tests.get(project).filter(|t| t.id == ab_id).cloned();
+                    let t = same.unwrap_or_else(|| {
+                        Arc::new(AbTest {
+                            id: ab_id,
+                            model_b,
+                            share,
+                            arms: Default::default(),
+                        })
+                    });
+                    tests.insert(project.to_owned(), t.clone());
+                    Some(t)
+                }
+                None => {
+                    tests.remove(project);
+                    None
+                }
             }
         };
-        self.model(pool, id).await
+        self.by_project
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(project.to_owned(), (id, Instant::now(), ab.clone()));
+        Ok((id, ab))
+    }
+
+    /// The active A/B tests this pool has seen, for `SHOW AB`.
+    pub fn ab_rows(&self) -> Vec<AbRow> {
+        let deployed = self.by_project.lock().unwrap_or_else(|e| e.into_inner());
+        let tests = self.ab_tests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<AbRow> = tests
+            .iter()
+            .map(|(project, t)| AbRow {
+                project: project.clone(),
+                model_a: deployed.get(project).map_or(0, |d| d.0),
+                model_b: t.model_b,
+                share: t.share,
+                predictions: [t.arms[0].predictions(), t.arms[1].predictions()],
+                mean_micros: [t.arms[0].mean_micros(), t.arms[1].mean_micros()],
+            })
+            .collect();
+        rows.sort_by(|a, b| a.project.cmp(&b.project));
+        rows
+    }
+
+    /// Whether this pool has seen `project`'s A/B test.
+    pub fn has_ab(&self, project: &str) -> bool {
+        self.ab_tests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(project)
     }
 
     /// Model `id`, loaded from `pgml.files` on first use.

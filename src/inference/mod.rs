@@ -5,8 +5,10 @@
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
 //! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions; `embed` runs
 //! sentence-transformers models with candle, and `inline` puts constant embeddings into bigger queries. Over the extended protocol, `params` types and substitutes a statement's
-//! parameters and `statement` describes its result. Other `pgml.*` calls reach the servers unchanged.
+//! parameters and `statement` describes its result. `ab` splits a project's predictions between two models. Other `pgml.*`
+//! calls reach the servers unchanged.
 
+pub mod ab;
 pub mod algorithms;
 pub mod boosting;
 pub mod cache;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::boosting::Boosted;
-use super::cache::Loaded;
 use super::call::{Arg, CallError};
 use super::forest::Forest;
 use super::kmeans::KMeans;
@@ -159,17 +158,22 @@ pub(super) fn sqlstate_of(code: &str) -> &'static str {
 }
 
 /// The model a predict call names: a project's deployed model, or a model by id.
-pub(super) async fn resolve_model(
+/// The model serving `target` (a project name or a model id) for the A/B key `key` (see `ab`).
+pub(super) async fn resolve_for(
     pool: &Arc<UserPool>,
     target: &Arg,
-) -> Result<Arc<Loaded>, Refusal> {
+    key: Option<&[u8]>,
+) -> Result<super::cache::Chosen, Refusal> {
     match target {
-        Arg::Text(project) => pool.models.deployed(pool, project).await,
+        Arg::Text(project) => pool.models.deployed_for(pool, project, key).await,
         Arg::Number(n) => {
             let id: i64 = n
                 .parse()
                 .map_err(|_| refuse("22023", "model_id must be an integer"))?;
-            pool.models.model(pool, id).await
+            Ok(super::cache::Chosen {
+                model: pool.models.model(pool, id).await?,
+                ab: None,
+            })
         }
         _ => Err(refuse(
             "22004",

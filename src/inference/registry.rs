@@ -129,6 +129,18 @@ INNER JOIN (
 INNER JOIN pgml.models m ON m.id = d.model_id
 ORDER BY p.name ASC;
 "#,
+    // Ocelot's A/B and canary tests: the deployed model is arm A, `model_b` gets `share` of the keys.
+    r#"
+CREATE TABLE pgml.ab_tests (
+  id BIGSERIAL PRIMARY KEY,
+  project_id BIGINT NOT NULL REFERENCES pgml.projects(id) ON DELETE CASCADE,
+  model_a BIGINT NOT NULL REFERENCES pgml.models(id) ON DELETE CASCADE,
+  model_b BIGINT NOT NULL REFERENCES pgml.models(id) ON DELETE CASCADE,
+  share FLOAT8 NOT NULL CHECK (share >= 0 AND share <= 1),
+  created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL DEFAULT clock_timestamp(),
+  ended_at TIMESTAMP WITHOUT TIME ZONE);
+CREATE UNIQUE INDEX ab_tests_active_idx ON pgml.ab_tests (project_id) WHERE ended_at IS NULL;
+"#,
 ];
 
 /// The schema version this Ocelot needs.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::models::{refuse, resolve_model, Model, Refusal};
+use super::models::{refuse, resolve_for, Model, Refusal};
 use super::per_row::PerRow;
 use super::serve::{float4_text, ReadRoute};
 use crate::pool::UserPool;
@@ -26,7 +26,13 @@ pub(super) async fn per_row(
     route: &ReadRoute<'_>,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
-    let loaded = resolve_model(pool, &plan.target).await?;
+    // With an A/B test, each row goes to the arm of its first feature; both models are loaded up front.
+    let chosen = resolve_for(pool, &plan.target, None).await?;
+    let arm_b = match &chosen.ab {
+        Some((ab, _)) => Some((ab.clone(), pool.models.model(pool, ab.model_b).await?)),
+        None => None,
+    };
+    let loaded = &chosen.model;
     let model = &loaded.model;
     if plan.features.len() != model.num_features() {
         return Err(refuse(
@@ -53,8 +59,21 @@ pub(super) async fn per_row(
         ));
     };
     let started = std::time::Instant::now();
-    let mut rows = predict(model, plan, &merged[h.total()..])?;
-    loaded.served(rows.len() as u64, started.elapsed());
+    let b = arm_b.as_ref().map(|(ab, m)| (ab.as_ref(), &m.model));
+    let (mut rows, in_b) = predict(model, b, plan, &merged[h.total()..])?;
+    let elapsed = started.elapsed();
+    let n = rows.len() as u64;
+    match &arm_b {
+        Some((ab, b_model)) => {
+            // The time is shared out by rows: the two models run interleaved.
+            let share = |k: u64| elapsed.mul_f64(k as f64 / n.max(1) as f64);
+            loaded.served(n - in_b, share(n - in_b));
+            ab.served(0, n - in_b, share(n - in_b));
+            b_model.served(in_b, share(in_b));
+            ab.served(1, in_b, share(in_b));
+        }
+        None => loaded.served(n, elapsed),
+    }
     if let Some(desc) = plan.order {
         // PostgreSQL sorts NaN above every number; NULL cannot occur.
         rows.sort_by(|a, b| {
@@ -123,8 +142,16 @@ async fn fetch(
 }
 
 /// Predicts each DataRow of `rows` (text format), keeping the client's columns.
-fn predict(model: &Model, plan: &PerRow, rows: &[u8]) -> Result<Vec<Row>, Refusal> {
+/// Predicts every row with `model`, or with `b`'s model for the rows whose first feature its A/B test assigns to
+/// arm B. Returns the rows and how many went to B.
+fn predict(
+    model: &Model,
+    b: Option<(&super::ab::AbTest, &Model)>,
+    plan: &PerRow,
+    rows: &[u8],
+) -> Result<(Vec<Row>, u64), Refusal> {
     let mut out = Vec::new();
+    let mut in_b = 0;
     for raw in split_rows(rows) {
         if raw.first() != Some(&backend::DATA_ROW) {
             continue;
@@ -146,6 +173,17 @@ fn predict(model: &Model, plan: &PerRow, rows: &[u8]) -> Result<Vec<Row>, Refusa
                     .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
             });
         }
+        let model = match (b, x.first()) {
+            (Some((ab, b_model)), Some(k)) if !k.is_nan() => {
+                if ab.arm(super::ab::number_key(*k).as_bytes()) == 1 {
+                    in_b += 1;
+                    b_model
+                } else {
+                    model
+                }
+            }
+            _ => model,
+        };
         model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
         let row = plan
@@ -158,7 +196,7 @@ fn predict(model: &Model, plan: &PerRow, rows: &[u8]) -> Result<Vec<Row>, Refusa
             .collect();
         out.push((y, row));
     }
-    Ok(out)
+    Ok((out, in_b))
 }
 
 /// The client's answer: its columns (`rd` is the servers' RowDescription), the rows within OFFSET and LIMIT.

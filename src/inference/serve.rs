@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::call::{find_calls, Arg, Call};
 use super::deploy::{deploy_model, deploy_strategy};
-use super::models::{refuse, resolve_model, Refusal};
+use super::models::{refuse, resolve_for, Refusal};
 use super::train::train;
 use crate::pool::balance::Want;
 use crate::pool::UserPool;
@@ -83,6 +83,8 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
             deploy_model(pool, call, &mut out).await
         }
         "deploy" => deploy_strategy(pool, call, &mut out).await,
+        "deploy_ab" => super::ab::deploy_ab(pool, call, &mut out).await,
+        "end_ab" => super::ab::serve_end_ab(pool, call, &mut out).await,
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
         }
@@ -126,6 +128,8 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
         call.function.as_str(),
         "train"
             | "deploy"
+            | "deploy_ab"
+            | "end_ab"
             | "predict"
             | "predict_proba"
             | "predict_batch"
@@ -336,12 +340,18 @@ async fn predict_named(
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
     let name = alias.unwrap_or(call.function.as_str());
-    let [(_, target), (_, features)] = call.args.as_slice() else {
-        return Err(refuse(
-            "42883",
-            "function pgml.predict takes (project_name or model_id, features)",
-        ));
-    };
+    // Ocelot's `ab_key => ...` argument names the entity an A/B test assigns; by default the first feature does.
+    let (target, features, ab_key) =
+        match call.args.as_slice() {
+            [(_, target), (_, features)] => (target, features, None),
+            [(_, target), (_, features), (Some(k), key)] if k == "ab_key" => {
+                (target, features, Some(key))
+            }
+            _ => return Err(refuse(
+                "42883",
+                "function pgml.predict takes (project_name or model_id, features[, ab_key => key])",
+            )),
+        };
     let (items, row) = match features {
         Arg::Array(items, _) => (items, false),
         Arg::Row(items) => (items, true),
@@ -361,9 +371,24 @@ async fn predict_named(
                 .ok_or_else(|| refuse("22023", format!("feature {} is not a number", i + 1)))?,
         });
     }
-    let loaded = resolve_model(pool, target).await?;
+    let key = match ab_key {
+        Some(Arg::Text(t)) => Some(t.clone()),
+        Some(Arg::Number(n)) => n.parse::<f64>().ok().map(super::ab::number_key),
+        Some(Arg::Null) | None => x
+            .first()
+            .filter(|v| !v.is_nan())
+            .map(|v| super::ab::number_key(*v)),
+        Some(_) => {
+            return Err(refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "ab_key must be a constant text or number",
+            ))
+        }
+    };
+    let chosen = resolve_for(pool, target, key.as_deref().map(str::as_bytes)).await?;
+    let loaded = &chosen;
     let started = std::time::Instant::now();
-    let model = &loaded.model;
+    let model = &loaded.model.model;
     if call.function == "predict_batch" {
         let n = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
         loaded.served(n as u64, started.elapsed());

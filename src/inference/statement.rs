@@ -47,6 +47,13 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
             ("deployed".into(), BOOL),
         ],
         "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
+        "deploy_ab" => vec![
+            text("project"),
+            ("model_a".into(), INT8),
+            ("model_b".into(), INT8),
+            ("share".into(), FLOAT8),
+        ],
+        "end_ab" => vec![("end_ab".into(), BOOL)],
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
         "embed" => vec![(name, FLOAT4_ARRAY)],
         f if super::vector::is_vector_function(f) => {

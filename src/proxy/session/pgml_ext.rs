@@ -125,6 +125,8 @@ impl Session {
             "train",
             "train_joint",
             "deploy",
+            "deploy_ab",
+            "end_ab",
             "load_dataset",
             "tune",
             "snapshot",
