@@ -180,3 +180,226 @@ async fn ab_tests_split_predictions_by_key() {
     }
     assert!(admin_psql(port, "END AB nope").is_err());
 }
+
+/// Deterministic normal values (Box-Muller over xorshift), `None` for every `missing_every`-th.
+fn normal_stream(
+    n: usize,
+    mean: f64,
+    sd: f64,
+    seed: u64,
+    missing_every: usize,
+) -> Vec<Option<f64>> {
+    let mut s = seed;
+    let mut uniform = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|i| {
+            let (u, v) = (uniform(), uniform());
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            (missing_every == 0 || i % missing_every != missing_every - 1).then_some(mean + sd * z)
+        })
+        .collect()
+}
+
+/// numpy's count, mean, population standard deviation and missing rate of `values`.
+fn numpy_stats(values: &[Option<f64>]) -> [f64; 4] {
+    let text: Vec<String> = values
+        .iter()
+        .map(|v| v.map_or_else(|| "nan".to_owned(), |v| format!("{v:?}")))
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "ocelot-drift-{}-{}.txt",
+        std::process::id(),
+        values.len()
+    ));
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let script = "import numpy as np, sys\nx = np.loadtxt(sys.argv[1])\nok = x[~np.isnan(x)]\nprint(len(x), ok.mean(), ok.std(), np.isnan(x).mean())";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .expect("python3 with numpy");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    [v[0], v[1], v[2], v[3]]
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * (1.0 + b.abs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_of_the_features_a_model_is_fed() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(
+        pg.port,
+        4,
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0",
+        "",
+    ))
+    .await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    // Training data: a ~ N(0, 1), b ~ N(5, 2) with every 10th missing; y = 2a + b.
+    let a = normal_stream(3000, 0.0, 1.0, 11, 0);
+    let b = normal_stream(3000, 5.0, 2.0, 12, 10);
+    let rows: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| {
+            let (a, b) = (
+                a.unwrap(),
+                b.map_or("NULL".to_owned(), |b| format!("{b:?}")),
+            );
+            format!("({a:?}, {b}, {a:?} * 2 + coalesce({b}, 5))")
+        })
+        .collect();
+    c.batch_execute(&format!(
+        "CREATE TABLE feats (a float8, b float8, y float8); INSERT INTO feats VALUES {}",
+        rows.join(",")
+    ))
+    .await
+    .unwrap();
+    for p in ["steady", "shifted"] {
+        c.simple_query(&format!("SELECT * FROM pgml.train('{p}', 'regression', 'feats', 'y', preprocess => '{{\"b\": {{\"impute\": \"mean\"}}}}')"))
+            .await
+            .unwrap();
+    }
+    // A fresh sample of the same distributions to one model, a = N(1, 1) to the other, as per-row predictions
+    // over a table (ROW form: a missing b is imputed, and counted as missing).
+    async fn feed(c: &tokio_postgres::Client, project: &str, a: &[Option<f64>], b: &[Option<f64>]) {
+        let rows: Vec<String> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| {
+                let f = |v: &Option<f64>| v.map_or("NULL".to_owned(), |v| format!("{v:?}"));
+                format!("({}, {})", f(a), f(b))
+            })
+            .collect();
+        c.batch_execute(&format!(
+            "CREATE TABLE stream_{project} (a float8, b float8); INSERT INTO stream_{project} VALUES {}",
+            rows.join(",")
+        ))
+        .await
+        .unwrap();
+        let answered = c
+            .simple_query(&format!(
+                "SELECT pgml.predict('{project}', ROW(a, b)) FROM stream_{project}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(rows_of(&answered).len(), a.len());
+    }
+    let (sa, sb) = (
+        normal_stream(4000, 0.0, 1.0, 21, 0),
+        normal_stream(4000, 5.0, 2.0, 22, 10),
+    );
+    let (da, db) = (
+        normal_stream(4000, 1.0, 1.0, 31, 0),
+        normal_stream(4000, 5.0, 2.0, 32, 10),
+    );
+    feed(&c, "steady", &sa, &sb).await;
+    feed(&c, "shifted", &da, &db).await;
+
+    let drift = |project: &str| {
+        let c = &c;
+        let q = format!("SELECT * FROM pgml.drift('{project}')");
+        async move {
+            rows_of(&c.simple_query(&q).await.unwrap())
+                .into_iter()
+                .map(|r| {
+                    let name = r[1].clone().unwrap();
+                    let v: Vec<f64> = r[2..]
+                        .iter()
+                        .map(|x| x.as_deref().unwrap().parse().unwrap())
+                        .collect();
+                    (name, v)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let steady = drift("steady").await;
+    let shifted = drift("shifted").await;
+    assert_eq!(
+        steady.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    // The window's statistics and the training ones equal numpy's on the same values.
+    for (row, live, train) in [
+        (&steady[0], &sa, &a),
+        (&steady[1], &sb, &b),
+        (&shifted[0], &da, &a),
+    ] {
+        let [n, mean, sd, missing] = numpy_stats(live);
+        let v = &row.1;
+        assert_eq!(v[0], n, "{}", row.0);
+        assert!(
+            close(v[1], mean) && close(v[2], sd) && close(v[3], missing),
+            "{} live {v:?} numpy {mean} {sd} {missing}",
+            row.0
+        );
+        let [_, tmean, tsd, tmissing] = numpy_stats(train);
+        assert!(
+            close(v[4], tmean) && close(v[5], tsd) && close(v[6], tmissing),
+            "{} train {v:?} numpy {tmean} {tsd} {tmissing}",
+            row.0
+        );
+    }
+    println!(
+        "PSI of a: fresh sample {:.4}, shifted by one standard deviation {:.4}; KS {:.4} and {:.4}",
+        steady[0].1[7], shifted[0].1[7], steady[0].1[8], shifted[0].1[8]
+    );
+    // PSI: the fresh sample stays below 0.1, the shifted feature goes above 0.2; b, unshifted, does not.
+    assert!(steady[0].1[7] < 0.1 && steady[1].1[7] < 0.1, "{steady:?}");
+    assert!(shifted[0].1[7] > 0.2, "{shifted:?}");
+    assert!(shifted[1].1[7] < 0.1, "{shifted:?}");
+    assert!(shifted[0].1[8] > steady[0].1[8]);
+
+    // The admin console and the metrics show the same.
+    let res = admin_psql(port, "SHOW MODEL DRIFT").unwrap();
+    assert_eq!(res.1.len(), 4, "{res:?}");
+    let psi_of = |project: &str, feature: &str| -> f64 {
+        let row = res
+            .1
+            .iter()
+            .find(|r| {
+                admin_value(&res, r, "project") == project
+                    && admin_value(&res, r, "feature") == feature
+            })
+            .unwrap();
+        admin_value(&res, row, "psi").parse().unwrap()
+    };
+    assert!((psi_of("shifted", "a") - shifted[0].1[7]).abs() < 1e-3);
+    let addr = *proxy.shared().metrics_addr.get().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ocelot_model_feature_psi{")
+                && l.contains("project=\"shifted\"")
+                && l.contains("feature=\"a\"")),
+        "{metrics}"
+    );
+    // A model without training statistics is refused with the reason.
+    let e = c
+        .simple_query("SELECT * FROM pgml.drift('nope')")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22023"));
+}

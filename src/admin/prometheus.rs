@@ -548,6 +548,86 @@ fn router_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     }
 }
 
+/// A/B arms and drift per feature.
+fn model_ops_families(out: &mut String, pools: &[&Arc<UserPool>]) {
+    let mut arms = Vec::new();
+    let mut drift = Vec::new();
+    for p in pools {
+        let pool = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
+        for r in p.models.ab_rows() {
+            for (arm, model, i) in [("a", r.model_a, 0), ("b", r.model_b, 1)] {
+                let labels = format!(
+                    "{pool},project=\"{}\",arm=\"{arm}\",model_id=\"{model}\"",
+                    esc(&r.project)
+                );
+                arms.push((labels, r.predictions[i], r.mean_micros[i], r.share));
+            }
+        }
+        for (project, id, features) in p.models.drift_rows() {
+            for f in features {
+                let labels = format!(
+                    "{pool},project=\"{}\",model_id=\"{id}\",feature=\"{}\"",
+                    esc(&project),
+                    esc(&f.feature)
+                );
+                drift.push((labels, f));
+            }
+        }
+    }
+    let mut f = Family::new(
+        out,
+        "ocelot_ab_predictions_total",
+        "counter",
+        "predictions per arm of each active A/B test",
+    );
+    for (labels, n, _, _) in &arms {
+        f.sample("ocelot_ab_predictions_total", labels, n);
+    }
+    let mut f = Family::new(
+        out,
+        "ocelot_ab_prediction_mean_seconds",
+        "gauge",
+        "mean time per prediction per arm",
+    );
+    for (labels, _, micros, _) in &arms {
+        f.sample("ocelot_ab_prediction_mean_seconds", labels, micros / 1e6);
+    }
+    type Stat = fn(&crate::inference::drift::FeatureDrift) -> f64;
+    let stats: [(&str, &str, Stat); 5] = [
+        (
+            "ocelot_model_feature_psi",
+            "population stability index of a feature in the drift window against the training data",
+            |f| f.psi,
+        ),
+        (
+            "ocelot_model_feature_ks",
+            "largest gap between the feature's cumulative histograms, window against training data",
+            |f| f.ks,
+        ),
+        (
+            "ocelot_model_feature_mean",
+            "mean of the feature in the drift window",
+            |f| f.mean,
+        ),
+        (
+            "ocelot_model_feature_missing_ratio",
+            "share of predictions with the feature missing in the drift window",
+            |f| f.missing_rate,
+        ),
+        (
+            "ocelot_model_feature_observations",
+            "predictions in the drift window",
+            |f| f.n as f64,
+        ),
+    ];
+    for (name, help, get) in stats {
+        let mut fam = Family::new(out, name, "gauge", help);
+        for (labels, d) in &drift {
+            fam.sample(name, labels, get(d));
+        }
+    }
+}
+
 fn inference_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     let mut rows = Vec::new();
     let mut usage = Vec::new();
@@ -610,6 +690,7 @@ fn inference_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     for (labels, (_, evictions)) in &usage {
         f.sample("ocelot_model_cache_evictions_total", labels, evictions);
     }
+    model_ops_families(out, pools);
     let (hits, misses) = crate::inference::embed_queue::cache_counts();
     let (requests, passes) = crate::inference::embed_queue::batch_counts();
     for (name, help, v) in [

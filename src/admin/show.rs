@@ -15,7 +15,7 @@ use crate::proxy::Shared;
 use crate::stats::{ClientState, ConnInfo, ConnState, Totals};
 
 const HELP: &[&str] = &[
-    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS|CENTROIDS|AB",
+    "SHOW HELP|CONFIG|DATABASES|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CLIENTS|SERVERS|LISTS|USERS|VERSION|BANS|MODELS|CENTROIDS|AB|MODEL DRIFT",
     "END AB <project>",
     "RELOAD",
     "PAUSE [<db>]",
@@ -62,6 +62,7 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
         "bans" => bans(&pools),
         "models" => models(&pools),
         "ab" => ab(&pools),
+        "model" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("drift")) => drift(&pools),
         "centroids" => centroids(&pools),
         _ => {
             return Err(AdminError {
@@ -510,6 +511,47 @@ fn ab(pools: &[&Arc<UserPool>]) -> Table {
                 format!("{:.2}", r.mean_micros[0]),
                 format!("{:.2}", r.mean_micros[1]),
             ]);
+        }
+    }
+    table
+}
+
+/// Per model and feature: the drift window's statistics beside the training data's, PSI and KS.
+fn drift(pools: &[&Arc<UserPool>]) -> Table {
+    let mut table = Table::new(&[
+        Col::Text("database"),
+        Col::Text("user"),
+        Col::Text("project"),
+        Col::Int("model_id"),
+        Col::Text("feature"),
+        Col::Int("n"),
+        Col::Text("mean"),
+        Col::Text("stddev"),
+        Col::Text("missing_rate"),
+        Col::Text("train_mean"),
+        Col::Text("train_stddev"),
+        Col::Text("psi"),
+        Col::Text("ks"),
+    ]);
+    for p in pools {
+        for (project, id, features) in p.models.drift_rows() {
+            for f in features {
+                table.row(vec![
+                    t(&p.database),
+                    t(&p.user),
+                    project.clone(),
+                    t(id),
+                    f.feature,
+                    t(f.n),
+                    format!("{:.6}", f.mean),
+                    format!("{:.6}", f.std),
+                    format!("{:.4}", f.missing_rate),
+                    format!("{:.6}", f.train_mean),
+                    format!("{:.6}", f.train_std),
+                    format!("{:.4}", f.psi),
+                    format!("{:.4}", f.ks),
+                ]);
+            }
         }
     }
     table

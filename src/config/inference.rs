@@ -2,7 +2,8 @@
 //! serves in the proxy; `passthrough` sends every `pgml.*` call to the servers, for servers that have the real
 //! PostgresML extension; `off` is the same as passthrough for now (Ocelot never touches `pgml.*`). `cache_bytes`
 //! bounds each pool's model cache; `deploy_recheck_ms` is how often a deployment is looked up again;
-//! `registry_pool` puts every pool's registry in one pool's database; `models_dir` holds embedding models.
+//! `registry_pool` puts every pool's registry in one pool's database; `models_dir` holds embedding models;
+//! `drift_window_s` is the window of drift monitoring.
 
 use serde::Deserialize;
 
@@ -58,6 +59,14 @@ pub struct Inference {
     /// that arrive while a pass runs go together in the next anyway).
     #[serde(default)]
     pub batch_wait_ms: u64,
+    /// The sliding window over which the features fed to each model are compared with its training data
+    /// (`SHOW MODEL DRIFT`, `pgml.drift`), in seconds.
+    #[serde(default = "default_drift_window_s")]
+    pub drift_window_s: u64,
+}
+
+fn default_drift_window_s() -> u64 {
+    3600
 }
 
 fn default_batch_max() -> usize {
@@ -87,6 +96,7 @@ impl Default for Inference {
             device: Device::default(),
             batch_max: default_batch_max(),
             batch_wait_ms: 0,
+            drift_window_s: default_drift_window_s(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::ab::{AbRow, AbTest};
+use super::drift::{Baseline, FeatureDrift, Monitor};
 use super::models::{refuse, registry_conn, value, Model, Refusal};
 use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
@@ -34,6 +35,9 @@ pub struct ModelStats {
     predictions: AtomicU64,
     nanos: AtomicU64,
     last_use: AtomicU64,
+    /// The features this model was fed against its training data; set when the model is first loaded, if its
+    /// snapshot has training statistics.
+    drift: std::sync::OnceLock<Arc<Monitor>>,
 }
 
 /// A model loaded from the registry.
@@ -49,6 +53,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Adds one prediction's raw features to the model's drift window.
+    pub fn observe(&self, x: &[f64]) {
+        if let Some(m) = self.stats.drift.get() {
+            m.observe(x);
+        }
+    }
+
     /// Counts `n` predictions that took `elapsed` in all.
     pub fn served(&self, n: u64, elapsed: Duration) {
         self.stats.predictions.fetch_add(n, Ordering::Relaxed);
@@ -112,6 +123,8 @@ pub struct Models {
     recheck: Duration,
     /// Where embedding models are (`[inference] models_dir`).
     models_dir: std::path::PathBuf,
+    /// The window of drift monitoring (`[inference] drift_window_s`).
+    drift_window: Duration,
     clock: AtomicU64,
     evictions: AtomicU64,
     /// This pool listens for deploys announced by any instance (set up before its first prediction).
@@ -137,12 +150,19 @@ impl Models {
             capacity,
             recheck,
             models_dir,
+            drift_window: Duration::from_secs(3600),
             clock: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             listening: tokio::sync::OnceCell::new(),
             registry_ready: tokio::sync::OnceCell::new(),
             vector_sql: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Sets the window of drift monitoring.
+    pub fn with_drift_window(mut self, window: Duration) -> Models {
+        self.drift_window = window;
+        self
     }
 
     pub(super) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
@@ -321,13 +341,13 @@ impl Models {
         let row = value(
             &mut conn,
             &format!(
-                "SELECT json_build_array(p.name, m.algorithm, convert_from(f.data, 'UTF8'))::text FROM pgml.files f JOIN pgml.models m ON m.id = f.model_id JOIN pgml.projects p ON p.id = m.project_id WHERE f.model_id = {id} AND f.path = 'estimator.ocelot.json' ORDER BY f.part LIMIT 1"
+                "SELECT json_build_array(p.name, m.algorithm, convert_from(f.data, 'UTF8'), (SELECT s.analysis->>'ocelot_drift' FROM pgml.snapshots s WHERE s.id = m.snapshot_id))::text FROM pgml.files f JOIN pgml.models m ON m.id = f.model_id JOIN pgml.projects p ON p.id = m.project_id WHERE f.model_id = {id} AND f.path = 'estimator.ocelot.json' ORDER BY f.part LIMIT 1"
             ),
         )
         .await?
         .ok_or_else(|| refuse("22023", format!("pgml.models WHERE id = {id} could not be loaded. Does it exist?")))?;
-        let [project, algorithm, data] = serde_json::from_str::<[Option<String>; 3]>(&row)
-            .map_err(|e| {
+        let [project, algorithm, data, baseline] =
+            serde_json::from_str::<[Option<String>; 4]>(&row).map_err(|e| {
                 refuse(
                     sqlstate::INTERNAL_ERROR,
                     format!("model {id}: unexpected registry row: {e}"),
@@ -340,13 +360,47 @@ impl Models {
                 format!("model {id} cannot be read: {e}"),
             )
         })?;
-        Ok(self.insert(
+        let loaded = self.insert(
             id,
             project.unwrap_or_default(),
             algorithm.unwrap_or_default(),
             data.len(),
             model,
-        ))
+        );
+        // Models trained before drift monitoring (or by PostgresML itself) have no training statistics.
+        if let Some(b) = baseline.and_then(|b| serde_json::from_str::<Baseline>(&b).ok()) {
+            let _ = loaded
+                .stats
+                .drift
+                .set(Arc::new(Monitor::new(b, self.drift_window)));
+        }
+        Ok(loaded)
+    }
+
+    /// Drift of every model with training statistics that was fed features in the window, for `SHOW MODEL
+    /// DRIFT` and the metrics: (project, model id, per-feature drift).
+    pub fn drift_rows(&self) -> Vec<(String, i64, Vec<FeatureDrift>)> {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<(String, i64, Vec<FeatureDrift>)> = cache
+            .known
+            .iter()
+            .filter_map(|(id, (project, _, _, stats))| {
+                let report = stats.drift.get()?.report();
+                Some((project.clone(), *id, report))
+            })
+            .collect();
+        rows.sort_by_key(|r| r.1);
+        rows
+    }
+
+    /// Drift of `project`'s deployed model (arm A).
+    pub(super) async fn drift_of(
+        &self,
+        pool: &Arc<UserPool>,
+        project: &str,
+    ) -> Result<(i64, Option<Vec<FeatureDrift>>), Refusal> {
+        let loaded = self.deployed(pool, project).await?;
+        Ok((loaded.id, loaded.stats.drift.get().map(|m| m.report())))
     }
 
     /// Adds a loaded model, evicting the least recently used others until the cache fits its bound (a model

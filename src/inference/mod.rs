@@ -5,7 +5,8 @@
 //! `boosting` and `forest` (over `trees`), `kmeans`; `algorithms` picks one from PostgresML's names and
 //! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions; `embed` runs
 //! sentence-transformers models with candle, and `inline` puts constant embeddings into bigger queries. Over the extended protocol, `params` types and substitutes a statement's
-//! parameters and `statement` describes its result. `ab` splits a project's predictions between two models. Other `pgml.*`
+//! parameters and `statement` describes its result. `ab` splits a project's predictions between two models; `drift` compares the features
+//! a model is fed with its training data. Other `pgml.*`
 //! calls reach the servers unchanged.
 
 pub mod ab;
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod call;
 pub mod chunk;
 mod deploy;
+pub mod drift;
 pub mod embed;
 pub mod embed_queue;
 pub mod forest;

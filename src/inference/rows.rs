@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::models::{refuse, resolve_for, Model, Refusal};
+use super::cache::Loaded;
+use super::models::{refuse, resolve_for, Refusal};
 use super::per_row::PerRow;
 use super::serve::{float4_text, ReadRoute};
 use crate::pool::UserPool;
@@ -59,8 +60,8 @@ pub(super) async fn per_row(
         ));
     };
     let started = std::time::Instant::now();
-    let b = arm_b.as_ref().map(|(ab, m)| (ab.as_ref(), &m.model));
-    let (mut rows, in_b) = predict(model, b, plan, &merged[h.total()..])?;
+    let b = arm_b.as_ref().map(|(ab, m)| (ab.as_ref(), m.as_ref()));
+    let (mut rows, in_b) = predict(loaded, b, plan, &merged[h.total()..])?;
     let elapsed = started.elapsed();
     let n = rows.len() as u64;
     match &arm_b {
@@ -145,8 +146,8 @@ async fn fetch(
 /// Predicts every row with `model`, or with `b`'s model for the rows whose first feature its A/B test assigns to
 /// arm B. Returns the rows and how many went to B.
 fn predict(
-    model: &Model,
-    b: Option<(&super::ab::AbTest, &Model)>,
+    model: &Loaded,
+    b: Option<(&super::ab::AbTest, &Loaded)>,
     plan: &PerRow,
     rows: &[u8],
 ) -> Result<(Vec<Row>, u64), Refusal> {
@@ -173,7 +174,7 @@ fn predict(
                     .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
             });
         }
-        let model = match (b, x.first()) {
+        let fed = match (b, x.first()) {
             (Some((ab, b_model)), Some(k)) if !k.is_nan() => {
                 if ab.arm(super::ab::number_key(*k).as_bytes()) == 1 {
                     in_b += 1;
@@ -184,6 +185,10 @@ fn predict(
             }
             _ => model,
         };
+        if plan.row || !x.iter().any(|v| v.is_nan()) {
+            fed.observe(&x);
+        }
+        let model = &fed.model;
         model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
         let row = plan

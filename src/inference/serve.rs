@@ -85,6 +85,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "deploy" => deploy_strategy(pool, call, &mut out).await,
         "deploy_ab" => super::ab::deploy_ab(pool, call, &mut out).await,
         "end_ab" => super::ab::serve_end_ab(pool, call, &mut out).await,
+        "drift" => serve_drift(pool, call, &mut out).await,
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
         }
@@ -112,6 +113,57 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     Some(out)
 }
 
+/// `pgml.drift(project_name)`: per feature of the deployed model, the window's statistics beside the training
+/// data's, the population stability index and the KS distance (see `drift`).
+async fn serve_drift(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+    use super::params::{FLOAT8, INT8, TEXT};
+    let args = super::call::bind(call, &[("project_name", None)])?;
+    let project = super::train::text_arg(&args, "project_name")
+        .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
+    let (model_id, report) = pool.models.drift_of(pool, &project).await?;
+    let report = report.ok_or_else(|| {
+        refuse(
+            "22023",
+            format!("model {model_id} of {project:?} has no training statistics: train it with Ocelot to monitor its drift"),
+        )
+    })?;
+    let cols: Vec<(&str, u32, i16)> = [
+        ("model_id", INT8, 8),
+        ("feature", TEXT, -1),
+        ("n", INT8, 8),
+        ("mean", FLOAT8, 8),
+        ("stddev", FLOAT8, 8),
+        ("missing_rate", FLOAT8, 8),
+        ("train_mean", FLOAT8, 8),
+        ("train_stddev", FLOAT8, 8),
+        ("train_missing_rate", FLOAT8, 8),
+        ("psi", FLOAT8, 8),
+        ("ks", FLOAT8, 8),
+    ]
+    .to_vec();
+    encode::row_description_typed(out, &cols);
+    for f in &report {
+        encode::data_row_text(
+            out,
+            &[
+                &model_id.to_string(),
+                &f.feature,
+                &f.n.to_string(),
+                &f.mean.to_string(),
+                &f.std.to_string(),
+                &f.missing_rate.to_string(),
+                &f.train_mean.to_string(),
+                &f.train_std.to_string(),
+                &f.train_missing_rate.to_string(),
+                &f.psi.to_string(),
+                &f.ks.to_string(),
+            ],
+        );
+    }
+    encode::command_complete(out, &format!("SELECT {}", report.len()));
+    Ok(())
+}
+
 /// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM
 /// pgml.f(...)`): train, deploy, a predict function, chunk or a vector function.
 pub(super) fn whole_call(sql: &str) -> Option<Call> {
@@ -130,6 +182,7 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
             | "deploy"
             | "deploy_ab"
             | "end_ab"
+            | "drift"
             | "predict"
             | "predict_proba"
             | "predict_batch"
@@ -390,6 +443,11 @@ async fn predict_named(
     let started = std::time::Instant::now();
     let model = &loaded.model.model;
     if call.function == "predict_batch" {
+        if !x.iter().any(|v| v.is_nan()) {
+            for row in x.chunks(model.num_features().max(1)) {
+                loaded.model.observe(row);
+            }
+        }
         let n = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
         loaded.served(n as u64, started.elapsed());
         return Ok(());
@@ -403,6 +461,10 @@ async fn predict_named(
                 x.len()
             ),
         ));
+    }
+    // Drift counts what the model is fed: an array with a NULL is refused below, a ROW's NULL is imputed.
+    if row || !x.iter().any(|v| v.is_nan()) {
+        loaded.model.observe(&x);
     }
     model.prepare(&mut x, row)?;
     if call.function == "predict_joint" {

@@ -54,6 +54,26 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
             ("share".into(), FLOAT8),
         ],
         "end_ab" => vec![("end_ab".into(), BOOL)],
+        "drift" => {
+            let mut cols = vec![
+                ("model_id".into(), INT8),
+                text("feature"),
+                ("n".into(), INT8),
+            ];
+            for c in [
+                "mean",
+                "stddev",
+                "missing_rate",
+                "train_mean",
+                "train_stddev",
+                "train_missing_rate",
+                "psi",
+                "ks",
+            ] {
+                cols.push((c.into(), FLOAT8));
+            }
+            cols
+        }
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
         "embed" => vec![(name, FLOAT4_ARRAY)],
         f if super::vector::is_vector_function(f) => {

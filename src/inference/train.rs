@@ -74,6 +74,8 @@ pub(super) async fn train(
     )
     .await?;
     let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
+    // What drift monitoring compares the features fed to the model with (raw, before preprocessing).
+    let baseline = super::drift::Baseline::from_rows(&features, &names);
     let mut data = Split::new(features, y, test_size)?;
     if sampling == "stratified" && task == "classification" {
         super::split::stratify(&mut data.x, &mut data.y, data.n_test);
@@ -114,6 +116,7 @@ pub(super) async fn train(
             test_size,
             samples: data.x.len(),
             features: &names,
+            baseline: &baseline,
             algorithm: &algorithm,
             hyperparams: text_arg(&args, "hyperparams").unwrap_or_else(|| "{}".into()),
             model: &model,
@@ -279,6 +282,7 @@ struct Trained<'a> {
     test_size: f64,
     samples: usize,
     features: &'a [String],
+    baseline: &'a super::drift::Baseline,
     algorithm: &'a str,
     hyperparams: String,
     model: &'a Model,
@@ -305,6 +309,7 @@ async fn record(
         test_size,
         samples: n,
         features: names,
+        baseline,
         algorithm,
         hyperparams,
         model,
@@ -337,7 +342,13 @@ async fn record(
             y_column.map_or_else(|| "NULL".into(), |y| format!("ARRAY[{}]", quote_literal(y))),
             quote_literal(sampling),
             quote_literal(&columns),
-            quote_literal(&format!("{{\"samples\": {n}}}")),
+            quote_literal(
+                &serde_json::json!({
+                    "samples": n,
+                    "ocelot_drift": baseline,
+                })
+                .to_string()
+            ),
         ),
     )
     .await?

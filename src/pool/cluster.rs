@@ -430,7 +430,10 @@ pub(super) fn user_pool(
             config.inference.cache_bytes,
             std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
             config.inference.models_dir.clone().into(),
-        ),
+        )
+        .with_drift_window(std::time::Duration::from_secs(
+            config.inference.drift_window_s.max(1),
+        )),
         registry: OnceLock::new(),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
