@@ -200,7 +200,7 @@ impl Models {
         &self,
         pool: &Arc<UserPool>,
         project: &str,
-        key: Option<&[u8]>,
+        key: impl FnOnce() -> Option<String>,
     ) -> Result<Chosen, Refusal> {
         let (id, ab) = self.deployed_id(pool, project).await?;
         let Some(ab) = ab else {
@@ -209,7 +209,7 @@ impl Models {
                 ab: None,
             });
         };
-        let arm = key.map_or(0, |k| ab.arm(k));
+        let arm = key().map_or(0, |k| ab.arm(k.as_bytes()));
         let model = self
             .model(pool, if arm == 1 { ab.model_b } else { id })
             .await?;

@@ -188,12 +188,16 @@ struct Slot {
     features: Vec<Acc>,
 }
 
+/// Windows kept side by side: a prediction adds to the first one free, so predictions on several threads do
+/// not queue for one lock. A report merges them.
+const LANES: usize = 4;
+
 /// A deployed model's sliding window of the features it was fed.
 #[derive(Debug)]
 pub struct Monitor {
     baseline: Baseline,
     slot_len: Duration,
-    slots: Mutex<VecDeque<Slot>>,
+    lanes: [Mutex<VecDeque<Slot>>; LANES],
 }
 
 impl Monitor {
@@ -202,7 +206,7 @@ impl Monitor {
         Monitor {
             baseline,
             slot_len: (window / SLOTS as u32).max(Duration::from_millis(1)),
-            slots: Mutex::new(VecDeque::with_capacity(SLOTS + 1)),
+            lanes: Default::default(),
         }
     }
 
@@ -213,7 +217,11 @@ impl Monitor {
     /// Adds one prediction's raw features.
     pub fn observe(&self, x: &[f64]) {
         let now = Instant::now();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self
+            .lanes
+            .iter()
+            .find_map(|l| l.try_lock().ok())
+            .unwrap_or_else(|| self.lanes[0].lock().unwrap_or_else(|e| e.into_inner()));
         if slots
             .back()
             .is_none_or(|s| now.duration_since(s.started) >= self.slot_len)
@@ -239,8 +247,8 @@ impl Monitor {
         let now = Instant::now();
         let horizon = self.slot_len * SLOTS as u32;
         let mut total = vec![Acc::default(); self.baseline.features.len()];
-        {
-            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for lane in &self.lanes {
+            let slots = lane.lock().unwrap_or_else(|e| e.into_inner());
             for s in slots
                 .iter()
                 .filter(|s| now.duration_since(s.started) < horizon)

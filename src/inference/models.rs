@@ -158,11 +158,12 @@ pub(super) fn sqlstate_of(code: &str) -> &'static str {
 }
 
 /// The model a predict call names: a project's deployed model, or a model by id.
-/// The model serving `target` (a project name or a model id) for the A/B key `key` (see `ab`).
+/// The model serving `target` (a project name or a model id) for the A/B key `key` gives (see `ab`; asked only
+/// when the project has an A/B test).
 pub(super) async fn resolve_for(
     pool: &Arc<UserPool>,
     target: &Arg,
-    key: Option<&[u8]>,
+    key: impl FnOnce() -> Option<String>,
 ) -> Result<super::cache::Chosen, Refusal> {
     match target {
         Arg::Text(project) => pool.models.deployed_for(pool, project, key).await,

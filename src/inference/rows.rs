@@ -28,7 +28,7 @@ pub(super) async fn per_row(
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
     // With an A/B test, each row goes to the arm of its first feature; both models are loaded up front.
-    let chosen = resolve_for(pool, &plan.target, None).await?;
+    let chosen = resolve_for(pool, &plan.target, || None).await?;
     let arm_b = match &chosen.ab {
         Some((ab, _)) => Some((ab.clone(), pool.models.model(pool, ab.model_b).await?)),
         None => None,

@@ -424,21 +424,22 @@ async fn predict_named(
                 .ok_or_else(|| refuse("22023", format!("feature {} is not a number", i + 1)))?,
         });
     }
-    let key = match ab_key {
+    if matches!(ab_key, Some(a) if !matches!(a, Arg::Text(_) | Arg::Number(_) | Arg::Null)) {
+        return Err(refuse(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "ab_key must be a constant text or number",
+        ));
+    }
+    // Only formatted when the project has an A/B test.
+    let key = || match ab_key {
         Some(Arg::Text(t)) => Some(t.clone()),
         Some(Arg::Number(n)) => n.parse::<f64>().ok().map(super::ab::number_key),
-        Some(Arg::Null) | None => x
+        _ => x
             .first()
             .filter(|v| !v.is_nan())
             .map(|v| super::ab::number_key(*v)),
-        Some(_) => {
-            return Err(refuse(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "ab_key must be a constant text or number",
-            ))
-        }
     };
-    let chosen = resolve_for(pool, target, key.as_deref().map(str::as_bytes)).await?;
+    let chosen = resolve_for(pool, target, key).await?;
     let loaded = &chosen;
     let started = std::time::Instant::now();
     let model = &loaded.model.model;
