@@ -58,6 +58,40 @@ fn bench_loop(port: u16, stop: Arc<AtomicBool>, bench: Arc<Bench>) {
     }
 }
 
+/// The `i`-th fault of the cycle, injected and lifted; returns its name.
+async fn inject(i: u64, cluster: &Cluster, ocelot: &Ocelot, pool_size: &mut u32) -> &'static str {
+    let (r, p) = (&cluster.replicas[i as usize % 2], &cluster.primary);
+    match i % 5 {
+        0 => {
+            tokio::task::block_in_place(|| r.stop());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::task::block_in_place(|| r.restart());
+            "replica killed for 2 s"
+        }
+        1 => {
+            tokio::task::block_in_place(|| r.freeze());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::task::block_in_place(|| r.thaw());
+            "replica frozen for 3 s"
+        }
+        2 => {
+            tokio::task::block_in_place(|| cluster.terminate_backends());
+            "backends terminated"
+        }
+        3 => {
+            tokio::task::block_in_place(|| p.stop());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::task::block_in_place(|| p.restart());
+            "primary killed for 1 s"
+        }
+        _ => {
+            *pool_size = if *pool_size == 10 { 12 } else { 10 };
+            ocelot.reload(cluster, *pool_size);
+            "config reloaded"
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_faults_and_reloads() {
     let total = Duration::from_secs(env_secs("OCELOT_SOAK_SECS", 120));
@@ -101,36 +135,7 @@ async fn soak_with_faults_and_reloads() {
         let t = started.elapsed();
         if t >= next_fault && t < faults_until {
             next_fault += fault_every;
-            let (r, p) = (&cluster.replicas[faults as usize % 2], &cluster.primary);
-            let name = match faults % 5 {
-                0 => {
-                    tokio::task::block_in_place(|| r.stop());
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    tokio::task::block_in_place(|| r.restart());
-                    "replica killed for 2 s"
-                }
-                1 => {
-                    tokio::task::block_in_place(|| r.freeze());
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    tokio::task::block_in_place(|| r.thaw());
-                    "replica frozen for 3 s"
-                }
-                2 => {
-                    tokio::task::block_in_place(|| cluster.terminate_backends());
-                    "backends terminated"
-                }
-                3 => {
-                    tokio::task::block_in_place(|| p.stop());
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    tokio::task::block_in_place(|| p.restart());
-                    "primary killed for 1 s"
-                }
-                _ => {
-                    pool_size = if pool_size == 10 { 12 } else { 10 };
-                    ocelot.reload(&cluster, pool_size);
-                    "config reloaded"
-                }
-            };
+            let name = inject(faults, &cluster, &ocelot, &mut pool_size).await;
             faults += 1;
             println!("{:>5} s  fault: {name}", t.as_secs());
         }

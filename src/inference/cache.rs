@@ -239,58 +239,34 @@ impl Models {
                 return Ok((*id, ab.clone()));
             }
         }
-        let mut conn = registry_conn(pool).await?;
-        let row = conn
-            .query_row(&format!(
-                "SELECT d.model_id, ab.id, ab.model_b, ab.share FROM pgml.projects p \
-                 JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) d ON true \
-                 LEFT JOIN pgml.ab_tests ab ON ab.project_id = p.id AND ab.ended_at IS NULL WHERE p.name = {}",
-                quote_literal(project)
-            ))
-            .await?
-            .unwrap_or_default();
-        let num = |i: usize| row.get(i).cloned().flatten();
-        let id = num(0).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
-            refuse(
-                "22023",
-                format!("No deployed model exists for the project named: `{project}`"),
-            )
-        })?;
-        let found = match (num(1), num(2), num(3)) {
-            (Some(ab_id), Some(b), Some(share)) => ab_id
-                .parse::<i64>()
-                .ok()
-                .zip(b.parse::<i64>().ok())
-                .zip(share.parse::<f64>().ok()),
-            _ => None,
-        };
-        let ab = {
-            let mut tests = self.ab_tests.lock().unwrap_or_else(|e| e.into_inner());
-            match found {
-                Some(((ab_id, model_b), share)) => {
-                    let same = tests.get(project).filter(|t| t.id == ab_id).cloned();
-                    let t = same.unwrap_or_else(|| {
-                        Arc::new(AbTest {
-                            id: ab_id,
-                            model_b,
-                            share,
-                            arms: Default::default(),
-                        })
-                    });
-                    tests.insert(project.to_owned(), t.clone());
-                    Some(t)
-                }
-                None => {
-                    tests.remove(project);
-                    None
-                }
-            }
-        };
+        let (id, found) = ask_registry(pool, project).await?;
+        let ab = self.keep_ab(project, found);
         self.by_project
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(project.to_owned(), (id, Instant::now(), ab.clone()));
         Ok((id, ab))
+    }
+
+    /// The project's A/B test as the registry has it (`None`: no test), reusing the running one when it is the
+    /// same test so its counters go on.
+    fn keep_ab(&self, project: &str, found: Option<AbFound>) -> Option<Arc<AbTest>> {
+        let mut tests = self.ab_tests.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((ab_id, model_b, share)) = found else {
+            tests.remove(project);
+            return None;
+        };
+        let same = tests.get(project).filter(|t| t.id == ab_id).cloned();
+        let t = same.unwrap_or_else(|| {
+            Arc::new(AbTest {
+                id: ab_id,
+                model_b,
+                share,
+                arms: Default::default(),
+            })
+        });
+        tests.insert(project.to_owned(), t.clone());
+        Some(t)
     }
 
     /// The active A/B tests this pool has seen, for `SHOW AB`.
@@ -500,6 +476,41 @@ pub(super) async fn announce(
     ))
     .await?;
     Ok(())
+}
+
+/// An active A/B test as read from the registry: its id, model B and share.
+type AbFound = (i64, i64, f64);
+
+/// The project's deployed model id and active A/B test, from the registry.
+async fn ask_registry(
+    pool: &Arc<UserPool>,
+    project: &str,
+) -> Result<(i64, Option<AbFound>), Refusal> {
+    let mut conn = registry_conn(pool).await?;
+    let row = conn
+        .query_row(&format!(
+            "SELECT d.model_id, ab.id, ab.model_b, ab.share FROM pgml.projects p \
+             JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) d ON true \
+             LEFT JOIN pgml.ab_tests ab ON ab.project_id = p.id AND ab.ended_at IS NULL WHERE p.name = {}",
+            quote_literal(project)
+        ))
+        .await?
+        .unwrap_or_default();
+    let num = |i: usize| row.get(i).cloned().flatten();
+    let id = num(0).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
+        refuse(
+            "22023",
+            format!("No deployed model exists for the project named: `{project}`"),
+        )
+    })?;
+    let found = match (num(1), num(2), num(3)) {
+        (Some(ab_id), Some(b), Some(share)) => match (ab_id.parse(), b.parse(), share.parse()) {
+            (Ok(ab_id), Ok(b), Ok(share)) => Some((ab_id, b, share)),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok((id, found))
 }
 
 /// Subscribes the pool to deploy announcements on its registry's shared LISTEN connection; each one makes the pool forget
