@@ -6,11 +6,16 @@ mod common;
 use common::*;
 use ocelot::inference::ab::{arm_of, number_key};
 
-/// Which model answered `pgml.predict('line', ARRAY[x])`: A (the linear model, exactly 3x + 1) or B (the heavily
-/// regularised ridge model, near the mean).
+/// Which model answered `pgml.predict('line', ARRAY[x])`: A (fit to y = 3x + 1) or B (fit to y = 1000 - x); the
+/// two lines are at least 1 apart at every integer x.
 fn arm_of_answer(x: i64, answer: &str) -> usize {
     let y: f64 = answer.parse().unwrap();
-    usize::from((y - (3 * x + 1) as f64).abs() > 0.5)
+    let (a, b) = ((3 * x + 1) as f64, (1000 - x) as f64);
+    assert!(
+        (y - a).abs() < 0.25 || (y - b).abs() < 0.25,
+        "key {x}: {y} is neither model's answer"
+    );
+    usize::from((y - b).abs() < (y - a).abs())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,14 +24,16 @@ async fn ab_tests_split_predictions_by_key() {
     pg.psql_admin_db(
         "app",
         "CREATE TABLE line (x float8, y float8);
-         INSERT INTO line SELECT g, 3 * g + 1 FROM generate_series(1, 400) g;",
+         INSERT INTO line SELECT g, 3 * g + 1 FROM generate_series(1, 400) g;
+         CREATE TABLE line_b (x float8, y float8);
+         INSERT INTO line_b SELECT g, 1000 - g FROM generate_series(1, 400) g;",
     );
     let proxy = start_proxy(&config_toml(pg.port, 4, "", "")).await;
     let port = proxy.local_addr().port();
     let c = connect(port, "postgres", None, "app").await.unwrap();
     for sql in [
-        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y')",
-        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y', algorithm => 'ridge', hyperparams => '{\"alpha\": 100000000}', automatic_deploy => false)",
+        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y', test_sampling => 'last')",
+        "SELECT * FROM pgml.train('line', 'regression', 'line_b', 'y', test_sampling => 'last', automatic_deploy => false)",
     ] {
         c.simple_query(sql).await.unwrap();
     }
