@@ -220,30 +220,6 @@ async fn secrets_never_show() {
     }
 }
 
-/// A client logged in over a raw socket (user postgres, trust).
-async fn raw_client(port: u16) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut body = vec![0, 3, 0, 0];
-    for kv in ["user", "postgres", "database", "app", ""] {
-        body.extend_from_slice(kv.as_bytes());
-        body.push(0);
-    }
-    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend(body);
-    s.write_all(&pkt).await.unwrap();
-    let mut got = Vec::new();
-    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let mut b = [0u8; 4096];
-        let n = s.read(&mut b).await.unwrap();
-        assert!(n > 0, "closed during login");
-        got.extend_from_slice(&b[..n]);
-    }
-    s
-}
-
 /// Clients that pipeline queries with large answers and never read: Ocelot stops reading from them once their
 /// answers back up, so its memory stays bounded, everyone else is served, and each client still gets every
 /// answer when it finally reads. With read/write splitting, where Ocelot holds pipelined requests back until the
@@ -273,7 +249,7 @@ async fn clients_that_send_without_reading_use_bounded_memory() {
     let mut sent = Vec::new();
     let t_send = Instant::now();
     for _ in 0..CLIENTS {
-        let mut s = raw_client(port).await;
+        let mut s = raw_login(port).await;
         // Send until Ocelot stops taking the requests (one second without progress), or 4,000 queries (64 MB of
         // requests, 256 MB of answers) were sent.
         let mut n = 0usize;

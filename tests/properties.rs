@@ -282,16 +282,10 @@ fn hashes_equal_postgresql_on_generated_keys() {
         .enable_all()
         .build()
         .unwrap();
-    let client = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} user=postgres dbname=app", pg.port),
-            tokio_postgres::NoTls,
-        )
-        .await
+    // The connection task runs whenever the runtime is driven, by the queries below.
+    let client = rt
+        .block_on(connect(pg.port, "postgres", None, "app"))
         .unwrap();
-        tokio::spawn(conn);
-        c
-    });
     let seed = HASH_PARTITION_SEED as i64;
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner

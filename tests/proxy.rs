@@ -234,27 +234,6 @@ async fn server_credentials_differ_from_client_credentials() {
     assert_eq!(first_value(&c, "SELECT current_user").await, SCRAM_USER.0);
 }
 
-/// Sends a startup packet for user postgres / database app and reads up to the first ReadyForQuery.
-async fn raw_login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut body = vec![0, 3, 0, 0];
-    for kv in ["user", "postgres", "database", "app", ""] {
-        body.extend_from_slice(kv.as_bytes());
-        body.push(0);
-    }
-    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend(body);
-    s.write_all(&pkt).await.unwrap();
-    let mut got = Vec::new();
-    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let mut b = [0u8; 4096];
-        let n = s.read(&mut b).await.unwrap();
-        assert!(n > 0, "closed during login");
-        got.extend_from_slice(&b[..n]);
-    }
-    s
-}
-
 /// Reads until EOF and returns the SQLSTATE of the first ErrorResponse.
 async fn read_error_code(s: &mut TcpStream) -> Option<String> {
     let mut got = Vec::new();

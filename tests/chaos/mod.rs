@@ -314,24 +314,42 @@ async fn tracked<T>(stats: &Stats, op: impl std::future::Future<Output = T>) -> 
     r
 }
 
+/// A worker's connection through Ocelot with `sql` prepared, counted as one operation; `None` (after a pause)
+/// when that failed.
+async fn open(
+    port: u16,
+    me: usize,
+    stats: &Stats,
+    sql: &str,
+) -> Option<(tokio_postgres::Client, tokio_postgres::Statement)> {
+    let prepared = tracked(stats, async {
+        let c = connect(port, "postgres", None, "app").await?;
+        let s = c.prepare(sql).await?;
+        Ok::<_, tokio_postgres::Error>((c, s))
+    })
+    .await;
+    match prepared {
+        Ok(p) => Some(p),
+        Err(e) => {
+            stats.fail(me, &describe(&e));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
 async fn writer(port: u16, me: usize, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
     let mut seq: i64 = 0;
     while !stop.load(Relaxed) {
-        let prepared = tracked(&stats, async {
-            let c = connect(port, "postgres", None, "app").await?;
-            let s = c
-                .prepare("INSERT INTO ledger (id, writer) VALUES ($1, $2)")
-                .await?;
-            Ok::<_, tokio_postgres::Error>((c, s))
-        })
-        .await;
-        let (client, insert) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                stats.fail(me, &describe(&e));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((client, insert)) = open(
+            port,
+            me,
+            &stats,
+            "INSERT INTO ledger (id, writer) VALUES ($1, $2)",
+        )
+        .await
+        else {
+            continue;
         };
         while !stop.load(Relaxed) {
             seq += 1;
@@ -360,19 +378,9 @@ async fn writer(port: u16, me: usize, stop: Arc<AtomicBool>, stats: Arc<Stats>) 
 async fn reader(port: u16, me: usize, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
     let mut k: i32 = me as i32 * 97;
     while !stop.load(Relaxed) {
-        let prepared = tracked(&stats, async {
-            let c = connect(port, "postgres", None, "app").await?;
-            let s = c.prepare("SELECT v FROM kv WHERE k = $1").await?;
-            Ok::<_, tokio_postgres::Error>((c, s))
-        })
-        .await;
-        let (client, select) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                stats.fail(me, &describe(&e));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((client, select)) = open(port, me, &stats, "SELECT v FROM kv WHERE k = $1").await
+        else {
+            continue;
         };
         while !stop.load(Relaxed) {
             k = k % KV_ROWS + 1;

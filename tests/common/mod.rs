@@ -545,3 +545,28 @@ pub fn capture_logs(filter: &str) {
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
 }
+
+/// A raw client socket: sends a startup packet for user postgres / database app (trust) and reads up to the first
+/// ReadyForQuery.
+pub async fn raw_login(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut body = vec![0, 3, 0, 0];
+    for kv in ["user", "postgres", "database", "app", ""] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    pkt.extend(body);
+    s.write_all(&pkt).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed during login");
+        got.extend_from_slice(&b[..n]);
+    }
+    s
+}
