@@ -592,6 +592,26 @@ fn model_ops_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     for (labels, _, micros, _) in &arms {
         f.sample("ocelot_ab_prediction_mean_seconds", labels, micros / 1e6);
     }
+    let mut f = Family::new(
+        out,
+        "ocelot_prediction_log_rows_total",
+        "counter",
+        "sampled predictions by fate: queued for the registry, written, dropped (queue full) or failed (registry error)",
+    );
+    for p in pools {
+        let pool = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
+        let counts = p.models.log.counters.get();
+        for (result, n) in ["queued", "written", "dropped", "failed"]
+            .iter()
+            .zip(counts)
+        {
+            f.sample(
+                "ocelot_prediction_log_rows_total",
+                &format!("{pool},result=\"{result}\""),
+                n,
+            );
+        }
+    }
     type Stat = fn(&crate::inference::drift::FeatureDrift) -> f64;
     let stats: [(&str, &str, Stat); 5] = [
         (

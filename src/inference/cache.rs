@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::ab::{AbRow, AbTest};
 use super::drift::{Baseline, FeatureDrift, Monitor};
+use super::logging::{LogSetting, PredictionLog, Sample};
 use super::models::{refuse, registry_conn, value, Model, Refusal};
 use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
@@ -69,13 +70,22 @@ impl Loaded {
     }
 }
 
-/// A project's deployed model id, when the registry was asked, and its active A/B test.
-type Deployment = (i64, Instant, Option<Arc<AbTest>>);
+/// What a pool knows of a project's deployment, and since when.
+#[derive(Debug, Clone)]
+struct Deployment {
+    /// The deployed model (arm A).
+    id: i64,
+    at: Instant,
+    ab: Option<Arc<AbTest>>,
+    log: Option<Arc<LogSetting>>,
+}
 
-/// The model chosen for a prediction, and its A/B test and arm when the project has one.
+/// The model chosen for a prediction, its A/B test and arm when the project has one, and its project's
+/// prediction logging.
 pub struct Chosen {
     pub model: Arc<Loaded>,
     pub ab: Option<(Arc<AbTest>, usize)>,
+    pub log: Option<Arc<LogSetting>>,
 }
 
 impl Chosen {
@@ -85,6 +95,35 @@ impl Chosen {
         if let Some((t, arm)) = &self.ab {
             t.served(*arm, n, elapsed);
         }
+    }
+
+    /// Whether the next prediction is to be logged.
+    pub fn sample(&self) -> bool {
+        self.log.as_ref().is_some_and(|l| l.take())
+    }
+
+    /// Queues a logged prediction of `model` (this choice's model or, per row, its arm B's).
+    pub fn record(
+        &self,
+        pool: &Arc<UserPool>,
+        model: &Loaded,
+        arm: usize,
+        key: Option<String>,
+        features: Vec<f64>,
+        prediction: f64,
+    ) {
+        pool.models.log.push(
+            pool,
+            Sample {
+                project: model.project.clone(),
+                model_id: model.id,
+                arm: self.ab.as_ref().map(|_| arm),
+                key,
+                features,
+                prediction,
+                at: std::time::SystemTime::now(),
+            },
+        );
     }
 }
 
@@ -118,6 +157,10 @@ pub struct Models {
     /// Per project: its active A/B test, kept across rechecks of the same test (so its counters go on) and for
     /// `SHOW AB`. Locked only when the registry is asked.
     ab_tests: Mutex<HashMap<String, Arc<AbTest>>>,
+    /// Per project: its prediction logging, kept across rechecks of the same rate (so its sampler goes on).
+    log_settings: Mutex<HashMap<String, Arc<LogSetting>>>,
+    /// Sampled predictions on their way to the registry.
+    pub log: PredictionLog,
     cache: RwLock<Cache>,
     capacity: usize,
     recheck: Duration,
@@ -146,6 +189,8 @@ impl Models {
         Models {
             by_project: Mutex::default(),
             ab_tests: Mutex::default(),
+            log_settings: Mutex::default(),
+            log: PredictionLog::default(),
             cache: RwLock::default(),
             capacity,
             recheck,
@@ -190,8 +235,8 @@ impl Models {
         pool: &Arc<UserPool>,
         project: &str,
     ) -> Result<Arc<Loaded>, Refusal> {
-        let (id, _) = self.deployed_id(pool, project).await?;
-        self.model(pool, id).await
+        let d = self.deployment(pool, project).await?;
+        self.model(pool, d.id).await
     }
 
     /// The model that serves `project` for `key`: arm B of the project's A/B test when the key hashes into its
@@ -202,11 +247,12 @@ impl Models {
         project: &str,
         key: impl FnOnce() -> Option<String>,
     ) -> Result<Chosen, Refusal> {
-        let (id, ab) = self.deployed_id(pool, project).await?;
+        let Deployment { id, ab, log, .. } = self.deployment(pool, project).await?;
         let Some(ab) = ab else {
             return Ok(Chosen {
                 model: self.model(pool, id).await?,
                 ab: None,
+                log,
             });
         };
         let arm = key().map_or(0, |k| ab.arm(k.as_bytes()));
@@ -216,36 +262,52 @@ impl Models {
         Ok(Chosen {
             model,
             ab: Some((ab, arm)),
+            log,
         })
     }
 
-    /// The id of `project`'s deployed model and its A/B test, from the cache when they were checked within the
+    /// `project`'s deployed model, A/B test and logging, from the cache when they were checked within the
     /// recheck interval (a deploy announced by any instance makes it check at once).
-    async fn deployed_id(
-        &self,
-        pool: &Arc<UserPool>,
-        project: &str,
-    ) -> Result<(i64, Option<Arc<AbTest>>), Refusal> {
+    async fn deployment(&self, pool: &Arc<UserPool>, project: &str) -> Result<Deployment, Refusal> {
         self.listening
             .get_or_init(|| listen_for_deploys(pool))
             .await;
-        if let Some((id, at, ab)) = self
+        if let Some(d) = self
             .by_project
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(project)
         {
-            if at.elapsed() < self.recheck {
-                return Ok((*id, ab.clone()));
+            if d.at.elapsed() < self.recheck {
+                return Ok(d.clone());
             }
         }
-        let (id, found) = ask_registry(pool, project).await?;
-        let ab = self.keep_ab(project, found);
+        let found = ask_registry(pool, project).await?;
+        let d = Deployment {
+            id: found.model,
+            at: Instant::now(),
+            ab: self.keep_ab(project, found.ab),
+            log: self.keep_log(project, found.log_rate),
+        };
         self.by_project
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(project.to_owned(), (id, Instant::now(), ab.clone()));
-        Ok((id, ab))
+            .insert(project.to_owned(), d.clone());
+        Ok(d)
+    }
+
+    /// The project's logging as the registry has it (`None` or rate 0: off), reusing the running sampler when
+    /// the rate is unchanged.
+    fn keep_log(&self, project: &str, rate: Option<f64>) -> Option<Arc<LogSetting>> {
+        let mut settings = self.log_settings.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rate) = rate.filter(|r| *r > 0.0) else {
+            settings.remove(project);
+            return None;
+        };
+        let same = settings.get(project).filter(|l| l.rate == rate).cloned();
+        let l = same.unwrap_or_else(|| Arc::new(LogSetting::new(rate)));
+        settings.insert(project.to_owned(), l.clone());
+        Some(l)
     }
 
     /// The project's A/B test as the registry has it (`None`: no test), reusing the running one when it is the
@@ -277,7 +339,7 @@ impl Models {
             .iter()
             .map(|(project, t)| AbRow {
                 project: project.clone(),
-                model_a: deployed.get(project).map_or(0, |d| d.0),
+                model_a: deployed.get(project).map_or(0, |d| d.id),
                 model_b: t.model_b,
                 share: t.share,
                 predictions: [t.arms[0].predictions(), t.arms[1].predictions()],
@@ -481,17 +543,22 @@ pub(super) async fn announce(
 /// An active A/B test as read from the registry: its id, model B and share.
 type AbFound = (i64, i64, f64);
 
-/// The project's deployed model id and active A/B test, from the registry.
-async fn ask_registry(
-    pool: &Arc<UserPool>,
-    project: &str,
-) -> Result<(i64, Option<AbFound>), Refusal> {
+/// A project's deployment as read from the registry.
+struct Found {
+    model: i64,
+    ab: Option<AbFound>,
+    log_rate: Option<f64>,
+}
+
+/// The project's deployed model id, active A/B test and logging rate, from the registry.
+async fn ask_registry(pool: &Arc<UserPool>, project: &str) -> Result<Found, Refusal> {
     let mut conn = registry_conn(pool).await?;
     let row = conn
         .query_row(&format!(
-            "SELECT d.model_id, ab.id, ab.model_b, ab.share FROM pgml.projects p \
+            "SELECT d.model_id, ab.id, ab.model_b, ab.share, lg.sample_rate FROM pgml.projects p \
              JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) d ON true \
-             LEFT JOIN pgml.ab_tests ab ON ab.project_id = p.id AND ab.ended_at IS NULL WHERE p.name = {}",
+             LEFT JOIN pgml.ab_tests ab ON ab.project_id = p.id AND ab.ended_at IS NULL \
+             LEFT JOIN pgml.prediction_logging lg ON lg.project_id = p.id WHERE p.name = {}",
             quote_literal(project)
         ))
         .await?
@@ -510,7 +577,11 @@ async fn ask_registry(
         },
         _ => None,
     };
-    Ok((id, found))
+    Ok(Found {
+        model: id,
+        ab: found,
+        log_rate: num(4).and_then(|r| r.parse().ok()),
+    })
 }
 
 /// Subscribes the pool to deploy announcements on its registry's shared LISTEN connection; each one makes the pool forget

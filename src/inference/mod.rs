@@ -6,7 +6,7 @@
 //! hyperparameters, and `preprocess` imputes and scales. `chunk` splits text as LangChain's splitters do; `vector` has the vector functions; `embed` runs
 //! sentence-transformers models with candle, and `inline` puts constant embeddings into bigger queries. Over the extended protocol, `params` types and substitutes a statement's
 //! parameters and `statement` describes its result. `ab` splits a project's predictions between two models; `drift` compares the features
-//! a model is fed with its training data. Other `pgml.*`
+//! a model is fed with its training data; `logging` keeps a sample of predictions for live metrics against actual outcomes. Other `pgml.*`
 //! calls reach the servers unchanged.
 
 pub mod ab;
@@ -24,6 +24,7 @@ pub mod inline;
 pub mod kmeans;
 pub mod lbfgs;
 pub mod linear;
+pub mod logging;
 pub mod logistic;
 mod models;
 pub mod params;

@@ -174,6 +174,7 @@ pub(super) async fn resolve_for(
             Ok(super::cache::Chosen {
                 model: pool.models.model(pool, id).await?,
                 ab: None,
+                log: None,
             })
         }
         _ => Err(refuse(

@@ -141,6 +141,83 @@ CREATE TABLE pgml.ab_tests (
   ended_at TIMESTAMP WITHOUT TIME ZONE);
 CREATE UNIQUE INDEX ab_tests_active_idx ON pgml.ab_tests (project_id) WHERE ended_at IS NULL;
 "#,
+    // Ocelot's prediction logging: the per-project setting, the sampled predictions, and their live metrics
+    // against the actual outcomes in the table the setting names (regression: r2, MAE; classification: accuracy,
+    // macro F1).
+    r#"
+CREATE TABLE pgml.prediction_logging (
+  project_id BIGINT PRIMARY KEY REFERENCES pgml.projects(id) ON DELETE CASCADE,
+  sample_rate FLOAT8 NOT NULL CHECK (sample_rate >= 0 AND sample_rate <= 1),
+  actuals_table TEXT,
+  actuals_key TEXT,
+  actuals_column TEXT,
+  updated_at TIMESTAMP WITHOUT TIME ZONE NOT NULL DEFAULT clock_timestamp());
+
+CREATE TABLE pgml.predictions (
+  id BIGSERIAL PRIMARY KEY,
+  project TEXT NOT NULL,
+  model_id BIGINT NOT NULL,
+  arm TEXT,
+  key TEXT,
+  features FLOAT8[] NOT NULL,
+  prediction FLOAT8,
+  created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL DEFAULT clock_timestamp());
+CREATE INDEX predictions_project_created_at_idx ON pgml.predictions (project, created_at);
+
+CREATE FUNCTION pgml.live_metrics(project_name TEXT)
+RETURNS TABLE (model_id BIGINT, arm TEXT, predictions BIGINT, with_actuals BIGINT, r2 FLOAT8, mae FLOAT8,
+               accuracy FLOAT8, f1 FLOAT8)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  s RECORD;
+  target TEXT;
+  joined TEXT;
+BEGIN
+  SELECT p.task, l.actuals_table, l.actuals_key, l.actuals_column,
+         (SELECT sn.y_column_name[1] FROM pgml.models m JOIN pgml.snapshots sn ON sn.id = m.snapshot_id
+           WHERE m.project_id = p.id ORDER BY m.id DESC LIMIT 1) AS y
+    INTO s
+    FROM pgml.projects p LEFT JOIN pgml.prediction_logging l ON l.project_id = p.id
+   WHERE p.name = project_name;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'project "%" does not exist', project_name USING ERRCODE = '22023';
+  END IF;
+  target := coalesce(s.actuals_column, s.y);
+  IF s.actuals_table IS NULL OR target IS NULL THEN
+    joined := 'SELECT p.model_id, p.arm, p.prediction AS yhat, NULL::float8 AS y FROM pgml.predictions p WHERE p.project = $1';
+  ELSE
+    joined := format('SELECT p.model_id, p.arm, p.prediction AS yhat, a.%I::float8 AS y FROM pgml.predictions p '
+                     'LEFT JOIN %s a ON a.%I::text = p.key WHERE p.project = $1',
+                     target, s.actuals_table::regclass, s.actuals_key);
+  END IF;
+  IF s.task = 'classification' THEN
+    RETURN QUERY EXECUTE format($q$
+      WITH j AS (%s),
+      m AS (SELECT * FROM j WHERE j.y IS NOT NULL),
+      cls AS (SELECT DISTINCT m.model_id, m.arm, v.c FROM m, LATERAL (VALUES (m.y), (m.yhat)) v(c)),
+      f AS (SELECT cls.model_id, cls.arm, cls.c,
+                   2.0 * count(*) FILTER (WHERE m.y = cls.c AND m.yhat = cls.c)
+                   / nullif(count(*) FILTER (WHERE m.y = cls.c OR m.yhat = cls.c)
+                            + count(*) FILTER (WHERE m.y = cls.c AND m.yhat = cls.c), 0) AS f1
+              FROM cls JOIN m ON m.model_id = cls.model_id AND m.arm IS NOT DISTINCT FROM cls.arm
+             GROUP BY 1, 2, 3),
+      t AS (SELECT j.model_id, j.arm, count(*) AS n, count(j.y) AS matched,
+                   avg((j.y = j.yhat)::int::float8) FILTER (WHERE j.y IS NOT NULL) AS accuracy
+              FROM j GROUP BY 1, 2)
+      SELECT t.model_id, t.arm, t.n, t.matched, NULL::float8, NULL::float8, t.accuracy::float8,
+             (SELECT avg(f.f1)::float8 FROM f WHERE f.model_id = t.model_id AND f.arm IS NOT DISTINCT FROM t.arm)
+        FROM t ORDER BY 1, 2$q$, joined) USING project_name;
+  ELSE
+    RETURN QUERY EXECUTE format($q$
+      WITH j AS (%s)
+      SELECT j.model_id, j.arm, count(*), count(j.y),
+             (1 - sum((j.y - j.yhat) ^ 2) / nullif(var_pop(j.y) * count(j.y), 0))::float8,
+             avg(abs(j.y - j.yhat))::float8, NULL::float8, NULL::float8
+        FROM j GROUP BY 1, 2 ORDER BY 1, 2$q$, joined) USING project_name;
+  END IF;
+END;
+$fn$;
+"#,
 ];
 
 /// The schema version this Ocelot needs.

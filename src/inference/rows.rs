@@ -61,7 +61,7 @@ pub(super) async fn per_row(
     };
     let started = std::time::Instant::now();
     let b = arm_b.as_ref().map(|(ab, m)| (ab.as_ref(), m.as_ref()));
-    let (mut rows, in_b) = predict(loaded, b, plan, &merged[h.total()..])?;
+    let (mut rows, in_b) = predict(pool, &chosen, b, plan, &merged[h.total()..])?;
     let elapsed = started.elapsed();
     let n = rows.len() as u64;
     match &arm_b {
@@ -144,13 +144,15 @@ async fn fetch(
 
 /// Predicts each DataRow of `rows` (text format), keeping the client's columns.
 /// Predicts every row with `model`, or with `b`'s model for the rows whose first feature its A/B test assigns to
-/// arm B. Returns the rows and how many went to B.
+/// arm B; logs the rows the project's logging samples. Returns the rows and how many went to B.
 fn predict(
-    model: &Loaded,
+    pool: &Arc<UserPool>,
+    chosen: &super::cache::Chosen,
     b: Option<(&super::ab::AbTest, &Loaded)>,
     plan: &PerRow,
     rows: &[u8],
 ) -> Result<(Vec<Row>, u64), Refusal> {
+    let model = chosen.model.as_ref();
     let mut out = Vec::new();
     let mut in_b = 0;
     for raw in split_rows(rows) {
@@ -188,9 +190,16 @@ fn predict(
         if plan.row || !x.iter().any(|v| v.is_nan()) {
             fed.observe(&x);
         }
+        let logged = chosen.sample().then(|| x.clone());
+        let arm = usize::from(!std::ptr::eq(fed, model));
         let model = &fed.model;
         model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
+        if let Some(raw) = logged {
+            let key = raw.first().filter(|v| !v.is_nan());
+            let key = key.map(|v| super::ab::number_key(*v));
+            chosen.record(pool, fed, arm, key, raw, f64::from(y));
+        }
         let row = plan
             .outputs
             .iter()

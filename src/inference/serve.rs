@@ -86,6 +86,8 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "deploy_ab" => super::ab::deploy_ab(pool, call, &mut out).await,
         "end_ab" => super::ab::serve_end_ab(pool, call, &mut out).await,
         "drift" => serve_drift(pool, call, &mut out).await,
+        "log_predictions" => super::logging::log_predictions(pool, call, &mut out).await,
+        "live_metrics" => super::logging::serve_live_metrics(pool, call, &mut out).await,
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
         }
@@ -183,6 +185,8 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
             | "deploy_ab"
             | "end_ab"
             | "drift"
+            | "log_predictions"
+            | "live_metrics"
             | "predict"
             | "predict_proba"
             | "predict_batch"
@@ -286,14 +290,14 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
 
 /// PostgreSQL's float4 output for a prediction.
 /// `pgml.predict_batch`: a flat array of rows × features; by project a set of `real`, by model id one `real[]`.
-/// Returns how many predictions it made.
+/// Returns the predictions it made.
 fn predict_batch(
     model: &super::models::Model,
     mut x: Vec<f64>,
     set: bool,
     name: &str,
     out: &mut BytesMut,
-) -> Result<usize, Refusal> {
+) -> Result<Vec<f32>, Refusal> {
     let n = model.num_features().max(1);
     model.prepare(&mut x, false)?;
     if !x.len().is_multiple_of(n) {
@@ -305,10 +309,8 @@ fn predict_batch(
             ),
         ));
     }
-    let predictions: Vec<String> = x
-        .chunks(n)
-        .map(|row| float4_text(model.predict(row) as f32))
-        .collect();
+    let ys: Vec<f32> = x.chunks(n).map(|row| model.predict(row) as f32).collect();
+    let predictions: Vec<String> = ys.iter().map(|y| float4_text(*y)).collect();
     if set {
         encode::row_description_typed(out, &[(name, 700, 4)]);
         for p in &predictions {
@@ -320,7 +322,7 @@ fn predict_batch(
         encode::data_row_text(out, &[&format!("{{{}}}", predictions.join(","))]);
         encode::command_complete(out, "SELECT 1");
     }
-    Ok(predictions.len())
+    Ok(ys)
 }
 
 pub(super) fn float4_text(v: f32) -> String {
@@ -439,18 +441,28 @@ async fn predict_named(
             .filter(|v| !v.is_nan())
             .map(|v| super::ab::number_key(*v)),
     };
-    let chosen = resolve_for(pool, target, key).await?;
+    let chosen = resolve_for(pool, target, &key).await?;
     let loaded = &chosen;
+    let arm = loaded.ab.as_ref().map_or(0, |(_, a)| *a);
     let started = std::time::Instant::now();
     let model = &loaded.model.model;
     if call.function == "predict_batch" {
+        let width = model.num_features().max(1);
         if !x.iter().any(|v| v.is_nan()) {
-            for row in x.chunks(model.num_features().max(1)) {
+            for row in x.chunks(width) {
                 loaded.model.observe(row);
             }
         }
-        let n = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
-        loaded.served(n as u64, started.elapsed());
+        let raw = loaded.log.is_some().then(|| x.clone());
+        let ys = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
+        loaded.served(ys.len() as u64, started.elapsed());
+        for (row, y) in raw.iter().flat_map(|r| r.chunks(width)).zip(&ys) {
+            if loaded.sample() {
+                let key = row.first().filter(|v| !v.is_nan());
+                let key = key.map(|v| super::ab::number_key(*v));
+                loaded.record(pool, &loaded.model, arm, key, row.to_vec(), f64::from(*y));
+            }
+        }
         return Ok(());
     }
     if x.len() != model.num_features() {
@@ -467,6 +479,7 @@ async fn predict_named(
     if row || !x.iter().any(|v| v.is_nan()) {
         loaded.model.observe(&x);
     }
+    let logged = (call.function == "predict" && loaded.sample()).then(|| (x.clone(), key()));
     model.prepare(&mut x, row)?;
     if call.function == "predict_joint" {
         if !model.is_regression() {
@@ -494,6 +507,9 @@ async fn predict_named(
         let y = model.predict(&x) as f32;
         encode::row_description_typed(out, &[(name, 700, 4)]);
         encode::data_row_text(out, &[&float4_text(y)]);
+        if let Some((raw, key)) = logged {
+            loaded.record(pool, &loaded.model, arm, key, raw, f64::from(y));
+        }
     }
     encode::command_complete(out, "SELECT 1");
     loaded.served(1, started.elapsed());

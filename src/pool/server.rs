@@ -29,6 +29,8 @@ struct Exchange {
     changed: Vec<(String, String)>,
     /// The first row (`None` when there was none; NULLs are `None` values).
     first_row: Option<Vec<Option<String>>>,
+    /// The rows after the first, when all were asked for.
+    more_rows: Vec<Vec<Option<String>>>,
 }
 
 /// Session state Ocelot applied on a server for the client using it: startup settings that the server does not
@@ -216,8 +218,23 @@ impl ServerConn {
         self.exchange(sql).await.map(|r| r.first_row)
     }
 
-    /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery.
+    /// Runs `sql` and returns all its rows as text values.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PoolError> {
+        self.exchange_rows(sql, true).await.map(|r| {
+            let mut rows = Vec::with_capacity(1 + r.more_rows.len());
+            rows.extend(r.first_row);
+            rows.extend(r.more_rows);
+            rows
+        })
+    }
+
     async fn exchange(&mut self, sql: &str) -> Result<Exchange, PoolError> {
+        self.exchange_rows(sql, false).await
+    }
+
+    /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery, keeping the first row or
+    /// (`all`) every row.
+    async fn exchange_rows(&mut self, sql: &str, all: bool) -> Result<Exchange, PoolError> {
         if !self.rbuf.is_empty() {
             return Err(self.lost("unread bytes before an internal query"));
         }
@@ -255,8 +272,7 @@ impl ServerConn {
                         }
                     }
                 }
-                backend::DATA_ROW if !seen_row => {
-                    seen_row = true;
+                backend::DATA_ROW if !seen_row || all => {
                     let mut c = decode::Cursor::new(h.code, body);
                     let n = c.i16().unwrap_or(0).max(0);
                     let row = (0..n)
@@ -267,7 +283,12 @@ impl ServerConn {
                                 .map(|v| String::from_utf8_lossy(v).into_owned())
                         })
                         .collect();
-                    result.first_row = Some(row);
+                    if seen_row {
+                        result.more_rows.push(row);
+                    } else {
+                        result.first_row = Some(row);
+                    }
+                    seen_row = true;
                 }
                 backend::ERROR_RESPONSE => {
                     error = Some(decode::error_fields(body).unwrap_or_default());

@@ -1,0 +1,394 @@
+//! Prediction logging. `pgml.log_predictions('p', sample_rate => 0.1, actuals_table => 'sales', actuals_key =>
+//! 'id')` makes Ocelot keep a sample of `p`'s predictions as rows of `pgml.predictions` (project, model id, A/B
+//! arm, entity key, raw features, prediction, time) in the registry database, and `pgml.live_metrics('p')` joins
+//! them with the actual outcomes in the named table to score each model live (r2 and MAE for regression,
+//! accuracy and macro F1 for classification).
+//!
+//! A prediction never waits for its log row: a sampled row goes into a bounded per-pool queue (a full queue drops
+//! it and counts the drop), and one task per pool writes what has queued in multi-row INSERTs. The sampler is a
+//! counter, not a coin: of a project's first n predictions exactly ⌊n·rate⌋ are kept, so the count written is
+//! predictable under any load.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+
+use super::call::{bind, Call};
+use super::models::{refuse, registry_conn, Refusal};
+use super::params::{FLOAT8, INT8, TEXT};
+use super::train::text_arg;
+use crate::pool::UserPool;
+use crate::protocol::encode;
+use crate::router::session_sql::quote_literal;
+
+/// Samples queued per pool before new ones are dropped.
+pub const QUEUE: usize = 65_536;
+/// Rows per INSERT.
+const BATCH: usize = 2_000;
+/// How long the writer lets a small batch grow before writing it.
+const GATHER: Duration = Duration::from_millis(100);
+
+/// A project's logging setting as this pool applies it.
+#[derive(Debug)]
+pub struct LogSetting {
+    pub rate: f64,
+    seen: AtomicU64,
+}
+
+impl LogSetting {
+    pub fn new(rate: f64) -> LogSetting {
+        LogSetting {
+            rate,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the next prediction is kept: the n-th is when ⌊n·rate⌋ steps up.
+    pub fn take(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        ((n + 1) as f64 * self.rate).floor() > (n as f64 * self.rate).floor()
+    }
+}
+
+/// One logged prediction.
+#[derive(Debug)]
+pub struct Sample {
+    pub project: String,
+    pub model_id: i64,
+    /// 0 for arm A, 1 for B; `None` without an A/B test.
+    pub arm: Option<usize>,
+    pub key: Option<String>,
+    /// The raw features, NaN for NULL.
+    pub features: Vec<f64>,
+    pub prediction: f64,
+    pub at: SystemTime,
+}
+
+/// What became of a pool's samples.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    pub queued: AtomicU64,
+    pub written: AtomicU64,
+    /// Dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Lost because the registry refused or could not be reached.
+    pub failed: AtomicU64,
+}
+
+impl LogCounters {
+    pub fn get(&self) -> [u64; 4] {
+        [
+            self.queued.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// A pool's queue of samples and its writer.
+#[derive(Debug, Default)]
+pub struct PredictionLog {
+    tx: OnceLock<mpsc::Sender<Sample>>,
+    pub counters: Arc<LogCounters>,
+}
+
+impl PredictionLog {
+    /// Queues `s` to be written to `pool`'s registry; never waits.
+    pub fn push(&self, pool: &Arc<UserPool>, s: Sample) {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(write(Arc::downgrade(pool), rx, self.counters.clone()));
+            tx
+        });
+        match tx.try_send(s) {
+            Ok(()) => self.counters.queued.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Writes queued samples until the pool is gone (its queue's sender with it).
+async fn write(pool: Weak<UserPool>, mut rx: mpsc::Receiver<Sample>, counters: Arc<LogCounters>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut warned_at: Option<std::time::Instant> = None;
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let Some(pool) = pool.upgrade() else { break };
+        let n = batch.len() as u64;
+        let sql = insert_sql(&batch);
+        batch.clear();
+        let result = match registry_conn(&pool).await {
+            Ok(mut conn) => conn.run(&sql).await.map_err(|e| e.to_string()),
+            Err(r) => Err(r.message),
+        };
+        drop(pool);
+        match result {
+            Ok(_) => counters.written.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!("prediction log: {n} rows lost: {e}");
+                    warned_at = Some(std::time::Instant::now());
+                }
+                counters.failed.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+        if n < BATCH as u64 {
+            tokio::time::sleep(GATHER).await;
+        }
+    }
+}
+
+/// One INSERT of `rows` into `pgml.predictions`.
+fn insert_sql(rows: &[Sample]) -> String {
+    let mut sql = String::with_capacity(64 + rows.len() * 96);
+    sql.push_str(
+        "INSERT INTO pgml.predictions (project, model_id, arm, key, features, prediction, created_at) VALUES ",
+    );
+    for (i, s) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        let arm = match s.arm {
+            Some(0) => "'A'",
+            Some(_) => "'B'",
+            None => "NULL",
+        };
+        let key = s.key.as_deref().map_or("NULL".into(), quote_literal);
+        let _ = write!(
+            sql,
+            "({},{},{arm},{key},'{{",
+            quote_literal(&s.project),
+            s.model_id
+        );
+        for (j, v) in s.features.iter().enumerate() {
+            if j > 0 {
+                sql.push(',');
+            }
+            push_float(&mut sql, *v);
+        }
+        sql.push_str("}'::float8[],");
+        if s.prediction.is_nan() {
+            sql.push_str("'NaN'");
+        } else if s.prediction.is_infinite() {
+            sql.push_str(if s.prediction > 0.0 {
+                "'Infinity'"
+            } else {
+                "'-Infinity'"
+            });
+        } else {
+            push_float(&mut sql, s.prediction);
+        }
+        let t =
+            s.at.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+        let _ = write!(
+            sql,
+            ",to_timestamp({}.{:06})::timestamp)",
+            t.as_secs(),
+            t.subsec_micros()
+        );
+    }
+    sql
+}
+
+/// A float in a form PostgreSQL reads back exactly; NaN (a missing feature) as NULL.
+fn push_float(sql: &mut String, v: f64) {
+    if v.is_nan() {
+        sql.push_str("NULL");
+    } else if v.is_infinite() {
+        sql.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        let _ = write!(sql, "{v:?}");
+    }
+}
+
+/// `pgml.log_predictions(project_name, sample_rate, actuals_table, actuals_key, actuals_column)`: sets (or, with
+/// rate 0, stops) the project's logging. The actuals table must be in the registry database; its value column
+/// defaults to the project's training target.
+pub(super) async fn log_predictions(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let params = [
+        ("project_name", None),
+        ("sample_rate", None),
+        ("actuals_table", Some(super::call::Arg::Null)),
+        ("actuals_key", Some(super::call::Arg::Null)),
+        ("actuals_column", Some(super::call::Arg::Null)),
+    ];
+    let args = bind(call, &params)?;
+    let project = text_arg(&args, "project_name")
+        .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
+    let rate = args
+        .get("sample_rate")
+        .and_then(super::call::Arg::as_f64)
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| refuse("22023", "sample_rate must be a number between 0 and 1"))?;
+    let table = text_arg(&args, "actuals_table");
+    let key = text_arg(&args, "actuals_key");
+    let column = text_arg(&args, "actuals_column");
+    if table.is_some() != key.is_some() || (column.is_some() && table.is_none()) {
+        return Err(refuse(
+            "22023",
+            "name the actuals table and its key column together (actuals_table and actuals_key)",
+        ));
+    }
+    let lit = |v: &Option<String>| v.as_deref().map_or("NULL".into(), quote_literal);
+    let mut conn = registry_conn(pool).await?;
+    let project_id = conn
+        .query_value(&format!(
+            "SELECT id FROM pgml.projects WHERE name = {}",
+            quote_literal(&project)
+        ))
+        .await?
+        .ok_or_else(|| refuse("22023", format!("project {project:?} does not exist")))?;
+    if let (Some(t), Some(k)) = (&table, &key) {
+        let missing = conn
+            .query_value(&format!(
+                "SELECT CASE WHEN to_regclass({t}) IS NULL THEN 'table ' || {t} \
+                 ELSE (SELECT string_agg('column ' || c, ', ') FROM unnest(ARRAY[{k}, {c}]) c WHERE c IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass({t}) AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)) END",
+                t = quote_literal(t),
+                k = quote_literal(k),
+                c = lit(&column),
+            ))
+            .await?;
+        if let Some(m) = missing {
+            return Err(refuse(
+                "42P01",
+                format!("actuals: {m} not found in the registry database"),
+            ));
+        }
+    }
+    conn.run(&format!(
+        "INSERT INTO pgml.prediction_logging (project_id, sample_rate, actuals_table, actuals_key, actuals_column) \
+         VALUES ({project_id}, {rate}, {}, {}, {}) ON CONFLICT (project_id) DO UPDATE SET sample_rate = EXCLUDED.sample_rate, \
+         actuals_table = EXCLUDED.actuals_table, actuals_key = EXCLUDED.actuals_key, actuals_column = EXCLUDED.actuals_column, \
+         updated_at = clock_timestamp()",
+        lit(&table),
+        lit(&key),
+        lit(&column)
+    ))
+    .await?;
+    super::cache::announce(pool, &mut conn, &project).await?;
+    encode::row_description_typed(
+        out,
+        &[
+            ("project", TEXT, -1),
+            ("sample_rate", FLOAT8, 8),
+            ("actuals_table", TEXT, -1),
+            ("actuals_key", TEXT, -1),
+            ("actuals_column", TEXT, -1),
+        ],
+    );
+    encode::data_row_opt(
+        out,
+        &[Some(project), Some(rate.to_string()), table, key, column],
+    );
+    encode::command_complete(out, "SELECT 1");
+    Ok(())
+}
+
+/// The columns of `pgml.live_metrics`.
+pub const LIVE_COLUMNS: [(&str, u32, i16); 8] = [
+    ("model_id", INT8, 8),
+    ("arm", TEXT, -1),
+    ("predictions", INT8, 8),
+    ("with_actuals", INT8, 8),
+    ("r2", FLOAT8, 8),
+    ("mae", FLOAT8, 8),
+    ("accuracy", FLOAT8, 8),
+    ("f1", FLOAT8, 8),
+];
+
+/// The live metrics of `project`'s logged predictions, as text rows in [`LIVE_COLUMNS`] order.
+pub async fn live_metrics(
+    pool: &Arc<UserPool>,
+    project: &str,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    metric_rows(pool, project).await.map_err(|r| r.message)
+}
+
+async fn metric_rows(
+    pool: &Arc<UserPool>,
+    project: &str,
+) -> Result<Vec<Vec<Option<String>>>, Refusal> {
+    let mut conn = registry_conn(pool).await?;
+    Ok(conn
+        .query_rows(&format!(
+            "SELECT * FROM pgml.live_metrics({})",
+            quote_literal(project)
+        ))
+        .await?)
+}
+
+/// `pgml.live_metrics(project_name)`, answered from the registry database whichever shard the client's query
+/// would have gone to.
+pub(super) async fn serve_live_metrics(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let args = bind(call, &[("project_name", None)])?;
+    let project = text_arg(&args, "project_name")
+        .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
+    let rows = metric_rows(pool, &project).await?;
+    encode::row_description_typed(out, &LIVE_COLUMNS);
+    for r in &rows {
+        encode::data_row_opt(out, r);
+    }
+    encode::command_complete(out, &format!("SELECT {}", rows.len()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sampler_keeps_floor_of_n_times_the_rate() {
+        for rate in [0.0, 0.001, 0.1, 0.25, 1.0 / 3.0, 0.5, 1.0] {
+            let s = LogSetting::new(rate);
+            let mut kept = 0u64;
+            for n in 1..=10_000u64 {
+                kept += u64::from(s.take());
+                assert_eq!(kept, (n as f64 * rate).floor() as u64, "rate {rate} at {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn writes_rows_postgresql_reads_back() {
+        let sql = insert_sql(&[
+            Sample {
+                project: "it's".into(),
+                model_id: 7,
+                arm: Some(1),
+                key: Some("42".into()),
+                features: vec![1.5, f64::NAN, -2e-9],
+                prediction: 3.25,
+                at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            },
+            Sample {
+                project: "p".into(),
+                model_id: 8,
+                arm: None,
+                key: None,
+                features: vec![],
+                prediction: f64::NAN,
+                at: SystemTime::UNIX_EPOCH,
+            },
+        ]);
+        assert!(sql.contains(
+            "($ocelot$it's$ocelot$,7,'B',$ocelot$42$ocelot$,'{1.5,NULL,-2e-9}'::float8[],3.25,to_timestamp(1700000000.123456)::timestamp)"
+        ), "{sql}");
+        assert!(sql.ends_with(
+            ",($ocelot$p$ocelot$,8,NULL,NULL,'{}'::float8[],'NaN',to_timestamp(0.000000)::timestamp)"
+        ), "{sql}");
+    }
+}
