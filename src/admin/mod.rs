@@ -3,9 +3,10 @@
 //! simple query protocol, with PgCat's column names. Everything else gets an ErrorResponse and the console goes on.
 
 mod commands;
+pub mod dashboard;
 pub mod prometheus;
 mod show;
-mod table;
+pub mod table;
 
 use std::sync::Arc;
 
@@ -40,6 +41,37 @@ impl AdminError {
             message: message.into(),
         }
     }
+}
+
+/// The counters of every pool added up, for the history.
+pub fn reading(shared: &Shared) -> crate::stats::history::Reading {
+    let mut totals = crate::stats::Totals::default();
+    let (mut predictions, mut nanos) = (0, 0);
+    for p in shared.snapshot().cluster.all_pools() {
+        for s in p.server_pools() {
+            totals += s.stats.totals();
+        }
+        let (n, t) = p.models.served_totals();
+        predictions += n;
+        nanos += t;
+    }
+    crate::stats::history::Reading::now(totals, predictions, nanos)
+}
+
+/// Adds a point to the traffic history every [`crate::stats::history::STEP`], for as long as the proxy lives.
+pub fn spawn_history(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    shared.history.record(reading(shared));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::stats::history::STEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            shared.history.record(reading(&shared));
+        }
+    });
 }
 
 /// Rolls every server pool's averages each [`crate::stats::STATS_PERIOD`], for as long as the proxy lives.

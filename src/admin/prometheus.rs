@@ -1,7 +1,8 @@
 //! The Prometheus exporter: `GET /metrics` on `host:prometheus_exporter_port` when `enable_prometheus_exporter`
 //! is true, in the text exposition format. PgCat's families keep PgCat's names and labels (`pgcat_stats_*`,
 //! `pgcat_pools_*`, `pgcat_servers_*`, `pgcat_databases_*`) so existing dashboards work; Ocelot's own are
-//! `ocelot_*`. Each scrape reads the counters where they live; nothing is kept for the exporter.
+//! `ocelot_*`. Each scrape reads the counters where they live; nothing is kept for the exporter. The same
+//! listener serves the web dashboard (`dashboard`) on every other GET path.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::dashboard;
 use crate::pool::{ServerPool, UserPool};
 use crate::proxy::{Shared, StartError};
 use crate::stats::{ConnInfo, ConnState, Totals};
@@ -26,7 +28,7 @@ pub async fn spawn(shared: &Arc<Shared>) -> Result<(), StartError> {
         })?;
     if let Ok(a) = listener.local_addr() {
         let _ = shared.metrics_addr.set(a);
-        tracing::info!("Prometheus exporter on http://{a}/metrics");
+        tracing::info!("Prometheus exporter on http://{a}/metrics, dashboard on http://{a}/");
     }
     let weak = Arc::downgrade(shared);
     tokio::spawn(async move {
@@ -64,21 +66,39 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         parts.next().unwrap_or_default(),
     );
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
+    let page = std::str::from_utf8(path).ok().and_then(dashboard::route);
+    let mut extra = "";
+    let (status, ctype, body) = match (method, path, page) {
+        (b"GET", b"/metrics", _) => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             render(shared),
         ),
-        (b"GET", _) => (
+        (b"GET", _, Some(_)) if !dashboard::authorized(shared, &String::from_utf8_lossy(&head)) => {
+            extra = "WWW-Authenticate: Basic realm=\"Ocelot\", charset=\"UTF-8\"\r\n";
+            (
+                "401 Unauthorized",
+                "text/plain",
+                "the dashboard asks for the admin credentials\n".into(),
+            )
+        }
+        (b"GET", _, Some(page)) => match dashboard::render(shared, &page).await {
+            Some(html) => ("200 OK", "text/html; charset=utf-8", html),
+            None => (
+                "404 Not Found",
+                "text/plain",
+                "no model of this project has been served by this Ocelot\n".into(),
+            ),
+        },
+        (b"GET", _, None) => (
             "404 Not Found",
             "text/plain",
-            "not found: try /metrics\n".into(),
+            "not found: try / or /metrics\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;

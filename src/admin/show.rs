@@ -29,6 +29,19 @@ const HELP: &[&str] = &[
 ];
 
 pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), AdminError> {
+    if args.first().is_some_and(|a| a.eq_ignore_ascii_case("help")) {
+        for line in HELP {
+            encode::notice_response(out, line);
+        }
+        encode::command_complete(out, "SHOW");
+        return Ok(());
+    }
+    table(shared, args)?.write(out, "SHOW");
+    Ok(())
+}
+
+/// The result of `SHOW <args>` (other than HELP), for the console and the dashboard.
+pub fn table(shared: &Shared, args: &[String]) -> Result<Table, AdminError> {
     let what = args
         .first()
         .map(|s| s.to_ascii_lowercase())
@@ -37,13 +50,6 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
     let all = snapshot.cluster.all_pools();
     let pools: Vec<&Arc<UserPool>> = all.iter().collect();
     let table = match what.as_str() {
-        "help" => {
-            for line in HELP {
-                encode::notice_response(out, line);
-            }
-            encode::command_complete(out, "SHOW");
-            return Ok(());
-        }
         "config" => config(&snapshot.config),
         "databases" => databases(&pools),
         "pools" => pools_table(shared, &pools),
@@ -74,8 +80,7 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
             })
         }
     };
-    table.write(out, "SHOW");
-    Ok(())
+    Ok(table)
 }
 
 fn secret_key(key: &str) -> bool {

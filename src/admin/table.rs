@@ -35,6 +35,32 @@ impl Table {
         self.rows.push(values.into_iter().map(Some).collect());
     }
 
+    /// The column names, and whether each is a number.
+    pub fn columns(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        self.columns.iter().map(|c| match c {
+            Col::Text(n) => (*n, false),
+            Col::Int(n) => (*n, true),
+        })
+    }
+
+    pub fn rows(&self) -> &[Vec<Option<String>>] {
+        &self.rows
+    }
+
+    /// The rows whose `column` is `value`.
+    pub fn only(&self, column: &str, value: &str) -> Table {
+        let i = self.columns().position(|(n, _)| n == column);
+        Table {
+            columns: self.columns.clone(),
+            rows: self
+                .rows
+                .iter()
+                .filter(|r| i.is_some_and(|i| r[i].as_deref() == Some(value)))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Writes the result set, ending with CommandComplete `tag`.
     pub fn write(&self, out: &mut BytesMut, tag: &str) {
         let cols: Vec<(&str, u32, i16)> = self

@@ -216,6 +216,10 @@ pub struct General {
     pub unix_socket_dir: Option<String>,
     pub admin_username: String,
     pub admin_password: String,
+    /// Ocelot: ask for the admin credentials (HTTP basic auth) on the dashboard pages even when the exporter
+    /// listens on a loopback address; on any other address they are always asked for.
+    #[serde(default)]
+    pub dashboard_auth: bool,
     #[serde(default)]
     pub admin_auth_type: AdminAuthType,
     #[serde(default = "d_true")]

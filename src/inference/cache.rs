@@ -518,6 +518,17 @@ impl Models {
         rows
     }
 
+    /// Predictions served by every model so far, and their time in nanoseconds.
+    pub fn served_totals(&self) -> (u64, u64) {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.known.values().fold((0, 0), |(n, t), (_, _, _, s)| {
+            (
+                n + s.predictions.load(Ordering::Relaxed),
+                t + s.nanos.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Bytes of the models loaded now, and evictions so far.
     pub fn usage(&self) -> (usize, u64) {
         let bytes = self.cache.read().unwrap_or_else(|e| e.into_inner()).bytes;

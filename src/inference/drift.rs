@@ -157,6 +157,12 @@ pub struct FeatureDrift {
     pub train_missing_rate: f64,
     pub psi: f64,
     pub ks: f64,
+    /// The training range the histograms' equal-width bins span.
+    pub min: f64,
+    pub max: f64,
+    /// Proportions per bin (below the range, the [`BINS`] bins, above), in training and in the window.
+    pub train_hist: Vec<f64>,
+    pub live_hist: Vec<f64>,
 }
 
 /// Population stability index of `actual` against `expected` proportions.
@@ -276,6 +282,10 @@ impl Monitor {
                     train_missing_rate: b.missing_rate,
                     psi: if seen { psi(&b.hist, &live) } else { 0.0 },
                     ks: if seen { ks(&b.hist, &live) } else { 0.0 },
+                    min: b.min,
+                    max: b.max,
+                    train_hist: b.hist.clone(),
+                    live_hist: live,
                 }
             })
             .collect()

@@ -86,6 +86,8 @@ pub struct Shared {
     pub auth_failures: watchdog::AuthFailures,
     /// Where the Prometheus exporter listens, once started.
     pub metrics_addr: std::sync::OnceLock<SocketAddr>,
+    /// The last hour of traffic, for the dashboard.
+    pub history: crate::stats::history::History,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl Proxy {
             reloads: Default::default(),
             reload_failures: Default::default(),
             metrics_addr: Default::default(),
+            history: Default::default(),
             auth_failures: Default::default(),
         });
         watchdog::spawn(&shared);
@@ -165,6 +168,7 @@ impl Proxy {
             reload::spawn_autoreload(&shared, Duration::from_millis(ms));
         }
         crate::admin::spawn_stats_roller(&shared);
+        crate::admin::spawn_history(&shared);
         if shared.snapshot().config.general.enable_prometheus_exporter == Some(true) {
             crate::admin::prometheus::spawn(&shared).await?;
         }

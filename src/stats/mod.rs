@@ -6,6 +6,7 @@
 
 pub mod clients;
 pub mod conns;
+pub mod history;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
