@@ -285,3 +285,74 @@ async fn per_row_predictions_of_two_arms_are_scored_by_accuracy_and_f1() {
         assert!(accuracy > 0.5 && accuracy < 1.0, "{accuracy}");
     }
 }
+
+/// A queue the writer cannot keep up with drops samples and counts them; every prediction is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_samples_and_counts_them_without_failing_predictions() {
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE line (x float8, y float8);
+         INSERT INTO line SELECT g, 3 * g + 1 FROM generate_series(1, 100) g;",
+    );
+    let proxy = start_proxy(&config_toml(
+        pg.port,
+        4,
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0\n[inference]\nprediction_log_queue = 8",
+        "",
+    ))
+    .await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    for sql in [
+        "SELECT * FROM pgml.train('line', 'regression', 'line', 'y')",
+        "SELECT * FROM pgml.log_predictions('line', 1)",
+    ] {
+        c.simple_query(sql).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..20u32 {
+        tasks.push(tokio::spawn(async move {
+            let c = connect(port, "postgres", None, "app").await.unwrap();
+            for j in 0..100u32 {
+                let x = (i + j) % 100 + 1;
+                let rows = rows_of(
+                    &c.simple_query(&format!("SELECT pgml.predict('line', ARRAY[{x}])"))
+                        .await
+                        .unwrap(),
+                );
+                assert!((num(&rows[0][0]) - f64::from(3 * x + 1)).abs() < 0.01);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let counters = &proxy
+        .shared()
+        .snapshot()
+        .cluster
+        .all_pools()
+        .into_iter()
+        .find(|p| p.user == "postgres")
+        .unwrap()
+        .models
+        .log
+        .counters;
+    let [queued, _, dropped, failed] = counters.get();
+    assert_eq!(queued + dropped, 2000);
+    assert!(
+        dropped > 0 && queued >= 8,
+        "queued {queued}, dropped {dropped}"
+    );
+    assert_eq!(failed, 0);
+    // What was queued is written.
+    let written = settled_count(&c, "SELECT count(*) FROM pgml.predictions", queued as i64).await;
+    assert_eq!(written, queued as i64);
+    assert_eq!(counters.get()[1], queued);
+    let metrics = scrape(&proxy).await;
+    let line = format!(
+        "ocelot_prediction_log_rows_total{{pool=\"app\",user=\"postgres\",result=\"dropped\"}} {dropped}\n"
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+}

@@ -63,6 +63,13 @@ pub struct Inference {
     /// (`SHOW MODEL DRIFT`, `pgml.drift`), in seconds.
     #[serde(default = "default_drift_window_s")]
     pub drift_window_s: u64,
+    /// Sampled predictions (`pgml.log_predictions`) a pool queues for the registry before it drops new ones.
+    #[serde(default = "default_log_queue")]
+    pub prediction_log_queue: usize,
+}
+
+fn default_log_queue() -> usize {
+    crate::inference::logging::QUEUE
 }
 
 fn default_drift_window_s() -> u64 {
@@ -97,6 +104,7 @@ impl Default for Inference {
             batch_max: default_batch_max(),
             batch_wait_ms: 0,
             drift_window_s: default_drift_window_s(),
+            prediction_log_queue: default_log_queue(),
         }
     }
 }

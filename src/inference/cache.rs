@@ -121,7 +121,6 @@ impl Chosen {
                 key,
                 features,
                 prediction,
-                at: std::time::SystemTime::now(),
             },
         );
     }
@@ -202,6 +201,12 @@ impl Models {
             registry_ready: tokio::sync::OnceCell::new(),
             vector_sql: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Sets how many sampled predictions may wait for the registry.
+    pub fn with_log_queue(mut self, capacity: usize) -> Models {
+        self.log = PredictionLog::new(capacity);
+        self
     }
 
     /// Sets the window of drift monitoring.

@@ -5,14 +5,15 @@
 //! accuracy and macro F1 for classification).
 //!
 //! A prediction never waits for its log row: a sampled row goes into a bounded per-pool queue (a full queue drops
-//! it and counts the drop), and one task per pool writes what has queued in multi-row INSERTs. The sampler is a
+//! it and counts the drop), and one task per pool writes what has queued with COPY. A row's `created_at` is when it was written, a
+//! fraction of a second after the prediction. The sampler is a
 //! counter, not a coin: of a project's first n predictions exactly ⌊n·rate⌋ are kept, so the count written is
 //! predictable under any load.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ use crate::router::session_sql::quote_literal;
 
 /// Samples queued per pool before new ones are dropped.
 pub const QUEUE: usize = 65_536;
-/// Rows per INSERT.
+/// Rows per COPY.
 const BATCH: usize = 2_000;
 /// How long the writer lets a small batch grow before writing it.
 const GATHER: Duration = Duration::from_millis(100);
@@ -65,7 +66,6 @@ pub struct Sample {
     /// The raw features, NaN for NULL.
     pub features: Vec<f64>,
     pub prediction: f64,
-    pub at: SystemTime,
 }
 
 /// What became of a pool's samples.
@@ -91,17 +91,32 @@ impl LogCounters {
 }
 
 /// A pool's queue of samples and its writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PredictionLog {
+    capacity: usize,
     tx: OnceLock<mpsc::Sender<Sample>>,
     pub counters: Arc<LogCounters>,
 }
 
+impl Default for PredictionLog {
+    fn default() -> Self {
+        PredictionLog::new(QUEUE)
+    }
+}
+
 impl PredictionLog {
+    pub fn new(capacity: usize) -> PredictionLog {
+        PredictionLog {
+            capacity: capacity.max(1),
+            tx: OnceLock::new(),
+            counters: Arc::default(),
+        }
+    }
+
     /// Queues `s` to be written to `pool`'s registry; never waits.
     pub fn push(&self, pool: &Arc<UserPool>, s: Sample) {
         let tx = self.tx.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let (tx, rx) = mpsc::channel(self.capacity);
             tokio::spawn(write(Arc::downgrade(pool), rx, self.counters.clone()));
             tx
         });
@@ -119,10 +134,10 @@ async fn write(pool: Weak<UserPool>, mut rx: mpsc::Receiver<Sample>, counters: A
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let Some(pool) = pool.upgrade() else { break };
         let n = batch.len() as u64;
-        let sql = insert_sql(&batch);
+        let data = copy_text(&batch);
         batch.clear();
         let result = match registry_conn(&pool).await {
-            Ok(mut conn) => conn.run(&sql).await.map_err(|e| e.to_string()),
+            Ok(mut conn) => conn.copy_in(COPY, &data).await.map_err(|e| e.to_string()),
             Err(r) => Err(r.message),
         };
         drop(pool);
@@ -142,67 +157,65 @@ async fn write(pool: Weak<UserPool>, mut rx: mpsc::Receiver<Sample>, counters: A
     }
 }
 
-/// One INSERT of `rows` into `pgml.predictions`.
-fn insert_sql(rows: &[Sample]) -> String {
-    let mut sql = String::with_capacity(64 + rows.len() * 96);
-    sql.push_str(
-        "INSERT INTO pgml.predictions (project, model_id, arm, key, features, prediction, created_at) VALUES ",
-    );
-    for (i, s) in rows.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
+/// The COPY that writes samples.
+const COPY: &str =
+    "COPY pgml.predictions (project, model_id, arm, key, features, prediction) FROM STDIN";
+
+/// `rows` in COPY's text format (half the server's work of a multi-row INSERT).
+fn copy_text(rows: &[Sample]) -> Vec<u8> {
+    let mut out = String::with_capacity(rows.len() * 64);
+    for s in rows {
+        push_text(&mut out, &s.project);
+        let _ = write!(out, "\t{}\t", s.model_id);
+        out.push_str(match s.arm {
+            Some(0) => "A",
+            Some(_) => "B",
+            None => "\\N",
+        });
+        out.push('\t');
+        match &s.key {
+            Some(k) => push_text(&mut out, k),
+            None => out.push_str("\\N"),
         }
-        let arm = match s.arm {
-            Some(0) => "'A'",
-            Some(_) => "'B'",
-            None => "NULL",
-        };
-        let key = s.key.as_deref().map_or("NULL".into(), quote_literal);
-        let _ = write!(
-            sql,
-            "({},{},{arm},{key},'{{",
-            quote_literal(&s.project),
-            s.model_id
-        );
+        out.push_str("\t{");
         for (j, v) in s.features.iter().enumerate() {
             if j > 0 {
-                sql.push(',');
+                out.push(',');
             }
-            push_float(&mut sql, *v);
-        }
-        sql.push_str("}'::float8[],");
-        if s.prediction.is_nan() {
-            sql.push_str("'NaN'");
-        } else if s.prediction.is_infinite() {
-            sql.push_str(if s.prediction > 0.0 {
-                "'Infinity'"
+            if v.is_nan() {
+                out.push_str("NULL");
             } else {
-                "'-Infinity'"
-            });
-        } else {
-            push_float(&mut sql, s.prediction);
+                push_float(&mut out, *v);
+            }
         }
-        let t =
-            s.at.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
-        let _ = write!(
-            sql,
-            ",to_timestamp({}.{:06})::timestamp)",
-            t.as_secs(),
-            t.subsec_micros()
-        );
+        out.push_str("}\t");
+        push_float(&mut out, s.prediction);
+        out.push('\n');
     }
-    sql
+    out.into_bytes()
 }
 
-/// A float in a form PostgreSQL reads back exactly; NaN (a missing feature) as NULL.
-fn push_float(sql: &mut String, v: f64) {
+/// A text value escaped for COPY's text format.
+fn push_text(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A float as PostgreSQL reads it back exactly.
+fn push_float(out: &mut String, v: f64) {
     if v.is_nan() {
-        sql.push_str("NULL");
+        out.push_str("NaN");
     } else if v.is_infinite() {
-        sql.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        let _ = write!(sql, "{v:?}");
+        let _ = write!(out, "{v:?}");
     }
 }
 
@@ -363,16 +376,15 @@ mod tests {
     }
 
     #[test]
-    fn writes_rows_postgresql_reads_back() {
-        let sql = insert_sql(&[
+    fn writes_rows_in_copy_text_format() {
+        let text = copy_text(&[
             Sample {
-                project: "it's".into(),
+                project: "it's\ta\\b".into(),
                 model_id: 7,
                 arm: Some(1),
-                key: Some("42".into()),
-                features: vec![1.5, f64::NAN, -2e-9],
+                key: Some("42\n".into()),
+                features: vec![1.5, f64::NAN, -2e-9, f64::INFINITY],
                 prediction: 3.25,
-                at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             },
             Sample {
                 project: "p".into(),
@@ -381,14 +393,11 @@ mod tests {
                 key: None,
                 features: vec![],
                 prediction: f64::NAN,
-                at: SystemTime::UNIX_EPOCH,
             },
         ]);
-        assert!(sql.contains(
-            "($ocelot$it's$ocelot$,7,'B',$ocelot$42$ocelot$,'{1.5,NULL,-2e-9}'::float8[],3.25,to_timestamp(1700000000.123456)::timestamp)"
-        ), "{sql}");
-        assert!(sql.ends_with(
-            ",($ocelot$p$ocelot$,8,NULL,NULL,'{}'::float8[],'NaN',to_timestamp(0.000000)::timestamp)"
-        ), "{sql}");
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "it's\\ta\\\\b\t7\tB\t42\\n\t{1.5,NULL,-2e-9,Infinity}\t3.25\np\t8\t\\N\t\\N\t{}\tNaN\n"
+        );
     }
 }

@@ -433,7 +433,8 @@ pub(super) fn user_pool(
         )
         .with_drift_window(std::time::Duration::from_secs(
             config.inference.drift_window_s.max(1),
-        )),
+        ))
+        .with_log_queue(config.inference.prediction_log_queue.max(1)),
         registry: OnceLock::new(),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),

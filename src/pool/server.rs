@@ -220,7 +220,7 @@ impl ServerConn {
 
     /// Runs `sql` and returns all its rows as text values.
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PoolError> {
-        self.exchange_rows(sql, true).await.map(|r| {
+        self.exchange_rows(sql, true, None).await.map(|r| {
             let mut rows = Vec::with_capacity(1 + r.more_rows.len());
             rows.extend(r.first_row);
             rows.extend(r.more_rows);
@@ -228,13 +228,23 @@ impl ServerConn {
         })
     }
 
+    /// Runs `sql`, a `COPY ... FROM STDIN`, sending `data` (in the COPY's format) as its input.
+    pub async fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<(), PoolError> {
+        self.exchange_rows(sql, false, Some(data)).await.map(|_| ())
+    }
+
     async fn exchange(&mut self, sql: &str) -> Result<Exchange, PoolError> {
-        self.exchange_rows(sql, false).await
+        self.exchange_rows(sql, false, None).await
     }
 
     /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery, keeping the first row or
-    /// (`all`) every row.
-    async fn exchange_rows(&mut self, sql: &str, all: bool) -> Result<Exchange, PoolError> {
+    /// (`all`) every row; `copy` is the input of a COPY FROM STDIN.
+    async fn exchange_rows(
+        &mut self,
+        sql: &str,
+        all: bool,
+        mut copy: Option<&[u8]>,
+    ) -> Result<Exchange, PoolError> {
         if !self.rbuf.is_empty() {
             return Err(self.lost("unread bytes before an internal query"));
         }
@@ -292,6 +302,15 @@ impl ServerConn {
                 }
                 backend::ERROR_RESPONSE => {
                     error = Some(decode::error_fields(body).unwrap_or_default());
+                }
+                backend::COPY_IN_RESPONSE if copy.is_some() => {
+                    let data = copy.take().unwrap_or_default();
+                    let mut out = BytesMut::with_capacity(data.len() + 10);
+                    encode::copy_data(&mut out, data);
+                    encode::copy_done(&mut out);
+                    if let Err(e) = self.stream.write_all(&out).await {
+                        return Err(self.lost(e.to_string()));
+                    }
                 }
                 backend::COPY_IN_RESPONSE
                 | backend::COPY_OUT_RESPONSE

@@ -318,6 +318,11 @@ pub fn copy_data(buf: &mut BytesMut, data: &[u8]) {
     message(buf, frontend::COPY_DATA, |b| b.put_slice(data));
 }
 
+/// CopyDone.
+pub fn copy_done(buf: &mut BytesMut) {
+    message(buf, frontend::COPY_DONE, |_| {});
+}
+
 /// CopyFail with a reason.
 pub fn copy_fail(buf: &mut BytesMut, reason: &str) {
     message(buf, frontend::COPY_FAIL, |b| cstr(b, reason.as_bytes()));
