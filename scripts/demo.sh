@@ -21,6 +21,7 @@ REPLICA2_PORT=${REPLICA2_PORT:-15434}
 SHARD1_PORT=${SHARD1_PORT:-15435}
 SHARD1_REPLICA_PORT=${SHARD1_REPLICA_PORT:-15436}
 OCELOT_PORT=${OCELOT_PORT:-6432}
+METRICS_PORT=${METRICS_PORT:-9930}
 
 cleanup() {
   "${AS[@]}" pg_ctl -D "$DEMO/replica" -m fast stop >/dev/null 2>&1 || true
@@ -77,6 +78,8 @@ host = "127.0.0.1"
 port = $OCELOT_PORT
 admin_username = "admin"
 admin_password = "admin"
+enable_prometheus_exporter = true
+prometheus_exporter_port = $METRICS_PORT
 
 [pools.demo]
 pool_mode = "transaction"
@@ -150,6 +153,11 @@ cat <<MSG
                    UPDATE accounts SET owner = 'y' WHERE id = 2; COMMIT;    (a transaction across shards)
             /* shard_id: 1 */ SELECT count(*) FROM accounts;               (one shard, by comment)
 
+  Models in the proxy (no extension on the servers), in the sharded pool:
+            SELECT * FROM pgml.train('balances', 'regression', 'accounts', 'balance');
+            SELECT * FROM pgml.log_predictions('balances', 1);
+            SELECT id, pgml.predict('balances', ARRAY[id]) FROM accounts;
+  Dashboard: http://127.0.0.1:$METRICS_PORT/    Metrics: http://127.0.0.1:$METRICS_PORT/metrics
   Config: $DEMO/pgcat.toml    Stop: Ctrl-C
 
 MSG
