@@ -44,6 +44,10 @@ CONF
 echo "host replication all 127.0.0.1/32 trust" >> "$DEMO/primary/pg_hba.conf"
 "${AS[@]}" pg_ctl -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
 psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE demo" postgres
+# Sample houses for the in-proxy models: id, size, rooms and the price to learn.
+psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d demo -c \
+  "CREATE TABLE houses AS SELECT g AS id, 40 + g % 160 AS size, 1 + g % 5 AS rooms,
+     50 + 3 * (40 + g % 160) + 10 * (1 + g % 5) + g % 7 AS price FROM generate_series(1, 1000) g"
 psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE shard0" postgres
 # Each shard holds the hash partition Ocelot routes to it (modulus 2), so a misrouted row could not be stored.
 psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d shard0 -c \
@@ -153,10 +157,13 @@ cat <<MSG
                    UPDATE accounts SET owner = 'y' WHERE id = 2; COMMIT;    (a transaction across shards)
             /* shard_id: 1 */ SELECT count(*) FROM accounts;               (one shard, by comment)
 
-  Models in the proxy (no extension on the servers), in the sharded pool:
-            SELECT * FROM pgml.train('balances', 'regression', 'accounts', 'balance');
-            SELECT * FROM pgml.log_predictions('balances', 1);
-            SELECT id, pgml.predict('balances', ARRAY[id]) FROM accounts;
+  Models in the proxy (no extension on the servers), 1000 sample houses:
+    PGPASSWORD=demo psql -h 127.0.0.1 -p $OCELOT_PORT -U demo demo
+  Then try: SELECT * FROM pgml.train('houses', 'regression', 'houses', 'price');
+            SELECT pgml.predict('houses', ARRAY[7, 120, 3]);
+            SELECT * FROM pgml.log_predictions('houses', 0.5, actuals_table => 'houses', actuals_key => 'id');
+            SELECT id, pgml.predict('houses', ARRAY[id, size + 30, rooms]) FROM houses;  (sizes drift)
+            SELECT * FROM pgml.live_metrics('houses');  SELECT * FROM pgml.drift('houses');
   Dashboard: http://127.0.0.1:$METRICS_PORT/    Metrics: http://127.0.0.1:$METRICS_PORT/metrics
   Config: $DEMO/pgcat.toml    Stop: Ctrl-C
 
