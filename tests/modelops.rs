@@ -374,6 +374,54 @@ async fn drift_of_the_features_a_model_is_fed() {
     assert!(shifted[1].1[7] < 0.1, "{shifted:?}");
     assert!(shifted[0].1[8] > steady[0].1[8]);
 
+    // In a bigger query (filtered, sorted, joined) the function's rows are inlined; the server does the rest.
+    let alarms = rows_of(
+        &c.simple_query(
+            "SELECT feature, round(psi::numeric, 6) FROM pgml.drift('shifted') WHERE psi > 0.2 ORDER BY feature",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0][0].as_deref(), Some("a"));
+    let psi: f64 = alarms[0][1].as_deref().unwrap().parse().unwrap();
+    assert!((psi - shifted[0].1[7]).abs() < 1e-6);
+    let joined = rows_of(
+        &c.simple_query(
+            "SELECT s.feature, s.psi < t.psi FROM pgml.drift('steady') AS s JOIN pgml.drift('shifted') t USING (feature) ORDER BY 1",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        joined,
+        vec![
+            vec![Some("a".into()), Some("t".into())],
+            vec![
+                Some("b".into()),
+                Some(
+                    if steady[1].1[7] < shifted[1].1[7] {
+                        "t"
+                    } else {
+                        "f"
+                    }
+                    .into()
+                )
+            ]
+        ]
+    );
+    let none = rows_of(
+        &c.simple_query("SELECT count(*) FROM pgml.drift('shifted') WHERE psi > 100")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(none[0][0].as_deref(), Some("0"));
+    let e = c
+        .simple_query("SELECT feature FROM pgml.drift('nope') WHERE psi > 0")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023", "{e:?}");
+
     // The admin console and the metrics show the same.
     let res = admin_psql(port, "SHOW MODEL DRIFT").unwrap();
     assert_eq!(res.1.len(), 4, "{res:?}");

@@ -284,6 +284,13 @@ async fn per_row_predictions_of_two_arms_are_scored_by_accuracy_and_f1() {
         assert!((num(&l[7]) - f1).abs() < 1e-9, "{l:?} vs {f1}");
         assert!(accuracy > 0.5 && accuracy < 1.0, "{accuracy}");
     }
+    // Filtered like any table: the rows are inlined into the query.
+    let b = rows_of(
+        &c.simple_query("SELECT arm, f1 FROM pgml.live_metrics('cls') m WHERE m.model_id = 2")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(b, vec![vec![Some("B".into()), live[1][7].clone()]]);
 }
 
 /// A queue the writer cannot keep up with drops samples and counts them; every prediction is still answered.

@@ -1,16 +1,25 @@
 //! Constant `pgml.embed(...)` calls inside a bigger query (`ORDER BY pgml.cosine_similarity(emb,
 //! pgml.embed('m', 'question')) DESC LIMIT 5`, `INSERT ... VALUES (1, pgml.embed('m', 'text'))`): Ocelot computes
 //! each embedding once and puts it in the query as an `ARRAY[...]::real[]` literal before the query goes to the
-//! servers, which then need no extension.
+//! servers, which then need no extension. Likewise the table functions only Ocelot can answer,
+//! `pgml.drift(project)` and `pgml.live_metrics(project)`, in a query that filters, sorts or joins them: their
+//! result goes into the query as a `VALUES` list with the functions' column names and types.
 
 use std::sync::Arc;
 
 use super::call::{find_calls, Arg};
+use super::serve::ResultTable;
 use crate::pool::UserPool;
-use crate::router::session_sql::skip_quoted;
+use crate::router::session_sql::{quote_literal, skip_quoted};
 
 /// Byte ranges of the `pgml.embed(...)` calls in `sql`, outside literals and comments.
 fn embed_spans(sql: &str) -> Vec<(usize, usize)> {
+    call_spans(sql, b"pgml.embed")
+}
+
+/// Byte ranges of the calls of `function` (`pgml.name`, any case) in `sql`, outside literals and comments.
+fn call_spans(sql: &str, function: &[u8]) -> Vec<(usize, usize)> {
+    let n = function.len();
     let b = sql.as_bytes();
     let mut spans = Vec::new();
     let mut i = 0;
@@ -22,8 +31,8 @@ fn embed_spans(sql: &str) -> Vec<(usize, usize)> {
         let rest = &b[i..];
         let boundary =
             i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.');
-        if boundary && rest.len() >= 10 && rest[..10].eq_ignore_ascii_case(b"pgml.embed") {
-            let mut j = i + 10;
+        if boundary && rest.len() >= n && rest[..n].eq_ignore_ascii_case(function) {
+            let mut j = i + n;
             while j < b.len() && b[j].is_ascii_whitespace() {
                 j += 1;
             }
@@ -120,6 +129,148 @@ pub async fn inline_embeddings(
     Some(Ok(out))
 }
 
+/// Words that may follow a table function in FROM without being its alias.
+const NOT_ALIAS: &[&str] = &[
+    "where",
+    "join",
+    "left",
+    "right",
+    "inner",
+    "full",
+    "cross",
+    "natural",
+    "on",
+    "using",
+    "order",
+    "group",
+    "having",
+    "limit",
+    "offset",
+    "union",
+    "except",
+    "intersect",
+    "window",
+    "fetch",
+    "for",
+    "returning",
+    "lateral",
+    "with",
+];
+
+/// Whether the text after a table function call gives it an alias (`AS d`, `d`).
+fn has_alias(after: &str) -> bool {
+    let word: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '"')
+        .collect();
+    !word.is_empty() && !NOT_ALIAS.contains(&word.to_ascii_lowercase().as_str())
+}
+
+/// A computed result as a subquery in FROM: the rows as typed literals under the function's column names.
+fn values_subquery(name: &str, (cols, rows): &ResultTable, aliased: bool) -> String {
+    let ty = |oid: u32| match oid {
+        super::params::INT8 => "bigint",
+        super::params::FLOAT8 => "float8",
+        _ => "text",
+    };
+    let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let literal_rows: Vec<String> = if rows.is_empty() {
+        // VALUES needs a row: a typed one, filtered out.
+        vec![format!(
+            "({})",
+            cols.iter()
+                .map(|c| format!("NULL::{}", ty(c.1)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )]
+    } else {
+        rows.iter()
+            .map(|r| {
+                let cells: Vec<String> = cols
+                    .iter()
+                    .zip(r)
+                    .map(|(c, v)| match v {
+                        Some(v) => format!("{}::{}", quote_literal(v), ty(c.1)),
+                        None => format!("NULL::{}", ty(c.1)),
+                    })
+                    .collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect()
+    };
+    let filter = if rows.is_empty() { " WHERE false" } else { "" };
+    let inner = format!(
+        "(SELECT * FROM (VALUES {}) AS ocelot_{name}({}){filter})",
+        literal_rows.join(", "),
+        names.join(", ")
+    );
+    if aliased {
+        inner
+    } else {
+        format!("{inner} AS {name}")
+    }
+}
+
+/// `sql` with each `pgml.drift(...)` and `pgml.live_metrics(...)` replaced by its result; `None` when there is none.
+/// The error is (SQLSTATE, message).
+pub async fn inline_table_functions(
+    pool: &Arc<UserPool>,
+    sql: &str,
+) -> Option<Result<String, (&'static str, String)>> {
+    let mut spans: Vec<(usize, usize, &str)> = Vec::new();
+    for name in ["drift", "live_metrics"] {
+        let f = format!("pgml.{name}");
+        spans.extend(
+            call_spans(sql, f.as_bytes())
+                .into_iter()
+                .map(|(a, b)| (a, b, name)),
+        );
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(sql.len() + 1024);
+    let mut last = 0;
+    for (a, b, name) in spans {
+        let calls = find_calls(&format!("SELECT * FROM {}", &sql[a..b])).ok()?;
+        let [call] = calls.as_slice() else {
+            return None;
+        };
+        let table = match name {
+            "drift" => super::serve::drift_table(pool, call).await,
+            _ => super::logging::live_table(pool, call).await,
+        };
+        let table = match table {
+            Ok(t) => t,
+            Err(r) => return Some(Err((r.code, r.message))),
+        };
+        out.push_str(&sql[last..a]);
+        out.push_str(&values_subquery(name, &table, has_alias(&sql[b..])));
+        last = b;
+    }
+    out.push_str(&sql[last..]);
+    Some(Ok(out))
+}
+
+/// `sql` with what Ocelot computes inlined: constant embeddings, then its table functions.
+pub async fn inline(
+    pool: &Arc<UserPool>,
+    sql: &str,
+) -> Option<Result<String, (&'static str, String)>> {
+    let embedded = match inline_embeddings(pool, sql).await {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return Some(Err(e)),
+        None => None,
+    };
+    let base = embedded.as_deref().unwrap_or(sql);
+    match inline_table_functions(pool, base).await {
+        Some(r) => Some(r),
+        None => embedded.map(Ok),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +285,31 @@ mod tests {
         let found: Vec<&str> = embed_spans(sql).iter().map(|(a, b)| &sql[*a..*b]).collect();
         assert_eq!(found, ["pgml.embed('m', $$x)$$)", "pgml.embed('m', 'y')"]);
         assert!(embed_spans("SELECT xpgml.embed('m', 'y')").is_empty());
+    }
+
+    #[test]
+    fn table_functions_become_values_with_or_without_an_alias() {
+        assert!(has_alias(" d WHERE x"));
+        assert!(has_alias(" AS d"));
+        assert!(!has_alias(" WHERE psi > 0.2"));
+        assert!(!has_alias(" ORDER BY 1"));
+        assert!(!has_alias(")"));
+        assert!(!has_alias(""));
+        let cols = vec![
+            ("model_id", super::super::params::INT8, 8),
+            ("feature", super::super::params::TEXT, -1),
+        ];
+        let rows = vec![
+            vec![Some("1".into()), Some("it's".into())],
+            vec![Some("1".into()), None],
+        ];
+        assert_eq!(
+            values_subquery("drift", &(cols.clone(), rows), false),
+            "(SELECT * FROM (VALUES ($ocelot$1$ocelot$::bigint, $ocelot$it's$ocelot$::text), ($ocelot$1$ocelot$::bigint, NULL::text)) AS ocelot_drift(model_id, feature)) AS drift"
+        );
+        assert_eq!(
+            values_subquery("drift", &(cols, vec![]), true),
+            "(SELECT * FROM (VALUES (NULL::bigint, NULL::text)) AS ocelot_drift(model_id, feature) WHERE false)"
+        );
     }
 }

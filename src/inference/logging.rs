@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::call::{bind, Call};
 use super::models::{refuse, registry_conn, Refusal};
 use super::params::{FLOAT8, INT8, TEXT};
+use super::serve::ResultTable;
 use super::train::text_arg;
 use crate::pool::UserPool;
 use crate::protocol::encode;
@@ -342,21 +343,11 @@ async fn metric_rows(
 
 /// `pgml.live_metrics(project_name)`, answered from the registry database whichever shard the client's query
 /// would have gone to.
-pub(super) async fn serve_live_metrics(
-    pool: &Arc<UserPool>,
-    call: &Call,
-    out: &mut BytesMut,
-) -> Result<(), Refusal> {
+pub(super) async fn live_table(pool: &Arc<UserPool>, call: &Call) -> Result<ResultTable, Refusal> {
     let args = bind(call, &[("project_name", None)])?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
-    let rows = metric_rows(pool, &project).await?;
-    encode::row_description_typed(out, &LIVE_COLUMNS);
-    for r in &rows {
-        encode::data_row_opt(out, r);
-    }
-    encode::command_complete(out, &format!("SELECT {}", rows.len()));
-    Ok(())
+    Ok((LIVE_COLUMNS.to_vec(), metric_rows(pool, &project).await?))
 }
 
 #[cfg(test)]

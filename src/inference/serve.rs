@@ -85,9 +85,13 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         "deploy" => deploy_strategy(pool, call, &mut out).await,
         "deploy_ab" => super::ab::deploy_ab(pool, call, &mut out).await,
         "end_ab" => super::ab::serve_end_ab(pool, call, &mut out).await,
-        "drift" => serve_drift(pool, call, &mut out).await,
+        "drift" => drift_table(pool, call)
+            .await
+            .map(|t| encode_table(&mut out, &t)),
         "log_predictions" => super::logging::log_predictions(pool, call, &mut out).await,
-        "live_metrics" => super::logging::serve_live_metrics(pool, call, &mut out).await,
+        "live_metrics" => super::logging::live_table(pool, call)
+            .await
+            .map(|t| encode_table(&mut out, &t)),
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             super::chunk::serve(call, &mut out)
         }
@@ -115,9 +119,21 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     Some(out)
 }
 
+/// A result Ocelot computes: its columns (name, type oid, length) and rows as text.
+pub(super) type ResultTable = (Vec<(&'static str, u32, i16)>, Vec<Vec<Option<String>>>);
+
+/// Writes `table` as RowDescription, DataRows and CommandComplete.
+pub(super) fn encode_table(out: &mut BytesMut, (cols, rows): &ResultTable) {
+    encode::row_description_typed(out, cols);
+    for r in rows {
+        encode::data_row_opt(out, r);
+    }
+    encode::command_complete(out, &format!("SELECT {}", rows.len()));
+}
+
 /// `pgml.drift(project_name)`: per feature of the deployed model, the window's statistics beside the training
 /// data's, the population stability index and the KS distance (see `drift`).
-async fn serve_drift(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+pub(super) async fn drift_table(pool: &Arc<UserPool>, call: &Call) -> Result<ResultTable, Refusal> {
     use super::params::{FLOAT8, INT8, TEXT};
     let args = super::call::bind(call, &[("project_name", None)])?;
     let project = super::train::text_arg(&args, "project_name")
@@ -129,7 +145,7 @@ async fn serve_drift(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> R
             format!("model {model_id} of {project:?} has no training statistics: train it with Ocelot to monitor its drift"),
         )
     })?;
-    let cols: Vec<(&str, u32, i16)> = [
+    let cols = vec![
         ("model_id", INT8, 8),
         ("feature", TEXT, -1),
         ("n", INT8, 8),
@@ -141,29 +157,29 @@ async fn serve_drift(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> R
         ("train_missing_rate", FLOAT8, 8),
         ("psi", FLOAT8, 8),
         ("ks", FLOAT8, 8),
-    ]
-    .to_vec();
-    encode::row_description_typed(out, &cols);
-    for f in &report {
-        encode::data_row_text(
-            out,
-            &[
-                &model_id.to_string(),
-                &f.feature,
-                &f.n.to_string(),
-                &f.mean.to_string(),
-                &f.std.to_string(),
-                &f.missing_rate.to_string(),
-                &f.train_mean.to_string(),
-                &f.train_std.to_string(),
-                &f.train_missing_rate.to_string(),
-                &f.psi.to_string(),
-                &f.ks.to_string(),
-            ],
-        );
-    }
-    encode::command_complete(out, &format!("SELECT {}", report.len()));
-    Ok(())
+    ];
+    let rows = report
+        .into_iter()
+        .map(|f| {
+            [
+                model_id.to_string(),
+                f.feature,
+                f.n.to_string(),
+                f.mean.to_string(),
+                f.std.to_string(),
+                f.missing_rate.to_string(),
+                f.train_mean.to_string(),
+                f.train_std.to_string(),
+                f.train_missing_rate.to_string(),
+                f.psi.to_string(),
+                f.ks.to_string(),
+            ]
+            .into_iter()
+            .map(Some)
+            .collect()
+        })
+        .collect();
+    Ok((cols, rows))
 }
 
 /// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM

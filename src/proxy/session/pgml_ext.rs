@@ -182,12 +182,12 @@ impl Session {
     }
 
     /// Replaces the Query of `len` bytes at the start of `cbuf` by the same query with its constant `pgml.embed`
-    /// calls computed and inlined, for the client loop to route afresh (an error is answered instead). Returns
+    /// calls and its `pgml.drift` and `pgml.live_metrics` tables computed and inlined, for the client loop to route afresh (an error is answered instead). Returns
     /// false when there is nothing to inline.
     async fn inline_pgml(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..len];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        match crate::inference::inline::inline_embeddings(&self.pool, &sql).await {
+        match crate::inference::inline::inline(&self.pool, &sql).await {
             None => Ok(false),
             Some(Ok(inlined)) => {
                 let mut q = BytesMut::with_capacity(inlined.len() + 6 + self.cbuf.len() - len);
