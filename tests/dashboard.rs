@@ -183,3 +183,21 @@ async fn the_dashboard_asks_for_the_admin_credentials_when_configured() {
     // Prometheus scrapes without credentials, as from PgCat.
     assert_eq!(get(addr, "/metrics", None).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_dashboard_always_asks_for_the_admin_credentials() {
+    let pg = Postgres::start();
+    let toml = config_toml(
+        pg.port,
+        2,
+        "enable_prometheus_exporter = true\nprometheus_exporter_port = 0",
+        "",
+    )
+    .replace("host = \"127.0.0.1\"", "host = \"0.0.0.0\"");
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.shared().metrics_addr.get().unwrap().port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(addr, "/", None).await.0, 401);
+    assert_eq!(get(addr, "/", Some("admin:admin")).await.0, 200);
+    assert_eq!(get(addr, "/metrics", None).await.0, 200);
+}
