@@ -514,10 +514,10 @@ async fn prometheus_metrics_parse_and_follow_traffic() {
         }
     }
     assert!(used > 20, "{used}");
-    // Anything but /metrics is a 404.
+    // Paths other than /metrics and the dashboard's are 404.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut resp = String::new();
