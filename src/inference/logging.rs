@@ -262,22 +262,7 @@ pub(super) async fn log_predictions(
         .await?
         .ok_or_else(|| refuse("22023", format!("project {project:?} does not exist")))?;
     if let (Some(t), Some(k)) = (&table, &key) {
-        let missing = conn
-            .query_value(&format!(
-                "SELECT CASE WHEN to_regclass({t}) IS NULL THEN 'table ' || {t} \
-                 ELSE (SELECT string_agg('column ' || c, ', ') FROM unnest(ARRAY[{k}, {c}]) c WHERE c IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass({t}) AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)) END",
-                t = quote_literal(t),
-                k = quote_literal(k),
-                c = lit(&column),
-            ))
-            .await?;
-        if let Some(m) = missing {
-            return Err(refuse(
-                "42P01",
-                format!("actuals: {m} not found in the registry database"),
-            ));
-        }
+        check_actuals(&mut conn, t, k, column.as_deref()).await?;
     }
     conn.run(&format!(
         "INSERT INTO pgml.prediction_logging (project_id, sample_rate, actuals_table, actuals_key, actuals_column) \
@@ -306,6 +291,32 @@ pub(super) async fn log_predictions(
     );
     encode::command_complete(out, "SELECT 1");
     Ok(())
+}
+
+/// Refuses an actuals table, key column or value column that the registry database does not have.
+async fn check_actuals(
+    conn: &mut crate::pool::server::ServerConn,
+    table: &str,
+    key: &str,
+    column: Option<&str>,
+) -> Result<(), Refusal> {
+    let missing = conn
+        .query_value(&format!(
+            "SELECT CASE WHEN to_regclass({t}) IS NULL THEN 'table ' || {t} \
+             ELSE (SELECT string_agg('column ' || c, ', ') FROM unnest(ARRAY[{k}, {c}]) c WHERE c IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass({t}) AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)) END",
+            t = quote_literal(table),
+            k = quote_literal(key),
+            c = column.map_or("NULL".into(), quote_literal),
+        ))
+        .await?;
+    match missing {
+        Some(m) => Err(refuse(
+            "42P01",
+            format!("actuals: {m} not found in the registry database"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The columns of `pgml.live_metrics`.

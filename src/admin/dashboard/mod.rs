@@ -104,10 +104,49 @@ fn project_link(column: &str, value: &str) -> Option<String> {
 }
 
 fn overview(shared: &Shared) -> String {
+    let mut body = section(
+        "traffic",
+        "Traffic, last hour",
+        &format!("<div class=\"charts\">{}</div>", traffic_charts(shared)),
+    );
+    for (id, heading, what, empty) in [
+        ("pools", "Pools", "pools", "No pools."),
+        (
+            "servers",
+            "Servers",
+            "servers",
+            "No server connections open.",
+        ),
+        ("bans", "Bans", "bans", "No server is banned."),
+        (
+            "models",
+            "Models",
+            "models",
+            "No model has been served yet.",
+        ),
+        ("ab", "A/B tests", "ab", "No A/B test is running."),
+    ] {
+        let link: &dyn Fn(&str, &str) -> Option<String> = if matches!(what, "models" | "ab") {
+            &project_link
+        } else {
+            &no_link
+        };
+        body.push_str(&section(
+            id,
+            heading,
+            &html::table(&admin_table(shared, &[what]), empty, link),
+        ));
+    }
+    body.push_str(&section("log", "Prediction log", &log_table(shared)));
+    page("Overview", &body)
+}
+
+/// The charts of the last hour's throughput, request time and predictions.
+fn traffic_charts(shared: &Shared) -> String {
     let points = shared.history.points(crate::admin::reading(shared));
     let times: Vec<u64> = points.iter().map(|p| p.at).collect();
     let pick = |f: fn(&crate::stats::history::Point) -> f64| points.iter().map(f).collect();
-    let charts = [
+    [
         line_chart(
             "throughput",
             "Throughput",
@@ -154,42 +193,7 @@ fn overview(shared: &Shared) -> String {
             }],
         ),
     ]
-    .concat();
-    let mut body = section(
-        "traffic",
-        "Traffic, last hour",
-        &format!("<div class=\"charts\">{charts}</div>"),
-    );
-    for (id, heading, what, empty) in [
-        ("pools", "Pools", "pools", "No pools."),
-        (
-            "servers",
-            "Servers",
-            "servers",
-            "No server connections open.",
-        ),
-        ("bans", "Bans", "bans", "No server is banned."),
-        (
-            "models",
-            "Models",
-            "models",
-            "No model has been served yet.",
-        ),
-        ("ab", "A/B tests", "ab", "No A/B test is running."),
-    ] {
-        let link: &dyn Fn(&str, &str) -> Option<String> = if matches!(what, "models" | "ab") {
-            &project_link
-        } else {
-            &no_link
-        };
-        body.push_str(&section(
-            id,
-            heading,
-            &html::table(&admin_table(shared, &[what]), empty, link),
-        ));
-    }
-    body.push_str(&section("log", "Prediction log", &log_table(shared)));
-    page("Overview", &body)
+    .concat()
 }
 
 /// The prediction log's counters per pool.
