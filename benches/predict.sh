@@ -32,10 +32,7 @@ P=${BASE_PORT:-46432}
 bench_setup predictbench
 
 start_pg pg "$P" "-c max_connections=200"
-psql -X -q -h 127.0.0.1 -p "$P" -U postgres -c "CREATE DATABASE bench" postgres
-psql -X -q -h 127.0.0.1 -p "$P" -U postgres -d bench -c \
-  "CREATE TABLE house AS SELECT s AS size, r AS rooms, a AS age, 50 + 3 * s + 10 * r - 0.5 * a AS price
-     FROM (SELECT (40 + (g * 37) % 160)::float8 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 1000) g) t"
+seed_house "$P"
 cat > "$W/ocelot.toml" <<CONF
 [general]
 host = "127.0.0.1"

@@ -14,24 +14,10 @@ CLIENTS=${CLIENTS:-50}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 ROUNDS=${ROUNDS:-3}
 P=${BASE_PORT:-25432}
-W=$(mktemp -d /tmp/ocelot-logbench.XXXXXX)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$W"; AS=(runuser -u postgres --); fi
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${AS[@]}" pg_ctl -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-"${AS[@]}" initdb -A trust -U postgres -D "$W/pg" --no-sync >/dev/null
-"${AS[@]}" pg_ctl -D "$W/pg" -l "$W/pg.log" -w \
-  -o "-p $P -k $W -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
-psql -X -q -h 127.0.0.1 -p "$P" -U postgres -c "CREATE DATABASE bench" postgres
-psql -X -q -h 127.0.0.1 -p "$P" -U postgres -d bench -c \
-  "CREATE TABLE house AS SELECT s AS size, r AS rooms, a AS age, 50 + 3 * s + 10 * r - 0.5 * a AS price
-     FROM (SELECT (40 + (g * 37) % 160)::float8 AS s, 1 + (g * 7) % 6 AS r, (g * 13) % 80 AS a FROM generate_series(1, 1000) g) t"
+. benches/lib.sh
+bench_setup logbench
+start_pg pg "$P" "-c max_connections=200"
+seed_house "$P"
 cat > "$W/ocelot.toml" <<CONF
 [general]
 host = "127.0.0.1"
@@ -63,7 +49,7 @@ for round in $(seq "$ROUNDS"); do
     q "SELECT * FROM pgml.log_predictions('houses', $rate)" >/dev/null
     R[$rate]+="$(run) "
   done
-  echo "round $round: off ${R[0]##* } 0.1 ${R[0.1]% } 1.0 ${R[1]% }" | awk '{print "round", $2, "done"}'
+  echo "round $round done"
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 off=$(echo "${R[0]}" | median)

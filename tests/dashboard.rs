@@ -7,28 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One GET: the status line's code, the head and the body.
-async fn get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth.map_or(String::new(), |a| {
-        format!(
-            "Authorization: Basic {}\r\n",
-            base64::engine::general_purpose::STANDARD.encode(a)
-        )
-    });
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head[9..12].parse().unwrap();
-    (code, head.to_owned(), body.to_owned())
-}
 
 fn artifacts() -> PathBuf {
     let dir = std::env::var_os("OCELOT_ARTIFACTS").map_or_else(
@@ -88,7 +67,7 @@ async fn the_dashboard_shows_pools_traffic_models_and_drift() {
     // A second passes so the traffic chart has its first point.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
-    let (code, _, overview) = get(addr, "/", None).await;
+    let (code, _, overview) = http_get(addr, "/", None).await;
     assert_eq!(code, 200, "{overview}");
     for part in [
         "<section id=\"pools\">",
@@ -100,7 +79,7 @@ async fn the_dashboard_shows_pools_traffic_models_and_drift() {
     ] {
         assert!(overview.contains(part), "{part} not in {overview}");
     }
-    let (code, _, model) = get(addr, "/models/scores", None).await;
+    let (code, _, model) = http_get(addr, "/models/scores", None).await;
     assert_eq!(code, 200, "{model}");
     // Two features, each a chart of 12 bins × (training, window); x drifted, k (the entity number) did too.
     assert_eq!(model.matches("class=\"drift-chart\"").count(), 2, "{model}");
@@ -113,8 +92,8 @@ async fn the_dashboard_shows_pools_traffic_models_and_drift() {
         ),
         "{model}"
     );
-    assert_eq!(get(addr, "/models/nope", None).await.0, 404);
-    assert_eq!(get(addr, "/nope", None).await.0, 404);
+    assert_eq!(http_get(addr, "/models/nope", None).await.0, 404);
+    assert_eq!(http_get(addr, "/nope", None).await.0, 404);
 
     browser_checks(&format!("http://{addr}"), "scores", None);
 }
@@ -168,20 +147,23 @@ async fn the_dashboard_asks_for_the_admin_credentials_when_configured() {
     ))
     .await;
     let addr = *proxy.shared().metrics_addr.get().unwrap();
-    let (code, head, _) = get(addr, "/", None).await;
+    let (code, head, _) = http_get(addr, "/", None).await;
     assert_eq!(code, 401);
     assert!(
         head.contains("WWW-Authenticate: Basic realm=\"Ocelot\""),
         "{head}"
     );
-    assert_eq!(get(addr, "/", Some("admin:wrong")).await.0, 401);
-    assert_eq!(get(addr, "/", Some("admin:admi")).await.0, 401);
-    assert_eq!(get(addr, "/models/x", Some("nobody:admin")).await.0, 401);
-    let (code, _, body) = get(addr, "/", Some("admin:admin")).await;
+    assert_eq!(http_get(addr, "/", Some("admin:wrong")).await.0, 401);
+    assert_eq!(http_get(addr, "/", Some("admin:admi")).await.0, 401);
+    assert_eq!(
+        http_get(addr, "/models/x", Some("nobody:admin")).await.0,
+        401
+    );
+    let (code, _, body) = http_get(addr, "/", Some("admin:admin")).await;
     assert_eq!(code, 200);
     assert!(body.contains("<td>app</td>"), "{body}");
     // Prometheus scrapes without credentials, as from PgCat.
-    assert_eq!(get(addr, "/metrics", None).await.0, 200);
+    assert_eq!(http_get(addr, "/metrics", None).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +179,7 @@ async fn off_loopback_the_dashboard_always_asks_for_the_admin_credentials() {
     let proxy = start_proxy(&toml).await;
     let port = proxy.shared().metrics_addr.get().unwrap().port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    assert_eq!(get(addr, "/", None).await.0, 401);
-    assert_eq!(get(addr, "/", Some("admin:admin")).await.0, 200);
-    assert_eq!(get(addr, "/metrics", None).await.0, 200);
+    assert_eq!(http_get(addr, "/", None).await.0, 401);
+    assert_eq!(http_get(addr, "/", Some("admin:admin")).await.0, 200);
+    assert_eq!(http_get(addr, "/metrics", None).await.0, 200);
 }

@@ -207,11 +207,7 @@ async fn secrets_never_show() {
         seen.push_str(&out);
         seen.push_str(&err);
     }
-    let addr = *proxy.shared().metrics_addr.get().unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-    s.read_to_string(&mut seen).await.unwrap();
+    seen.push_str(&metrics_text(&proxy).await);
     let logs = captured_logs();
     assert!(logs.contains("login refused"), "the logs were captured");
     for secret in secrets {

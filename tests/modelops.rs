@@ -374,53 +374,7 @@ async fn drift_of_the_features_a_model_is_fed() {
     assert!(shifted[1].1[7] < 0.1, "{shifted:?}");
     assert!(shifted[0].1[8] > steady[0].1[8]);
 
-    // In a bigger query (filtered, sorted, joined) the function's rows are inlined; the server does the rest.
-    let alarms = rows_of(
-        &c.simple_query(
-            "SELECT feature, round(psi::numeric, 6) FROM pgml.drift('shifted') WHERE psi > 0.2 ORDER BY feature",
-        )
-        .await
-        .unwrap(),
-    );
-    assert_eq!(alarms.len(), 1, "{alarms:?}");
-    assert_eq!(alarms[0][0].as_deref(), Some("a"));
-    let psi: f64 = alarms[0][1].as_deref().unwrap().parse().unwrap();
-    assert!((psi - shifted[0].1[7]).abs() < 1e-6);
-    let joined = rows_of(
-        &c.simple_query(
-            "SELECT s.feature, s.psi < t.psi FROM pgml.drift('steady') AS s JOIN pgml.drift('shifted') t USING (feature) ORDER BY 1",
-        )
-        .await
-        .unwrap(),
-    );
-    assert_eq!(
-        joined,
-        vec![
-            vec![Some("a".into()), Some("t".into())],
-            vec![
-                Some("b".into()),
-                Some(
-                    if steady[1].1[7] < shifted[1].1[7] {
-                        "t"
-                    } else {
-                        "f"
-                    }
-                    .into()
-                )
-            ]
-        ]
-    );
-    let none = rows_of(
-        &c.simple_query("SELECT count(*) FROM pgml.drift('shifted') WHERE psi > 100")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(none[0][0].as_deref(), Some("0"));
-    let e = c
-        .simple_query("SELECT feature FROM pgml.drift('nope') WHERE psi > 0")
-        .await
-        .unwrap_err();
-    assert_eq!(e.code().unwrap().code(), "22023", "{e:?}");
+    drift_in_bigger_queries(&c, shifted[0].1[7], steady[1].1[7] < shifted[1].1[7]).await;
 
     // The admin console and the metrics show the same.
     let res = admin_psql(port, "SHOW MODEL DRIFT").unwrap();
@@ -437,12 +391,7 @@ async fn drift_of_the_features_a_model_is_fed() {
         admin_value(&res, row, "psi").parse().unwrap()
     };
     assert!((psi_of("shifted", "a") - shifted[0].1[7]).abs() < 1e-3);
-    let addr = *proxy.shared().metrics_addr.get().unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut metrics = String::new();
-    s.read_to_string(&mut metrics).await.unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics
             .lines()
@@ -457,4 +406,49 @@ async fn drift_of_the_features_a_model_is_fed() {
         .await
         .unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("22023"));
+}
+
+/// `pgml.drift` inside bigger queries (filtered, sorted, joined): its rows are inlined and the server does the
+/// rest. `shifted_a_psi` is what the whole call gave for the shifted feature; `b_grew` whether b's PSI is larger in
+/// the shifted project.
+async fn drift_in_bigger_queries(c: &tokio_postgres::Client, shifted_a_psi: f64, b_grew: bool) {
+    let alarms = rows_of(
+        &c.simple_query(
+            "SELECT feature, round(psi::numeric, 6) FROM pgml.drift('shifted') WHERE psi > 0.2 ORDER BY feature",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0][0].as_deref(), Some("a"));
+    let psi: f64 = alarms[0][1].as_deref().unwrap().parse().unwrap();
+    assert!((psi - shifted_a_psi).abs() < 1e-6);
+    let joined = rows_of(
+        &c.simple_query(
+            "SELECT s.feature, s.psi < t.psi FROM pgml.drift('steady') AS s JOIN pgml.drift('shifted') t USING (feature) ORDER BY 1",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        joined,
+        vec![
+            vec![Some("a".into()), Some("t".into())],
+            vec![
+                Some("b".into()),
+                Some(if b_grew { "t" } else { "f" }.into())
+            ]
+        ]
+    );
+    let none = rows_of(
+        &c.simple_query("SELECT count(*) FROM pgml.drift('shifted') WHERE psi > 100")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(none[0][0].as_deref(), Some("0"));
+    let e = c
+        .simple_query("SELECT feature FROM pgml.drift('nope') WHERE psi > 0")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023", "{e:?}");
 }

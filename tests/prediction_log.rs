@@ -5,16 +5,6 @@
 mod common;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(proxy: &ocelot::proxy::Proxy) -> String {
-    let addr = *proxy.shared().metrics_addr.get().unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut metrics = String::new();
-    s.read_to_string(&mut metrics).await.unwrap();
-    metrics
-}
 
 /// Polls `sql` (a count) until it reaches `want` or stops growing for two seconds; returns the last count.
 async fn settled_count(c: &tokio_postgres::Client, sql: &str, want: i64) -> i64 {
@@ -34,6 +24,30 @@ async fn settled_count(c: &tokio_postgres::Client, sql: &str, want: i64) -> i64 
             return n;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Bad settings are refused with the right codes, and the client goes on.
+async fn refuses_bad_settings(c: &tokio_postgres::Client) {
+    for (sql, code) in [
+        ("SELECT * FROM pgml.log_predictions('line', 2)", "22023"),
+        ("SELECT * FROM pgml.log_predictions('nope', 0.5)", "22023"),
+        (
+            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'missing', actuals_key => 'id')",
+            "42P01",
+        ),
+        (
+            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'outcomes', actuals_key => 'nope')",
+            "42P01",
+        ),
+        (
+            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'outcomes')",
+            "22023",
+        ),
+        ("SELECT * FROM pgml.live_metrics('nope')", "22023"),
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), code, "{sql}: {e:?}");
     }
 }
 
@@ -109,7 +123,7 @@ async fn a_sample_of_predictions_is_logged_under_load_and_scored_against_actuals
     )
     .await;
     assert_eq!(logged, 2500);
-    let metrics = scrape(&proxy).await;
+    let metrics = metrics_text(&proxy).await;
     for (result, n) in [
         ("queued", 2500),
         ("written", 2500),
@@ -180,27 +194,7 @@ async fn a_sample_of_predictions_is_logged_under_load_and_scored_against_actuals
     let after = settled_count(&c, "SELECT count(*) FROM pgml.predictions", 2500).await;
     assert_eq!(after, 2500);
 
-    // Bad settings are refused with the right codes, and the client goes on.
-    for (sql, code) in [
-        ("SELECT * FROM pgml.log_predictions('line', 2)", "22023"),
-        ("SELECT * FROM pgml.log_predictions('nope', 0.5)", "22023"),
-        (
-            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'missing', actuals_key => 'id')",
-            "42P01",
-        ),
-        (
-            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'outcomes', actuals_key => 'nope')",
-            "42P01",
-        ),
-        (
-            "SELECT * FROM pgml.log_predictions('line', 0.5, actuals_table => 'outcomes')",
-            "22023",
-        ),
-        ("SELECT * FROM pgml.live_metrics('nope')", "22023"),
-    ] {
-        let e = c.simple_query(sql).await.unwrap_err();
-        assert_eq!(e.code().unwrap().code(), code, "{sql}: {e:?}");
-    }
+    refuses_bad_settings(&c).await;
     c.simple_query("SELECT 1").await.unwrap();
 }
 
@@ -357,7 +351,7 @@ async fn a_full_queue_drops_samples_and_counts_them_without_failing_predictions(
     let written = settled_count(&c, "SELECT count(*) FROM pgml.predictions", queued as i64).await;
     assert_eq!(written, queued as i64);
     assert_eq!(counters.get()[1], queued);
-    let metrics = scrape(&proxy).await;
+    let metrics = metrics_text(&proxy).await;
     let line = format!(
         "ocelot_prediction_log_rows_total{{pool=\"app\",user=\"postgres\",result=\"dropped\"}} {dropped}\n"
     );

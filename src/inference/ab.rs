@@ -72,6 +72,11 @@ pub fn number_key(v: f64) -> String {
     format!("{v}")
 }
 
+/// The key of a prediction without an `ab_key`: its first feature, unless missing.
+pub fn first_feature_key(x: &[f64]) -> Option<String> {
+    x.first().filter(|v| !v.is_nan()).map(|v| number_key(*v))
+}
+
 impl AbTest {
     /// The arm of `key`.
     pub fn arm(&self, key: &[u8]) -> usize {

@@ -196,8 +196,7 @@ fn predict(
         model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
         if let Some(raw) = logged {
-            let key = raw.first().filter(|v| !v.is_nan());
-            let key = key.map(|v| super::ab::number_key(*v));
+            let key = super::ab::first_feature_key(&raw);
             chosen.record(pool, fed, arm, key, raw, f64::from(y));
         }
         let row = plan

@@ -403,6 +403,37 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
     predict_named(pool, call, None, out).await
 }
 
+/// `pgml.predict_batch` with `chosen`'s model over the flat features `x`: counted, fed to drift and logged per
+/// row.
+fn serve_batch(
+    pool: &Arc<UserPool>,
+    chosen: &super::cache::Chosen,
+    x: Vec<f64>,
+    set: bool,
+    name: &str,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let started = std::time::Instant::now();
+    let model = &chosen.model.model;
+    let width = model.num_features().max(1);
+    if !x.iter().any(|v| v.is_nan()) {
+        for row in x.chunks(width) {
+            chosen.model.observe(row);
+        }
+    }
+    let raw = chosen.log.is_some().then(|| x.clone());
+    let ys = predict_batch(model, x, set, name, out)?;
+    chosen.served(ys.len() as u64, started.elapsed());
+    let arm = chosen.ab.as_ref().map_or(0, |(_, a)| *a);
+    for (row, y) in raw.iter().flat_map(|r| r.chunks(width)).zip(&ys) {
+        if chosen.sample() {
+            let key = super::ab::first_feature_key(row);
+            chosen.record(pool, &chosen.model, arm, key, row.to_vec(), f64::from(*y));
+        }
+    }
+    Ok(())
+}
+
 /// A predict-family call; `alias` names the result column instead of the function.
 async fn predict_named(
     pool: &Arc<UserPool>,
@@ -452,35 +483,16 @@ async fn predict_named(
     let key = || match ab_key {
         Some(Arg::Text(t)) => Some(t.clone()),
         Some(Arg::Number(n)) => n.parse::<f64>().ok().map(super::ab::number_key),
-        _ => x
-            .first()
-            .filter(|v| !v.is_nan())
-            .map(|v| super::ab::number_key(*v)),
+        _ => super::ab::first_feature_key(&x),
     };
     let chosen = resolve_for(pool, target, &key).await?;
     let loaded = &chosen;
     let arm = loaded.ab.as_ref().map_or(0, |(_, a)| *a);
+    if call.function == "predict_batch" {
+        return serve_batch(pool, loaded, x, matches!(target, Arg::Text(_)), name, out);
+    }
     let started = std::time::Instant::now();
     let model = &loaded.model.model;
-    if call.function == "predict_batch" {
-        let width = model.num_features().max(1);
-        if !x.iter().any(|v| v.is_nan()) {
-            for row in x.chunks(width) {
-                loaded.model.observe(row);
-            }
-        }
-        let raw = loaded.log.is_some().then(|| x.clone());
-        let ys = predict_batch(model, x, matches!(target, Arg::Text(_)), name, out)?;
-        loaded.served(ys.len() as u64, started.elapsed());
-        for (row, y) in raw.iter().flat_map(|r| r.chunks(width)).zip(&ys) {
-            if loaded.sample() {
-                let key = row.first().filter(|v| !v.is_nan());
-                let key = key.map(|v| super::ab::number_key(*v));
-                loaded.record(pool, &loaded.model, arm, key, row.to_vec(), f64::from(*y));
-            }
-        }
-        return Ok(());
-    }
     if x.len() != model.num_features() {
         return Err(refuse(
             "22023",

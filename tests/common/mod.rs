@@ -430,6 +430,38 @@ pub async fn pgbench_init(port: u16) {
     assert!(ok, "pgbench -i: {err}");
 }
 
+/// One HTTP GET to Ocelot's metrics port, with basic-auth `user:password` if given: the status code, the head
+/// and the body.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, String, String) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth.map_or(String::new(), |a| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(a)
+        )
+    });
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head[9..12].parse().unwrap();
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// The proxy's `/metrics` text.
+pub async fn metrics_text(proxy: &Proxy) -> String {
+    let addr = *proxy.shared().metrics_addr.get().unwrap();
+    http_get(addr, "/metrics", None).await.2
+}
+
 /// The rows of a simple-query answer, as optional text values.
 pub fn rows_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()

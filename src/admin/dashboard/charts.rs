@@ -59,6 +59,25 @@ pub fn short(v: f64) -> String {
     }
 }
 
+/// The horizontal grid lines from 0 to `top` in round steps, each labelled on the left.
+fn y_grid(svg: &mut String, top: f64, label: impl Fn(f64) -> String) {
+    let plot_w = W - LEFT - 8.0;
+    let plot_h = H - TOP - BOTTOM;
+    let steps = divisions(top);
+    for i in 0..=steps {
+        let v = top * f64::from(i) / f64::from(steps);
+        let y = TOP + plot_h * (1.0 - f64::from(i) / f64::from(steps));
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            y + 4.0,
+            esc(&label(v))
+        );
+    }
+}
+
 /// A line chart of `series` at `times` (Unix seconds, oldest first); the x axis spans the last hour.
 pub fn line_chart(id: &str, title: &str, unit: &str, times: &[u64], series: &[Series]) -> String {
     let mut svg = String::with_capacity(4096);
@@ -77,19 +96,7 @@ pub fn line_chart(id: &str, title: &str, unit: &str, times: &[u64], series: &[Se
     );
     let plot_w = W - LEFT - 8.0;
     let plot_h = H - TOP - BOTTOM;
-    let steps = divisions(top);
-    for i in 0..=steps {
-        let v = top * f64::from(i) / f64::from(steps);
-        let y = TOP + plot_h * (1.0 - f64::from(i) / f64::from(steps));
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            esc(&format!("{}{unit}", short(v)))
-        );
-    }
+    y_grid(&mut svg, top, |v| format!("{}{unit}", short(v)));
     for (i, label) in ["-60 min", "-45", "-30", "-15", "now"].iter().enumerate() {
         let x = LEFT + plot_w * i as f64 / 4.0;
         let _ = write!(
@@ -173,19 +180,7 @@ pub fn drift_chart(
     let top = nice_max(train.iter().chain(live).copied().fold(0.0, f64::max));
     let plot_w = W - LEFT - 8.0;
     let plot_h = H - TOP - BOTTOM;
-    let steps = divisions(top);
-    for i in 0..=steps {
-        let v = top * f64::from(i) / f64::from(steps);
-        let y = TOP + plot_h * (1.0 - f64::from(i) / f64::from(steps));
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{:.0}%</text>"#,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            v * 100.0
-        );
-    }
+    y_grid(&mut svg, top, |v| format!("{:.0}%", v * 100.0));
     let slot = plot_w / bins as f64;
     let bar = slot * 0.38;
     for b in 0..bins {
