@@ -111,8 +111,9 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // "Waiting for clients" is PgCat's ready line, which scripts (PgCat's own specs among them) wait for.
     tracing::info!(
-        "ocelot {} listening on {}",
+        "ocelot {} listening on {}; Waiting for clients",
         env!("CARGO_PKG_VERSION"),
         proxy.local_addr()
     );

@@ -141,7 +141,10 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     let left = num(&bans, &bans.1[0], "ban_remaining_seconds");
     assert!(left > 50 && left <= 60, "{left}");
     assert_eq!(admin_value(&bans, &bans.1[0], "reason"), "admin ban");
-    admin(port, "UNBAN localhost");
+    // As in PgCat, the rows are what changed: banning again or unbanning twice gives none.
+    assert!(admin(port, "BAN localhost 60").1.is_empty());
+    assert_eq!(admin(port, "UNBAN localhost").1.len(), 3);
+    assert!(admin(port, "UNBAN localhost").1.is_empty());
     assert!(admin(port, "SHOW BANS").1.is_empty());
 
     // PAUSE holds new transactions until RESUME.
@@ -176,9 +179,9 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     // SET is accepted; anything else is refused with a clear error, and the console goes on.
     admin(port, "SET client_encoding = 'UTF8'");
     let err = admin_psql(port, "SELECT 1").unwrap_err();
-    assert!(err.contains("unsupported admin command"), "{err}");
+    assert!(err.contains("Unsupported admin command"), "{err}");
     let err = admin_psql(port, "SHOW NOTHING").unwrap_err();
-    assert!(err.contains("unsupported SHOW"), "{err}");
+    assert!(err.contains("Unsupported SHOW"), "{err}");
     let err = admin_psql(port, "PAUSE nosuchdb").unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
     let (ok, _, help) = run_tool(admin_psql_command(port, "pgbouncer", "admin", "SHOW HELP"));
@@ -202,6 +205,34 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
     let v = rows_of(&a.simple_query("SHOW VERSION").await.unwrap());
     assert!(v[0][0].as_deref().unwrap_or_default().starts_with("Ocelot"));
+    // PgCat's answers to bad commands (its specs expect PG::SystemError): SQLSTATE 58000, "Unsupported".
+    for bad in [
+        "SHOW ME THE MONEY",
+        "SHOWTIME",
+        "HAMMER TIME",
+        "SHOW ",
+        "SHOW 1",
+        ";;;;;",
+        "BAN",
+        "BAN a",
+        "BAN a a",
+        "BAN a -5",
+        "BAN a 0",
+        "BAN a 1 a",
+        "UNBAN",
+        "PAUSE foo",
+        "PAUSE foo,bar",
+    ] {
+        let e = a.simple_query(bad).await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("58000"), "{bad}: {e}");
+        if bad.starts_with("SHOW") || !bad.contains(' ') && !bad.contains("BAN") {
+            assert!(format!("{e:?}").contains("Unsupported"), "{bad}: {e:?}");
+        }
+    }
+    assert_eq!(
+        rows_of(&a.simple_query("SHOW VERSION").await.unwrap()).len(),
+        1
+    );
 }
 
 /// A config with pool `app` (users postgres and md5user, read/write splitting) and, when `extra`, pool `extra`.
@@ -370,6 +401,76 @@ async fn reload_under_pgbench_load_drops_nothing() {
             .find(|l| l.starts_with("tps"))
             .unwrap_or_default()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Server backends of user postgres on database app, by pid.
+fn app_backends(pg: &Postgres) -> Vec<String> {
+    pg.psql_admin(
+        "SELECT pid FROM pg_stat_activity WHERE datname = 'app' AND usename = 'postgres' AND backend_type = 'client backend' ORDER BY pid",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A reload that changes only pool_size keeps the pool's connections and the server never sees more than the
+/// larger size; after a shrink it comes down to the new size as clients return connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_pool_size_keeps_connections_and_never_exceeds_it() {
+    let pg = Postgres::start();
+    let dir = std::env::temp_dir().join(format!("ocelot-resize-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgcat.toml");
+    std::fs::write(&path, reload_config(&pg, None, 5, "md5pass", false)).unwrap();
+    let loaded = ocelot::config::Config::load(&path).unwrap();
+    let proxy = ocelot::proxy::Proxy::start_from(loaded.config, Some(path.clone()))
+        .await
+        .unwrap();
+    let port = proxy.local_addr().port();
+    pgbench_init(port).await;
+    let bench = tokio::task::spawn_blocking(move || {
+        pgbench(port, &["-S", "-c", "20", "-j", "2", "-T", "9", "-n"])
+    });
+    // Sampling blocks: block_in_place hands this worker's other tasks (the proxy's) to another thread.
+    let sample =
+        |pg: &Postgres, until: Duration| tokio::task::block_in_place(|| sample_backends(pg, until));
+    fn sample_backends(pg: &Postgres, until: Duration) -> usize {
+        let end = std::time::Instant::now() + until;
+        let mut max = 0;
+        while std::time::Instant::now() < end {
+            max = max.max(app_backends(pg).len());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        max
+    }
+    let before_max = sample(&pg, Duration::from_secs(2));
+    let before = app_backends(&pg);
+    std::fs::write(&path, reload_config(&pg, None, 8, "md5pass", false)).unwrap();
+    admin(port, "RELOAD");
+    let grown_max = sample(&pg, Duration::from_secs(2));
+    let grown = app_backends(&pg);
+    assert!(
+        before.iter().all(|pid| grown.contains(pid)),
+        "connections were replaced: {before:?} then {grown:?}"
+    );
+    std::fs::write(&path, reload_config(&pg, None, 3, "md5pass", false)).unwrap();
+    admin(port, "RELOAD");
+    let shrinking_max = sample(&pg, Duration::from_secs(1));
+    let shrunk_max = sample(&pg, Duration::from_secs(2));
+    let (ok, out, err) = bench.await.unwrap();
+    assert!(ok, "pgbench failed: {out}\n{err}");
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    eprintln!("server connections: at most {before_max} at 5, {grown_max} at 8, {shrinking_max} while shrinking, {shrunk_max} at 3");
+    assert!(before_max <= 5, "{before_max} connections with pool_size 5");
+    assert!(grown_max <= 8, "{grown_max} connections with pool_size 8");
+    assert!(grown_max > 5, "the pool did not grow: {grown_max}");
+    assert!(
+        shrinking_max <= 8,
+        "{shrinking_max} connections while shrinking"
+    );
+    assert!(shrunk_max <= 3, "{shrunk_max} connections with pool_size 3");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

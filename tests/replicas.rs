@@ -339,6 +339,46 @@ async fn replica_dies_under_load_and_comes_back() {
     }
 }
 
+/// A shard of a primary and one replica (the demo's shard 1): while the replica is down, reads are served by the
+/// primary instead of failing on the dead replica, and they move back once it returns.
+#[tokio::test]
+async fn reads_fall_back_to_the_primary_while_the_only_replica_is_down() {
+    let primary = Postgres::start();
+    let replica = Postgres::replica_of(&primary);
+    let toml = config_toml(
+        primary.port,
+        5,
+        "ban_time = 1\nhealthcheck_delay = 0",
+        "query_parser_enabled = true\nquery_parser_read_write_splitting = true",
+    )
+    .replace(
+        &format!("[\"127.0.0.1\", {}, \"primary\"]", primary.port),
+        &format!(
+            "[\"127.0.0.1\", {}, \"primary\"], [\"127.0.0.1\", {}, \"replica\"]",
+            primary.port, replica.port
+        ),
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    replica.stop();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    let d = distribution(&c, 20).await;
+    assert_eq!(d.get(&primary.port.to_string()), Some(&20), "{d:?}");
+    replica.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = distribution(&c, 10).await;
+        if d.contains_key(&replica.port.to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads never returned to the replica: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn reads_survive_a_dead_primary() {
     let cl = Cluster::start();

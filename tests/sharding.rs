@@ -1256,3 +1256,113 @@ async fn copy_is_split_by_key_in_and_out_of_transactions() {
     // wait for that answer and be routed afresh, not ride along to the shard that closed the statement.
     assert_eq!(first_value(&c2, "SELECT count(*) FROM data").await, "5");
 }
+
+/// The shipped pgcat.toml's layout: shards that are databases of one PostgreSQL server. Prepared transaction ids
+/// are unique per server, so each shard's part needs an id of its own; recovery finds and resolves them too.
+#[tokio::test]
+async fn two_phase_commit_with_every_shard_on_one_server() {
+    let pg = Postgres::start();
+    let mut shards = String::new();
+    for i in 0..3 {
+        pg.psql_admin(&format!("CREATE DATABASE shard{i}"));
+        pg.psql_admin_db(
+            &format!("shard{i}"),
+            &format!(
+                "CREATE TABLE data (id bigint, v text) PARTITION BY HASH (id);
+                 CREATE TABLE data_{i} PARTITION OF data FOR VALUES WITH (MODULUS 3, REMAINDER {i});"
+            ),
+        );
+        shards.push_str(&format!(
+            "[pools.app.shards.{i}]\ndatabase = \"shard{i}\"\nservers = [[\"127.0.0.1\", {}, \"primary\"]]\n\n",
+            pg.port
+        ));
+    }
+    let rows = |i: usize| {
+        pg.psql_admin_db(
+            &format!("shard{i}"),
+            "SELECT id || ':' || v FROM data ORDER BY id",
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let prepared = || pg.psql_admin("SELECT count(*) FROM pg_prepared_xacts");
+    // Left by an earlier instance, in the per-shard form: "kept" committed on the coordinator (shard 0) and
+    // logged, its shard-1 part still prepared; "dropped" prepared on shards 0 and 2 and never logged.
+    let (k0, k1, k2) = (key_on(0, 5), key_on(1, 5), key_on(2, 5));
+    pg.psql_admin_db(
+        "shard0",
+        &format!("CREATE SCHEMA ocelot; CREATE TABLE ocelot.two_phase_log (gid text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO data VALUES ({k0}, 'kept'); INSERT INTO ocelot.two_phase_log (gid) VALUES ('ocelot:0:kept')"),
+    );
+    pg.psql_admin_db(
+        "shard1",
+        &format!(
+            "BEGIN; INSERT INTO data VALUES ({k1}, 'kept'); PREPARE TRANSACTION 'ocelot:0:kept:1';"
+        ),
+    );
+    pg.psql_admin_db(
+        "shard0",
+        &format!("BEGIN; INSERT INTO data VALUES ({}, 'dropped'); PREPARE TRANSACTION 'ocelot:0:dropped:0';", key_on(0, 6)),
+    );
+    pg.psql_admin_db(
+        "shard2",
+        &format!("BEGIN; INSERT INTO data VALUES ({k2}, 'dropped'); PREPARE TRANSACTION 'ocelot:0:dropped:2';"),
+    );
+    assert_eq!(prepared(), "3");
+    let config = format!(
+        "[general]\nhost = \"127.0.0.1\"\nport = 0\nadmin_username = \"admin\"\nadmin_password = \"admin\"\n\n[pools.app]\nautomatic_sharding_key = \"data.id\"\ntwo_phase_commit = true\n\n[pools.app.users.0]\nusername = \"postgres\"\nauth_type = \"trust\"\npool_size = 3\n\n{shards}"
+    );
+    let proxy = start_proxy(&config).await;
+    for _ in 0..100 {
+        if prepared() == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(prepared(), "0");
+    assert_eq!(rows(0), vec![format!("{k0}:kept")]);
+    assert_eq!(rows(1), vec![format!("{k1}:kept")]);
+    assert!(rows(2).is_empty());
+
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    let (a0, a1, a2) = (key_on(0, 0), key_on(1, 0), key_on(2, 0));
+    let msgs = c
+        .simple_query(&format!(
+            "INSERT INTO data (id, v) VALUES ({a0}, 'a'), ({a1}, 'a'), ({a2}, 'a')"
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        msgs.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(3))
+    ));
+    let n = c
+        .execute("UPDATE data SET v = 'b' WHERE v = 'a'", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("UPDATE data SET v = 'c' WHERE id = {a0}"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("UPDATE data SET v = 'c' WHERE id = {a2}"))
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert!(rows(0).contains(&format!("{a0}:c")));
+    assert!(rows(1).contains(&format!("{a1}:b")));
+    assert!(rows(2).contains(&format!("{a2}:c")));
+    assert_eq!(prepared(), "0");
+    assert_eq!(
+        pg.psql_admin_db(
+            "shard0",
+            "SELECT count(*) FROM ocelot.two_phase_log WHERE gid <> 'ocelot:0:kept'"
+        ),
+        "0",
+        "the commits' log entries are removed once every part committed"
+    );
+}

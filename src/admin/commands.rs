@@ -24,7 +24,13 @@ pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
         .filter(|c| !c.is_empty())
         .collect();
     if commands.is_empty() {
-        encode::empty(out, crate::protocol::codes::backend::EMPTY_QUERY_RESPONSE);
+        if sql.trim().is_empty() {
+            // An empty query is a client's ping: answered as PostgreSQL answers it.
+            encode::empty(out, crate::protocol::codes::backend::EMPTY_QUERY_RESPONSE);
+        } else {
+            let e = AdminError::bad_command("Unsupported query against the admin database");
+            encode::error_response(out, Severity::Error, e.code, &e.message, None);
+        }
         return;
     }
     for c in commands {
@@ -89,7 +95,7 @@ async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), 
         }
         "kill" => {
             let Some(db) = args.first() else {
-                return Err(AdminError::syntax("KILL needs a database name"));
+                return Err(AdminError::bad_command("KILL needs a database name"));
             };
             let pools = pools_named(shared, Some(db))?;
             for c in shared.clients.list() {
@@ -113,8 +119,8 @@ async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), 
             table.write(out, "SHUTDOWN");
             Ok(())
         }
-        _ => Err(AdminError::syntax(format!(
-            "unsupported admin command \"{cmd}\"; SHOW HELP lists the commands"
+        _ => Err(AdminError::bad_command(format!(
+            "Unsupported admin command \"{cmd}\"; SHOW HELP lists the commands"
         ))),
     }
 }
@@ -127,10 +133,10 @@ async fn end_ab(
     out: &mut BytesMut,
 ) -> Result<(), AdminError> {
     let [what, project] = args else {
-        return Err(AdminError::syntax("END AB needs a project name"));
+        return Err(AdminError::bad_command("END AB needs a project name"));
     };
     if !what.eq_ignore_ascii_case("ab") {
-        return Err(AdminError::syntax("END AB needs a project name"));
+        return Err(AdminError::bad_command("END AB needs a project name"));
     }
     let snapshot = shared.snapshot();
     let pools = snapshot.cluster.all_pools();
@@ -170,7 +176,7 @@ fn no_args(verb: &str, args: &[String]) -> Result<(), AdminError> {
     if args.is_empty() {
         Ok(())
     } else {
-        Err(AdminError::syntax(format!(
+        Err(AdminError::bad_command(format!(
             "{} takes no arguments",
             verb.to_uppercase()
         )))
@@ -188,7 +194,7 @@ fn pools_named(shared: &Shared, db: Option<&String>) -> Result<Vec<Arc<UserPool>
         .collect();
     match db {
         Some(d) if pools.is_empty() => Err(AdminError {
-            code: sqlstate::INVALID_CATALOG_NAME,
+            code: sqlstate::SYSTEM_ERROR,
             message: format!("database \"{d}\" does not exist"),
         }),
         _ => Ok(pools),
@@ -198,18 +204,22 @@ fn pools_named(shared: &Shared, db: Option<&String>) -> Result<Vec<Arc<UserPool>
 /// `BAN host seconds` / `UNBAN host`: every server address whose host matches, in every pool.
 fn ban(shared: &Shared, verb: &str, args: &[String], out: &mut BytesMut) -> Result<(), AdminError> {
     let Some(host) = args.first() else {
-        return Err(AdminError::syntax(format!(
+        return Err(AdminError::bad_command(format!(
             "{} needs a host",
             verb.to_uppercase()
         )));
     };
     let secs = if verb == "ban" {
-        let Some(Ok(secs)) = args.get(1).map(|s| s.parse::<u64>()) else {
-            return Err(AdminError::syntax(
-                "BAN needs a host and a duration in seconds",
-            ));
-        };
-        Some(secs)
+        match (args.get(1).map(|s| s.parse::<u64>()), args.len()) {
+            (Some(Ok(secs)), 2) if secs > 0 => Some(secs),
+            _ => {
+                return Err(AdminError::bad_command(
+                    "BAN needs a host and a duration in seconds (more than 0)",
+                ))
+            }
+        }
+    } else if args.len() > 1 {
+        return Err(AdminError::bad_command("UNBAN needs a host only"));
     } else {
         None
     };
@@ -225,6 +235,10 @@ fn ban(shared: &Shared, verb: &str, args: &[String], out: &mut BytesMut) -> Resu
             &s.address.host == host
                 && (secs.is_none() || s.address.role != crate::config::ServerRole::Primary)
         }) {
+            // As in PgCat, the rows are what changed: a server already banned (or not banned) is left out.
+            if s.is_banned() == secs.is_some() {
+                continue;
+            }
             match secs {
                 Some(secs) => s.ban(Duration::from_secs(secs), "admin ban"),
                 None => s.unban(),

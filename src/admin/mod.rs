@@ -35,9 +35,10 @@ pub struct AdminError {
 }
 
 impl AdminError {
-    fn syntax(message: impl Into<String>) -> Self {
+    /// A command that is not understood, or whose arguments are wrong: SQLSTATE 58000, as PgCat answers.
+    fn bad_command(message: impl Into<String>) -> Self {
         AdminError {
-            code: sqlstate::SYNTAX_ERROR,
+            code: sqlstate::SYSTEM_ERROR,
             message: message.into(),
         }
     }

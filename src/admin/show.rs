@@ -72,9 +72,9 @@ pub fn table(shared: &Shared, args: &[String]) -> Result<Table, AdminError> {
         "centroids" => centroids(&pools),
         _ => {
             return Err(AdminError {
-                code: sqlstate::UNDEFINED_OBJECT,
+                code: sqlstate::SYSTEM_ERROR,
                 message: format!(
-                    "unsupported SHOW \"{}\"; SHOW HELP lists the commands",
+                    "Unsupported SHOW \"{}\"; SHOW HELP lists the commands",
                     args.join(" ")
                 ),
             })

@@ -246,3 +246,21 @@ fn vector_sharding_reads_centroids_inline_or_from_a_file() {
         assert!(e.contains(complaint), "{table}: {e}");
     }
 }
+
+#[test]
+fn plugins_without_the_parser_are_a_warning_as_in_pgcat() {
+    // PgCat's own spec configs enable plugins on pools whose parser is off.
+    let text = MINIMAL.replace(
+        "[pools.db.users.0]",
+        "[pools.db.plugins.query_logger]\nenabled = true\n\n[pools.db.users.0]",
+    );
+    let loaded = Config::parse_and_validate(&text).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("pools.db.query_parser_enabled") && w.contains("do not run")),
+        "{:?}",
+        loaded.warnings
+    );
+}

@@ -70,9 +70,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
             .as_ref()
             .map_or(any_global_plugin, |p| p.any_enabled());
         if plugins_on && !pool.query_parser_enabled {
-            return Err(ConfigError::invalid(
-                key("query_parser_enabled"),
-                "plugins require query_parser_enabled = true",
+            // PgCat accepts this (its specs use it everywhere): the plugins simply do not run.
+            warnings.push(format!(
+                "{}: plugins do not run while query_parser_enabled = false",
+                key("query_parser_enabled")
             ));
         }
         for (k, re) in [
@@ -180,7 +181,8 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 (None, t) => {
                     return Err(ConfigError::invalid(
                         ukey("password"),
-                        format!("required for auth_type \"{t}\" (or configure auth_query)"),
+                        // PgCat's words, which its specs and operators' scripts look for.
+                        format!("required for auth_type \"{t}\": You have to specify a user password for every pool if auth_query is not specified"),
                     ))
                 }
                 (Some(p), AuthType::Md5) if !Secret::parse(p).supports_md5() => {

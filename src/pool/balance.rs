@@ -1,8 +1,9 @@
 //! Choosing a server for a request: the candidates of the wanted role in a shard, in the order the pool's
 //! `load_balancing_mode` gives (random, round robin, or least outstanding connections), skipping banned servers;
 //! then checking one out, banning a replica that refuses connections or fails its health check and moving on to
-//! the next candidate. The primary is never banned; when every replica of a shard is banned, all are unbanned,
-//! since that is more likely a false alarm than a total outage.
+//! the next candidate. The primary is never banned. Reads go to the primary while no replica can serve them (all
+//! banned or lagging) and return to the replicas as their bans run out; only when a shard has no primary to fall
+//! back on are its banned replicas unbanned, since that is more likely a false alarm than a total outage.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,10 +52,6 @@ impl UserPool {
             .iter()
             .filter(|s| is(s, ServerRole::Replica))
             .collect();
-        if !replicas.is_empty() && replicas.iter().all(|s| s.is_banned()) {
-            tracing::warn!(pool = %self.database, shard, "every replica is banned: unbanning all");
-            replicas.iter().for_each(|s| s.unban());
-        }
         let mut list: Vec<Arc<ServerPool>> = match want {
             Want::Primary => servers
                 .iter()
@@ -93,6 +90,11 @@ impl UserPool {
                 .filter(|s| is(s, ServerRole::Primary))
                 .cloned()
                 .collect();
+        }
+        if list.is_empty() && !replicas.is_empty() && want != Want::Primary {
+            tracing::warn!(pool = %self.database, shard, "every replica is banned and no primary can serve: unbanning all");
+            replicas.iter().for_each(|s| s.unban());
+            list = replicas.iter().map(|s| (*s).clone()).collect();
         }
         let mode = match want {
             Want::Predict => LoadBalancingMode::LeastOutstandingConnections,

@@ -400,15 +400,24 @@ pub(super) fn user_pool(
         PoolMode::Transaction => pool.prepared_statements_cache_size,
         PoolMode::Session => 0,
     };
+    let shards = server_pools(config, db, pool, user, creds, &settings, previous);
+    // As PgCat recreates a changed pool's connections, a new statement cache starts on fresh connections.
+    let cache_changed = previous.is_some_and(|p| p.prepared_cache != prepared_cache);
+    if cache_changed {
+        shards.iter().flatten().for_each(|s| s.reconnect());
+    }
     Ok(UserPool {
         database: db.to_owned(),
         user: user.username.clone(),
         auth,
-        shards: server_pools(config, db, pool, user, creds, &settings, previous),
+        shards,
         settings,
         default_shard: pool.default_shard,
         default_role: pool.default_role,
-        statements: previous.map(|p| p.statements.clone()).unwrap_or_default(),
+        statements: previous
+            .filter(|_| !cache_changed)
+            .map(|p| p.statements.clone())
+            .unwrap_or_default(),
         fingerprint: fingerprint(config, pool, user),
         prepared_cache,
         listener: OnceLock::new(),
@@ -420,10 +429,12 @@ pub(super) fn user_pool(
         route_hits: Default::default(),
         route_misses: Default::default(),
         fanouts: Default::default(),
+        // As in PgCat, the query plugins need the parser; the prewarmer (in `server_pools`) does not.
         plugins: crate::router::plugins::PoolPlugins::compile(
             config.plugins.as_ref(),
             pool.plugins.as_ref(),
         )
+        .filter(|_| pool.query_parser_enabled)
         .map(Arc::new),
         two_phase: pool.two_phase_commit,
         models: crate::inference::serve::Models::new(
@@ -470,6 +481,7 @@ fn server_pools(
         )
         .map(|p| p.prewarm)
         .unwrap_or_default(),
+        cleanup: pool.cleanup_server_connections,
     };
     let mut shards: Vec<(usize, &Shard)> = pool
         .shards
@@ -495,15 +507,16 @@ fn server_pools(
                         role: *role,
                         database: shard.database.clone(),
                     };
-                    previous
-                        .and_then(|p| {
-                            p.server_pools()
-                                .find(|s| s.same_as(&address, &pool_settings, &creds))
-                        })
-                        .cloned()
-                        .unwrap_or_else(|| {
-                            ServerPool::new(address, pool_settings.clone(), creds.clone())
-                        })
+                    // The config was validated before the build, so settings applied here are not undone.
+                    match previous
+                        .and_then(|p| p.server_pools().find(|s| s.same_server(&address, &creds)))
+                    {
+                        Some(kept) => {
+                            kept.reconfigure(pool_settings.clone());
+                            kept.clone()
+                        }
+                        None => ServerPool::new(address, pool_settings.clone(), creds.clone()),
+                    }
                 })
                 .collect()
         })

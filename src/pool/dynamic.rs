@@ -75,6 +75,7 @@ impl Cluster {
             healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
             healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
             prewarm: Vec::new(),
+            cleanup: true,
         };
         let creds = ServerCredentials {
             user: login.0.to_owned(),

@@ -17,6 +17,7 @@ pub mod params;
 pub mod pool;
 pub mod prepared;
 pub mod server;
+mod upkeep;
 
 pub use address::Address;
 pub use cluster::{Cluster, UserPool};

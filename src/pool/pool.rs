@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -38,6 +38,9 @@ pub struct PoolSettings {
     pub healthcheck_timeout: Duration,
     /// The prewarmer plugin's queries, run on every new connection.
     pub prewarm: Vec<String>,
+    /// PgCat's `cleanup_server_connections`: when false, what a client left (SET, PREPARE, ...) stays for the
+    /// next one; an open transaction is still rolled back.
+    pub cleanup: bool,
 }
 
 /// Why and when a server was banned, for `SHOW BANS`.
@@ -69,9 +72,10 @@ fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct ServerPool {
     pub address: Arc<Address>,
-    settings: PoolSettings,
+    /// Swapped by a reload that changes only settings (see `upkeep.rs`), so connections are kept.
+    pub(super) settings: arc_swap::ArcSwap<PoolSettings>,
     creds: ServerCredentials,
-    permits: Arc<Semaphore>,
+    pub(super) permits: Arc<Semaphore>,
     idle: Mutex<VecDeque<ServerConn>>,
     /// Connections open now: idle, checked out, or being cleaned.
     open: AtomicUsize,
@@ -100,7 +104,7 @@ impl ServerPool {
         Arc::new(ServerPool {
             address: Arc::new(address),
             permits: Arc::new(Semaphore::new(settings.pool_size as usize)),
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             creds,
             idle: Mutex::new(VecDeque::new()),
             open: AtomicUsize::new(0),
@@ -150,8 +154,8 @@ impl ServerPool {
         }
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
     }
 
     /// The secret this pool logs in to its server with.
@@ -159,14 +163,9 @@ impl ServerPool {
         self.creds.password.as_ref()
     }
 
-    /// Whether this pool is what these settings would build (a reload keeps it then).
-    pub fn same_as(
-        &self,
-        address: &Address,
-        settings: &PoolSettings,
-        creds: &ServerCredentials,
-    ) -> bool {
-        *self.address == *address && self.settings == *settings && self.creds == *creds
+    /// Whether this pool connects where and as these would (a reload keeps it then, with its connections).
+    pub fn same_server(&self, address: &Address, creds: &ServerCredentials) -> bool {
+        *self.address == *address && self.creds == *creds
     }
 
     /// Connections currently open.
@@ -176,7 +175,7 @@ impl ServerPool {
 
     /// Connections checked out now (for least-outstanding-connections balancing).
     pub fn busy_count(&self) -> usize {
-        (self.settings.pool_size as usize).saturating_sub(self.permits.available_permits())
+        (self.settings.load().pool_size as usize).saturating_sub(self.permits.available_permits())
     }
 
     /// Takes the server out of rotation for `duration`.
@@ -230,7 +229,7 @@ impl ServerPool {
         self.lock_idle().len()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<ServerConn>> {
+    pub(super) fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<ServerConn>> {
         // A panic while holding this lock cannot leave the deque inconsistent (push/pop only), so poisoning is
         // ignored rather than propagated to every later client.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
@@ -251,7 +250,7 @@ impl ServerPool {
     /// Cancel-safe: dropping the future gives back the permit and any connection it made.
     pub async fn checkout(self: &Arc<Self>) -> Result<Pooled, PoolError> {
         let started = Instant::now();
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.load().connect_timeout;
         let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
         {
             Ok(Ok(p)) => p,
@@ -286,7 +285,9 @@ impl ServerPool {
     async fn connection(&self, deadline: Instant) -> Result<ServerConn, PoolError> {
         loop {
             let Some(conn) = self.take_idle() else { break };
-            if conn.last_used.elapsed() < self.settings.healthcheck_delay && !self.is_suspect() {
+            if conn.last_used.elapsed() < self.settings.load().healthcheck_delay
+                && !self.is_suspect()
+            {
                 return Ok(conn);
             }
             // Boxed, as the rare branches below are: every client's task is sized for its largest future.
@@ -303,7 +304,8 @@ impl ServerPool {
     /// not answer within `healthcheck_timeout` is closed and reported.
     async fn health_check(&self, mut conn: ServerConn) -> Result<ServerConn, Option<PoolError>> {
         conn.info.set_state(ConnState::Tested);
-        match tokio::time::timeout(self.settings.healthcheck_timeout, conn.run(";")).await {
+        let timeout = self.settings.load().healthcheck_timeout;
+        match tokio::time::timeout(timeout, conn.run(";")).await {
             Ok(Ok(_)) => Ok(conn),
             Ok(Err(e)) => {
                 tracing::debug!(server = %self.address, "idle connection failed its health check: {e}");
@@ -318,7 +320,7 @@ impl ServerPool {
                     server: self.address.to_string(),
                     reason: format!(
                         "no answer within {} ms",
-                        self.settings.healthcheck_timeout.as_millis()
+                        self.settings.load().healthcheck_timeout.as_millis()
                     ),
                 }))
             }
@@ -350,11 +352,11 @@ impl ServerPool {
 
     /// Pops a reusable idle connection, closing any that outlived `server_lifetime`.
     fn take_idle(&self) -> Option<ServerConn> {
-        let lifetime = self.settings.server_lifetime;
+        let lifetime = self.settings.load().server_lifetime;
         loop {
             let conn = {
                 let mut idle = self.lock_idle();
-                if self.settings.fifo {
+                if self.settings.load().fifo {
                     idle.pop_front()
                 } else {
                     idle.pop_back()
@@ -379,8 +381,12 @@ impl ServerPool {
         conn.stream.readable_while_idle()
     }
 
-    async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
-        let fut = connect(self.address.clone(), &self.creds, self.settings.max_message);
+    pub(super) async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
+        let fut = connect(
+            self.address.clone(),
+            &self.creds,
+            self.settings.load().max_message,
+        );
         self.logging_in.fetch_add(1, Ordering::Relaxed);
         let connected = tokio::time::timeout(timeout, fut).await;
         self.logging_in.fetch_sub(1, Ordering::Relaxed);
@@ -393,7 +399,8 @@ impl ServerPool {
                 })
             }
         };
-        for sql in &self.settings.prewarm {
+        let settings = self.settings.load_full();
+        for sql in &settings.prewarm {
             if let Err(e) = conn.run(sql).await {
                 tracing::warn!(server = %self.address, "prewarmer query failed: {e}");
             }
@@ -412,10 +419,14 @@ impl ServerPool {
     /// Opens a connection outside the pool's accounting, for a long-lived dedicated use (the LISTEN
     /// connection).
     pub async fn connect_dedicated(&self) -> Result<ServerConn, PoolError> {
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.load().connect_timeout;
         match tokio::time::timeout(
             timeout,
-            connect(self.address.clone(), &self.creds, self.settings.max_message),
+            connect(
+                self.address.clone(),
+                &self.creds,
+                self.settings.load().max_message,
+            ),
         )
         .await
         {
@@ -428,7 +439,7 @@ impl ServerPool {
     }
 
     /// Closes a connection and forgets it.
-    fn discard(&self, conn: ServerConn) {
+    pub(super) fn discard(&self, conn: ServerConn) {
         if conn.broken {
             self.suspect_until.store(now_ms() + 1000, Ordering::Relaxed);
         }
@@ -445,11 +456,19 @@ impl ServerPool {
 
     /// Takes a connection back. Clean ones go to the idle list at once; dirty ones are cleaned in a task that
     /// holds the permit until done, so the pool never lends more than `pool_size` connections.
-    fn checkin(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
+    pub(super) fn checkin(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
         let st = &conn.statements;
         conn.info
             .publish_prepared(st.stats.hits, st.stats.misses, st.stats.evictions, st.len());
         if conn.broken || !conn.rbuf.is_empty() || conn.epoch < self.epoch.load(Ordering::Acquire) {
+            self.discard(conn);
+            return;
+        }
+        if !self.settings.load().cleanup {
+            conn.dirty = super::server::Dirty::default();
+        }
+        if self.open_count() > self.settings.load().pool_size as usize {
+            // A reload made the pool smaller: it shrinks as connections come back.
             self.discard(conn);
             return;
         }
@@ -463,7 +482,8 @@ impl ServerPool {
         conn.info.set_state(ConnState::Used);
         let pool = self.clone();
         tokio::spawn(async move {
-            let cleaned = tokio::time::timeout(pool.settings.cleanup_timeout, conn.clean()).await;
+            let timeout = pool.settings.load().cleanup_timeout;
+            let cleaned = tokio::time::timeout(timeout, conn.clean()).await;
             match cleaned {
                 Ok(Ok(())) => pool.checkin(conn, permit),
                 Ok(Err(e)) => {
@@ -476,64 +496,6 @@ impl ServerPool {
                     conn.broken = true;
                     pool.discard(conn);
                 }
-            }
-        });
-    }
-
-    /// Closes idle connections past `idle_timeout` (down to `min_pool_size`) or `server_lifetime`, then opens
-    /// connections up to `min_pool_size`.
-    pub async fn maintain(self: &Arc<Self>) {
-        let now = Instant::now();
-        let min = self.settings.min_pool_size as usize;
-        let expired: Vec<ServerConn> = {
-            let mut idle = self.lock_idle();
-            let mut keep = VecDeque::with_capacity(idle.len());
-            let mut out = Vec::new();
-            let mut open = self.open_count();
-            while let Some(c) = idle.pop_front() {
-                let too_old = now.duration_since(c.created) >= self.settings.server_lifetime;
-                let too_idle =
-                    now.duration_since(c.last_used) >= self.settings.idle_timeout && open > min;
-                if too_old || too_idle {
-                    open -= 1;
-                    out.push(c);
-                } else {
-                    keep.push_back(c);
-                }
-            }
-            *idle = keep;
-            out
-        };
-        for c in expired {
-            self.discard(c);
-        }
-        while self.open_count() < min {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            match self.open_new(self.settings.connect_timeout).await {
-                Ok(conn) => self.checkin(conn, permit),
-                Err(e) => {
-                    tracing::warn!(server = %self.address, "cannot open min_pool_size connection: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Runs [`ServerPool::maintain`] periodically until the pool is dropped.
-    pub fn spawn_maintenance(self: &Arc<Self>) {
-        let weak: Weak<ServerPool> = Arc::downgrade(self);
-        let s = &self.settings;
-        let period = (s.idle_timeout.min(s.server_lifetime) / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(pool) = weak.upgrade() else { break };
-                pool.maintain().await;
             }
         });
     }

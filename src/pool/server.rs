@@ -77,11 +77,19 @@ pub struct Dirty {
     pub deallocate_all: bool,
     pub unlisten: bool,
     pub close_cursors: bool,
+    /// The client left in session mode (or left a pinned transaction-mode server): what it may have left cannot
+    /// be read from command tags (temporary tables, advisory locks, Parse-prepared statements, `set_config`), so
+    /// the server is reset as PgBouncer's `server_reset_query = DISCARD ALL` does.
+    pub discard_all: bool,
 }
 
 impl Dirty {
     pub fn any(&self) -> bool {
-        self.reset_all || self.deallocate_all || self.unlisten || self.close_cursors
+        self.reset_all
+            || self.deallocate_all
+            || self.unlisten
+            || self.close_cursors
+            || self.discard_all
     }
 
     /// Whether a CommandComplete tag says every prepared statement of the session is gone.
@@ -103,23 +111,28 @@ impl Dirty {
         }
     }
 
-    /// The SQL that undoes what the flags say, or `None` when clean.
+    /// The SQL that undoes what the flags say other than `discard_all`, or `None` when there is none. A SET is undone
+    /// with PgCat's own `RESET ROLE;` and `RESET ALL;` even before a DISCARD ALL that covers it, so operators who
+    /// count these statements in pg_stat_statements (as PgCat's specs do) see what they saw with PgCat. DISCARD ALL
+    /// runs as a query of its own: PostgreSQL refuses it in a multi-statement query, an implicit transaction.
     pub fn cleanup_sql(&self) -> Option<String> {
-        if !self.any() {
-            return None;
-        }
         let mut sql = String::new();
+        let piecewise = !self.discard_all;
         for (flag, stmt) in [
-            (self.close_cursors, "CLOSE ALL;"),
-            (self.unlisten, "UNLISTEN *;"),
-            (self.deallocate_all, "DEALLOCATE ALL;"),
-            (self.reset_all, "RESET ALL;"),
+            (self.close_cursors && piecewise, "CLOSE ALL;"),
+            (self.unlisten && piecewise, "UNLISTEN *;"),
+            (self.deallocate_all && piecewise, "DEALLOCATE ALL;"),
+            // RESET ALL leaves the role and the session authorization alone.
+            (
+                self.reset_all,
+                "RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;",
+            ),
         ] {
             if flag {
                 sql.push_str(stmt);
             }
         }
-        Some(sql)
+        (!sql.is_empty()).then_some(sql)
     }
 }
 
@@ -334,13 +347,18 @@ impl ServerConn {
         if self.txn_status != txn::IDLE {
             self.run("ROLLBACK").await?;
         }
-        if let Some(sql) = self.dirty.cleanup_sql() {
-            self.run(&sql).await?;
-            if self.dirty.reset_all {
+        if self.dirty.any() {
+            if let Some(sql) = self.dirty.cleanup_sql() {
+                self.run(&sql).await?;
+            }
+            if self.dirty.discard_all {
+                self.run("DISCARD ALL").await?;
+            }
+            if self.dirty.reset_all || self.dirty.discard_all {
                 self.applied.startup.clear();
                 self.applied.sets.clear();
             }
-            if self.dirty.deallocate_all {
+            if self.dirty.deallocate_all || self.dirty.discard_all {
                 self.statements.clear();
                 self.applied.prepares.clear();
             }
@@ -371,12 +389,24 @@ mod tests {
         d.observe_tag(b"PREPARE");
         assert_eq!(
             d.cleanup_sql().as_deref(),
-            Some("DEALLOCATE ALL;RESET ALL;")
+            Some("DEALLOCATE ALL;RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;")
         );
         d.observe_tag(b"DISCARD ALL");
         assert!(!d.any());
         d.observe_tag(b"LISTEN");
         d.observe_tag(b"DECLARE CURSOR");
         assert_eq!(d.cleanup_sql().as_deref(), Some("CLOSE ALL;UNLISTEN *;"));
+        d.discard_all = true;
+        assert_eq!(
+            d.cleanup_sql(),
+            None,
+            "DISCARD ALL covers the rest and runs alone"
+        );
+        assert!(d.any());
+        d.observe_tag(b"SET");
+        assert_eq!(
+            d.cleanup_sql().as_deref(),
+            Some("RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;")
+        );
     }
 }

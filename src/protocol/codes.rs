@@ -120,4 +120,6 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const CONFIG_FILE_ERROR: &str = "F0000";
+    /// PgCat's answer to a bad admin command (clients see `PG::SystemError`).
+    pub const SYSTEM_ERROR: &str = "58000";
 }

@@ -181,7 +181,8 @@ impl Failure {
     }
 }
 
-/// A new global transaction id: `ocelot:<coordinator shard>:<random>`.
+/// A new global transaction id: `ocelot:<coordinator shard>:<random>`. The commit log records it; each shard's
+/// part is prepared as [`part_gid`].
 fn new_gid(coordinator: usize) -> String {
     use rand::Rng;
     let r: u64 = rand::rng().random();
@@ -189,6 +190,28 @@ fn new_gid(coordinator: usize) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     format!("ocelot:{coordinator}:{t:x}{r:016x}")
+}
+
+/// The id of one shard's part: PostgreSQL wants prepared transaction ids unique per server, and shards may be
+/// databases of one server.
+fn part_gid(gid: &str, shard: usize) -> String {
+    format!("{gid}:{shard}")
+}
+
+/// The global id and coordinator shard of a prepared part's id. Ids of three fields are parts prepared by
+/// earlier versions, which used the global id for every part.
+fn parse_part_gid(part: &str) -> Option<(&str, usize)> {
+    let mut fields = part.split(':');
+    let (prefix, coordinator, _random) = (fields.next()?, fields.next()?, fields.next()?);
+    if prefix != "ocelot" {
+        return None;
+    }
+    let coordinator = coordinator.parse().ok()?;
+    let global = match fields.next() {
+        None => part,
+        Some(_) => &part[..part.rfind(':')?],
+    };
+    Some((global, coordinator))
 }
 
 const LOG_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ocelot; CREATE TABLE IF NOT EXISTS ocelot.two_phase_log (gid text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now())";
@@ -237,12 +260,16 @@ pub async fn commit(
         rollback(parts).await;
         return Err(e);
     }
-    let prepare = format!("PREPARE TRANSACTION {literal}");
-    let prepared = join_all(parts.iter_mut().map(|(_, c)| run(c, &prepare))).await;
+    let part_literal = |shard: usize| quote_literal(&part_gid(&gid, shard));
+    let prepared = join_all(parts.iter_mut().map(|(s, c)| {
+        let sql = format!("PREPARE TRANSACTION {}", part_literal(*s));
+        async move { run(c, &sql).await }
+    }))
+    .await;
     if let Some(pos) = prepared.iter().position(|r| r.is_err()) {
-        let rollback_prepared = format!("ROLLBACK PREPARED {literal}");
-        for ((_, c), r) in parts.iter_mut().zip(&prepared) {
+        for ((s, c), r) in parts.iter_mut().zip(&prepared) {
             if r.is_ok() {
+                let rollback_prepared = format!("ROLLBACK PREPARED {}", part_literal(*s));
                 if let Err(e) = run(c, &rollback_prepared).await {
                     tracing::warn!(server = %c.address, "rolling back a prepared part failed; recovery will: {e:?}");
                 }
@@ -256,21 +283,24 @@ pub async fn commit(
             .err()
             .unwrap_or_else(|| Failure::Unknown("a part failed to prepare".into())));
     }
-    let commit_prepared = format!("COMMIT PREPARED {literal}");
-    match run(parts[0].1, &commit_prepared).await {
+    let commit_prepared = |shard: usize| format!("COMMIT PREPARED {}", part_literal(shard));
+    match run(parts[0].1, &commit_prepared(coordinator)).await {
         Ok(()) => {}
         Err(Failure::Server(e)) => {
             // Not committed (a recovery rolled it back): the outcome is abort everywhere.
-            let rollback_prepared = format!("ROLLBACK PREPARED {literal}");
-            for (_, c) in parts[1..].iter_mut() {
-                let _ = run(c, &rollback_prepared).await;
+            for (s, c) in parts[1..].iter_mut() {
+                let _ = run(c, &format!("ROLLBACK PREPARED {}", part_literal(*s))).await;
             }
             return Err(Failure::Server(e));
         }
         Err(e) => return Err(Failure::Unknown(format!("{e:?}"))),
     }
     // Committed: the others follow; one that fails now is finished by recovery, which finds the id in the log.
-    let done = join_all(parts[1..].iter_mut().map(|(_, c)| run(c, &commit_prepared))).await;
+    let done = join_all(parts[1..].iter_mut().map(|(s, c)| {
+        let sql = commit_prepared(*s);
+        async move { run(c, &sql).await }
+    }))
+    .await;
     if done.iter().all(Result::is_ok) {
         let _ = run(
             parts[0].1,
@@ -311,16 +341,13 @@ pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, P
         )
         .await?;
         drop(conn);
-        for gid in list {
-            let Some(coordinator) = gid
-                .split(':')
-                .nth(1)
-                .and_then(|c| c.parse::<usize>().ok())
-                .filter(|c| *c < pool.shards.len())
+        for part in list {
+            let Some((gid, coordinator)) =
+                parse_part_gid(&part).filter(|(_, c)| *c < pool.shards.len())
             else {
                 continue;
             };
-            let literal = quote_literal(&gid);
+            let literal = quote_literal(&part);
             let mut coord = pool.checkout(coordinator, Want::Primary, true).await?;
             // Rolling back a coordinator part that is still prepared settles the outcome: abort.
             if coordinator == shard {
@@ -328,17 +355,25 @@ pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, P
                 resolved += 1;
                 continue;
             }
+            let coord_part = if gid == part {
+                literal.clone()
+            } else {
+                quote_literal(&part_gid(gid, coordinator))
+            };
             let still = exec_text(
                 &mut coord,
-                &format!("SELECT gid FROM pg_prepared_xacts WHERE gid = {literal}"),
+                &format!("SELECT gid FROM pg_prepared_xacts WHERE gid = {coord_part} AND database = current_database()"),
             )
             .await?;
             if !still.is_empty() {
-                let _ = run(&mut coord, &format!("ROLLBACK PREPARED {literal}")).await;
+                let _ = run(&mut coord, &format!("ROLLBACK PREPARED {coord_part}")).await;
             }
             let committed = exec_text(
                 &mut coord,
-                &format!("SELECT gid FROM ocelot.two_phase_log WHERE gid = {literal}"),
+                &format!(
+                    "SELECT gid FROM ocelot.two_phase_log WHERE gid = {}",
+                    quote_literal(gid)
+                ),
             )
             .await
             .map(|r| !r.is_empty())

@@ -143,6 +143,8 @@ pub struct Session {
     /// When the request being answered and the transaction around it began, for the stats.
     request_started: Option<Instant>,
     xact_started: Option<Instant>,
+    /// Transaction mode: state on the server that cannot be shared keeps the client on it.
+    pins: crate::router::pinning::Pins,
 }
 
 impl Session {
@@ -199,6 +201,7 @@ impl Session {
             shared,
             request_started: None,
             xact_started: None,
+            pins: Default::default(),
         }
     }
 
@@ -236,7 +239,9 @@ impl Session {
         result
     }
 
-    /// A server still in the middle of answering cannot be cleaned reliably: it is closed instead.
+    /// A server still in the middle of answering cannot be cleaned reliably: it is closed instead. One the client
+    /// still held (session mode, a pinned or unfinished transaction-mode session) may carry state no command tag
+    /// shows, so it is reset with DISCARD ALL before anyone else gets it.
     fn release_on_exit(&mut self) {
         // Parked parts of a cross-shard transaction are idle in it: the pool rolls them back.
         self.parked.clear();
@@ -244,6 +249,7 @@ impl Session {
             if self.tracker.is_busy() || self.csplit.is_streaming() || self.ssplit.is_streaming() {
                 server.broken = true;
             }
+            server.dirty.discard_all = true;
             self.slot.detach();
         }
     }
@@ -379,7 +385,12 @@ impl Session {
         }
         self.replay = None;
         self.attached_want = None;
-        if self.server.take().is_some() {
+        if let Some(mut server) = self.server.take() {
+            if self.mode == PoolMode::Session || !self.pins.is_empty() {
+                server.dirty.discard_all = true;
+                self.pins = Default::default();
+            }
+            drop(server);
             self.slot.detach();
             self.info.set_state(ClientState::Idle);
         }
@@ -701,6 +712,7 @@ impl Session {
                     backend::COMMAND_COMPLETE => {
                         if let Ok(tag) = decode::command_tag(body) {
                             dirty.observe_tag(tag);
+                            self.pins.observe_tag(tag);
                             if let Some(fx) = self.effects.as_mut() {
                                 fx.server_tag(tag);
                             }
@@ -736,7 +748,11 @@ impl Session {
         if wanted > server.rbuf.capacity() {
             server.rbuf.reserve(wanted - have);
         }
-        if saw_rfq && self.mode == PoolMode::Transaction && self.tracker.is_idle() {
+        if saw_rfq
+            && self.mode == PoolMode::Transaction
+            && self.tracker.is_idle()
+            && self.pins.is_empty()
+        {
             self.release();
         }
         Ok(None)

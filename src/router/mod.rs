@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod grouped;
 pub mod hash;
 pub mod merge;
+pub mod pinning;
 pub mod plugins;
 pub mod session_sql;
 pub mod shard_key;

@@ -17,9 +17,24 @@ impl Session {
         let body = &self.cbuf[fwd + 5..fwd + h.total()];
         // A set_config that is not recognised as a plain session SET could still change a setting: the
         // server is reset before anyone else gets it.
-        if matches!(h.code, frontend::QUERY | frontend::PARSE) && mentions_set_config(body) {
-            if let Some(server) = self.server.as_mut() {
-                server.dirty.reset_all = true;
+        if matches!(h.code, frontend::QUERY | frontend::PARSE) {
+            if mentions_set_config(body) {
+                if let Some(server) = self.server.as_mut() {
+                    server.dirty.reset_all = true;
+                }
+            }
+            let sql = match h.code {
+                frontend::PARSE => crate::protocol::extended::parse(body)
+                    .map(|(_, rest)| rest.split(|&b| b == 0).next().unwrap_or_default())
+                    .unwrap_or_default(),
+                _ => body,
+            };
+            let change = crate::router::pinning::scan(sql);
+            let before = self.pins;
+            self.pins.remove(change.remove);
+            self.pins.insert(change.add);
+            if self.pins != before {
+                tracing::debug!(held = %self.pins.describe(), "transaction-mode client pinned to its server while it holds session state");
             }
         }
         match h.code {

@@ -512,6 +512,7 @@ impl Session {
             && h.code == frontend::BIND
             && !self.unsynced_execute
             && self.mode == crate::config::PoolMode::Transaction
+            && self.pins.is_empty()
         {
             return Ok(match self.shard_at(0) {
                 Ok(Target::One(s)) if s == self.attached_shard => Cross::Forward,
