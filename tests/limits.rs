@@ -73,14 +73,45 @@ async fn idle_and_statement_timeouts() {
     assert_eq!(ended(idle_end).await, "57P05");
     busy.simple_query("SELECT 1").await.unwrap();
 
-    // Idle inside a transaction: 25P03, and the transaction is rolled back on the server.
-    let (c, c_end) = watched(port).await;
+    // Idle inside a transaction, as PgCat does it: the transaction is rolled back on the server, the client's next
+    // request gets 58000 "idle transaction timeout", and the one after that runs.
+    let only_txn = start_proxy(&config_toml(
+        pg.port,
+        1,
+        "idle_client_in_transaction_timeout = 400",
+        "",
+    ))
+    .await;
+    let c = connect(only_txn.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
     c.simple_query("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    assert_eq!(ended(c_end).await, "25P03");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let e = c.simple_query("COMMIT").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("58000"), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("idle transaction timeout"),
+        "{e:?}"
+    );
+    assert_eq!(first_value(&c, "SELECT count(*) FROM t").await, "0");
+    // Below the timeout nothing happens; the extended protocol gets the same answer.
+    c.simple_query("BEGIN").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.simple_query("COMMIT").await.unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let e = c.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("58000"), "{e:?}");
+    assert_eq!(
+        c.query_one("SELECT $1::int", &[&2i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
     let busy = connect(port, "postgres", None, "app").await.unwrap();
-    assert_eq!(first_value(&busy, "SELECT count(*) FROM t").await, "0");
 
     // statement_timeout: the server cancels the request (57014) and the client goes on.
     let started = Instant::now();
@@ -304,4 +335,32 @@ async fn clients_that_send_without_reading_use_bounded_memory() {
     }
     println!("read all in {} ms", started.elapsed().as_millis());
     bystander.simple_query("SELECT 1").await.unwrap();
+}
+
+/// PgCat's `checkout_failure_limit`: after that many requests that could not get a server, the client is
+/// disconnected with FATAL 58000; below it the client goes on.
+#[tokio::test]
+async fn checkout_failure_limit_disconnects_the_client() {
+    let pg = Postgres::start();
+    let toml = config_toml(
+        pg.port,
+        1,
+        "",
+        "checkout_failure_limit = 2\nconnect_timeout = 200",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let holder = connect(port, "postgres", None, "app").await.unwrap();
+    holder.simple_query("BEGIN").await.unwrap();
+    let (c, c_end) = watched(port).await;
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("53300"), "{e:?}");
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("53300"), "{e:?}");
+    assert_eq!(ended(c_end).await, "58000");
+    holder.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        first_value(&holder, "SELECT 'still here'").await,
+        "still here"
+    );
 }

@@ -260,3 +260,15 @@ pub struct General {
     #[serde(default)]
     pub prepared_statements_cache_size: Option<usize>,
 }
+
+impl General {
+    /// The socket keepalives of `tcp_keepalives_*` and `tcp_user_timeout`, for client and server sockets.
+    pub fn keepalive(&self) -> crate::net::Keepalive {
+        crate::net::Keepalive {
+            idle_s: self.tcp_keepalives_idle,
+            interval_s: self.tcp_keepalives_interval,
+            count: self.tcp_keepalives_count,
+            user_timeout_ms: self.tcp_user_timeout,
+        }
+    }
+}

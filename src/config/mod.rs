@@ -106,6 +106,8 @@ pub struct UserSettings {
     pub idle_timeout_ms: u64,
     pub server_lifetime_ms: u64,
     pub statement_timeout_ms: u64,
+    /// PgCat's pool-level `checkout_failure_limit`; 0 is no limit.
+    pub checkout_failure_limit: u64,
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Config {
                 .or(pool.server_lifetime)
                 .unwrap_or(g.server_lifetime),
             statement_timeout_ms: user.statement_timeout,
+            checkout_failure_limit: pool.checkout_failure_limit.unwrap_or(0),
         }
     }
 }

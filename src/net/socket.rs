@@ -1,4 +1,5 @@
-//! TCP options: no Nagle delay on either side (each message is latency-bound), keepalives on client sockets.
+//! TCP options: no Nagle delay on either side (each message is latency-bound), and keepalives on client and
+//! server sockets (PgCat applies `tcp_keepalives_*` to its server connections; Ocelot to both).
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 /// Keepalive settings from `[general]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Keepalive {
     pub idle_s: u64,
     pub interval_s: u64,
@@ -19,24 +20,33 @@ pub fn configure_client_socket(s: &TcpStream, k: Keepalive) {
     if let Err(e) = s.set_nodelay(true) {
         tracing::debug!("TCP_NODELAY on client socket: {e}");
     }
+    set_keepalive(s, k, "client");
+}
+
+/// Sets TCP_NODELAY and keepalives on a server socket.
+pub fn configure_server_socket(s: &TcpStream, k: Keepalive) {
+    if let Err(e) = s.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY on server socket: {e}");
+    }
+    set_keepalive(s, k, "server");
+}
+
+/// Keepalives as `k` says; an idle time of 0 leaves the socket's defaults.
+fn set_keepalive(s: &TcpStream, k: Keepalive, side: &str) {
+    if k.idle_s == 0 {
+        return;
+    }
     let sock = SockRef::from(s);
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(k.idle_s))
-        .with_interval(Duration::from_secs(k.interval_s));
+        .with_interval(Duration::from_secs(k.interval_s.max(1)));
     #[cfg(target_os = "linux")]
-    let ka = ka.with_retries(k.count);
+    let ka = ka.with_retries(k.count.max(1));
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
-        tracing::debug!("keepalive on client socket: {e}");
+        tracing::debug!("keepalive on {side} socket: {e}");
     }
     #[cfg(target_os = "linux")]
     if k.user_timeout_ms > 0 {
         let _ = sock.set_tcp_user_timeout(Some(Duration::from_millis(k.user_timeout_ms)));
-    }
-}
-
-/// Sets TCP_NODELAY on a server socket.
-pub fn configure_server_socket(s: &TcpStream) {
-    if let Err(e) = s.set_nodelay(true) {
-        tracing::debug!("TCP_NODELAY on server socket: {e}");
     }
 }

@@ -482,6 +482,7 @@ fn server_pools(
         .map(|p| p.prewarm)
         .unwrap_or_default(),
         cleanup: pool.cleanup_server_connections,
+        keepalive: g.keepalive(),
     };
     let mut shards: Vec<(usize, &Shard)> = pool
         .shards

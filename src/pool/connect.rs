@@ -74,6 +74,7 @@ pub async fn connect(
     address: Arc<Address>,
     creds: &ServerCredentials,
     max_message: u32,
+    keepalive: crate::net::Keepalive,
 ) -> Result<ServerConn, PoolError> {
     let server = || address.to_string();
     let tcp = TcpStream::connect((address.host.as_str(), address.port))
@@ -82,7 +83,7 @@ pub async fn connect(
             server: server(),
             source,
         })?;
-    configure_server_socket(&tcp);
+    configure_server_socket(&tcp, keepalive);
     let handle = std::os::fd::AsFd::as_fd(&tcp)
         .try_clone_to_owned()
         .ok()

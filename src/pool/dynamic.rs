@@ -75,7 +75,8 @@ impl Cluster {
             healthcheck_delay: Duration::from_millis(g.healthcheck_delay),
             healthcheck_timeout: Duration::from_millis(g.healthcheck_timeout),
             prewarm: Vec::new(),
-            cleanup: true,
+            cleanup: pool.cleanup_server_connections,
+            keepalive: g.keepalive(),
         };
         let creds = ServerCredentials {
             user: login.0.to_owned(),

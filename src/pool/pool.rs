@@ -41,6 +41,8 @@ pub struct PoolSettings {
     /// PgCat's `cleanup_server_connections`: when false, what a client left (SET, PREPARE, ...) stays for the
     /// next one; an open transaction is still rolled back.
     pub cleanup: bool,
+    /// `tcp_keepalives_*` and `tcp_user_timeout`, applied to server sockets as PgCat does.
+    pub keepalive: crate::net::Keepalive,
 }
 
 /// Why and when a server was banned, for `SHOW BANS`.
@@ -382,11 +384,14 @@ impl ServerPool {
     }
 
     pub(super) async fn open_new(&self, timeout: Duration) -> Result<ServerConn, PoolError> {
+        let settings = self.settings.load();
         let fut = connect(
             self.address.clone(),
             &self.creds,
-            self.settings.load().max_message,
+            settings.max_message,
+            settings.keepalive,
         );
+        drop(settings);
         self.logging_in.fetch_add(1, Ordering::Relaxed);
         let connected = tokio::time::timeout(timeout, fut).await;
         self.logging_in.fetch_sub(1, Ordering::Relaxed);
@@ -419,13 +424,14 @@ impl ServerPool {
     /// Opens a connection outside the pool's accounting, for a long-lived dedicated use (the LISTEN
     /// connection).
     pub async fn connect_dedicated(&self) -> Result<ServerConn, PoolError> {
-        let timeout = self.settings.load().connect_timeout;
+        let settings = self.settings.load_full();
         match tokio::time::timeout(
-            timeout,
+            settings.connect_timeout,
             connect(
                 self.address.clone(),
                 &self.creds,
-                self.settings.load().max_message,
+                settings.max_message,
+                settings.keepalive,
             ),
         )
         .await
@@ -433,7 +439,7 @@ impl ServerPool {
             Ok(r) => r,
             Err(_) => Err(PoolError::ConnectTimeout {
                 server: self.address.to_string(),
-                ms: timeout.as_millis() as u64,
+                ms: settings.connect_timeout.as_millis() as u64,
             }),
         }
     }

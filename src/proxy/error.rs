@@ -48,6 +48,8 @@ pub enum ClientError {
     IdleTimeout,
     #[error("terminating connection due to idle-in-transaction timeout (idle_client_in_transaction_timeout)")]
     IdleInTransactionTimeout,
+    #[error("checkout failure limit reached ({0} / {0})")]
+    CheckoutFailureLimit(u64),
     #[error("sorry, too many clients already (max_client_conn)")]
     TooManyClients,
     #[error("too many failed authentication attempts from this address; try again later")]
@@ -89,6 +91,7 @@ impl ClientError {
             ClientError::IdleTimeout => "57P05",
             ClientError::IdleInTransactionTimeout => "25P03",
             ClientError::TooManyClients => sqlstate::TOO_MANY_CONNECTIONS,
+            ClientError::CheckoutFailureLimit(_) => sqlstate::SYSTEM_ERROR,
             ClientError::AuthThrottled => sqlstate::INVALID_AUTHORIZATION,
             ClientError::Pool(p) => p.sqlstate(),
             ClientError::ServerLost(_) => sqlstate::CONNECTION_FAILURE,

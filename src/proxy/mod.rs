@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::net::{configure_client_socket, Keepalive};
+use crate::net::configure_client_socket;
 use crate::pool::Cluster;
 use crate::protocol::encode;
 use cancel::CancelRegistry;
@@ -278,15 +278,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn handle_tcp_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let g = &shared.snapshot().config.general;
-    configure_client_socket(
-        &stream,
-        Keepalive {
-            idle_s: g.tcp_keepalives_idle,
-            interval_s: g.tcp_keepalives_interval,
-            count: g.tcp_keepalives_count,
-            user_timeout_ms: g.tcp_user_timeout,
-        },
-    );
+    configure_client_socket(&stream, g.keepalive());
     handle_client(crate::net::Stream::Tcp(stream), Some(peer), shared).await
 }
 

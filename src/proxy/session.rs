@@ -145,6 +145,10 @@ pub struct Session {
     xact_started: Option<Instant>,
     /// Transaction mode: state on the server that cannot be shared keeps the client on it.
     pins: crate::router::pinning::Pins,
+    /// The transaction was rolled back for idling too long: the next request is told so (`timeouts.rs`).
+    txn_timed_out: bool,
+    /// Requests that could not get a server, for `checkout_failure_limit`.
+    checkout_failures: u64,
 }
 
 impl Session {
@@ -202,6 +206,8 @@ impl Session {
             request_started: None,
             xact_started: None,
             pins: Default::default(),
+            txn_timed_out: false,
+            checkout_failures: 0,
         }
     }
 
@@ -339,6 +345,9 @@ impl Session {
                         return Ok(end);
                     }
                 }
+                Event::Stop if *self.stop.borrow() == Stop::IdleInTransaction => {
+                    self.idle_in_transaction_timeout().await?;
+                }
                 Event::Stop => {
                     let stop = *self.stop.borrow();
                     if let Some(e) = stop_reason(stop) {
@@ -428,6 +437,15 @@ impl Session {
                 if starts && code == frontend::SYNC {
                     self.skip_to_sync = false;
                 }
+                continue;
+            }
+            if starts && fwd == 0 && self.txn_timed_out {
+                self.refuse_after_timeout(&piece).await?;
+                continue;
+            }
+            // The rest of a refused extended request, while a server stays attached (session mode).
+            if fwd == 0 && self.discard_until_sync && self.server.is_some() {
+                self.skip_without_server(&piece).await?;
                 continue;
             }
             if starts && fwd == 0 && self.pool.plugins.is_some() && !self.discard_until_sync {
@@ -797,3 +815,4 @@ mod multi;
 mod pgml_ext;
 mod plugins;
 mod route;
+mod timeouts;

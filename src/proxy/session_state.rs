@@ -116,6 +116,12 @@ impl SessionEffects {
         }
     }
 
+    /// Ocelot rolled the transaction back itself (idle in it for too long): nothing done in it took effect.
+    pub fn rolled_back(&mut self) {
+        self.in_transaction.clear();
+        self.status = txn::IDLE;
+    }
+
     /// ReadyForQuery: returns the commands that now took effect, in order.
     pub fn server_ready(&mut self, status: u8) -> Vec<SessionCommand> {
         let mut fx = Vec::new();

@@ -134,6 +134,17 @@ impl ClientInfo {
         self.stop.send_replace(Stop::Kill);
     }
 
+    /// A timeout the session handled without ending (PgCat's idle transaction timeout): it runs on.
+    pub fn clear_timeout(&self, why: Stop) {
+        self.stop.send_if_modified(|s| {
+            let was = *s == why;
+            if was {
+                *s = Stop::Run;
+            }
+            was
+        });
+    }
+
     /// An idle timeout: the session ends now, saying why.
     pub fn time_out(&self, why: Stop) {
         self.stop.send_if_modified(|s| {

@@ -128,13 +128,25 @@ impl Session {
         piece: &Piece,
     ) -> Result<(), ClientError> {
         tracing::warn!(pool = %self.pool.database, user = %self.pool.user, "{e}");
-        encode::error_response(
-            &mut self.out,
-            Severity::Error,
-            e.sqlstate(),
-            &e.to_string(),
-            None,
-        );
+        self.refuse_request(e.sqlstate(), &e.to_string(), piece)
+            .await?;
+        self.checkout_failures += 1;
+        let limit = self.pool.settings.checkout_failure_limit;
+        if limit > 0 && self.checkout_failures >= limit {
+            tracing::warn!(pool = %self.pool.database, user = %self.pool.user, client = self.info.id, "checkout failure limit reached ({limit}): disconnecting the client");
+            return Err(ClientError::CheckoutFailureLimit(limit));
+        }
+        Ok(())
+    }
+
+    /// Answers the request that starts with `piece` with an error instead of running it, and skips the rest of it.
+    pub(super) async fn refuse_request(
+        &mut self,
+        code: &str,
+        message: &str,
+        piece: &Piece,
+    ) -> Result<(), ClientError> {
+        encode::error_response(&mut self.out, Severity::Error, code, message, None);
         if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
             self.discard_until_sync = false;
             self.cbuf.advance(piece.len());
