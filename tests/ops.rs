@@ -817,3 +817,31 @@ queries = ["INSERT INTO prewarm_log VALUES (pg_backend_pid())"]
     let logs = captured_logs();
     assert!(logs.contains("query: SELECT 40 + 2"), "{logs}");
 }
+
+/// SHOW STATS in PgCat's units on the `pgcat` console (query time in ms, as PgCat's stats_spec expects) and in
+/// PgBouncer's on `pgbouncer` (µs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_stats_uses_each_consoles_units() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    c.simple_query("SELECT pg_sleep(0.3)").await.unwrap();
+    let total = |db: &str| -> u64 {
+        let (ok, out, err) = run_tool(admin_psql_command(port, db, "admin", "SHOW STATS"));
+        assert!(ok, "{err}");
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+        let at = header
+            .iter()
+            .position(|h| *h == "total_query_time")
+            .unwrap();
+        lines
+            .filter_map(|l| l.split('|').nth(at)?.parse::<u64>().ok())
+            .sum()
+    };
+    let ms = tokio::task::block_in_place(|| total("pgcat"));
+    let us = tokio::task::block_in_place(|| total("pgbouncer"));
+    assert!((300..2000).contains(&ms), "pgcat: {ms} ms");
+    assert!((300_000..2_000_000).contains(&us), "pgbouncer: {us} µs");
+}

@@ -1366,3 +1366,63 @@ async fn two_phase_commit_with_every_shard_on_one_server() {
         "the commits' log entries are removed once every part committed"
     );
 }
+
+/// `default_shard = "random_healthy"` (PgCat's sharding_spec): queries that name no shard go to a random shard
+/// whose server has not failed within `ban_time`; when the chosen one is down another is tried, and a query that
+/// names the failed shard still goes there.
+#[tokio::test]
+async fn random_healthy_avoids_a_shard_that_is_down() {
+    let shards = Shards::start().await;
+    let config = shards
+        .config()
+        .replace(
+            "[pools.app]\n",
+            "[pools.app]\ndefault_shard = \"random_healthy\"\n",
+        )
+        .replace(
+            "admin_password = \"admin\"\n",
+            "admin_password = \"admin\"\nban_time = 60\nconnect_timeout = 1000\n",
+        );
+    let proxy = start_proxy(&config).await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    let ports: Vec<String> = shards.0.iter().map(|p| p.port.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        seen.insert(first_value(&c, "SELECT inet_server_port()::text").await);
+    }
+    assert_eq!(seen.len(), 3, "spread over every shard: {seen:?}");
+    shards.0[1].stop();
+    // As in PgCat's spec, a query may still meet a connection the stopped server closed (the pool learns from it).
+    let mut c = connect(port, "postgres", None, "app").await.unwrap();
+    let (mut served, mut failed) = (Vec::new(), 0);
+    while served.len() < 40 {
+        match c.simple_query("SELECT inet_server_port()::text").await {
+            Ok(m) => served.push(rows_of(&m)[0][0].clone().unwrap_or_default()),
+            Err(e) => {
+                failed += 1;
+                assert!(failed <= 3, "{failed} failures: {e:?}");
+                if c.is_closed() {
+                    c = connect(port, "postgres", None, "app").await.unwrap();
+                }
+            }
+        }
+    }
+    assert!(!served.contains(&ports[1]), "{served:?}");
+    assert!(
+        served.contains(&ports[0]) && served.contains(&ports[2]),
+        "{served:?}"
+    );
+    // Back up: a query naming it reaches it; the others keep avoiding it until its ban_time runs out.
+    shards.0[1].restart();
+    assert_eq!(
+        first_value(&c, "/* shard_id: 1 */ SELECT inet_server_port()::text").await,
+        ports[1]
+    );
+    for _ in 0..20 {
+        assert_ne!(
+            first_value(&c, "SELECT inet_server_port()::text").await,
+            ports[1]
+        );
+    }
+}

@@ -17,7 +17,7 @@ use crate::proxy::Shared;
 const PAUSE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs one console request (possibly several commands separated by `;`), writing results or an error.
-pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
+pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut, console: super::Console) {
     let commands: Vec<&str> = sql
         .split(';')
         .map(str::trim)
@@ -34,19 +34,24 @@ pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
         return;
     }
     for c in commands {
-        if let Err(e) = one(shared, c, out).await {
+        if let Err(e) = one(shared, c, out, console).await {
             encode::error_response(out, Severity::Error, e.code, &e.message, None);
             return;
         }
     }
 }
 
-async fn one(shared: &Arc<Shared>, cmd: &str, out: &mut BytesMut) -> Result<(), AdminError> {
+async fn one(
+    shared: &Arc<Shared>,
+    cmd: &str,
+    out: &mut BytesMut,
+    console: super::Console,
+) -> Result<(), AdminError> {
     let words: Vec<String> = cmd.split_whitespace().map(unquote).collect();
     let verb = words[0].to_ascii_lowercase();
     let args = &words[1..];
     match verb.as_str() {
-        "show" => show::run(shared, args, out),
+        "show" => show::run(shared, args, out, console),
         "set" => {
             encode::command_complete(out, "SET");
             Ok(())

@@ -95,11 +95,30 @@ pub fn spawn_stats_roller(shared: &Arc<Shared>) {
     });
 }
 
+/// Which console a client logged in to: its database name. They differ only in units: PgCat's `SHOW STATS`
+/// reports query and transaction times in milliseconds, PgBouncer's in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    PgCat,
+    PgBouncer,
+}
+
+impl Console {
+    pub fn of(database: &str) -> Console {
+        if database.eq_ignore_ascii_case("pgcat") {
+            Console::PgCat
+        } else {
+            Console::PgBouncer
+        }
+    }
+}
+
 /// Serves one admin client until it leaves.
 pub async fn serve(
     mut stream: crate::net::Stream,
     mut buf: BytesMut,
     shared: Arc<Shared>,
+    console: Console,
 ) -> Result<(), ClientError> {
     let mut out = BytesMut::with_capacity(4096);
     // After an extended-protocol message: drop the rest up to Sync, as a server does after an error.
@@ -116,7 +135,7 @@ pub async fn serve(
                 skipping = false;
                 let sql = body.chunk().strip_suffix(&[0]).unwrap_or(body.chunk());
                 let sql = String::from_utf8_lossy(sql);
-                commands::run(&shared, &sql, &mut out).await;
+                commands::run(&shared, &sql, &mut out, console).await;
                 encode::ready_for_query(&mut out, txn::IDLE);
             }
             frontend::SYNC => {

@@ -28,7 +28,12 @@ const HELP: &[&str] = &[
     "SET <anything> (accepted and ignored)",
 ];
 
-pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), AdminError> {
+pub fn run(
+    shared: &Shared,
+    args: &[String],
+    out: &mut BytesMut,
+    console: super::Console,
+) -> Result<(), AdminError> {
     if args.first().is_some_and(|a| a.eq_ignore_ascii_case("help")) {
         for line in HELP {
             encode::notice_response(out, line);
@@ -36,12 +41,16 @@ pub fn run(shared: &Shared, args: &[String], out: &mut BytesMut) -> Result<(), A
         encode::command_complete(out, "SHOW");
         return Ok(());
     }
-    table(shared, args)?.write(out, "SHOW");
+    table(shared, args, console)?.write(out, "SHOW");
     Ok(())
 }
 
 /// The result of `SHOW <args>` (other than HELP), for the console and the dashboard.
-pub fn table(shared: &Shared, args: &[String]) -> Result<Table, AdminError> {
+pub fn table(
+    shared: &Shared,
+    args: &[String],
+    console: super::Console,
+) -> Result<Table, AdminError> {
     let what = args
         .first()
         .map(|s| s.to_ascii_lowercase())
@@ -53,7 +62,7 @@ pub fn table(shared: &Shared, args: &[String]) -> Result<Table, AdminError> {
         "config" => config(&snapshot.config),
         "databases" => databases(&pools),
         "pools" => pools_table(shared, &pools),
-        "stats" => stats(&pools),
+        "stats" => stats(&pools, console),
         "stats_totals" | "totals" => per_database(&pools, false),
         "stats_averages" => per_database(&pools, true),
         "clients" => clients(shared),
@@ -277,7 +286,9 @@ fn avg_values(x: &Totals) -> [u64; 8] {
     ]
 }
 
-fn stats(pools: &[&Arc<UserPool>]) -> Table {
+/// PgCat's `SHOW STATS`. On the `pgcat` console query and transaction times are in milliseconds, as PgCat counts
+/// them (its wait times are microseconds); on `pgbouncer` everything is in microseconds, as PgBouncer's.
+fn stats(pools: &[&Arc<UserPool>], console: super::Console) -> Table {
     let mut cols = vec![
         Col::Text("instance"),
         Col::Text("database"),
@@ -289,8 +300,15 @@ fn stats(pools: &[&Arc<UserPool>]) -> Table {
     for p in pools {
         for s in p.server_pools() {
             let mut row = vec![s.address.name(), t(&p.database), t(&p.user)];
-            row.extend(total_values(&s.stats.totals()).iter().map(t));
-            row.extend(avg_values(&s.stats.averages()).iter().map(t));
+            let (mut totals, mut averages) = (s.stats.totals(), s.stats.averages());
+            if console == super::Console::PgCat {
+                for x in [&mut totals, &mut averages] {
+                    x.query_time_us /= 1000;
+                    x.xact_time_us /= 1000;
+                }
+            }
+            row.extend(total_values(&totals).iter().map(t));
+            row.extend(avg_values(&averages).iter().map(t));
             table.row(row);
         }
     }

@@ -264,3 +264,13 @@ fn plugins_without_the_parser_are_a_warning_as_in_pgcat() {
         loaded.warnings
     );
 }
+
+#[test]
+fn an_invalid_default_shard_is_reported_as_pgcat_reports_it() {
+    let text = MINIMAL.replace(
+        "[pools.db.users.0]",
+        "[pools.db]\ndefault_shard = \"shard_99\"\n\n[pools.db.users.0]",
+    );
+    let err = Config::parse_and_validate(&text).unwrap_err().to_string();
+    assert!(err.contains("Invalid shard 99"), "{err}");
+}

@@ -138,7 +138,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 return Err(ConfigError::invalid(
                     key("default_shard"),
                     format!(
-                        "shard_{n} does not exist: the pool has {} shard(s)",
+                        "Invalid shard {n}: shard_{n} does not exist, the pool has {} shard(s)",
                         pool.shards.len()
                     ),
                 ));

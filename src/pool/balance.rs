@@ -8,7 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
 
 use super::{PoolError, Pooled, ServerPool, UserPool};
 use crate::config::{LoadBalancingMode, ServerRole};
@@ -37,6 +38,25 @@ impl Want {
 }
 
 impl UserPool {
+    /// A shard for a query that names none under `default_shard = "random"` / `"random_healthy"`: any shard, or
+    /// (healthy) one whose servers did not fail within `ban_time`, any shard when every one did.
+    pub fn random_shard(&self, healthy: bool) -> usize {
+        let n = self.shards.len().max(1);
+        if healthy {
+            let ok: Vec<usize> = (0..self.shards.len())
+                .filter(|&i| {
+                    self.shards[i]
+                        .iter()
+                        .all(|s| s.is_healthy() || s.address.role == ServerRole::Mirror)
+                })
+                .collect();
+            if let Some(&s) = ok.choose(&mut rand::rng()) {
+                return s;
+            }
+        }
+        rand::rng().random_range(0..n)
+    }
+
     /// The servers of `shard` that may serve `want`, best first, banned ones left out.
     pub fn candidates(
         &self,
@@ -130,6 +150,9 @@ impl UserPool {
             match server.checkout().await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
+                    if e.is_retryable() {
+                        server.mark_unhealthy(self.routing.ban_time);
+                    }
                     if e.is_retryable() && server.address.role != ServerRole::Primary {
                         server.ban(self.routing.ban_time, &e.to_string());
                     }

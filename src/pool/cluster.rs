@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rand::Rng;
 
 use super::connect::ServerCredentials;
 use super::listener::Listener;
@@ -102,9 +101,8 @@ impl UserPool {
     pub fn target(&self) -> &Arc<ServerPool> {
         let shard = match self.default_shard {
             DefaultShard::Shard(n) => n.min(self.shards.len().saturating_sub(1)),
-            DefaultShard::Random | DefaultShard::RandomHealthy => {
-                rand::rng().random_range(0..self.shards.len().max(1))
-            }
+            DefaultShard::Random => self.random_shard(false),
+            DefaultShard::RandomHealthy => self.random_shard(true),
         };
         let servers = &self.shards[shard];
         let want = match self.default_role {

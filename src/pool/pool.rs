@@ -95,6 +95,9 @@ pub struct ServerPool {
     conns: Mutex<Vec<Arc<ConnInfo>>>,
     /// Connections being opened now (`sv_login`).
     logging_in: AtomicUsize,
+    /// Until when (on [`now_ms`]'s clock) the server counts as failing, primaries included (which are never
+    /// banned): `default_shard = "random_healthy"` avoids shards whose server failed within `ban_time`.
+    unhealthy_until: AtomicU64,
     /// Bumped by `RECONNECT`: connections opened before are closed when they come back.
     epoch: AtomicU64,
     /// Until when (on [`now_ms`]'s clock) idle connections are checked before reuse, after one broke.
@@ -118,6 +121,7 @@ impl ServerPool {
             conns: Mutex::new(Vec::new()),
             logging_in: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            unhealthy_until: AtomicU64::new(0),
             suspect_until: AtomicU64::new(0),
         })
     }
@@ -196,6 +200,17 @@ impl ServerPool {
         if self.banned_until.swap(0, Ordering::AcqRel) != 0 {
             tracing::info!(server = %self.address, "unbanned");
         }
+    }
+
+    /// Notes that a connection to the server failed or broke, for `random_healthy` shard choice.
+    pub fn mark_unhealthy(&self, duration: Duration) {
+        let until = now_ms() + duration.as_millis() as u64;
+        self.unhealthy_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether no connection to the server failed or broke within the last `ban_time`.
+    pub fn is_healthy(&self) -> bool {
+        now_ms() >= self.unhealthy_until.load(Ordering::Relaxed)
     }
 
     /// Whether the server is banned now; a ban that ran out is lifted here.

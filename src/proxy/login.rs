@@ -34,7 +34,8 @@ pub enum Login {
     },
     Ready(Box<LoggedIn>),
     /// The admin user, greeted, for the admin console.
-    Admin,
+    /// The admin console, on database `pgcat` (PgCat's units) or `pgbouncer` (PgBouncer's).
+    Admin(crate::admin::Console),
 }
 
 /// An authenticated client, greeted and ready for queries.
@@ -82,7 +83,7 @@ pub async fn login(
     }
     if admin {
         admin_login(stream, buf, g, &user, &application_name).await?;
-        return Ok(Login::Admin);
+        return Ok(Login::Admin(crate::admin::Console::of(&database)));
     }
     let found = snapshot.cluster.get(&database, &user);
     let aq = super::auth_query::needed(found)

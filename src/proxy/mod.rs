@@ -323,8 +323,8 @@ async fn handle_client(
             return;
         }
         Ok(Login::Ready(l)) => l,
-        Ok(Login::Admin) => {
-            if let Err(e) = crate::admin::serve(stream, buf, shared.clone()).await {
+        Ok(Login::Admin(console)) => {
+            if let Err(e) = crate::admin::serve(stream, buf, shared.clone(), console).await {
                 tracing::debug!(%peer, "admin session ended: {e}");
             }
             return;

@@ -377,6 +377,7 @@ impl Session {
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
             tracing::warn!(server = %s.address, "server connection lost: {reason}");
+            s.pool().mark_unhealthy(self.pool.routing.ban_time);
             if s.address.role != crate::config::ServerRole::Primary {
                 s.pool().ban(
                     self.pool.routing.ban_time,

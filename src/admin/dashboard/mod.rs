@@ -92,7 +92,8 @@ pub async fn render(shared: &Shared, page: &Page) -> Option<String> {
 
 fn admin_table(shared: &Shared, what: &[&str]) -> crate::admin::table::Table {
     let args: Vec<String> = what.iter().map(|s| (*s).to_owned()).collect();
-    show::table(shared, &args).unwrap_or_else(|_| crate::admin::table::Table::new(&[]))
+    show::table(shared, &args, crate::admin::Console::PgBouncer)
+        .unwrap_or_else(|_| crate::admin::table::Table::new(&[]))
 }
 
 fn no_link(_: &str, _: &str) -> Option<String> {

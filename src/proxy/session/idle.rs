@@ -38,9 +38,18 @@ impl Session {
             return Ok(Flow::Wait);
         }
         let want = self.want();
-        let attached = match self.shard() {
+        // `shard()` without the default filled in, so random_healthy can try another shard.
+        let attached = match self.shard_at(0) {
+            Ok(route::Target::Default)
+                if self.pool.default_shard == crate::config::DefaultShard::RandomHealthy =>
+            {
+                self.attach_healthy(want).await
+            }
+            Ok(route::Target::Default) => {
+                let shard = self.default_shard();
+                self.attach(want, shard).await
+            }
             Ok(route::Target::One(shard)) => self.attach(want, shard).await,
-            Ok(route::Target::Default) => self.attach(want, self.attached_shard).await,
             // Boxed: requests for several shards are rare, and their state would size every client's task.
             Ok(t) => return Box::pin(self.several_shards(t, piece, want)).await,
             Err(e) => Err(e),
@@ -50,6 +59,29 @@ impl Session {
             return Ok(Flow::Next);
         }
         Ok(Flow::Attached)
+    }
+
+    /// `default_shard = "random_healthy"`: when the chosen shard cannot serve, the other healthy shards are tried
+    /// in turn before the client is told.
+    async fn attach_healthy(&mut self, want: crate::pool::balance::Want) -> Result<(), PoolError> {
+        let first = self.pool.random_shard(true);
+        let mut result = self.attach(want, first).await;
+        let mut tried = vec![first];
+        while matches!(&result, Err(e) if e.is_retryable()) && tried.len() < self.pool.shards.len()
+        {
+            let next = self.pool.random_shard(true);
+            let next = if tried.contains(&next) {
+                match (0..self.pool.shards.len()).find(|s| !tried.contains(s)) {
+                    Some(s) => s,
+                    None => break,
+                }
+            } else {
+                next
+            };
+            tried.push(next);
+            result = self.attach(want, next).await;
+        }
+        result
     }
 
     /// A request for several shards (fan-out, batches, COPY), or one refused for needing them.

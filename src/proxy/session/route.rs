@@ -99,26 +99,16 @@ const ROUTE_CACHE: usize = 512;
 
 impl Session {
     /// The shard used when nothing in the request or the session names one.
-    fn default_shard(&self) -> usize {
+    pub(super) fn default_shard(&self) -> usize {
         match self.pool.default_shard {
             DefaultShard::Shard(n) => n.min(self.pool.shards.len().saturating_sub(1)),
-            DefaultShard::Random | DefaultShard::RandomHealthy => {
-                use rand::Rng;
-                rand::rng().random_range(0..self.pool.shards.len().max(1))
-            }
+            DefaultShard::Random => self.pool.random_shard(false),
+            DefaultShard::RandomHealthy => self.pool.random_shard(true),
         }
     }
 
-    /// The shard of the request waiting at the start of `cbuf`, PgCat's order: a comment, then `SET SHARD` /
-    /// `SET SHARDING KEY`, then the automatic sharding key, then `default_shard`.
-    pub(super) fn shard(&mut self) -> Result<Target, PoolError> {
-        match self.shard_at(0)? {
-            Target::Default => Ok(Target::One(self.default_shard())),
-            t => Ok(t),
-        }
-    }
-
-    /// The shard of the request at `cbuf[start..]`; [`Target::Default`] when nothing names one.
+    /// The shard of the request at `cbuf[start..]`, PgCat's order: a comment, then `SET SHARD` / `SET SHARDING
+    /// KEY`, then the automatic sharding key; [`Target::Default`] when nothing names one (`default_shard` then).
     pub(super) fn shard_at(&mut self, start: usize) -> Result<Target, PoolError> {
         if self.pool.shards.len() <= 1 {
             return Ok(Target::One(0));
