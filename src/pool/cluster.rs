@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-
 use super::connect::ServerCredentials;
 use super::listener::Listener;
 use super::pool::PoolSettings;
