@@ -212,3 +212,53 @@ async fn transaction_mode_pins_a_client_while_it_holds_session_state() {
     assert_eq!(first_value(&a, "SELECT 'a'").await, "a");
     assert_eq!(first_value(&b, "SELECT 'b'").await, "b");
 }
+
+/// Transaction mode: `pg_prepared_statements` shows a client its own statements under its own names, never the
+/// pool's shared `ocelot_<n>` statements or another client's query text.
+#[tokio::test]
+async fn pg_prepared_statements_shows_only_the_clients_own() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
+    let port = proxy.local_addr().port();
+    let other = connect(port, "postgres", None, "app").await.unwrap();
+    let s = other
+        .prepare("SELECT 'secret of another client'::text")
+        .await
+        .unwrap();
+    other.query_one(&s, &[]).await.unwrap();
+    let me = connect(port, "postgres", None, "app").await.unwrap();
+    assert_eq!(
+        first_value(&me, "SELECT count(*) FROM pg_prepared_statements").await,
+        "0"
+    );
+    let mine = me.prepare("SELECT $1::int4 + 1").await.unwrap();
+    me.query_one(&mine, &[&1i32]).await.unwrap();
+    me.simple_query("PREPARE by_sql AS SELECT 2").await.unwrap();
+    let rows = rows_of(
+        &me.simple_query(
+            "SELECT name, statement, from_sql FROM pg_catalog.pg_prepared_statements p ORDER BY p.name",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][0].as_deref(), Some("by_sql"));
+    assert_eq!(rows[0][2].as_deref(), Some("t"));
+    // tokio-postgres's own name (s<n>), not the pool's ocelot_<n>.
+    let name = rows[1][0].clone().unwrap_or_default();
+    assert!(
+        name.starts_with('s') && !name.starts_with("ocelot"),
+        "{name}"
+    );
+    assert_eq!(rows[1][1].as_deref(), Some("SELECT $1::int4 + 1"));
+    // Over the extended protocol too.
+    let n: i64 = me
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%secret%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

@@ -149,6 +149,8 @@ pub struct Session {
     txn_timed_out: bool,
     /// Requests that could not get a server, for `checkout_failure_limit`.
     checkout_failures: u64,
+    /// The message at the front of `cbuf` went through [`Session::rewrite_prepared_view`] already.
+    view_rewritten: bool,
 }
 
 impl Session {
@@ -208,6 +210,7 @@ impl Session {
             pins: Default::default(),
             txn_timed_out: false,
             checkout_failures: 0,
+            view_rewritten: false,
         }
     }
 
@@ -440,6 +443,20 @@ impl Session {
                 }
                 continue;
             }
+            if starts
+                && matches!(code, frontend::QUERY | frontend::PARSE)
+                && self.stmts.is_some()
+                && !self.view_rewritten
+                && catalog::reads_prepared_view(&self.cbuf[fwd..], &piece)
+            {
+                // The message must be at the front of the buffer to be replaced there.
+                self.forward_client(&mut fwd).await?;
+                self.rewrite_prepared_view(&piece);
+                self.view_rewritten = true;
+                // Split again: the message at the front may have changed.
+                continue;
+            }
+            self.view_rewritten = false;
             if starts && fwd == 0 && self.txn_timed_out {
                 self.refuse_after_timeout(&piece).await?;
                 continue;
@@ -808,6 +825,7 @@ enum Event {
 }
 
 mod bookkeeping;
+mod catalog;
 mod checkout;
 mod copy;
 mod idle;

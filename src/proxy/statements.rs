@@ -84,6 +84,13 @@ impl StatementMap {
         self.by_client_name.len()
     }
 
+    /// The client's statements: its name for each, and the Parse body (text, NUL, parameter types).
+    pub fn client_statements(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.by_client_name
+            .iter()
+            .map(|(n, s)| (n.as_str(), &s.body[..]))
+    }
+
     /// The query text of the client's statement `name`, if Ocelot knows it.
     pub fn statement_text(&self, name: &str) -> Option<Vec<u8>> {
         let stmt = self.by_client_name.get(name)?;
