@@ -129,44 +129,6 @@ pub async fn inline_embeddings(
     Some(Ok(out))
 }
 
-/// Words that may follow a table function in FROM without being its alias.
-const NOT_ALIAS: &[&str] = &[
-    "where",
-    "join",
-    "left",
-    "right",
-    "inner",
-    "full",
-    "cross",
-    "natural",
-    "on",
-    "using",
-    "order",
-    "group",
-    "having",
-    "limit",
-    "offset",
-    "union",
-    "except",
-    "intersect",
-    "window",
-    "fetch",
-    "for",
-    "returning",
-    "lateral",
-    "with",
-];
-
-/// Whether the text after a table function call gives it an alias (`AS d`, `d`).
-fn has_alias(after: &str) -> bool {
-    let word: String = after
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '"')
-        .collect();
-    !word.is_empty() && !NOT_ALIAS.contains(&word.to_ascii_lowercase().as_str())
-}
-
 /// A computed result as a subquery in FROM: the rows as typed literals under the function's column names.
 fn values_subquery(name: &str, (cols, rows): &ResultTable, aliased: bool) -> String {
     let ty = |oid: u32| match oid {
@@ -247,7 +209,11 @@ pub async fn inline_table_functions(
             Err(r) => return Some(Err((r.code, r.message))),
         };
         out.push_str(&sql[last..a]);
-        out.push_str(&values_subquery(name, &table, has_alias(&sql[b..])));
+        out.push_str(&values_subquery(
+            name,
+            &table,
+            crate::router::has_alias(&sql[b..]),
+        ));
         last = b;
     }
     out.push_str(&sql[last..]);
@@ -289,12 +255,12 @@ mod tests {
 
     #[test]
     fn table_functions_become_values_with_or_without_an_alias() {
-        assert!(has_alias(" d WHERE x"));
-        assert!(has_alias(" AS d"));
-        assert!(!has_alias(" WHERE psi > 0.2"));
-        assert!(!has_alias(" ORDER BY 1"));
-        assert!(!has_alias(")"));
-        assert!(!has_alias(""));
+        assert!(crate::router::has_alias(" d WHERE x"));
+        assert!(crate::router::has_alias(" AS d"));
+        assert!(!crate::router::has_alias(" WHERE psi > 0.2"));
+        assert!(!crate::router::has_alias(" ORDER BY 1"));
+        assert!(!crate::router::has_alias(")"));
+        assert!(!crate::router::has_alias(""));
         let cols = vec![
             ("model_id", super::super::params::INT8, 8),
             ("feature", super::super::params::TEXT, -1),

@@ -16,3 +16,41 @@ pub mod session_sql;
 pub mod shard_key;
 pub mod sharding;
 pub mod vectors;
+
+/// Words that may follow an item in FROM without being its alias.
+const NOT_ALIAS: &[&str] = &[
+    "where",
+    "join",
+    "left",
+    "right",
+    "inner",
+    "full",
+    "cross",
+    "natural",
+    "on",
+    "using",
+    "order",
+    "group",
+    "having",
+    "limit",
+    "offset",
+    "union",
+    "except",
+    "intersect",
+    "window",
+    "fetch",
+    "for",
+    "returning",
+    "lateral",
+    "with",
+];
+
+/// Whether the text after an item in FROM (a table function call, a subquery) gives it an alias (`AS d`, `d`).
+pub fn has_alias(after: &str) -> bool {
+    let word: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '"')
+        .collect();
+    !word.is_empty() && !NOT_ALIAS.contains(&word.to_ascii_lowercase().as_str())
+}

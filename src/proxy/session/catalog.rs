@@ -125,32 +125,6 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Words after the view's name that mean the query gave it no alias of its own.
-const NOT_ALIAS: &[&str] = &[
-    "where",
-    "order",
-    "group",
-    "limit",
-    "offset",
-    "join",
-    "left",
-    "right",
-    "inner",
-    "full",
-    "cross",
-    "on",
-    "union",
-    "except",
-    "intersect",
-    "having",
-    "window",
-    "for",
-    "natural",
-    "using",
-    "fetch",
-    "returning",
-];
-
 /// `sql` with each reference to the view (bare or `pg_catalog.`-qualified) replaced by `subquery`, aliased with
 /// the view's name unless the query names it itself; `None` when there is no reference as a word.
 fn replace_view(sql: &str, subquery: &str) -> Option<String> {
@@ -173,12 +147,7 @@ fn replace_view(sql: &str, subquery: &str) -> Option<String> {
         };
         out.push_str(&sql[at..start]);
         out.push_str(subquery);
-        let next: String = lower[end..]
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect();
-        if next.is_empty() || NOT_ALIAS.contains(&next.as_str()) {
+        if !crate::router::has_alias(&sql[end..]) {
             out.push_str(" AS pg_prepared_statements");
         }
         at = end;
