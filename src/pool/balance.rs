@@ -144,7 +144,20 @@ impl UserPool {
         primary_reads: bool,
     ) -> Result<Pooled, PoolError> {
         self.wait_unpaused().await;
-        let candidates = self.candidates(shard, want, primary_reads);
+        let mut candidates = self.candidates(shard, want, primary_reads);
+        if matches!(want, Want::Replica | Want::Predict)
+            && !candidates.iter().any(|s| s.address.role == ServerRole::Primary)
+        {
+            // A replica that has just died is not banned yet: the primary is the last resort for this read.
+            candidates.extend(
+                self.shards
+                    .get(shard)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.address.role == ServerRole::Primary)
+                    .cloned(),
+            );
+        }
         let mut last = None;
         for server in candidates {
             match server.checkout().await {

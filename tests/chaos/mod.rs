@@ -488,11 +488,12 @@ pub async fn scenario(
     tokio::task::block_in_place(heal);
     let healed = Instant::now();
 
-    // Recovered once the last two seconds ran at 70% of the baseline or more, in each half second.
+    // Recovered once the last two seconds ran at half the baseline or more, in each half second: a bound loose enough
+    // that a busy machine (two cores, a build beside the test) does not read as a fault that never healed.
     let window = Duration::from_millis(500);
     let low = |from: Instant| {
         let (w, r) = stats.rates(from, from + window);
-        w < 0.7 * baseline.0 || r < 0.7 * baseline.1
+        w < 0.5 * baseline.0 || r < 0.5 * baseline.1
     };
     let deadline = healed + Duration::from_secs(30);
     let mut recovery = None;
