@@ -1,5 +1,6 @@
 //! Real drivers through Ocelot in transaction mode with a pool of 2 and more concurrent clients than that, so
-//! prepared statements land on servers that never saw them. Each driver's check script verifies every value.
+//! prepared statements land on servers that never saw them, and psycopg in session mode, where a client must see
+//! its session as on a direct connection. Each driver's check script verifies every value.
 //! The drivers are installed by `scripts/setup-drivers.sh` (run by `scripts/test.sh`).
 
 mod common;
@@ -12,8 +13,14 @@ use common::*;
 const DRIVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers");
 
 async fn check(program: &str, args: Vec<String>, expect: &str) {
+    check_in(program, args, expect, "").await
+}
+
+/// [`check`] with more settings for the pool (`pool_mode = "session"`).
+async fn check_in(program: &str, args: Vec<String>, expect: &str, pool: &str) {
     let pg = Postgres::start();
-    let proxy = start_proxy(&config_toml(pg.port, 2, "", "connect_timeout = 20000")).await;
+    let settings = format!("connect_timeout = 20000\n{pool}");
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", &settings)).await;
     let port = proxy.local_addr().port().to_string();
     let program = program.to_owned();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -49,6 +56,19 @@ async fn psycopg_prepare_threshold_zero_and_copy() {
         "python3",
         vec![format!("{DRIVERS}/psycopg_check.py")],
         "psycopg",
+    )
+    .await;
+}
+
+/// Session mode: the client's process id is its server's, NOTIFY senders and startup parameters as on a direct
+/// connection.
+#[tokio::test]
+async fn psycopg_in_session_mode_sees_its_own_backend() {
+    check_in(
+        "python3",
+        vec![format!("{DRIVERS}/psycopg_session_check.py")],
+        "psycopg session",
+        "pool_mode = \"session\"",
     )
     .await;
 }

@@ -136,6 +136,36 @@ impl UserPool {
         list
     }
 
+    /// The one server every request of this pool goes to (one shard, one server, its primary), if there is one.
+    pub fn sole_primary(&self) -> Option<&Arc<ServerPool>> {
+        match self.shards.as_slice() {
+            [servers] => {
+                let mut live = servers
+                    .iter()
+                    .filter(|s| s.address.role != ServerRole::Mirror);
+                match (live.next(), live.next()) {
+                    (Some(s), None) if s.address.role == ServerRole::Primary => Some(s),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A connection of the pool's sole primary without waiting: an idle one or a new one while the pool has room,
+    /// `None` when it has none (or is paused), or the connection fails. For a session-mode login, which must not
+    /// be held up by a full pool: its client waits for a server at its first query instead, as with PgBouncer.
+    pub async fn reserve(&self) -> Option<Pooled> {
+        let server = self.sole_primary()?;
+        if self.is_paused() {
+            return None;
+        }
+        let permit = server.permits.clone().try_acquire_owned().ok()?;
+        let deadline = std::time::Instant::now() + server.settings.load().connect_timeout;
+        let conn = server.connection(deadline).await.ok()?;
+        Some(server.guard(conn, permit))
+    }
+
     /// Checks out a connection for `want` in `shard`, trying candidates in order.
     pub async fn checkout(
         &self,
@@ -146,7 +176,9 @@ impl UserPool {
         self.wait_unpaused().await;
         let mut candidates = self.candidates(shard, want, primary_reads);
         if matches!(want, Want::Replica | Want::Predict)
-            && !candidates.iter().any(|s| s.address.role == ServerRole::Primary)
+            && !candidates
+                .iter()
+                .any(|s| s.address.role == ServerRole::Primary)
         {
             // A replica that has just died is not banned yet: the primary is the last resort for this read.
             candidates.extend(

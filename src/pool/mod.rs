@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod balance;
+pub mod canonical;
 pub mod cluster;
 pub mod connect;
 mod dynamic;

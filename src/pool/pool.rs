@@ -299,7 +299,7 @@ impl ServerPool {
     /// a moment ago: a restart or `pg_terminate_backend` kills idle connections too, and some may not have said
     /// so yet. One that fails the check is closed and the next is tried; one that does not answer in
     /// `healthcheck_timeout` means the server does not, and fails the attempt.
-    async fn connection(&self, deadline: Instant) -> Result<ServerConn, PoolError> {
+    pub(super) async fn connection(&self, deadline: Instant) -> Result<ServerConn, PoolError> {
         loop {
             let Some(conn) = self.take_idle() else { break };
             if conn.last_used.elapsed() < self.settings.load().healthcheck_delay
@@ -358,7 +358,11 @@ impl ServerPool {
         }
     }
 
-    fn guard(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Pooled {
+    pub(super) fn guard(
+        self: &Arc<Self>,
+        conn: ServerConn,
+        permit: OwnedSemaphorePermit,
+    ) -> Pooled {
         conn.info.set_state(ConnState::Active);
         Pooled {
             conn: Some(conn),

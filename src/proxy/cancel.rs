@@ -22,6 +22,9 @@ use crate::protocol::encode;
 pub struct CancelSlot {
     pub pid: i32,
     pub secret: i32,
+    /// Whether the client keeps its server for its whole session (session mode), so the server's process id
+    /// stands for this client in what other sessions see (NOTIFY senders).
+    exclusive: bool,
     target: Mutex<Option<Arc<CancelTarget>>>,
 }
 
@@ -46,10 +49,12 @@ impl CancelSlot {
     }
 }
 
-/// All logged-in clients' slots, by process id.
+/// All logged-in clients' slots, by process id. A session-mode client on a pool of one server is given that
+/// server's own process id, which another such client of another PostgreSQL may share: a process id maps to the
+/// few slots that carry it, told apart by their secrets.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    slots: Mutex<HashMap<i32, Arc<CancelSlot>>>,
+    slots: Mutex<HashMap<i32, Vec<Arc<CancelSlot>>>>,
 }
 
 /// Removes a client's slot when the client goes away.
@@ -61,33 +66,47 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.slot.pid);
+        let mut slots = self.registry.lock();
+        if let Some(list) = slots.get_mut(&self.slot.pid) {
+            list.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            if list.is_empty() {
+                slots.remove(&self.slot.pid);
+            }
+        }
     }
 }
 
 impl CancelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<CancelSlot>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Vec<Arc<CancelSlot>>>> {
         // Insert/remove/lookup only: a poisoned map is still consistent.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives a new client a unique process id and a random secret.
-    pub fn register(self: &Arc<Self>) -> Registration {
+    /// Gives a new client a process id (`pid`, or a random unused one) and a random secret that no other holder
+    /// of that id has; `exclusive` as in [`CancelSlot`].
+    pub fn register(self: &Arc<Self>, pid: Option<i32>, exclusive: bool) -> Registration {
         let mut rng = rand::rng();
-        let secret = rng.random::<i32>();
         let mut slots = self.lock();
-        let pid = loop {
+        let pid = pid.unwrap_or_else(|| loop {
             let pid = rng.random_range(1..i32::MAX);
             if !slots.contains_key(&pid) {
                 break pid;
+            }
+        });
+        let list = slots.entry(pid).or_default();
+        let secret = loop {
+            let secret = rng.random::<i32>();
+            if list.iter().all(|s| s.secret != secret) {
+                break secret;
             }
         };
         let slot = Arc::new(CancelSlot {
             pid,
             secret,
+            exclusive,
             target: Mutex::new(None),
         });
-        slots.insert(pid, slot.clone());
+        list.push(slot.clone());
         Registration {
             registry: self.clone(),
             slot,
@@ -96,11 +115,28 @@ impl CancelRegistry {
 
     /// The server to cancel for a client's key, if the key is valid and the client holds a server now.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<CancelTarget>> {
-        let slot = self.lock().get(&pid).cloned()?;
-        if !constant_time_eq_i32(slot.secret, secret) {
-            return None;
-        }
+        let slot = self
+            .lock()
+            .get(&pid)?
+            .iter()
+            .find(|s| constant_time_eq_i32(s.secret, secret))
+            .cloned()?;
         slot.current()
+    }
+
+    /// The process id Ocelot gave the session-mode client that holds server process `server_pid` at `host:port`,
+    /// if one does. A scan of every client, run only for a NotificationResponse from another session: rare next
+    /// to queries, and an index would cost a shared write on every transaction-mode checkout.
+    pub fn client_of(&self, host: &str, port: u16, server_pid: i32) -> Option<i32> {
+        self.lock()
+            .values()
+            .flatten()
+            .filter(|s| s.exclusive)
+            .find(|s| {
+                s.current()
+                    .is_some_and(|t| t.pid == server_pid && t.port == port && t.host == host)
+            })
+            .map(|s| s.pid)
     }
 }
 
@@ -122,7 +158,7 @@ mod tests {
     #[test]
     fn lookup_needs_the_right_secret_and_an_attached_server() {
         let reg = Arc::new(CancelRegistry::default());
-        let r = reg.register();
+        let r = reg.register(None, true);
         let (pid, secret) = (r.slot.pid, r.slot.secret);
         assert!(reg.lookup(pid, secret).is_none());
         let t = Arc::new(CancelTarget {
@@ -133,10 +169,29 @@ mod tests {
         });
         r.slot.attach(&t);
         assert_eq!(reg.lookup(pid, secret).as_deref(), Some(&*t));
+        assert_eq!(reg.client_of("h", 1, 7), Some(pid));
+        assert_eq!(reg.client_of("h", 2, 7), None);
+        let shared = reg.register(None, false);
+        shared.slot.attach(&t);
+        r.slot.detach();
+        assert_eq!(
+            reg.client_of("h", 1, 7),
+            None,
+            "a transaction-mode client's server is not its own"
+        );
+        shared.slot.detach();
+        // A second holder of one process id is told apart by its secret.
+        let twin = reg.register(Some(pid), true);
+        assert_ne!(twin.slot.secret, secret);
+        twin.slot.attach(&t);
+        assert!(reg.lookup(pid, secret).is_none());
+        assert_eq!(reg.lookup(pid, twin.slot.secret).as_deref(), Some(&*t));
+        drop(twin);
+        assert!(reg.lookup(pid, secret).is_none());
         assert!(reg.lookup(pid, secret.wrapping_add(1)).is_none());
         r.slot.detach();
         assert!(reg.lookup(pid, secret).is_none());
-        drop(r);
+        drop((r, shared));
         assert!(reg.lock().is_empty());
     }
 }

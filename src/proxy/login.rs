@@ -46,6 +46,8 @@ pub struct LoggedIn {
     pub user: String,
     pub database: String,
     pub application_name: String,
+    /// See [`UserPool::reserve`].
+    pub reserved: Option<crate::pool::Pooled>,
 }
 
 /// Runs start-up and authentication. The caller applies `client_login_timeout`.
@@ -117,10 +119,20 @@ pub async fn login(
         (None, None) => return Err(ClientError::UnknownRole(user)),
     };
 
+    // A session-mode client of a one-server pool gets its server now and is told that server's process id, so
+    // what it reads of itself on the server (pg_backend_pid(), pg_stat_activity, a NOTIFY's sender) and
+    // pg_terminate_backend of that id mean what they mean on a direct connection.
+    let session_mode = pool.settings.pool_mode == crate::config::PoolMode::Session;
+    let reserved = match session_mode {
+        true => pool.reserve().await,
+        false => None,
+    };
     // Clients are told the parameters of a real server session; the first connection of the pool provides them.
     let defaults = server_defaults(&pool).await?;
     let client_params = ClientParams::from_startup(&defaults, &params);
-    let registration = shared.cancels.register();
+    let registration = shared
+        .cancels
+        .register(reserved.as_ref().map(|c| c.cancel.pid), session_mode);
     encode::auth_ok(&mut out);
     for (k, v) in defaults.iter() {
         let v = client_params.tracked.get(k).unwrap_or(v);
@@ -136,6 +148,7 @@ pub async fn login(
         user,
         database,
         application_name,
+        reserved,
     })))
 }
 

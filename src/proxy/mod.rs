@@ -309,7 +309,7 @@ async fn handle_client(
             Ok(r) => r,
             Err(_) => Err(ClientError::LoginTimeout),
         };
-    let login = match login {
+    let mut login = match login {
         Ok(Login::Cancel { pid, secret }) => {
             if let Some(target) = shared.cancels.lookup(pid, secret) {
                 if let Err(e) = cancel::send_cancel(&target).await {
@@ -362,10 +362,12 @@ async fn handle_client(
     if shared.shutdown.is_draining() {
         client.info.drain();
     }
+    let reserved = login.reserved.take();
     let session = Box::new(Session::new(
         stream,
         buf,
         &login,
+        reserved,
         g.max_message_size,
         client.info.clone(),
         shared.clone(),

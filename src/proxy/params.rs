@@ -4,6 +4,7 @@
 //! `-c name=value` in `options`). Before a client's first message reaches a server, the difference is applied with
 //! one Query of SET/RESET statements, and nothing at all is sent when the server already matches.
 
+use crate::pool::canonical;
 use crate::pool::params::{is_tracked, TRACKED};
 use crate::pool::server::Applied;
 use crate::pool::ServerParams;
@@ -72,7 +73,8 @@ impl ClientParams {
         }
         let mut set = |k: &str, v: &str| {
             if is_tracked(k) {
-                p.tracked.set(k, v);
+                let current = defaults.get(k).unwrap_or_default();
+                p.tracked.set(k, &canonical::reported(k, v, current));
             } else if !k.starts_with("_pq_.") {
                 p.extra.set(k, v);
             }
@@ -217,8 +219,13 @@ mod tests {
 
     #[test]
     fn adopts_server_spelling() {
-        let server = params(&[("DateStyle", "ISO, MDY")]);
-        let mut c = ClientParams::from_startup(&server, &[("datestyle".into(), "ISO".into())]);
+        let server = params(&[("DateStyle", "ISO, MDY"), ("TimeZone", "UTC")]);
+        // Spelled as PostgreSQL would at once: nothing to do.
+        let c = ClientParams::from_startup(&server, &[("datestyle".into(), "ISO".into())]);
+        assert_eq!(c.tracked.get("DateStyle"), Some("ISO, MDY"));
+        assert_eq!(c.sync_sql(&server, &Applied::default()), None);
+        // Spelled by the server once it was set.
+        let mut c = ClientParams::from_startup(&server, &[("timezone".into(), "utc".into())]);
         assert!(c.sync_sql(&server, &Applied::default()).is_some());
         let mut applied = Applied::default();
         c.after_sync(&server, &mut applied);

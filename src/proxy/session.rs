@@ -151,6 +151,9 @@ pub struct Session {
     checkout_failures: u64,
     /// The message at the front of `cbuf` went through [`Session::rewrite_prepared_view`] already.
     view_rewritten: bool,
+    /// Session mode on a one-server pool: the server checked out at login, whose process id the client was
+    /// given, taken by the first request that needs a server.
+    reserved: Option<Pooled>,
 }
 
 impl Session {
@@ -158,6 +161,7 @@ impl Session {
         client: crate::net::Stream,
         cbuf: BytesMut,
         login: &LoggedIn,
+        reserved: Option<Pooled>,
         max_message: u32,
         info: Arc<ClientInfo>,
         shared: Arc<super::Shared>,
@@ -167,6 +171,7 @@ impl Session {
             cbuf,
             csplit: Splitter::new(max_message),
             server: None,
+            reserved,
             ssplit: Splitter::new(u32::MAX),
             tracker: TxnTracker::default(),
             pool: login.pool.clone(),
@@ -697,6 +702,10 @@ impl Session {
                 self.info.error_count.fetch_add(1, Relaxed);
             }
             if let Piece::Whole(h) = piece {
+                if h.code == backend::NOTIFICATION_RESPONSE {
+                    let body = &mut server.rbuf[fwd + 5..fwd + h.total()];
+                    notify::sender_pid(body, &server.cancel, self.slot.pid, &self.shared.cancels);
+                }
                 let ServerConn {
                     rbuf,
                     params,

@@ -172,7 +172,10 @@ impl Session {
         self.info.wait_begins();
         // A block of its own, so that the result is not kept beside `server` in the future.
         let mut server = {
-            let checked_out = self.pool.checkout(shard, want, self.primary_reads()).await;
+            let checked_out = match self.reserved.take() {
+                Some(server) => Ok(server),
+                None => self.pool.checkout(shard, want, self.primary_reads()).await,
+            };
             let waited = self.info.wait_ends(checked_out.is_ok());
             let server = checked_out?;
             server.pool().stats.wait(waited);
