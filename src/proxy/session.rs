@@ -462,6 +462,14 @@ impl Session {
                 continue;
             }
             self.view_rewritten = false;
+            if starts
+                && fwd == 0
+                && code == frontend::QUERY
+                && self.stmts.is_some()
+                && self.try_deallocate(&piece).await?
+            {
+                continue;
+            }
             if starts && fwd == 0 && self.txn_timed_out {
                 self.refuse_after_timeout(&piece).await?;
                 continue;

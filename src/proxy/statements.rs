@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 use crate::pool::prepared::{Registry, ServerStatements, Statement};
 use crate::protocol::codes::{backend, frontend, sqlstate};
@@ -29,6 +29,33 @@ struct Ack {
     defines: Option<String>,
 }
 
+/// A client's statement: the pool's shared one, and when the client defined it (pg_prepared_statements'
+/// `prepare_time` for the client, whichever client prepared the shared statement first).
+#[derive(Debug)]
+struct Named {
+    stmt: Arc<Statement>,
+    defined: std::time::SystemTime,
+}
+
+impl Named {
+    fn new(stmt: Arc<Statement>) -> Self {
+        Named {
+            stmt,
+            defined: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// One of the client's statements as `pg_prepared_statements` shows it.
+pub struct ClientStatement<'a> {
+    pub name: &'a str,
+    /// The Parse body: query text, NUL, parameter types.
+    pub body: &'a [u8],
+    /// The name it has on servers.
+    pub server_name: &'a str,
+    pub defined: std::time::SystemTime,
+}
+
 /// What to do with a client message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientAction {
@@ -43,7 +70,7 @@ pub enum ClientAction {
 /// One client's prepared statements and the bookkeeping of the server it currently holds.
 #[derive(Debug, Default)]
 pub struct StatementMap {
-    by_client_name: HashMap<String, Arc<Statement>>,
+    by_client_name: HashMap<String, Named>,
     parse_acks: VecDeque<Ack>,
     close_acks: VecDeque<Ack>,
     /// Sync groups sent to and finished by the current server.
@@ -53,6 +80,11 @@ pub struct StatementMap {
     deferred_error: Option<(u64, BytesMut)>,
     server_error_in_group: bool,
     skip_until_sync: bool,
+    /// The Parse body of the client's unnamed statement, while it has one (PostgreSQL drops it at a Query).
+    unnamed: Option<Vec<u8>>,
+    /// Whether the current server holds that unnamed statement: not after a new server is attached, nor after
+    /// Ocelot's own unnamed Parse replaced it.
+    unnamed_here: bool,
 }
 
 /// Whether messages of type `code` must be seen whole by [`StatementMap::client_message`].
@@ -73,29 +105,41 @@ impl StatementMap {
         self.deferred_error = None;
         self.server_error_in_group = false;
         self.skip_until_sync = false;
+        self.unnamed_here = false;
     }
 
     /// Forgets every name (DEALLOCATE ALL or DISCARD ALL ran).
     pub fn clear(&mut self) {
         self.by_client_name.clear();
+        self.unnamed = None;
     }
 
     pub fn len(&self) -> usize {
         self.by_client_name.len()
     }
 
-    /// The client's statements: its name for each, and the Parse body (text, NUL, parameter types).
-    pub fn client_statements(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.by_client_name
-            .iter()
-            .map(|(n, s)| (n.as_str(), &s.body[..]))
+    /// The client's statements.
+    pub fn client_statements(&self) -> impl Iterator<Item = ClientStatement<'_>> {
+        self.by_client_name.iter().map(|(n, s)| ClientStatement {
+            name: n,
+            body: &s.stmt.body,
+            server_name: &s.stmt.name,
+            defined: s.defined,
+        })
+    }
+
+    /// Forgets the client's statement `name` (an SQL DEALLOCATE of it); false when there is none.
+    pub fn forget(&mut self, name: &str) -> bool {
+        self.by_client_name.remove(name).is_some()
     }
 
     /// The query text of the client's statement `name`, if Ocelot knows it.
     pub fn statement_text(&self, name: &str) -> Option<Vec<u8>> {
-        let stmt = self.by_client_name.get(name)?;
+        let named = self.by_client_name.get(name)?;
         Some(
-            stmt.body
+            named
+                .stmt
+                .body
                 .split(|&b| b == 0)
                 .next()
                 .unwrap_or_default()
@@ -105,14 +149,14 @@ impl StatementMap {
 
     /// The Parse body (query text and parameter types) of a client's statement.
     pub fn statement_body(&self, name: &str) -> Option<bytes::Bytes> {
-        self.by_client_name.get(name).map(|s| s.body.clone())
+        self.by_client_name.get(name).map(|s| s.stmt.body.clone())
     }
 
     /// Defines a client's named statement whose Parse Ocelot answered itself (a request run on several shards);
     /// it is prepared on a server when first used there.
     pub fn define(&mut self, name: &str, body: &[u8], registry: &Registry) {
         self.by_client_name
-            .insert(name.to_owned(), registry.intern(body));
+            .insert(name.to_owned(), Named::new(registry.intern(body)));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,13 +184,19 @@ impl StatementMap {
                 Ok(ClientAction::Forward)
             }
             frontend::QUERY | frontend::FUNCTION_CALL => {
+                if code == frontend::QUERY {
+                    self.unnamed = None;
+                }
                 self.sent_groups += 1;
                 Ok(ClientAction::Forward)
             }
             frontend::PARSE => self.parse(body, server, registry, cap, out),
             frontend::BIND => {
                 let (portal, name, rest) = extended::bind(body)?;
-                let Some(stmt) = self.by_client_name.get(name).cloned() else {
+                if name.is_empty() {
+                    return Ok(self.unnamed_before(code, body, out));
+                }
+                let Some(stmt) = self.by_client_name.get(name).map(|n| n.stmt.clone()) else {
                     return Ok(ClientAction::Forward);
                 };
                 self.ensure_prepared(&stmt, server, cap, out);
@@ -155,8 +205,11 @@ impl StatementMap {
             }
             frontend::DESCRIBE => {
                 let (kind, name) = extended::target(code, body)?;
+                if kind == b'S' && name.is_empty() {
+                    return Ok(self.unnamed_before(code, body, out));
+                }
                 let stmt = (kind == b'S')
-                    .then(|| self.by_client_name.get(name).cloned())
+                    .then(|| self.by_client_name.get(name).map(|n| n.stmt.clone()))
                     .flatten();
                 let Some(stmt) = stmt else {
                     return Ok(ClientAction::Forward);
@@ -194,6 +247,10 @@ impl StatementMap {
     ) -> Result<ClientAction, ProtocolError> {
         let (name, rest) = extended::parse(body)?;
         if name.is_empty() {
+            let kept = self.unnamed.get_or_insert_with(Vec::new);
+            kept.clear();
+            kept.extend_from_slice(rest);
+            self.unnamed_here = true;
             self.push_parse(false, None, None);
             return Ok(ClientAction::Forward);
         }
@@ -211,11 +268,13 @@ impl StatementMap {
             return Ok(ClientAction::Drop);
         }
         let stmt = registry.intern(rest);
-        self.by_client_name.insert(name.to_owned(), stmt.clone());
+        self.by_client_name
+            .insert(name.to_owned(), Named::new(stmt.clone()));
         if server.lookup(&stmt.name) {
             // Already prepared here: an unnamed Parse of the same text gives the client its ParseComplete (or
             // the real error, should the text no longer parse) in the right place.
             extended::encode_parse(out, "", rest);
+            self.unnamed_here = false;
             self.push_parse(false, None, Some(name.to_owned()));
         } else {
             self.evict_for(&stmt.name, server, cap, out);
@@ -223,6 +282,21 @@ impl StatementMap {
             self.push_parse(false, Some(stmt.name.clone()), Some(name.to_owned()));
         }
         Ok(ClientAction::Replaced)
+    }
+
+    /// A Bind or Describe of the unnamed statement on a server that does not hold the client's: its Parse is sent
+    /// first (its ParseComplete swallowed), as a client may prepare it in one request and use it in the next.
+    fn unnamed_before(&mut self, code: u8, body: &[u8], out: &mut BytesMut) -> ClientAction {
+        let Some(kept) = self.unnamed.as_ref().filter(|_| !self.unnamed_here) else {
+            return ClientAction::Forward;
+        };
+        extended::encode_parse(out, "", kept);
+        self.unnamed_here = true;
+        self.push_parse(true, None, None);
+        out.put_u8(code);
+        out.put_u32(body.len() as u32 + 4);
+        out.put_slice(body);
+        ClientAction::Replaced
     }
 
     fn push_parse(&mut self, swallow: bool, creates: Option<Arc<str>>, defines: Option<String>) {

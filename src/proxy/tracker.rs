@@ -111,6 +111,11 @@ impl TxnTracker {
         !self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
     }
 
+    /// Whether the server owes no answer: nothing sent is unanswered, in or out of a transaction.
+    pub fn is_quiet(&self) -> bool {
+        self.pending.is_empty() && !self.unsynced && !self.copy_in
+    }
+
     /// Whether Parse/Bind/Describe/Execute/Close went to the server without their Sync yet.
     pub fn is_unsynced(&self) -> bool {
         self.unsynced

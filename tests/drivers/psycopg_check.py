@@ -47,9 +47,42 @@ def listen_notify() -> int:
         return 2
 
 
+def statements() -> int:
+    """psycopg's own statement bookkeeping through the statement map: eviction by SQL DEALLOCATE of a protocol
+    statement, pg_prepared_statements as psycopg's suite reads it, and an unnamed statement prepared in one request
+    and described in the next (libpq's PQprepare / PQdescribePrepared)."""
+    import datetime as dt
+
+    from psycopg import pq
+
+    with psycopg.connect(DSN) as conn:
+        conn.prepared_max = 3
+        conn.prepare_threshold = 0
+        for i in range(6):
+            assert conn.execute(f"select {i}").fetchone()[0] == i
+        conn.execute("select %s", [None])
+        conn.execute("select %s", [dt.date(2000, 1, 1)])
+        conn.execute("select %s", [42])
+        rows = conn.execute(
+            "select statement, parameter_types from pg_prepared_statements where name != '' order by prepare_time",
+            prepare=False,
+        ).fetchall()
+        assert rows == [("select $1", ["text"]), ("select $1", ["date"]), ("select $1", ["smallint"])], rows
+    c = pq.PGconn.connect(DSN.encode())
+    try:
+        assert c.prepare(b"", b"select $1::int4, $2::text").status == pq.ExecStatus.COMMAND_OK
+        d = c.describe_prepared(b"")
+        assert d.status == pq.ExecStatus.COMMAND_OK, d.error_message
+        assert (d.nparams, d.param_type(0), d.param_type(1)) == (2, 23, 25)
+    finally:
+        c.finish()
+    return 3
+
+
 with psycopg.connect(DSN, autocommit=True) as setup:
     setup.execute("CREATE TABLE IF NOT EXISTS drv_psycopg (client int, i int)")
 counts.append(listen_notify())
+counts.append(statements())
 threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
 for t in threads:
     t.start()

@@ -2,13 +2,19 @@
 //! (`ocelot_<n>`), with the query text of whichever clients prepared them. A Query or Parse that reads the view is
 //! rewritten so that it reads this client's own statements instead: its protocol statements under its own names
 //! (from Ocelot's statement map), plus the server's SQL-level ones (`from_sql`), which are the client's own since
-//! Ocelot replays them for it and deallocates them before anyone else gets the server.
+//! Ocelot replays them for it and deallocates them before anyone else gets the server. An SQL `DEALLOCATE name` of
+//! one of its protocol statements (psycopg deallocates so) is answered by Ocelot: the server never had that name.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::Session;
 use crate::protocol::codes::frontend;
+use crate::protocol::codes::txn;
+use crate::protocol::encode;
 use crate::protocol::frame::Piece;
+use crate::proxy::error::ClientError;
+use crate::proxy::statements::ClientStatement;
+use crate::router::session_sql::{classify, split_statements, SessionCommand};
 
 const VIEW: &[u8] = b"pg_prepared_statements";
 
@@ -21,6 +27,50 @@ pub(super) fn reads_prepared_view(buf: &[u8], piece: &Piece) -> bool {
 }
 
 impl Session {
+    /// Answers a Query that is only `DEALLOCATE name` for one of the client's protocol statements, when its
+    /// answer would come next (no server, or one with nothing outstanding, not in a failed transaction, where
+    /// PostgreSQL would refuse it). Returns whether it did.
+    pub(super) async fn try_deallocate(&mut self, piece: &Piece) -> Result<bool, ClientError> {
+        let (Piece::Whole(h), Some(map)) = (piece, self.stmts.as_mut()) else {
+            return Ok(false);
+        };
+        let body = &self.cbuf[5..h.total()];
+        let word = b"deallocate";
+        let start = body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(0);
+        if h.code != frontend::QUERY
+            || body.len() > 1024
+            || !body[start..]
+                .get(..word.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        {
+            return Ok(false);
+        }
+        let text = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).unwrap_or_default();
+        let name = match split_statements(text).as_slice() {
+            [one] => match classify(one) {
+                SessionCommand::Deallocate { name } => name,
+                _ => return Ok(false),
+            },
+            _ => return Ok(false),
+        };
+        let status = match &self.server {
+            None => txn::IDLE,
+            Some(_) if self.tracker.is_quiet() => self.tracker.status(),
+            Some(_) => return Ok(false),
+        };
+        if status == txn::FAILED || !map.forget(&name) {
+            return Ok(false);
+        }
+        self.cbuf.advance(h.total());
+        encode::command_complete(&mut self.out, "DEALLOCATE");
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
     /// Rewrites the Query or Parse at the front of `cbuf` when it reads `pg_prepared_statements`.
     pub(super) fn rewrite_prepared_view(&mut self, piece: &Piece) {
         let (Piece::Whole(h), Some(map)) = (piece, self.stmts.as_ref()) else {
@@ -47,7 +97,19 @@ impl Session {
         let Ok(text) = std::str::from_utf8(sql) else {
             return;
         };
-        let mine = own_statements(map.client_statements());
+        // The text is fixed when it is prepared, so a named statement that reads the view sees the statements
+        // defined up to and including itself (it exists whenever it runs); later ones it does not.
+        let name_text = std::str::from_utf8(name).unwrap_or_default();
+        let defining =
+            (!name_text.is_empty() && map.statement_text(name_text).is_none()).then(|| {
+                ClientStatement {
+                    name: name_text,
+                    body: &body[name.len() + 1..],
+                    server_name: "",
+                    defined: std::time::SystemTime::now(),
+                }
+            });
+        let mine = own_statements(map.client_statements().chain(defining));
         let Some(rewritten) = replace_view(text, &mine) else {
             return;
         };
@@ -68,36 +130,53 @@ impl Session {
     }
 }
 
-/// The client's statements as the view's rows: a subquery with the view's columns.
-fn own_statements<'a>(statements: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+/// The client's statements as the view's rows: a subquery with the view's columns (PostgreSQL 15's). Parameter
+/// types and plan counts come from the server's own row for the shared statement when this server has it (types
+/// the server inferred, where the client declared none); the time is when the client defined it.
+fn own_statements<'a>(statements: impl Iterator<Item = ClientStatement<'a>>) -> String {
     let mut sql = String::from(
-        "(SELECT * FROM pg_catalog.pg_prepared_statements WHERE from_sql UNION ALL SELECT * FROM (VALUES ",
+        "(SELECT name, statement, prepare_time, parameter_types, from_sql, generic_plans, custom_plans \
+         FROM pg_catalog.pg_prepared_statements WHERE from_sql UNION ALL \
+         SELECT own.name, own.statement, own.prepare_time, coalesce(s.parameter_types, own.parameter_types), \
+         false, coalesce(s.generic_plans, 0), coalesce(s.custom_plans, 0) FROM (VALUES ",
     );
     let mut any = false;
-    for (name, body) in statements {
-        let text_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-        let text = String::from_utf8_lossy(&body[..text_end]);
-        let types: Vec<String> = parameter_types(body.get(text_end + 1..).unwrap_or_default())
+    for st in statements {
+        let text_end = st
+            .body
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(st.body.len());
+        let text = String::from_utf8_lossy(&st.body[..text_end]);
+        let types: Vec<String> = parameter_types(st.body.get(text_end + 1..).unwrap_or_default())
             .iter()
             .map(u32::to_string)
             .collect();
+        let at = st
+            .defined
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         if any {
             sql.push_str(", ");
         }
         any = true;
         sql.push_str(&format!(
-            "({}::text, {}::text, now(), '{{{}}}'::oid[]::regtype[], false, 0::int8, 0::int8)",
-            literal(name),
+            "({}::text, {}::text, {}::text, to_timestamp({}.{:06}), '{{{}}}'::oid[]::regtype[])",
+            literal(st.name),
             literal(&text),
+            literal(st.server_name),
+            at.as_secs(),
+            at.subsec_micros(),
             types.join(",")
         ));
     }
     if !any {
-        sql.push_str(
-            "(NULL::text, NULL::text, NULL::timestamptz, NULL::regtype[], false, 0::int8, 0::int8)",
-        );
+        sql.push_str("(NULL::text, NULL::text, NULL::text, NULL::timestamptz, NULL::regtype[])");
     }
-    sql.push_str(") AS own(name, statement, prepare_time, parameter_types, from_sql, generic_plans, custom_plans)");
+    sql.push_str(
+        ") AS own(name, statement, server_name, prepare_time, parameter_types) \
+         LEFT JOIN pg_catalog.pg_prepared_statements s ON s.name = own.server_name",
+    );
     if !any {
         sql.push_str(" WHERE own.name IS NOT NULL");
     }
@@ -187,11 +266,15 @@ mod tests {
         body.push(0);
         body.extend_from_slice(&1u16.to_be_bytes());
         body.extend_from_slice(&23u32.to_be_bytes());
-        let s = own_statements([("_pg3_0", &body[..])].into_iter());
-        assert!(
-            s.contains("('_pg3_0'::text, 'SELECT $1, ''it''''s'''::text, now(), '{23}'"),
-            "{s}"
-        );
+        let st = ClientStatement {
+            name: "_pg3_0",
+            body: &body,
+            server_name: "ocelot_7",
+            defined: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000),
+        };
+        let s = own_statements([st].into_iter());
+        let row = "('_pg3_0'::text, 'SELECT $1, ''it''''s'''::text, 'ocelot_7'::text, to_timestamp(1.500000), '{23}'";
+        assert!(s.contains(row), "{s}");
         let empty = own_statements(std::iter::empty());
         assert!(empty.ends_with("WHERE own.name IS NOT NULL)"), "{empty}");
     }

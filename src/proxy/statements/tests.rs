@@ -193,3 +193,43 @@ fn eviction_closes_the_oldest_and_swallows_close_complete() {
     assert_eq!(w.send(b'C', b"Ss1\0"), ClientAction::Forward);
     assert!(w.recv(b'3').0);
 }
+
+#[test]
+fn the_unnamed_statement_follows_the_client_to_its_next_server() {
+    let mut w = World::new();
+    assert_eq!(
+        w.send(b'P', &parse_body("", "select $1")),
+        ClientAction::Forward
+    );
+    assert_eq!(w.send(b'S', &[]), ClientAction::Forward);
+    // Same server: used as it is.
+    assert_eq!(w.send(b'D', b"S\0"), ClientAction::Forward);
+    // A new server does not have it: its Parse goes first and its ParseComplete is swallowed.
+    w.map.attach();
+    w.server = ServerStatements::default();
+    assert_eq!(w.send(b'D', b"S\0"), ClientAction::Replaced);
+    assert_eq!(
+        messages(&w.out),
+        vec![('P', String::new()), ('D', String::new())]
+    );
+    assert!(!w.recv(b'1').0, "the injected ParseComplete is swallowed");
+    w.out.clear();
+    assert_eq!(w.send(b'B', &bind_body("")), ClientAction::Forward);
+    // Ocelot's own unnamed Parse (a named statement this server already has) replaces it on the server.
+    w.send(b'P', &parse_body("s1", "select 2"));
+    w.send(b'S', &[]);
+    w.map.attach();
+    w.out.clear();
+    w.send(b'P', &parse_body("s2", "select 2"));
+    assert_eq!(messages(&w.out), vec![('P', String::new())]);
+    w.out.clear();
+    assert_eq!(w.send(b'B', &bind_body("")), ClientAction::Replaced);
+    assert_eq!(
+        messages(&w.out),
+        vec![('P', String::new()), ('B', String::new())]
+    );
+    // A simple Query ends the unnamed statement, as in PostgreSQL.
+    w.send(b'Q', b"select 3\0");
+    w.map.attach();
+    assert_eq!(w.send(b'B', &bind_body("")), ClientAction::Forward);
+}
