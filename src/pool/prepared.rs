@@ -4,7 +4,7 @@
 //! `prepared_statements_cache_size` ([`ServerStatements`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,6 +14,8 @@ use bytes::Bytes;
 pub struct Statement {
     pub name: Arc<str>,
     pub body: Bytes,
+    /// A server accepted its Parse once: the text is valid, so a client's Parse of it may be answered by Ocelot.
+    pub parsed: AtomicBool,
 }
 
 /// The statements of one pool, by Parse body. Locked only when a client parses a named statement, never per
@@ -37,9 +39,18 @@ impl Registry {
         let s = Arc::new(Statement {
             name: format!("ocelot_{n}").into(),
             body: body.clone(),
+            parsed: AtomicBool::new(false),
         });
         map.insert(body, s.clone());
         s
+    }
+
+    /// The statement for a Parse body that a server has accepted before, if any.
+    pub fn known(&self, body: &[u8]) -> Option<Arc<Statement>> {
+        let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(body)
+            .filter(|s| s.parsed.load(Ordering::Relaxed))
+            .cloned()
     }
 
     pub fn len(&self) -> usize {

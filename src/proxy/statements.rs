@@ -23,8 +23,8 @@ use crate::protocol::{extended, ProtocolError};
 struct Ack {
     group: u64,
     swallow: bool,
-    /// The proxy-wide name this Parse creates on the server.
-    creates: Option<Arc<str>>,
+    /// The statement this Parse creates on the server under its proxy-wide name.
+    creates: Option<Arc<Statement>>,
     /// The client's name this Parse defines: forgotten again if the Parse fails.
     defines: Option<String>,
 }
@@ -279,7 +279,7 @@ impl StatementMap {
         } else {
             self.evict_for(&stmt.name, server, cap, out);
             extended::encode_parse(out, &stmt.name, rest);
-            self.push_parse(false, Some(stmt.name.clone()), Some(name.to_owned()));
+            self.push_parse(false, Some(stmt.clone()), Some(name.to_owned()));
         }
         Ok(ClientAction::Replaced)
     }
@@ -299,7 +299,12 @@ impl StatementMap {
         ClientAction::Replaced
     }
 
-    fn push_parse(&mut self, swallow: bool, creates: Option<Arc<str>>, defines: Option<String>) {
+    fn push_parse(
+        &mut self,
+        swallow: bool,
+        creates: Option<Arc<Statement>>,
+        defines: Option<String>,
+    ) {
         self.parse_acks.push_back(Ack {
             group: self.sent_groups,
             swallow,
@@ -329,7 +334,7 @@ impl StatementMap {
 
     fn ensure_prepared(
         &mut self,
-        stmt: &Statement,
+        stmt: &Arc<Statement>,
         server: &mut ServerStatements,
         cap: usize,
         out: &mut BytesMut,
@@ -339,7 +344,7 @@ impl StatementMap {
         }
         self.evict_for(&stmt.name, server, cap, out);
         extended::encode_parse(out, &stmt.name, &stmt.body);
-        self.push_parse(true, Some(stmt.name.clone()), None);
+        self.push_parse(true, Some(stmt.clone()), None);
     }
 
     /// Handles the start of one server message; returns whether to forward it. Bytes Ocelot must send to the
@@ -382,7 +387,31 @@ impl StatementMap {
         } else {
             &mut self.close_acks
         };
-        q.pop_front().map(|a| a.swallow)
+        let ack = q.pop_front()?;
+        if let Some(stmt) = &ack.creates {
+            stmt.parsed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(ack.swallow)
+    }
+
+    /// A request that is only `Parse` of a named statement and `Sync`, for a text the pool has prepared on a server
+    /// before: Ocelot defines the client's name and answers ParseComplete itself, and the statement is prepared
+    /// where it is first bound. A client that prepares while others hold every server (pgbench -M prepared
+    /// blocks a whole thread of clients in PQprepare) then needs none. `false` when the request is anything else.
+    pub fn parse_without_server(&mut self, body: &[u8], registry: &Registry) -> bool {
+        let Ok((name, rest)) = extended::parse(body) else {
+            return false;
+        };
+        if name.is_empty() || self.by_client_name.contains_key(name) {
+            return false;
+        }
+        let Some(stmt) = registry.known(rest) else {
+            return false;
+        };
+        self.by_client_name
+            .insert(name.to_owned(), Named::new(stmt));
+        true
     }
 
     /// Entries of finished groups were skipped after an error: names they would have created do not exist.
@@ -395,8 +424,8 @@ impl StatementMap {
             let Some(ack) = self.parse_acks.pop_front() else {
                 break;
             };
-            if let Some(name) = ack.creates {
-                server.remove(&name);
+            if let Some(stmt) = ack.creates {
+                server.remove(&stmt.name);
             }
             if let Some(client_name) = ack.defines {
                 self.by_client_name.remove(&client_name);

@@ -86,6 +86,44 @@ impl Session {
         )
     }
 
+    /// Answers `Parse` + `Sync` of a statement text the pool has prepared before, without a server (see
+    /// [`StatementMap::parse_without_server`]). `Some(true)` when answered, `Some(false)` when the request is not
+    /// that, `None` when the message after the Parse has not arrived yet.
+    pub(super) async fn parse_locally(
+        &mut self,
+        piece: &Piece,
+    ) -> Result<Option<bool>, ClientError> {
+        let (Piece::Whole(h), true) = (*piece, piece.code() == frontend::PARSE) else {
+            return Ok(Some(false));
+        };
+        if self.stmts.is_none() || self.discard_until_sync {
+            return Ok(Some(false));
+        }
+        let sync = [frontend::SYNC, 0, 0, 0, 4];
+        match self.cbuf.get(h.total()..h.total() + 5) {
+            None if self.cbuf.len() == h.total() => return Ok(None),
+            Some(next) if next == sync => {}
+            _ => return Ok(Some(false)),
+        }
+        let Some(map) = self.stmts.as_mut() else {
+            return Ok(Some(false));
+        };
+        if !map.parse_without_server(&self.cbuf[5..h.total()], &self.pool.statements) {
+            return Ok(Some(false));
+        }
+        // Noted as a forwarded Parse would be, so a later Bind of a session-changing statement is recognised.
+        self.track_effects(0, piece);
+        self.cbuf.advance(h.total() + sync.len());
+        let status = match self.pending_begin {
+            Some(_) => txn::IN_TRANSACTION,
+            None => txn::IDLE,
+        };
+        encode::empty(&mut self.out, backend::PARSE_COMPLETE);
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(Some(true))
+    }
+
     /// Drops or answers a piece that needs no server. Returns true when the piece was consumed.
     pub(super) async fn skip_without_server(&mut self, piece: &Piece) -> Result<bool, ClientError> {
         let code = piece.code();

@@ -21,6 +21,11 @@ impl Session {
         if self.try_local(&piece).await? || self.skip_without_server(&piece).await? {
             return Ok(Flow::Next);
         }
+        match self.parse_locally(&piece).await? {
+            Some(true) => return Ok(Flow::Next),
+            Some(false) => {}
+            None => return Ok(Flow::Wait),
+        }
         // pgml.* calls Ocelot serves itself, by simple Query or extended-protocol statements.
         match self.intercept_pgml(&piece).await? {
             super::pgml_ext::Intercept::Pass => {}

@@ -233,3 +233,34 @@ fn the_unnamed_statement_follows_the_client_to_its_next_server() {
     w.map.attach();
     assert_eq!(w.send(b'B', &bind_body("")), ClientAction::Forward);
 }
+
+#[test]
+fn a_known_text_is_parsed_without_a_server() {
+    let mut w = World::new();
+    let body = parse_body("p1", "select 1");
+    assert!(
+        !w.map.parse_without_server(&body, &w.registry),
+        "no server has accepted it yet"
+    );
+    w.send(b'P', &body);
+    w.send(b'S', &[]);
+    assert!(w.recv(b'1').0, "the client's own ParseComplete");
+    // Another client: answered by Ocelot, prepared where it is first bound.
+    let mut other = StatementMap::default();
+    assert!(other.parse_without_server(&parse_body("q", "select 1"), &w.registry));
+    assert!(
+        !other.parse_without_server(&parse_body("q", "select 1"), &w.registry),
+        "already defined"
+    );
+    assert!(!other.parse_without_server(&parse_body("r", "select 2"), &w.registry));
+    let mut server = ServerStatements::default();
+    let mut out = BytesMut::new();
+    let action = other
+        .client_message(b'B', &bind_body("q"), &mut server, &w.registry, 2, &mut out)
+        .unwrap();
+    assert_eq!(action, ClientAction::Replaced);
+    let sent = messages(&out);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].0, 'P');
+    assert!(sent[0].1.starts_with("ocelot_"), "{sent:?}");
+}
