@@ -88,6 +88,10 @@ async fn admin_console_shows_pgcat_columns_and_live_figures() {
     let clients = admin(port, "SHOW CLIENTS");
     let me = rows_where(&clients, "user", "postgres");
     assert_eq!(me.len(), 1, "{:?}", clients.1);
+    // The admin connection asking is listed too, as PgCat lists it (its stats_spec counts it).
+    let console = rows_where(&clients, "database", "pgcat");
+    assert_eq!(console.len(), 1, "{:?}", clients.1);
+    assert_eq!(admin_value(&clients, console[0], "user"), "admin");
     assert_eq!(admin_value(&clients, me[0], "state"), "idle");
     assert!(num(&clients, me[0], "query_count") >= 21);
     assert_eq!(num(&clients, me[0], "error_count"), 1);

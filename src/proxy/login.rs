@@ -34,8 +34,14 @@ pub enum Login {
     },
     Ready(Box<LoggedIn>),
     /// The admin user, greeted, for the admin console.
-    /// The admin console, on database `pgcat` (PgCat's units) or `pgbouncer` (PgBouncer's).
-    Admin(crate::admin::Console),
+    /// The admin console, on database `pgcat` (PgCat's units) or `pgbouncer` (PgBouncer's), with who logged in
+    /// (listed by SHOW CLIENTS, as PgCat lists its admin connections).
+    Admin {
+        console: crate::admin::Console,
+        database: String,
+        user: String,
+        application_name: String,
+    },
 }
 
 /// An authenticated client, greeted and ready for queries.
@@ -85,7 +91,12 @@ pub async fn login(
     }
     if admin {
         admin_login(stream, buf, g, &user, &application_name).await?;
-        return Ok(Login::Admin(crate::admin::Console::of(&database)));
+        return Ok(Login::Admin {
+            console: crate::admin::Console::of(&database),
+            database,
+            user,
+            application_name,
+        });
     }
     let found = snapshot.cluster.get(&database, &user);
     let aq = super::auth_query::needed(found)

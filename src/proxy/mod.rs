@@ -323,7 +323,15 @@ async fn handle_client(
             return;
         }
         Ok(Login::Ready(l)) => l,
-        Ok(Login::Admin(console)) => {
+        Ok(Login::Admin {
+            console,
+            database,
+            user,
+            application_name,
+        }) => {
+            let _listed = shared
+                .clients
+                .register(&database, &user, &application_name, addr);
             if let Err(e) = crate::admin::serve(stream, buf, shared.clone(), console).await {
                 tracing::debug!(%peer, "admin session ended: {e}");
             }
