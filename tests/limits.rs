@@ -354,9 +354,9 @@ async fn checkout_failure_limit_disconnects_the_client() {
     holder.simple_query("BEGIN").await.unwrap();
     let (c, c_end) = watched(port).await;
     let e = c.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(code(&e).as_deref(), Some("53300"), "{e:?}");
+    assert_eq!(code(&e).as_deref(), Some("58000"), "{e:?}");
     let e = c.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(code(&e).as_deref(), Some("53300"), "{e:?}");
+    assert_eq!(code(&e).as_deref(), Some("58000"), "{e:?}");
     assert_eq!(ended(c_end).await, "58000");
     holder.simple_query("COMMIT").await.unwrap();
     assert_eq!(

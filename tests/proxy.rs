@@ -380,13 +380,13 @@ async fn checkout_timeout_names_the_pool_and_keeps_the_client() {
         .as_db_error()
         .map(|d| d.message().to_owned())
         .unwrap_or_default();
-    assert_eq!(e.code().unwrap().code(), "53300");
+    assert_eq!(e.code().unwrap().code(), "58000");
     assert!(msg.contains("\"app\"") && msg.contains("ms"), "{msg}");
     let e = waiter
         .query_typed("SELECT $1::int", &[(&1i32, Type::INT4)])
         .await
         .unwrap_err();
-    assert_eq!(e.code().unwrap().code(), "53300");
+    assert_eq!(e.code().unwrap().code(), "58000");
     tx.commit().await.unwrap();
     assert_eq!(first_value(&waiter, "SELECT 'served'").await, "served");
 }

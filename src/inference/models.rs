@@ -147,8 +147,8 @@ impl From<CallError> for Refusal {
 /// A server's SQLSTATE as one of the static codes Ocelot reports (or the generic one).
 pub(super) fn sqlstate_of(code: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "42P01", "42703", "22023", "42883", "42501", "22P02", "23505", "53300", "08006", "0A000",
-        "57P03", "57P01", "3D000", "28P01",
+        "42P01", "42703", "22023", "42883", "42501", "22P02", "23505", "53300", "58000", "08006",
+        "0A000", "57P03", "57P01", "3D000", "28P01",
     ];
     KNOWN
         .iter()

@@ -89,7 +89,8 @@ impl PoolError {
     pub fn sqlstate(&self) -> &str {
         use crate::protocol::codes::sqlstate;
         match self {
-            PoolError::CheckoutTimeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            // PgCat's code for "could not get connection from the pool" (its specs rescue PG::SystemError).
+            PoolError::CheckoutTimeout { .. } => sqlstate::SYSTEM_ERROR,
             PoolError::LoginRejected { fields, .. } | PoolError::Query { fields, .. } => {
                 &fields.code
             }
