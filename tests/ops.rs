@@ -724,6 +724,27 @@ servers = [["127.0.0.1", {port}, "primary"]]
     assert_eq!(first_value(&s, "SELECT 1").await, "1");
 }
 
+/// PgCat's auth_query_spec "with wrong parameters ... it uses local passwords": an auth_query that cannot work
+/// does not stop users whose passwords are in the config.
+#[tokio::test]
+async fn a_broken_auth_query_leaves_local_passwords_working() {
+    let pg = Postgres::start();
+    let toml = config_toml(
+        pg.port,
+        2,
+        "auth_query = \"SELECT 1\"\nauth_query_user = \"wrong_user\"\nauth_query_password = \"wrong\"",
+        "",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    for (user, pw) in [MD5_USER, SCRAM_USER] {
+        let c = connect(port, user, Some(pw), "app").await.unwrap();
+        assert_eq!(first_value(&c, "SELECT 1 + 2").await, "3", "{user}");
+    }
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    assert_eq!(first_value(&c, "SELECT 1 + 2").await, "3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgcat_plugins_intercept_deny_log_and_prewarm() {
     capture_logs("info");
