@@ -745,6 +745,41 @@ async fn a_broken_auth_query_leaves_local_passwords_working() {
     assert_eq!(first_value(&c, "SELECT 1 + 2").await, "3");
 }
 
+/// PgCat's auth_query_spec "allows passwords to be changed and that new password is needed when reconnecting": a
+/// user with a password in the config whose password then changes on the server logs in with the new one, checked
+/// against what auth_query fetches, and its queries run on servers logged in with the new secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_on_the_server_is_the_one_that_works() {
+    let pg = Postgres::start();
+    let toml = config_toml(
+        pg.port,
+        2,
+        "auth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename='$1'\"\nauth_query_user = \"postgres\"\nauth_query_password = \"unused-with-trust\"",
+        "",
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let (user, configured) = MD5_USER;
+    let c = connect(port, user, Some(configured), "app").await.unwrap();
+    assert_eq!(first_value(&c, "SELECT 1 + 2").await, "3");
+    tokio::task::block_in_place(|| {
+        pg.psql_admin(&format!(
+            "SET password_encryption = 'md5'; ALTER ROLE {user} PASSWORD 'changed-on-server'"
+        ))
+    });
+    let n = connect(port, user, Some("changed-on-server"), "app")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&n, "SELECT current_user::text").await, user);
+    let e = connect(port, user, Some("neither"), "app")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{e:?}");
+    // The connection made before the change carries on.
+    assert_eq!(first_value(&c, "SELECT 1 + 4").await, "5");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgcat_plugins_intercept_deny_log_and_prewarm() {
     capture_logs("info");

@@ -56,6 +56,9 @@ pub enum ClientError {
     AuthThrottled,
     #[error("{0}")]
     Pool(#[from] PoolError),
+    /// The auth query itself failed (wrong `auth_query_user`, a query that does not run): PgCat's words.
+    #[error("Error trying to obtain password from auth_query: {0}")]
+    AuthQueryFailed(crate::pool::PoolError),
     #[error("server connection lost: {0}")]
     ServerLost(String),
 }
@@ -94,6 +97,7 @@ impl ClientError {
             ClientError::CheckoutFailureLimit(_) => sqlstate::SYSTEM_ERROR,
             ClientError::AuthThrottled => sqlstate::INVALID_AUTHORIZATION,
             ClientError::Pool(p) => p.sqlstate(),
+            ClientError::AuthQueryFailed(_) => sqlstate::INVALID_AUTHORIZATION,
             ClientError::ServerLost(_) => sqlstate::CONNECTION_FAILURE,
         })
     }

@@ -123,10 +123,15 @@ pub async fn login(
         (Some(aq), _) => {
             auth_query_login(stream, buf, &mut out, &snapshot, &aq, &database, &user).await?
         }
-        (None, Some(p)) => {
-            authenticate(stream, buf, &mut out, &p.auth, &user).await?;
-            p.clone()
-        }
+        (None, Some(p)) => match super::auth_query::settings(&snapshot.config, &database) {
+            Some(aq) if p.auth.auth_type == AuthType::Md5 => {
+                md5_with_refetch(stream, buf, &mut out, &snapshot, &aq, p, &database, &user).await?
+            }
+            _ => {
+                authenticate(stream, buf, &mut out, &p.auth, &user).await?;
+                p.clone()
+            }
+        },
         (None, None) => return Err(ClientError::UnknownRole(user)),
     };
 
@@ -271,7 +276,8 @@ async fn auth_query_login(
     let c = &snapshot.cluster;
     // An unknown user fails like a wrong password, as PostgreSQL does, to not reveal who exists.
     let secret = super::auth_query::fetch(c, &snapshot.config, database, aq, user)
-        .await?
+        .await
+        .map_err(ClientError::AuthQueryFailed)?
         .ok_or_else(|| ClientError::WrongPassword(user.to_owned()))?;
     let auth =
         ClientAuth::for_secret(secret.clone()).map_err(|source| ClientError::AuthProtocol {
@@ -290,6 +296,54 @@ async fn auth_query_login(
             source,
         })?;
     Ok(pool)
+}
+
+/// md5 for a user with a password in the config, where `auth_query` is also set: a response that does not match
+/// the configured password is checked against the secret the auth query fetches now, as PgCat refetches, so a
+/// password changed on the server is the one that works (the pool then logs in to servers with the new secret).
+#[allow(clippy::too_many_arguments)] // one login's state, passed down once
+async fn md5_with_refetch(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    snapshot: &super::Snapshot,
+    aq: &super::auth_query::AuthQuery<'_>,
+    configured: &Arc<UserPool>,
+    database: &str,
+    user: &str,
+) -> Result<Arc<UserPool>, ClientError> {
+    let salt: [u8; 4] = rand::rng().random();
+    encode::auth_md5(out, salt);
+    flush(stream, out).await?;
+    let body = read_password_message(stream, buf).await?;
+    let response = decode::password(&body)?;
+    if let Some(secret) = &configured.auth.secret {
+        if md5::verify(secret, user, salt, response) {
+            return Ok(configured.clone());
+        }
+    }
+    let c = &snapshot.cluster;
+    let fetched = super::auth_query::fetch(c, &snapshot.config, database, aq, user)
+        .await
+        .map_err(ClientError::AuthQueryFailed)?;
+    let secret = fetched
+        .filter(|s| md5::verify(s, user, salt, response))
+        .ok_or_else(|| ClientError::WrongPassword(user.to_owned()))?;
+    tracing::info!(
+        user,
+        database,
+        "password changed on the server: using the one auth_query fetched"
+    );
+    let auth =
+        ClientAuth::for_secret(secret.clone()).map_err(|source| ClientError::AuthProtocol {
+            user: user.to_owned(),
+            source,
+        })?;
+    c.dynamic_pool(&snapshot.config, database, user, auth, secret)
+        .map_err(|source| ClientError::AuthProtocol {
+            user: user.to_owned(),
+            source,
+        })
 }
 
 async fn server_defaults(pool: &UserPool) -> Result<Arc<ServerParams>, ClientError> {
