@@ -379,6 +379,39 @@ async fn reads_fall_back_to_the_primary_while_the_only_replica_is_down() {
     }
 }
 
+/// `default_role = "replica"` asks for replicas only: while the only replica is down requests fail, as in PgCat
+/// (its load_balancing_spec), rather than load the primary; they are served again once it is back, though banned.
+#[tokio::test]
+async fn replicas_only_never_falls_back_to_the_primary() {
+    let primary = Postgres::start();
+    let replica = Postgres::replica_of(&primary);
+    let toml = config_toml(
+        primary.port,
+        5,
+        "ban_time = 60",
+        "default_role = \"replica\"",
+    )
+    .replace(
+        &format!("[\"127.0.0.1\", {}, \"primary\"]", primary.port),
+        &format!(
+            "[\"127.0.0.1\", {}, \"primary\"], [\"127.0.0.1\", {}, \"replica\"]",
+            primary.port, replica.port
+        ),
+    );
+    let proxy = start_proxy(&toml).await;
+    let port = proxy.local_addr().port();
+    let c = connect(port, "postgres", None, "app").await.unwrap();
+    assert_eq!(first_value(&c, "SELECT pg_is_in_recovery()").await, "t");
+    replica.stop();
+    for _ in 0..3 {
+        let served = c.simple_query("SELECT pg_is_in_recovery()").await;
+        assert!(served.is_err(), "served without a replica: {served:?}");
+    }
+    replica.restart();
+    // Banned for 60 s, but the only replica: unbanned as a likely false alarm.
+    assert_eq!(first_value(&c, "SELECT pg_is_in_recovery()").await, "t");
+}
+
 #[tokio::test]
 async fn reads_survive_a_dead_primary() {
     let cl = Cluster::start();

@@ -2,8 +2,10 @@
 //! `load_balancing_mode` gives (random, round robin, or least outstanding connections), skipping banned servers;
 //! then checking one out, banning a replica that refuses connections or fails its health check and moving on to
 //! the next candidate. The primary is never banned. Reads go to the primary while no replica can serve them (all
-//! banned or lagging) and return to the replicas as their bans run out; only when a shard has no primary to fall
-//! back on are its banned replicas unbanned, since that is more likely a false alarm than a total outage.
+//! banned or lagging) and return to the replicas as their bans run out. Requests that asked for replicas only
+//! (`default_role = "replica"`, `SET SERVER ROLE TO 'replica'`) never fall back, as in PgCat; when no primary may
+//! serve a request and every replica is banned, the replicas are unbanned, since that is more likely a false alarm
+//! than a total outage.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,8 +20,12 @@ use crate::config::{LoadBalancingMode, ServerRole};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
     Primary,
-    /// Replicas, and the primary too when primary reads are enabled.
+    /// Replicas, and the primary too when primary reads are enabled; the primary also serves while no replica
+    /// can (reads the query parser routed).
     Replica,
+    /// Replicas only, as the operator or the client asked (`default_role = "replica"`, `SET SERVER ROLE TO
+    /// 'replica'`): while every replica is down the request fails, as in PgCat, rather than load the primary.
+    ReplicaOnly,
     Any,
     /// `pgml.*` predictions passed to servers with the real extension: replicas by least outstanding
     /// connections whatever the pool's mode, the primary only when no replica is up.
@@ -30,7 +36,7 @@ impl Want {
     pub fn as_str(self) -> &'static str {
         match self {
             Want::Primary => "primary",
-            Want::Replica => "replica",
+            Want::Replica | Want::ReplicaOnly => "replica",
             Want::Any => "any",
             Want::Predict => "replica (pgml predictions)",
         }
@@ -78,12 +84,12 @@ impl UserPool {
                 .filter(|s| is(s, ServerRole::Primary))
                 .cloned()
                 .collect(),
-            Want::Replica if replicas.is_empty() => servers
+            Want::Replica | Want::ReplicaOnly if replicas.is_empty() => servers
                 .iter()
                 .filter(|s| is(s, ServerRole::Primary))
                 .cloned()
                 .collect(),
-            Want::Replica => servers
+            Want::Replica | Want::ReplicaOnly => servers
                 .iter()
                 .filter(|s| {
                     is(s, ServerRole::Replica) || (primary_reads && is(s, ServerRole::Primary))

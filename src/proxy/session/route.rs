@@ -405,7 +405,7 @@ impl Session {
         if let Some(role) = self.role_override {
             return match role {
                 RoleChoice::Primary => Want::Primary,
-                RoleChoice::Replica => Want::Replica,
+                RoleChoice::Replica => Want::ReplicaOnly,
                 RoleChoice::Any => Want::Any,
             };
         }
@@ -418,7 +418,7 @@ impl Session {
         match self.pool.default_role {
             DefaultRole::Any => Want::Any,
             DefaultRole::Primary => Want::Primary,
-            DefaultRole::Replica => Want::Replica,
+            DefaultRole::Replica => Want::ReplicaOnly,
         }
     }
 
