@@ -187,6 +187,34 @@ impl Raw {
     }
 }
 
+/// A table altered through Ocelot: a statement prepared afterwards, by another client on the server that holds the
+/// old plan, returns the new shape (the pool does not hand it the old statement of the same text), while a client
+/// that prepared before the change gets PostgreSQL's own error, as on a direct connection.
+#[tokio::test]
+async fn statements_prepared_after_ddl_see_the_new_schema() {
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE reshaped (a int); INSERT INTO reshaped VALUES (1)",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
+    let port = proxy.local_addr().port();
+    let old = connect(port, "postgres", None, "app").await.unwrap();
+    let before = old.prepare("SELECT * FROM reshaped").await.unwrap();
+    assert_eq!(old.query(&before, &[]).await.unwrap()[0].len(), 1);
+    let ddl = connect(port, "postgres", None, "app").await.unwrap();
+    ddl.simple_query("ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2")
+        .await
+        .unwrap();
+    let new = connect(port, "postgres", None, "app").await.unwrap();
+    let after = new.prepare("SELECT * FROM reshaped").await.unwrap();
+    let rows = new.query(&after, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2);
+    assert_eq!(rows[0].get::<_, i32>(1), 2);
+    let e = old.query(&before, &[]).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+}
+
 #[tokio::test]
 async fn errors_keep_their_postgresql_meaning() {
     let pg = Postgres::start();

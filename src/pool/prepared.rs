@@ -53,6 +53,17 @@ impl Registry {
             .cloned()
     }
 
+    /// A statement of this pool changed the schema ([`changes_schema`]): texts parsed from now on get statements
+    /// of their own, prepared afresh, as they would be on a direct connection. Clients keep the statements they
+    /// have, with PostgreSQL's own answer if the change broke them ("cached plan must not change result type"),
+    /// never a plan of another shape under a RowDescription they cached.
+    pub fn schema_changed(&self) {
+        self.statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub fn len(&self) -> usize {
         self.statements
             .lock()
@@ -63,6 +74,19 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether a CommandComplete tag is DDL that can change what an existing statement returns or refers to:
+/// `ALTER ...`, `DROP ...`, and the `CREATE`s that may replace an object (`OR REPLACE`).
+pub fn changes_schema(tag: &[u8]) -> bool {
+    const REPLACEABLE: &[&[u8]] = &[
+        b"CREATE VIEW",
+        b"CREATE FUNCTION",
+        b"CREATE PROCEDURE",
+        b"CREATE RULE",
+        b"CREATE TRIGGER",
+    ];
+    tag.starts_with(b"ALTER ") || tag.starts_with(b"DROP ") || REPLACEABLE.contains(&tag)
 }
 
 /// Counters of one server connection's statement cache (for SHOW SERVERS and metrics).
@@ -147,6 +171,19 @@ mod tests {
         assert_eq!(a.name, b.name);
         assert_ne!(a.name, c.name);
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn ddl_gives_later_parses_statements_of_their_own() {
+        let r = Registry::default();
+        let before = r.intern(b"select * from t\0\0\0");
+        assert!(changes_schema(b"ALTER TABLE") && changes_schema(b"DROP TYPE"));
+        assert!(changes_schema(b"CREATE VIEW") && !changes_schema(b"CREATE TABLE"));
+        assert!(!changes_schema(b"SELECT 1") && !changes_schema(b"ALTERED"));
+        r.schema_changed();
+        let after = r.intern(b"select * from t\0\0\0");
+        assert_ne!(before.name, after.name);
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

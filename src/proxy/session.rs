@@ -764,6 +764,9 @@ impl Session {
                     }
                     backend::COMMAND_COMPLETE => {
                         if let Ok(tag) = decode::command_tag(body) {
+                            if crate::pool::prepared::changes_schema(tag) {
+                                self.pool.statements.schema_changed();
+                            }
                             dirty.observe_tag(tag);
                             self.pins.observe_tag(tag);
                             if let Some(fx) = self.effects.as_mut() {
