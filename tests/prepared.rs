@@ -118,8 +118,8 @@ async fn pgbench_prepared_with_more_clients_than_servers() {
     }
 }
 
-/// A raw protocol client for exact error checks.
-struct Raw(TcpStream);
+/// A raw protocol client for exact error checks; the transaction status of the last ReadyForQuery beside it.
+struct Raw(TcpStream, u8);
 
 impl Raw {
     async fn login(port: u16) -> Raw {
@@ -132,7 +132,7 @@ impl Raw {
         let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         pkt.extend(body);
         s.write_all(&pkt).await.unwrap();
-        let mut r = Raw(s);
+        let mut r = Raw(s, 0);
         r.until_ready().await;
         r
     }
@@ -181,10 +181,56 @@ impl Raw {
                 out.push((h[0] as char).to_string());
             }
             if h[0] == b'Z' {
+                self.1 = body.first().copied().unwrap_or_default();
                 return out;
             }
         }
     }
+}
+
+/// Answers Ocelot gives without a server after a BEGIN it deferred (a known Parse, a lone Sync) report the
+/// transaction the client is in, as the server would.
+#[tokio::test]
+async fn local_answers_inside_a_deferred_begin_say_in_transaction() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let port = proxy.local_addr().port();
+    let mut first = Raw::login(port).await;
+    let r = first
+        .roundtrip(&[Raw::parse("known", "SELECT 41 + 1"), Raw::sync()])
+        .await;
+    assert_eq!(r, ["1", "Z"]);
+    let mut c = Raw::login(port).await;
+    assert_eq!(c.roundtrip(&[Raw::msg(b'Q', b"BEGIN\0")]).await, ["C", "Z"]);
+    assert_eq!(c.1, b'T');
+    let r = c
+        .roundtrip(&[Raw::parse("mine", "SELECT 41 + 1"), Raw::sync()])
+        .await;
+    assert_eq!((r, c.1), (vec!["1".to_owned(), "Z".to_owned()], b'T'));
+    assert_eq!(
+        (c.roundtrip(&[Raw::sync()]).await, c.1),
+        (vec!["Z".to_owned()], b'T')
+    );
+    let r = c
+        .roundtrip(&[Raw::bind("mine"), Raw::execute(), Raw::sync()])
+        .await;
+    assert_eq!(
+        (r, c.1),
+        (
+            vec![
+                "2".to_owned(),
+                "D".to_owned(),
+                "C".to_owned(),
+                "Z".to_owned()
+            ],
+            b'T'
+        )
+    );
+    assert_eq!(
+        c.roundtrip(&[Raw::msg(b'Q', b"COMMIT\0")]).await,
+        ["C", "Z"]
+    );
+    assert_eq!(c.1, b'I');
 }
 
 /// A table altered through Ocelot: a statement prepared afterwards, by another client on the server that holds the

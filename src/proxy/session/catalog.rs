@@ -31,6 +31,7 @@ impl Session {
     /// answer would come next (no server, or one with nothing outstanding, not in a failed transaction, where
     /// PostgreSQL would refuse it). Returns whether it did.
     pub(super) async fn try_deallocate(&mut self, piece: &Piece) -> Result<bool, ClientError> {
+        let idle_status = self.status_without_server();
         let (Piece::Whole(h), Some(map)) = (piece, self.stmts.as_mut()) else {
             return Ok(false);
         };
@@ -57,7 +58,7 @@ impl Session {
             _ => return Ok(false),
         };
         let status = match &self.server {
-            None => txn::IDLE,
+            None => idle_status,
             Some(_) if self.tracker.is_quiet() => self.tracker.status(),
             Some(_) => return Ok(false),
         };

@@ -114,14 +114,20 @@ impl Session {
         // Noted as a forwarded Parse would be, so a later Bind of a session-changing statement is recognised.
         self.track_effects(0, piece);
         self.cbuf.advance(h.total() + sync.len());
-        let status = match self.pending_begin {
-            Some(_) => txn::IN_TRANSACTION,
-            None => txn::IDLE,
-        };
+        let status = self.status_without_server();
         encode::empty(&mut self.out, backend::PARSE_COMPLETE);
         encode::ready_for_query(&mut self.out, status);
         self.flush_out().await?;
         Ok(Some(true))
+    }
+
+    /// The transaction status to report while no server is held: in a transaction once a BEGIN was answered by
+    /// Ocelot and is waiting for the first statement that needs a server.
+    pub(super) fn status_without_server(&self) -> u8 {
+        match self.pending_begin {
+            Some(_) => txn::IN_TRANSACTION,
+            None => txn::IDLE,
+        }
     }
 
     /// Drops or answers a piece that needs no server. Returns true when the piece was consumed.
@@ -151,7 +157,8 @@ impl Session {
         }
         if code == frontend::SYNC {
             consume(self);
-            encode::ready_for_query(&mut self.out, txn::IDLE);
+            let status = self.status_without_server();
+            encode::ready_for_query(&mut self.out, status);
             self.flush_out().await?;
             return Ok(true);
         }

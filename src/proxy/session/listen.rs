@@ -5,7 +5,7 @@ use bytes::Buf;
 use tokio::io::AsyncWriteExt;
 
 use super::Session;
-use crate::protocol::codes::{backend, frontend, sqlstate, txn};
+use crate::protocol::codes::{backend, frontend, sqlstate};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended;
 use crate::protocol::frame::Piece;
@@ -60,7 +60,8 @@ impl Session {
                 }
                 frontend::SYNC => {
                     self.cbuf.advance(total);
-                    encode::ready_for_query(&mut self.out, txn::IDLE);
+                    let status = self.status_without_server();
+                    encode::ready_for_query(&mut self.out, status);
                     self.flush_out().await?;
                     return Ok(true);
                 }
@@ -87,7 +88,8 @@ impl Session {
                         break;
                     }
                 }
-                encode::ready_for_query(&mut self.out, txn::IDLE);
+                let status = self.status_without_server();
+                encode::ready_for_query(&mut self.out, status);
                 self.flush_out().await?;
                 Ok(true)
             }

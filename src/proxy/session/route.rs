@@ -726,11 +726,7 @@ impl Session {
                 show(&mut self.out, "shard", &v);
             }
         }
-        let status = if self.pending_begin.is_some() {
-            txn::IN_TRANSACTION
-        } else {
-            txn::IDLE
-        };
+        let status = self.status_without_server();
         encode::ready_for_query(&mut self.out, status);
         self.flush_out().await?;
         Ok(true)
