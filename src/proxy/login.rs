@@ -33,9 +33,8 @@ pub enum Login {
         secret: i32,
     },
     Ready(Box<LoggedIn>),
-    /// The admin user, greeted, for the admin console.
-    /// The admin console, on database `pgcat` (PgCat's units) or `pgbouncer` (PgBouncer's), with who logged in
-    /// (listed by SHOW CLIENTS, as PgCat lists its admin connections).
+    /// The admin user, greeted, for the admin console on database `pgcat` (PgCat's units) or `pgbouncer`
+    /// (PgBouncer's), with who logged in (listed by SHOW CLIENTS, as PgCat lists its admin connections).
     Admin {
         console: crate::admin::Console,
         database: String,
@@ -119,13 +118,59 @@ pub async fn login(
     if minor > 0 || !unrecognised.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &unrecognised);
     }
-    let pool = match (aq, found) {
+    let startup = Client {
+        params,
+        user,
+        database,
+        application_name,
+    };
+    user_login(
+        stream,
+        buf,
+        shared,
+        &snapshot,
+        out,
+        startup,
+        found.cloned(),
+        aq,
+    )
+    .await
+}
+
+/// Who a client's startup packet says is logging in.
+struct Client {
+    params: Vec<(String, String)>,
+    user: String,
+    database: String,
+    application_name: String,
+}
+
+/// Authenticates a client of a pool (its password checked against the config or `auth_query`) and greets it
+/// after `out` (a NegotiateProtocolVersion, if any).
+#[allow(clippy::too_many_arguments)] // one login's state, passed down once
+async fn user_login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    snapshot: &super::Snapshot,
+    mut out: BytesMut,
+    startup: Client,
+    found: Option<Arc<UserPool>>,
+    aq: Option<super::auth_query::AuthQuery<'_>>,
+) -> Result<Login, ClientError> {
+    let Client {
+        params,
+        user,
+        database,
+        application_name,
+    } = startup;
+    let pool = match (aq, found.as_ref()) {
         (Some(aq), _) => {
-            auth_query_login(stream, buf, &mut out, &snapshot, &aq, &database, &user).await?
+            auth_query_login(stream, buf, &mut out, snapshot, &aq, &database, &user).await?
         }
         (None, Some(p)) => match super::auth_query::settings(&snapshot.config, &database) {
             Some(aq) if p.auth.auth_type == AuthType::Md5 => {
-                md5_with_refetch(stream, buf, &mut out, &snapshot, &aq, p, &database, &user).await?
+                md5_with_refetch(stream, buf, &mut out, snapshot, &aq, p, &database, &user).await?
             }
             _ => {
                 authenticate(stream, buf, &mut out, &p.auth, &user).await?;
