@@ -67,6 +67,9 @@ async fn faults_under_verifying_load() {
         )
         .await,
     );
+    // The replicas stream again only once they retry (wal_retrieve_retry_interval, 5 s): until then the machine does
+    // no WAL shipping or replay, runs the load about twice as fast, and that would be the next baseline.
+    tokio::task::block_in_place(|| p.wait_replicated(&cluster.replicas.iter().collect::<Vec<_>>()));
     outcomes.push(
         scenario(
             "primary frozen (SIGSTOP) for 2 s",
