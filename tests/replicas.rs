@@ -339,6 +339,17 @@ async fn replica_dies_under_load_and_comes_back() {
     }
 }
 
+/// `toml` (from `config_toml`) with `replica` added beside the primary of its one shard.
+fn with_replica(toml: &str, primary: &Postgres, replica: &Postgres) -> String {
+    toml.replace(
+        &format!("[\"127.0.0.1\", {}, \"primary\"]", primary.port),
+        &format!(
+            "[\"127.0.0.1\", {}, \"primary\"], [\"127.0.0.1\", {}, \"replica\"]",
+            primary.port, replica.port
+        ),
+    )
+}
+
 /// A shard of a primary and one replica (the demo's shard 1): while the replica is down, reads are served by the
 /// primary instead of failing on the dead replica, and they move back once it returns.
 #[tokio::test]
@@ -350,14 +361,8 @@ async fn reads_fall_back_to_the_primary_while_the_only_replica_is_down() {
         5,
         "ban_time = 1\nhealthcheck_delay = 0",
         "query_parser_enabled = true\nquery_parser_read_write_splitting = true",
-    )
-    .replace(
-        &format!("[\"127.0.0.1\", {}, \"primary\"]", primary.port),
-        &format!(
-            "[\"127.0.0.1\", {}, \"primary\"], [\"127.0.0.1\", {}, \"replica\"]",
-            primary.port, replica.port
-        ),
     );
+    let toml = with_replica(&toml, &primary, &replica);
     let proxy = start_proxy(&toml).await;
     let port = proxy.local_addr().port();
     replica.stop();
@@ -390,14 +395,8 @@ async fn replicas_only_never_falls_back_to_the_primary() {
         5,
         "ban_time = 60",
         "default_role = \"replica\"",
-    )
-    .replace(
-        &format!("[\"127.0.0.1\", {}, \"primary\"]", primary.port),
-        &format!(
-            "[\"127.0.0.1\", {}, \"primary\"], [\"127.0.0.1\", {}, \"replica\"]",
-            primary.port, replica.port
-        ),
     );
+    let toml = with_replica(&toml, &primary, &replica);
     let proxy = start_proxy(&toml).await;
     let port = proxy.local_addr().port();
     let c = connect(port, "postgres", None, "app").await.unwrap();

@@ -109,15 +109,22 @@ impl UserPool {
                 .collect(),
         };
         list.retain(|s| !s.is_banned() && !s.is_lagging());
-        if list.is_empty() && matches!(want, Want::Replica | Want::Predict) {
-            // Every replica is lagging or down: the primary has the freshest data.
-            list = servers
+        // Reads the parser routed (and predictions) end with the primary, which has the freshest data: it serves
+        // while every replica is lagging or down, and when the replicas tried first refuse (a replica that has just
+        // died is not banned yet).
+        let falls_back = matches!(want, Want::Replica | Want::Predict);
+        let primaries = || {
+            servers
                 .iter()
                 .filter(|s| is(s, ServerRole::Primary))
                 .cloned()
-                .collect();
-        }
-        if list.is_empty() && !replicas.is_empty() && want != Want::Primary {
+        };
+        let has_primary = primaries().next().is_some();
+        if list.is_empty()
+            && !replicas.is_empty()
+            && want != Want::Primary
+            && !(falls_back && has_primary)
+        {
             tracing::warn!(pool = %self.database, shard, "every replica is banned and no primary can serve: unbanning all");
             replicas.iter().for_each(|s| s.unban());
             list = replicas.iter().map(|s| (*s).clone()).collect();
@@ -138,6 +145,9 @@ impl UserPool {
                 list.shuffle(&mut rand::rng());
                 list.sort_by_key(|s| s.busy_count());
             }
+        }
+        if falls_back && !list.iter().any(|s| is(s, ServerRole::Primary)) {
+            list.extend(primaries());
         }
         list
     }
@@ -180,22 +190,7 @@ impl UserPool {
         primary_reads: bool,
     ) -> Result<Pooled, PoolError> {
         self.wait_unpaused().await;
-        let mut candidates = self.candidates(shard, want, primary_reads);
-        if matches!(want, Want::Replica | Want::Predict)
-            && !candidates
-                .iter()
-                .any(|s| s.address.role == ServerRole::Primary)
-        {
-            // A replica that has just died is not banned yet: the primary is the last resort for this read.
-            candidates.extend(
-                self.shards
-                    .get(shard)
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s.address.role == ServerRole::Primary)
-                    .cloned(),
-            );
-        }
+        let candidates = self.candidates(shard, want, primary_reads);
         let mut last = None;
         for server in candidates {
             match server.checkout().await {

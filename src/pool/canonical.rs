@@ -115,45 +115,48 @@ pub fn encoding(name: &str) -> Option<&'static str> {
 /// output style and a field order, each kept from `current` when `value` does not name one. `None` when `value`
 /// has a word PostgreSQL does not accept.
 pub fn date_style(value: &str, current: &str) -> Option<String> {
-    let (mut style, mut order) = date_style_words(current).unwrap_or(("ISO", "MDY"));
+    let (mut style, mut order) = current
+        .split_once(',')
+        .and_then(|(a, b)| Some((style_word(a.trim())?, order_word(b.trim())?)))
+        .unwrap_or(("ISO", "MDY"));
     let mut have_order = false;
     for word in value.split([',', ' ']).filter(|w| !w.is_empty()) {
-        match word.to_ascii_uppercase().as_str() {
-            "ISO" => style = "ISO",
-            "SQL" => style = "SQL",
-            "POSTGRES" => style = "Postgres",
-            "GERMAN" => {
-                style = "German";
-                if !have_order {
-                    order = "DMY";
-                }
+        if let Some(s) = style_word(word) {
+            style = s;
+            // German dates are day first unless the value names an order too.
+            if s == "German" && !have_order {
+                order = "DMY";
             }
-            "YMD" => (order, have_order) = ("YMD", true),
-            "DMY" | "EURO" | "EUROPEAN" => (order, have_order) = ("DMY", true),
-            "MDY" | "US" | "NONEURO" | "NONEUROPEAN" => (order, have_order) = ("MDY", true),
-            "DEFAULT" => (style, order) = ("ISO", "MDY"),
-            _ => return None,
+        } else if let Some(o) = order_word(word) {
+            (order, have_order) = (o, true);
+        } else if word.eq_ignore_ascii_case("default") {
+            (style, order) = ("ISO", "MDY");
+        } else {
+            return None;
         }
     }
     Some(format!("{style}, {order}"))
 }
 
-fn date_style_words(v: &str) -> Option<(&'static str, &'static str)> {
-    let (a, b) = v.split_once(',')?;
-    let style = match a.trim().to_ascii_uppercase().as_str() {
+/// An output style word, as PostgreSQL spells it back.
+fn style_word(w: &str) -> Option<&'static str> {
+    Some(match w.to_ascii_uppercase().as_str() {
         "ISO" => "ISO",
         "SQL" => "SQL",
         "POSTGRES" => "Postgres",
         "GERMAN" => "German",
         _ => return None,
-    };
-    let order = match b.trim().to_ascii_uppercase().as_str() {
+    })
+}
+
+/// A field order word (or one of its synonyms), as PostgreSQL spells it back.
+fn order_word(w: &str) -> Option<&'static str> {
+    Some(match w.to_ascii_uppercase().as_str() {
         "YMD" => "YMD",
-        "DMY" => "DMY",
-        "MDY" => "MDY",
+        "DMY" | "EURO" | "EUROPEAN" => "DMY",
+        "MDY" | "US" | "NONEURO" | "NONEUROPEAN" => "MDY",
         _ => return None,
-    };
-    Some((style, order))
+    })
 }
 
 /// A boolean setting as PostgreSQL shows it (`on` / `off`), for the spellings it accepts.
