@@ -2,22 +2,19 @@
 //! (classified once per distinct query text and cached per session), PgCat's session overrides (`SET SERVER ROLE`,
 //! `SET PRIMARY READS`), and transparent failover of a read whose replica died before answering.
 
-use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::{multi, Session};
+use super::Session;
 use crate::config::{DefaultRole, DefaultShard, ServerRole};
 use crate::pool::balance::Want;
 use crate::pool::PoolError;
-use crate::protocol::codes::{frontend, sqlstate, txn};
-use crate::protocol::encode::{self, Severity};
+use crate::protocol::codes::frontend;
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
-use crate::protocol::frame::Piece;
 use crate::proxy::error::ClientError;
 use crate::proxy::fanout::Merge;
 use crate::router::classify::{classify, Route};
-use crate::router::commands::{self, RoleChoice, RoutingCommand};
+use crate::router::commands::RoleChoice;
 use crate::router::fanout::{self, Plan};
 use crate::router::shard_key::KeyValue;
 use crate::router::sharding::Shards;
@@ -475,263 +472,6 @@ impl Session {
         }
     }
 
-    /// Inside a transaction in a sharded pool, decides what happens to the request now at the start of `cbuf`
-    /// (whole): it stays on the transaction's current shard; with two-phase commit, the transaction moves to
-    /// another shard (joining it) or runs the request on several shards; without, a request for another shard is
-    /// refused (the replacement Query is left in `scratch`). A COMMIT or ROLLBACK of a transaction that spans
-    /// shards is answered here.
-    pub(super) async fn cross_shard(&mut self, piece: &Piece) -> Result<Cross, ClientError> {
-        let Piece::Whole(h) = piece else {
-            return Ok(Cross::Forward);
-        };
-        if self.server.is_none() {
-            return Ok(Cross::Forward);
-        }
-        let busy = self.tracker.pending_units() > 0;
-        if h.code == frontend::QUERY && !self.parked.is_empty() {
-            if let Some(how) = multi::transaction_end(&self.cbuf[5..h.total()]) {
-                if busy {
-                    return Ok(Cross::Wait);
-                }
-                self.cbuf.advance(h.total());
-                self.finish(how).await?;
-                return Ok(Cross::Handled);
-            }
-        }
-        if self.tracker.status() == txn::IDLE
-            && h.code == frontend::BIND
-            && !self.unsynced_execute
-            && self.mode == crate::config::PoolMode::Transaction
-            && self.pins.is_empty()
-        {
-            return Ok(match self.shard_at(0) {
-                Ok(Target::One(s)) if s == self.attached_shard => Cross::Forward,
-                Ok(Target::Default) => Cross::Forward,
-                _ if !request_complete(&self.cbuf) => Cross::Wait,
-                _ => Cross::Resync,
-            });
-        }
-        if self.tracker.status() != txn::IN_TRANSACTION {
-            return Ok(Cross::Forward);
-        }
-        let target = match self.shard_at(0) {
-            Ok(t) => t,
-            Err(e) => return Ok(self.refuse(&e.to_string())),
-        };
-        let two_phase = self.pool.two_phase;
-        let current = self.attached_shard;
-        let target_shards = match &target {
-            Target::All(_, s) => Some(s.clone()),
-            Target::Write(p) => Some(p.iter().map(|(s, _, _)| *s).collect()),
-            _ => None,
-        };
-        match target {
-            Target::Default => Ok(Cross::Forward),
-            Target::One(s) if s == current => Ok(Cross::Forward),
-            Target::One(s) if !two_phase => {
-                Ok(self.refuse(&format!(
-                    "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
-            Target::Batch(_) if !two_phase => Ok(self.refuse(&format!(
-                "this batch needs several shards but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-            ))),
-            Target::One(_)
-            | Target::All(..)
-            | Target::Write(_)
-            | Target::CopyIn(..)
-            | Target::Batch(_)
-                if busy =>
-            {
-                Ok(Cross::Wait)
-            }
-            Target::One(s) => {
-                match self.swap_to(s).await {
-                    Ok(()) => Ok(Cross::Forward),
-                    Err(e) => Ok(self.refuse(&e.to_string())),
-                }
-            }
-            Target::CopyIn(..) if !two_phase => {
-                Ok(self.refuse(&format!(
-                    "COPY into the sharded table needs every shard, but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
-            Target::CopyIn(plan, simple) => {
-                if simple {
-                    self.cbuf.advance(h.total());
-                } else {
-                    self.answer_extended_copy_request();
-                }
-                Ok(if self.copy_in(plan, simple).await? {
-                    Cross::ClientLeft
-                } else {
-                    Cross::Handled
-                })
-            }
-            Target::All(..) | Target::Write(_) if !two_phase => {
-                let list = shard_list(match &target_shards {
-                    Some(v) => v.clone(),
-                    None => Vec::new(),
-                });
-                Ok(self.refuse(&format!(
-                    "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
-            Target::Batch(shards) => Ok(if self.run_batch(shards).await? {
-                Cross::Handled
-            } else {
-                Cross::Wait
-            }),
-            target => {
-                match self.shard_requests(target) {
-                    Ok(Some(prepared)) => {
-                        self.run_on_shards(prepared).await?;
-                        Ok(Cross::Handled)
-                    }
-                    Ok(None) => Ok(Cross::Wait),
-                    Err(why) => Ok(self.refuse(&format!(
-                        "Ocelot cannot run this request on several shards: {why}"
-                    ))),
-                }
-            }
-        }
-    }
-
-    /// Leaves in `scratch` a Query that fails on the server with `msg` (0A000).
-    fn refuse(&mut self, msg: &str) -> Cross {
-        let sql = format!(
-            "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
-            crate::router::session_sql::quote_literal(msg)
-        );
-        self.scratch.clear();
-        encode::query(&mut self.scratch, &sql);
-        Cross::Refused
-    }
-
-    /// In a sharded pool, a transaction begun with a bare BEGIN has no shard yet: Ocelot answers the BEGIN and
-    /// sends it to whichever shard the transaction's first statement needs. A COMMIT or ROLLBACK before any
-    /// statement is answered too.
-    pub(super) async fn try_deferred_begin(&mut self, total: usize) -> Result<bool, ClientError> {
-        if self.pool.shards.len() <= 1 {
-            return Ok(false);
-        }
-        let body = &self.cbuf[5..total];
-        let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).to_string();
-        let norm = text
-            .trim()
-            .trim_end_matches(';')
-            .trim()
-            .to_ascii_lowercase();
-        let words: Vec<&str> = norm.split_whitespace().collect();
-        let (tag, status) = match words.as_slice() {
-            ["begin", ..] if self.pending_begin.is_none() => ("BEGIN", txn::IN_TRANSACTION),
-            ["start", "transaction", ..] if self.pending_begin.is_none() => {
-                ("START TRANSACTION", txn::IN_TRANSACTION)
-            }
-            ["commit" | "end", ..] if self.pending_begin.is_some() => ("COMMIT", txn::IDLE),
-            ["rollback" | "abort", ..] if self.pending_begin.is_some() => ("ROLLBACK", txn::IDLE),
-            _ => return Ok(false),
-        };
-        if text.contains(';') && text.trim().trim_end_matches(';').contains(';') {
-            return Ok(false);
-        }
-        self.cbuf.advance(total);
-        self.pending_begin = (status == txn::IN_TRANSACTION).then_some(text);
-        encode::command_complete(&mut self.out, tag);
-        encode::ready_for_query(&mut self.out, status);
-        self.flush_out().await?;
-        Ok(true)
-    }
-
-    /// Answers PgCat's routing commands sent as a simple Query while no server is held.
-    pub(super) async fn try_routing_command(&mut self, total: usize) -> Result<bool, ClientError> {
-        let body = &self.cbuf[5..total];
-        let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).unwrap_or_default();
-        let Some(cmd) = commands::parse(sql) else {
-            return Ok(false);
-        };
-        self.cbuf.advance(total);
-        match cmd {
-            RoutingCommand::SetServerRole(role) => {
-                self.role_override = role;
-                encode::command_complete(&mut self.out, "SET");
-            }
-            RoutingCommand::SetPrimaryReads(on) => {
-                self.primary_reads_override = on;
-                encode::command_complete(&mut self.out, "SET");
-            }
-            RoutingCommand::ShowServerRole => {
-                let v = match self.role_override {
-                    Some(RoleChoice::Primary) => "primary",
-                    Some(RoleChoice::Replica) => "replica",
-                    Some(RoleChoice::Any) => "any",
-                    None if self.pool.routing.split => "auto",
-                    None => match self.pool.default_role {
-                        DefaultRole::Any => "any",
-                        DefaultRole::Primary => "primary",
-                        DefaultRole::Replica => "replica",
-                    },
-                };
-                show(&mut self.out, "server role", v);
-            }
-            RoutingCommand::ShowPrimaryReads => {
-                let v = if self.primary_reads() { "on" } else { "off" };
-                show(&mut self.out, "primary reads", v);
-            }
-            RoutingCommand::SetShard(n) => {
-                if let Some(n) = n.filter(|&n| n >= self.pool.shards.len()) {
-                    let msg = format!(
-                        "shard {n} does not exist: pool \"{}\" has {} shard(s)",
-                        self.pool.database,
-                        self.pool.shards.len()
-                    );
-                    encode::error_response(
-                        &mut self.out,
-                        Severity::Error,
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        &msg,
-                        None,
-                    );
-                } else {
-                    self.shard_override = Some(n);
-                    encode::command_complete(&mut self.out, "SET");
-                }
-            }
-            RoutingCommand::SetShardingKey(key) => match self.pool.sharder.shard_of_text(&key) {
-                Some(n) => {
-                    self.shard_override = Some(Some(n));
-                    encode::command_complete(&mut self.out, "SET");
-                }
-                None => {
-                    let msg = format!("invalid sharding key \"{key}\" for this pool's key type");
-                    encode::error_response(
-                        &mut self.out,
-                        Severity::Error,
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        &msg,
-                        None,
-                    );
-                }
-            },
-            RoutingCommand::ShowShard => {
-                let v = match self.shard_override {
-                    Some(Some(n)) => n.to_string(),
-                    Some(None) => "any".into(),
-                    None => match self.pool.default_shard {
-                        DefaultShard::Shard(n) => n.to_string(),
-                        DefaultShard::Random => "random".into(),
-                        DefaultShard::RandomHealthy => "random_healthy".into(),
-                    },
-                };
-                show(&mut self.out, "shard", &v);
-            }
-        }
-        let status = self.status_without_server();
-        encode::ready_for_query(&mut self.out, status);
-        self.flush_out().await?;
-        Ok(true)
-    }
-
     /// After the server of a read died before the client heard anything: bans it, gets another server for the
     /// same request and sends the request again. Returns false when failover does not apply.
     pub(super) async fn failover(&mut self, reason: &str) -> Result<bool, ClientError> {
@@ -811,12 +551,6 @@ fn knn_shards(
         },
     };
     Some(router.probe(&v)?.into_iter().collect())
-}
-
-fn show(out: &mut BytesMut, column: &str, value: &str) {
-    encode::row_description_text(out, &[column]);
-    encode::data_row_text(out, &[value]);
-    encode::command_complete(out, "SHOW");
 }
 
 /// The whole messages in `buf` from `start`, as (type, body), stopping at the first incomplete one.

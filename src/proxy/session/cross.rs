@@ -1,0 +1,146 @@
+//! A request, in a sharded pool, while the session holds a server: whether it can go to that server or must go to
+//! other shards (and how: fan-out, a transaction over shards, or refused with the reason).
+
+use bytes::Buf;
+
+use super::route::{request_complete, shard_list, Cross, Target};
+use super::{multi, Session};
+use crate::protocol::codes::{frontend, txn};
+use crate::protocol::encode;
+use crate::protocol::frame::Piece;
+use crate::proxy::error::ClientError;
+
+impl Session {
+    /// Inside a transaction in a sharded pool, decides what happens to the request now at the start of `cbuf`
+    /// (whole): it stays on the transaction's current shard; with two-phase commit, the transaction moves to
+    /// another shard (joining it) or runs the request on several shards; without, a request for another shard is
+    /// refused (the replacement Query is left in `scratch`). A COMMIT or ROLLBACK of a transaction that spans
+    /// shards is answered here.
+    pub(super) async fn cross_shard(&mut self, piece: &Piece) -> Result<Cross, ClientError> {
+        let Piece::Whole(h) = piece else {
+            return Ok(Cross::Forward);
+        };
+        if self.server.is_none() {
+            return Ok(Cross::Forward);
+        }
+        let busy = self.tracker.pending_units() > 0;
+        if h.code == frontend::QUERY && !self.parked.is_empty() {
+            if let Some(how) = multi::transaction_end(&self.cbuf[5..h.total()]) {
+                if busy {
+                    return Ok(Cross::Wait);
+                }
+                self.cbuf.advance(h.total());
+                self.finish(how).await?;
+                return Ok(Cross::Handled);
+            }
+        }
+        if self.tracker.status() == txn::IDLE
+            && h.code == frontend::BIND
+            && !self.unsynced_execute
+            && self.mode == crate::config::PoolMode::Transaction
+            && self.pins.is_empty()
+        {
+            return Ok(match self.shard_at(0) {
+                Ok(Target::One(s)) if s == self.attached_shard => Cross::Forward,
+                Ok(Target::Default) => Cross::Forward,
+                _ if !request_complete(&self.cbuf) => Cross::Wait,
+                _ => Cross::Resync,
+            });
+        }
+        if self.tracker.status() != txn::IN_TRANSACTION {
+            return Ok(Cross::Forward);
+        }
+        let target = match self.shard_at(0) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.refuse(&e.to_string())),
+        };
+        let two_phase = self.pool.two_phase;
+        let current = self.attached_shard;
+        let target_shards = match &target {
+            Target::All(_, s) => Some(s.clone()),
+            Target::Write(p) => Some(p.iter().map(|(s, _, _)| *s).collect()),
+            _ => None,
+        };
+        match target {
+            Target::Default => Ok(Cross::Forward),
+            Target::One(s) if s == current => Ok(Cross::Forward),
+            Target::One(s) if !two_phase => {
+                Ok(self.refuse(&format!(
+                    "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )))
+            }
+            Target::Batch(_) if !two_phase => Ok(self.refuse(&format!(
+                "this batch needs several shards but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+            ))),
+            Target::One(_)
+            | Target::All(..)
+            | Target::Write(_)
+            | Target::CopyIn(..)
+            | Target::Batch(_)
+                if busy =>
+            {
+                Ok(Cross::Wait)
+            }
+            Target::One(s) => {
+                match self.swap_to(s).await {
+                    Ok(()) => Ok(Cross::Forward),
+                    Err(e) => Ok(self.refuse(&e.to_string())),
+                }
+            }
+            Target::CopyIn(..) if !two_phase => {
+                Ok(self.refuse(&format!(
+                    "COPY into the sharded table needs every shard, but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )))
+            }
+            Target::CopyIn(plan, simple) => {
+                if simple {
+                    self.cbuf.advance(h.total());
+                } else {
+                    self.answer_extended_copy_request();
+                }
+                Ok(if self.copy_in(plan, simple).await? {
+                    Cross::ClientLeft
+                } else {
+                    Cross::Handled
+                })
+            }
+            Target::All(..) | Target::Write(_) if !two_phase => {
+                let list = shard_list(match &target_shards {
+                    Some(v) => v.clone(),
+                    None => Vec::new(),
+                });
+                Ok(self.refuse(&format!(
+                    "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+                )))
+            }
+            Target::Batch(shards) => Ok(if self.run_batch(shards).await? {
+                Cross::Handled
+            } else {
+                Cross::Wait
+            }),
+            target => {
+                match self.shard_requests(target) {
+                    Ok(Some(prepared)) => {
+                        self.run_on_shards(prepared).await?;
+                        Ok(Cross::Handled)
+                    }
+                    Ok(None) => Ok(Cross::Wait),
+                    Err(why) => Ok(self.refuse(&format!(
+                        "Ocelot cannot run this request on several shards: {why}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Leaves in `scratch` a Query that fails on the server with `msg` (0A000).
+    fn refuse(&mut self, msg: &str) -> Cross {
+        let sql = format!(
+            "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
+            crate::router::session_sql::quote_literal(msg)
+        );
+        self.scratch.clear();
+        encode::query(&mut self.scratch, &sql);
+        Cross::Refused
+    }
+}
