@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 . scripts/ensure-postgres.sh
 ./scripts/setup-drivers.sh
 ./scripts/fetch-models.sh
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

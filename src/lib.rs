@@ -12,11 +12,14 @@
 
 pub mod admin;
 pub mod cli;
-pub mod config;
 pub mod inference;
 pub mod net;
 pub mod pool;
-pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod stats;
+
+/// So is the configuration (pure parsing and validation).
+pub use ocelot_config as config;
+/// The wire protocol lives in its own crate (no tokio, no I/O); re-exported so that `crate::protocol` paths hold.
+pub use ocelot_protocol as protocol;

@@ -16,9 +16,9 @@ use crate::pool::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::router::session_sql::quote_literal;
 
-/// How long a cached project → deployed model mapping is trusted before the registry is asked again, by default
-/// (`[inference] deploy_recheck_ms`); deploys announced by NOTIFY are seen at once.
-pub const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
+pub use crate::config::{
+    DEPLOY_RECHECK as DEFAULT_RECHECK, MODEL_CACHE_BYTES as DEFAULT_CACHE_BYTES,
+};
 
 /// The channel a deploy is announced on, with the project's name as payload.
 pub const DEPLOY_CHANNEL: &str = "ocelot_pgml_deploy";
@@ -26,9 +26,6 @@ pub const DEPLOY_CHANNEL: &str = "ocelot_pgml_deploy";
 /// Listener ids of pools' own subscriptions to [`DEPLOY_CHANNEL`], counted up from the bottom of the range (no
 /// client has them); several pools may share one registry's listener.
 static LISTENER_IDS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(i32::MIN);
-
-/// The default bound of a pool's cache (`[inference] cache_bytes`).
-pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Counters of one model, kept after the model itself is evicted.
 #[derive(Debug, Default)]

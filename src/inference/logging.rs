@@ -27,8 +27,7 @@ use crate::pool::UserPool;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 
-/// Samples queued per pool before new ones are dropped.
-pub const QUEUE: usize = 65_536;
+pub use crate::config::PREDICTION_LOG_QUEUE as QUEUE;
 /// Rows per COPY.
 const BATCH: usize = 2_000;
 /// How long the writer lets a small batch grow before writing it.

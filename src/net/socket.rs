@@ -4,16 +4,9 @@
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
 
-/// Keepalive settings from `[general]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Keepalive {
-    pub idle_s: u64,
-    pub interval_s: u64,
-    pub count: u32,
-    pub user_timeout_ms: u64,
-}
+pub use crate::config::Keepalive;
+use tokio::net::TcpStream;
 
 /// Sets TCP_NODELAY and keepalives on an accepted client socket. Failures are logged, not fatal.
 pub fn configure_client_socket(s: &TcpStream, k: Keepalive) {

@@ -34,20 +34,6 @@ pub struct VectorRouter {
     pub routing_lookups: AtomicU64,
 }
 
-/// Reads the centroids a config gives inline or in a file; `Ok(None)` when they come from a model.
-pub fn configured_centroids(v: &VectorSharding) -> Result<Option<Vec<Vec<f32>>>, String> {
-    if let Some(c) = &v.centroids {
-        return Ok(Some(c.clone()));
-    }
-    if let Some(path) = &v.centroids_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        let c: Vec<Vec<f32>> = serde_json::from_str(&text)
-            .map_err(|e| format!("{path}: expected a JSON array of arrays of numbers: {e}"))?;
-        return Ok(Some(c));
-    }
-    Ok(None)
-}
-
 impl VectorRouter {
     pub fn new(v: &VectorSharding, shards: usize) -> Arc<VectorRouter> {
         let r = VectorRouter {
@@ -61,7 +47,7 @@ impl VectorRouter {
             routing_lookups: AtomicU64::new(0),
         };
         // Validation already read them once; a file that changed since is read again here.
-        if let Ok(Some(c)) = configured_centroids(v) {
+        if let Ok(Some(c)) = v.read_centroids() {
             let _ = r.centroids.set(c);
         }
         Arc::new(r)
@@ -294,6 +280,23 @@ mod tests {
         assert_eq!(r.shard_of(&[1.0, 1.0, 1.0]), None, "dimension mismatch");
         assert_eq!(r.probe(&[6.0, 1.0]), Some([0, 1].into()));
         assert_eq!(r.knn_queries.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn centroids_from_a_file_route_rows() {
+        let file = std::env::temp_dir().join(format!(
+            "ocelot-router-centroids-{}.json",
+            std::process::id()
+        ));
+        std::fs::write(&file, "[[1, 0], [0, 1]]").unwrap();
+        let v = VectorSharding {
+            centroids_file: Some(file.display().to_string()),
+            ..Default::default()
+        };
+        let r = VectorRouter::new(&v, 1);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(r.centroids().unwrap().len(), 2);
+        assert_eq!(r.shard_of(&[0.1, 0.9]), Some(0), "centroid 1 % 1 shard");
     }
 
     #[test]

@@ -68,8 +68,18 @@ pub struct Inference {
     pub prediction_log_queue: usize,
 }
 
+/// Sampled predictions queued per pool before new ones are dropped (`prediction_log_queue`'s default).
+pub const PREDICTION_LOG_QUEUE: usize = 65_536;
+
+/// How long a cached project → deployed model mapping is trusted before the registry is asked again, by default
+/// (`deploy_recheck_ms`); deploys announced by NOTIFY are seen at once.
+pub const DEPLOY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The default bound of a pool's model cache (`cache_bytes`).
+pub const MODEL_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 fn default_log_queue() -> usize {
-    crate::inference::logging::QUEUE
+    PREDICTION_LOG_QUEUE
 }
 
 fn default_drift_window_s() -> u64 {
@@ -85,11 +95,11 @@ fn default_models_dir() -> String {
 }
 
 fn default_recheck_ms() -> u64 {
-    crate::inference::cache::DEFAULT_RECHECK.as_millis() as u64
+    DEPLOY_RECHECK.as_millis() as u64
 }
 
 fn default_cache_bytes() -> usize {
-    crate::inference::cache::DEFAULT_CACHE_BYTES
+    MODEL_CACHE_BYTES
 }
 
 impl Default for Inference {

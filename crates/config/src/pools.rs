@@ -123,6 +123,23 @@ fn d_probes() -> usize {
     1
 }
 
+impl VectorSharding {
+    /// Reads the centroids a config gives inline or in a file; `Ok(None)` when they come from a model.
+    pub fn read_centroids(&self) -> Result<Option<Vec<Vec<f32>>>, String> {
+        if let Some(c) = &self.centroids {
+            return Ok(Some(c.clone()));
+        }
+        if let Some(path) = &self.centroids_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let c: Vec<Vec<f32>> = serde_json::from_str(&text)
+                .map_err(|e| format!("{path}: expected a JSON array of arrays of numbers: {e}"))?;
+            return Ok(Some(c));
+        }
+        Ok(None)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ShardingFunction {

@@ -4,6 +4,9 @@
 //!
 //! Protocol reference: <https://www.postgresql.org/docs/15/protocol-message-formats.html>.
 
+#![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod auth;
 pub mod codes;
 pub mod decode;

@@ -263,12 +263,21 @@ pub struct General {
 
 impl General {
     /// The socket keepalives of `tcp_keepalives_*` and `tcp_user_timeout`, for client and server sockets.
-    pub fn keepalive(&self) -> crate::net::Keepalive {
-        crate::net::Keepalive {
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive {
             idle_s: self.tcp_keepalives_idle,
             interval_s: self.tcp_keepalives_interval,
             count: self.tcp_keepalives_count,
             user_timeout_ms: self.tcp_user_timeout,
         }
     }
+}
+
+/// Keepalive settings from `[general]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive {
+    pub idle_s: u64,
+    pub interval_s: u64,
+    pub count: u32,
+    pub user_timeout_ms: u64,
 }

@@ -165,7 +165,7 @@ pub fn startup_message<'a>(
 /// SSLRequest: asks a server for TLS before the StartupMessage.
 pub fn ssl_request(buf: &mut BytesMut) {
     buf.put_i32(8);
-    buf.put_u32(crate::protocol::codes::startup::SSL_REQUEST);
+    buf.put_u32(crate::codes::startup::SSL_REQUEST);
 }
 
 pub fn cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {

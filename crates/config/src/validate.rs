@@ -1,7 +1,7 @@
 //! Rules of a valid config that types alone cannot express, checked after parsing. Each failure names its key.
 
 use super::{AuthType, Config, ConfigError, DefaultShard, ServerRole};
-use crate::protocol::auth::Secret;
+use ocelot_protocol::auth::Secret;
 
 pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
@@ -98,8 +98,8 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
                 }
             }
         }
-        if pool.sharding_function == crate::config::ShardingFunction::Sha1
-            && pool.sharding_key_type != crate::config::ShardingKeyType::Bigint
+        if pool.sharding_function == crate::ShardingFunction::Sha1
+            && pool.sharding_key_type != crate::ShardingKeyType::Bigint
         {
             return Err(ConfigError::invalid(
                 key("sharding_function"),
@@ -325,7 +325,8 @@ fn validate_vector_sharding(name: &str, pool: &super::Pool) -> Result<(), Config
             "give exactly one of centroids, centroids_file and centroids_model",
         ));
     }
-    let centroids = crate::router::vectors::configured_centroids(v)
+    let centroids = v
+        .read_centroids()
         .map_err(|e| ConfigError::invalid(key("vector_sharding.centroids_file"), e))?;
     if let Some(c) = centroids {
         let dim = c.first().map_or(0, Vec::len);

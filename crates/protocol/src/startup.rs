@@ -74,7 +74,7 @@ pub fn parse(packet: &[u8]) -> Result<StartupRequest, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::encode;
+    use crate::encode;
     use bytes::BytesMut;
 
     #[test]

@@ -2,6 +2,9 @@
 //! schema is accepted, including those whose behaviour arrives later; unknown keys are kept as warnings naming
 //! the key; any error names the key and the reason. Publishing a validated config is the caller's job.
 
+#![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod error;
 mod general;
 mod inference;
@@ -15,8 +18,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use error::ConfigError;
-pub use general::{AdminAuthType, General, LagLimit};
-pub use inference::{Device, Inference, InferenceMode};
+pub use general::{AdminAuthType, General, Keepalive, LagLimit};
+pub use inference::{
+    Device, Inference, InferenceMode, DEPLOY_RECHECK, MODEL_CACHE_BYTES, PREDICTION_LOG_QUEUE,
+};
 pub use plugins::{Intercept, InterceptQuery, Plugins, Prewarmer, QueryLogger, TableAccess};
 pub use pools::{
     AuthType, DefaultRole, DefaultShard, LoadBalancingMode, Pool, PoolMode, ServerRole, Shard,

@@ -90,7 +90,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Compares two cancel secrets in constant time.
-pub(crate) fn constant_time_eq_i32(a: i32, b: i32) -> bool {
+pub fn constant_time_eq_i32(a: i32, b: i32) -> bool {
     constant_time_eq(&a.to_be_bytes(), &b.to_be_bytes())
 }
 
