@@ -16,10 +16,11 @@ pub mod inference;
 pub mod net;
 pub mod pool;
 pub mod proxy;
-pub mod router;
 pub mod stats;
 
 /// So is the configuration (pure parsing and validation).
 pub use ocelot_config as config;
 /// The wire protocol lives in its own crate (no tokio, no I/O); re-exported so that `crate::protocol` paths hold.
 pub use ocelot_protocol as protocol;
+/// And the query router (pure functions of the query text and the config).
+pub use ocelot_router as router;

@@ -66,7 +66,7 @@ pub struct Ordered {
     pub hidden: usize,
 }
 
-pub(crate) fn literal_u64(e: &Expr) -> Option<u64> {
+pub fn literal_u64(e: &Expr) -> Option<u64> {
     match e {
         Expr::Value(v) => match &v.value {
             sqlparser::ast::Value::Number(n, _) => n.to_string().parse().ok(),
@@ -77,7 +77,7 @@ pub(crate) fn literal_u64(e: &Expr) -> Option<u64> {
 }
 
 /// A query's literal LIMIT and OFFSET (none and 0 when absent).
-pub(crate) fn limit_offset(q: &sqlparser::ast::Query) -> Result<(Option<u64>, u64), &'static str> {
+pub fn limit_offset(q: &sqlparser::ast::Query) -> Result<(Option<u64>, u64), &'static str> {
     use sqlparser::ast::LimitClause;
     match &q.limit_clause {
         None => Ok((None, 0)),
@@ -475,7 +475,7 @@ mod tests {
             plan("UPDATE data SET id = 3 WHERE v = 'y'", &s),
             Plan::Unsupported(_)
         ));
-        use crate::router::shard_key::KeyValue;
+        use crate::shard_key::KeyValue;
         let parts = split_insert(
             "INSERT INTO data (v, id) VALUES ('a', 1), ('b', -2), ('c', 3) RETURNING id",
             &s,

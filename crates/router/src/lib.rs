@@ -1,6 +1,10 @@
 //! Query inspection, pure functions without I/O: read/write classification with sqlparser ([`classify`]), PgCat's
 //! routing commands ([`commands`]), and the small pre-parser for session commands ([`session_sql`]) that
-//! transaction mode needs. Shard keys and fan-out will live here too.
+//! transaction mode needs, shard keys and sharding functions, fan-out plans and the merging of their rows, COPY
+//! splitting, and vector (centroid) routing. Nothing here does I/O or knows a pool.
+
+#![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod binary;
 pub mod classify;

@@ -15,7 +15,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::shard_key::{KeySpec, KeyValue};
-use crate::config::{VectorMetric, VectorSharding};
+use ocelot_config::{VectorMetric, VectorSharding};
 
 /// A pool's centroids and what they route.
 #[derive(Debug)]

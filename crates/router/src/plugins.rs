@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::config::Plugins;
-use crate::protocol::encode;
+use ocelot_config::Plugins;
+use ocelot_protocol::encode;
 
 /// A canned answer: columns (name, type name) and rows of text values.
 type Canned = (Vec<(String, String)>, Vec<Vec<String>>);
@@ -141,7 +141,7 @@ fn type_oid(name: &str) -> (u32, i16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Intercept, InterceptQuery, TableAccess};
+    use ocelot_config::{Intercept, InterceptQuery, TableAccess};
 
     fn plugins() -> PoolPlugins {
         let mut queries = std::collections::BTreeMap::new();

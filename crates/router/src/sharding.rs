@@ -9,7 +9,7 @@ use regex::bytes::Regex;
 
 use super::hash::{bigint_partition, parse_uuid, sha1_shard, text_partition, uuid_partition};
 use super::shard_key::{self, KeySpec, KeyValue};
-use crate::config::{Pool, ShardingFunction, ShardingKeyType};
+use ocelot_config::{Pool, ShardingFunction, ShardingKeyType};
 
 /// The shards a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
