@@ -2,25 +2,27 @@
 //! if it were the database; it authenticates them, pools a few server connections among many clients in
 //! transaction or session mode, and forwards messages as bytes.
 //!
-//! Layers, bottom up: [`protocol`] (sans-IO wire format and auth), [`net`] (sockets and buffers), [`pool`]
-//! (server connections and their pools), [`proxy`] (the client side: login, the transaction loop, cancellation,
-//! shutdown), [`config`] (PgCat-compatible `pgcat.toml`). [`router`] and [`inference`] are placeholders for the
-//! query router and the in-proxy `pgml.*` API.
+//! Layers, bottom up. In crates of their own, which cannot see anything above them: [`protocol`] (sans-IO wire
+//! format and auth), [`config`] (PgCat-compatible `pgcat.toml`, parsed and validated as pure steps), [`router`]
+//! (query classification, shard keys, fan-out plans and row merging, without I/O), [`stats`] (counters), [`net`]
+//! (sockets, TLS and buffers), [`pool`] (server connections and their pools). In this crate: [`database`] (a
+//! pool's users, shards, routing and models above its servers; choosing a server), [`inference`] (the
+//! in-proxy `pgml.*` API: training, serving, the model registry), [`proxy`] (the client side: login, the session
+//! loop, cancellation, shutdown), [`admin`] (the admin console, metrics and dashboard).
 
 #![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod cli;
+pub mod database;
 pub mod inference;
-pub mod net;
-pub mod pool;
 pub mod proxy;
-pub mod stats;
 
-/// So is the configuration (pure parsing and validation).
+// The lower layers' crates, re-exported under the module paths they had before they moved.
 pub use ocelot_config as config;
-/// The wire protocol lives in its own crate (no tokio, no I/O); re-exported so that `crate::protocol` paths hold.
+pub use ocelot_net as net;
+pub use ocelot_pool as pool;
 pub use ocelot_protocol as protocol;
-/// And the query router (pure functions of the query text and the config).
 pub use ocelot_router as router;
+pub use ocelot_stats as stats;

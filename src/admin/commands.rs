@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use super::table::{t, Col, Table};
 use super::{show, AdminError};
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
 use crate::proxy::Shared;

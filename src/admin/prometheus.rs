@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dashboard;
-use crate::pool::{ServerPool, UserPool};
+use crate::database::UserPool;
+use crate::pool::ServerPool;
 use crate::proxy::{Shared, StartError};
 use crate::stats::{ConnInfo, ConnState, Totals};
 

@@ -17,7 +17,7 @@ use super::call::{bind, Arg, Call};
 use super::models::{refuse, registry_conn, Refusal};
 use super::params::{BOOL, FLOAT8, INT8, TEXT};
 use super::train::text_arg;
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::encode;
 use crate::router::hash::hash_bytes_extended;
 use crate::router::session_sql::quote_literal;

@@ -12,7 +12,7 @@ use super::ab::{AbRow, AbTest};
 use super::drift::{Baseline, FeatureDrift, Monitor};
 use super::logging::{LogSetting, PredictionLog, Sample};
 use super::models::{refuse, registry_conn, value, Model, Refusal};
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::router::session_sql::quote_literal;
 

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use super::call::{bind, Arg, Call};
 use super::models::{refuse, registry_conn, value, Refusal};
 use super::train::text_arg;
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;

@@ -238,7 +238,7 @@ pub fn embedder(models_dir: &Path, name: &str) -> Result<Arc<Embedder>, EmbedErr
 /// Answers `pgml.embed(transformer, text | text[], kwargs)` with constant arguments: one `real[]`, or one row per
 /// input for the array form.
 pub(super) async fn serve(
-    pool: &Arc<crate::pool::UserPool>,
+    pool: &Arc<crate::database::UserPool>,
     call: &super::call::Call,
     name: &str,
     out: &mut BytesMut,

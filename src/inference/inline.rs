@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::call::{find_calls, Arg};
 use super::serve::ResultTable;
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::router::session_sql::{quote_literal, skip_quoted};
 
 /// Byte ranges of the `pgml.embed(...)` calls in `sql`, outside literals and comments.

@@ -23,7 +23,7 @@ use super::models::{refuse, registry_conn, Refusal};
 use super::params::{FLOAT8, INT8, TEXT};
 use super::serve::ResultTable;
 use super::train::text_arg;
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 

@@ -12,9 +12,10 @@ use super::linear::Linear;
 use super::logistic::Logistic;
 use super::preprocess::{Missing, Preprocess};
 use super::registry;
-use crate::pool::balance::Want;
+use crate::database::balance::Want;
+use crate::database::UserPool;
 use crate::pool::server::ServerConn;
-use crate::pool::{PoolError, UserPool};
+use crate::pool::PoolError;
 use crate::protocol::codes::sqlstate;
 
 /// A model Ocelot trained, as stored in `pgml.files`: the estimator and the preprocessing fitted with it.

@@ -8,8 +8,8 @@ use bytes::BytesMut;
 use futures_util::future::join_all;
 
 use super::models::{refuse, sqlstate_of, Refusal};
-use crate::pool::balance::Want;
-use crate::pool::UserPool;
+use crate::database::balance::Want;
+use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::proxy::distributed;

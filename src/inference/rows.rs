@@ -11,7 +11,7 @@ use super::cache::Loaded;
 use super::models::{refuse, resolve_for, Refusal};
 use super::per_row::PerRow;
 use super::serve::{float4_text, ReadRoute};
-use crate::pool::UserPool;
+use crate::database::UserPool;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
 use crate::proxy::fanout::{cells, fields, run, split_rows, Merge};

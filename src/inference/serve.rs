@@ -11,8 +11,8 @@ use super::call::{find_calls, Arg, Call};
 use super::deploy::{deploy_model, deploy_strategy};
 use super::models::{refuse, resolve_for, Refusal};
 use super::train::train;
-use crate::pool::balance::Want;
-use crate::pool::UserPool;
+use crate::database::balance::Want;
+use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
 

@@ -219,7 +219,7 @@ pub(super) fn serve(call: &Call, name: &str, out: &mut BytesMut) -> Result<(), R
 
 /// Installs the SQL versions on every shard's primary, once per pool, unless the functions exist there (the real
 /// extension, or an earlier install). A failure is logged; the query then gets the server's own error.
-pub(super) async fn ensure_installed(pool: &std::sync::Arc<crate::pool::UserPool>) {
+pub(super) async fn ensure_installed(pool: &std::sync::Arc<crate::database::UserPool>) {
     pool.models
         .vector_sql()
         .get_or_init(|| async {
@@ -235,11 +235,11 @@ pub(super) async fn ensure_installed(pool: &std::sync::Arc<crate::pool::UserPool
 }
 
 async fn install(
-    pool: &std::sync::Arc<crate::pool::UserPool>,
+    pool: &std::sync::Arc<crate::database::UserPool>,
     shard: usize,
 ) -> Result<(), crate::pool::PoolError> {
     let mut conn = pool
-        .checkout(shard, crate::pool::balance::Want::Primary, true)
+        .checkout(shard, crate::database::balance::Want::Primary, true)
         .await?;
     let present = conn
         .query_value("SELECT to_regprocedure('pgml.cosine_similarity(real[],real[])') IS NOT NULL")

@@ -6,7 +6,8 @@
 //! on the server applies from the next login.
 
 use crate::config::Config;
-use crate::pool::{PoolError, UserPool};
+use crate::database::UserPool;
+use crate::pool::PoolError;
 use crate::protocol::auth::Secret;
 
 /// The `auth_query` settings in force for a pool (its own, else `[general]`'s).
@@ -37,7 +38,7 @@ pub fn needed(found: Option<&std::sync::Arc<UserPool>>) -> bool {
 /// Runs the auth query for `user`: its stored secret, or `None` when the server has no such user (or no password
 /// for it).
 pub async fn fetch(
-    cluster: &crate::pool::Cluster,
+    cluster: &crate::database::Cluster,
     config: &Config,
     db: &str,
     aq: &AuthQuery<'_>,

@@ -15,9 +15,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pool::balance::Want;
+use crate::database::balance::Want;
+use crate::database::UserPool;
 use crate::pool::server::ServerConn;
-use crate::pool::{PoolError, UserPool};
+use crate::pool::PoolError;
 use crate::protocol::codes::{backend, txn};
 use crate::protocol::decode;
 use crate::protocol::frame::Header;

@@ -12,8 +12,9 @@ use tokio::task::JoinSet;
 use super::distributed::{exec, Answer};
 
 use super::params::ClientParams;
-use crate::pool::balance::Want;
-use crate::pool::{PoolError, UserPool};
+use crate::database::balance::Want;
+use crate::database::UserPool;
+use crate::pool::PoolError;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;

@@ -29,8 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::database::Cluster;
 use crate::net::configure_client_socket;
-use crate::pool::Cluster;
 use crate::protocol::encode;
 use cancel::CancelRegistry;
 use error::ClientError;

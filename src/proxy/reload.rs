@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{Shared, Snapshot};
 use crate::config::{Config, ConfigError};
-use crate::pool::Cluster;
+use crate::database::Cluster;
 
 /// Why a reload was refused; the old config stays in force.
 #[derive(Debug, thiserror::Error)]

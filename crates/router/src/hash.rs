@@ -6,7 +6,7 @@
 //!   (`uuid_hash_extended`), both built on `hash_bytes_extended` (Bob Jenkins' lookup3 as PostgreSQL uses it);
 //! - `sha1`: PgCat's, the last 8 hex digits of the SHA-1 of the key's decimal text, modulo the shard count.
 //!
-//! Golden vectors are checked against a real PostgreSQL in `tests/sharding.rs`.
+//! Golden vectors are checked against a real PostgreSQL in `tests/it/sharding.rs`.
 
 use sha1::{Digest, Sha1};
 

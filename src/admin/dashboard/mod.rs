@@ -283,7 +283,7 @@ async fn model_page(shared: &Shared, project: &str) -> Option<String> {
 }
 
 /// The project's live metrics from the registry, or why there are none.
-async fn live_metrics(pool: Option<&Arc<crate::pool::UserPool>>, project: &str) -> String {
+async fn live_metrics(pool: Option<&Arc<crate::database::UserPool>>, project: &str) -> String {
     let Some(pool) = pool else {
         return "<p class=\"none\">No pool serves this project.</p>".into();
     };

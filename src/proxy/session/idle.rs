@@ -68,7 +68,10 @@ impl Session {
 
     /// `default_shard = "random_healthy"`: when the chosen shard cannot serve, the other healthy shards are tried
     /// in turn before the client is told.
-    async fn attach_healthy(&mut self, want: crate::pool::balance::Want) -> Result<(), PoolError> {
+    async fn attach_healthy(
+        &mut self,
+        want: crate::database::balance::Want,
+    ) -> Result<(), PoolError> {
         let first = self.pool.random_shard(true);
         let mut result = self.attach(want, first).await;
         let mut tried = vec![first];
@@ -94,7 +97,7 @@ impl Session {
         &mut self,
         t: route::Target,
         piece: Piece,
-        want: crate::pool::balance::Want,
+        want: crate::database::balance::Want,
     ) -> Result<Flow, ClientError> {
         let failed = match t {
             t @ (route::Target::All(..) | route::Target::Write(_)) => {

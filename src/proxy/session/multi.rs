@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 
 use super::route::{Target, WritePart};
 use super::Session;
-use crate::pool::balance::Want;
+use crate::database::balance::Want;
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::codes::frontend;
@@ -253,11 +253,11 @@ impl Session {
                 pool: self.pool.database.clone(),
                 shards: super::route::shard_list(shards.iter().copied()),
             };
-            return self.answer_error(e.into_failure(), false).await;
+            return self.answer_error(distributed::Failure::Pool(e), false).await;
         }
         if let Err(e) = self.join_all_shards(&shards, explicit).await {
             self.abandon_parts(explicit).await;
-            return self.answer_error(e.into_failure(), explicit).await;
+            return self.answer_error(distributed::Failure::Pool(e), explicit).await;
         }
         let answers = {
             let mut parts = self.parts(&shards);
@@ -340,7 +340,7 @@ impl Session {
                 let len = batch_len(&self.cbuf);
                 self.cbuf.advance(len);
                 let explicit = self.in_transaction();
-                self.answer_error(e.into_failure(), explicit).await?;
+                self.answer_error(distributed::Failure::Pool(e), explicit).await?;
                 return Ok(true);
             }
         };
@@ -363,7 +363,7 @@ impl Session {
         shards.dedup();
         if let Err(e) = self.join_all_shards(&shards, explicit).await {
             self.abandon_parts(explicit).await;
-            self.answer_error(e.into_failure(), explicit).await?;
+            self.answer_error(distributed::Failure::Pool(e), explicit).await?;
             return Ok(true);
         }
         let requests: Vec<BytesMut> = shards
@@ -621,10 +621,4 @@ fn batch_len(buf: &[u8]) -> usize {
         }
     }
     buf.len()
-}
-
-impl PoolError {
-    fn into_failure(self) -> distributed::Failure {
-        distributed::Failure::Pool(self)
-    }
 }

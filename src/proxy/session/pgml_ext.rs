@@ -23,9 +23,9 @@ pub(super) struct Known {
 
 /// Statement shapes and parameter types by text, then by declared parameter types.
 pub(super) type ShapeCache = HashMap<Box<str>, Vec<Known>>;
+use crate::database::balance::Want;
 use crate::inference::params;
 use crate::inference::statement::{self, Shape};
-use crate::pool::balance::Want;
 use crate::protocol::codes::{backend, frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended::{self, BindValues};

@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::Session;
 use crate::config::{DefaultRole, DefaultShard, ServerRole};
-use crate::pool::balance::Want;
+use crate::database::balance::Want;
 use crate::pool::PoolError;
 use crate::protocol::codes::frontend;
 use crate::protocol::extended;
@@ -512,7 +512,7 @@ impl Session {
 fn route_of(
     cache: &mut std::collections::HashMap<Box<[u8]>, Route>,
     sql: &[u8],
-    pool: &crate::pool::UserPool,
+    pool: &crate::database::UserPool,
 ) -> Route {
     use std::sync::atomic::Ordering::Relaxed;
     let routing = &pool.routing;

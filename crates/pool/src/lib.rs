@@ -1,0 +1,26 @@
+//! Server connections and the pools that share them among clients: connecting and authenticating to PostgreSQL
+//! ([`connect`]), one live server connection with the state Ocelot tracks on it ([`server`]), a bounded pool per
+//! (pool, user, shard, server) with an RAII checkout guard ([`pool`]), statements shared across connections
+//! ([`prepared`]) and the shared LISTEN connection ([`listener`]). Which server a request gets, and everything a
+//! database is besides its servers (users, shards, routing, models), is the `ocelot` crate's `database`, above this.
+
+#![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod address;
+pub mod canonical;
+pub mod connect;
+pub mod error;
+pub mod listener;
+pub mod params;
+#[allow(clippy::module_inception)]
+pub mod pool;
+pub mod prepared;
+pub mod server;
+mod upkeep;
+
+pub use address::Address;
+pub use error::PoolError;
+pub use params::ServerParams;
+pub use pool::{Pooled, ServerPool};
+pub use server::{CancelTarget, ServerConn};
