@@ -12,8 +12,8 @@ use crate::database::balance::Want;
 use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
+use crate::protocol::rows::{cells, fields, split_rows};
 use crate::proxy::distributed;
-use crate::proxy::fanout::{cells, fields, split_rows};
 use crate::router::session_sql::quote_name;
 
 /// A relation name as SQL: each dot-separated part quoted.

@@ -14,7 +14,8 @@ use super::serve::{float4_text, ReadRoute};
 use crate::database::UserPool;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
-use crate::proxy::fanout::{cells, fields, run, split_rows, Merge};
+use crate::protocol::rows::{cells, fields, split_rows};
+use crate::proxy::fanout::{run, Merge};
 use crate::router::fanout::Plan;
 
 /// A predicted row: the prediction and the client's columns (text, NULL as `None`).

@@ -179,7 +179,7 @@ pub fn in_formats(
         match h.code {
             backend::ROW_DESCRIPTION => {
                 let fields =
-                    crate::proxy::fanout::fields(msg).ok_or("unexpected result description")?;
+                    crate::protocol::rows::fields(msg).ok_or("unexpected result description")?;
                 oids = fields.iter().map(|f| f.oid).collect();
                 if describe {
                     let cols: Vec<(&str, u32, i16, i16)> = fields
@@ -191,7 +191,7 @@ pub fn in_formats(
                 }
             }
             backend::DATA_ROW if formats.contains(&1) => {
-                let cells = crate::proxy::fanout::cells(msg).ok_or("unexpected row")?;
+                let cells = crate::protocol::rows::cells(msg).ok_or("unexpected row")?;
                 let mut values = Vec::with_capacity(cells.len());
                 for (i, cell) in cells.iter().enumerate() {
                     values.push(match cell {
@@ -271,7 +271,7 @@ mod tests {
         in_formats(&answer, &[1], false, &mut out).unwrap();
         let h = Header::parse(&out, u32::MAX).unwrap().unwrap();
         assert_eq!(h.code, backend::DATA_ROW);
-        let cells = crate::proxy::fanout::cells(&out[..h.total()]).unwrap();
+        let cells = crate::protocol::rows::cells(&out[..h.total()]).unwrap();
         assert_eq!(cells[0], Some(&7i64.to_be_bytes()[..]));
         let arr = cells[1].unwrap();
         assert_eq!(arr.len(), 20 + 2 * 8);

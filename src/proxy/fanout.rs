@@ -17,7 +17,7 @@ use crate::database::UserPool;
 use crate::pool::PoolError;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode::{self, Severity};
-use crate::protocol::frame::Header;
+use crate::protocol::rows::{cells, fields, split_rows, Field};
 use std::cmp::Ordering;
 
 use std::collections::HashMap;
@@ -66,40 +66,6 @@ pub enum Merge {
     Write,
 }
 
-/// Splits concatenated DataRow messages.
-pub(crate) fn split_rows(buf: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Ok(Some(h)) = Header::parse(&buf[at..], u32::MAX) {
-        let end = at + h.total();
-        if end > buf.len() {
-            break;
-        }
-        out.push(&buf[at..end]);
-        at = end;
-    }
-    out
-}
-
-/// The cells of one DataRow message (header included); `None` is NULL.
-pub(crate) fn cells(row: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let body = row.get(5..)?;
-    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let mut at = 2;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            out.push(Some(body.get(at..at + len as usize)?));
-            at += len as usize;
-        }
-    }
-    Some(out)
-}
-
 /// A cell as (type to compare as, text), whatever its format.
 fn cell_text(oid: u32, binary: bool, cell: &[u8]) -> Option<(u32, String)> {
     if binary {
@@ -130,37 +96,6 @@ fn refuse(out: &mut BytesMut, msg: &str) {
 
 const HINT: &str =
     "target one shard with the sharding key, a /* shard_id: n */ comment or SET SHARD";
-
-/// One column of a RowDescription.
-pub(crate) struct Field<'a> {
-    pub name: String,
-    table: u32,
-    attnum: i16,
-    pub oid: u32,
-    /// The column's bytes in the RowDescription (name, NUL and the 18 fixed bytes).
-    raw: &'a [u8],
-}
-
-/// The columns of a RowDescription message (header included).
-pub(crate) fn fields(rd: &[u8]) -> Option<Vec<Field<'_>>> {
-    let body = rd.get(5..)?;
-    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let mut at = 2;
-    let mut out = Vec::new();
-    for _ in 0..n.max(0) {
-        let nul = body.get(at..)?.iter().position(|&b| b == 0)?;
-        let fixed = body.get(at + nul + 1..at + nul + 19)?;
-        out.push(Field {
-            name: String::from_utf8_lossy(&body[at..at + nul]).to_lowercase(),
-            table: u32::from_be_bytes(fixed[0..4].try_into().ok()?),
-            attnum: i16::from_be_bytes(fixed[4..6].try_into().ok()?),
-            oid: u32::from_be_bytes(fixed[6..10].try_into().ok()?),
-            raw: &body[at..at + nul + 19],
-        });
-        at += nul + 19;
-    }
-    Some(out)
-}
 
 /// Whether two RowDescriptions have the same column names and types (table OIDs differ between shards).
 fn same_columns(a: &[u8], b: &[u8]) -> bool {

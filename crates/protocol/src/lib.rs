@@ -14,6 +14,7 @@ pub mod encode;
 pub mod error;
 pub mod extended;
 pub mod frame;
+pub mod rows;
 pub mod startup;
 
 pub use error::ProtocolError;

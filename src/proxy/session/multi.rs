@@ -253,11 +253,15 @@ impl Session {
                 pool: self.pool.database.clone(),
                 shards: super::route::shard_list(shards.iter().copied()),
             };
-            return self.answer_error(distributed::Failure::Pool(e), false).await;
+            return self
+                .answer_error(distributed::Failure::Pool(e), false)
+                .await;
         }
         if let Err(e) = self.join_all_shards(&shards, explicit).await {
             self.abandon_parts(explicit).await;
-            return self.answer_error(distributed::Failure::Pool(e), explicit).await;
+            return self
+                .answer_error(distributed::Failure::Pool(e), explicit)
+                .await;
         }
         let answers = {
             let mut parts = self.parts(&shards);
@@ -340,7 +344,8 @@ impl Session {
                 let len = batch_len(&self.cbuf);
                 self.cbuf.advance(len);
                 let explicit = self.in_transaction();
-                self.answer_error(distributed::Failure::Pool(e), explicit).await?;
+                self.answer_error(distributed::Failure::Pool(e), explicit)
+                    .await?;
                 return Ok(true);
             }
         };
@@ -363,7 +368,8 @@ impl Session {
         shards.dedup();
         if let Err(e) = self.join_all_shards(&shards, explicit).await {
             self.abandon_parts(explicit).await;
-            self.answer_error(distributed::Failure::Pool(e), explicit).await?;
+            self.answer_error(distributed::Failure::Pool(e), explicit)
+                .await?;
             return Ok(true);
         }
         let requests: Vec<BytesMut> = shards

@@ -524,7 +524,7 @@ impl Session {
         let fields = answer
             .row_description
             .as_deref()
-            .and_then(crate::proxy::fanout::fields)
+            .and_then(crate::protocol::rows::fields)
             .map(|f| f.iter().map(|f| (f.name.clone(), f.oid, -1)).collect())
             .unwrap_or_default();
         Ok((types, fields))
