@@ -13,7 +13,6 @@ use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
-use crate::proxy::distributed;
 use crate::router::session_sql::quote_name;
 
 /// A relation name as SQL: each dot-separated part quoted.
@@ -50,7 +49,7 @@ fn number(cell: Option<&[u8]>, column: &str) -> Result<f64, Refusal> {
 /// The features and label (when `y_column` is named) of one shard's answer, appended to `x` and `y`; returns
 /// the feature names (`column` or `column[i]` for array elements).
 fn rows_of(
-    answer: &distributed::Answer,
+    answer: &crate::pool::exec::Answer,
     relation: &str,
     y_column: Option<&str>,
     x: &mut Vec<Vec<f64>>,
@@ -144,7 +143,7 @@ pub(super) async fn read_relation(
         let q = q.clone();
         async move {
             let mut conn = pool.checkout(shard, Want::Any, true).await?;
-            distributed::exec(&mut conn, &q).await
+            crate::pool::exec::exec(&mut conn, &q).await
         }
     }))
     .await;

@@ -1,5 +1,5 @@
-//! Work that spans shards on connections Ocelot drives itself: running one simple Query on a server and gathering
-//! its answer, and committing a transaction whose writes touched several shards atomically with two-phase commit.
+//! Work that spans shards on connections Ocelot drives itself: committing a transaction whose writes touched
+//! several shards atomically with two-phase commit, and recovering the ones a crash left prepared.
 //!
 //! The commit decision is made durable on the coordinator (the lowest shard taking part): before PREPARE, its
 //! transaction inserts the transaction's id into `ocelot.two_phase_log`, so the row exists exactly when the
@@ -13,121 +13,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::database::balance::Want;
 use crate::database::UserPool;
+use crate::pool::exec::{exec, exec_text};
 use crate::pool::server::ServerConn;
 use crate::pool::PoolError;
-use crate::protocol::codes::{backend, txn};
-use crate::protocol::decode;
-use crate::protocol::frame::Header;
+use crate::protocol::codes::txn;
 use crate::router::session_sql::quote_literal;
-
-/// One server's answer to one simple Query, gathered whole.
-#[derive(Default)]
-pub struct Answer {
-    pub row_description: Option<Bytes>,
-    /// DataRow messages, headers included.
-    pub rows: BytesMut,
-    pub count: u64,
-    /// The last CommandComplete tag.
-    pub tag: Option<String>,
-    /// The first ErrorResponse message.
-    pub error: Option<Bytes>,
-    /// CopyInResponse: the server now waits for COPY data (reading stopped there).
-    pub copy_in: Option<Bytes>,
-    /// ParameterDescription, when a statement was described.
-    pub param_types: Option<Bytes>,
-}
-
-/// Sends `query` (a whole Query message) and reads the answer up to ReadyForQuery.
-pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolError> {
-    send(conn, query).await?;
-    read_answer(conn).await
-}
-
-/// Writes raw protocol bytes to a server.
-pub async fn send(conn: &mut ServerConn, bytes: &[u8]) -> Result<(), PoolError> {
-    if let Err(e) = conn.stream.write_all(bytes).await {
-        conn.broken = true;
-        return Err(PoolError::Lost {
-            server: conn.address.to_string(),
-            reason: e.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Reads a server's answer up to ReadyForQuery, or up to CopyInResponse when it starts waiting for data.
-pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
-    let mut answer = Answer::default();
-    loop {
-        let msg = next_message(conn).await?;
-        match msg[0] {
-            backend::ROW_DESCRIPTION => answer.row_description = Some(msg),
-            backend::PARAMETER_DESCRIPTION => answer.param_types = Some(msg),
-            backend::DATA_ROW => {
-                answer.rows.extend_from_slice(&msg);
-                answer.count += 1;
-            }
-            backend::COMMAND_COMPLETE => {
-                answer.tag = decode::command_tag(&msg[5..])
-                    .ok()
-                    .map(|t| String::from_utf8_lossy(t).into_owned());
-            }
-            backend::ERROR_RESPONSE => {
-                answer.error.get_or_insert(msg);
-            }
-            backend::READY_FOR_QUERY => {
-                conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
-                break;
-            }
-            backend::COPY_IN_RESPONSE => {
-                answer.copy_in = Some(msg);
-                break;
-            }
-            _ => {}
-        }
-    }
-    Ok(answer)
-}
-
-/// The next whole message from a server; a closed or failing connection is marked broken.
-async fn next_message(conn: &mut ServerConn) -> Result<Bytes, PoolError> {
-    loop {
-        let failure = match Header::parse(&conn.rbuf, u32::MAX) {
-            Ok(Some(h)) if conn.rbuf.len() >= h.total() => {
-                return Ok(conn.rbuf.split_to(h.total()).freeze())
-            }
-            Ok(_) => match conn.stream.read_buf(&mut conn.rbuf).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => "server closed the connection".to_owned(),
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e.to_string(),
-        };
-        conn.broken = true;
-        return Err(PoolError::Lost {
-            server: conn.address.to_string(),
-            reason: failure,
-        });
-    }
-}
-
-/// Reads every message of a server's answer up to and including ReadyForQuery.
-pub async fn read_messages(conn: &mut ServerConn) -> Result<Vec<Bytes>, PoolError> {
-    let mut out = Vec::new();
-    loop {
-        let msg = next_message(conn).await?;
-        if msg[0] == backend::READY_FOR_QUERY {
-            conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
-            out.push(msg);
-            return Ok(out);
-        }
-        out.push(msg);
-    }
-}
 
 /// Runs Ocelot's own statement, turning an ErrorResponse into an error.
 async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), Failure> {
@@ -423,28 +316,4 @@ pub fn spawn_recovery(pool: &Arc<UserPool>) {
             tokio::time::sleep(Duration::from_secs(if min_age.is_zero() { 5 } else { 60 })).await;
         }
     });
-}
-
-/// The first column of every row of a query (an error answer gives no rows).
-pub(crate) async fn exec_text(conn: &mut ServerConn, sql: &str) -> Result<Vec<String>, PoolError> {
-    let mut q = BytesMut::new();
-    crate::protocol::encode::query(&mut q, sql);
-    let a = exec(conn, &q).await?;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Ok(Some(h)) = Header::parse(&a.rows[at..], u32::MAX) {
-        let row = &a.rows[at..at + h.total()];
-        if let Some(len) = row
-            .get(7..11)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        {
-            if len >= 0 {
-                if let Some(v) = row.get(11..11 + len as usize) {
-                    out.push(String::from_utf8_lossy(v).into_owned());
-                }
-            }
-        }
-        at += h.total();
-    }
-    Ok(out)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::distributed::{exec, Answer};
+use crate::pool::exec::{exec, Answer};
 
 use super::params::ClientParams;
 use crate::database::balance::Want;

@@ -11,6 +11,7 @@ pub mod address;
 pub mod canonical;
 pub mod connect;
 pub mod error;
+pub mod exec;
 pub mod listener;
 pub mod params;
 #[allow(clippy::module_inception)]

@@ -9,13 +9,14 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Session;
+use crate::pool::exec::{self, read_answer, send};
 use crate::pool::server::ServerConn;
 use crate::pool::PoolError;
 use crate::protocol::codes::{frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
 use crate::protocol::ProtocolError;
-use crate::proxy::distributed::{self, read_answer, send, Failure};
+use crate::proxy::distributed::Failure;
 use crate::proxy::error::ClientError;
 use crate::router::copy::{BadCopyData, CopyPlan, Key, RowSplitter};
 use crate::router::session_sql::quote_literal;
@@ -116,7 +117,7 @@ impl Session {
                     server: "shard".into(),
                 }));
             };
-            table_columns = distributed::exec_text(server, &sql)
+            table_columns = exec::exec_text(server, &sql)
                 .await
                 .map_err(Outcome::Lost)?
                 .into_iter()

@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use super::route::{Target, WritePart};
 use super::Session;
 use crate::database::balance::Want;
+use crate::pool::exec::{self, exec, Answer};
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, Pooled};
 use crate::protocol::codes::frontend;
@@ -17,7 +18,7 @@ use crate::protocol::codes::{backend, txn};
 use crate::protocol::encode;
 use crate::protocol::frame::Header;
 use crate::protocol::frame::Splitter;
-use crate::proxy::distributed::{self, exec, Answer};
+use crate::proxy::distributed;
 use crate::proxy::error::ClientError;
 use crate::proxy::extfan::{self, ExtRequest};
 use crate::proxy::fanout::{
@@ -390,8 +391,8 @@ impl Session {
                     .iter_mut()
                     .zip(&requests)
                     .map(|((_, c), q)| async move {
-                        distributed::send(c, q).await?;
-                        distributed::read_messages(c).await
+                        exec::send(c, q).await?;
+                        exec::read_messages(c).await
                     }),
             )
             .await

@@ -505,7 +505,7 @@ impl Session {
         extended::encode_parse(&mut q, "", &parse_rest(sql));
         extended::encode_target(&mut q, frontend::DESCRIBE, b'S', "");
         encode::empty(&mut q, frontend::SYNC);
-        let answer = crate::proxy::distributed::exec(&mut conn, &q)
+        let answer = crate::pool::exec::exec(&mut conn, &q)
             .await
             .map_err(failed)?;
         if let Some(e) = answer.error {
