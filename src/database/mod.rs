@@ -7,6 +7,7 @@
 
 pub mod balance;
 mod dynamic;
+pub mod fanout;
 pub mod health;
 pub mod lag;
 

@@ -11,11 +11,11 @@ use super::cache::Loaded;
 use super::models::{refuse, resolve_for, Refusal};
 use super::per_row::PerRow;
 use super::serve::{float4_text, ReadRoute};
+use crate::database::fanout::{run, Merge};
 use crate::database::UserPool;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
-use crate::proxy::fanout::{run, Merge};
 use crate::router::fanout::Plan;
 
 /// A predicted row: the prediction and the client's columns (text, NULL as `None`).

@@ -28,7 +28,7 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// Where the reads of a per-row prediction go, and where progress is reported.
 pub struct ReadRoute<'a> {
-    pub params: &'a crate::proxy::params::ClientParams,
+    pub params: &'a crate::pool::client_params::ClientParams,
     pub want: Want,
     pub primary_reads: bool,
     pub progress: Option<Progress>,

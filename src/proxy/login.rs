@@ -11,13 +11,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::cancel::Registration;
 use super::error::ClientError;
-use super::params::ClientParams;
 use super::Shared;
 use crate::config::{AdminAuthType, AuthType};
 use crate::database::balance::Want;
 use crate::database::ClientAuth;
 use crate::database::UserPool;
 use crate::net::{read_message, read_startup_packet, Stream};
+use crate::pool::client_params::ClientParams;
 use crate::pool::ServerParams;
 use crate::protocol::auth::{md5, scram, AuthError, ScramKeys, ScramServer, Secret};
 use crate::protocol::codes::{frontend, txn};

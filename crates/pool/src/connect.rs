@@ -138,7 +138,7 @@ pub async fn connect(
             backend::ERROR_RESPONSE => {
                 return Err(PoolError::LoginRejected {
                     server: server(),
-                    fields: decode::error_fields(&body).map_err(proto)?,
+                    fields: Box::new(decode::error_fields(&body).map_err(proto)?),
                 })
             }
             backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}

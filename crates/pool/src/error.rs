@@ -25,7 +25,10 @@ pub enum PoolError {
     #[error("connecting to server {server} took longer than {ms} ms")]
     ConnectTimeout { server: String, ms: u64 },
     #[error("server {server} refused the login: {} ({})", .fields.message, .fields.code)]
-    LoginRejected { server: String, fields: ErrorFields },
+    LoginRejected {
+        server: String,
+        fields: Box<ErrorFields>,
+    },
     #[error("server {server} asks for {method} authentication, which Ocelot cannot answer with the configured credentials")]
     Auth { server: String, method: String },
     #[error("server {server} sent an invalid message: {source}")]
@@ -37,7 +40,10 @@ pub enum PoolError {
     #[error("connection to server {server} was lost: {reason}")]
     Lost { server: String, reason: String },
     #[error("server {server} failed Ocelot's query: {} ({})", .fields.message, .fields.code)]
-    Query { server: String, fields: ErrorFields },
+    Query {
+        server: String,
+        fields: Box<ErrorFields>,
+    },
     #[error("pool for server {server} is closed")]
     Closed { server: String },
     #[error("server {server} failed its health check: {reason}")]

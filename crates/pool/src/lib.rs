@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod canonical;
+pub mod client_params;
 pub mod connect;
 pub mod error;
 pub mod exec;

@@ -307,7 +307,7 @@ async fn query(
                 return match error {
                     Some(fields) => Err(PoolError::Query {
                         server: c.address.to_string(),
-                        fields,
+                        fields: Box::new(fields),
                     }),
                     None => Ok(()),
                 };

@@ -336,7 +336,7 @@ impl ServerConn {
         match error {
             Some(fields) => Err(PoolError::Query {
                 server: self.address.to_string(),
-                fields,
+                fields: Box::new(fields),
             }),
             None => Ok(result),
         }

@@ -131,7 +131,7 @@ impl Session {
                                 .map(|r| r.bind.result_formats.clone())
                                 .unwrap_or_default();
                             let primary_reads = self.primary_reads();
-                            let answer = crate::proxy::fanout::run(
+                            let answer = crate::database::fanout::run(
                                 &self.pool,
                                 &self.params,
                                 &prepared.requests,

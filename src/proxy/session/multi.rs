@@ -10,6 +10,9 @@ use futures_util::future::join_all;
 use super::route::{Target, WritePart};
 use super::Session;
 use crate::database::balance::Want;
+use crate::database::fanout::{
+    binary_columns, grouped_shard_binary, merge_answers, sync_params, Merge,
+};
 use crate::pool::exec::{self, exec, Answer};
 use crate::pool::server::ServerConn;
 use crate::pool::{PoolError, Pooled};
@@ -21,9 +24,6 @@ use crate::protocol::frame::Splitter;
 use crate::proxy::distributed;
 use crate::proxy::error::ClientError;
 use crate::proxy::extfan::{self, ExtRequest};
-use crate::proxy::fanout::{
-    binary_columns, grouped_shard_binary, merge_answers, sync_params, Merge,
-};
 use crate::proxy::tracker::TxnTracker;
 use bytes::Buf;
 

@@ -1,73 +1,25 @@
-//! Running one simple Query on several shards in parallel and merging the answers into the one a single server
-//! holding all the rows would give, for the keyless reads `router::fanout` plans: rows concatenated, rows merged in
-//! ORDER BY order with OFFSET/LIMIT applied after the merge, or partial aggregates of equal groups combined. Every
-//! shard must describe the same result columns; an error from any shard is the answer. Rows are gathered before they
-//! are sent, so a fan-out costs memory in proportion to what the shards return.
+//! Merging the shards' answers to one fan-out into the answer one server holding all the rows would give: rows in
+//! ORDER BY order with OFFSET and LIMIT applied after the merge, partial aggregates of equal groups combined, and
+//! the affected-row counts of a write summed.
 
-use std::sync::Arc;
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
-use bytes::{Bytes, BytesMut};
-use tokio::task::JoinSet;
+use bytes::BytesMut;
 
-use crate::pool::exec::{exec, Answer};
-
-use super::params::ClientParams;
-use crate::database::balance::Want;
-use crate::database::UserPool;
-use crate::pool::PoolError;
+use crate::pool::exec::Answer;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::rows::{cells, fields, split_rows, Field};
-use std::cmp::Ordering;
-
-use std::collections::HashMap;
-
 use crate::router::binary;
 use crate::router::fanout::Aggregate;
 use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
 use crate::router::merge::{collatable, combine, compare, divide, group_form, orderable};
 
-async fn ask(
-    pool: Arc<UserPool>,
-    shard: usize,
-    want: Want,
-    primary_reads: bool,
-    mut params: ClientParams,
-    query: Bytes,
-) -> Result<Answer, PoolError> {
-    let mut server = pool.checkout(shard, want, primary_reads).await?;
-    sync_params(&mut server, &mut params).await?;
-    exec(&mut server, &query).await
-}
-
-/// Brings a server's session settings in line with the client's.
-pub(super) async fn sync_params(
-    server: &mut crate::pool::Pooled,
-    params: &mut ClientParams,
-) -> Result<(), PoolError> {
-    if let Some(sql) = params.sync_sql(&server.params, &server.applied) {
-        server.run(&sql).await?;
-        let conn = &mut **server;
-        params.after_sync(&conn.params, &mut conn.applied);
-    }
-    Ok(())
-}
-
-/// How shard answers are merged.
-#[derive(Debug, Clone)]
-pub enum Merge {
-    /// Rows concatenated.
-    Rows,
-    /// Partial aggregates per group, combined.
-    Grouped(Grouped),
-    /// Rows merged in ORDER BY order, then OFFSET and LIMIT.
-    Ordered(Ordered),
-    /// A write on several shards: affected row counts summed, RETURNING rows concatenated.
-    Write,
-}
+use super::NUMERIC;
 
 /// A cell as (type to compare as, text), whatever its format.
-fn cell_text(oid: u32, binary: bool, cell: &[u8]) -> Option<(u32, String)> {
+pub(super) fn cell_text(oid: u32, binary: bool, cell: &[u8]) -> Option<(u32, String)> {
     if binary {
         binary::decode(oid, cell)
     } else {
@@ -84,7 +36,7 @@ pub fn binary_columns(codes: &[i16], n: usize) -> Vec<bool> {
     }
 }
 
-fn refuse(out: &mut BytesMut, msg: &str) {
+pub(super) fn refuse(out: &mut BytesMut, msg: &str) {
     encode::error_response(
         out,
         Severity::Error,
@@ -94,11 +46,11 @@ fn refuse(out: &mut BytesMut, msg: &str) {
     );
 }
 
-const HINT: &str =
+pub(super) const HINT: &str =
     "target one shard with the sharding key, a /* shard_id: n */ comment or SET SHARD";
 
 /// Whether two RowDescriptions have the same column names and types (table OIDs differ between shards).
-fn same_columns(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_columns(a: &[u8], b: &[u8]) -> bool {
     match (fields(a), fields(b)) {
         (Some(x), Some(y)) => {
             x.len() == y.len()
@@ -115,7 +67,7 @@ type Key = (usize, bool, bool);
 
 /// Resolves ORDER BY keys against result columns (name, type to compare as), refusing types Ocelot cannot order
 /// exactly.
-fn resolve_keys(
+pub(super) fn resolve_keys(
     keys: &[SortKey],
     cols: &[(String, u32)],
     hidden: usize,
@@ -148,7 +100,11 @@ fn resolve_keys(
 }
 
 /// Orders rows by their comparable values (type, text) at the key columns.
-fn order_rows(a: &[Option<(u32, String)>], b: &[Option<(u32, String)>], keys: &[Key]) -> Ordering {
+pub(super) fn order_rows(
+    a: &[Option<(u32, String)>],
+    b: &[Option<(u32, String)>],
+    keys: &[Key],
+) -> Ordering {
     for &(idx, desc, nulls_first) in keys {
         let ord = match (&a[idx], &b[idx]) {
             (None, None) => Ordering::Equal,
@@ -167,7 +123,7 @@ fn order_rows(a: &[Option<(u32, String)>], b: &[Option<(u32, String)>], keys: &[
 }
 
 /// The type each column compares as: binary dates and timestamps compare as integers.
-fn compare_types(cols: &[Field], binary: &[bool]) -> Vec<(String, u32)> {
+pub(super) fn compare_types(cols: &[Field], binary: &[bool]) -> Vec<(String, u32)> {
     cols.iter()
         .enumerate()
         .map(|(i, f)| {
@@ -186,7 +142,7 @@ fn compare_types(cols: &[Field], binary: &[bool]) -> Vec<(String, u32)> {
 }
 
 /// Merges sorted (and limited) answers; rows pass through in the format the shards sent.
-fn merge_ordered(
+pub(super) fn merge_ordered(
     out: &mut BytesMut,
     shape: &[u8],
     answers: &[Answer],
@@ -256,7 +212,7 @@ fn merge_ordered(
 }
 
 /// A RowDescription of `count` columns from their raw field bytes.
-fn message_of<'a>(
+pub(super) fn message_of<'a>(
     out: &mut BytesMut,
     code: u8,
     count: usize,
@@ -272,7 +228,7 @@ fn message_of<'a>(
     out[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-fn binary_columns_of(binary: &[bool], n: usize) -> Vec<bool> {
+pub(super) fn binary_columns_of(binary: &[bool], n: usize) -> Vec<bool> {
     (0..n).map(|i| binary.get(i) == Some(&true)).collect()
 }
 
@@ -309,7 +265,7 @@ type Comparable = Option<(u32, String)>;
 type Cell = (Option<Vec<u8>>, Option<(u32, String)>);
 
 /// Combines partial aggregates of equal groups, then sorts and limits.
-fn merge_grouped(
+pub(super) fn merge_grouped(
     out: &mut BytesMut,
     shape: &[u8],
     answers: &[Answer],
@@ -511,7 +467,7 @@ fn merge_grouped(
     encode::command_complete(out, &format!("SELECT {n}"));
 }
 
-fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {
+pub(super) fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {
     let len: usize = 4
         + 2
         + cells
@@ -532,180 +488,9 @@ fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {
     }
 }
 
-const NUMERIC: u32 = 1700;
-
-/// Collations under which PostgreSQL orders text by its bytes.
-fn bytewise_collation(name: &str) -> bool {
-    matches!(name, "C" | "POSIX" | "ucs_basic")
-}
-
-/// Whether the text columns among `cols` of `shape` (as `shard` described them) sort by byte order: their own
-/// collation, or the database's for expressions and columns using the default. Remembered per pool.
-async fn text_is_bytewise(
-    pool: &Arc<UserPool>,
-    shard: usize,
-    want: Want,
-    primary_reads: bool,
-    shape: &[u8],
-) -> Result<bool, PoolError> {
-    let Some(cols) = fields(shape) else {
-        return Ok(false);
-    };
-    let wanted: Vec<(u32, i16)> = cols
-        .iter()
-        .filter(|f| collatable(f.oid))
-        .map(|f| (f.table, f.attnum))
-        .collect();
-    let mut unknown = Vec::new();
-    {
-        let known = pool.collations.lock().unwrap_or_else(|e| e.into_inner());
-        for w in &wanted {
-            match known.get(&(shard, w.0, w.1)) {
-                Some(false) => return Ok(false),
-                Some(true) => {}
-                None => unknown.push(*w),
-            }
-        }
-    }
-    if unknown.is_empty() {
-        return Ok(true);
-    }
-    let mut server = pool.checkout(shard, want, primary_reads).await?;
-    let mut all = true;
-    for (table, attnum) in unknown {
-        let sql = format!(
-            "SELECT CASE WHEN c.collname IS NULL OR c.collname = 'default' THEN d.datcollate ELSE c.collname::text END \
-             FROM pg_database d LEFT JOIN pg_attribute a ON a.attrelid = {table} AND a.attnum = {attnum} \
-             LEFT JOIN pg_collation c ON c.oid = a.attcollation WHERE d.datname = current_database()"
-        );
-        let name = server.query_value(&sql).await?.unwrap_or_default();
-        let ok = bytewise_collation(&name);
-        pool.collations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((shard, table, attnum), ok);
-        all &= ok;
-    }
-    Ok(all)
-}
-
-/// Sends each shard its request (whole protocol messages ending in Sync) on a connection of its own, in
-/// parallel, and returns the merged answer (without ReadyForQuery).
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    pool: &Arc<UserPool>,
-    params: &ClientParams,
-    requests: &[(usize, Bytes)],
-    want: Want,
-    primary_reads: bool,
-    merge: &Merge,
-    codes: &[i16],
-) -> Result<BytesMut, PoolError> {
-    pool.fanouts
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut set = JoinSet::new();
-    for (i, (shard, request)) in requests.iter().enumerate() {
-        let task = ask(
-            pool.clone(),
-            *shard,
-            want,
-            primary_reads,
-            params.clone(),
-            request.clone(),
-        );
-        set.spawn(async move { (i, task.await) });
-    }
-    let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, r)) => answers[i] = Some(r?),
-            Err(e) => {
-                return Err(PoolError::Lost {
-                    server: format!("pool \"{}\"", pool.database),
-                    reason: format!("fan-out task failed: {e}"),
-                })
-            }
-        }
-    }
-    let answers: Vec<Answer> = answers.into_iter().flatten().collect();
-    let shards: Vec<usize> = requests.iter().map(|(s, _)| *s).collect();
-    let mut out = BytesMut::new();
-    merge_answers(
-        &mut out,
-        pool,
-        &answers,
-        merge,
-        &shards,
-        want,
-        primary_reads,
-        codes,
-    )
-    .await?;
-    Ok(out)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn merge_answers(
-    out: &mut BytesMut,
-    pool: &Arc<UserPool>,
-    answers: &[Answer],
-    merge: &Merge,
-    shards: &[usize],
-    want: Want,
-    primary_reads: bool,
-    codes: &[i16],
-) -> Result<(), PoolError> {
-    if let Some(err) = answers.iter().find_map(|a| a.error.clone()) {
-        out.extend_from_slice(&err);
-        return Ok(());
-    }
-    if let Merge::Write = merge {
-        merge_writes(out, answers);
-        return Ok(());
-    }
-    let mut shapes = answers.iter().filter_map(|a| a.row_description.as_ref());
-    let shape = shapes.next().cloned();
-    if let Some(first) = &shape {
-        if shapes.any(|s| !same_columns(s, first)) {
-            refuse(
-                out,
-                "the shards returned different result columns; check that every shard has the same schema",
-            );
-            return Ok(());
-        }
-    }
-    let Some(shape) = shape else {
-        refuse(out, "no result description from the shards");
-        return Ok(());
-    };
-    let needs_text = matches!(merge, Merge::Ordered(_) | Merge::Grouped(_))
-        && fields(&shape).is_some_and(|f| f.iter().any(|c| collatable(c.oid)));
-    let bytewise = match (
-        needs_text,
-        answers.iter().position(|a| a.row_description.is_some()),
-    ) {
-        (true, Some(i)) => text_is_bytewise(pool, shards[i], want, primary_reads, &shape).await?,
-        _ => false,
-    };
-    match merge {
-        Merge::Ordered(o) => merge_ordered(out, &shape, answers, o, bytewise, codes),
-        Merge::Grouped(g) => merge_grouped(out, &shape, answers, g, bytewise, codes),
-        Merge::Rows | Merge::Write => {
-            out.extend_from_slice(&shape);
-            let mut total = 0;
-            for a in answers {
-                total += a.count;
-                out.extend_from_slice(&a.rows);
-            }
-            encode::command_complete(out, &format!("SELECT {total}"));
-        }
-    }
-    Ok(())
-}
-
 /// Sums the affected rows of a write on several shards (`INSERT 0 n`, `UPDATE n`, `DELETE n`); RETURNING rows
 /// are concatenated under the first shard's description.
-fn merge_writes(out: &mut BytesMut, answers: &[Answer]) {
+pub(super) fn merge_writes(out: &mut BytesMut, answers: &[Answer]) {
     if let Some(rd) = answers.iter().find_map(|a| a.row_description.as_ref()) {
         out.extend_from_slice(rd);
         for a in answers {

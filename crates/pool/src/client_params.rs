@@ -4,11 +4,11 @@
 //! `-c name=value` in `options`). Before a client's first message reaches a server, the difference is applied with
 //! one Query of SET/RESET statements, and nothing at all is sent when the server already matches.
 
-use crate::pool::canonical;
-use crate::pool::params::{is_tracked, TRACKED};
-use crate::pool::server::Applied;
-use crate::pool::ServerParams;
-use crate::router::session_sql::{quote_literal, quote_name, SessionCommand};
+use crate::canonical;
+use crate::params::{is_tracked, TRACKED};
+use crate::server::Applied;
+use crate::ServerParams;
+use ocelot_router::session_sql::{quote_literal, quote_name, SessionCommand};
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
