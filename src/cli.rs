@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::app::Proxy;
 use crate::config::Config;
-use crate::proxy::Proxy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -128,7 +128,7 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 // Failures are logged by reload and leave the old config in force.
-                let _ = crate::proxy::reload::reload(&shared).await;
+                let _ = crate::shared::reload::reload(&shared).await;
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: exiting now");

@@ -14,10 +14,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod database;
 pub mod inference;
 pub mod proxy;
+pub mod shared;
 
 // The lower layers' crates, re-exported under the module paths they had before they moved.
 pub use ocelot_config as config;

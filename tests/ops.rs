@@ -324,7 +324,7 @@ async fn reload_under_pgbench_load_drops_nothing() {
     let path = dir.join("pgcat.toml");
     std::fs::write(&path, reload_config(&pg, None, 5, "md5pass", true)).unwrap();
     let loaded = ocelot::config::Config::load(&path).unwrap();
-    let proxy = ocelot::proxy::Proxy::start_from(loaded.config, Some(path.clone()))
+    let proxy = ocelot::app::Proxy::start_from(loaded.config, Some(path.clone()))
         .await
         .unwrap();
     let port = proxy.local_addr().port();
@@ -429,7 +429,7 @@ async fn reloading_pool_size_keeps_connections_and_never_exceeds_it() {
     let path = dir.join("pgcat.toml");
     std::fs::write(&path, reload_config(&pg, None, 5, "md5pass", false)).unwrap();
     let loaded = ocelot::config::Config::load(&path).unwrap();
-    let proxy = ocelot::proxy::Proxy::start_from(loaded.config, Some(path.clone()))
+    let proxy = ocelot::app::Proxy::start_from(loaded.config, Some(path.clone()))
         .await
         .unwrap();
     let port = proxy.local_addr().port();

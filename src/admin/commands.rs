@@ -11,7 +11,7 @@ use super::{show, AdminError};
 use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// How long PAUSE waits for the pool's servers to be given back before it answers anyway.
 const PAUSE_WAIT: Duration = Duration::from_secs(30);
@@ -58,7 +58,7 @@ async fn one(
         }
         "reload" => {
             no_args(&verb, args)?;
-            let report = crate::proxy::reload::reload(shared)
+            let report = crate::shared::reload::reload(shared)
                 .await
                 .map_err(|e| AdminError {
                     code: sqlstate::CONFIG_FILE_ERROR,

@@ -16,8 +16,7 @@ use tokio::io::AsyncWriteExt;
 use crate::net::read_message;
 use crate::protocol::codes::{frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
-use crate::proxy::error::ClientError;
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// Databases that lead to the admin console.
 pub fn is_admin_database(db: &str) -> bool {
@@ -119,7 +118,7 @@ pub async fn serve(
     mut buf: BytesMut,
     shared: Arc<Shared>,
     console: Console,
-) -> Result<(), ClientError> {
+) -> Result<(), crate::net::NetError> {
     let mut out = BytesMut::with_capacity(4096);
     // After an extended-protocol message: drop the rest up to Sync, as a server does after an error.
     let mut skipping = false;
@@ -127,7 +126,7 @@ pub async fn serve(
         let (code, body) = match read_message(&mut stream, &mut buf, MAX_COMMAND).await {
             Ok(m) => m,
             Err(crate::net::NetError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         match code {
             frontend::TERMINATE => return Ok(()),

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::dashboard;
 use crate::database::UserPool;
 use crate::pool::ServerPool;
-use crate::proxy::{Shared, StartError};
+use crate::shared::{Shared, StartError};
 use crate::stats::{ConnInfo, ConnState, Totals};
 
 /// Binds the exporter and serves scrapes for as long as the proxy lives.

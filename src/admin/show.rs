@@ -11,7 +11,7 @@ use super::AdminError;
 use crate::database::UserPool;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
-use crate::proxy::Shared;
+use crate::shared::Shared;
 use crate::stats::{ClientState, ConnInfo, ConnState, Totals};
 
 const HELP: &[&str] = &[

@@ -6,6 +6,7 @@
 //! login and keep the `Arc`.
 
 pub mod balance;
+pub mod distributed;
 mod dynamic;
 pub mod fanout;
 pub mod health;

@@ -9,9 +9,7 @@ use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
-use super::cancel::Registration;
 use super::error::ClientError;
-use super::Shared;
 use crate::config::{AdminAuthType, AuthType};
 use crate::database::balance::Want;
 use crate::database::ClientAuth;
@@ -23,6 +21,8 @@ use crate::protocol::auth::{md5, scram, AuthError, ScramKeys, ScramServer, Secre
 use crate::protocol::codes::{frontend, txn};
 use crate::protocol::startup::{self, StartupRequest};
 use crate::protocol::{decode, encode, ProtocolError};
+use crate::shared::cancel::Registration;
+use crate::shared::Shared;
 
 /// Largest authentication message a client may send (passwords and SASL messages are small).
 const MAX_AUTH_MESSAGE: u32 = 8192;
@@ -153,7 +153,7 @@ async fn user_login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,
-    snapshot: &super::Snapshot,
+    snapshot: &crate::shared::Snapshot,
     mut out: BytesMut,
     startup: Client,
     found: Option<Arc<UserPool>>,
@@ -314,7 +314,7 @@ async fn auth_query_login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    snapshot: &super::Snapshot,
+    snapshot: &crate::shared::Snapshot,
     aq: &super::auth_query::AuthQuery<'_>,
     database: &str,
     user: &str,
@@ -352,7 +352,7 @@ async fn md5_with_refetch(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    snapshot: &super::Snapshot,
+    snapshot: &crate::shared::Snapshot,
     aq: &super::auth_query::AuthQuery<'_>,
     configured: &Arc<UserPool>,
     database: &str,

@@ -8,10 +8,10 @@ use std::collections::{HashSet, VecDeque};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::cancel::CancelRegistry;
 use crate::pool::listener::Mailbox;
 use crate::pool::CancelTarget;
 use crate::router::session_sql::{classify, may_change_session, split_statements, SessionCommand};
+use crate::shared::cancel::CancelRegistry;
 
 /// A client's subscriptions and undelivered notifications.
 #[derive(Debug)]

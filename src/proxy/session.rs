@@ -12,7 +12,6 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::login::LoggedIn;
 use super::notify::{self, Notifications};
@@ -33,6 +32,7 @@ use crate::protocol::{decode, ProtocolError};
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::session_sql::{mentions_set_config, SessionCommand};
+use crate::shared::cancel::CancelSlot;
 use crate::stats::{ClientInfo, ClientState, Stop};
 use std::collections::HashMap;
 
@@ -139,7 +139,7 @@ pub struct Session {
     /// This client as `SHOW CLIENTS` sees it.
     info: Arc<ClientInfo>,
     /// The proxy's shared state, to follow config reloads, and the reload generation this session is on.
-    shared: Arc<super::Shared>,
+    shared: Arc<crate::shared::Shared>,
     generation: u64,
     /// When the request being answered and the transaction around it began, for the stats.
     request_started: Option<Instant>,
@@ -165,7 +165,7 @@ impl Session {
         reserved: Option<Pooled>,
         max_message: u32,
         info: Arc<ClientInfo>,
-        shared: Arc<super::Shared>,
+        shared: Arc<crate::shared::Shared>,
     ) -> Self {
         Session {
             client,

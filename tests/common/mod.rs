@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use ocelot::app::Proxy;
 use ocelot::config::Config;
-use ocelot::proxy::Proxy;
 
 pub const MD5_USER: (&str, &str) = ("md5user", "md5pass");
 pub const SCRAM_USER: (&str, &str) = ("scramuser", "scrampass");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use crate::admin::show;
-use crate::proxy::Shared;
+use crate::shared::Shared;
 use charts::{drift_chart, line_chart, Series};
 use html::{decode_segment, encode_segment, esc, page, section};
 

@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Session;
+use crate::database::distributed::Failure;
 use crate::pool::exec::{self, read_answer, send};
 use crate::pool::server::ServerConn;
 use crate::pool::PoolError;
@@ -16,7 +17,6 @@ use crate::protocol::codes::{frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Header;
 use crate::protocol::ProtocolError;
-use crate::proxy::distributed::Failure;
 use crate::proxy::error::ClientError;
 use crate::router::copy::{BadCopyData, CopyPlan, Key, RowSplitter};
 use crate::router::session_sql::quote_literal;

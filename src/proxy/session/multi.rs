@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use super::route::{Target, WritePart};
 use super::Session;
 use crate::database::balance::Want;
+use crate::database::distributed;
 use crate::database::fanout::{
     binary_columns, grouped_shard_binary, merge_answers, sync_params, Merge,
 };
@@ -21,7 +22,6 @@ use crate::protocol::codes::{backend, txn};
 use crate::protocol::encode;
 use crate::protocol::frame::Header;
 use crate::protocol::frame::Splitter;
-use crate::proxy::distributed;
 use crate::proxy::error::ClientError;
 use crate::proxy::extfan::{self, ExtRequest};
 use crate::proxy::tracker::TxnTracker;

@@ -116,7 +116,7 @@ async fn reload_now(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
             report.added.push(name);
         }
         if p.two_phase && p.shards.len() > 1 {
-            super::distributed::spawn_recovery(p);
+            crate::database::distributed::spawn_recovery(p);
         }
     }
     report.kept = cluster.user_pools().count() - fresh.len();
