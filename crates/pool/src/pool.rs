@@ -558,6 +558,7 @@ impl Pooled {
 
 impl Deref for Pooled {
     type Target = ServerConn;
+    #[inline]
     fn deref(&self) -> &ServerConn {
         // `conn` is only taken in Drop.
         self.conn.as_ref().unwrap_or_else(|| unreachable!())
@@ -565,6 +566,7 @@ impl Deref for Pooled {
 }
 
 impl DerefMut for Pooled {
+    #[inline]
     fn deref_mut(&mut self) -> &mut ServerConn {
         self.conn.as_mut().unwrap_or_else(|| unreachable!())
     }

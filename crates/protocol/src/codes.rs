@@ -21,6 +21,7 @@ pub mod frontend {
     pub const PASSWORD: u8 = b'p';
 
     /// Whether `code` is a message type a v3 frontend may send after startup.
+    #[inline]
     pub fn is_known(code: u8) -> bool {
         matches!(
             code,

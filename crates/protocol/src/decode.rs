@@ -32,22 +32,26 @@ impl<'a> Cursor<'a> {
         self.buf.is_empty()
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, ProtocolError> {
         let (&b, rest) = self.buf.split_first().ok_or_else(|| self.truncated())?;
         self.buf = rest;
         Ok(b)
     }
 
+    #[inline]
     pub fn i16(&mut self) -> Result<i16, ProtocolError> {
         let b = self.bytes(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
 
+    #[inline]
     pub fn i32(&mut self) -> Result<i32, ProtocolError> {
         let b = self.bytes(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.buf.len() < n {
             return Err(self.truncated());
@@ -58,6 +62,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A NUL-terminated byte string, without its terminator.
+    #[inline]
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let pos = self
             .buf
@@ -120,6 +125,7 @@ pub fn auth_request(body: &[u8]) -> Result<AuthRequest<'_>, ProtocolError> {
 }
 
 /// ParameterStatus: (name, value).
+#[inline]
 pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
     let mut c = Cursor::new(b'S', body);
     Ok((c.cstr("parameter name")?, c.cstr("parameter value")?))
@@ -132,11 +138,13 @@ pub fn backend_key_data(body: &[u8]) -> Result<(i32, i32), ProtocolError> {
 }
 
 /// ReadyForQuery: the transaction status byte.
+#[inline]
 pub fn ready_for_query(body: &[u8]) -> Result<u8, ProtocolError> {
     Cursor::new(b'Z', body).u8()
 }
 
 /// CommandComplete: the command tag, e.g. `SELECT 1` or `SET`.
+#[inline]
 pub fn command_tag(body: &[u8]) -> Result<&[u8], ProtocolError> {
     Cursor::new(b'C', body).cstr_bytes()
 }

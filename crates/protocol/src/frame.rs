@@ -23,12 +23,14 @@ pub struct Header {
 
 impl Header {
     /// Bytes of the whole message, type byte included.
+    #[inline]
     pub fn total(&self) -> usize {
         1 + self.len as usize
     }
 
     /// Reads a header from the start of `buf`; `Ok(None)` when fewer than 5 bytes are there.
     /// Rejects lengths below 4 and above `max` before anything is allocated for the body.
+    #[inline]
     pub fn parse(buf: &[u8], max: u32) -> Result<Option<Header>, ProtocolError> {
         let Some(h) = buf.get(..HEADER_LEN) else {
             return Ok(None);
@@ -61,6 +63,7 @@ pub enum Piece {
 
 impl Piece {
     /// Bytes of the buffer this piece covers.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             Piece::Whole(h) => h.total(),
@@ -69,11 +72,13 @@ impl Piece {
     }
 
     /// Whether this piece covers no bytes (never true for a piece `Splitter::next` returns).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The message type this piece belongs to.
+    #[inline]
     pub fn code(&self) -> u8 {
         match self {
             Piece::Whole(h) => h.code,
@@ -82,6 +87,7 @@ impl Piece {
     }
 
     /// Whether this piece starts a message (so per-message bookkeeping runs once).
+    #[inline]
     pub fn starts_message(&self) -> bool {
         match self {
             Piece::Whole(_) => true,
@@ -146,11 +152,13 @@ impl Splitter {
     }
 
     /// Whether a streamed message is still being passed through.
+    #[inline]
     pub fn is_streaming(&self) -> bool {
         self.streaming.is_some()
     }
 
     /// Bytes the buffer must hold for the next piece to be whole, given what it holds now.
+    #[inline]
     pub fn wanted(&self, buf: &[u8]) -> usize {
         match Header::parse(buf, self.max_len) {
             Ok(Some(h)) if !self.is_streaming() => h.total(),

@@ -86,6 +86,7 @@ impl ClientInfo {
         }
     }
 
+    #[inline]
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
     }

@@ -86,11 +86,13 @@ impl ConnInfo {
         }
     }
 
+    #[inline]
     pub fn set_state(&self, s: ConnState) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 
     /// A request answered on this connection; `xact_ended` when it also ended a transaction.
+    #[inline]
     pub fn request(&self, xact_ended: bool) {
         self.query_count.fetch_add(1, Ordering::Relaxed);
         if xact_ended {

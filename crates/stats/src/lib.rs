@@ -75,33 +75,39 @@ impl std::ops::AddAssign for Totals {
 
 impl Counters {
     /// A request answered (a ReadyForQuery) after `us` microseconds.
+    #[inline]
     pub fn query(&self, us: u64) {
         self.query_count.fetch_add(1, Ordering::Relaxed);
         self.query_time_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// A transaction ended after `us` microseconds.
+    #[inline]
     pub fn xact(&self, us: u64) {
         self.xact_count.fetch_add(1, Ordering::Relaxed);
         self.xact_time_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// A client waited `us` microseconds for a connection of this server.
+    #[inline]
     pub fn wait(&self, us: u64) {
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_time_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// Bytes Ocelot sent to the server.
+    #[inline]
     pub fn sent(&self, n: usize) {
         self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Bytes the server sent to Ocelot.
+    #[inline]
     pub fn received(&self, n: usize) {
         self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    #[inline]
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
