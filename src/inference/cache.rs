@@ -663,7 +663,7 @@ pub async fn kmeans_centroids(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::linear::Linear;
+    use crate::inference::estimators::linear::Linear;
     use crate::inference::models::Estimator;
 
     fn model() -> Model {

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use super::boosting::Boosted;
 use super::call::{Arg, CallError};
-use super::forest::Forest;
-use super::kmeans::KMeans;
-use super::linear::Linear;
-use super::logistic::Logistic;
-use super::preprocess::{Missing, Preprocess};
+use super::estimators::boosting::Boosted;
+use super::estimators::forest::Forest;
+use super::estimators::kmeans::KMeans;
+use super::estimators::linear::Linear;
+use super::estimators::logistic::Logistic;
+use super::estimators::preprocess::{Missing, Preprocess};
 use super::registry;
 use crate::database::balance::Want;
 use crate::database::UserPool;

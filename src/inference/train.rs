@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::algorithms::{self, Algo, Choice};
 use super::call::{bind, train_params, Arg, Call};
+use super::estimators::algorithms::{self, Algo, Choice};
+use super::estimators::preprocess::{check_missing, Preprocess};
 use super::models::{refuse, registry_conn, value, Estimator, Model, Refusal};
-use super::preprocess::{check_missing, Preprocess};
 use super::relation::read_relation;
 use super::serve::Progress;
 use crate::database::UserPool;
@@ -78,7 +78,7 @@ pub(super) async fn train(
     let baseline = super::drift::Baseline::from_rows(&features, &names);
     let mut data = Split::new(features, y, test_size)?;
     if sampling == "stratified" && task == "classification" {
-        super::split::stratify(&mut data.x, &mut data.y, data.n_test);
+        super::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
     }
     let pre = data.preprocess(&spec, &names)?;
     say(format!(

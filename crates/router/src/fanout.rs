@@ -1,8 +1,10 @@
-//! Deciding whether a query with no sharding key can run on every shard with its results merged exactly.
-//! So far Ocelot merges by concatenation only: plain SELECTs of the sharded table (rows from every shard, in
-//! shard order). Anything whose merge needs more (ORDER BY, LIMIT, OFFSET, aggregates, GROUP BY, DISTINCT, window
-//! functions, set operations), and writes to every shard (which need two-phase commit), is refused with an error
-//! that says how to target one shard, never answered from one shard as if it were all the data.
+//! Deciding how a query with no sharding key runs on a sharded pool ([`plan`]): on the default shard when it does
+//! not touch the sharded table; on every shard with the rows concatenated, merged in ORDER BY order with OFFSET and
+//! LIMIT applied after the merge, or as partial aggregates per group combined ([`grouped`]); a keyless UPDATE or
+//! DELETE on every shard, affected rows summed; COPY FROM STDIN split by key. What cannot be merged exactly
+//! (WITH, joins, window functions, set operations, several statements) is refused with an error that says how to
+//! target one shard, never answered from one shard as if it were all the data. A multi-row INSERT is split by the
+//! shard of each row ([`split_insert`]).
 
 use std::ops::ControlFlow;
 
