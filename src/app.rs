@@ -41,7 +41,7 @@ impl Proxy {
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let tls = tls_acceptor(&config)?;
-        crate::inference::embed_queue::configure(&config.inference);
+        crate::inference::serving::embed_queue::configure(&config.inference);
         let cluster = Cluster::build(&config)?;
         cluster.start();
         for pool in cluster.user_pools() {

@@ -155,7 +155,7 @@ async fn end_ab(
     let mut ended = false;
     let mut last_error = None;
     for p in candidates {
-        match crate::inference::ab::end(p, project).await {
+        match crate::inference::ops::ab::end(p, project).await {
             Ok(e) => ended |= e,
             Err(e) => last_error = Some(e),
         }

@@ -633,7 +633,7 @@ fn model_ops_families(out: &mut String, pools: &[&Arc<UserPool>]) {
             );
         }
     }
-    type Stat = fn(&crate::inference::drift::FeatureDrift) -> f64;
+    type Stat = fn(&crate::inference::ops::drift::FeatureDrift) -> f64;
     let stats: [(&str, &str, Stat); 5] = [
         (
             "ocelot_model_feature_psi",
@@ -732,8 +732,8 @@ fn inference_families(out: &mut String, pools: &[&Arc<UserPool>]) {
         f.sample("ocelot_model_cache_evictions_total", labels, evictions);
     }
     model_ops_families(out, pools);
-    let (hits, misses) = crate::inference::embed_queue::cache_counts();
-    let (requests, passes) = crate::inference::embed_queue::batch_counts();
+    let (hits, misses) = crate::inference::serving::embed_queue::cache_counts();
+    let (requests, passes) = crate::inference::serving::embed_queue::batch_counts();
     for (name, help, v) in [
         (
             "ocelot_embed_cache_hits_total",

@@ -67,7 +67,7 @@ pub struct UserPool {
     /// table is known to exist there.
     pub two_phase: bool,
     /// Deployed `pgml` models served by Ocelot, shared by the pool's clients.
-    pub models: crate::inference::serve::Models,
+    pub models: crate::inference::serving::serve::Models,
     /// The pool holding the model registry when it is another one (`[inference] registry_pool`).
     pub registry: OnceLock<std::sync::Weak<UserPool>>,
     /// Whether Ocelot answers `pgml.*` calls (`[inference] mode`).
@@ -322,7 +322,7 @@ fn spawn_centroid_loader(p: &Arc<UserPool>) {
         let mut warned = false;
         loop {
             let Some(pool) = weak.upgrade() else { return };
-            match crate::inference::cache::kmeans_centroids(&pool, &project).await {
+            match crate::inference::serving::cache::kmeans_centroids(&pool, &project).await {
                 Ok(c) => {
                     tracing::info!(pool = %pool.database, "centroid sharding: {} centroids from the kmeans model of {project}", c.len());
                     v.set_centroids(c);
@@ -444,7 +444,7 @@ pub(super) fn user_pool(
         .filter(|_| pool.query_parser_enabled)
         .map(Arc::new),
         two_phase: pool.two_phase_commit,
-        models: crate::inference::serve::Models::new(
+        models: crate::inference::serving::serve::Models::new(
             config.inference.cache_bytes,
             std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
             config.inference.models_dir.clone().into(),

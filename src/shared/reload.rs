@@ -91,7 +91,7 @@ async fn reload_now(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     };
     let cluster = cluster?;
     let tls = super::tls_acceptor(&config.config)?;
-    crate::inference::embed_queue::configure(&config.config.inference);
+    crate::inference::serving::embed_queue::configure(&config.config.inference);
     let mut report = ReloadReport {
         warnings: config.warnings,
         ..Default::default()

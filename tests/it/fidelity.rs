@@ -407,7 +407,7 @@ async fn embeddings_equal_sentence_transformers() {
         assert!(cosine(&parse_vector(row[0].as_deref().unwrap()), want) >= 0.9999);
     }
     // Concurrent clients' embeddings share forward passes (texts not seen before, so none comes from the cache).
-    let (requests, passes) = ocelot::inference::embed_queue::batch_counts();
+    let (requests, passes) = ocelot::inference::serving::embed_queue::batch_counts();
     let port = proxy.local_addr().port();
     let conns = futures_util::future::join_all(
         (0..16).map(|_| async move { connect(port, "postgres", None, "app").await.unwrap() }),
@@ -419,7 +419,7 @@ async fn embeddings_equal_sentence_transformers() {
             parse_vector(&first_value(c, &format!("SELECT pgml.embed('{model}', '{text}')")).await)
         }))
         .await;
-    let (requests2, passes2) = ocelot::inference::embed_queue::batch_counts();
+    let (requests2, passes2) = ocelot::inference::serving::embed_queue::batch_counts();
     assert!(clients.iter().all(|v| v.len() == 384));
     eprintln!(
         "16 concurrent embeddings: {} requests in {} forward passes",
@@ -428,7 +428,7 @@ async fn embeddings_equal_sentence_transformers() {
     );
     assert!(requests2 - requests >= 16 && passes2 - passes < requests2 - requests);
     // A repeated text is answered from the cache.
-    let (hits, _) = ocelot::inference::embed_queue::cache_counts();
+    let (hits, _) = ocelot::inference::serving::embed_queue::cache_counts();
     let again = parse_vector(
         &first_value(
             &c,
@@ -436,7 +436,7 @@ async fn embeddings_equal_sentence_transformers() {
         )
         .await,
     );
-    assert!(ocelot::inference::embed_queue::cache_counts().0 > hits);
+    assert!(ocelot::inference::serving::embed_queue::cache_counts().0 > hits);
     assert!(cosine(&again, &vectors[3]) >= 0.9999);
     // Constant embeddings inside bigger queries are computed by Ocelot and inlined: storing documents and a
     // retrieval by cosine similarity run on a PostgreSQL without any extension.
@@ -492,7 +492,7 @@ async fn embeddings_equal_sentence_transformers() {
         (0..8).map(|_| async move { connect(port, "postgres", None, "app").await.unwrap() }),
     )
     .await;
-    let (requests, passes) = ocelot::inference::embed_queue::batch_counts();
+    let (requests, passes) = ocelot::inference::serving::embed_queue::batch_counts();
     let started = std::time::Instant::now();
     futures_util::future::join_all(conns.iter().enumerate().map(|(i, c)| async move {
         tokio::time::sleep(std::time::Duration::from_millis(40 * i as u64)).await;
@@ -500,7 +500,7 @@ async fn embeddings_equal_sentence_transformers() {
         first_value(c, &format!("SELECT pgml.embed('{model}', '{text}')")).await
     }))
     .await;
-    let (requests2, passes2) = ocelot::inference::embed_queue::batch_counts();
+    let (requests2, passes2) = ocelot::inference::serving::embed_queue::batch_counts();
     eprintln!(
         "batch_max 4, batch_wait_ms 400: {} requests in {} passes, {:?}",
         requests2 - requests,
@@ -509,5 +509,5 @@ async fn embeddings_equal_sentence_transformers() {
     );
     assert_eq!(requests2 - requests, 8);
     assert_eq!(passes2 - passes, 2);
-    ocelot::inference::embed_queue::configure(&Default::default());
+    ocelot::inference::serving::embed_queue::configure(&Default::default());
 }

@@ -2,7 +2,7 @@
 //! `SHOW AB`, `END AB`, `pgml.end_ab`).
 
 use crate::common::*;
-use ocelot::inference::ab::{arm_of, number_key};
+use ocelot::inference::ops::ab::{arm_of, number_key};
 
 /// Which model answered `pgml.predict('line', ARRAY[x])`: A (fit to y = 3x + 1) or B (fit to y = 1000 - x); the
 /// two lines are at least 1 apart at every integer x.

@@ -289,7 +289,7 @@ async fn live_metrics(pool: Option<&Arc<crate::database::UserPool>>, project: &s
     };
     let asked = tokio::time::timeout(
         std::time::Duration::from_secs(3),
-        crate::inference::logging::live_metrics(pool, project),
+        crate::inference::ops::logging::live_metrics(pool, project),
     )
     .await;
     let rows = match asked {
@@ -298,10 +298,10 @@ async fn live_metrics(pool: Option<&Arc<crate::database::UserPool>>, project: &s
         Err(_) => return "<p class=\"error\">The registry did not answer in 3 s.</p>".into(),
     };
     use crate::admin::table::{Col, Table};
-    let cols: Vec<Col> = crate::inference::logging::LIVE_COLUMNS
+    let cols: Vec<Col> = crate::inference::ops::logging::LIVE_COLUMNS
         .iter()
         .map(|(name, oid, _)| {
-            if *oid == crate::inference::params::INT8 {
+            if *oid == crate::inference::sql::params::INT8 {
                 Col::Int(name)
             } else {
                 Col::Text(name)

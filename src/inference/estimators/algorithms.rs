@@ -9,7 +9,7 @@ use super::forest::{Forest, ForestParams, MaxFeatures};
 use super::kmeans::{KMeans, KMeansParams};
 use super::linear::Linear;
 use super::logistic::Logistic;
-use crate::inference::models::Estimator;
+use crate::inference::registry::models::Estimator;
 
 /// What the algorithm list in refusals says.
 pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest; classification: linear, logistic_regression, xgboost, random_forest; clustering: kmeans";

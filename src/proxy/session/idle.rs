@@ -235,13 +235,13 @@ impl Session {
     pub(super) async fn serve_pgml(&mut self, sql: &str) -> Result<Option<BytesMut>, ClientError> {
         let (want, primary_reads) = (self.want(), self.primary_reads());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let route = crate::inference::serve::ReadRoute {
+        let route = crate::inference::serving::serve::ReadRoute {
             params: &self.params,
             want,
             primary_reads,
             progress: Some(tx),
         };
-        let serving = crate::inference::serve::serve(&self.pool, sql, route);
+        let serving = crate::inference::serving::serve::serve(&self.pool, sql, route);
         tokio::pin!(serving);
         let mut notice = BytesMut::new();
         loop {

@@ -24,8 +24,8 @@ pub(super) struct Known {
 /// Statement shapes and parameter types by text, then by declared parameter types.
 pub(super) type ShapeCache = HashMap<Box<str>, Vec<Known>>;
 use crate::database::balance::Want;
-use crate::inference::params;
-use crate::inference::statement::{self, Shape};
+use crate::inference::sql::params;
+use crate::inference::sql::statement::{self, Shape};
 use crate::protocol::codes::{backend, frontend, sqlstate, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended::{self, BindValues};
@@ -117,10 +117,10 @@ impl Session {
             }
             _ => return None,
         };
-        if !crate::inference::serve::mentions_pgml(sql) {
+        if !crate::inference::serving::serve::mentions_pgml(sql) {
             return None;
         }
-        let calls = crate::inference::call::find_calls(std::str::from_utf8(sql).ok()?).ok()?;
+        let calls = crate::inference::sql::call::find_calls(std::str::from_utf8(sql).ok()?).ok()?;
         const WRITES: &[&str] = &[
             "train",
             "train_joint",
@@ -150,7 +150,7 @@ impl Session {
             return Ok(Intercept::Pass);
         }
         let simple = h.code == frontend::QUERY
-            && crate::inference::serve::mentions_pgml(&self.cbuf[..h.total()]);
+            && crate::inference::serving::serve::mentions_pgml(&self.cbuf[..h.total()]);
         let extended = !simple && self.starts_pgml_request(h.code, h.total());
         if !simple && !extended {
             return Ok(Intercept::Pass);
@@ -187,7 +187,7 @@ impl Session {
     async fn inline_pgml(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..len];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        match crate::inference::inline::inline(&self.pool, &sql).await {
+        match crate::inference::sql::inline::inline(&self.pool, &sql).await {
             None => Ok(false),
             Some(Ok(inlined)) => {
                 let mut q = BytesMut::with_capacity(inlined.len() + 6 + self.cbuf.len() - len);
@@ -220,7 +220,7 @@ impl Session {
     fn is_pgml_message(&mut self, code: u8, total: usize) -> bool {
         if code == frontend::PARSE {
             let body = &self.cbuf[5..total];
-            if !crate::inference::serve::mentions_pgml(body) {
+            if !crate::inference::serving::serve::mentions_pgml(body) {
                 return false;
             }
             let Ok((_, rest)) = extended::parse(body) else {

@@ -6,12 +6,12 @@
 use bytes::BytesMut;
 use serde_json::{Map, Value};
 
-use super::call::{bind, Arg, Call};
-use super::models::{refuse, Refusal};
+use crate::inference::registry::models::{refuse, Refusal};
+use crate::inference::sql::call::{bind, Arg, Call};
 use crate::protocol::encode;
 
 /// Answers `pgml.chunk(splitter, text, kwargs)` with constant arguments; a NULL text has no chunks.
-pub(super) fn serve(call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
+pub(in crate::inference) fn serve(call: &Call, out: &mut BytesMut) -> Result<(), Refusal> {
     let params = [
         ("splitter", None),
         ("text", None),

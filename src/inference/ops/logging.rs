@@ -18,12 +18,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 
-use super::call::{bind, Call};
-use super::models::{refuse, registry_conn, Refusal};
-use super::params::{FLOAT8, INT8, TEXT};
-use super::serve::ResultTable;
-use super::train::text_arg;
 use crate::database::UserPool;
+use crate::inference::registry::models::{refuse, registry_conn, Refusal};
+use crate::inference::registry::train::text_arg;
+use crate::inference::serving::serve::ResultTable;
+use crate::inference::sql::call::{bind, Call};
+use crate::inference::sql::params::{FLOAT8, INT8, TEXT};
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 
@@ -222,7 +222,7 @@ fn push_float(out: &mut String, v: f64) {
 /// `pgml.log_predictions(project_name, sample_rate, actuals_table, actuals_key, actuals_column)`: sets (or, with
 /// rate 0, stops) the project's logging. The actuals table must be in the registry database; its value column
 /// defaults to the project's training target.
-pub(super) async fn log_predictions(
+pub(in crate::inference) async fn log_predictions(
     pool: &Arc<UserPool>,
     call: &Call,
     out: &mut BytesMut,
@@ -230,16 +230,22 @@ pub(super) async fn log_predictions(
     let params = [
         ("project_name", None),
         ("sample_rate", None),
-        ("actuals_table", Some(super::call::Arg::Null)),
-        ("actuals_key", Some(super::call::Arg::Null)),
-        ("actuals_column", Some(super::call::Arg::Null)),
+        (
+            "actuals_table",
+            Some(crate::inference::sql::call::Arg::Null),
+        ),
+        ("actuals_key", Some(crate::inference::sql::call::Arg::Null)),
+        (
+            "actuals_column",
+            Some(crate::inference::sql::call::Arg::Null),
+        ),
     ];
     let args = bind(call, &params)?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
     let rate = args
         .get("sample_rate")
-        .and_then(super::call::Arg::as_f64)
+        .and_then(crate::inference::sql::call::Arg::as_f64)
         .filter(|r| (0.0..=1.0).contains(r))
         .ok_or_else(|| refuse("22023", "sample_rate must be a number between 0 and 1"))?;
     let table = text_arg(&args, "actuals_table");
@@ -273,7 +279,7 @@ pub(super) async fn log_predictions(
         lit(&column)
     ))
     .await?;
-    super::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_typed(
         out,
         &[
@@ -353,7 +359,10 @@ async fn metric_rows(
 
 /// `pgml.live_metrics(project_name)`, answered from the registry database whichever shard the client's query
 /// would have gone to.
-pub(super) async fn live_table(pool: &Arc<UserPool>, call: &Call) -> Result<ResultTable, Refusal> {
+pub(in crate::inference) async fn live_table(
+    pool: &Arc<UserPool>,
+    call: &Call,
+) -> Result<ResultTable, Refusal> {
     let args = bind(call, &[("project_name", None)])?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;

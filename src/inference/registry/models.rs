@@ -4,16 +4,16 @@
 
 use std::sync::Arc;
 
-use super::call::{Arg, CallError};
-use super::estimators::boosting::Boosted;
-use super::estimators::forest::Forest;
-use super::estimators::kmeans::KMeans;
-use super::estimators::linear::Linear;
-use super::estimators::logistic::Logistic;
-use super::estimators::preprocess::{Missing, Preprocess};
-use super::registry;
 use crate::database::balance::Want;
 use crate::database::UserPool;
+use crate::inference::estimators::boosting::Boosted;
+use crate::inference::estimators::forest::Forest;
+use crate::inference::estimators::kmeans::KMeans;
+use crate::inference::estimators::linear::Linear;
+use crate::inference::estimators::logistic::Logistic;
+use crate::inference::estimators::preprocess::{Missing, Preprocess};
+use crate::inference::registry;
+use crate::inference::sql::call::{Arg, CallError};
 use crate::pool::server::ServerConn;
 use crate::pool::PoolError;
 use crate::protocol::codes::sqlstate;
@@ -39,7 +39,7 @@ pub enum Estimator {
 }
 
 impl Model {
-    pub(super) fn num_features(&self) -> usize {
+    pub(in crate::inference) fn num_features(&self) -> usize {
         match &self.estimator {
             Estimator::Linear(m) => m.coef.len(),
             Estimator::Logistic(m) => m.num_features(),
@@ -50,7 +50,7 @@ impl Model {
     }
 
     /// The prediction for raw features (the array overloads, which skip preprocessing as PostgresML's do).
-    pub(super) fn predict(&self, x: &[f64]) -> f64 {
+    pub(in crate::inference) fn predict(&self, x: &[f64]) -> f64 {
         match &self.estimator {
             Estimator::Linear(m) => m.predict(x),
             Estimator::Logistic(m) => m.predict(x),
@@ -62,7 +62,7 @@ impl Model {
 
     /// Readies features for the model: a `ROW(...)` of the training relation's columns is preprocessed (NULL,
     /// read as NaN, is imputed or refused as PostgresML refuses it); an array is used as it is, without NULLs.
-    pub(super) fn prepare(&self, x: &mut [f64], row: bool) -> Result<(), Refusal> {
+    pub(in crate::inference) fn prepare(&self, x: &mut [f64], row: bool) -> Result<(), Refusal> {
         if row {
             self.pre
                 .apply(x)
@@ -83,7 +83,7 @@ impl Model {
     }
 
     /// Class probabilities in sorted label order; None for a model that is not a classifier.
-    pub(super) fn predict_proba(&self, x: &[f64]) -> Option<Vec<f64>> {
+    pub(in crate::inference) fn predict_proba(&self, x: &[f64]) -> Option<Vec<f64>> {
         match &self.estimator {
             Estimator::Logistic(m) => Some(m.predict_proba(x)),
             Estimator::Boosted(m) => m.predict_proba(x),
@@ -93,7 +93,7 @@ impl Model {
     }
 
     /// Whether the model predicts a continuous value (and so has a joint prediction).
-    pub(super) fn is_regression(&self) -> bool {
+    pub(in crate::inference) fn is_regression(&self) -> bool {
         match &self.estimator {
             Estimator::Linear(_) => true,
             Estimator::Boosted(m) => !m.is_classifier(),
@@ -105,12 +105,12 @@ impl Model {
 
 /// A failure answered to the client as an ErrorResponse.
 #[derive(Debug)]
-pub(super) struct Refusal {
-    pub(super) code: &'static str,
-    pub(super) message: String,
+pub(in crate::inference) struct Refusal {
+    pub(in crate::inference) code: &'static str,
+    pub(in crate::inference) message: String,
 }
 
-pub(super) fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+pub(in crate::inference) fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -146,7 +146,7 @@ impl From<CallError> for Refusal {
 }
 
 /// A server's SQLSTATE as one of the static codes Ocelot reports (or the generic one).
-pub(super) fn sqlstate_of(code: &str) -> &'static str {
+pub(in crate::inference) fn sqlstate_of(code: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "42P01", "42703", "22023", "42883", "42501", "22P02", "23505", "53300", "58000", "08006",
         "0A000", "57P03", "57P01", "3D000", "28P01",
@@ -161,18 +161,18 @@ pub(super) fn sqlstate_of(code: &str) -> &'static str {
 /// The model a predict call names: a project's deployed model, or a model by id.
 /// The model serving `target` (a project name or a model id) for the A/B key `key` gives (see `ab`; asked only
 /// when the project has an A/B test).
-pub(super) async fn resolve_for(
+pub(in crate::inference) async fn resolve_for(
     pool: &Arc<UserPool>,
     target: &Arg,
     key: impl FnOnce() -> Option<String>,
-) -> Result<super::cache::Chosen, Refusal> {
+) -> Result<crate::inference::serving::cache::Chosen, Refusal> {
     match target {
         Arg::Text(project) => pool.models.deployed_for(pool, project, key).await,
         Arg::Number(n) => {
             let id: i64 = n
                 .parse()
                 .map_err(|_| refuse("22023", "model_id must be an integer"))?;
-            Ok(super::cache::Chosen {
+            Ok(crate::inference::serving::cache::Chosen {
                 model: pool.models.model(pool, id).await?,
                 ab: None,
                 log: None,
@@ -186,7 +186,7 @@ pub(super) async fn resolve_for(
 }
 
 /// The pool whose database holds `pool`'s registry: itself, or `[inference] registry_pool`.
-pub(super) fn registry_pool(pool: &Arc<UserPool>) -> Arc<UserPool> {
+pub(in crate::inference) fn registry_pool(pool: &Arc<UserPool>) -> Arc<UserPool> {
     pool.registry
         .get()
         .and_then(std::sync::Weak::upgrade)
@@ -194,7 +194,9 @@ pub(super) fn registry_pool(pool: &Arc<UserPool>) -> Arc<UserPool> {
 }
 
 /// A connection to the registry's database (shard 0's primary), with the schema ensured once per registry pool.
-pub(super) async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::Pooled, Refusal> {
+pub(in crate::inference) async fn registry_conn(
+    pool: &Arc<UserPool>,
+) -> Result<crate::pool::Pooled, Refusal> {
     let registry = registry_pool(pool);
     let mut conn = registry.checkout(0, Want::Primary, true).await?;
     registry
@@ -206,6 +208,9 @@ pub(super) async fn registry_conn(pool: &Arc<UserPool>) -> Result<crate::pool::P
 }
 
 /// One value of a single-row, single-column query.
-pub(super) async fn value(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, Refusal> {
+pub(in crate::inference) async fn value(
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<Option<String>, Refusal> {
     Ok(conn.query_value(sql).await?)
 }

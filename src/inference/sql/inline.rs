@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use super::call::{find_calls, Arg};
-use super::serve::ResultTable;
 use crate::database::UserPool;
+use crate::inference::serving::serve::ResultTable;
+use crate::inference::sql::call::{find_calls, Arg};
 use crate::router::session_sql::{quote_literal, skip_quoted};
 
 /// Byte ranges of the `pgml.embed(...)` calls in `sql`, outside literals and comments.
@@ -82,7 +82,7 @@ pub async fn inline_embeddings(
         let [call] = calls.as_slice() else {
             return None;
         };
-        let args = super::call::bind(
+        let args = crate::inference::sql::call::bind(
             call,
             &[
                 ("transformer", None),
@@ -105,7 +105,13 @@ pub async fn inline_embeddings(
     let vectors = tokio::task::spawn_blocking(move || {
         texts
             .iter()
-            .map(|(m, t)| super::embed_queue::embed_cached(&dir, m, std::slice::from_ref(t)))
+            .map(|(m, t)| {
+                crate::inference::serving::embed_queue::embed_cached(
+                    &dir,
+                    m,
+                    std::slice::from_ref(t),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await;
@@ -120,7 +126,11 @@ pub async fn inline_embeddings(
         out.push_str(&sql[last..*a]);
         let items: Vec<String> = v
             .first()
-            .map(|v| v.iter().map(|x| super::serve::float4_text(*x)).collect())
+            .map(|v| {
+                v.iter()
+                    .map(|x| crate::inference::serving::serve::float4_text(*x))
+                    .collect()
+            })
             .unwrap_or_default();
         out.push_str(&format!("ARRAY[{}]::real[]", items.join(",")));
         last = *b;
@@ -132,8 +142,8 @@ pub async fn inline_embeddings(
 /// A computed result as a subquery in FROM: the rows as typed literals under the function's column names.
 fn values_subquery(name: &str, (cols, rows): &ResultTable, aliased: bool) -> String {
     let ty = |oid: u32| match oid {
-        super::params::INT8 => "bigint",
-        super::params::FLOAT8 => "float8",
+        crate::inference::sql::params::INT8 => "bigint",
+        crate::inference::sql::params::FLOAT8 => "float8",
         _ => "text",
     };
     let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
@@ -201,8 +211,8 @@ pub async fn inline_table_functions(
             return None;
         };
         let table = match name {
-            "drift" => super::serve::drift_table(pool, call).await,
-            _ => super::logging::live_table(pool, call).await,
+            "drift" => crate::inference::serving::serve::drift_table(pool, call).await,
+            _ => crate::inference::ops::logging::live_table(pool, call).await,
         };
         let table = match table {
             Ok(t) => t,
@@ -262,8 +272,8 @@ mod tests {
         assert!(!crate::router::has_alias(")"));
         assert!(!crate::router::has_alias(""));
         let cols = vec![
-            ("model_id", super::super::params::INT8, 8),
-            ("feature", super::super::params::TEXT, -1),
+            ("model_id", crate::inference::sql::params::INT8, 8),
+            ("feature", crate::inference::sql::params::TEXT, -1),
         ];
         let rows = vec![
             vec![Some("1".into()), Some("it's".into())],

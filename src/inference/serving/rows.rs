@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::cache::Loaded;
-use super::models::{refuse, resolve_for, Refusal};
-use super::per_row::PerRow;
-use super::serve::{float4_text, ReadRoute};
 use crate::database::fanout::{run, Merge};
 use crate::database::UserPool;
+use crate::inference::registry::models::{refuse, resolve_for, Refusal};
+use crate::inference::serving::cache::Loaded;
+use crate::inference::serving::per_row::PerRow;
+use crate::inference::serving::serve::{float4_text, ReadRoute};
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
@@ -22,7 +22,7 @@ use crate::router::fanout::Plan;
 type Row = (f32, Vec<Option<Vec<u8>>>);
 
 /// Fetches the rows of a per-row prediction (from every shard it needs) and answers with the predictions.
-pub(super) async fn per_row(
+pub(in crate::inference) async fn per_row(
     pool: &Arc<UserPool>,
     plan: &PerRow,
     route: &ReadRoute<'_>,
@@ -148,8 +148,8 @@ async fn fetch(
 /// arm B; logs the rows the project's logging samples. Returns the rows and how many went to B.
 fn predict(
     pool: &Arc<UserPool>,
-    chosen: &super::cache::Chosen,
-    b: Option<(&super::ab::AbTest, &Loaded)>,
+    chosen: &crate::inference::serving::cache::Chosen,
+    b: Option<(&crate::inference::ops::ab::AbTest, &Loaded)>,
     plan: &PerRow,
     rows: &[u8],
 ) -> Result<(Vec<Row>, u64), Refusal> {
@@ -179,7 +179,7 @@ fn predict(
         }
         let fed = match (b, x.first()) {
             (Some((ab, b_model)), Some(k)) if !k.is_nan() => {
-                if ab.arm(super::ab::number_key(*k).as_bytes()) == 1 {
+                if ab.arm(crate::inference::ops::ab::number_key(*k).as_bytes()) == 1 {
                     in_b += 1;
                     b_model
                 } else {
@@ -197,7 +197,7 @@ fn predict(
         model.prepare(&mut x, plan.row)?;
         let y = model.predict(&x) as f32;
         if let Some(raw) = logged {
-            let key = super::ab::first_feature_key(&raw);
+            let key = crate::inference::ops::ab::first_feature_key(&raw);
             chosen.record(pool, fed, arm, key, raw, f64::from(y));
         }
         let row = plan

@@ -1,7 +1,14 @@
 //! The model registry: PostgresML's `pgml` schema (enums, projects, snapshots, models, deployments, files and
 //! the overview views) created by Ocelot in the registry database the first time it is needed. The schema is
 //! versioned in `pgml.ocelot_registry`; migrations run in order, each once, under a table lock so that several
-//! Ocelot instances starting together apply them exactly once.
+//! Ocelot instances starting together apply them exactly once. Below it: what is stored there and how it is made,
+//! `models` (a model's stored form, registry connections), `train` (pgml.train), `relation` (reading the training
+//! data from the shards) and `deploy` (pgml.deploy and its strategies).
+
+pub(in crate::inference) mod deploy;
+pub(in crate::inference) mod models;
+pub(in crate::inference) mod relation;
+pub(in crate::inference) mod train;
 
 use crate::pool::server::ServerConn;
 use crate::pool::PoolError;

@@ -4,15 +4,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::call::{bind, Arg, Call};
-use super::models::{refuse, registry_conn, value, Refusal};
-use super::train::text_arg;
 use crate::database::UserPool;
+use crate::inference::registry::models::{refuse, registry_conn, value, Refusal};
+use crate::inference::registry::train::text_arg;
+use crate::inference::sql::call::{bind, Arg, Call};
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 
-pub(super) async fn deploy_model(
+pub(in crate::inference) async fn deploy_model(
     pool: &Arc<UserPool>,
     call: &Call,
     out: &mut BytesMut,
@@ -44,7 +44,7 @@ pub(super) async fn deploy_model(
         "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {id}, 'specific')"
     ))
     .await?;
-    super::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, "specific", &algorithm]);
     encode::command_complete(out, "SELECT 1");
@@ -52,7 +52,7 @@ pub(super) async fn deploy_model(
 }
 
 /// `pgml.deploy(project_name, strategy, algorithm)`: best_score, most_recent or rollback.
-pub(super) async fn deploy_strategy(
+pub(in crate::inference) async fn deploy_strategy(
     pool: &Arc<UserPool>,
     call: &Call,
     out: &mut BytesMut,
@@ -117,7 +117,7 @@ pub(super) async fn deploy_strategy(
         quote_literal(&strategy)
     ))
     .await?;
-    super::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, &strategy, algorithm]);
     encode::command_complete(out, "SELECT 1");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::embed::{embedder, model_dir, EmbedError, Embedder};
+use crate::inference::serving::embed::{embedder, model_dir, EmbedError, Embedder};
 
 /// Embeddings kept for repeated texts, per process.
 const CACHED_EMBEDDINGS: usize = 10_000;
@@ -103,7 +103,7 @@ pub fn configure(c: &crate::config::Inference) {
     use std::sync::atomic::Ordering::Relaxed;
     BATCH_MAX.store(c.batch_max.max(1), Relaxed);
     BATCH_WAIT_US.store(c.batch_wait_ms * 1000, Relaxed);
-    super::embed::set_device(c.device);
+    crate::inference::serving::embed::set_device(c.device);
 }
 
 /// A request to a model's batcher: texts, and where their vectors go.

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::call::{find_calls, Arg, Call};
-use super::deploy::{deploy_model, deploy_strategy};
-use super::models::{refuse, resolve_for, Refusal};
-use super::train::train;
 use crate::database::balance::Want;
 use crate::database::UserPool;
+use crate::inference::registry::deploy::{deploy_model, deploy_strategy};
+use crate::inference::registry::models::{refuse, resolve_for, Refusal};
+use crate::inference::registry::train::train;
+use crate::inference::sql::call::{find_calls, Arg, Call};
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode::{self, Severity};
 
-pub use super::cache::Models;
+pub use crate::inference::serving::cache::Models;
 
 /// Whether a simple Query may be a `pgml.*` call (a cheap test before parsing).
 pub fn mentions_pgml(sql: &[u8]) -> bool {
@@ -46,10 +46,12 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         }
         return Some(out);
     }
-    if let Some(plan) = super::per_row::plan(sql) {
+    if let Some(plan) = crate::inference::serving::per_row::plan(sql) {
         let mut out = BytesMut::new();
         let result = match plan {
-            Ok(plan) => super::rows::per_row(pool, &plan, &route, &mut out).await,
+            Ok(plan) => {
+                crate::inference::serving::rows::per_row(pool, &plan, &route, &mut out).await
+            }
             Err(why) => Err(refuse(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!("Ocelot cannot run this per-row prediction: {why}"),
@@ -66,9 +68,9 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         if find_calls(sql).is_ok_and(|calls| {
             calls
                 .iter()
-                .any(|c| super::vector::is_vector_function(&c.function))
+                .any(|c| crate::inference::serving::vector::is_vector_function(&c.function))
         }) {
-            super::vector::ensure_installed(pool).await;
+            crate::inference::serving::vector::ensure_installed(pool).await;
         }
         return None;
     };
@@ -83,27 +85,29 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
             deploy_model(pool, call, &mut out).await
         }
         "deploy" => deploy_strategy(pool, call, &mut out).await,
-        "deploy_ab" => super::ab::deploy_ab(pool, call, &mut out).await,
-        "end_ab" => super::ab::serve_end_ab(pool, call, &mut out).await,
+        "deploy_ab" => crate::inference::ops::ab::deploy_ab(pool, call, &mut out).await,
+        "end_ab" => crate::inference::ops::ab::serve_end_ab(pool, call, &mut out).await,
         "drift" => drift_table(pool, call)
             .await
             .map(|t| encode_table(&mut out, &t)),
-        "log_predictions" => super::logging::log_predictions(pool, call, &mut out).await,
-        "live_metrics" => super::logging::live_table(pool, call)
+        "log_predictions" => {
+            crate::inference::ops::logging::log_predictions(pool, call, &mut out).await
+        }
+        "live_metrics" => crate::inference::ops::logging::live_table(pool, call)
             .await
             .map(|t| encode_table(&mut out, &t)),
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
-            super::chunk::serve(call, &mut out)
+            crate::inference::serving::chunk::serve(call, &mut out)
         }
         "embed" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
-            super::embed::serve(pool, call, &name, &mut out).await
+            crate::inference::serving::embed::serve(pool, call, &name, &mut out).await
         }
-        f if super::vector::is_vector_function(f)
+        f if crate::inference::serving::vector::is_vector_function(f)
             && call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
             let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
-            super::vector::serve(call, &name, &mut out)
+            crate::inference::serving::vector::serve(call, &name, &mut out)
         }
         "predict" | "predict_proba" | "predict_batch" | "predict_joint"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
@@ -120,10 +124,11 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
 }
 
 /// A result Ocelot computes: its columns (name, type oid, length) and rows as text.
-pub(super) type ResultTable = (Vec<(&'static str, u32, i16)>, Vec<Vec<Option<String>>>);
+pub(in crate::inference) type ResultTable =
+    (Vec<(&'static str, u32, i16)>, Vec<Vec<Option<String>>>);
 
 /// Writes `table` as RowDescription, DataRows and CommandComplete.
-pub(super) fn encode_table(out: &mut BytesMut, (cols, rows): &ResultTable) {
+pub(in crate::inference) fn encode_table(out: &mut BytesMut, (cols, rows): &ResultTable) {
     encode::row_description_typed(out, cols);
     for r in rows {
         encode::data_row_opt(out, r);
@@ -133,10 +138,13 @@ pub(super) fn encode_table(out: &mut BytesMut, (cols, rows): &ResultTable) {
 
 /// `pgml.drift(project_name)`: per feature of the deployed model, the window's statistics beside the training
 /// data's, the population stability index and the KS distance (see `drift`).
-pub(super) async fn drift_table(pool: &Arc<UserPool>, call: &Call) -> Result<ResultTable, Refusal> {
-    use super::params::{FLOAT8, INT8, TEXT};
-    let args = super::call::bind(call, &[("project_name", None)])?;
-    let project = super::train::text_arg(&args, "project_name")
+pub(in crate::inference) async fn drift_table(
+    pool: &Arc<UserPool>,
+    call: &Call,
+) -> Result<ResultTable, Refusal> {
+    use crate::inference::sql::params::{FLOAT8, INT8, TEXT};
+    let args = crate::inference::sql::call::bind(call, &[("project_name", None)])?;
+    let project = crate::inference::registry::train::text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
     let (model_id, report) = pool.models.drift_of(pool, &project).await?;
     let report = report.ok_or_else(|| {
@@ -184,7 +192,7 @@ pub(super) async fn drift_table(pool: &Arc<UserPool>, call: &Call) -> Result<Res
 
 /// The `pgml.*` call Ocelot serves when it is the whole query (`SELECT pgml.f(...)` or `SELECT * FROM
 /// pgml.f(...)`): train, deploy, a predict function, chunk or a vector function.
-pub(super) fn whole_call(sql: &str) -> Option<Call> {
+pub(in crate::inference) fn whole_call(sql: &str) -> Option<Call> {
     let mut calls = find_calls(sql).ok()?;
     if calls.len() != 1 {
         return None;
@@ -209,7 +217,7 @@ pub(super) fn whole_call(sql: &str) -> Option<Call> {
             | "predict_joint"
             | "chunk"
             | "embed"
-    ) || super::vector::is_vector_function(&call.function))
+    ) || crate::inference::serving::vector::is_vector_function(&call.function))
     .then_some(call)
 }
 
@@ -308,7 +316,7 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
 /// `pgml.predict_batch`: a flat array of rows × features; by project a set of `real`, by model id one `real[]`.
 /// Returns the predictions it made.
 fn predict_batch(
-    model: &super::models::Model,
+    model: &crate::inference::registry::models::Model,
     mut x: Vec<f64>,
     set: bool,
     name: &str,
@@ -341,7 +349,7 @@ fn predict_batch(
     Ok(ys)
 }
 
-pub(super) fn float4_text(v: f32) -> String {
+pub(in crate::inference) fn float4_text(v: f32) -> String {
     let text = if v.is_finite() {
         format!("{v}")
     } else {
@@ -351,7 +359,7 @@ pub(super) fn float4_text(v: f32) -> String {
 }
 
 /// A `double precision` as PostgreSQL prints it (shortest round-trip digits).
-pub(super) fn float8_text(v: f64) -> String {
+pub(in crate::inference) fn float8_text(v: f64) -> String {
     let text = if v.is_finite() {
         format!("{v}")
     } else {
@@ -382,7 +390,7 @@ fn pg_float_text(v: f64, plain: String, exp_from: f64) -> String {
 }
 
 /// The column name of a one-item select list: its alias when it has one.
-pub(super) fn output_alias(sql: &str) -> Option<String> {
+pub(in crate::inference) fn output_alias(sql: &str) -> Option<String> {
     use sqlparser::ast::{SelectItem, SetExpr, Statement};
     let statements =
         sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
@@ -407,7 +415,7 @@ async fn predict(pool: &Arc<UserPool>, call: &Call, out: &mut BytesMut) -> Resul
 /// row.
 fn serve_batch(
     pool: &Arc<UserPool>,
-    chosen: &super::cache::Chosen,
+    chosen: &crate::inference::serving::cache::Chosen,
     x: Vec<f64>,
     set: bool,
     name: &str,
@@ -427,7 +435,7 @@ fn serve_batch(
     let arm = chosen.ab.as_ref().map_or(0, |(_, a)| *a);
     for (row, y) in raw.iter().flat_map(|r| r.chunks(width)).zip(&ys) {
         if chosen.sample() {
-            let key = super::ab::first_feature_key(row);
+            let key = crate::inference::ops::ab::first_feature_key(row);
             chosen.record(pool, &chosen.model, arm, key, row.to_vec(), f64::from(*y));
         }
     }
@@ -482,8 +490,11 @@ async fn predict_named(
     // Only formatted when the project has an A/B test.
     let key = || match ab_key {
         Some(Arg::Text(t)) => Some(t.clone()),
-        Some(Arg::Number(n)) => n.parse::<f64>().ok().map(super::ab::number_key),
-        _ => super::ab::first_feature_key(&x),
+        Some(Arg::Number(n)) => n
+            .parse::<f64>()
+            .ok()
+            .map(crate::inference::ops::ab::number_key),
+        _ => crate::inference::ops::ab::first_feature_key(&x),
     };
     let chosen = resolve_for(pool, target, &key).await?;
     let loaded = &chosen;

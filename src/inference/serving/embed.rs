@@ -237,20 +237,20 @@ pub fn embedder(models_dir: &Path, name: &str) -> Result<Arc<Embedder>, EmbedErr
 
 /// Answers `pgml.embed(transformer, text | text[], kwargs)` with constant arguments: one `real[]`, or one row per
 /// input for the array form.
-pub(super) async fn serve(
+pub(in crate::inference) async fn serve(
     pool: &Arc<crate::database::UserPool>,
-    call: &super::call::Call,
+    call: &crate::inference::sql::call::Call,
     name: &str,
     out: &mut BytesMut,
-) -> Result<(), super::models::Refusal> {
-    use super::call::Arg;
-    use super::models::refuse;
+) -> Result<(), crate::inference::registry::models::Refusal> {
+    use crate::inference::registry::models::refuse;
+    use crate::inference::sql::call::Arg;
     let params = [
         ("transformer", None),
         ("text", None),
         ("kwargs", Some(Arg::Text("{}".into()))),
     ];
-    let args = super::call::bind(call, &params)?;
+    let args = crate::inference::sql::call::bind(call, &params)?;
     let model = args
         .get("transformer")
         .and_then(Arg::as_text)
@@ -299,10 +299,11 @@ pub(super) async fn serve(
     } else {
         tokio::task::spawn_blocking(move || {
             let normalized = embedder(&dir, &model)?.normalizes();
-            let mut v: Vec<Vec<f32>> = super::embed_queue::embed_cached(&dir, &model, &texts)?
-                .into_iter()
-                .map(|v| v.as_ref().clone())
-                .collect();
+            let mut v: Vec<Vec<f32>> =
+                crate::inference::serving::embed_queue::embed_cached(&dir, &model, &texts)?
+                    .into_iter()
+                    .map(|v| v.as_ref().clone())
+                    .collect();
             if normalize == Some(true) && !normalized {
                 for row in v.iter_mut() {
                     let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -327,7 +328,10 @@ fn encode_vectors(out: &mut BytesMut, name: &str, vectors: &[Vec<f32>], many: bo
     use crate::protocol::encode;
     encode::row_description_typed(out, &[(name, 1021, -1)]);
     let text = |v: &Vec<f32>| {
-        let items: Vec<String> = v.iter().map(|x| super::serve::float4_text(*x)).collect();
+        let items: Vec<String> = v
+            .iter()
+            .map(|x| crate::inference::serving::serve::float4_text(*x))
+            .collect();
         format!("{{{}}}", items.join(","))
     };
     if many {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_util::future::join_all;
 
-use super::models::{refuse, sqlstate_of, Refusal};
 use crate::database::balance::Want;
 use crate::database::UserPool;
+use crate::inference::registry::models::{refuse, sqlstate_of, Refusal};
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
@@ -130,7 +130,7 @@ fn rows_of(
 
 /// Reads `relation` (from every shard, in parallel): the features (every column but `y_column`; numbers,
 /// booleans and arrays of them) and the label when there is one.
-pub(super) async fn read_relation(
+pub(in crate::inference) async fn read_relation(
     pool: &Arc<UserPool>,
     relation: &str,
     y_column: Option<&str>,

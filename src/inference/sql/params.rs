@@ -131,10 +131,10 @@ pub fn infer_types(sql: &str, declared: &[u32]) -> Vec<u32> {
                 type_oid(&name).max(type_oid(name.split_whitespace().next().unwrap_or("")));
         }
     }
-    if let Ok(calls) = super::call::find_calls(sql) {
+    if let Ok(calls) = crate::inference::sql::call::find_calls(sql) {
         for call in calls {
             for (i, (name, arg)) in call.args.iter().enumerate() {
-                let super::call::Arg::Expr(e) = arg else {
+                let crate::inference::sql::call::Arg::Expr(e) = arg else {
                     continue;
                 };
                 let Some(p) = e.strip_prefix('$').and_then(|d| d.parse::<usize>().ok()) else {

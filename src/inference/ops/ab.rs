@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::call::{bind, Arg, Call};
-use super::models::{refuse, registry_conn, Refusal};
-use super::params::{BOOL, FLOAT8, INT8, TEXT};
-use super::train::text_arg;
 use crate::database::UserPool;
+use crate::inference::registry::models::{refuse, registry_conn, Refusal};
+use crate::inference::registry::train::text_arg;
+use crate::inference::sql::call::{bind, Arg, Call};
+use crate::inference::sql::params::{BOOL, FLOAT8, INT8, TEXT};
 use crate::protocol::encode;
 use crate::router::hash::hash_bytes_extended;
 use crate::router::session_sql::quote_literal;
@@ -104,7 +104,7 @@ pub struct AbRow {
 }
 
 /// `pgml.deploy_ab(project_name, model_b, share)`: starts an A/B test (ending the project's previous one).
-pub(super) async fn deploy_ab(
+pub(in crate::inference) async fn deploy_ab(
     pool: &Arc<UserPool>,
     call: &Call,
     out: &mut BytesMut,
@@ -162,7 +162,7 @@ pub(super) async fn deploy_ab(
          INSERT INTO pgml.ab_tests (project_id, model_a, model_b, share) VALUES ({project_id}, {model_a}, {model_b}, {share}); COMMIT"
     ))
     .await?;
-    super::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
     encode::row_description_typed(
         out,
         &[
@@ -194,12 +194,12 @@ async fn end_ab(pool: &Arc<UserPool>, project: &str) -> Result<bool, Refusal> {
             quote_literal(project)
         ))
         .await?;
-    super::cache::announce(pool, &mut conn, project).await?;
+    crate::inference::serving::cache::announce(pool, &mut conn, project).await?;
     Ok(ended.as_deref().is_some_and(|n| n != "0"))
 }
 
 /// `pgml.end_ab(project_name)`: answers whether a test was ended.
-pub(super) async fn serve_end_ab(
+pub(in crate::inference) async fn serve_end_ab(
     pool: &Arc<UserPool>,
     call: &Call,
     out: &mut BytesMut,

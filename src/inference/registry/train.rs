@@ -8,23 +8,23 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::call::{bind, train_params, Arg, Call};
-use super::estimators::algorithms::{self, Algo, Choice};
-use super::estimators::preprocess::{check_missing, Preprocess};
-use super::models::{refuse, registry_conn, value, Estimator, Model, Refusal};
-use super::relation::read_relation;
-use super::serve::Progress;
 use crate::database::UserPool;
+use crate::inference::estimators::algorithms::{self, Algo, Choice};
+use crate::inference::estimators::preprocess::{check_missing, Preprocess};
+use crate::inference::registry::models::{refuse, registry_conn, value, Estimator, Model, Refusal};
+use crate::inference::registry::relation::read_relation;
+use crate::inference::serving::serve::Progress;
+use crate::inference::sql::call::{bind, train_params, Arg, Call};
 use crate::pool::server::ServerConn;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 
-pub(super) fn text_arg(args: &BTreeMap<&str, Arg>, name: &str) -> Option<String> {
+pub(in crate::inference) fn text_arg(args: &BTreeMap<&str, Arg>, name: &str) -> Option<String> {
     args.get(name).and_then(|a| a.as_text()).map(str::to_owned)
 }
 
-pub(super) async fn train(
+pub(in crate::inference) async fn train(
     pool: &Arc<UserPool>,
     call: &Call,
     progress: Option<&Progress>,
@@ -75,10 +75,10 @@ pub(super) async fn train(
     .await?;
     let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
     // What drift monitoring compares the features fed to the model with (raw, before preprocessing).
-    let baseline = super::drift::Baseline::from_rows(&features, &names);
+    let baseline = crate::inference::ops::drift::Baseline::from_rows(&features, &names);
     let mut data = Split::new(features, y, test_size)?;
     if sampling == "stratified" && task == "classification" {
-        super::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
+        crate::inference::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
     }
     let pre = data.preprocess(&spec, &names)?;
     say(format!(
@@ -282,7 +282,7 @@ struct Trained<'a> {
     test_size: f64,
     samples: usize,
     features: &'a [String],
-    baseline: &'a super::drift::Baseline,
+    baseline: &'a crate::inference::ops::drift::Baseline,
     algorithm: &'a str,
     hyperparams: String,
     model: &'a Model,
@@ -386,7 +386,7 @@ async fn record(
             "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {model_id}, 'new_score')"
         ))
         .await?;
-        super::cache::announce(pool, conn, project).await?;
+        crate::inference::serving::cache::announce(pool, conn, project).await?;
     }
     Ok(deployed)
 }

@@ -6,8 +6,8 @@
 
 use bytes::BytesMut;
 
-use super::call::{Arg, Call};
-use super::models::{refuse, Refusal};
+use crate::inference::registry::models::{refuse, Refusal};
+use crate::inference::sql::call::{Arg, Call};
 use crate::protocol::encode;
 
 /// The functions, with their PostgresML argument names (`subtahend` and `dividend` are PostgresML's spelling).
@@ -152,14 +152,18 @@ fn numbers(items: &[Arg], function: &str) -> Result<Vec<f64>, Refusal> {
 }
 
 /// Answers a vector function call with constant arguments.
-pub(super) fn serve(call: &Call, name: &str, out: &mut BytesMut) -> Result<(), Refusal> {
+pub(in crate::inference) fn serve(
+    call: &Call,
+    name: &str,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
     let f = call.function.as_str();
-    let params: Vec<super::call::Param> = FUNCTIONS
+    let params: Vec<crate::inference::sql::call::Param> = FUNCTIONS
         .iter()
         .find(|(n, _)| *n == f)
         .map(|(_, p)| p.iter().map(|p| (*p, None)).collect())
         .unwrap_or_default();
-    let args = super::call::bind(call, &params)?;
+    let args = crate::inference::sql::call::bind(call, &params)?;
     let (Some(Arg::Array(items, ty)), other) = (
         args.get("vector"),
         params.get(1).and_then(|p| args.get(p.0)),
@@ -197,9 +201,9 @@ pub(super) fn serve(call: &Call, name: &str, out: &mut BytesMut) -> Result<(), R
     })?;
     let text = |v: f64| {
         if single {
-            super::serve::float4_text(v as f32)
+            crate::inference::serving::serve::float4_text(v as f32)
         } else {
-            super::serve::float8_text(v)
+            crate::inference::serving::serve::float8_text(v)
         }
     };
     match value {
@@ -219,7 +223,9 @@ pub(super) fn serve(call: &Call, name: &str, out: &mut BytesMut) -> Result<(), R
 
 /// Installs the SQL versions on every shard's primary, once per pool, unless the functions exist there (the real
 /// extension, or an earlier install). A failure is logged; the query then gets the server's own error.
-pub(super) async fn ensure_installed(pool: &std::sync::Arc<crate::database::UserPool>) {
+pub(in crate::inference) async fn ensure_installed(
+    pool: &std::sync::Arc<crate::database::UserPool>,
+) {
     pool.models
         .vector_sql()
         .get_or_init(|| async {

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::ab::{AbRow, AbTest};
-use super::drift::{Baseline, FeatureDrift, Monitor};
-use super::logging::{LogSetting, PredictionLog, Sample};
-use super::models::{refuse, registry_conn, value, Model, Refusal};
 use crate::database::UserPool;
+use crate::inference::ops::ab::{AbRow, AbTest};
+use crate::inference::ops::drift::{Baseline, FeatureDrift, Monitor};
+use crate::inference::ops::logging::{LogSetting, PredictionLog, Sample};
+use crate::inference::registry::models::{refuse, registry_conn, value, Model, Refusal};
 use crate::protocol::codes::sqlstate;
 use crate::router::session_sql::quote_literal;
 
@@ -212,19 +212,19 @@ impl Models {
         self
     }
 
-    pub(super) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
+    pub(in crate::inference) fn registry_ready(&self) -> &tokio::sync::OnceCell<()> {
         &self.registry_ready
     }
 
-    pub(super) fn models_dir(&self) -> &std::path::Path {
+    pub(in crate::inference) fn models_dir(&self) -> &std::path::Path {
         &self.models_dir
     }
 
-    pub(super) fn vector_sql(&self) -> &tokio::sync::OnceCell<bool> {
+    pub(in crate::inference) fn vector_sql(&self) -> &tokio::sync::OnceCell<bool> {
         &self.vector_sql
     }
 
-    pub(super) fn forget(&self, project: &str) {
+    pub(in crate::inference) fn forget(&self, project: &str) {
         self.by_project
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -232,7 +232,7 @@ impl Models {
     }
 
     /// The deployed model of `project` (arm A of its A/B test, if it has one).
-    pub(super) async fn deployed(
+    pub(in crate::inference) async fn deployed(
         &self,
         pool: &Arc<UserPool>,
         project: &str,
@@ -243,7 +243,7 @@ impl Models {
 
     /// The model that serves `project` for `key`: arm B of the project's A/B test when the key hashes into its
     /// share, else the deployed model. Without a key, the deployed model.
-    pub(super) async fn deployed_for(
+    pub(in crate::inference) async fn deployed_for(
         &self,
         pool: &Arc<UserPool>,
         project: &str,
@@ -361,7 +361,7 @@ impl Models {
     }
 
     /// Model `id`, loaded from `pgml.files` on first use.
-    pub(super) async fn model(
+    pub(in crate::inference) async fn model(
         &self,
         pool: &Arc<UserPool>,
         id: i64,
@@ -434,7 +434,7 @@ impl Models {
     }
 
     /// Drift of `project`'s deployed model (arm A).
-    pub(super) async fn drift_of(
+    pub(in crate::inference) async fn drift_of(
         &self,
         pool: &Arc<UserPool>,
         project: &str,
@@ -539,7 +539,7 @@ impl Models {
 }
 
 /// Announces that `project` has a new deployment, to this instance at once and to the others by NOTIFY.
-pub(super) async fn announce(
+pub(in crate::inference) async fn announce(
     pool: &Arc<UserPool>,
     conn: &mut crate::pool::server::ServerConn,
     project: &str,
@@ -602,7 +602,7 @@ async fn ask_registry(pool: &Arc<UserPool>, project: &str) -> Result<Found, Refu
 async fn listen_for_deploys(pool: &Arc<UserPool>) -> bool {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let id = LISTENER_IDS.fetch_add(1, Ordering::Relaxed);
-    let registry = super::models::registry_pool(pool);
+    let registry = crate::inference::registry::models::registry_pool(pool);
     if let Err(e) = registry.listener().listen(id, DEPLOY_CHANNEL, &tx).await {
         tracing::warn!(pool = %pool.database, "cannot listen for model deploys ({e}); deployed models are looked up again after deploy_recheck_ms");
         return false;
@@ -648,7 +648,7 @@ pub async fn kmeans_centroids(
         ));
     }
     match &loaded.model.estimator {
-        super::models::Estimator::KMeans(k) => Ok(k
+        crate::inference::registry::models::Estimator::KMeans(k) => Ok(k
             .centers
             .iter()
             .map(|c| c.iter().map(|x| *x as f32).collect())
@@ -664,7 +664,7 @@ pub async fn kmeans_centroids(
 mod tests {
     use super::*;
     use crate::inference::estimators::linear::Linear;
-    use crate::inference::models::Estimator;
+    use crate::inference::registry::models::Estimator;
 
     fn model() -> Model {
         Model {

@@ -12,7 +12,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::call::Arg;
+use crate::inference::sql::call::Arg;
 use crate::router::fanout::literal_u64;
 
 /// How to answer a per-row prediction query.
@@ -59,14 +59,16 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, bool)> {
     else {
         return None;
     };
-    let target = match super::call::find_calls(&format!("SELECT pgml.predict({target}, ARRAY[0])"))
-        .ok()?
-        .into_iter()
-        .next()?
-        .args
-        .into_iter()
-        .next()?
-        .1
+    let target = match crate::inference::sql::call::find_calls(&format!(
+        "SELECT pgml.predict({target}, ARRAY[0])"
+    ))
+    .ok()?
+    .into_iter()
+    .next()?
+    .args
+    .into_iter()
+    .next()?
+    .1
     {
         a @ (Arg::Text(_) | Arg::Number(_)) => a,
         _ => return None,

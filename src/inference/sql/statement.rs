@@ -5,11 +5,11 @@
 
 use bytes::BytesMut;
 
-use super::call::Arg;
-use super::params::{
+use crate::inference::serving::per_row::PerRow;
+use crate::inference::sql::call::Arg;
+use crate::inference::sql::params::{
     BOOL, FLOAT4, FLOAT4_ARRAY, FLOAT8, FLOAT8_ARRAY, INT2, INT4, INT8, NUMERIC, TEXT, VARCHAR,
 };
-use super::per_row::PerRow;
 use crate::protocol::codes::backend;
 use crate::protocol::encode;
 use crate::protocol::frame::Header;
@@ -27,17 +27,18 @@ pub enum Shape {
 
 /// The shape of `sql` when Ocelot serves it, `None` when the statement belongs to the servers.
 pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
-    if !super::serve::mentions_pgml(sql.as_bytes()) {
+    if !crate::inference::serving::serve::mentions_pgml(sql.as_bytes()) {
         return None;
     }
-    if let Some(plan) = super::per_row::plan(sql) {
+    if let Some(plan) = crate::inference::serving::per_row::plan(sql) {
         return Some(match plan {
             Ok(p) => Shape::PerRow(p),
             Err(_) => Shape::Refused,
         });
     }
-    let call = super::serve::whole_call(sql)?;
-    let name = super::serve::output_alias(sql).unwrap_or_else(|| call.function.clone());
+    let call = crate::inference::serving::serve::whole_call(sql)?;
+    let name = crate::inference::serving::serve::output_alias(sql)
+        .unwrap_or_else(|| call.function.clone());
     let text = |n: &str| (n.to_owned(), TEXT);
     Some(Shape::Columns(match call.function.as_str() {
         "train" => vec![
@@ -76,7 +77,7 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
         }
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
         "embed" => vec![(name, FLOAT4_ARRAY)],
-        f if super::vector::is_vector_function(f) => {
+        f if crate::inference::serving::vector::is_vector_function(f) => {
             let double =
                 sql.contains("float8") || sql.to_ascii_lowercase().contains("double precision");
             let array = matches!(
