@@ -9,7 +9,7 @@ use sqlparser::ast::{
     SetExpr, Statement,
 };
 
-use super::fanout::{literal_u64, SortColumn, SortKey};
+use super::select::{limit_offset, literal_u64, SortColumn, SortKey, AGGREGATES};
 
 /// An aggregate Ocelot combines across shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ fn aggregate_of(
         "avg" => "avg",
         "bool_and" | "every" => "bool_and",
         "bool_or" => "bool_or",
-        _ if super::fanout::AGGREGATES.contains(&name.as_str()) => {
+        _ if AGGREGATES.contains(&name.as_str()) => {
             return Err("aggregates other than count, sum, min, max, avg, bool_and and bool_or")
         }
         _ => return Ok(None),
@@ -100,7 +100,7 @@ fn contains_aggregate(e: &Expr) -> bool {
     let mut found = false;
     let _ = sqlparser::ast::visit_expressions(e, |x| {
         if let Expr::Function(f) = x {
-            if super::fanout::AGGREGATES.contains(&function_name(f).as_str()) {
+            if AGGREGATES.contains(&function_name(f).as_str()) {
                 found = true;
                 return std::ops::ControlFlow::Break(());
             }
@@ -244,7 +244,7 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
             });
         }
     }
-    let (limit, offset) = super::fanout::limit_offset(q)?;
+    let (limit, offset) = limit_offset(q)?;
     let mut shard_select = s.clone();
     shard_select.projection = shard_items;
     let mut shard_query = q.clone();

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod merge;
 pub mod pinning;
 pub mod plugins;
+pub mod select;
 pub mod session_sql;
 pub mod shard_key;
 pub mod sharding;

@@ -124,7 +124,17 @@ fn value(e: &Expr) -> Option<KeyValue> {
         },
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => value(inner),
         // A vector key (centroid sharding): `ARRAY[1, 2, ...]`, as PostgreSQL's array text.
-        Expr::Array(_) => super::vectors::vector_value(e),
+        Expr::Array(a) => {
+            let parts: Option<Vec<String>> = a
+                .elem
+                .iter()
+                .map(|x| match value(x)? {
+                    KeyValue::Literal(n) => Some(n),
+                    KeyValue::Param(_) => None,
+                })
+                .collect();
+            Some(KeyValue::Literal(format!("{{{}}}", parts?.join(","))))
+        }
         _ => None,
     }
 }

@@ -14,7 +14,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::shard_key::{KeySpec, KeyValue};
+use super::shard_key::{literal, KeySpec, KeyValue};
 use ocelot_config::{VectorMetric, VectorSharding};
 
 /// A pool's centroids and what they route.
@@ -186,9 +186,9 @@ pub fn knn_target(sql: &str, spec: &KeySpec) -> Option<KeyValue> {
     };
     let pair = |a: &Expr, b: &Expr| -> Option<KeyValue> {
         if is_key(a) {
-            vector_value(b)
+            literal(b)
         } else if is_key(b) {
-            vector_value(a)
+            literal(a)
         } else {
             None
         }
@@ -236,24 +236,6 @@ fn strip(e: &Expr) -> &Expr {
     match e {
         Expr::Nested(i) | Expr::Cast { expr: i, .. } => strip(i),
         other => other,
-    }
-}
-
-/// A vector constant: an `ARRAY[...]` of numbers, a string literal, or a Bind parameter.
-pub fn vector_value(e: &Expr) -> Option<KeyValue> {
-    match strip(e) {
-        Expr::Array(a) => {
-            let parts: Option<Vec<String>> = a
-                .elem
-                .iter()
-                .map(|x| match super::shard_key::literal(x)? {
-                    KeyValue::Literal(n) => Some(n),
-                    KeyValue::Param(_) => None,
-                })
-                .collect();
-            Some(KeyValue::Literal(format!("{{{}}}", parts?.join(","))))
-        }
-        other => super::shard_key::literal(other),
     }
 }
 

@@ -13,8 +13,9 @@ use crate::protocol::encode::{self, Severity};
 use crate::protocol::rows::{cells, fields, split_rows, Field};
 use crate::router::binary;
 use crate::router::fanout::Aggregate;
-use crate::router::fanout::{Grouped, Ordered, Output, SortColumn, SortKey};
+use crate::router::fanout::{Grouped, Ordered, Output};
 use crate::router::merge::{collatable, combine, compare, divide, group_form, orderable};
+use crate::router::select::{SortColumn, SortKey};
 
 use super::NUMERIC;
 

@@ -13,7 +13,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::inference::sql::call::Arg;
-use crate::router::fanout::literal_u64;
+use crate::router::select::literal_u64;
 
 /// How to answer a per-row prediction query.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,7 +157,7 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
     let (mut limit, mut offset) = (None, 0);
     let mut query = q.clone();
     if by_prediction {
-        match crate::router::fanout::limit_offset(q) {
+        match crate::router::select::limit_offset(q) {
             Ok((l, o)) => {
                 limit = l;
                 offset = o;
