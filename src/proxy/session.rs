@@ -507,6 +507,7 @@ mod cross;
 mod idle;
 mod listen;
 mod multi;
+mod multi_end;
 mod pgml_ext;
 mod plugins;
 mod route;

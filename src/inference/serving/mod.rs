@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod chunk;
+mod deploys;
 pub mod embed;
 pub mod embed_queue;
 pub mod per_row;
