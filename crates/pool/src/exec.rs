@@ -36,14 +36,10 @@ pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolErr
 
 /// Writes raw protocol bytes to a server.
 pub async fn send(conn: &mut ServerConn, bytes: &[u8]) -> Result<(), PoolError> {
-    if let Err(e) = conn.stream.write_all(bytes).await {
-        conn.broken = true;
-        return Err(PoolError::Lost {
-            server: conn.address.to_string(),
-            reason: e.to_string(),
-        });
+    match conn.stream.write_all(bytes).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(conn.lost(e.to_string())),
     }
-    Ok(())
 }
 
 /// Reads a server's answer up to ReadyForQuery, or up to CopyInResponse when it starts waiting for data.
@@ -94,11 +90,7 @@ async fn next_message(conn: &mut ServerConn) -> Result<Bytes, PoolError> {
             },
             Err(e) => e.to_string(),
         };
-        conn.broken = true;
-        return Err(PoolError::Lost {
-            server: conn.address.to_string(),
-            reason: failure,
-        });
+        return Err(conn.lost(failure));
     }
 }
 

@@ -198,7 +198,8 @@ impl ServerConn {
         self.max_message
     }
 
-    fn lost(&mut self, reason: impl Into<String>) -> PoolError {
+    /// Marks the connection broken and names why, for the error its user gets.
+    pub(crate) fn lost(&mut self, reason: impl Into<String>) -> PoolError {
         self.broken = true;
         PoolError::Lost {
             server: self.address.to_string(),
