@@ -167,7 +167,7 @@ pub async fn commit(
                 if let Err(e) = run(c, &rollback_prepared).await {
                     tracing::warn!(server = %c.address, "rolling back a prepared part failed; recovery will: {e:?}");
                 }
-            } else if c.txn_status != txn::IDLE {
+            } else if c.state.txn_status != txn::IDLE {
                 let _ = run(c, "ROLLBACK").await;
             }
         }
@@ -213,7 +213,7 @@ pub async fn commit(
 /// Rolls back the open transactions of `parts`, ignoring failures (a broken connection is discarded anyway).
 pub async fn rollback(parts: &mut [(usize, &mut ServerConn)]) {
     join_all(parts.iter_mut().map(|(_, c)| async move {
-        if c.txn_status != txn::IDLE {
+        if c.state.txn_status != txn::IDLE {
             let _ = run(c, "ROLLBACK").await;
         }
     }))

@@ -5,6 +5,7 @@ pub mod auth_query;
 pub mod error;
 pub mod extfan;
 pub mod login;
+pub(crate) mod machine;
 pub mod notify;
 pub mod session;
 pub mod session_state;

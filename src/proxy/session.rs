@@ -14,21 +14,19 @@ use tokio::sync::watch;
 
 use super::error::ClientError;
 use super::login::LoggedIn;
+use super::machine::Core;
 use super::notify::{self, Notifications};
-use super::session_state::SessionEffects;
-use super::statements::{self, ClientAction, StatementMap};
+use super::statements::{self, ClientAction};
 use super::tracker::TxnTracker;
 use crate::config::PoolMode;
 use crate::database::balance::Want;
 use crate::database::UserPool;
-use crate::pool::client_params::ClientParams;
 use crate::pool::params::is_tracked;
-use crate::pool::server::Dirty;
 use crate::pool::{PoolError, Pooled, ServerConn};
 use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::{Piece, Splitter};
-use crate::protocol::{decode, ProtocolError};
+use crate::protocol::ProtocolError;
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::session_sql::{mentions_set_config, SessionCommand};
@@ -49,17 +47,6 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 /// buffers that fill up and block the client.
 const AHEAD_MAX: usize = 256 * 1024;
 
-/// Server messages whose bodies Ocelot reads.
-fn server_inspects(code: u8) -> bool {
-    matches!(
-        code,
-        backend::READY_FOR_QUERY
-            | backend::PARAMETER_STATUS
-            | backend::COMMAND_COMPLETE
-            | backend::COPY_IN_RESPONSE
-    )
-}
-
 /// How a session ended normally.
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
@@ -75,27 +62,17 @@ pub struct Session {
     cbuf: BytesMut,
     csplit: Splitter,
     server: Option<Pooled>,
-    ssplit: Splitter,
-    tracker: TxnTracker,
+    /// The protocol state, without I/O.
+    core: Core,
     pool: Arc<UserPool>,
-    mode: PoolMode,
-    params: ClientParams,
     slot: Arc<CancelSlot>,
     /// After a failed checkout in the extended protocol: drop messages up to Sync, as a server would.
     discard_until_sync: bool,
-    /// Messages Ocelot itself must send to the client before the next forwarded bytes.
-    out: BytesMut,
     /// Bytes for the server when some client messages were rewritten or dropped (otherwise bytes are written
     /// straight from `cbuf`).
     sout: BytesMut,
-    /// Scratch space for one rewritten message or one injected reply.
-    scratch: BytesMut,
-    /// Named prepared statements, when the pool maps them (transaction mode with a cache).
-    stmts: Option<StatementMap>,
     /// The rest of a streamed client message is being dropped.
     dropping: bool,
-    /// Session commands the client runs, replayed on the next server (transaction mode).
-    effects: Option<SessionEffects>,
     /// LISTEN subscriptions served by the pool's shared LISTEN connection (transaction mode).
     notify: Option<Notifications>,
     /// An unnamed extended-protocol LISTEN/UNLISTEN that Ocelot is answering itself.
@@ -122,18 +99,12 @@ pub struct Session {
     skip_to_sync: bool,
     /// The COPY being split came as a simple Query (else the client's Sync ends it).
     copy_simple: bool,
-    /// ReadyForQuery answers to Syncs Ocelot injected, not to be passed to the client.
-    swallow_rfq: usize,
     /// A request waits in `cbuf` for the server to finish the one before (a pgml.* call Ocelot answers itself).
     held_back: bool,
-    /// An Execute went to the server since its last ReadyForQuery.
-    unsynced_execute: bool,
     /// `pgml.*` statements Ocelot answers over the extended protocol.
     pgml: Option<Box<pgml_ext::PgmlStatements>>,
     /// Shapes of the `pgml.*` statement texts this client prepared, by text and parameter types.
     pgml_shapes: pgml_ext::ShapeCache,
-    /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
-    replay: Option<BytesMut>,
     /// Shutdown (drain) and `KILL`.
     stop: watch::Receiver<Stop>,
     /// This client as `SHOW CLIENTS` sees it.
@@ -144,8 +115,6 @@ pub struct Session {
     /// When the request being answered and the transaction around it began, for the stats.
     request_started: Option<Instant>,
     xact_started: Option<Instant>,
-    /// Transaction mode: state on the server that cannot be shared keeps the client on it.
-    pins: crate::router::pinning::Pins,
     /// The transaction was rolled back for idling too long: the next request is told so (`timeouts.rs`).
     txn_timed_out: bool,
     /// Requests that could not get a server, for `checkout_failure_limit`.
@@ -172,21 +141,17 @@ impl Session {
             cbuf,
             csplit: Splitter::new(max_message),
             server: None,
+            core: Core::new(
+                login.pool.settings.pool_mode,
+                login.params.clone(),
+                login.pool.prepared_cache > 0,
+            ),
             reserved,
-            ssplit: Splitter::new(u32::MAX),
-            tracker: TxnTracker::default(),
             pool: login.pool.clone(),
-            mode: login.pool.settings.pool_mode,
-            params: login.params.clone(),
             slot: login.registration.slot.clone(),
             discard_until_sync: false,
-            out: BytesMut::new(),
             sout: BytesMut::new(),
-            scratch: BytesMut::new(),
-            stmts: (login.pool.prepared_cache > 0).then(StatementMap::default),
             dropping: false,
-            effects: (login.pool.settings.pool_mode == PoolMode::Transaction)
-                .then(SessionEffects::default),
             notify: None,
             local_ext: None,
             role_override: None,
@@ -201,19 +166,15 @@ impl Session {
             parked: Vec::new(),
             skip_to_sync: false,
             copy_simple: true,
-            swallow_rfq: 0,
             held_back: false,
-            unsynced_execute: false,
             pgml: None,
             pgml_shapes: Default::default(),
-            replay: None,
             stop: info.stop_signal(),
             info,
             generation: shared.generation.load(std::sync::atomic::Ordering::Acquire),
             shared,
             request_started: None,
             xact_started: None,
-            pins: Default::default(),
             txn_timed_out: false,
             checkout_failures: 0,
             view_rewritten: false,
@@ -261,10 +222,13 @@ impl Session {
         // Parked parts of a cross-shard transaction are idle in it: the pool rolls them back.
         self.parked.clear();
         if let Some(mut server) = self.server.take() {
-            if self.tracker.is_busy() || self.csplit.is_streaming() || self.ssplit.is_streaming() {
+            if self.core.tracker.is_busy()
+                || self.csplit.is_streaming()
+                || self.core.ssplit.is_streaming()
+            {
                 server.broken = true;
             }
-            server.dirty.discard_all = true;
+            server.state.dirty.discard_all = true;
             self.slot.detach();
         }
     }
@@ -332,8 +296,8 @@ impl Session {
                     if !self.cbuf.is_empty()
                         && (self.routing_sensitive() || self.held_back)
                         && (self.server.is_none()
-                            || self.tracker.pending_units() == 0
-                            || self.tracker.in_copy())
+                            || self.core.tracker.pending_units() == 0
+                            || self.core.tracker.in_copy())
                     {
                         if let Some(end) = self.on_client_bytes().await? {
                             return Ok(end);
@@ -370,7 +334,11 @@ impl Session {
             if self.server.is_none() {
                 self.flush_notifications().await?;
             }
-            if draining && self.server.is_some() && self.tracker.is_idle() && self.cbuf.is_empty() {
+            if draining
+                && self.server.is_some()
+                && self.core.tracker.is_idle()
+                && self.cbuf.is_empty()
+            {
                 self.release();
                 return Ok(End::Shutdown);
             }
@@ -402,12 +370,12 @@ impl Session {
             tracing::warn!(pool = %self.pool.database, "a cross-shard transaction ended on one shard without COMMIT or ROLLBACK through Ocelot; its other shards are rolled back");
             self.parked.clear();
         }
-        self.replay = None;
+        self.core.replay = None;
         self.attached_want = None;
         if let Some(mut server) = self.server.take() {
-            if self.mode == PoolMode::Session || !self.pins.is_empty() {
-                server.dirty.discard_all = true;
-                self.pins = Default::default();
+            if self.core.mode == PoolMode::Session || !self.core.pins.is_empty() {
+                server.state.dirty.discard_all = true;
+                self.core.pins = Default::default();
             }
             drop(server);
             self.slot.detach();
@@ -416,9 +384,9 @@ impl Session {
     }
 
     async fn flush_out(&mut self) -> Result<(), ClientError> {
-        if !self.out.is_empty() {
-            self.client.write_all(&self.out).await?;
-            self.out.clear();
+        if !self.core.out.is_empty() {
+            self.client.write_all(&self.core.out).await?;
+            self.core.out.clear();
         }
         Ok(())
     }
@@ -434,12 +402,12 @@ impl Session {
             self.sout.clear();
             return Ok(());
         };
-        if let Some(replay) = self.replay.as_mut() {
+        if let Some(replay) = self.core.replay.as_mut() {
             if self.sout.is_empty() {
                 replay.extend_from_slice(&self.cbuf[..n]);
             } else {
                 // Rewritten messages name statements of this server: not safe to send elsewhere.
-                self.replay = None;
+                self.core.replay = None;
             }
         }
         let sent = n + self.sout.len();

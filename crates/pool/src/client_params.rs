@@ -6,7 +6,7 @@
 
 use crate::canonical;
 use crate::params::{is_tracked, TRACKED};
-use crate::server::Applied;
+use crate::state::Applied;
 use crate::ServerParams;
 use ocelot_router::session_sql::{quote_literal, quote_name, SessionCommand};
 

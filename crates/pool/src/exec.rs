@@ -63,7 +63,7 @@ pub async fn read_answer(conn: &mut ServerConn) -> Result<Answer, PoolError> {
                 answer.error.get_or_insert(msg);
             }
             backend::READY_FOR_QUERY => {
-                conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
+                conn.state.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
                 break;
             }
             backend::COPY_IN_RESPONSE => {
@@ -100,7 +100,7 @@ pub async fn read_messages(conn: &mut ServerConn) -> Result<Vec<Bytes>, PoolErro
     loop {
         let msg = next_message(conn).await?;
         if msg[0] == backend::READY_FOR_QUERY {
-            conn.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
+            conn.state.txn_status = decode::ready_for_query(&msg[5..]).unwrap_or(txn::FAILED);
             out.push(msg);
             return Ok(out);
         }

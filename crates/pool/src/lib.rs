@@ -19,6 +19,7 @@ pub mod params;
 pub mod pool;
 pub mod prepared;
 pub mod server;
+pub mod state;
 mod upkeep;
 
 pub use address::Address;
@@ -26,3 +27,4 @@ pub use error::PoolError;
 pub use params::ServerParams;
 pub use pool::{Pooled, ServerPool};
 pub use server::{CancelTarget, ServerConn};
+pub use state::{Applied, Dirty, ServerState};

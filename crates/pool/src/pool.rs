@@ -444,7 +444,7 @@ impl ServerPool {
             .unwrap_or_else(|p| p.into_inner())
             .push(conn.info.clone());
         self.open.fetch_add(1, Ordering::Relaxed);
-        let _ = self.defaults.set(Arc::new(conn.params.clone()));
+        let _ = self.defaults.set(Arc::new(conn.state.params.clone()));
         tracing::debug!(server = %self.address, "opened server connection");
         Ok(conn)
     }
@@ -491,7 +491,7 @@ impl ServerPool {
     /// Takes a connection back. Clean ones go to the idle list at once; dirty ones are cleaned in a task that
     /// holds the permit until done, so the pool never lends more than `pool_size` connections.
     pub(super) fn checkin(self: &Arc<Self>, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
-        let st = &conn.statements;
+        let st = &conn.state.statements;
         conn.info
             .publish_prepared(st.stats.hits, st.stats.misses, st.stats.evictions, st.len());
         if conn.broken || !conn.rbuf.is_empty() || conn.epoch < self.epoch.load(Ordering::Acquire) {
@@ -499,7 +499,7 @@ impl ServerPool {
             return;
         }
         if !self.settings.load().cleanup {
-            conn.dirty = super::server::Dirty::default();
+            conn.state.dirty = super::state::Dirty::default();
         }
         if self.open_count() > self.settings.load().pool_size as usize {
             // A reload made the pool smaller: it shrinks as connections come back.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::prepared::ServerStatements;
+use super::state::{Dirty, ServerState};
 use super::{Address, PoolError, ServerParams};
 use ocelot_protocol::codes::{backend, txn};
 use ocelot_protocol::{decode, encode, frame::Header};
@@ -33,124 +33,14 @@ struct Exchange {
     more_rows: Vec<Vec<Option<String>>>,
 }
 
-/// Session state Ocelot applied on a server for the client using it: startup settings that the server does not
-/// report (`SET name = value`), the client's own SET statements, and its SQL-level PREPAREs, each by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub startup: ServerParams,
-    pub sets: ServerParams,
-    pub prepares: ServerParams,
-}
-
-impl Applied {
-    /// Mirrors a session command a client ran on this server itself, so later syncs start from the truth.
-    pub fn observe(&mut self, cmd: &ocelot_router::session_sql::SessionCommand) {
-        use ocelot_router::session_sql::SessionCommand as C;
-        match cmd {
-            // Tracked parameters are followed through ParameterStatus instead.
-            C::Set { name, statement } if !super::params::is_tracked(name) => {
-                self.sets.set(name, statement);
-            }
-            C::Reset { name } => {
-                self.sets.remove(name);
-                self.startup.remove(name);
-            }
-            C::ResetAll => {
-                self.sets.clear();
-                self.startup.clear();
-            }
-            C::Prepare { name, statement } => {
-                self.prepares.set(name, statement);
-            }
-            C::Deallocate { name } => self.prepares.remove(name),
-            C::DeallocateAll => self.prepares.clear(),
-            C::DiscardAll => *self = Applied::default(),
-            _ => {}
-        }
-    }
-}
-
-/// Session state a client left on a server that must be undone before another client gets it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Dirty {
-    pub reset_all: bool,
-    pub deallocate_all: bool,
-    pub unlisten: bool,
-    pub close_cursors: bool,
-    /// The client left in session mode (or left a pinned transaction-mode server): what it may have left cannot
-    /// be read from command tags (temporary tables, advisory locks, Parse-prepared statements, `set_config`), so
-    /// the server is reset as PgBouncer's `server_reset_query = DISCARD ALL` does.
-    pub discard_all: bool,
-}
-
-impl Dirty {
-    pub fn any(&self) -> bool {
-        self.reset_all
-            || self.deallocate_all
-            || self.unlisten
-            || self.close_cursors
-            || self.discard_all
-    }
-
-    /// Whether a CommandComplete tag says every prepared statement of the session is gone.
-    pub fn drops_all_statements(tag: &[u8]) -> bool {
-        tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
-    }
-
-    /// Updates the flags from a CommandComplete tag the server sent to a client.
-    pub fn observe_tag(&mut self, tag: &[u8]) {
-        let word = tag.split(|&b| b == b' ').next().unwrap_or_default();
-        match word {
-            b"SET" | b"RESET" => self.reset_all = true,
-            b"PREPARE" => self.deallocate_all = true,
-            b"LISTEN" => self.unlisten = true,
-            b"DECLARE" => self.close_cursors = true,
-            b"DISCARD" if tag == b"DISCARD ALL" => *self = Dirty::default(),
-            b"DEALLOCATE" if tag == b"DEALLOCATE ALL" => self.deallocate_all = false,
-            _ => {}
-        }
-    }
-
-    /// The SQL that undoes what the flags say other than `discard_all`, or `None` when there is none. A SET is undone
-    /// with PgCat's own `RESET ROLE;` and `RESET ALL;` even before a DISCARD ALL that covers it, so operators who
-    /// count these statements in pg_stat_statements (as PgCat's specs do) see what they saw with PgCat. DISCARD ALL
-    /// runs as a query of its own: PostgreSQL refuses it in a multi-statement query, an implicit transaction.
-    pub fn cleanup_sql(&self) -> Option<String> {
-        let mut sql = String::new();
-        let piecewise = !self.discard_all;
-        for (flag, stmt) in [
-            (self.close_cursors && piecewise, "CLOSE ALL;"),
-            (self.unlisten && piecewise, "UNLISTEN *;"),
-            (self.deallocate_all && piecewise, "DEALLOCATE ALL;"),
-            // RESET ALL leaves the role and the session authorization alone.
-            (
-                self.reset_all,
-                "RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;",
-            ),
-        ] {
-            if flag {
-                sql.push_str(stmt);
-            }
-        }
-        (!sql.is_empty()).then_some(sql)
-    }
-}
-
 /// An authenticated connection to a PostgreSQL server.
 #[derive(Debug)]
 pub struct ServerConn {
     pub stream: ocelot_net::Stream,
     /// Bytes read from the server and not yet consumed.
     pub rbuf: BytesMut,
-    /// Reported parameters, as the server last reported them.
-    pub params: ServerParams,
-    /// Session state Ocelot applied on a client's behalf.
-    pub applied: Applied,
-    pub dirty: Dirty,
-    /// Ocelot's proxy-wide prepared statements that exist on this connection.
-    pub statements: ServerStatements,
-    /// Transaction status from the last ReadyForQuery.
-    pub txn_status: u8,
+    /// The session on the server, as Ocelot tracks it.
+    pub state: ServerState,
     /// Set when the connection can no longer be trusted (I/O error, protocol error, lost sync).
     pub broken: bool,
     pub cancel: Arc<CancelTarget>,
@@ -177,11 +67,7 @@ impl ServerConn {
         ServerConn {
             stream,
             rbuf,
-            params,
-            applied: Applied::default(),
-            dirty: Dirty::default(),
-            statements: ServerStatements::default(),
-            txn_status: txn::IDLE,
+            state: ServerState::new(params),
             broken: false,
             cancel: Arc::new(cancel),
             created: now,
@@ -209,7 +95,7 @@ impl ServerConn {
 
     /// Whether the connection can go straight back to the idle list.
     pub fn is_clean(&self) -> bool {
-        !self.broken && self.txn_status == txn::IDLE && !self.dirty.any()
+        !self.broken && self.state.txn_status == txn::IDLE && !self.state.dirty.any()
     }
 
     /// Runs `sql` (one or more statements) as a simple Query and reads to ReadyForQuery. ParameterStatus messages
@@ -286,12 +172,12 @@ impl ServerConn {
             let body = &msg[5..];
             match h.code {
                 backend::READY_FOR_QUERY => {
-                    self.txn_status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
+                    self.state.txn_status = decode::ready_for_query(body).unwrap_or(txn::FAILED);
                     break;
                 }
                 backend::PARAMETER_STATUS => {
                     if let Ok((k, v)) = decode::parameter_status(body) {
-                        if self.params.set(k, v) {
+                        if self.state.params.set(k, v) {
                             result.changed.push((k.to_owned(), v.to_owned()));
                         }
                     }
@@ -345,25 +231,25 @@ impl ServerConn {
 
     /// Rolls back an open transaction and undoes session state a client left, so the next client starts clean.
     pub async fn clean(&mut self) -> Result<(), PoolError> {
-        if self.txn_status != txn::IDLE {
+        if self.state.txn_status != txn::IDLE {
             self.run("ROLLBACK").await?;
         }
-        if self.dirty.any() {
-            if let Some(sql) = self.dirty.cleanup_sql() {
+        if self.state.dirty.any() {
+            if let Some(sql) = self.state.dirty.cleanup_sql() {
                 self.run(&sql).await?;
             }
-            if self.dirty.discard_all {
+            if self.state.dirty.discard_all {
                 self.run("DISCARD ALL").await?;
             }
-            if self.dirty.reset_all || self.dirty.discard_all {
-                self.applied.startup.clear();
-                self.applied.sets.clear();
+            if self.state.dirty.reset_all || self.state.dirty.discard_all {
+                self.state.applied.startup.clear();
+                self.state.applied.sets.clear();
             }
-            if self.dirty.deallocate_all || self.dirty.discard_all {
-                self.statements.clear();
-                self.applied.prepares.clear();
+            if self.state.dirty.deallocate_all || self.state.dirty.discard_all {
+                self.state.statements.clear();
+                self.state.applied.prepares.clear();
             }
-            self.dirty = Dirty::default();
+            self.state.dirty = Dirty::default();
         }
         Ok(())
     }
@@ -374,40 +260,5 @@ impl ServerConn {
         encode::terminate(&mut b);
         let _ = self.stream.write_all(&b).await;
         let _ = self.stream.shutdown().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dirty_flags_follow_command_tags() {
-        let mut d = Dirty::default();
-        d.observe_tag(b"SELECT 1");
-        assert!(!d.any());
-        d.observe_tag(b"SET");
-        d.observe_tag(b"PREPARE");
-        assert_eq!(
-            d.cleanup_sql().as_deref(),
-            Some("DEALLOCATE ALL;RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;")
-        );
-        d.observe_tag(b"DISCARD ALL");
-        assert!(!d.any());
-        d.observe_tag(b"LISTEN");
-        d.observe_tag(b"DECLARE CURSOR");
-        assert_eq!(d.cleanup_sql().as_deref(), Some("CLOSE ALL;UNLISTEN *;"));
-        d.discard_all = true;
-        assert_eq!(
-            d.cleanup_sql(),
-            None,
-            "DISCARD ALL covers the rest and runs alone"
-        );
-        assert!(d.any());
-        d.observe_tag(b"SET");
-        assert_eq!(
-            d.cleanup_sql().as_deref(),
-            Some("RESET ROLE;RESET SESSION AUTHORIZATION;RESET ALL;")
-        );
     }
 }

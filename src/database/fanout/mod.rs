@@ -43,10 +43,10 @@ pub async fn sync_params(
     server: &mut crate::pool::Pooled,
     params: &mut ClientParams,
 ) -> Result<(), PoolError> {
-    if let Some(sql) = params.sync_sql(&server.params, &server.applied) {
+    if let Some(sql) = params.sync_sql(&server.state.params, &server.state.applied) {
         server.run(&sql).await?;
         let conn = &mut **server;
-        params.after_sync(&conn.params, &mut conn.applied);
+        params.after_sync(&conn.state.params, &mut conn.state.applied);
     }
     Ok(())
 }

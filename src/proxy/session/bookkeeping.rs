@@ -21,7 +21,7 @@ impl Session {
         if generation == self.generation
             || !self.parked.is_empty()
             || self.pending_begin.is_some()
-            || self.tracker.in_copy()
+            || self.core.tracker.in_copy()
         {
             return;
         }
@@ -33,7 +33,9 @@ impl Session {
         if Arc::ptr_eq(new, &self.pool) {
             return;
         }
-        if new.settings.pool_mode != self.mode || (new.prepared_cache > 0) != self.stmts.is_some() {
+        if new.settings.pool_mode != self.core.mode
+            || (new.prepared_cache > 0) != self.core.stmts.is_some()
+        {
             tracing::info!(pool = %new.database, user = %new.user, "the reloaded pool changed pool_mode or prepared statement handling: this client keeps the old pool until it reconnects");
             return;
         }

@@ -32,7 +32,7 @@ impl Session {
     /// PostgreSQL would refuse it). Returns whether it did.
     pub(super) async fn try_deallocate(&mut self, piece: &Piece) -> Result<bool, ClientError> {
         let idle_status = self.status_without_server();
-        let (Piece::Whole(h), Some(map)) = (piece, self.stmts.as_mut()) else {
+        let (Piece::Whole(h), Some(map)) = (piece, self.core.stmts.as_mut()) else {
             return Ok(false);
         };
         let body = &self.cbuf[5..h.total()];
@@ -59,22 +59,22 @@ impl Session {
         };
         let status = match &self.server {
             None => idle_status,
-            Some(_) if self.tracker.is_quiet() => self.tracker.status(),
+            Some(_) if self.core.tracker.is_quiet() => self.core.tracker.status(),
             Some(_) => return Ok(false),
         };
         if status == txn::FAILED || !map.forget(&name) {
             return Ok(false);
         }
         self.cbuf.advance(h.total());
-        encode::command_complete(&mut self.out, "DEALLOCATE");
-        encode::ready_for_query(&mut self.out, status);
+        encode::command_complete(&mut self.core.out, "DEALLOCATE");
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(true)
     }
 
     /// Rewrites the Query or Parse at the front of `cbuf` when it reads `pg_prepared_statements`.
     pub(super) fn rewrite_prepared_view(&mut self, piece: &Piece) {
-        let (Piece::Whole(h), Some(map)) = (piece, self.stmts.as_ref()) else {
+        let (Piece::Whole(h), Some(map)) = (piece, self.core.stmts.as_ref()) else {
             return;
         };
         let body = &self.cbuf[5..h.total()];

@@ -8,8 +8,8 @@ impl Session {
     /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
     /// the server to reject.
     pub(super) fn track_effects(&mut self, fwd: usize, piece: &Piece) {
-        let (Some(fx), Piece::Whole(h)) = (self.effects.as_mut(), piece) else {
-            if let (Some(fx), frontend::SYNC) = (self.effects.as_mut(), piece.code()) {
+        let (Some(fx), Piece::Whole(h)) = (self.core.effects.as_mut(), piece) else {
+            if let (Some(fx), frontend::SYNC) = (self.core.effects.as_mut(), piece.code()) {
                 fx.sync();
             }
             return;
@@ -20,7 +20,7 @@ impl Session {
         if matches!(h.code, frontend::QUERY | frontend::PARSE) {
             if mentions_set_config(body) {
                 if let Some(server) = self.server.as_mut() {
-                    server.dirty.reset_all = true;
+                    server.state.dirty.reset_all = true;
                 }
             }
             let sql = match h.code {
@@ -30,11 +30,11 @@ impl Session {
                 _ => body,
             };
             let change = crate::router::pinning::scan(sql);
-            let before = self.pins;
-            self.pins.remove(change.remove);
-            self.pins.insert(change.add);
-            if self.pins != before {
-                tracing::debug!(held = %self.pins.describe(), "transaction-mode client pinned to its server while it holds session state");
+            let before = self.core.pins;
+            self.core.pins.remove(change.remove);
+            self.core.pins.insert(change.add);
+            if self.core.pins != before {
+                tracing::debug!(held = %self.core.pins.describe(), "transaction-mode client pinned to its server while it holds session state");
             }
         }
         match h.code {
@@ -67,22 +67,22 @@ impl Session {
         fwd: usize,
         piece: &Piece,
     ) -> Result<ClientAction, ProtocolError> {
-        let (Some(map), Some(pooled)) = (self.stmts.as_mut(), self.server.as_mut()) else {
+        let (Some(map), Some(pooled)) = (self.core.stmts.as_mut(), self.server.as_mut()) else {
             return Ok(ClientAction::Forward);
         };
         let body = match piece {
             Piece::Whole(h) => &self.cbuf[fwd + 5..fwd + h.total()],
             Piece::Part { .. } => &[][..],
         };
-        self.scratch.clear();
+        self.core.scratch.clear();
         let conn: &mut ServerConn = pooled;
         map.client_message(
             piece.code(),
             body,
-            &mut conn.statements,
+            &mut conn.state.statements,
             &self.pool.statements,
             self.pool.prepared_cache,
-            &mut self.scratch,
+            &mut self.core.scratch,
         )
     }
 
@@ -96,7 +96,7 @@ impl Session {
         let (Piece::Whole(h), true) = (*piece, piece.code() == frontend::PARSE) else {
             return Ok(Some(false));
         };
-        if self.stmts.is_none() || self.discard_until_sync {
+        if self.core.stmts.is_none() || self.discard_until_sync {
             return Ok(Some(false));
         }
         let sync = [frontend::SYNC, 0, 0, 0, 4];
@@ -105,7 +105,7 @@ impl Session {
             Some(next) if next == sync => {}
             _ => return Ok(Some(false)),
         }
-        let Some(map) = self.stmts.as_mut() else {
+        let Some(map) = self.core.stmts.as_mut() else {
             return Ok(Some(false));
         };
         if !map.parse_without_server(&self.cbuf[5..h.total()], &self.pool.statements) {
@@ -115,8 +115,8 @@ impl Session {
         self.track_effects(0, piece);
         self.cbuf.advance(h.total() + sync.len());
         let status = self.status_without_server();
-        encode::empty(&mut self.out, backend::PARSE_COMPLETE);
-        encode::ready_for_query(&mut self.out, status);
+        encode::empty(&mut self.core.out, backend::PARSE_COMPLETE);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(Some(true))
     }
@@ -139,7 +139,7 @@ impl Session {
             consume(self);
             if starts && (code == frontend::SYNC || code == frontend::QUERY) {
                 self.discard_until_sync = false;
-                encode::ready_for_query(&mut self.out, txn::IDLE);
+                encode::ready_for_query(&mut self.core.out, txn::IDLE);
                 self.flush_out().await?;
             }
             return Ok(true);
@@ -158,7 +158,7 @@ impl Session {
         if code == frontend::SYNC {
             consume(self);
             let status = self.status_without_server();
-            encode::ready_for_query(&mut self.out, status);
+            encode::ready_for_query(&mut self.core.out, status);
             self.flush_out().await?;
             return Ok(true);
         }
@@ -191,12 +191,12 @@ impl Session {
         message: &str,
         piece: &Piece,
     ) -> Result<(), ClientError> {
-        encode::error_response(&mut self.out, Severity::Error, code, message, None);
+        encode::error_response(&mut self.core.out, Severity::Error, code, message, None);
         if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
             self.discard_until_sync = false;
             self.cbuf.advance(piece.len());
             if !self.csplit.is_streaming() {
-                encode::ready_for_query(&mut self.out, txn::IDLE);
+                encode::ready_for_query(&mut self.core.out, txn::IDLE);
             } else {
                 // The rest of the Query arrives later and is dropped; answer when it ends.
                 self.discard_until_sync = true;
@@ -206,7 +206,7 @@ impl Session {
             self.cbuf.advance(piece.len());
             if piece.code() == frontend::SYNC {
                 self.discard_until_sync = false;
-                encode::ready_for_query(&mut self.out, txn::IDLE);
+                encode::ready_for_query(&mut self.core.out, txn::IDLE);
             }
         }
         self.flush_out().await
@@ -228,32 +228,38 @@ impl Session {
         };
         self.attached_want = Some(want);
         self.attached_shard = shard;
-        self.replay =
+        self.core.replay =
             (server.address.role != crate::config::ServerRole::Primary).then(BytesMut::new);
-        if let Some(sql) = self.params.sync_sql(&server.params, &server.applied) {
+        if let Some(sql) = self
+            .core
+            .params
+            .sync_sql(&server.state.params, &server.state.applied)
+        {
             let changed = server.run(&sql).await?;
             let conn = &mut *server;
-            self.params.after_sync(&conn.params, &mut conn.applied);
+            self.core
+                .params
+                .after_sync(&conn.state.params, &mut conn.state.applied);
             // The client hears about values the server spelled differently from what it was told.
             for (k, v) in changed {
                 if is_tracked(&k) {
-                    encode::parameter_status(&mut self.out, &k, &v);
+                    encode::parameter_status(&mut self.core.out, &k, &v);
                 }
             }
         }
         self.slot.attach(&server.cancel);
-        if let Some(map) = self.stmts.as_mut() {
+        if let Some(map) = self.core.stmts.as_mut() {
             map.attach();
         }
-        if let Some(fx) = self.effects.as_mut() {
+        if let Some(fx) = self.core.effects.as_mut() {
             fx.attach();
         }
-        self.ssplit = Splitter::new(server.max_message());
-        self.tracker = TxnTracker::default();
+        self.core.ssplit = Splitter::new(server.max_message());
+        self.core.tracker = TxnTracker::default();
         self.txn_begin = "BEGIN".into();
         if let Some(begin) = self.pending_begin.take() {
             server.run(&begin).await?;
-            self.tracker.set_status(server.txn_status);
+            self.core.tracker.set_status(server.state.txn_status);
             self.txn_begin = begin;
         }
         self.server = Some(server);

@@ -13,7 +13,7 @@ impl Session {
             self.follow_reload();
         }
         let mut fwd = 0usize;
-        let inspect = self.stmts.is_some();
+        let inspect = self.core.stmts.is_some();
         while let Some(piece) = self.csplit.next(&self.cbuf[fwd..], |c| {
             inspect && statements::inspects_client(c)
         })? {
@@ -24,7 +24,7 @@ impl Session {
             }
             if starts && code == frontend::TERMINATE {
                 self.forward_client(&mut fwd).await?;
-                if self.server.is_some() && self.tracker.pending_units() > 0 {
+                if self.server.is_some() && self.core.tracker.pending_units() > 0 {
                     // As PostgreSQL does, everything sent before the Terminate is answered first.
                     self.held_back = true;
                     break;
@@ -41,7 +41,7 @@ impl Session {
             }
             if starts
                 && matches!(code, frontend::QUERY | frontend::PARSE)
-                && self.stmts.is_some()
+                && self.core.stmts.is_some()
                 && !self.view_rewritten
                 && catalog::reads_prepared_view(&self.cbuf[fwd..], &piece)
             {
@@ -56,7 +56,7 @@ impl Session {
             if starts
                 && fwd == 0
                 && code == frontend::QUERY
-                && self.stmts.is_some()
+                && self.core.stmts.is_some()
                 && self.try_deallocate(&piece).await?
             {
                 continue;
@@ -75,8 +75,8 @@ impl Session {
                     plugins::PluginStep::Pass => {}
                     plugins::PluginStep::Served => continue,
                     plugins::PluginStep::Replaced => {
-                        self.tracker.client_message(code);
-                        self.sout.extend_from_slice(&self.scratch);
+                        self.core.tracker.client_message(code);
+                        self.sout.extend_from_slice(&self.core.scratch);
                         self.cbuf.advance(piece.len());
                         continue;
                     }
@@ -94,9 +94,9 @@ impl Session {
             }
             if starts
                 && fwd == 0
-                && self.mode == PoolMode::Transaction
+                && self.core.mode == PoolMode::Transaction
                 && self.routing_sensitive()
-                && self.tracker.between_requests()
+                && self.core.tracker.between_requests()
             {
                 // A new request while the server still answers the previous one: it is routed once that answer
                 // is in and the server kept or released, not sent along to a server it may not belong on.
@@ -133,30 +133,30 @@ impl Session {
                             encode::empty(&mut sync, frontend::SYNC);
                             sync.extend_from_slice(&self.cbuf);
                             self.cbuf = sync;
-                            self.swallow_rfq += 1;
+                            self.core.swallow_rfq += 1;
                             continue;
                         }
                         route::Cross::Refused => {
                             // The server runs a statement that fails with the reason, so client and server agree
                             // the transaction is aborted; the rest of an extended request is dropped.
-                            self.tracker.client_message(frontend::QUERY);
-                            self.sout.extend_from_slice(&self.scratch);
+                            self.core.tracker.client_message(frontend::QUERY);
+                            self.sout.extend_from_slice(&self.core.scratch);
                             self.cbuf.advance(piece.len());
                             self.skip_to_sync = code != frontend::QUERY;
                             continue;
                         }
                     }
                 }
-                self.tracker.client_message(code);
+                self.core.tracker.client_message(code);
                 if code == frontend::EXECUTE {
-                    self.unsynced_execute = true;
+                    self.core.unsynced_execute = true;
                 }
                 self.track_effects(fwd, &piece);
                 match self.map_statement(fwd, &piece)? {
                     ClientAction::Forward => {}
                     ClientAction::Replaced => {
                         self.sout.extend_from_slice(&self.cbuf[..fwd]);
-                        self.sout.extend_from_slice(&self.scratch);
+                        self.sout.extend_from_slice(&self.core.scratch);
                         self.cbuf.advance(fwd + piece.len());
                         fwd = 0;
                         continue;

@@ -40,8 +40,8 @@ impl Session {
         }
         self.cbuf.advance(total);
         self.pending_begin = (status == txn::IN_TRANSACTION).then_some(text);
-        encode::command_complete(&mut self.out, tag);
-        encode::ready_for_query(&mut self.out, status);
+        encode::command_complete(&mut self.core.out, tag);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(true)
     }
@@ -57,11 +57,11 @@ impl Session {
         match cmd {
             RoutingCommand::SetServerRole(role) => {
                 self.role_override = role;
-                encode::command_complete(&mut self.out, "SET");
+                encode::command_complete(&mut self.core.out, "SET");
             }
             RoutingCommand::SetPrimaryReads(on) => {
                 self.primary_reads_override = on;
-                encode::command_complete(&mut self.out, "SET");
+                encode::command_complete(&mut self.core.out, "SET");
             }
             RoutingCommand::ShowServerRole => {
                 let v = match self.role_override {
@@ -75,11 +75,11 @@ impl Session {
                         DefaultRole::Replica => "replica",
                     },
                 };
-                show(&mut self.out, "server role", v);
+                show(&mut self.core.out, "server role", v);
             }
             RoutingCommand::ShowPrimaryReads => {
                 let v = if self.primary_reads() { "on" } else { "off" };
-                show(&mut self.out, "primary reads", v);
+                show(&mut self.core.out, "primary reads", v);
             }
             RoutingCommand::SetShard(n) => {
                 if let Some(n) = n.filter(|&n| n >= self.pool.shards.len()) {
@@ -89,7 +89,7 @@ impl Session {
                         self.pool.shards.len()
                     );
                     encode::error_response(
-                        &mut self.out,
+                        &mut self.core.out,
                         Severity::Error,
                         sqlstate::INVALID_PARAMETER_VALUE,
                         &msg,
@@ -97,18 +97,18 @@ impl Session {
                     );
                 } else {
                     self.shard_override = Some(n);
-                    encode::command_complete(&mut self.out, "SET");
+                    encode::command_complete(&mut self.core.out, "SET");
                 }
             }
             RoutingCommand::SetShardingKey(key) => match self.pool.sharder.shard_of_text(&key) {
                 Some(n) => {
                     self.shard_override = Some(Some(n));
-                    encode::command_complete(&mut self.out, "SET");
+                    encode::command_complete(&mut self.core.out, "SET");
                 }
                 None => {
                     let msg = format!("invalid sharding key \"{key}\" for this pool's key type");
                     encode::error_response(
-                        &mut self.out,
+                        &mut self.core.out,
                         Severity::Error,
                         sqlstate::INVALID_PARAMETER_VALUE,
                         &msg,
@@ -126,11 +126,11 @@ impl Session {
                         DefaultShard::RandomHealthy => "random_healthy".into(),
                     },
                 };
-                show(&mut self.out, "shard", &v);
+                show(&mut self.core.out, "shard", &v);
             }
         }
         let status = self.status_without_server();
-        encode::ready_for_query(&mut self.out, status);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(true)
     }

@@ -48,9 +48,9 @@ impl Session {
                 break;
             }
             match h.code {
-                frontend::PARSE => encode::empty(&mut self.out, backend::PARSE_COMPLETE),
-                frontend::BIND => encode::empty(&mut self.out, backend::BIND_COMPLETE),
-                frontend::DESCRIBE => encode::empty(&mut self.out, backend::NO_DATA),
+                frontend::PARSE => encode::empty(&mut self.core.out, backend::PARSE_COMPLETE),
+                frontend::BIND => encode::empty(&mut self.core.out, backend::BIND_COMPLETE),
+                frontend::DESCRIBE => encode::empty(&mut self.core.out, backend::NO_DATA),
                 frontend::EXECUTE => {
                     self.cbuf.advance(h.total());
                     break;
@@ -150,9 +150,10 @@ impl Session {
             cbuf,
             pool,
             attached_shard,
-            out,
+            core,
             ..
         } = self;
+        let out = &mut core.out;
         let mut parts: Vec<(usize, &mut ServerConn)> = Vec::new();
         if let Some(s) = server.as_mut() {
             parts.push((*attached_shard, &mut **s));
@@ -388,21 +389,24 @@ impl Session {
                 return Ok(false);
             }
             Outcome::Copied(total) if explicit => {
-                encode::command_complete(&mut self.out, &format!("COPY {total}"));
-                let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
-                self.tracker.set_status(status);
+                encode::command_complete(&mut self.core.out, &format!("COPY {total}"));
+                let status = self
+                    .server
+                    .as_ref()
+                    .map_or(txn::FAILED, |s| s.state.txn_status);
+                self.core.tracker.set_status(status);
                 if simple {
-                    encode::ready_for_query(&mut self.out, status);
+                    encode::ready_for_query(&mut self.core.out, status);
                 }
                 self.flush_out().await?;
                 return Ok(false);
             }
             Outcome::Copied(total) => match self.commit_all().await {
                 Ok(()) => {
-                    encode::command_complete(&mut self.out, &format!("COPY {total}"));
+                    encode::command_complete(&mut self.core.out, &format!("COPY {total}"));
                     self.end_parts();
                     if simple {
-                        encode::ready_for_query(&mut self.out, txn::IDLE);
+                        encode::ready_for_query(&mut self.core.out, txn::IDLE);
                     }
                     self.flush_out().await?;
                     return Ok(false);
@@ -420,10 +424,10 @@ impl Session {
                 b
             }
         };
-        self.out.extend_from_slice(&error);
+        self.core.out.extend_from_slice(&error);
         let status = if explicit {
             self.fail_all().await;
-            self.tracker.set_status(txn::FAILED);
+            self.core.tracker.set_status(txn::FAILED);
             txn::FAILED
         } else {
             self.rollback_all().await;
@@ -433,7 +437,7 @@ impl Session {
         // Over the extended protocol the client's Sync brings the ReadyForQuery (from the server in a transaction,
         // whose parts were failed above, or from Ocelot).
         if simple {
-            encode::ready_for_query(&mut self.out, status);
+            encode::ready_for_query(&mut self.core.out, status);
         }
         self.flush_out().await?;
         Ok(false)

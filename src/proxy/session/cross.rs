@@ -23,7 +23,7 @@ impl Session {
         if self.server.is_none() {
             return Ok(Cross::Forward);
         }
-        let busy = self.tracker.pending_units() > 0;
+        let busy = self.core.tracker.pending_units() > 0;
         if h.code == frontend::QUERY && !self.parked.is_empty() {
             if let Some(how) = multi::transaction_end(&self.cbuf[5..h.total()]) {
                 if busy {
@@ -34,11 +34,11 @@ impl Session {
                 return Ok(Cross::Handled);
             }
         }
-        if self.tracker.status() == txn::IDLE
+        if self.core.tracker.status() == txn::IDLE
             && h.code == frontend::BIND
-            && !self.unsynced_execute
-            && self.mode == crate::config::PoolMode::Transaction
-            && self.pins.is_empty()
+            && !self.core.unsynced_execute
+            && self.core.mode == crate::config::PoolMode::Transaction
+            && self.core.pins.is_empty()
         {
             return Ok(match self.shard_at(0) {
                 Ok(Target::One(s)) if s == self.attached_shard => Cross::Forward,
@@ -47,7 +47,7 @@ impl Session {
                 _ => Cross::Resync,
             });
         }
-        if self.tracker.status() != txn::IN_TRANSACTION {
+        if self.core.tracker.status() != txn::IN_TRANSACTION {
             return Ok(Cross::Forward);
         }
         let target = match self.shard_at(0) {
@@ -139,8 +139,8 @@ impl Session {
             "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$ocelot_do$",
             crate::router::session_sql::quote_literal(msg)
         );
-        self.scratch.clear();
-        encode::query(&mut self.scratch, &sql);
+        self.core.scratch.clear();
+        encode::query(&mut self.core.scratch, &sql);
         Cross::Refused
     }
 }

@@ -133,7 +133,7 @@ impl Session {
                             let primary_reads = self.primary_reads();
                             let answer = crate::database::fanout::run(
                                 &self.pool,
-                                &self.params,
+                                &self.core.params,
                                 &prepared.requests,
                                 want,
                                 primary_reads,
@@ -149,7 +149,7 @@ impl Session {
                                     } else {
                                         txn::IDLE
                                     };
-                                    encode::ready_for_query(&mut self.out, status);
+                                    encode::ready_for_query(&mut self.core.out, status);
                                     self.flush_out().await?;
                                     return Ok(Flow::Next);
                                 }
@@ -224,8 +224,8 @@ impl Session {
             return Ok(false);
         };
         self.cbuf.advance(len);
-        self.out.extend_from_slice(&answer);
-        encode::ready_for_query(&mut self.out, status);
+        self.core.out.extend_from_slice(&answer);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(true)
     }
@@ -236,7 +236,7 @@ impl Session {
         let (want, primary_reads) = (self.want(), self.primary_reads());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let route = crate::inference::serving::serve::ReadRoute {
-            params: &self.params,
+            params: &self.core.params,
             want,
             primary_reads,
             progress: Some(tx),
@@ -249,15 +249,15 @@ impl Session {
                 answer = &mut serving => {
                     // Notices sent just before the end come before the answer, which the caller adds to `out`.
                     while let Ok(msg) = rx.try_recv() {
-                        encode::notice_response(&mut self.out, &msg);
+                        encode::notice_response(&mut self.core.out, &msg);
                     }
                     return Ok(answer);
                 }
                 Some(msg) = rx.recv() => {
                     // After what Ocelot already owes the client (ParseComplete, BindComplete).
                     notice.clear();
-                    notice.extend_from_slice(&self.out);
-                    self.out.clear();
+                    notice.extend_from_slice(&self.core.out);
+                    self.core.out.clear();
                     encode::notice_response(&mut notice, &msg);
                     self.client.write_all(&notice).await?;
                 }

@@ -23,7 +23,7 @@ impl Session {
         if self.discard_until_sync {
             return Ok(false);
         }
-        if self.effects.is_none() {
+        if self.core.effects.is_none() {
             // Session mode: only PgCat's routing commands are answered here.
             return match h.code {
                 frontend::QUERY => self.try_routing_command(h.total()).await,
@@ -34,14 +34,14 @@ impl Session {
         if let Some(cmd) = self.local_ext.take() {
             let body = &self.cbuf[5..total];
             match h.code {
-                frontend::BIND => encode::empty(&mut self.out, backend::BIND_COMPLETE),
+                frontend::BIND => encode::empty(&mut self.core.out, backend::BIND_COMPLETE),
                 frontend::DESCRIBE => {
                     if body.first() == Some(&b'S') {
-                        encode::no_parameters(&mut self.out);
+                        encode::no_parameters(&mut self.core.out);
                     }
-                    encode::empty(&mut self.out, backend::NO_DATA);
+                    encode::empty(&mut self.core.out, backend::NO_DATA);
                 }
-                frontend::CLOSE => encode::empty(&mut self.out, backend::CLOSE_COMPLETE),
+                frontend::CLOSE => encode::empty(&mut self.core.out, backend::CLOSE_COMPLETE),
                 frontend::EXECUTE => {
                     self.cbuf.advance(total);
                     if !self.run_listen(cmd.clone()).await {
@@ -61,7 +61,7 @@ impl Session {
                 frontend::SYNC => {
                     self.cbuf.advance(total);
                     let status = self.status_without_server();
-                    encode::ready_for_query(&mut self.out, status);
+                    encode::ready_for_query(&mut self.core.out, status);
                     self.flush_out().await?;
                     return Ok(true);
                 }
@@ -89,7 +89,7 @@ impl Session {
                     }
                 }
                 let status = self.status_without_server();
-                encode::ready_for_query(&mut self.out, status);
+                encode::ready_for_query(&mut self.core.out, status);
                 self.flush_out().await?;
                 Ok(true)
             }
@@ -103,7 +103,7 @@ impl Session {
                     _ => return Ok(false),
                 };
                 self.cbuf.advance(total);
-                encode::empty(&mut self.out, backend::PARSE_COMPLETE);
+                encode::empty(&mut self.core.out, backend::PARSE_COMPLETE);
                 self.local_ext = cmds.into_iter().next();
                 Ok(true)
             }
@@ -122,12 +122,12 @@ impl Session {
                 match listener.listen(pid, &channel, &n.mailbox).await {
                     Ok(()) => {
                         n.channels.insert(channel);
-                        encode::command_complete(&mut self.out, "LISTEN");
+                        encode::command_complete(&mut self.core.out, "LISTEN");
                     }
                     Err(e) => {
                         listener.unlisten(pid, Some(&channel));
                         encode::error_response(
-                            &mut self.out,
+                            &mut self.core.out,
                             Severity::Error,
                             sqlstate::CONNECTION_FAILURE,
                             &format!("LISTEN {channel} failed: {e}"),
@@ -140,12 +140,12 @@ impl Session {
             SessionCommand::Unlisten { channel } => {
                 listener.unlisten(pid, Some(&channel));
                 n.channels.remove(&channel);
-                encode::command_complete(&mut self.out, "UNLISTEN");
+                encode::command_complete(&mut self.core.out, "UNLISTEN");
             }
             SessionCommand::UnlistenAll => {
                 listener.unlisten(pid, None);
                 n.channels.clear();
-                encode::command_complete(&mut self.out, "UNLISTEN");
+                encode::command_complete(&mut self.core.out, "UNLISTEN");
             }
             _ => {}
         }

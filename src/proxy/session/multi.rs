@@ -74,7 +74,7 @@ impl Session {
     /// Whether the client is inside a transaction block (one whose BEGIN Ocelot is still holding included).
     pub(super) fn in_transaction(&self) -> bool {
         self.pending_begin.is_some()
-            || (self.server.is_some() && self.tracker.status() != txn::IDLE)
+            || (self.server.is_some() && self.core.tracker.status() != txn::IDLE)
     }
 
     /// A primary connection of `shard` with the client's settings and, when `begin` is given, a transaction open.
@@ -84,7 +84,7 @@ impl Session {
         begin: Option<&str>,
     ) -> Result<Pooled, PoolError> {
         let mut server = self.pool.checkout(shard, Want::Primary, true).await?;
-        sync_params(&mut server, &mut self.params).await?;
+        sync_params(&mut server, &mut self.core.params).await?;
         if let Some(begin) = begin {
             server.run(begin).await?;
         }
@@ -94,18 +94,18 @@ impl Session {
     /// Makes `server` the current connection, for `shard`.
     pub(super) fn install(&mut self, shard: usize, server: Pooled) {
         self.slot.attach(&server.cancel);
-        if let Some(map) = self.stmts.as_mut() {
+        if let Some(map) = self.core.stmts.as_mut() {
             map.attach();
         }
-        if let Some(fx) = self.effects.as_mut() {
+        if let Some(fx) = self.core.effects.as_mut() {
             fx.attach();
         }
-        self.ssplit = Splitter::new(server.max_message());
-        self.tracker = TxnTracker::default();
-        self.tracker.set_status(server.txn_status);
+        self.core.ssplit = Splitter::new(server.max_message());
+        self.core.tracker = TxnTracker::default();
+        self.core.tracker.set_status(server.state.txn_status);
         self.attached_shard = shard;
         self.attached_want = Some(Want::Primary);
-        self.replay = None;
+        self.core.replay = None;
         self.server = Some(server);
     }
 
@@ -178,7 +178,7 @@ impl Session {
                 len: h.total(),
             }));
         }
-        let Some(req) = extfan::decode(&self.cbuf, self.stmts.as_ref())? else {
+        let Some(req) = extfan::decode(&self.cbuf, self.core.stmts.as_ref())? else {
             return Ok(None);
         };
         // Grouped merges read the partial aggregates in text; keys and min/max come in the client's formats.
@@ -225,10 +225,10 @@ impl Session {
     /// The answer to a request run on several shards, as the client expects it (ReadyForQuery excluded).
     pub(super) fn answer(&mut self, prepared: &Prepared, merged: &[u8]) {
         match &prepared.ext {
-            None => self.out.extend_from_slice(merged),
+            None => self.core.out.extend_from_slice(merged),
             Some(req) => {
-                req.envelope(merged, &mut self.out);
-                if let (Some((name, body)), Some(map)) = (&req.parse, self.stmts.as_mut()) {
+                req.envelope(merged, &mut self.core.out);
+                if let (Some((name, body)), Some(map)) = (&req.parse, self.core.stmts.as_mut()) {
                     if !name.is_empty()
                         && merged.first() != Some(&crate::protocol::codes::backend::ERROR_RESPONSE)
                     {
@@ -312,9 +312,12 @@ impl Session {
                 self.fail_all().await;
             }
             self.answer(&prepared, &merged);
-            let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
-            self.tracker.set_status(status);
-            encode::ready_for_query(&mut self.out, status);
+            let status = self
+                .server
+                .as_ref()
+                .map_or(txn::FAILED, |s| s.state.txn_status);
+            self.core.tracker.set_status(status);
+            encode::ready_for_query(&mut self.core.out, status);
             return self.flush_out().await;
         }
         let result = if failed {
@@ -325,10 +328,10 @@ impl Session {
         };
         match result {
             Ok(()) => self.answer(&prepared, &merged),
-            Err(f) => self.out.extend_from_slice(&f.error_response()),
+            Err(f) => self.core.out.extend_from_slice(&f.error_response()),
         }
         self.end_parts();
-        encode::ready_for_query(&mut self.out, txn::IDLE);
+        encode::ready_for_query(&mut self.core.out, txn::IDLE);
         self.flush_out().await
     }
 
@@ -337,7 +340,7 @@ impl Session {
     /// up to the first error. Outside a transaction block the shards commit together, as the batch's implicit
     /// transaction would; an error rolls all of them back. Returns false while the batch is incomplete.
     pub(super) async fn run_batch(&mut self, shard_of: Vec<usize>) -> Result<bool, ClientError> {
-        let batch = match extfan::decode_batch(&self.cbuf, self.stmts.as_ref()) {
+        let batch = match extfan::decode_batch(&self.cbuf, self.core.stmts.as_ref()) {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(false),
             Err(why) => {
@@ -415,14 +418,14 @@ impl Session {
         let mut failed = false;
         for item in &batch.items {
             match item {
-                extfan::Item::Parse => encode::empty(&mut self.out, backend::PARSE_COMPLETE),
+                extfan::Item::Parse => encode::empty(&mut self.core.out, backend::PARSE_COMPLETE),
                 extfan::Item::Group(i) => {
                     let slot = shards.iter().position(|s| *s == shard_of[*i]).unwrap_or(0);
                     let Some(messages) = per_shard.get_mut(slot).and_then(|q| q.pop_front()) else {
                         break;
                     };
                     for m in &messages {
-                        self.out.extend_from_slice(m);
+                        self.core.out.extend_from_slice(m);
                     }
                     if messages
                         .last()
@@ -440,7 +443,7 @@ impl Session {
             .flatten()
             .any(|m| m.first() == Some(&backend::ERROR_RESPONSE));
         if !failed {
-            if let Some(map) = self.stmts.as_mut() {
+            if let Some(map) = self.core.stmts.as_mut() {
                 for (name, body) in &batch.defines {
                     map.define(name, body, &self.pool.statements);
                 }
@@ -450,19 +453,22 @@ impl Session {
             if failed {
                 self.fail_all().await;
             }
-            let status = self.server.as_ref().map_or(txn::FAILED, |s| s.txn_status);
-            self.tracker.set_status(status);
+            let status = self
+                .server
+                .as_ref()
+                .map_or(txn::FAILED, |s| s.state.txn_status);
+            self.core.tracker.set_status(status);
             status
         } else {
             if failed {
                 self.rollback_all().await;
             } else if let Err(f) = self.commit_all().await {
-                self.out.extend_from_slice(&f.error_response());
+                self.core.out.extend_from_slice(&f.error_response());
             }
             self.end_parts();
             txn::IDLE
         };
-        encode::ready_for_query(&mut self.out, status);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await?;
         Ok(true)
     }

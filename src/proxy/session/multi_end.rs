@@ -19,22 +19,22 @@ impl Session {
         let any_failed = self
             .server
             .as_ref()
-            .is_some_and(|s| s.txn_status == txn::FAILED)
+            .is_some_and(|s| s.state.txn_status == txn::FAILED)
             || self
                 .parked
                 .iter()
-                .any(|p| p.server.txn_status == txn::FAILED);
+                .any(|p| p.server.state.txn_status == txn::FAILED);
         if how == Finish::Commit && !any_failed {
             match self.commit_all().await {
-                Ok(()) => encode::command_complete(&mut self.out, "COMMIT"),
-                Err(f) => self.out.extend_from_slice(&f.error_response()),
+                Ok(()) => encode::command_complete(&mut self.core.out, "COMMIT"),
+                Err(f) => self.core.out.extend_from_slice(&f.error_response()),
             }
         } else {
             self.rollback_all().await;
-            encode::command_complete(&mut self.out, "ROLLBACK");
+            encode::command_complete(&mut self.core.out, "ROLLBACK");
         }
         self.end_parts();
-        encode::ready_for_query(&mut self.out, txn::IDLE);
+        encode::ready_for_query(&mut self.core.out, txn::IDLE);
         self.flush_out().await
     }
 
@@ -123,7 +123,7 @@ impl Session {
     pub(super) async fn fail_all(&mut self) {
         let mut parts = self.every_part();
         join_all(parts.iter_mut().map(|(_, c)| async move {
-            if c.txn_status == txn::IN_TRANSACTION {
+            if c.state.txn_status == txn::IN_TRANSACTION {
                 let _ = c
                     .run("DO $ocelot$BEGIN RAISE EXCEPTION 'aborted: another shard of this transaction failed'; END$ocelot$")
                     .await;
@@ -148,7 +148,7 @@ impl Session {
         f: distributed::Failure,
         explicit: bool,
     ) -> Result<(), ClientError> {
-        self.out.extend_from_slice(&f.error_response());
+        self.core.out.extend_from_slice(&f.error_response());
         let status = if explicit && (self.server.is_some() || !self.parked.is_empty()) {
             txn::FAILED
         } else if explicit {
@@ -158,9 +158,9 @@ impl Session {
             txn::IDLE
         };
         if self.server.is_some() {
-            self.tracker.set_status(status);
+            self.core.tracker.set_status(status);
         }
-        encode::ready_for_query(&mut self.out, status);
+        encode::ready_for_query(&mut self.core.out, status);
         self.flush_out().await
     }
 }

@@ -156,10 +156,12 @@ impl Session {
             return Ok(Intercept::Pass);
         }
         let status = if self.server.is_some() {
-            if self.tracker.pending_units() > 0 || (extended && self.tracker.is_unsynced()) {
+            if self.core.tracker.pending_units() > 0
+                || (extended && self.core.tracker.is_unsynced())
+            {
                 return Ok(Intercept::Hold);
             }
-            self.tracker.status()
+            self.core.tracker.status()
         } else if self.pending_begin.is_some() {
             txn::IN_TRANSACTION
         } else {
@@ -198,8 +200,8 @@ impl Session {
             }
             Some(Err((code, message))) => {
                 self.cbuf.advance(len);
-                encode::error_response(&mut self.out, Severity::Error, code, &message, None);
-                encode::ready_for_query(&mut self.out, status);
+                encode::error_response(&mut self.core.out, Severity::Error, code, &message, None);
+                encode::ready_for_query(&mut self.core.out, status);
                 self.flush_out().await?;
                 Ok(true)
             }
@@ -263,7 +265,7 @@ impl Session {
             };
             if h.code == frontend::SYNC {
                 self.cbuf.advance(h.total());
-                encode::ready_for_query(&mut self.out, status);
+                encode::ready_for_query(&mut self.core.out, status);
                 ended = true;
                 break;
             }
@@ -282,7 +284,7 @@ impl Session {
             }
             let body = self.cbuf.split_to(h.total()).split_off(5);
             if let Err(error) = self.pgml_message(h.code, &body).await {
-                self.out.extend_from_slice(&error);
+                self.core.out.extend_from_slice(&error);
                 failed = true;
             }
         }
@@ -319,13 +321,13 @@ impl Session {
                     described: false,
                 };
                 state.statements.insert(name.to_owned(), stmt);
-                encode::empty(&mut self.out, backend::PARSE_COMPLETE);
+                encode::empty(&mut self.core.out, backend::PARSE_COMPLETE);
             }
             frontend::BIND => {
                 let (portal, name, rest) = extended::bind(body).map_err(malformed)?;
                 let bind = BindValues::decode(rest).map_err(malformed)?;
                 state.portal = Some(state.bind(portal, name, bind)?);
-                encode::empty(&mut self.out, backend::BIND_COMPLETE);
+                encode::empty(&mut self.core.out, backend::BIND_COMPLETE);
             }
             frontend::DESCRIBE => match extended::target(code, body).map_err(malformed)? {
                 (b'S', name) => self.describe_pgml_statement(name.to_owned()).await?,
@@ -340,7 +342,7 @@ impl Session {
                 let mut rows = BytesMut::new();
                 statement::in_formats(&answer, &self.portal_formats(), false, &mut rows)
                     .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
-                self.out.extend_from_slice(&rows);
+                self.core.out.extend_from_slice(&rows);
             }
             frontend::CLOSE => {
                 match extended::target(code, body).map_err(malformed)? {
@@ -349,7 +351,7 @@ impl Session {
                     }
                     _ => state.portal = None,
                 }
-                encode::empty(&mut self.out, backend::CLOSE_COMPLETE);
+                encode::empty(&mut self.core.out, backend::CLOSE_COMPLETE);
             }
             _ => {}
         }
@@ -377,10 +379,15 @@ impl Session {
             .filter(|h| h.code == backend::ROW_DESCRIPTION)
             .map_or(0, |h| h.total());
         if end == 0 {
-            encode::empty(&mut self.out, backend::NO_DATA);
+            encode::empty(&mut self.core.out, backend::NO_DATA);
         } else {
-            statement::in_formats(&answer[..end], &self.portal_formats(), true, &mut self.out)
-                .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
+            statement::in_formats(
+                &answer[..end],
+                &self.portal_formats(),
+                true,
+                &mut self.core.out,
+            )
+            .map_err(|e| failure(sqlstate::FEATURE_NOT_SUPPORTED, &e))?;
         }
         if let Some(p) = self.pgml.as_mut().and_then(|p| p.portal.as_mut()) {
             p.answer = Some(answer);
@@ -477,15 +484,15 @@ impl Session {
             stmt.types = types;
             stmt.described = true;
         }
-        encode::parameter_description(&mut self.out, &shown);
+        encode::parameter_description(&mut self.core.out, &shown);
         if columns.is_empty() {
-            encode::empty(&mut self.out, backend::NO_DATA);
+            encode::empty(&mut self.core.out, backend::NO_DATA);
         } else {
             let cols: Vec<(&str, u32, i16, i16)> = columns
                 .iter()
                 .map(|(n, t, l)| (n.as_str(), *t, *l, 0))
                 .collect();
-            encode::row_description_formats(&mut self.out, &cols);
+            encode::row_description_formats(&mut self.core.out, &cols);
         }
         Ok(())
     }

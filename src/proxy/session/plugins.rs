@@ -47,8 +47,8 @@ impl Session {
         let idle = self.server.is_none();
         if name.is_none() && idle && plugins.intercepts() {
             let (user, db) = (self.pool.user.clone(), self.pool.database.clone());
-            if plugins.intercept(&sql, &user, &db, &mut self.out) {
-                encode::ready_for_query(&mut self.out, txn::IDLE);
+            if plugins.intercept(&sql, &user, &db, &mut self.core.out) {
+                encode::ready_for_query(&mut self.core.out, txn::IDLE);
                 self.cbuf.advance(piece.len());
                 self.flush_out().await?;
                 return Ok(PluginStep::Served);
@@ -64,7 +64,7 @@ impl Session {
         let msg = format!("permission for table \"{table}\" denied");
         if idle {
             encode::error_response(
-                &mut self.out,
+                &mut self.core.out,
                 Severity::Error,
                 INSUFFICIENT_PRIVILEGE,
                 &msg,
@@ -72,7 +72,7 @@ impl Session {
             );
             self.cbuf.advance(piece.len());
             match name {
-                None => encode::ready_for_query(&mut self.out, txn::IDLE),
+                None => encode::ready_for_query(&mut self.core.out, txn::IDLE),
                 // The rest of the extended request is dropped up to its Sync, which is answered.
                 Some(_) => self.discard_until_sync = true,
             }
@@ -83,10 +83,10 @@ impl Session {
             "DO $ocelot_do$BEGIN RAISE EXCEPTION USING ERRCODE = '{INSUFFICIENT_PRIVILEGE}', MESSAGE = {}; END$ocelot_do$",
             crate::router::session_sql::quote_literal(&msg)
         );
-        self.scratch.clear();
+        self.core.scratch.clear();
         match name {
-            None => encode::query(&mut self.scratch, &failing),
-            Some(n) => encode::parse(&mut self.scratch, &n, &failing),
+            None => encode::query(&mut self.core.scratch, &failing),
+            Some(n) => encode::parse(&mut self.core.scratch, &n, &failing),
         }
         Ok(PluginStep::Replaced)
     }

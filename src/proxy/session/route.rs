@@ -272,6 +272,7 @@ impl Session {
                     let text = match &parsed {
                         Some((n, sql)) if n == name => Some(sql.clone()),
                         _ => self
+                            .core
                             .stmts
                             .as_ref()
                             .and_then(|m| m.statement_text(name))
@@ -364,7 +365,11 @@ impl Session {
                         break;
                     };
                     if sql.is_none() {
-                        sql = self.stmts.as_ref().and_then(|m| m.statement_text(name));
+                        sql = self
+                            .core
+                            .stmts
+                            .as_ref()
+                            .and_then(|m| m.statement_text(name));
                     }
                     let params = extended::bind_params_formats(rest)
                         .map(|v| {
@@ -444,7 +449,10 @@ impl Session {
                 }
             } else if code == frontend::BIND {
                 let stmt = extended::bind(body).ok().and_then(|(_, name, _)| {
-                    self.stmts.as_ref().and_then(|m| m.statement_text(name))
+                    self.core
+                        .stmts
+                        .as_ref()
+                        .and_then(|m| m.statement_text(name))
                 });
                 match stmt {
                     Some(text) => {
@@ -475,7 +483,7 @@ impl Session {
     /// After the server of a read died before the client heard anything: bans it, gets another server for the
     /// same request and sends the request again. Returns false when failover does not apply.
     pub(super) async fn failover(&mut self, reason: &str) -> Result<bool, ClientError> {
-        let (Some(replay), Some(want)) = (self.replay.take(), self.attached_want) else {
+        let (Some(replay), Some(want)) = (self.core.replay.take(), self.attached_want) else {
             return Ok(false);
         };
         if let Some(mut dead) = self.server.take() {
@@ -496,7 +504,7 @@ impl Session {
             )));
         }
         for code in message_codes(&replay) {
-            self.tracker.client_message(code);
+            self.core.tracker.client_message(code);
         }
         let Some(server) = self.server.as_mut() else {
             return Ok(false);
@@ -504,7 +512,7 @@ impl Session {
         if let Err(e) = server.stream.write_all(&replay).await {
             return Err(self.server_lost(&e.to_string()));
         }
-        self.replay = Some(replay);
+        self.core.replay = Some(replay);
         Ok(true)
     }
 }

@@ -11,21 +11,21 @@ impl Session {
         self.info.clear_timeout(Stop::IdleInTransaction);
         // The client may have spoken since the watchdog looked.
         if self.server.is_none()
-            || self.tracker.status() == txn::IDLE
-            || self.tracker.pending_units() > 0
-            || self.tracker.is_unsynced()
+            || self.core.tracker.status() == txn::IDLE
+            || self.core.tracker.pending_units() > 0
+            || self.core.tracker.is_unsynced()
         {
             return Ok(());
         }
         tracing::warn!(pool = %self.pool.database, user = %self.pool.user, client = self.info.id, "idle in transaction for longer than idle_client_in_transaction_timeout: rolled back");
         self.rollback_all().await;
-        self.tracker.set_status(txn::IDLE);
+        self.core.tracker.set_status(txn::IDLE);
         self.info.in_transaction.store(false, Relaxed);
         self.xact_started = None;
-        if let Some(fx) = self.effects.as_mut() {
+        if let Some(fx) = self.core.effects.as_mut() {
             fx.rolled_back();
         }
-        if self.mode == PoolMode::Transaction && self.pins.is_empty() {
+        if self.core.mode == PoolMode::Transaction && self.core.pins.is_empty() {
             self.end_parts();
         } else {
             self.parked.clear();

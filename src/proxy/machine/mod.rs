@@ -1,0 +1,71 @@
+//! The protocol state of one client session, without I/O. [`Core`] is what the session knows of the conversation
+//! between its client and the server it holds: what the server still owes, the mapping of the client's prepared
+//! statements, the session commands to replay on the next server, the parameters the client expects, what pins it
+//! to its server, and the bytes Ocelot itself must send. Its methods take the bytes that arrived and say what to
+//! do with them; `proxy::session` is the async driver that reads, writes, checks servers out and gives them back.
+//! So the protocol logic can be driven in unit tests with scripted messages and no PostgreSQL.
+//!
+//! The server half (what a run of server bytes means) is [`server`]; the client half still lives in the driver's
+//! `session/client_bytes.rs` and moves here next.
+
+pub(crate) mod server;
+#[cfg(test)]
+mod tests;
+
+use bytes::BytesMut;
+
+use super::session_state::SessionEffects;
+use super::statements::StatementMap;
+use super::tracker::TxnTracker;
+use crate::config::PoolMode;
+use crate::pool::client_params::ClientParams;
+use crate::protocol::frame::Splitter;
+use crate::router::pinning::Pins;
+
+/// The session's protocol state (see the module documentation).
+pub(crate) struct Core {
+    pub(crate) mode: PoolMode,
+    /// What the held server still owes the client.
+    pub(crate) tracker: TxnTracker,
+    /// Splits the server's bytes into messages, and pieces of messages too large to hold whole.
+    pub(crate) ssplit: Splitter,
+    /// Named prepared statements, when the pool maps them (transaction mode with a cache).
+    pub(crate) stmts: Option<StatementMap>,
+    /// Session commands the client runs, replayed on the next server (transaction mode).
+    pub(crate) effects: Option<SessionEffects>,
+    /// What the client expects of its server session.
+    pub(crate) params: ClientParams,
+    /// Transaction mode: state on the server that cannot be shared keeps the client on it.
+    pub(crate) pins: Pins,
+    /// Messages Ocelot itself must send to the client before the next forwarded bytes.
+    pub(crate) out: BytesMut,
+    /// Scratch space for one rewritten message or one injected reply.
+    pub(crate) scratch: BytesMut,
+    /// ReadyForQuery answers to Syncs Ocelot injected, not to be passed to the client.
+    pub(crate) swallow_rfq: usize,
+    /// An Execute went to the server since its last ReadyForQuery.
+    pub(crate) unsynced_execute: bool,
+    /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
+    pub(crate) replay: Option<BytesMut>,
+}
+
+impl Core {
+    /// A session in `mode` whose client expects `params`; `map_statements` when the pool maps named prepared
+    /// statements onto its own.
+    pub(crate) fn new(mode: PoolMode, params: ClientParams, map_statements: bool) -> Self {
+        Core {
+            mode,
+            tracker: TxnTracker::default(),
+            ssplit: Splitter::new(u32::MAX),
+            stmts: map_statements.then(StatementMap::default),
+            effects: (mode == PoolMode::Transaction).then(SessionEffects::default),
+            params,
+            pins: Pins::default(),
+            out: BytesMut::new(),
+            scratch: BytesMut::new(),
+            swallow_rfq: 0,
+            unsynced_execute: false,
+            replay: None,
+        }
+    }
+}
