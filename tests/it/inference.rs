@@ -971,3 +971,130 @@ async fn vector_functions_in_the_proxy_and_on_three_shards() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22004");
 }
+
+/// A 2-D array column (PostgresML's digits store `image SMALLINT[][]`) trains with one feature per element, in
+/// row-major order.
+#[tokio::test]
+async fn two_dimensional_array_columns_are_flattened_into_features() {
+    let pg = Postgres::start();
+    let mut rows = Vec::new();
+    for i in 0..40 {
+        let (hi, lo) = (10 + i % 5, i % 3);
+        if i % 2 == 0 {
+            rows.push(format!("('{{{{{hi},{hi}}},{{{lo},{lo}}}}}', 1)"));
+        } else {
+            rows.push(format!("('{{{{{lo},{lo}}},{{{hi},{hi}}}}}', 0)"));
+        }
+    }
+    pg.psql_admin_db(
+        "app",
+        &format!(
+            "CREATE TABLE images (image SMALLINT[][], target INT); INSERT INTO images VALUES {}",
+            rows.join(",")
+        ),
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    c.simple_query("SELECT * FROM pgml.train('digits2', 'classification', 'images', 'target')")
+        .await
+        .unwrap();
+    assert_eq!(
+        pg.psql_admin_db("app", "SELECT num_features FROM pgml.models"),
+        "4"
+    );
+    let top = first_value(&c, "SELECT pgml.predict('digits2', ARRAY[12, 12, 1, 1])").await;
+    let bottom = first_value(&c, "SELECT pgml.predict('digits2', ARRAY[1, 1, 12, 12])").await;
+    assert_eq!((top.as_str(), bottom.as_str()), ("1", "0"));
+}
+
+/// `pgml.load_dataset` makes PostgresML's tables from the data Ocelot carries, and PostgresML's examples train
+/// on them unchanged.
+#[tokio::test]
+async fn load_dataset_creates_postgresmls_tables_and_they_train() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    for (name, rows) in [
+        ("iris", "150"),
+        ("diabetes", "442"),
+        ("breast_cancer", "569"),
+        ("linnerud", "20"),
+        ("wine", "178"),
+    ] {
+        let got = rows_of(
+            &c.simple_query(&format!("SELECT * FROM pgml.load_dataset('{name}')"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            got,
+            vec![vec![Some(format!("pgml.{name}")), Some(rows.into())]]
+        );
+    }
+    // Loading again replaces the table; a limit keeps the first rows.
+    let got = rows_of(
+        &c.simple_query("SELECT * FROM pgml.load_dataset('digits', limit => 300)")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got[0][1].as_deref(), Some("300"));
+    let columns = |table: &str| {
+        pg.psql_admin_db("app", &format!("SELECT string_agg(column_name || ':' || udt_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_schema = 'pgml' AND table_name = '{table}'"))
+    };
+    assert_eq!(
+        columns("iris"),
+        "sepal_length:float4,sepal_width:float4,petal_length:float4,petal_width:float4,target:int4"
+    );
+    assert_eq!(columns("digits"), "image:_int2,target:int2");
+    assert!(columns("breast_cancer").ends_with("worst fractal dimension:float4,malignant:bool"));
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT array_dims(image) || ' ' || target FROM pgml.digits LIMIT 1"
+        ),
+        "[1:8][1:8] 0"
+    );
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT age || ',' || sex || ',' || target FROM pgml.diabetes LIMIT 1"
+        ),
+        "59,2,151"
+    );
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT count(*) FILTER (WHERE malignant) FROM pgml.breast_cancer"
+        ),
+        "212"
+    );
+    // As regression.sql and image_classification.sql train on them.
+    c.simple_query(
+        "SELECT * FROM pgml.train('Diabetes Progression', 'regression', 'pgml.diabetes', 'target')",
+    )
+    .await
+    .unwrap();
+    c.simple_query(
+        "SELECT * FROM pgml.train('Handwritten Digits', 'classification', 'pgml.digits', 'target')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pg.psql_admin_db(
+            "app",
+            "SELECT string_agg(num_features::text, ',' ORDER BY id) FROM pgml.models"
+        ),
+        "10,64"
+    );
+    let e = c
+        .simple_query("SELECT * FROM pgml.load_dataset('squad')")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(message.contains("Hugging Face"), "{message}");
+}

@@ -259,6 +259,48 @@ async fn statements_prepared_after_ddl_see_the_new_schema() {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
 }
 
+/// A table altered on the server directly, where Ocelot cannot see it: the shared statement prepared before the
+/// change fails ("cached plan must not change result type") for the first client that uses it, and from then on
+/// for no one: the text gets a statement of its own and the connection drops the stale one when it is given back.
+#[tokio::test]
+async fn a_schema_change_made_behind_ocelots_back_fails_once_not_forever() {
+    let pg = Postgres::start();
+    pg.psql_admin_db(
+        "app",
+        "CREATE TABLE behind (a int); INSERT INTO behind VALUES (1)",
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 1, "", "")).await;
+    let port = proxy.local_addr().port();
+    let first = connect(port, "postgres", None, "app").await.unwrap();
+    let st = first.prepare("SELECT * FROM behind").await.unwrap();
+    assert_eq!(first.query(&st, &[]).await.unwrap()[0].len(), 1);
+    pg.psql_admin_db("app", "ALTER TABLE behind ADD COLUMN b int DEFAULT 2");
+    let mut stale_errors = 0;
+    for _ in 0..3 {
+        let c = connect(port, "postgres", None, "app").await.unwrap();
+        // The stale statement shows as soon as it is described, so the error may come from the prepare.
+        let answer = match c.prepare("SELECT * FROM behind").await {
+            Ok(st) => c.query(&st, &[]).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(rows) => assert_eq!(rows[0].get::<_, i32>(1), 2),
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
+                stale_errors += 1;
+            }
+        }
+    }
+    assert!(
+        stale_errors <= 1,
+        "{stale_errors} clients met the stale plan"
+    );
+    let last = connect(port, "postgres", None, "app").await.unwrap();
+    let st = last.prepare("SELECT * FROM behind").await.unwrap();
+    let rows = last.query(&st, &[]).await.unwrap();
+    assert_eq!((rows[0].len(), rows[0].get::<_, i32>(1)), (2, 2));
+}
+
 #[tokio::test]
 async fn errors_keep_their_postgresql_meaning() {
     let pg = Postgres::start();

@@ -180,6 +180,22 @@ pub fn error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
     Ok(out)
 }
 
+/// One field (by its code byte, e.g. `b'C'` for the SQLSTATE) of an ErrorResponse/NoticeResponse body, without
+/// decoding the others; `None` when absent or the body is malformed.
+pub fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
+    let mut c = Cursor::new(b'E', body);
+    loop {
+        let code = c.u8().ok()?;
+        if code == 0 {
+            return None;
+        }
+        let value = c.cstr_bytes().ok()?;
+        if code == field {
+            return Some(value);
+        }
+    }
+}
+
 /// A client's SASLInitialResponse: the chosen mechanism and the client-first-message.
 pub fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
     let mut c = Cursor::new(b'p', body);

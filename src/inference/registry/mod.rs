@@ -5,6 +5,7 @@
 //! `models` (a model's stored form, registry connections), `train` (pgml.train), `relation` (reading the training
 //! data from the shards) and `deploy` (pgml.deploy and its strategies).
 
+pub(in crate::inference) mod datasets;
 pub(in crate::inference) mod deploy;
 pub(in crate::inference) mod models;
 pub(in crate::inference) mod relation;

@@ -46,6 +46,19 @@ fn number(cell: Option<&[u8]>, column: &str) -> Result<f64, Refusal> {
     }
 }
 
+/// The elements of a numeric array in PostgreSQL's text form, of any number of dimensions, in row-major order
+/// (`{{1,2},{3,4}}` is 1, 2, 3, 4), as PostgresML flattens an image column. A lower-bound decoration
+/// (`[0:1]={...}`) is skipped.
+pub(in crate::inference) fn array_items(text: &str) -> impl Iterator<Item = &str> {
+    let body = match text.strip_prefix('[') {
+        Some(_) => text.split_once('=').map_or(text, |(_, b)| b),
+        None => text,
+    };
+    body.split(['{', '}', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
 /// The features and label (when `y_column` is named) of one shard's answer, appended to `x` and `y`; returns
 /// the feature names (`column` or `column[i]` for array elements).
 fn rows_of(
@@ -99,8 +112,7 @@ fn rows_of(
                 let text = cell
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                let inner = text.trim_start_matches('{').trim_end_matches('}');
-                for (k, item) in inner.split(',').filter(|s| !s.is_empty()).enumerate() {
+                for (k, item) in array_items(&text).enumerate() {
                     features.push(number(Some(item.as_bytes()), name)?);
                     if names.is_none() {
                         row_names.push(format!("{name}[{}]", k + 1));
@@ -176,4 +188,19 @@ pub(in crate::inference) async fn read_relation(
         ));
     }
     Ok((features, names, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::array_items;
+
+    #[test]
+    fn arrays_of_any_dimension_are_flattened_in_row_major_order() {
+        let items = |t| array_items(t).collect::<Vec<_>>();
+        assert_eq!(items("{1,2.5,NULL}"), ["1", "2.5", "NULL"]);
+        assert_eq!(items("{{0,1},{2,3}}"), ["0", "1", "2", "3"]);
+        assert_eq!(items("{{{1}},{{2}}}"), ["1", "2"]);
+        assert_eq!(items("[0:1]={7,8}"), ["7", "8"]);
+        assert!(items("{}").is_empty());
+    }
 }

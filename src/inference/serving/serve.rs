@@ -78,6 +78,9 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     let mut out = BytesMut::new();
     let result = match call.function.as_str() {
         "train" => train(pool, call, route.progress.as_ref(), &mut out).await,
+        "load_dataset" => {
+            crate::inference::registry::datasets::load_dataset(pool, call, &mut out).await
+        }
         "deploy"
             if call.args.len() == 1
                 && call.args[0].0.as_deref().is_none_or(|n| n == "model_id") =>
@@ -205,6 +208,7 @@ pub(in crate::inference) fn whole_call(sql: &str) -> Option<Call> {
     (matches!(
         call.function.as_str(),
         "train"
+            | "load_dataset"
             | "deploy"
             | "deploy_ab"
             | "end_ab"

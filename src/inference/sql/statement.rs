@@ -48,6 +48,7 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
             ("deployed".into(), BOOL),
         ],
         "deploy" => vec![text("project"), text("strategy"), text("algorithm")],
+        "load_dataset" => vec![text("table_name"), ("rows".into(), INT8)],
         "deploy_ab" => vec![
             text("project"),
             ("model_a".into(), INT8),

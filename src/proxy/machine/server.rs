@@ -1,8 +1,8 @@
 //! The server half of the session machine: what a run of bytes from the held server means. Messages pass through
 //! unread except the few that change what Ocelot tracks (ReadyForQuery, ParameterStatus, CommandComplete,
-//! CopyInResponse, and ErrorResponse while a request may still move to another server); statement-mapping
-//! replies the client must not see are cut out. The caller is told how many bytes to forward, whether to give the
-//! server back, and whether the request must move to another server.
+//! CopyInResponse, and ErrorResponse while a request may still move to another server or statements are mapped);
+//! statement-mapping replies the client must not see are cut out. The caller is told how many bytes to forward,
+//! whether to give the server back, and whether the request must move to another server.
 
 use bytes::{Buf, BytesMut};
 
@@ -42,15 +42,25 @@ pub(crate) trait Observer {
     fn notification(&mut self, body: &mut [u8]);
 }
 
-/// Server messages whose bodies are read.
-fn inspects(code: u8, replaying: bool) -> bool {
+/// PostgreSQL's "cached plan must not change result type" (0A000, raised by `RevalidateCachedQuery`): a
+/// statement prepared before a schema change that alters what it returns.
+fn is_stale_plan(body: &[u8]) -> bool {
+    decode::error_field(body, b'C') == Some(b"0A000")
+        && (decode::error_field(body, b'R') == Some(b"RevalidateCachedQuery")
+            || decode::error_field(body, b'M')
+                .is_some_and(|m| m.starts_with(b"cached plan must not change result type")))
+}
+
+/// Server messages whose bodies are read: those that change what is tracked, and errors while a request may
+/// still move to another server (`replaying`) or statements are mapped (`mapping`).
+fn inspects(code: u8, replaying: bool, mapping: bool) -> bool {
     matches!(
         code,
         backend::READY_FOR_QUERY
             | backend::PARAMETER_STATUS
             | backend::COMMAND_COMPLETE
             | backend::COPY_IN_RESPONSE
-    ) || (replaying && code == backend::ERROR_RESPONSE)
+    ) || ((replaying || mapping) && code == backend::ERROR_RESPONSE)
 }
 
 impl Core {
@@ -64,9 +74,13 @@ impl Core {
         obs: &mut impl Observer,
     ) -> Result<Heard, ProtocolError> {
         let replaying = self.replay.is_some();
+        let mapping = self.stmts.is_some();
         let mut heard = Heard::default();
         let mut fwd = 0usize;
-        while let Some(piece) = self.ssplit.next(&rbuf[fwd..], |c| inspects(c, replaying))? {
+        while let Some(piece) = self
+            .ssplit
+            .next(&rbuf[fwd..], |c| inspects(c, replaying, mapping))?
+        {
             if piece.starts_message() && !self.map_server_message(piece, rbuf, &mut fwd, server) {
                 continue;
             }
@@ -76,6 +90,16 @@ impl Core {
                     if fields.code.starts_with("57P") || fields.code.starts_with("08") {
                         heard.failover = Some(format!("{} ({})", fields.message, fields.code));
                         return Ok(heard);
+                    }
+                }
+                if let (true, Piece::Whole(h)) = (self.stmts.is_some(), piece) {
+                    if is_stale_plan(&rbuf[fwd + 5..fwd + h.total()]) {
+                        // The schema changed behind Ocelot's back (DDL run on the server directly): statements
+                        // prepared on this connection before it fail like this on every use, for every client
+                        // mapped onto them. Texts parsed from now on get statements of their own, and this
+                        // connection drops all of its statements when it is given back.
+                        server.dirty.deallocate_all = true;
+                        obs.schema_changed();
                     }
                 }
                 if let Some(fx) = self.effects.as_mut() {

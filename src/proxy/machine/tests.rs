@@ -290,3 +290,50 @@ fn an_invalid_length_is_an_error_not_a_panic() {
         .on_server(&mut rig.rbuf, &mut rig.server, &mut rig.obs)
         .is_err());
 }
+
+#[test]
+fn a_plan_made_stale_behind_ocelots_back_is_dropped_from_the_server() {
+    let mut rig = Rig::new(PoolMode::Transaction);
+    rig.core = Core::new(PoolMode::Transaction, ClientParams::default(), true);
+    rig.client_sends(&[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
+    let mut stale = BytesMut::new();
+    let mut body = BytesMut::new();
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'C', "0A000"),
+        (b'M', "cached plan must not change result type"),
+        (b'R', "RevalidateCachedQuery"),
+    ] {
+        body.extend_from_slice(&[field]);
+        body.extend_from_slice(value.as_bytes());
+        body.extend_from_slice(&[0]);
+    }
+    body.extend_from_slice(&[0]);
+    stale.extend_from_slice(&[backend::ERROR_RESPONSE]);
+    stale.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    stale.extend_from_slice(&body);
+    encode::ready_for_query(&mut stale, txn::IDLE);
+    let heard = rig.server_sends(&stale);
+    assert!(heard.release);
+    assert_eq!(rig.client_saw, stale.to_vec(), "the client gets the error");
+    assert!(
+        rig.server.dirty.deallocate_all,
+        "the server drops its statements at check-in"
+    );
+    assert_eq!(
+        rig.obs.schema_changes, 1,
+        "texts parsed from now on get new statements"
+    );
+
+    let mut other = Rig::new(PoolMode::Transaction);
+    other.core = Core::new(PoolMode::Transaction, ClientParams::default(), true);
+    other.client_sends(&[frontend::QUERY]);
+    other.server_sends(&msgs(|b| {
+        encode::error_response(b, Severity::Error, "0A000", "not supported", None);
+        encode::ready_for_query(b, txn::IDLE);
+    }));
+    assert!(
+        !other.server.dirty.any(),
+        "other 0A000 errors are just errors"
+    );
+}
