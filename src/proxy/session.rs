@@ -29,7 +29,7 @@ use crate::protocol::frame::{Piece, Splitter};
 use crate::protocol::ProtocolError;
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
-use crate::router::session_sql::{mentions_set_config, SessionCommand};
+use crate::router::session_sql::SessionCommand;
 use crate::shared::cancel::CancelSlot;
 use crate::stats::{ClientInfo, ClientState, Stop};
 use std::collections::HashMap;
@@ -71,8 +71,6 @@ pub struct Session {
     /// Bytes for the server when some client messages were rewritten or dropped (otherwise bytes are written
     /// straight from `cbuf`).
     sout: BytesMut,
-    /// The rest of a streamed client message is being dropped.
-    dropping: bool,
     /// LISTEN subscriptions served by the pool's shared LISTEN connection (transaction mode).
     notify: Option<Notifications>,
     /// An unnamed extended-protocol LISTEN/UNLISTEN that Ocelot is answering itself.
@@ -151,7 +149,6 @@ impl Session {
             slot: login.registration.slot.clone(),
             discard_until_sync: false,
             sout: BytesMut::new(),
-            dropping: false,
             notify: None,
             local_ext: None,
             role_override: None,

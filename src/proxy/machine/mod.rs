@@ -5,9 +5,11 @@
 //! do with them; `proxy::session` is the async driver that reads, writes, checks servers out and gives them back.
 //! So the protocol logic can be driven in unit tests with scripted messages and no PostgreSQL.
 //!
-//! The server half (what a run of server bytes means) is [`server`]; the client half still lives in the driver's
-//! `session/client_bytes.rs` and moves here next.
+//! The server half (what a run of server bytes means) is [`server`]; the client half, for a message on its way
+//! to the server, is [`client`]. Which messages need a server, and which Ocelot answers itself, is still decided
+//! in the driver's `session/client_bytes.rs`.
 
+pub(crate) mod client;
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;
@@ -47,6 +49,8 @@ pub(crate) struct Core {
     pub(crate) unsynced_execute: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     pub(crate) replay: Option<BytesMut>,
+    /// The rest of a streamed client message is being dropped.
+    pub(crate) dropping: bool,
 }
 
 impl Core {
@@ -66,6 +70,7 @@ impl Core {
             swallow_rfq: 0,
             unsynced_execute: false,
             replay: None,
+            dropping: false,
         }
     }
 }

@@ -2,13 +2,18 @@
 
 use bytes::BytesMut;
 
+use super::client::Shared;
 use super::server::{Heard, Observer};
 use super::Core;
 use crate::config::PoolMode;
 use crate::pool::client_params::ClientParams;
+use crate::pool::prepared::Registry;
 use crate::pool::state::ServerState;
 use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
+use crate::protocol::extended;
+use crate::protocol::frame::{Piece, Splitter};
+use crate::proxy::statements::ClientAction;
 use crate::router::pinning::Pins;
 
 #[derive(Default)]
@@ -52,6 +57,43 @@ impl Rig {
             rbuf: BytesMut::new(),
             obs: Recorder::default(),
             client_saw: Vec::new(),
+        }
+    }
+
+    /// The client's messages go through the machine; returns the bytes the server gets.
+    fn client_writes(&mut self, bytes: &[u8], registry: &Registry) -> Vec<u8> {
+        let mut split = Splitter::new(u32::MAX);
+        let mut sent = Vec::new();
+        let mut at = 0;
+        while let Some(piece) = split.next(&bytes[at..], |_| true).unwrap() {
+            let Piece::Whole(h) = piece else {
+                panic!("scripted messages are whole");
+            };
+            let shared = Shared { registry, cap: 100 };
+            let msg = &bytes[at..at + h.total()];
+            match self
+                .core
+                .client_message(msg, piece, &mut self.server, shared)
+                .unwrap()
+            {
+                ClientAction::Forward => sent.extend_from_slice(msg),
+                ClientAction::Replaced => sent.extend_from_slice(&self.core.scratch),
+                ClientAction::Drop => {}
+            }
+            at += h.total();
+        }
+        sent
+    }
+
+    /// Another server, as transaction mode gives the client for its next transaction.
+    fn next_server(&mut self) {
+        self.server = ServerState::default();
+        self.core.tracker = Default::default();
+        if let Some(map) = self.core.stmts.as_mut() {
+            map.attach();
+        }
+        if let Some(fx) = self.core.effects.as_mut() {
+            fx.attach();
         }
     }
 
@@ -335,5 +377,197 @@ fn a_plan_made_stale_behind_ocelots_back_is_dropped_from_the_server() {
     assert!(
         !other.server.dirty.any(),
         "other 0A000 errors are just errors"
+    );
+}
+
+fn parse(b: &mut BytesMut, name: &str, sql: &str) {
+    let mut rest = sql.as_bytes().to_vec();
+    rest.extend_from_slice(&[0, 0, 0]);
+    extended::encode_parse(b, name, &rest);
+}
+
+fn bind(b: &mut BytesMut, statement: &str) {
+    extended::encode_bind(b, "", statement, &[0, 0, 0, 0, 0, 0]);
+}
+
+fn execute_sync(b: &mut BytesMut) {
+    b.extend_from_slice(&[frontend::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    encode::empty(b, frontend::SYNC);
+}
+
+/// The message codes in `bytes`, and the first name in each Parse or Bind.
+fn names(bytes: &[u8]) -> Vec<(char, String)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let body = &rest[5..1 + len];
+        let name = match rest[0] {
+            frontend::PARSE => extended::parse(body).unwrap().0.to_owned(),
+            frontend::BIND => extended::bind(body).unwrap().1.to_owned(),
+            _ => String::new(),
+        };
+        out.push((rest[0] as char, name));
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+fn mapped_rig() -> Rig {
+    let mut rig = Rig::new(PoolMode::Transaction);
+    rig.core = Core::new(PoolMode::Transaction, ClientParams::default(), true);
+    rig
+}
+
+#[test]
+fn a_named_statement_follows_its_client_to_the_next_server() {
+    let registry = Registry::default();
+    let mut rig = mapped_rig();
+    let sent = rig.client_writes(
+        &msgs(|b| {
+            parse(b, "s1", "SELECT 1");
+            bind(b, "s1");
+            execute_sync(b);
+        }),
+        &registry,
+    );
+    let proxy_name = names(&sent)[0].1.clone();
+    assert!(proxy_name.starts_with("ocelot_"), "{proxy_name}");
+    assert_eq!(
+        names(&sent),
+        [
+            ('P', proxy_name.clone()),
+            ('B', proxy_name.clone()),
+            ('E', "".into()),
+            ('S', "".into())
+        ]
+    );
+    let answer = msgs(|b| answered(b, "SELECT 1", txn::IDLE));
+    assert!(rig.server_sends(&answer).release);
+    assert_eq!(rig.client_saw, answer.to_vec());
+
+    // The next transaction gets a server that never saw the statement: it is prepared there first, and the
+    // client does not hear that ParseComplete.
+    rig.next_server();
+    rig.client_saw.clear();
+    let sent = rig.client_writes(
+        &msgs(|b| {
+            bind(b, "s1");
+            execute_sync(b);
+        }),
+        &registry,
+    );
+    assert_eq!(
+        names(&sent),
+        [
+            ('P', proxy_name.clone()),
+            ('B', proxy_name),
+            ('E', "".into()),
+            ('S', "".into())
+        ]
+    );
+    assert!(rig.server_sends(&answer).release);
+    assert_eq!(
+        rig.client_saw,
+        answer[5..].to_vec(),
+        "all but the ParseComplete"
+    );
+}
+
+#[test]
+fn a_statement_whose_parse_failed_in_a_pipeline_is_forgotten() {
+    let registry = Registry::default();
+    let mut rig = mapped_rig();
+    let sent = rig.client_writes(
+        &msgs(|b| {
+            parse(b, "good", "SELECT 1");
+            encode::empty(b, frontend::SYNC);
+            parse(b, "bad", "SELEC 1");
+            bind(b, "bad");
+            execute_sync(b);
+            bind(b, "good");
+            execute_sync(b);
+        }),
+        &registry,
+    );
+    assert_eq!(names(&sent).len(), 9);
+    let heard = rig.server_sends(&msgs(|b| {
+        encode::empty(b, backend::PARSE_COMPLETE);
+        encode::ready_for_query(b, txn::IDLE);
+        encode::error_response(b, Severity::Error, "42601", "syntax error", None);
+        encode::ready_for_query(b, txn::IDLE);
+        encode::empty(b, backend::BIND_COMPLETE);
+        encode::command_complete(b, "SELECT 1");
+        encode::ready_for_query(b, txn::IDLE);
+    }));
+    assert!(heard.release, "three Syncs, three answers");
+    // "bad" no longer exists (the server's 26000 answers a Bind of it); "good" does, already on this server.
+    let sent = rig.client_writes(
+        &msgs(|b| {
+            bind(b, "bad");
+            bind(b, "good");
+        }),
+        &registry,
+    );
+    let good = names(&sent)[1].1.clone();
+    assert_eq!(names(&sent), [('B', "bad".into()), ('B', good)]);
+}
+
+#[test]
+fn a_set_rolled_back_with_its_transaction_is_not_carried_to_the_next_server() {
+    let registry = Registry::default();
+    let mut rig = Rig::new(PoolMode::Transaction);
+    let query = |sql: &str| msgs(|b| encode::query(b, sql));
+    rig.client_writes(&query("SET search_path TO kept"), &registry);
+    rig.server_sends(&msgs(|b| {
+        encode::command_complete(b, "SET");
+        encode::ready_for_query(b, txn::IDLE);
+    }));
+    rig.client_writes(
+        &query("BEGIN; SET search_path TO lost; SELECT 1/0"),
+        &registry,
+    );
+    rig.server_sends(&msgs(|b| {
+        encode::command_complete(b, "BEGIN");
+        encode::command_complete(b, "SET");
+        encode::error_response(b, Severity::Error, "22012", "division by zero", None);
+        encode::ready_for_query(b, txn::FAILED);
+    }));
+    rig.client_writes(&query("ROLLBACK"), &registry);
+    let heard = rig.server_sends(&msgs(|b| {
+        encode::command_complete(b, "ROLLBACK");
+        encode::ready_for_query(b, txn::IDLE);
+    }));
+    assert!(heard.release);
+    let sets: Vec<_> = rig.core.params.sets.iter().collect();
+    assert_eq!(sets.len(), 1);
+    assert!(sets[0].1.contains("kept"), "{sets:?}");
+}
+
+#[test]
+fn session_state_a_tag_cannot_show_pins_the_server_or_marks_it_for_reset() {
+    let registry = Registry::default();
+    let mut rig = Rig::new(PoolMode::Transaction);
+    rig.client_writes(
+        &msgs(|b| encode::query(b, "CREATE TEMP TABLE t (a int)")),
+        &registry,
+    );
+    let heard = rig.server_sends(&msgs(|b| {
+        encode::command_complete(b, "CREATE TABLE");
+        encode::ready_for_query(b, txn::IDLE);
+    }));
+    assert!(
+        heard.ready && !heard.release,
+        "a temporary table keeps its server"
+    );
+
+    let mut rig = Rig::new(PoolMode::Transaction);
+    rig.client_writes(
+        &msgs(|b| encode::query(b, "SELECT set_config('app.user', 'alice', false)")),
+        &registry,
+    );
+    assert!(
+        rig.server.dirty.reset_all,
+        "the server is reset before anyone else gets it"
     );
 }

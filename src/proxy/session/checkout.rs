@@ -1,91 +1,9 @@
-//! Between a client's message and a server: noting the session commands a message carries and mapping its
-//! prepared statement names, answering what needs no server, checking a server out (and telling the client when
+//! Between a client's message and a server: answering what needs no server, checking a server out (and telling the client when
 //! that fails), and bringing the server's session in line with the client's.
 
 use super::*;
 
 impl Session {
-    /// Notes session commands in a client message that starts at `cbuf[fwd..]`. Malformed bodies are left for
-    /// the server to reject.
-    pub(super) fn track_effects(&mut self, fwd: usize, piece: &Piece) {
-        let (Some(fx), Piece::Whole(h)) = (self.core.effects.as_mut(), piece) else {
-            if let (Some(fx), frontend::SYNC) = (self.core.effects.as_mut(), piece.code()) {
-                fx.sync();
-            }
-            return;
-        };
-        let body = &self.cbuf[fwd + 5..fwd + h.total()];
-        // A set_config that is not recognised as a plain session SET could still change a setting: the
-        // server is reset before anyone else gets it.
-        if matches!(h.code, frontend::QUERY | frontend::PARSE) {
-            if mentions_set_config(body) {
-                if let Some(server) = self.server.as_mut() {
-                    server.state.dirty.reset_all = true;
-                }
-            }
-            let sql = match h.code {
-                frontend::PARSE => crate::protocol::extended::parse(body)
-                    .map(|(_, rest)| rest.split(|&b| b == 0).next().unwrap_or_default())
-                    .unwrap_or_default(),
-                _ => body,
-            };
-            let change = crate::router::pinning::scan(sql);
-            let before = self.core.pins;
-            self.core.pins.remove(change.remove);
-            self.core.pins.insert(change.add);
-            if self.core.pins != before {
-                tracing::debug!(held = %self.core.pins.describe(), "transaction-mode client pinned to its server while it holds session state");
-            }
-        }
-        match h.code {
-            frontend::QUERY => fx.query(body.strip_suffix(&[0]).unwrap_or(body)),
-            frontend::SYNC => fx.sync(),
-            frontend::PARSE => {
-                if let Ok((name, rest)) = crate::protocol::extended::parse(body) {
-                    let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
-                    fx.parse(name, sql);
-                }
-            }
-            frontend::BIND => {
-                if let Ok((portal, statement, rest)) = crate::protocol::extended::bind(body) {
-                    let params = crate::protocol::extended::bind_params(rest).ok();
-                    fx.bind(portal, statement, params.as_deref());
-                }
-            }
-            frontend::EXECUTE => {
-                let portal = body.split(|&b| b == 0).next().unwrap_or_default();
-                fx.execute(std::str::from_utf8(portal).unwrap_or("\u{0}"));
-            }
-            _ => {}
-        }
-    }
-
-    /// Runs a client message that starts at `cbuf[fwd..]` through the prepared statement map, if any. A
-    /// replacement is left in `scratch`.
-    pub(super) fn map_statement(
-        &mut self,
-        fwd: usize,
-        piece: &Piece,
-    ) -> Result<ClientAction, ProtocolError> {
-        let (Some(map), Some(pooled)) = (self.core.stmts.as_mut(), self.server.as_mut()) else {
-            return Ok(ClientAction::Forward);
-        };
-        let body = match piece {
-            Piece::Whole(h) => &self.cbuf[fwd + 5..fwd + h.total()],
-            Piece::Part { .. } => &[][..],
-        };
-        self.core.scratch.clear();
-        let conn: &mut ServerConn = pooled;
-        map.client_message(
-            piece.code(),
-            body,
-            &mut conn.state.statements,
-            &self.pool.statements,
-            self.pool.prepared_cache,
-            &mut self.core.scratch,
-        )
-    }
-
     /// Answers `Parse` + `Sync` of a statement text the pool has prepared before, without a server (see
     /// [`StatementMap::parse_without_server`]). `Some(true)` when answered, `Some(false)` when the request is not
     /// that, `None` when the message after the Parse has not arrived yet.
@@ -112,7 +30,7 @@ impl Session {
             return Ok(Some(false));
         }
         // Noted as a forwarded Parse would be, so a later Bind of a session-changing statement is recognised.
-        self.track_effects(0, piece);
+        self.core.track_effects(&self.cbuf, *piece, None);
         self.cbuf.advance(h.total() + sync.len());
         let status = self.status_without_server();
         encode::empty(&mut self.core.out, backend::PARSE_COMPLETE);

@@ -3,6 +3,7 @@
 //! one is needed.
 
 use super::*;
+use crate::proxy::machine::client::Shared;
 
 impl Session {
     /// Handles what the client sent: forwards whole runs of bytes to the server, checking one out first when
@@ -103,7 +104,6 @@ impl Session {
                 break;
             }
             if starts {
-                self.dropping = false;
                 // A pgml.* call while a server is held (a transaction): answered in order, after the server.
                 if fwd == 0 {
                     match Box::pin(self.intercept_pgml(&piece)).await? {
@@ -147,33 +147,34 @@ impl Session {
                         }
                     }
                 }
-                self.core.tracker.client_message(code);
-                if code == frontend::EXECUTE {
-                    self.core.unsynced_execute = true;
+            }
+            let action = match self.server.as_mut() {
+                Some(server) => self.core.client_message(
+                    &self.cbuf[fwd..],
+                    piece,
+                    &mut server.state,
+                    Shared {
+                        registry: &self.pool.statements,
+                        cap: self.pool.prepared_cache,
+                    },
+                )?,
+                None => ClientAction::Forward,
+            };
+            match action {
+                ClientAction::Forward => {}
+                ClientAction::Replaced => {
+                    self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                    self.sout.extend_from_slice(&self.core.scratch);
+                    self.cbuf.advance(fwd + piece.len());
+                    fwd = 0;
+                    continue;
                 }
-                self.track_effects(fwd, &piece);
-                match self.map_statement(fwd, &piece)? {
-                    ClientAction::Forward => {}
-                    ClientAction::Replaced => {
-                        self.sout.extend_from_slice(&self.cbuf[..fwd]);
-                        self.sout.extend_from_slice(&self.core.scratch);
-                        self.cbuf.advance(fwd + piece.len());
-                        fwd = 0;
-                        continue;
-                    }
-                    ClientAction::Drop => {
-                        self.sout.extend_from_slice(&self.cbuf[..fwd]);
-                        self.cbuf.advance(fwd + piece.len());
-                        fwd = 0;
-                        self.dropping = !matches!(piece, Piece::Whole(_));
-                        continue;
-                    }
+                ClientAction::Drop => {
+                    self.sout.extend_from_slice(&self.cbuf[..fwd]);
+                    self.cbuf.advance(fwd + piece.len());
+                    fwd = 0;
+                    continue;
                 }
-            } else if self.dropping {
-                self.sout.extend_from_slice(&self.cbuf[..fwd]);
-                self.cbuf.advance(fwd + piece.len());
-                fwd = 0;
-                continue;
             }
             fwd += piece.len();
             // Where requests are routed (replicas, shards), the next request may belong elsewhere: it waits in
