@@ -1090,6 +1090,30 @@ async fn load_dataset_creates_postgresmls_tables_and_they_train() {
         ),
         "10,64"
     );
+    // Training a project again without naming the data reuses its last snapshot, as regression.sql does.
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.train('Diabetes Progression', algorithm => 'ridge')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        row[0][..3],
+        [
+            Some("Diabetes Progression".into()),
+            Some("regression".into()),
+            Some("ridge".into())
+        ]
+    );
+    assert_eq!(
+        pg.psql_admin_db("app", "SELECT count(DISTINCT snapshot_id) || ' ' || count(*) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE p.name = 'Diabetes Progression'"),
+        "1 2"
+    );
+    let e = c
+        .simple_query("SELECT * FROM pgml.train('Never Trained', 'regression')")
+        .await
+        .unwrap_err();
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(message.contains("the first time you train"), "{message}");
     let e = c
         .simple_query("SELECT * FROM pgml.load_dataset('squad')")
         .await

@@ -56,15 +56,14 @@ pub(in crate::inference) async fn train(
         Choice::Invalid(m) => refuse("22023", m),
     })?;
     let algorithm = algo.recorded_name(&algorithm).to_owned();
-    let relation = text_arg(&args, "relation_name").ok_or_else(|| {
-        refuse(sqlstate::FEATURE_NOT_SUPPORTED, "training again from a project's last snapshot is not supported yet: pass relation_name and y_column_name")
-    })?;
-    let y_column = text_arg(&args, "y_column_name");
-    if task != "clustering" && y_column.is_none() {
-        return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
-    }
-    let sampling = text_arg(&args, "test_sampling").unwrap_or_else(|| "stratified".into());
-    let test_size = args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25);
+    let project_id = existing.as_deref().and_then(|e| e.split(':').next());
+    let Source {
+        relation,
+        y_column,
+        sampling,
+        test_size,
+        snapshot_id,
+    } = source(&args, &mut conn, project_id, &task).await?;
     let started = Instant::now();
     let (features, names, y) = read_relation(
         pool,
@@ -108,7 +107,8 @@ pub(in crate::inference) async fn train(
         &mut conn,
         Trained {
             project: &project,
-            project_id: existing.as_deref().and_then(|e| e.split(':').next()),
+            project_id,
+            snapshot_id: snapshot_id.as_deref(),
             task: &task,
             relation: &relation,
             y_column: y_column.as_deref(),
@@ -275,6 +275,8 @@ struct Trained<'a> {
     project: &'a str,
     /// The project's id when it exists already.
     project_id: Option<&'a str>,
+    /// Reused instead of writing a new snapshot.
+    snapshot_id: Option<&'a str>,
     task: &'a str,
     relation: &'a str,
     y_column: Option<&'a str>,
@@ -291,6 +293,61 @@ struct Trained<'a> {
     target: &'static str,
     score: f64,
     auto_deploy: bool,
+}
+
+/// What a model is trained on: the relation and label, and how it is split.
+struct Source {
+    relation: String,
+    y_column: Option<String>,
+    sampling: String,
+    test_size: f64,
+    /// The project's last snapshot, when training again from it.
+    snapshot_id: Option<String>,
+}
+
+/// The training data the call names, or, when it names no relation, the project's last snapshot with the split
+/// it was made with (PostgresML's "Using existing snapshot").
+async fn source(
+    args: &BTreeMap<&str, Arg>,
+    conn: &mut ServerConn,
+    project_id: Option<&str>,
+    task: &str,
+) -> Result<Source, Refusal> {
+    if let Some(relation) = text_arg(args, "relation_name") {
+        let y_column = text_arg(args, "y_column_name");
+        if task != "clustering" && y_column.is_none() {
+            return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
+        }
+        return Ok(Source {
+            relation,
+            y_column,
+            sampling: text_arg(args, "test_sampling").unwrap_or_else(|| "stratified".into()),
+            test_size: args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25),
+            snapshot_id: None,
+        });
+    }
+    let first_time = || {
+        refuse(
+            sqlstate::INTERNAL_ERROR,
+            "You must pass a `relation_name` and `y_column_name` to snapshot the first time you train a model.",
+        )
+    };
+    let project_id = project_id.ok_or_else(first_time)?;
+    let row = conn
+        .query_row(&format!(
+            "SELECT s.id, s.relation_name, s.y_column_name[1], s.test_size, s.test_sampling FROM pgml.snapshots s \
+             JOIN pgml.models m ON m.snapshot_id = s.id WHERE m.project_id = {project_id} ORDER BY m.id DESC LIMIT 1"
+        ))
+        .await?
+        .ok_or_else(first_time)?;
+    let cell = |i: usize| row.get(i).cloned().flatten();
+    Ok(Source {
+        relation: cell(1).ok_or_else(first_time)?,
+        y_column: cell(2),
+        sampling: cell(4).unwrap_or_else(|| "stratified".into()),
+        test_size: cell(3).and_then(|t| t.parse().ok()).unwrap_or(0.25),
+        snapshot_id: cell(0),
+    })
 }
 
 /// Writes the project (when new), snapshot, model, file and, when it wins, deployment rows; returns whether the
@@ -334,25 +391,28 @@ async fn record(
         .await?
         .unwrap_or_default(),
     };
-    let snapshot_id = value(
-        conn,
-        &format!(
-            "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
-            quote_literal(relation),
-            y_column.map_or_else(|| "NULL".into(), |y| format!("ARRAY[{}]", quote_literal(y))),
-            quote_literal(sampling),
-            quote_literal(&columns),
-            quote_literal(
-                &serde_json::json!({
-                    "samples": n,
-                    "ocelot_drift": baseline,
-                })
-                .to_string()
+    let snapshot_id = match t.snapshot_id {
+        Some(id) => id.to_owned(),
+        None => value(
+            conn,
+            &format!(
+                "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
+                quote_literal(relation),
+                y_column.map_or_else(|| "NULL".into(), |y| format!("ARRAY[{}]", quote_literal(y))),
+                quote_literal(sampling),
+                quote_literal(&columns),
+                quote_literal(
+                    &serde_json::json!({
+                        "samples": n,
+                        "ocelot_drift": baseline,
+                    })
+                    .to_string()
+                ),
             ),
-        ),
-    )
-    .await?
-    .unwrap_or_default();
+        )
+        .await?
+        .unwrap_or_default(),
+    };
     let metrics_json = serde_json::Value::Object(metrics).to_string();
     let model_id = value(
         conn,
