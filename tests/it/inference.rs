@@ -1007,6 +1007,21 @@ async fn two_dimensional_array_columns_are_flattened_into_features() {
     let top = first_value(&c, "SELECT pgml.predict('digits2', ARRAY[12, 12, 1, 1])").await;
     let bottom = first_value(&c, "SELECT pgml.predict('digits2', ARRAY[1, 1, 12, 12])").await;
     assert_eq!((top.as_str(), bottom.as_str()), ("1", "0"));
+    // Per row, from the array column itself, as image_classification.sql predicts.
+    let rows = rows_of(
+        &c.simple_query("SELECT target, pgml.predict('digits2', image) AS prediction FROM images")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows.len(), 40);
+    for r in &rows {
+        assert_eq!(r[0], r[1], "{rows:?}");
+    }
+    let e = c
+        .simple_query("SELECT pgml.predict('digits2', image[1:1]) FROM images")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22023"), "{e:?}");
 }
 
 /// `pgml.load_dataset` makes PostgresML's tables from the data Ocelot carries, and PostgresML's examples train

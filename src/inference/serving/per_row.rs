@@ -26,9 +26,12 @@ pub struct PerRow {
     pub outputs: Vec<Option<usize>>,
     /// Columns of the servers' answer holding the features, in order.
     pub features: Vec<usize>,
-    /// The prediction column's name.
     /// The features came as `ROW(...)`: the model's preprocessing applies.
     pub row: bool,
+    /// The one feature expression is an array (a column such as PostgresML's `image`): its elements, flattened,
+    /// are the features.
+    pub spread: bool,
+    /// The prediction column's name.
     pub name: String,
     /// ORDER BY the prediction (`Some(descending)`), applied by Ocelot with OFFSET and LIMIT.
     pub order: Option<bool>,
@@ -36,9 +39,19 @@ pub struct PerRow {
     pub offset: u64,
 }
 
-/// A `pgml.predict(target, features)` call: its target, its feature expressions, and whether they came as a
-/// `ROW(...)` (preprocessed by the model) rather than an array.
-fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, bool)> {
+/// How a call gives its features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    /// `ARRAY[a, b, ...]`: one expression per feature.
+    Array,
+    /// `ROW(a, b, ...)` or `(a, b, ...)`: preprocessed by the model.
+    Row,
+    /// Any other expression, an array-valued column: its elements are the features.
+    Spread,
+}
+
+/// A `pgml.predict(target, features)` call: its target, its feature expressions, and how they are given.
+fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, Given)> {
     let Expr::Function(f) = e else {
         return None;
     };
@@ -78,8 +91,8 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, bool)> {
         features = expr;
     }
     match features {
-        Expr::Array(array) => Some((target, array.elem.clone(), false)),
-        Expr::Tuple(items) => Some((target, items.clone(), true)),
+        Expr::Array(array) => Some((target, array.elem.clone(), Given::Array)),
+        Expr::Tuple(items) => Some((target, items.clone(), Given::Row)),
         Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("row") => {
             let FunctionArguments::List(list) = &f.args else {
                 return None;
@@ -92,9 +105,10 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, bool)> {
                     _ => None,
                 })
                 .collect();
-            Some((target, items?, true))
+            Some((target, items?, Given::Row))
         }
-        _ => None,
+        Expr::Value(_) => None,
+        e => Some((target, vec![e.clone()], Given::Spread)),
     }
 }
 
@@ -114,14 +128,14 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
             SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
             _ => continue,
         };
-        if let Some((target, features, row)) = is_predict(e) {
+        if let Some((target, features, given)) = is_predict(e) {
             if found.is_some() {
                 return Some(Err("more than one pgml.predict per query"));
             }
-            found = Some((i, target, features, alias, row));
+            found = Some((i, target, features, alias, given));
         }
     }
-    let (at, target, features, alias, row) = found?;
+    let (at, target, features, alias, given) = found?;
     if features.iter().all(|f| matches!(f, Expr::Value(_))) {
         return None;
     }
@@ -193,7 +207,8 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
         target,
         outputs,
         features: feature_cols,
-        row,
+        row: given == Given::Row,
+        spread: given == Given::Spread,
         name,
         order,
         limit,
@@ -239,6 +254,16 @@ mod tests {
             assert_eq!(p.features, vec![0, 1]);
         }
         assert!(plan("SELECT pgml.predict('p', ARRAY[1, 2])").is_none());
+        // An array column, as PostgresML's image_classification.sql predicts from `image`.
+        let p = plan("SELECT target, pgml.predict('digits', image) AS p FROM pgml.digits LIMIT 10")
+            .unwrap()
+            .unwrap();
+        assert!(p.spread && !p.row);
+        assert_eq!(
+            p.sql,
+            "SELECT target, image AS ocelot_feature_0 FROM pgml.digits LIMIT 10"
+        );
+        assert!(plan("SELECT pgml.predict('p', 'x'::text)").is_none());
         assert!(plan("SELECT 1").is_none());
         assert!(plan("SELECT *, pgml.predict('p', ARRAY[a]) FROM t")
             .unwrap()

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use crate::database::fanout::{run, Merge};
 use crate::database::UserPool;
 use crate::inference::registry::models::{refuse, resolve_for, Refusal};
+use crate::inference::registry::relation::array_items;
 use crate::inference::serving::cache::Loaded;
 use crate::inference::serving::per_row::PerRow;
 use crate::inference::serving::serve::{float4_text, ReadRoute};
@@ -36,7 +37,7 @@ pub(in crate::inference) async fn per_row(
     };
     let loaded = &chosen.model;
     let model = &loaded.model;
-    if plan.features.len() != model.num_features() {
+    if !plan.spread && plan.features.len() != model.num_features() {
         return Err(refuse(
             "22023",
             format!(
@@ -168,14 +169,24 @@ fn predict(
                 .copied()
                 .flatten()
                 .map(|v| std::str::from_utf8(v).unwrap_or_default());
-            x.push(match t {
-                None => f64::NAN,
-                Some("t") => 1.0,
-                Some("f") => 0.0,
-                Some(t) => t
-                    .parse::<f64>()
-                    .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number")))?,
-            });
+            match (t, plan.spread) {
+                (Some(t), true) => {
+                    for item in array_items(t) {
+                        x.push(feature(Some(item))?);
+                    }
+                }
+                (t, _) => x.push(feature(t)?),
+            }
+        }
+        if plan.spread && x.len() != model.model.num_features() {
+            return Err(refuse(
+                "22023",
+                format!(
+                    "the model expects {} features, got an array of {}",
+                    model.model.num_features(),
+                    x.len()
+                ),
+            ));
         }
         let fed = match (b, x.first()) {
             (Some((ab, b_model)), Some(k)) if !k.is_nan() => {
@@ -211,6 +222,18 @@ fn predict(
         out.push((y, row));
     }
     Ok((out, in_b))
+}
+
+/// One feature's text as a number: NULL is missing (NaN), booleans are 0 and 1.
+fn feature(t: Option<&str>) -> Result<f64, Refusal> {
+    match t {
+        None | Some("NULL") => Ok(f64::NAN),
+        Some("t") => Ok(1.0),
+        Some("f") => Ok(0.0),
+        Some(t) => t
+            .parse::<f64>()
+            .map_err(|_| refuse("22023", format!("feature value {t:?} is not a number"))),
+    }
 }
 
 /// The client's answer: its columns (`rd` is the servers' RowDescription), the rows within OFFSET and LIMIT.
