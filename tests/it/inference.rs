@@ -1137,3 +1137,100 @@ async fn load_dataset_creates_postgresmls_tables_and_they_train() {
     let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
     assert!(message.contains("Hugging Face"), "{message}");
 }
+
+/// joint_regression.sql's calls: `pgml.train_joint` fits every label, `pgml.predict_joint` answers them all, as
+/// constants and per row; a joint target equals the same target trained alone. Per-row probabilities and a model
+/// id taken from a column, as binary_classification.sql and regression.sql use them.
+#[tokio::test]
+async fn joint_regression_per_row_probabilities_and_model_ids_from_a_column() {
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    for name in ["linnerud", "iris"] {
+        c.simple_query(&format!("SELECT pgml.load_dataset('{name}')"))
+            .await
+            .unwrap();
+    }
+    let row = rows_of(
+        &c.simple_query("SELECT * FROM pgml.train_joint('Exercise vs Physiology', 'regression', 'pgml.linnerud', ARRAY['weight', 'waist', 'pulse'], test_sampling => 'last')")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(row[0][2].as_deref(), Some("linear"));
+    // Retraining reuses the snapshot with all three labels.
+    c.simple_query(
+        "SELECT * FROM pgml.train_joint('Exercise vs Physiology', algorithm => 'ridge')",
+    )
+    .await
+    .unwrap();
+    c.simple_query("SELECT * FROM pgml.deploy('Exercise vs Physiology', 'most_recent', 'linear')")
+        .await
+        .unwrap();
+    let joint = first_value(
+        &c,
+        "SELECT pgml.predict_joint('Exercise vs Physiology', ARRAY[5, 162, 60])",
+    )
+    .await;
+    let joint: Vec<f64> = joint
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(joint.len(), 3);
+    pg.psql_admin_db(
+        "app",
+        "CREATE VIEW weight_only AS SELECT chins, situps, jumps, weight FROM pgml.linnerud",
+    );
+    c.simple_query("SELECT * FROM pgml.train('weight', 'regression', 'weight_only', 'weight', test_sampling => 'last')")
+        .await
+        .unwrap();
+    let alone: f64 = first_value(&c, "SELECT pgml.predict('weight', ARRAY[5, 162, 60])")
+        .await
+        .parse()
+        .unwrap();
+    assert!(
+        (alone - joint[0]).abs() < 1e-3 * alone.abs(),
+        "{alone} vs {joint:?}"
+    );
+    let rows = rows_of(
+        &c.simple_query("SELECT weight, pgml.predict_joint('Exercise vs Physiology', ARRAY[chins, situps, jumps]) AS prediction FROM pgml.linnerud LIMIT 10")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows.len(), 10);
+    assert!(rows
+        .iter()
+        .all(|r| r[1].as_deref().unwrap().split(',').count() == 3));
+
+    c.simple_query(
+        "SELECT * FROM pgml.train('Iris Flower Types', 'classification', 'pgml.iris', 'target')",
+    )
+    .await
+    .unwrap();
+    let rows = rows_of(
+        &c.simple_query("SELECT target, pgml.predict_proba('Iris Flower Types', ARRAY[sepal_length, sepal_width, petal_length, petal_width]) AS p FROM pgml.iris ORDER BY random() LIMIT 10")
+            .await
+            .unwrap(),
+    );
+    for r in &rows {
+        let p: Vec<f64> = r[1]
+            .as_deref()
+            .unwrap()
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(p.len(), 3);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{p:?}");
+    }
+    let rows = rows_of(
+        &c.simple_query("SELECT model_id, target, pgml.predict(model_id, ARRAY[sepal_length, sepal_width, petal_length, petal_width]) AS prediction FROM pgml.iris CROSS JOIN LATERAL (SELECT pgml.models.id AS model_id FROM pgml.models INNER JOIN pgml.projects ON pgml.models.project_id = pgml.projects.id WHERE pgml.projects.name = 'Iris Flower Types' LIMIT 1) models LIMIT 10")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows.len(), 10);
+    let right = rows.iter().filter(|r| r[1] == r[2]).count();
+    assert!(right >= 8, "{rows:?}");
+}

@@ -1,5 +1,5 @@
 //! `pgml.load_dataset(source)`: the scikit-learn toy datasets PostgresML's examples train on, created as PostgresML
-//! creates them (`pgml.<name>` dropped and made again, same columns, types and row order). The rows ship inside
+//! creates them (`pgml.<name>` dropped, with what depends on it, and made again, same columns, types and row order). The rows ship inside
 //! the binary (`data/datasets/*.csv`, written by `scripts/make-datasets.py` from scikit-learn), so nothing is
 //! downloaded. On a sharded pool the table is made on every shard and the rows go to the first, so training
 //! (which reads every shard) sees each row once.
@@ -124,7 +124,7 @@ pub(in crate::inference) async fn load_dataset(
     let table = format!("pgml.{}", set.name);
     let (rows, n) = first_rows(set.csv, limit);
     let create = format!(
-        "CREATE SCHEMA IF NOT EXISTS pgml; DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({})",
+        "CREATE SCHEMA IF NOT EXISTS pgml; DROP TABLE IF EXISTS {table} CASCADE; CREATE TABLE {table} ({})",
         set.columns
     );
     for shard in 0..pool.shards.len() {

@@ -7,6 +7,7 @@
 
 pub(in crate::inference) mod datasets;
 pub(in crate::inference) mod deploy;
+pub(in crate::inference) mod joint;
 pub(in crate::inference) mod models;
 pub(in crate::inference) mod relation;
 pub(in crate::inference) mod train;

@@ -36,28 +36,45 @@ pub enum Estimator {
     Boosted(Boosted),
     Forest(Forest),
     KMeans(KMeans),
+    /// A joint regression (`pgml.train_joint`): one estimator per target, in the order of the labels.
+    Joint {
+        targets: Vec<Estimator>,
+    },
 }
 
-impl Model {
-    pub(in crate::inference) fn num_features(&self) -> usize {
-        match &self.estimator {
+impl Estimator {
+    fn num_features(&self) -> usize {
+        match self {
             Estimator::Linear(m) => m.coef.len(),
             Estimator::Logistic(m) => m.num_features(),
             Estimator::Boosted(m) => m.num_features(),
             Estimator::Forest(m) => m.num_features(),
             Estimator::KMeans(m) => m.num_features(),
+            Estimator::Joint { targets } => targets.first().map_or(0, Estimator::num_features),
         }
     }
 
-    /// The prediction for raw features (the array overloads, which skip preprocessing as PostgresML's do).
-    pub(in crate::inference) fn predict(&self, x: &[f64]) -> f64 {
-        match &self.estimator {
+    fn predict(&self, x: &[f64]) -> f64 {
+        match self {
             Estimator::Linear(m) => m.predict(x),
             Estimator::Logistic(m) => m.predict(x),
             Estimator::Boosted(m) => m.predict(x),
             Estimator::Forest(m) => m.predict(x),
             Estimator::KMeans(m) => m.predict(x),
+            // The first target, as a one-valued prediction of a joint model.
+            Estimator::Joint { targets } => targets.first().map_or(f64::NAN, |t| t.predict(x)),
         }
+    }
+}
+
+impl Model {
+    pub(in crate::inference) fn num_features(&self) -> usize {
+        self.estimator.num_features()
+    }
+
+    /// The prediction for raw features (the array overloads, which skip preprocessing as PostgresML's do).
+    pub(in crate::inference) fn predict(&self, x: &[f64]) -> f64 {
+        self.estimator.predict(x)
     }
 
     /// Readies features for the model: a `ROW(...)` of the training relation's columns is preprocessed (NULL,
@@ -88,14 +105,23 @@ impl Model {
             Estimator::Logistic(m) => Some(m.predict_proba(x)),
             Estimator::Boosted(m) => m.predict_proba(x),
             Estimator::Forest(m) => m.predict_proba(x),
-            Estimator::Linear(_) | Estimator::KMeans(_) => None,
+            Estimator::Linear(_) | Estimator::KMeans(_) | Estimator::Joint { .. } => None,
+        }
+    }
+
+    /// The values of every target of a regression (one for a model trained with `pgml.train`); `None` for a
+    /// classifier or a clustering.
+    pub(in crate::inference) fn predict_joint(&self, x: &[f64]) -> Option<Vec<f64>> {
+        match &self.estimator {
+            Estimator::Joint { targets } => Some(targets.iter().map(|t| t.predict(x)).collect()),
+            _ => self.is_regression().then(|| vec![self.predict(x)]),
         }
     }
 
     /// Whether the model predicts a continuous value (and so has a joint prediction).
     pub(in crate::inference) fn is_regression(&self) -> bool {
         match &self.estimator {
-            Estimator::Linear(_) => true,
+            Estimator::Linear(_) | Estimator::Joint { .. } => true,
             Estimator::Boosted(m) => !m.is_classifier(),
             Estimator::Forest(m) => !m.is_classifier(),
             Estimator::Logistic(_) | Estimator::KMeans(_) => false,

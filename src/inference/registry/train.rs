@@ -57,25 +57,34 @@ pub(in crate::inference) async fn train(
     })?;
     let algorithm = algo.recorded_name(&algorithm).to_owned();
     let project_id = existing.as_deref().and_then(|e| e.split(':').next());
+    let joint = call.function == "train_joint";
     let Source {
         relation,
-        y_column,
+        labels,
         sampling,
         test_size,
         snapshot_id,
-    } = source(&args, &mut conn, project_id, &task).await?;
+    } = source(&args, &mut conn, project_id, &task, joint).await?;
     let started = Instant::now();
-    let (features, names, y) = read_relation(
-        pool,
-        &relation,
-        y_column.as_deref(),
-        sampling_order(&sampling)?,
-    )
-    .await?;
+    let order = sampling_order(&sampling)?;
+    let (features, names, mut ys) = if joint {
+        let (x, names, _) = read_relation(pool, &relation, None, order).await?;
+        crate::inference::registry::joint::split_labels(x, names, &labels)?
+    } else {
+        let (x, names, y) =
+            read_relation(pool, &relation, labels.first().map(String::as_str), order).await?;
+        (x, names, vec![y])
+    };
+    let y = if ys.is_empty() {
+        Vec::new()
+    } else {
+        ys.remove(0)
+    };
     let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
     // What drift monitoring compares the features fed to the model with (raw, before preprocessing).
     let baseline = crate::inference::ops::drift::Baseline::from_rows(&features, &names);
     let mut data = Split::new(features, y, test_size)?;
+    data.more_targets = ys;
     if sampling == "stratified" && task == "classification" {
         crate::inference::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
     }
@@ -91,8 +100,14 @@ pub(in crate::inference) async fn train(
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
     let (tx, ty) = data.test();
-    let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
-    let (mut metrics, target) = algorithms::metrics(&task, tx, ty, &predicted);
+    let (mut metrics, target) = if data.more_targets.is_empty() {
+        let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
+        algorithms::metrics(&task, tx, ty, &predicted)
+    } else {
+        let mut truths = vec![ty];
+        truths.extend(data.more_targets.iter().map(|y| data.test_labels(y)));
+        crate::inference::registry::joint::metrics(&task, &model, tx, &truths)
+    };
     metrics.insert("fit_time".into(), fit_time.into());
     metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
     let score = metrics
@@ -111,7 +126,7 @@ pub(in crate::inference) async fn train(
             snapshot_id: snapshot_id.as_deref(),
             task: &task,
             relation: &relation,
-            y_column: y_column.as_deref(),
+            labels: &labels,
             sampling: &sampling,
             test_size,
             samples: data.x.len(),
@@ -185,6 +200,8 @@ fn sampling_order(sampling: &str) -> Result<&'static str, Refusal> {
 struct Split {
     x: Vec<Vec<f64>>,
     y: Vec<f64>,
+    /// The other targets of a joint regression, row for row with `y`.
+    more_targets: Vec<Vec<f64>>,
     n_train: usize,
     n_test: usize,
 }
@@ -206,6 +223,7 @@ impl Split {
         Ok(Split {
             x,
             y,
+            more_targets: Vec::new(),
             n_train: n - n_test,
             n_test,
         })
@@ -224,12 +242,21 @@ impl Split {
 
     /// The test rows and labels (the training rows when there is no test split).
     fn test(&self) -> (&[Vec<f64>], &[f64]) {
-        let rows = if self.n_test == 0 {
+        let rows = self.test_rows();
+        (&self.x[rows.clone()], self.y.get(rows).unwrap_or_default())
+    }
+
+    /// The test split of another target's labels.
+    fn test_labels<'a>(&self, y: &'a [f64]) -> &'a [f64] {
+        y.get(self.test_rows()).unwrap_or_default()
+    }
+
+    fn test_rows(&self) -> std::ops::Range<usize> {
+        if self.n_test == 0 {
             0..self.n_train
         } else {
             self.n_train..self.x.len()
-        };
-        (&self.x[rows.clone()], self.y.get(rows).unwrap_or_default())
+        }
     }
 }
 
@@ -262,12 +289,33 @@ async fn fit_off_thread(
             }
         };
         let n = data.n_train;
-        let fitted = algo.fit(&data.x[..n], &data.y[..n.min(data.y.len())], &mut step);
+        let fitted = fit_targets(&algo, &data, n, &mut step);
         (data, fitted)
     })
     .await
     .map_err(|e| refuse(sqlstate::INTERNAL_ERROR, format!("training failed: {e}")))?;
     Ok((data, fitted.map_err(|e| refuse("22023", e))?))
+}
+
+/// Fits the estimator on the first `n` rows: one for the label, or one per target of a joint regression.
+fn fit_targets(
+    algo: &Algo,
+    data: &Split,
+    n: usize,
+    step: &mut dyn FnMut(usize, usize),
+) -> Result<Estimator, String> {
+    let fit = |y: &[f64], step: &mut dyn FnMut(usize, usize)| {
+        algo.fit(&data.x[..n], &y[..n.min(y.len())], step)
+    };
+    let first = fit(&data.y, step)?;
+    if data.more_targets.is_empty() {
+        return Ok(first);
+    }
+    let mut targets = vec![first];
+    for y in &data.more_targets {
+        targets.push(fit(y, step)?);
+    }
+    Ok(Estimator::Joint { targets })
 }
 
 /// A model just fitted, with what the registry records about it.
@@ -279,7 +327,8 @@ struct Trained<'a> {
     snapshot_id: Option<&'a str>,
     task: &'a str,
     relation: &'a str,
-    y_column: Option<&'a str>,
+    /// The label columns: none for clustering, several for a joint regression.
+    labels: &'a [String],
     sampling: &'a str,
     test_size: f64,
     samples: usize,
@@ -298,7 +347,7 @@ struct Trained<'a> {
 /// What a model is trained on: the relation and label, and how it is split.
 struct Source {
     relation: String,
-    y_column: Option<String>,
+    labels: Vec<String>,
     sampling: String,
     test_size: f64,
     /// The project's last snapshot, when training again from it.
@@ -312,15 +361,23 @@ async fn source(
     conn: &mut ServerConn,
     project_id: Option<&str>,
     task: &str,
+    joint: bool,
 ) -> Result<Source, Refusal> {
     if let Some(relation) = text_arg(args, "relation_name") {
-        let y_column = text_arg(args, "y_column_name");
-        if task != "clustering" && y_column.is_none() {
+        let labels: Vec<String> = match args.get("y_column_name") {
+            Some(Arg::Array(items, _)) if joint => items
+                .iter()
+                .filter_map(|a| a.as_text().map(str::to_owned))
+                .collect(),
+            _ if joint => Vec::new(),
+            _ => text_arg(args, "y_column_name").into_iter().collect(),
+        };
+        if task != "clustering" && labels.is_empty() {
             return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
         }
         return Ok(Source {
             relation,
-            y_column,
+            labels,
             sampling: text_arg(args, "test_sampling").unwrap_or_else(|| "stratified".into()),
             test_size: args.get("test_size").and_then(Arg::as_f64).unwrap_or(0.25),
             snapshot_id: None,
@@ -335,7 +392,7 @@ async fn source(
     let project_id = project_id.ok_or_else(first_time)?;
     let row = conn
         .query_row(&format!(
-            "SELECT s.id, s.relation_name, s.y_column_name[1], s.test_size, s.test_sampling FROM pgml.snapshots s \
+            "SELECT s.id, s.relation_name, array_to_json(s.y_column_name), s.test_size, s.test_sampling FROM pgml.snapshots s \
              JOIN pgml.models m ON m.snapshot_id = s.id WHERE m.project_id = {project_id} ORDER BY m.id DESC LIMIT 1"
         ))
         .await?
@@ -343,7 +400,9 @@ async fn source(
     let cell = |i: usize| row.get(i).cloned().flatten();
     Ok(Source {
         relation: cell(1).ok_or_else(first_time)?,
-        y_column: cell(2),
+        labels: cell(2)
+            .and_then(|j| serde_json::from_str::<Vec<String>>(&j).ok())
+            .unwrap_or_default(),
         sampling: cell(4).unwrap_or_else(|| "stratified".into()),
         test_size: cell(3).and_then(|t| t.parse().ok()).unwrap_or(0.25),
         snapshot_id: cell(0),
@@ -361,7 +420,7 @@ async fn record(
         project,
         task,
         relation,
-        y_column,
+        labels,
         sampling,
         test_size,
         samples: n,
@@ -398,7 +457,12 @@ async fn record(
             &format!(
                 "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
                 quote_literal(relation),
-                y_column.map_or_else(|| "NULL".into(), |y| format!("ARRAY[{}]", quote_literal(y))),
+                if labels.is_empty() {
+                    "NULL".into()
+                } else {
+                    let quoted: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
+                    format!("ARRAY[{}]", quoted.join(", "))
+                },
                 quote_literal(sampling),
                 quote_literal(&columns),
                 quote_literal(

@@ -20,8 +20,12 @@ use crate::router::select::literal_u64;
 pub struct PerRow {
     /// What the servers run: the query with the call's features as trailing columns.
     pub sql: String,
-    /// The model: a project name or a model id.
+    /// What each row gets.
+    pub output: Output,
+    /// The model: a project name or a model id (`Null` when it comes per row from `target_col`).
     pub target: Arg,
+    /// The column of the servers' answer that holds each row's model id.
+    pub target_col: Option<usize>,
     /// The client's columns: `None` is the prediction, `Some(i)` the i-th column of the servers' answer.
     pub outputs: Vec<Option<usize>>,
     /// Columns of the servers' answer holding the features, in order.
@@ -50,8 +54,34 @@ enum Given {
     Spread,
 }
 
-/// A `pgml.predict(target, features)` call: its target, its feature expressions, and how they are given.
-fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, Given)> {
+/// What a per-row call returns for each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `pgml.predict`: a `real`.
+    Predict,
+    /// `pgml.predict_proba`: the class probabilities, a `real[]`.
+    Proba,
+    /// `pgml.predict_joint`: one value per target of a joint regression, a `real[]`.
+    Joint,
+}
+
+impl Output {
+    /// The column's type oid and length.
+    pub fn column_type(self) -> (u32, i16) {
+        match self {
+            Output::Predict => (700, 4),
+            Output::Proba | Output::Joint => (1021, -1),
+        }
+    }
+}
+
+/// The model a call names: a constant (project name or model id), or an expression the servers evaluate per
+/// row (`pgml.predict(model_id, ...)` with the id from a column).
+type Target = Result<Arg, Expr>;
+
+/// A per-row call (`pgml.predict`, `predict_proba`, `predict_joint`): what it returns, its target, its feature
+/// expressions, and how they are given.
+fn is_predict(e: &Expr) -> Option<(Output, Target, Vec<Expr>, Given)> {
     let Expr::Function(f) = e else {
         return None;
     };
@@ -61,9 +91,12 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, Given)> {
         .iter()
         .map(|p| p.to_string().to_lowercase())
         .collect();
-    if parts != ["pgml", "predict"] {
-        return None;
-    }
+    let output = match parts.as_slice() {
+        [pgml, f] if pgml == "pgml" && f == "predict" => Output::Predict,
+        [pgml, f] if pgml == "pgml" && f == "predict_proba" => Output::Proba,
+        [pgml, f] if pgml == "pgml" && f == "predict_joint" => Output::Joint,
+        _ => return None,
+    };
     let FunctionArguments::List(list) = &f.args else {
         return None;
     };
@@ -72,27 +105,34 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, Given)> {
     else {
         return None;
     };
-    let target = match crate::inference::sql::call::find_calls(&format!(
-        "SELECT pgml.predict({target}, ARRAY[0])"
-    ))
-    .ok()?
-    .into_iter()
-    .next()?
-    .args
-    .into_iter()
-    .next()?
-    .1
-    {
-        a @ (Arg::Text(_) | Arg::Number(_)) => a,
-        _ => return None,
+    let target = match target {
+        Expr::Value(_) | Expr::UnaryOp { .. } | Expr::Cast { .. } => {
+            let constant = crate::inference::sql::call::find_calls(&format!(
+                "SELECT pgml.predict({target}, ARRAY[0])"
+            ))
+            .ok()?
+            .into_iter()
+            .next()?
+            .args
+            .into_iter()
+            .next()?
+            .1;
+            match constant {
+                a @ (Arg::Text(_) | Arg::Number(_)) => Ok(a),
+                // A parameter is bound as a literal before the query is planned for running.
+                Arg::Expr(e) if e.starts_with('$') => return None,
+                _ => Err(target.clone()),
+            }
+        }
+        e => Err(e.clone()),
     };
     let mut features = features;
     while let Expr::Cast { expr, .. } | Expr::Nested(expr) = features {
         features = expr;
     }
     match features {
-        Expr::Array(array) => Some((target, array.elem.clone(), Given::Array)),
-        Expr::Tuple(items) => Some((target, items.clone(), Given::Row)),
+        Expr::Array(array) => Some((output, target, array.elem.clone(), Given::Array)),
+        Expr::Tuple(items) => Some((output, target, items.clone(), Given::Row)),
         Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("row") => {
             let FunctionArguments::List(list) = &f.args else {
                 return None;
@@ -105,10 +145,10 @@ fn is_predict(e: &Expr) -> Option<(Arg, Vec<Expr>, Given)> {
                     _ => None,
                 })
                 .collect();
-            Some((target, items?, Given::Row))
+            Some((output, target, items?, Given::Row))
         }
         Expr::Value(_) => None,
-        e => Some((target, vec![e.clone()], Given::Spread)),
+        e => Some((output, target, vec![e.clone()], Given::Spread)),
     }
 }
 
@@ -128,15 +168,15 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
             SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
             _ => continue,
         };
-        if let Some((target, features, given)) = is_predict(e) {
+        if let Some((output, target, features, given)) = is_predict(e) {
             if found.is_some() {
                 return Some(Err("more than one pgml.predict per query"));
             }
-            found = Some((i, target, features, alias, given));
+            found = Some((i, output, target, features, alias, given));
         }
     }
-    let (at, target, features, alias, given) = found?;
-    if features.iter().all(|f| matches!(f, Expr::Value(_))) {
+    let (at, output, target, features, alias, given) = found?;
+    if target.is_ok() && features.iter().all(|f| matches!(f, Expr::Value(_))) {
         return None;
     }
     if s.projection.iter().any(|i| {
@@ -147,7 +187,14 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
     }) {
         return Some(Err("* next to pgml.predict (list the columns)"));
     }
-    let name = alias.clone().unwrap_or_else(|| "predict".into());
+    let name = alias.clone().unwrap_or_else(|| {
+        match output {
+            Output::Predict => "predict",
+            Output::Proba => "predict_proba",
+            Output::Joint => "predict_joint",
+        }
+        .into()
+    });
     // ORDER BY the prediction (by alias, position or the call itself) is Ocelot's to apply.
     let mut order = None;
     let mut by_prediction = false;
@@ -160,6 +207,9 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
                 || literal_u64(&o.expr) == Some(at as u64 + 1)
                 || matches!((&o.expr, &alias), (Expr::Identifier(i), Some(a)) if i.value == *a);
             if hits {
+                if output != Output::Predict {
+                    return Some(Err("ORDER BY an array of predictions"));
+                }
                 if exprs.len() > 1 {
                     return Some(Err("ORDER BY the prediction together with other keys"));
                 }
@@ -200,11 +250,24 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
             alias: Ident::new(format!("ocelot_feature_{k}")),
         });
     }
+    let (target, target_col) = match target {
+        Ok(constant) => (constant, None),
+        Err(expr) => {
+            let col = projection.len();
+            projection.push(SelectItem::ExprWithAlias {
+                expr,
+                alias: Ident::new("ocelot_model"),
+            });
+            (Arg::Null, Some(col))
+        }
+    };
     select.projection = projection;
     query.body = Box::new(SetExpr::Select(Box::new(select)));
     Some(Ok(PerRow {
         sql: Statement::Query(query).to_string(),
+        output,
         target,
+        target_col,
         outputs,
         features: feature_cols,
         row: given == Given::Row,
@@ -264,6 +327,24 @@ mod tests {
             "SELECT target, image AS ocelot_feature_0 FROM pgml.digits LIMIT 10"
         );
         assert!(plan("SELECT pgml.predict('p', 'x'::text)").is_none());
+        // The model id from a column, as regression.sql's LATERAL query; probabilities per row.
+        let p = plan("SELECT model_id, pgml.predict(model_id, ARRAY[a, b]) AS prediction FROM t CROSS JOIN LATERAL (SELECT 7 AS model_id) m")
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.target.clone(), p.target_col), (Arg::Null, Some(3)));
+        assert!(p.sql.contains("model_id AS ocelot_model"), "{}", p.sql);
+        let p = plan("SELECT pgml.predict_proba('p', ARRAY[a, b]) FROM t")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.output, p.name.as_str()),
+            (Output::Proba, "predict_proba")
+        );
+        assert!(
+            plan("SELECT pgml.predict_joint('p', ARRAY[a]) AS j FROM t ORDER BY j")
+                .unwrap()
+                .is_err()
+        );
         assert!(plan("SELECT 1").is_none());
         assert!(plan("SELECT *, pgml.predict('p', ARRAY[a]) FROM t")
             .unwrap()

@@ -9,11 +9,13 @@ use bytes::BytesMut;
 
 use crate::database::fanout::{run, Merge};
 use crate::database::UserPool;
+use crate::inference::registry::models::Model;
 use crate::inference::registry::models::{refuse, resolve_for, Refusal};
 use crate::inference::registry::relation::array_items;
 use crate::inference::serving::cache::Loaded;
-use crate::inference::serving::per_row::PerRow;
+use crate::inference::serving::per_row::{Output, PerRow};
 use crate::inference::serving::serve::{float4_text, ReadRoute};
+use crate::inference::sql::call::Arg;
 use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
@@ -29,6 +31,9 @@ pub(in crate::inference) async fn per_row(
     route: &ReadRoute<'_>,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
+    if let Some(col) = plan.target_col {
+        return per_row_by_column(pool, plan, col, route, out).await;
+    }
     // With an A/B test, each row goes to the arm of its first feature; both models are loaded up front.
     let chosen = resolve_for(pool, &plan.target, || None).await?;
     let arm_b = match &chosen.ab {
@@ -36,30 +41,10 @@ pub(in crate::inference) async fn per_row(
         None => None,
     };
     let loaded = &chosen.model;
-    let model = &loaded.model;
-    if !plan.spread && plan.features.len() != model.num_features() {
-        return Err(refuse(
-            "22023",
-            format!(
-                "the model expects {} features, got {}",
-                model.num_features(),
-                plan.features.len()
-            ),
-        ));
-    }
+    check_features(plan, &loaded.model)?;
     let merged = fetch(pool, plan, route).await?;
-    if merged.first() == Some(&backend::ERROR_RESPONSE) {
-        out.extend_from_slice(&merged);
+    let Some(h) = answer_header(&merged, out)? else {
         return Ok(());
-    }
-    let Some(h) = crate::protocol::frame::Header::parse(&merged, u32::MAX)
-        .ok()
-        .flatten()
-    else {
-        return Err(refuse(
-            sqlstate::INTERNAL_ERROR,
-            "no answer from the servers",
-        ));
     };
     let started = std::time::Instant::now();
     let b = arm_b.as_ref().map(|(ab, m)| (ab.as_ref(), m.as_ref()));
@@ -77,8 +62,89 @@ pub(in crate::inference) async fn per_row(
         }
         None => loaded.served(n, elapsed),
     }
+    sort(plan, &mut rows);
+    answer(plan, &merged[..h.total()], &rows, out)
+}
+
+/// A per-row prediction whose model id comes with each row (`pgml.predict(model_id, ...)` over a join with
+/// `pgml.models`): each distinct model is loaded once.
+async fn per_row_by_column(
+    pool: &Arc<UserPool>,
+    plan: &PerRow,
+    col: usize,
+    route: &ReadRoute<'_>,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let merged = fetch(pool, plan, route).await?;
+    let Some(h) = answer_header(&merged, out)? else {
+        return Ok(());
+    };
+    let mut models = std::collections::HashMap::new();
+    let mut rows = Vec::new();
+    for raw in split_rows(&merged[h.total()..]) {
+        let Some(c) = cells(raw).filter(|_| raw.first() == Some(&backend::DATA_ROW)) else {
+            continue;
+        };
+        let id = c
+            .get(col)
+            .copied()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .ok_or_else(|| refuse("22004", "model_id must not be NULL"))?;
+        if !models.contains_key(&id) {
+            let chosen = resolve_for(pool, &Arg::Number(id.clone()), || None).await?;
+            check_features(plan, &chosen.model.model)?;
+            models.insert(id.clone(), chosen);
+        }
+        if let Some(chosen) = models.get(&id) {
+            let started = std::time::Instant::now();
+            rows.extend(predict(pool, chosen, None, plan, raw)?.0);
+            chosen.model.served(1, started.elapsed());
+        }
+    }
+    sort(plan, &mut rows);
+    answer(plan, &merged[..h.total()], &rows, out)
+}
+
+/// Refuses a model whose feature count is not the call's (an array column is checked per row).
+fn check_features(plan: &PerRow, model: &Model) -> Result<(), Refusal> {
+    if !plan.spread && plan.features.len() != model.num_features() {
+        return Err(refuse(
+            "22023",
+            format!(
+                "the model expects {} features, got {}",
+                model.num_features(),
+                plan.features.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The header of the servers' RowDescription, or `None` when they answered with an error (passed on in `out`).
+fn answer_header(
+    merged: &[u8],
+    out: &mut BytesMut,
+) -> Result<Option<crate::protocol::frame::Header>, Refusal> {
+    if merged.first() == Some(&backend::ERROR_RESPONSE) {
+        out.extend_from_slice(merged);
+        return Ok(None);
+    }
+    match crate::protocol::frame::Header::parse(merged, u32::MAX)
+        .ok()
+        .flatten()
+    {
+        Some(h) => Ok(Some(h)),
+        None => Err(refuse(
+            sqlstate::INTERNAL_ERROR,
+            "no answer from the servers",
+        )),
+    }
+}
+
+/// ORDER BY the prediction. PostgreSQL sorts NaN above every number; NULL cannot occur.
+fn sort(plan: &PerRow, rows: &mut [Row]) {
     if let Some(desc) = plan.order {
-        // PostgreSQL sorts NaN above every number; NULL cannot occur.
         rows.sort_by(|a, b| {
             let o = a.0.total_cmp(&b.0);
             if desc {
@@ -88,7 +154,6 @@ pub(in crate::inference) async fn per_row(
             }
         });
     }
-    answer(plan, &merged[..h.total()], &rows, out)
 }
 
 /// The servers' answer to the rewritten query: from the key's shard, or from every shard, merged.
@@ -206,22 +271,55 @@ fn predict(
         let arm = usize::from(!std::ptr::eq(fed, model));
         let model = &fed.model;
         model.prepare(&mut x, plan.row)?;
-        let y = model.predict(&x) as f32;
-        if let Some(raw) = logged {
+        let (y, text) = output(model, plan.output, &x)?;
+        if let (Some(raw), Output::Predict) = (logged, plan.output) {
             let key = crate::inference::ops::ab::first_feature_key(&raw);
             chosen.record(pool, fed, arm, key, raw, f64::from(y));
         }
+        let mut text = Some(text.into_bytes());
         let row = plan
             .outputs
             .iter()
             .map(|o| match o {
-                None => Some(float4_text(y).into_bytes()),
+                None => text.take(),
                 Some(i) => c.get(*i).copied().flatten().map(<[u8]>::to_vec),
             })
             .collect();
         out.push((y, row));
     }
     Ok((out, in_b))
+}
+
+/// What one row gets: the prediction (the sort key) and its text, a `real` or a `real[]`.
+fn output(model: &Model, kind: Output, x: &[f64]) -> Result<(f32, String), Refusal> {
+    let array = |v: Vec<f64>| {
+        let items: Vec<String> = v.into_iter().map(|v| float4_text(v as f32)).collect();
+        format!("{{{}}}", items.join(","))
+    };
+    match kind {
+        Output::Predict => {
+            let y = model.predict(x) as f32;
+            Ok((y, float4_text(y)))
+        }
+        Output::Proba => model
+            .predict_proba(x)
+            .map(|p| (0.0, array(p)))
+            .ok_or_else(|| {
+                refuse(
+                    "22023",
+                    "You can't predict probabilities for a regression model",
+                )
+            }),
+        Output::Joint => model
+            .predict_joint(x)
+            .map(|p| (0.0, array(p)))
+            .ok_or_else(|| {
+                refuse(
+                    "22023",
+                    "You can't predict joint probabilities for a classification model",
+                )
+            }),
+    }
 }
 
 /// One feature's text as a number: NULL is missing (NaN), booleans are 0 and 1.
@@ -243,7 +341,10 @@ fn answer(plan: &PerRow, rd: &[u8], rows: &[Row], out: &mut BytesMut) -> Result<
     let mut described: Vec<(String, u32, i16)> = Vec::new();
     for o in &plan.outputs {
         match o {
-            None => described.push((plan.name.clone(), 700, 4)),
+            None => {
+                let (oid, len) = plan.output.column_type();
+                described.push((plan.name.clone(), oid, len));
+            }
             Some(i) => {
                 let f = cols
                     .get(*i)

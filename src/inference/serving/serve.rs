@@ -77,7 +77,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     let call = &call;
     let mut out = BytesMut::new();
     let result = match call.function.as_str() {
-        "train" => train(pool, call, route.progress.as_ref(), &mut out).await,
+        "train" | "train_joint" => train(pool, call, route.progress.as_ref(), &mut out).await,
         "load_dataset" => {
             crate::inference::registry::datasets::load_dataset(pool, call, &mut out).await
         }
@@ -208,6 +208,7 @@ pub(in crate::inference) fn whole_call(sql: &str) -> Option<Call> {
     (matches!(
         call.function.as_str(),
         "train"
+            | "train_joint"
             | "load_dataset"
             | "deploy"
             | "deploy_ab"
@@ -525,17 +526,15 @@ async fn predict_named(
     let logged = (call.function == "predict" && loaded.sample()).then(|| (x.clone(), key()));
     model.prepare(&mut x, row)?;
     if call.function == "predict_joint" {
-        if !model.is_regression() {
+        let Some(values) = model.predict_joint(&x) else {
             return Err(refuse(
                 "22023",
                 "You can't predict joint probabilities for a classification model",
             ));
-        }
+        };
+        let values: Vec<String> = values.into_iter().map(|v| float4_text(v as f32)).collect();
         encode::row_description_typed(out, &[(name, 1021, -1)]);
-        encode::data_row_text(
-            out,
-            &[&format!("{{{}}}", float4_text(model.predict(&x) as f32))],
-        );
+        encode::data_row_text(out, &[&format!("{{{}}}", values.join(","))]);
     } else if call.function == "predict_proba" {
         let Some(p) = model.predict_proba(&x) else {
             return Err(refuse(

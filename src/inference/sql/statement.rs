@@ -41,7 +41,7 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
         .unwrap_or_else(|| call.function.clone());
     let text = |n: &str| (n.to_owned(), TEXT);
     Some(Shape::Columns(match call.function.as_str() {
-        "train" => vec![
+        "train" | "train_joint" => vec![
             text("project"),
             text("task"),
             text("algorithm"),

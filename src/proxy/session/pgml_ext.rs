@@ -463,7 +463,10 @@ impl Session {
                 }
                 for o in &plan.outputs {
                     columns.push(match o {
-                        None => (plan.name.clone(), params::FLOAT4, 4),
+                        None => {
+                            let (oid, len) = plan.output.column_type();
+                            (plan.name.clone(), oid, len)
+                        }
                         Some(i) => fields.get(*i).cloned().ok_or_else(|| {
                             failure(
                                 sqlstate::INTERNAL_ERROR,
