@@ -511,3 +511,83 @@ async fn embeddings_equal_sentence_transformers() {
     assert_eq!(passes2 - passes, 2);
     ocelot::inference::serving::embed_queue::configure(&Default::default());
 }
+
+/// decomposition.sql's calls: PCA trained through Ocelot on `pgml.digits` (from `pgml.load_dataset`) keeps the
+/// variance scikit-learn's `PCA` keeps and projects a row to the same components, within 1e-4.
+#[tokio::test]
+async fn pca_equals_scikit_learn() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json; from sklearn.datasets import load_digits; from sklearn.decomposition import PCA\n\
+             x = load_digits().data; n = len(x) - round(len(x) * 0.25)\n\
+             p = PCA(n_components=3).fit(x[:n])\n\
+             print(json.dumps({'ratio': float(sum(p.explained_variance_ratio_)), 'row': p.transform(x[:1])[0].tolist()}))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pg = Postgres::start();
+    let proxy = start_proxy(&config_toml(pg.port, 2, "", "")).await;
+    let c = connect(proxy.local_addr().port(), "postgres", None, "app")
+        .await
+        .unwrap();
+    c.simple_query("SELECT * FROM pgml.load_dataset('digits')")
+        .await
+        .unwrap();
+    pg.psql_admin_db(
+        "app",
+        "CREATE VIEW digit_vectors AS SELECT image FROM pgml.digits",
+    );
+    c.simple_query("SELECT * FROM pgml.train('Digits Reduction', 'decomposition', 'digit_vectors', test_sampling => 'last')")
+        .await
+        .unwrap();
+    let all = metric(&pg, "Digits Reduction", "cumulative_explained_variance");
+    assert!(
+        (all - 1.0).abs() < 1e-9,
+        "every component keeps all the variance: {all}"
+    );
+    c.simple_query(
+        "SELECT * FROM pgml.train('Digits Reduction', hyperparams => '{\"n_components\": 3}')",
+    )
+    .await
+    .unwrap();
+    let got: f64 = pg
+        .psql_admin_db("app", "SELECT metrics->>'cumulative_explained_variance' FROM pgml.models ORDER BY id DESC LIMIT 1")
+        .parse()
+        .unwrap();
+    assert!(
+        close(got, f(&want["ratio"]), 1e-4),
+        "{got} vs {}",
+        want["ratio"]
+    );
+    c.simple_query("SELECT * FROM pgml.deploy('Digits Reduction', 'most_recent', 'pca')")
+        .await
+        .unwrap();
+    let rows = rows_of(
+        &c.simple_query("SELECT target, pgml.decompose('Digits Reduction', image) AS pca FROM pgml.digits LIMIT 1")
+            .await
+            .unwrap(),
+    );
+    let got = parse_vector(rows[0][1].as_deref().unwrap());
+    let want_row: Vec<f64> = want["row"].as_array().unwrap().iter().map(f).collect();
+    assert_eq!(got.len(), 3);
+    for (g, w) in got.iter().zip(&want_row) {
+        assert!(
+            (g - w).abs() < 1e-3 * w.abs().max(1.0),
+            "{got:?} vs {want_row:?}"
+        );
+    }
+    let zeros = vec!["0"; 64].join(", ");
+    let constant = first_value(
+        &c,
+        &format!("SELECT pgml.decompose('Digits Reduction', ARRAY[{zeros}])"),
+    )
+    .await;
+    assert_eq!(parse_vector(&constant).len(), 3, "{constant}");
+}

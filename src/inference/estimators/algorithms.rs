@@ -12,7 +12,7 @@ use super::logistic::Logistic;
 use crate::inference::registry::models::Estimator;
 
 /// What the algorithm list in refusals says.
-pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest; classification: linear, logistic_regression, xgboost, random_forest; clustering: kmeans";
+pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest; classification: linear, logistic_regression, xgboost, random_forest; clustering: kmeans; decomposition: pca";
 
 /// An estimator to fit, with its settings.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub enum Algo {
     Boosted(BoostParams, bool),
     Forest(ForestParams, bool),
     KMeans(KMeansParams),
+    /// Principal component analysis keeping this many components (all when `None`).
+    Pca(Option<usize>),
 }
 
 /// The hyperparameters, with each key read at most once so that unknown ones can be named.
@@ -238,6 +240,14 @@ impl Algo {
                 Algo::Forest(hp.forest().map_err(invalid)?, classify)
             }
             ("clustering", "kmeans" | "linear") => Algo::KMeans(hp.kmeans().map_err(invalid)?),
+            ("decomposition", "pca" | "linear") => {
+                let k = match hp.get(&["n_components"]) {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(hp.count(&["n_components"], 0).map_err(invalid)?),
+                };
+                hp.tolerate(&["whiten", "svd_solver", "copy", "random_state"]);
+                Algo::Pca(k)
+            }
             _ => {
                 return Err(Choice::Unsupported(format!(
                     "Ocelot does not train {algorithm} for {task}; it trains {SUPPORTED}"
@@ -252,6 +262,7 @@ impl Algo {
     pub fn recorded_name<'a>(&self, algorithm: &'a str) -> &'a str {
         match self {
             Algo::KMeans(_) => "kmeans",
+            Algo::Pca(_) => "pca",
             _ => algorithm,
         }
     }
@@ -294,7 +305,18 @@ impl Algo {
                     x.len()
                 )
             })?),
+            Algo::Pca(k) => Estimator::Pca(super::pca::Pca::fit(x, *k)?),
         })
+    }
+}
+
+/// The metric `best_score` deploys by, as PostgresML's task defines it.
+pub fn deploy_metric(task: &str) -> &'static str {
+    match task {
+        "classification" => "f1",
+        "clustering" => "silhouette",
+        "decomposition" => "cumulative_explained_variance",
+        _ => "r2",
     }
 }
 

@@ -84,7 +84,7 @@ pub(in crate::inference) async fn deploy_strategy(
         )
     })?;
     let (project_id, task) = found.split_once(':').unwrap_or((&found, ""));
-    let metric = if task == "classification" { "f1" } else { "r2" };
+    let metric = crate::inference::estimators::algorithms::deploy_metric(task);
     let only = algorithm
         .as_deref()
         .map(|a| format!(" AND m.algorithm = {}", quote_literal(a)))

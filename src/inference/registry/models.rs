@@ -36,6 +36,7 @@ pub enum Estimator {
     Boosted(Boosted),
     Forest(Forest),
     KMeans(KMeans),
+    Pca(crate::inference::estimators::pca::Pca),
     /// A joint regression (`pgml.train_joint`): one estimator per target, in the order of the labels.
     Joint {
         targets: Vec<Estimator>,
@@ -50,6 +51,7 @@ impl Estimator {
             Estimator::Boosted(m) => m.num_features(),
             Estimator::Forest(m) => m.num_features(),
             Estimator::KMeans(m) => m.num_features(),
+            Estimator::Pca(m) => m.num_features(),
             Estimator::Joint { targets } => targets.first().map_or(0, Estimator::num_features),
         }
     }
@@ -61,6 +63,8 @@ impl Estimator {
             Estimator::Boosted(m) => m.predict(x),
             Estimator::Forest(m) => m.predict(x),
             Estimator::KMeans(m) => m.predict(x),
+            // The first component, as a one-valued answer of a decomposition.
+            Estimator::Pca(m) => m.transform(x).first().copied().unwrap_or(f64::NAN),
             // The first target, as a one-valued prediction of a joint model.
             Estimator::Joint { targets } => targets.first().map_or(f64::NAN, |t| t.predict(x)),
         }
@@ -105,7 +109,10 @@ impl Model {
             Estimator::Logistic(m) => Some(m.predict_proba(x)),
             Estimator::Boosted(m) => m.predict_proba(x),
             Estimator::Forest(m) => m.predict_proba(x),
-            Estimator::Linear(_) | Estimator::KMeans(_) | Estimator::Joint { .. } => None,
+            Estimator::Linear(_)
+            | Estimator::KMeans(_)
+            | Estimator::Pca(_)
+            | Estimator::Joint { .. } => None,
         }
     }
 
@@ -118,13 +125,21 @@ impl Model {
         }
     }
 
+    /// The vector in a decomposition's component space (`pgml.decompose`); `None` for other models.
+    pub(in crate::inference) fn decompose(&self, x: &[f64]) -> Option<Vec<f64>> {
+        match &self.estimator {
+            Estimator::Pca(m) => Some(m.transform(x)),
+            _ => None,
+        }
+    }
+
     /// Whether the model predicts a continuous value (and so has a joint prediction).
     pub(in crate::inference) fn is_regression(&self) -> bool {
         match &self.estimator {
             Estimator::Linear(_) | Estimator::Joint { .. } => true,
             Estimator::Boosted(m) => !m.is_classifier(),
             Estimator::Forest(m) => !m.is_classifier(),
-            Estimator::Logistic(_) | Estimator::KMeans(_) => false,
+            Estimator::Logistic(_) | Estimator::KMeans(_) | Estimator::Pca(_) => false,
         }
     }
 }

@@ -100,7 +100,12 @@ pub(in crate::inference) async fn train(
     let fit_time = started.elapsed().as_secs_f64();
     let scored = Instant::now();
     let (tx, ty) = data.test();
-    let (mut metrics, target) = if data.more_targets.is_empty() {
+    let (mut metrics, target) = if let Estimator::Pca(p) = &model.estimator {
+        let mut m = serde_json::Map::new();
+        let kept: f64 = p.explained_variance_ratio.iter().sum();
+        m.insert("cumulative_explained_variance".into(), kept.into());
+        (m, "cumulative_explained_variance")
+    } else if data.more_targets.is_empty() {
         let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
         algorithms::metrics(&task, tx, ty, &predicted)
     } else {
@@ -372,7 +377,7 @@ async fn source(
             _ if joint => Vec::new(),
             _ => text_arg(args, "y_column_name").into_iter().collect(),
         };
-        if task != "clustering" && labels.is_empty() {
+        if !matches!(task, "clustering" | "decomposition") && labels.is_empty() {
             return Err(refuse("22023", "You must pass a `y_column_name` when you pass a `relation_name` for a supervised task."));
         }
         return Ok(Source {

@@ -63,6 +63,8 @@ pub enum Output {
     Proba,
     /// `pgml.predict_joint`: one value per target of a joint regression, a `real[]`.
     Joint,
+    /// `pgml.decompose`: the vector in a decomposition's component space, a `real[]`.
+    Decompose,
 }
 
 impl Output {
@@ -70,7 +72,7 @@ impl Output {
     pub fn column_type(self) -> (u32, i16) {
         match self {
             Output::Predict => (700, 4),
-            Output::Proba | Output::Joint => (1021, -1),
+            Output::Proba | Output::Joint | Output::Decompose => (1021, -1),
         }
     }
 }
@@ -95,6 +97,7 @@ fn is_predict(e: &Expr) -> Option<(Output, Target, Vec<Expr>, Given)> {
         [pgml, f] if pgml == "pgml" && f == "predict" => Output::Predict,
         [pgml, f] if pgml == "pgml" && f == "predict_proba" => Output::Proba,
         [pgml, f] if pgml == "pgml" && f == "predict_joint" => Output::Joint,
+        [pgml, f] if pgml == "pgml" && f == "decompose" => Output::Decompose,
         _ => return None,
     };
     let FunctionArguments::List(list) = &f.args else {
@@ -192,6 +195,7 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
             Output::Predict => "predict",
             Output::Proba => "predict_proba",
             Output::Joint => "predict_joint",
+            Output::Decompose => "decompose",
         }
         .into()
     });

@@ -319,6 +319,10 @@ fn output(model: &Model, kind: Output, x: &[f64]) -> Result<(f32, String), Refus
                     "You can't predict joint probabilities for a classification model",
                 )
             }),
+        Output::Decompose => model
+            .decompose(x)
+            .map(|p| (0.0, array(p)))
+            .ok_or_else(|| refuse("22023", "pgml.decompose needs a decomposition model")),
     }
 }
 

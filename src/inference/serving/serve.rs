@@ -112,7 +112,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
             let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
             crate::inference::serving::vector::serve(call, &name, &mut out)
         }
-        "predict" | "predict_proba" | "predict_batch" | "predict_joint"
+        "predict" | "predict_proba" | "predict_batch" | "predict_joint" | "decompose"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
             predict_named(pool, call, output_alias(sql).as_deref(), &mut out).await
@@ -220,6 +220,7 @@ pub(in crate::inference) fn whole_call(sql: &str) -> Option<Call> {
             | "predict_proba"
             | "predict_batch"
             | "predict_joint"
+            | "decompose"
             | "chunk"
             | "embed"
     ) || crate::inference::serving::vector::is_vector_function(&call.function))
@@ -525,7 +526,17 @@ async fn predict_named(
     }
     let logged = (call.function == "predict" && loaded.sample()).then(|| (x.clone(), key()));
     model.prepare(&mut x, row)?;
-    if call.function == "predict_joint" {
+    if call.function == "decompose" {
+        let Some(values) = model.decompose(&x) else {
+            return Err(refuse(
+                "22023",
+                "pgml.decompose needs a decomposition model",
+            ));
+        };
+        let values: Vec<String> = values.into_iter().map(|v| float4_text(v as f32)).collect();
+        encode::row_description_typed(out, &[(name, 1021, -1)]);
+        encode::data_row_text(out, &[&format!("{{{}}}", values.join(","))]);
+    } else if call.function == "predict_joint" {
         let Some(values) = model.predict_joint(&x) else {
             return Err(refuse(
                 "22023",
