@@ -99,6 +99,8 @@ def main(out_dir):
     for name, est in [
         ("xgboost", xgboost.XGBRegressor(tree_method="exact", random_state=0)),
         ("random_forest", ensemble.RandomForestRegressor(random_state=0)),
+        ("bagging", ensemble.BaggingRegressor(n_estimators=100, random_state=0)),
+        ("gradient_boosting_trees", ensemble.GradientBoostingRegressor(random_state=0)),
     ]:
         est.fit(xtr, ytr)
         reg[name] = {"r2": metrics.r2_score(yte, est.predict(xte))}
@@ -116,6 +118,8 @@ def main(out_dir):
             ("logistic_regression", linear_model.LogisticRegression()),
             ("xgboost", xgboost.XGBClassifier(tree_method="exact", random_state=0)),
             ("random_forest", ensemble.RandomForestClassifier(random_state=0)),
+            ("bagging", ensemble.BaggingClassifier(n_estimators=100, random_state=0)),
+            ("gradient_boosting_trees", ensemble.GradientBoostingClassifier(random_state=0)),
         ]:
             est.fit(xtr, ytr)
             p = est.predict(xte)

@@ -12,7 +12,7 @@ use super::logistic::Logistic;
 use crate::inference::registry::models::Estimator;
 
 /// What the algorithm list in refusals says.
-pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest; classification: linear, logistic_regression, xgboost, random_forest; clustering: kmeans; decomposition: pca";
+pub const SUPPORTED: &str = "regression: linear, ridge, lasso, elastic_net, xgboost, random_forest, bagging, gradient_boosting_trees; classification: linear, logistic_regression, xgboost, random_forest, bagging, gradient_boosting_trees; clustering: kmeans; decomposition: pca";
 
 /// An estimator to fit, with its settings.
 #[derive(Debug, Clone)]
@@ -152,6 +152,44 @@ impl Hyper<'_> {
         Ok(p)
     }
 
+    /// scikit-learn's `BaggingRegressor`/`BaggingClassifier` over decision trees: a forest whose every split
+    /// considers every feature.
+    fn bagging(&mut self) -> Result<ForestParams, String> {
+        let bootstrap = match self.get(&["bootstrap"]) {
+            None => true,
+            Some(v) => v.as_bool().ok_or("bootstrap must be true or false")?,
+        };
+        let p = ForestParams {
+            n_estimators: self.count(&["n_estimators"], 10)?.max(1),
+            max_features: Some(MaxFeatures::Fraction(1.0)),
+            bootstrap,
+            seed: self.seed()?,
+            ..ForestParams::default()
+        };
+        self.tolerate(&["n_jobs", "verbose"]);
+        Ok(p)
+    }
+
+    /// scikit-learn's `GradientBoostingRegressor`/`GradientBoostingClassifier`: Newton-step leaves without L2,
+    /// shallow trees, a smaller learning rate than XGBoost's.
+    fn gradient_boosting(&mut self) -> Result<BoostParams, String> {
+        let p = BoostParams {
+            n_estimators: self.count(&["n_estimators"], 100)?,
+            max_depth: self.count(&["max_depth"], 3)?,
+            learning_rate: self.number(&["learning_rate"], 0.1)?,
+            subsample: self.number(&["subsample"], 1.0)?,
+            min_child_weight: 0.0,
+            reg_lambda: 0.0,
+            gamma: 0.0,
+            seed: self.seed()?,
+        };
+        if !(p.subsample > 0.0 && p.subsample <= 1.0) {
+            return Err("subsample must be in (0, 1]".into());
+        }
+        self.tolerate(&["loss", "criterion", "verbose"]);
+        Ok(p)
+    }
+
     /// scikit-learn's k-means hyperparameters (`n_init = "auto"` is one run, as with k-means++).
     fn kmeans(&mut self) -> Result<KMeansParams, String> {
         let n_init = match self.get(&["n_init"]) {
@@ -238,6 +276,12 @@ impl Algo {
             }
             ("regression" | "classification", "random_forest") => {
                 Algo::Forest(hp.forest().map_err(invalid)?, classify)
+            }
+            ("regression" | "classification", "bagging") => {
+                Algo::Forest(hp.bagging().map_err(invalid)?, classify)
+            }
+            ("regression" | "classification", "gradient_boosting_trees") => {
+                Algo::Boosted(hp.gradient_boosting().map_err(invalid)?, classify)
             }
             ("clustering", "kmeans" | "linear") => Algo::KMeans(hp.kmeans().map_err(invalid)?),
             ("decomposition", "pca" | "linear") => {
