@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::error::ClientError;
 use super::login::LoggedIn;
-use super::machine::Core;
+use super::machine::{Core, Discard};
 use super::notify::{self, Notifications};
 use super::statements::{self, ClientAction};
 use super::tracker::TxnTracker;
@@ -66,8 +66,6 @@ pub struct Session {
     core: Core,
     pool: Arc<UserPool>,
     slot: Arc<CancelSlot>,
-    /// After a failed checkout in the extended protocol: drop messages up to Sync, as a server would.
-    discard_until_sync: bool,
     /// Bytes for the server when some client messages were rewritten or dropped (otherwise bytes are written
     /// straight from `cbuf`).
     sout: BytesMut,
@@ -94,7 +92,6 @@ pub struct Session {
     /// The other shards' connections of a transaction that spans shards.
     parked: Vec<multi::Parked>,
     /// An extended-protocol request was refused: its messages are dropped up to its Sync.
-    skip_to_sync: bool,
     /// The COPY being split came as a simple Query (else the client's Sync ends it).
     copy_simple: bool,
     /// A request waits in `cbuf` for the server to finish the one before (a pgml.* call Ocelot answers itself).
@@ -147,7 +144,6 @@ impl Session {
             reserved,
             pool: login.pool.clone(),
             slot: login.registration.slot.clone(),
-            discard_until_sync: false,
             sout: BytesMut::new(),
             notify: None,
             local_ext: None,
@@ -161,7 +157,6 @@ impl Session {
             pending_begin: None,
             txn_begin: "BEGIN".into(),
             parked: Vec::new(),
-            skip_to_sync: false,
             copy_simple: true,
             held_back: false,
             pgml: None,

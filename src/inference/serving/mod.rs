@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod chunk;
+pub(in crate::inference) mod constant;
 mod deploys;
 pub mod embed;
 pub mod embed_queue;

@@ -4,7 +4,7 @@
 //! shared ones. What the driver does with the message is the answer: forward its bytes, send the replacement left
 //! in [`Core::scratch`], or drop it.
 
-use super::Core;
+use super::{Core, Discard};
 use crate::pool::prepared::Registry;
 use crate::pool::state::ServerState;
 use crate::protocol::codes::frontend;
@@ -33,13 +33,15 @@ impl Core {
         shared: Shared<'_>,
     ) -> Result<ClientAction, ProtocolError> {
         if !piece.starts_message() {
-            return Ok(if self.dropping {
+            return Ok(if self.discard == Discard::RestOfMessage {
                 ClientAction::Drop
             } else {
                 ClientAction::Forward
             });
         }
-        self.dropping = false;
+        if self.discard == Discard::RestOfMessage {
+            self.discard = Discard::Nothing;
+        }
         let code = piece.code();
         self.tracker.client_message(code);
         if code == frontend::EXECUTE {
@@ -49,7 +51,9 @@ impl Core {
         let action = self.map_statement(at, piece, server, shared)?;
         if action == ClientAction::Drop {
             // The rest of a streamed message goes the same way.
-            self.dropping = !matches!(piece, Piece::Whole(_));
+            if !matches!(piece, Piece::Whole(_)) {
+                self.discard = Discard::RestOfMessage;
+            }
         }
         Ok(action)
     }

@@ -49,8 +49,24 @@ pub(crate) struct Core {
     pub(crate) unsynced_execute: bool,
     /// The request bytes sent to a replica that has not answered yet, to send again elsewhere if it dies.
     pub(crate) replay: Option<BytesMut>,
-    /// The rest of a streamed client message is being dropped.
-    pub(crate) dropping: bool,
+    /// Which of the client's messages are being dropped, and how that ends.
+    pub(crate) discard: Discard,
+}
+
+/// Client messages being dropped instead of reaching a server. One state, since at most one of these holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// Nothing is dropped.
+    Nothing,
+    /// The rest of a streamed message the statement mapping dropped.
+    RestOfMessage,
+    /// The rest of an extended request Ocelot refused by sending the server a statement that fails with the
+    /// reason: up to and including its Sync, which the server's own answer ends.
+    ToSync,
+    /// The rest of a request refused without a server's part in it (a failed checkout, a plugin, a LISTEN
+    /// Ocelot serves): up to its Sync, or a Query, which Ocelot answers with ReadyForQuery itself, as a server
+    /// skips the rest of a failed extended request.
+    ToSyncAnswered,
 }
 
 impl Core {
@@ -70,7 +86,7 @@ impl Core {
             swallow_rfq: 0,
             unsynced_execute: false,
             replay: None,
-            dropping: false,
+            discard: Discard::Nothing,
         }
     }
 }

@@ -14,7 +14,7 @@ impl Session {
         let (Piece::Whole(h), true) = (*piece, piece.code() == frontend::PARSE) else {
             return Ok(Some(false));
         };
-        if self.core.stmts.is_none() || self.discard_until_sync {
+        if self.core.stmts.is_none() || self.core.discard == Discard::ToSyncAnswered {
             return Ok(Some(false));
         }
         let sync = [frontend::SYNC, 0, 0, 0, 4];
@@ -53,10 +53,10 @@ impl Session {
         let code = piece.code();
         let starts = piece.starts_message();
         let consume = |s: &mut Self| s.cbuf.advance(piece.len());
-        if self.discard_until_sync {
+        if self.core.discard == Discard::ToSyncAnswered {
             consume(self);
             if starts && (code == frontend::SYNC || code == frontend::QUERY) {
-                self.discard_until_sync = false;
+                self.core.discard = Discard::Nothing;
                 encode::ready_for_query(&mut self.core.out, txn::IDLE);
                 self.flush_out().await?;
             }
@@ -111,19 +111,19 @@ impl Session {
     ) -> Result<(), ClientError> {
         encode::error_response(&mut self.core.out, Severity::Error, code, message, None);
         if piece.code() == frontend::QUERY || piece.code() == frontend::FUNCTION_CALL {
-            self.discard_until_sync = false;
+            self.core.discard = Discard::Nothing;
             self.cbuf.advance(piece.len());
             if !self.csplit.is_streaming() {
                 encode::ready_for_query(&mut self.core.out, txn::IDLE);
             } else {
                 // The rest of the Query arrives later and is dropped; answer when it ends.
-                self.discard_until_sync = true;
+                self.core.discard = Discard::ToSyncAnswered;
             }
         } else {
-            self.discard_until_sync = true;
+            self.core.discard = Discard::ToSyncAnswered;
             self.cbuf.advance(piece.len());
             if piece.code() == frontend::SYNC {
-                self.discard_until_sync = false;
+                self.core.discard = Discard::Nothing;
                 encode::ready_for_query(&mut self.core.out, txn::IDLE);
             }
         }

@@ -32,11 +32,11 @@ impl Session {
                 }
                 return Ok(Some(End::ClientLeft));
             }
-            if self.skip_to_sync {
+            if self.core.discard == Discard::ToSync {
                 self.forward_client(&mut fwd).await?;
                 self.cbuf.advance(piece.len());
                 if starts && code == frontend::SYNC {
-                    self.skip_to_sync = false;
+                    self.core.discard = Discard::Nothing;
                 }
                 continue;
             }
@@ -67,11 +67,15 @@ impl Session {
                 continue;
             }
             // The rest of a refused extended request, while a server stays attached (session mode).
-            if fwd == 0 && self.discard_until_sync && self.server.is_some() {
+            if fwd == 0 && self.core.discard == Discard::ToSyncAnswered && self.server.is_some() {
                 self.skip_without_server(&piece).await?;
                 continue;
             }
-            if starts && fwd == 0 && self.pool.plugins.is_some() && !self.discard_until_sync {
+            if starts
+                && fwd == 0
+                && self.pool.plugins.is_some()
+                && self.core.discard != Discard::ToSyncAnswered
+            {
                 match Box::pin(self.run_plugins(&piece)).await? {
                     plugins::PluginStep::Pass => {}
                     plugins::PluginStep::Served => continue,
@@ -142,7 +146,11 @@ impl Session {
                             self.core.tracker.client_message(frontend::QUERY);
                             self.sout.extend_from_slice(&self.core.scratch);
                             self.cbuf.advance(piece.len());
-                            self.skip_to_sync = code != frontend::QUERY;
+                            self.core.discard = if code != frontend::QUERY {
+                                Discard::ToSync
+                            } else {
+                                Discard::Nothing
+                            };
                             continue;
                         }
                     }

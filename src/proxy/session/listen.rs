@@ -10,6 +10,7 @@ use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended;
 use crate::protocol::frame::Piece;
 use crate::proxy::error::ClientError;
+use crate::proxy::machine::Discard;
 use crate::proxy::notify::{listen_commands, Notifications};
 use crate::router::session_sql::SessionCommand;
 
@@ -20,7 +21,7 @@ impl Session {
         let Piece::Whole(h) = *piece else {
             return Ok(false);
         };
-        if self.discard_until_sync {
+        if self.core.discard == Discard::ToSyncAnswered {
             return Ok(false);
         }
         if self.core.effects.is_none() {
@@ -45,7 +46,7 @@ impl Session {
                 frontend::EXECUTE => {
                     self.cbuf.advance(total);
                     if !self.run_listen(cmd.clone()).await {
-                        self.discard_until_sync = true;
+                        self.core.discard = Discard::ToSyncAnswered;
                         self.flush_out().await?;
                         return Ok(true);
                     }

@@ -10,6 +10,7 @@ use crate::protocol::codes::{frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Piece;
 use crate::proxy::error::ClientError;
+use crate::proxy::machine::Discard;
 
 /// What the plugins did with a message.
 pub(super) enum PluginStep {
@@ -74,7 +75,7 @@ impl Session {
             match name {
                 None => encode::ready_for_query(&mut self.core.out, txn::IDLE),
                 // The rest of the extended request is dropped up to its Sync, which is answered.
-                Some(_) => self.discard_until_sync = true,
+                Some(_) => self.core.discard = Discard::ToSyncAnswered,
             }
             self.flush_out().await?;
             return Ok(PluginStep::Served);
