@@ -970,6 +970,63 @@ async fn vector_functions_in_the_proxy_and_on_three_shards() {
         .await
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "22004");
+    // The element-wise aggregates, as vectors.sql averages: pgml.divide(pgml.sum(v), count(v)), on a key's shard.
+    let avg = first_value(
+        &c,
+        "SELECT pgml.divide(pgml.sum(v), count(v)) FROM vecs WHERE id = 5",
+    )
+    .await;
+    let five = vecs[4].1;
+    let got: Vec<f64> = avg
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    for (g, w) in got.iter().zip(five) {
+        assert!((g - f64::from(w)).abs() < 1e-5, "{avg} vs {five:?}");
+    }
+    // On one server over all its rows: sums, signed and absolute extremes; NULL rows skipped; no rows is {}.
+    let ids: Vec<usize> = shards[0]
+        .psql_admin_db("app", "SELECT string_agg(id::text, ',') FROM vecs")
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    shards[0].psql_admin_db("app", "INSERT INTO vecs VALUES (0, NULL)");
+    let mine: Vec<[f32; 3]> = ids.iter().map(|i| vecs[i - 1].1).collect();
+    let column = |k: usize| mine.iter().map(move |v| f64::from(v[k]));
+    for (agg, want) in [
+        (
+            "sum",
+            (0..3).map(|k| column(k).sum::<f64>()).collect::<Vec<_>>(),
+        ),
+        (
+            "max",
+            (0..3).map(|k| column(k).fold(f64::MIN, f64::max)).collect(),
+        ),
+        (
+            "min_abs",
+            (0..3)
+                .map(|k| column(k).map(f64::abs).fold(f64::MAX, f64::min))
+                .collect(),
+        ),
+    ] {
+        let text = shards[0].psql_admin_db("app", &format!("SELECT pgml.{agg}(v) FROM vecs"));
+        let got: Vec<f64> = text
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 1e-3 * w.abs().max(1.0),
+                "{agg}: {text} vs {want:?}"
+            );
+        }
+    }
+    assert_eq!(
+        shards[0].psql_admin_db("app", "SELECT pgml.sum(v) FROM vecs WHERE false"),
+        "{}"
+    );
 }
 
 /// A 2-D array column (PostgresML's digits store `image SMALLINT[][]`) trains with one feature per element, in

@@ -67,9 +67,10 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     let Some(call) = whole_call(sql) else {
         // Vector functions over table rows run on the servers: Ocelot's SQL versions are installed there first.
         if find_calls(sql).is_ok_and(|calls| {
-            calls
-                .iter()
-                .any(|c| crate::inference::serving::vector::is_vector_function(&c.function))
+            calls.iter().any(|c| {
+                crate::inference::serving::vector::is_vector_function(&c.function)
+                    || crate::inference::serving::vector::is_vector_aggregate(&c.function)
+            })
         }) {
             crate::inference::serving::vector::ensure_installed(pool).await;
         }

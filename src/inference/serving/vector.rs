@@ -2,7 +2,9 @@
 //! `normalize_l1/l2/max`, `distance_l1/l2`, `dot_product`, `cosine_similarity`) over `real[]` and `double
 //! precision[]`. With constant arguments Ocelot evaluates them itself (in `real` arithmetic for `real[]`, as
 //! PostgresML's BLAS calls do); for use over table rows it installs equivalent SQL functions in the servers'
-//! `pgml` schema, so the same queries run on a stock PostgreSQL.
+//! `pgml` schema, so the same queries run on a stock PostgreSQL. The element-wise aggregates (`pgml.sum`, `min`,
+//! `max`, `min_abs`, `max_abs`) are installed there too; on a sharded pool they run on each shard and are not
+//! merged across shards.
 
 use bytes::BytesMut;
 
@@ -31,6 +33,21 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
 
 pub fn is_vector_function(name: &str) -> bool {
     FUNCTIONS.iter().any(|(f, _)| *f == name)
+}
+
+/// PostgresML's element-wise vector aggregates, installed on the servers with the functions. Each combines two
+/// elements (`a`, the state, and `b`, the row's) after mapping the row's (`x`).
+const AGGREGATES: &[(&str, &str, &str)] = &[
+    ("sum", "a + b", "x"),
+    ("min", "least(a, b)", "x"),
+    ("max", "greatest(a, b)", "x"),
+    ("min_abs", "least(a, b)", "abs(x)"),
+    ("max_abs", "greatest(a, b)", "abs(x)"),
+];
+
+/// Whether `name` is one of PostgresML's vector aggregates (`pgml.sum(real[])`, ...).
+pub fn is_vector_aggregate(name: &str) -> bool {
+    AGGREGATES.iter().any(|(f, _, _)| *f == name)
 }
 
 /// A value of either precision: `real` arithmetic rounds every step to f32.
@@ -248,7 +265,7 @@ async fn install(
         .checkout(shard, crate::database::balance::Want::Primary, true)
         .await?;
     let present = conn
-        .query_value("SELECT to_regprocedure('pgml.cosine_similarity(real[],real[])') IS NOT NULL")
+        .query_value("SELECT to_regprocedure('pgml.max_abs(double precision[])') IS NOT NULL")
         .await?;
     if present.as_deref() == Some("t") {
         return Ok(());
@@ -352,8 +369,34 @@ pub fn sql_definitions() -> String {
                 format!("SELECT ({e})::{t}"),
             );
         }
+        aggregates(&mut sql, t, arr);
     }
     sql
+}
+
+/// The vector aggregates over `arr` (of `t`): NULL rows are skipped and no rows give `{}`, as PostgresML's do;
+/// the combine function lets PostgreSQL run them in parallel.
+fn aggregates(sql: &mut String, t: &str, arr: &str) {
+    let d = "double precision";
+    for (name, step, map) in AGGREGATES {
+        let mapped = format!(
+            "(SELECT array_agg(({})::{t} ORDER BY i) FROM unnest(v::{d}[]) WITH ORDINALITY u(x, i))",
+            map
+        );
+        let state = format!("pgml.ocelot_{name}_state");
+        sql.push_str(&format!(
+            "CREATE OR REPLACE FUNCTION {state}(s {arr}, v {arr}) RETURNS {arr} LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $ocelot$ \
+             SELECT CASE WHEN v IS NULL THEN s WHEN s IS NULL THEN {mapped} ELSE (SELECT array_agg(({step})::{t} ORDER BY i) \
+             FROM unnest(s::{d}[], {mapped}::{d}[]) WITH ORDINALITY u(a, b, i)) END $ocelot$;\n\
+             CREATE OR REPLACE FUNCTION pgml.ocelot_{name}_combine(s {arr}, v {arr}) RETURNS {arr} LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $ocelot$ \
+             SELECT CASE WHEN v IS NULL THEN s WHEN s IS NULL THEN v ELSE (SELECT array_agg(({step})::{t} ORDER BY i) \
+             FROM unnest(s::{d}[], v::{d}[]) WITH ORDINALITY u(a, b, i)) END $ocelot$;\n\
+             CREATE OR REPLACE FUNCTION pgml.ocelot_{name}_final(s {arr}) RETURNS {arr} LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $ocelot$ \
+             SELECT coalesce(s, '{{}}') $ocelot$;\n\
+             CREATE OR REPLACE AGGREGATE pgml.{name}({arr}) (SFUNC = {state}, STYPE = {arr}, \
+             FINALFUNC = pgml.ocelot_{name}_final, COMBINEFUNC = pgml.ocelot_{name}_combine, PARALLEL = SAFE);\n"
+        ));
+    }
 }
 
 #[cfg(test)]
