@@ -8,6 +8,8 @@ use bytes::BytesMut;
 
 use crate::database::UserPool;
 use crate::inference::registry::models::{refuse, resolve_for, Refusal};
+use crate::inference::serving::per_row::Output;
+use crate::inference::serving::rows::output;
 use crate::inference::serving::serve::float4_text;
 use crate::inference::sql::call::{Arg, Call};
 use crate::protocol::codes::sqlstate;
@@ -166,36 +168,16 @@ pub(in crate::inference) async fn predict_named(
     }
     let logged = (call.function == "predict" && loaded.sample()).then(|| (x.clone(), key()));
     model.prepare(&mut x, row)?;
-    if call.function == "decompose" {
-        let Some(values) = model.decompose(&x) else {
-            return Err(refuse(
-                "22023",
-                "pgml.decompose needs a decomposition model",
-            ));
-        };
-        let values: Vec<String> = values.into_iter().map(|v| float4_text(v as f32)).collect();
+    let array = match call.function.as_str() {
+        "decompose" => Some(Output::Decompose),
+        "predict_joint" => Some(Output::Joint),
+        "predict_proba" => Some(Output::Proba),
+        _ => None,
+    };
+    if let Some(kind) = array {
+        let (_, text) = output(model, kind, &x)?;
         encode::row_description_typed(out, &[(name, 1021, -1)]);
-        encode::data_row_text(out, &[&format!("{{{}}}", values.join(","))]);
-    } else if call.function == "predict_joint" {
-        let Some(values) = model.predict_joint(&x) else {
-            return Err(refuse(
-                "22023",
-                "You can't predict joint probabilities for a classification model",
-            ));
-        };
-        let values: Vec<String> = values.into_iter().map(|v| float4_text(v as f32)).collect();
-        encode::row_description_typed(out, &[(name, 1021, -1)]);
-        encode::data_row_text(out, &[&format!("{{{}}}", values.join(","))]);
-    } else if call.function == "predict_proba" {
-        let Some(p) = model.predict_proba(&x) else {
-            return Err(refuse(
-                "22023",
-                "You can't predict probabilities for a regression model",
-            ));
-        };
-        let p: Vec<String> = p.into_iter().map(|v| float4_text(v as f32)).collect();
-        encode::row_description_typed(out, &[(name, 1021, -1)]);
-        encode::data_row_text(out, &[&format!("{{{}}}", p.join(","))]);
+        encode::data_row_text(out, &[&text]);
     } else {
         let y = model.predict(&x) as f32;
         encode::row_description_typed(out, &[(name, 700, 4)]);

@@ -291,7 +291,11 @@ fn predict(
 }
 
 /// What one row gets: the prediction (the sort key) and its text, a `real` or a `real[]`.
-fn output(model: &Model, kind: Output, x: &[f64]) -> Result<(f32, String), Refusal> {
+pub(in crate::inference) fn output(
+    model: &Model,
+    kind: Output,
+    x: &[f64],
+) -> Result<(f32, String), Refusal> {
     let array = |v: Vec<f64>| {
         let items: Vec<String> = v.into_iter().map(|v| float4_text(v as f32)).collect();
         format!("{{{}}}", items.join(","))
