@@ -86,6 +86,42 @@ fn new_gid(coordinator: usize) -> String {
     format!("ocelot:{coordinator}:{t:x}{r:016x}")
 }
 
+/// Ids of the commits this process is running: recovery leaves them alone whatever their age (its first pass
+/// after start resolves every prepared part, and one of this process's own commits may already be under way).
+/// Locked once at the start and once at the end of a cross-shard commit, never per query.
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks a commit as this process's own while it runs.
+struct InFlight(String);
+
+impl InFlight {
+    fn begin(gid: &str) -> InFlight {
+        // A poisoned list is still a list of ids.
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(gid.to_owned());
+        InFlight(gid.to_owned())
+    }
+
+    fn running(gid: &str) -> bool {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|g| g == gid)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut list = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = list.iter().position(|g| *g == self.0) {
+            list.swap_remove(i);
+        }
+    }
+}
+
 /// The id of one shard's part: PostgreSQL wants prepared transaction ids unique per server, and shards may be
 /// databases of one server.
 fn part_gid(gid: &str, shard: usize) -> String {
@@ -144,6 +180,7 @@ pub async fn commit(
         return Err(e);
     }
     let gid = new_gid(coordinator);
+    let _running = InFlight::begin(&gid);
     let literal = quote_literal(&gid);
     if let Err(e) = run(
         parts[0].1,
@@ -236,8 +273,8 @@ pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, P
         .await?;
         drop(conn);
         for part in list {
-            let Some((gid, coordinator)) =
-                parse_part_gid(&part).filter(|(_, c)| *c < pool.shards.len())
+            let Some((gid, coordinator)) = parse_part_gid(&part)
+                .filter(|(g, c)| *c < pool.shards.len() && !InFlight::running(g))
             else {
                 continue;
             };
@@ -316,4 +353,22 @@ pub fn spawn_recovery(pool: &Arc<UserPool>) {
             tokio::time::sleep(Duration::from_secs(if min_age.is_zero() { 5 } else { 60 })).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_sees_this_processs_commits_only_while_they_run() {
+        let gid = new_gid(0);
+        let running = InFlight::begin(&gid);
+        assert!(InFlight::running(&gid));
+        assert_eq!(
+            parse_part_gid(&part_gid(&gid, 2)).map(|(g, _)| g),
+            Some(gid.as_str())
+        );
+        drop(running);
+        assert!(!InFlight::running(&gid));
+    }
 }
