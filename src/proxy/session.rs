@@ -27,12 +27,10 @@ use crate::protocol::codes::{backend, frontend, txn};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::{Piece, Splitter};
 use crate::protocol::ProtocolError;
-use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::session_sql::SessionCommand;
 use crate::shared::cancel::CancelSlot;
 use crate::stats::{ClientInfo, ClientState, Stop};
-use std::collections::HashMap;
 
 /// Read buffers grow to at least this much free space before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -76,10 +74,8 @@ pub struct Session {
     /// `SET SERVER ROLE` (None: automatic) and `SET PRIMARY READS` (None: the pool's setting).
     role_override: Option<RoleChoice>,
     primary_reads_override: Option<bool>,
-    /// Read/write routes of query texts this client sent.
-    route_cache: HashMap<Box<[u8]>, Route>,
-    /// Sharding-key positions of parameterised query texts this client sent.
-    key_cache: HashMap<Box<str>, Option<Vec<crate::router::shard_key::KeyValue>>>,
+    /// Read/write routes and sharding-key positions of the query shapes this client sent.
+    analyzer: crate::router::route::Analyzer,
     /// What the attached server was chosen for.
     attached_want: Option<Want>,
     attached_shard: usize,
@@ -149,8 +145,7 @@ impl Session {
             local_ext: None,
             role_override: None,
             primary_reads_override: None,
-            route_cache: HashMap::new(),
-            key_cache: HashMap::new(),
+            analyzer: Default::default(),
             attached_want: None,
             attached_shard: 0,
             shard_override: None,

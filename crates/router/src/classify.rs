@@ -8,8 +8,6 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     visit_expressions, Expr, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 /// Where a request may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,9 +20,14 @@ pub enum Route {
 
 /// Classifies a query string. `volatile` lists functions (lower case) whose calls make a SELECT a write.
 pub fn classify(sql: &str, volatile: &[String]) -> Route {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Route::Write;
-    };
+    match super::route::parse(sql) {
+        Some(statements) => classify_parsed(&statements, volatile),
+        None => Route::Write,
+    }
+}
+
+/// [`classify`] of a query already parsed.
+pub fn classify_parsed(statements: &[Statement], volatile: &[String]) -> Route {
     if statements.is_empty() {
         return Route::Read;
     }

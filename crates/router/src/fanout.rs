@@ -9,8 +9,6 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{visit_expressions, Expr, GroupByExpr, SetExpr, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::grouped;
 pub use super::grouped::{Aggregate, Grouped, Output};
@@ -178,20 +176,15 @@ fn uses_aggregate_or_window(stmt: &Statement) -> Option<&'static str> {
 
 /// Plans a keyless query for a pool sharded on `spec`.
 pub fn plan(sql: &str, spec: &KeySpec) -> Plan {
-    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).or_else(|e| {
-        // sqlparser wants `COPY ... FROM STDIN` to end with a semicolon (inline data may follow it).
-        let t = sql.trim_start();
-        let copy = t.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("copy"));
-        if t.len() > 4 && copy && !sql.trim_end().ends_with(';') {
-            Parser::parse_sql(&PostgreSqlDialect {}, &format!("{sql};"))
-        } else {
-            Err(e)
-        }
-    });
-    let Ok(statements) = parsed else {
-        return Plan::NotSharded;
-    };
-    let [stmt] = statements.as_slice() else {
+    match super::route::parse(sql) {
+        Some(statements) => plan_parsed(&statements, spec),
+        None => Plan::NotSharded,
+    }
+}
+
+/// [`plan`] of a query already parsed.
+pub fn plan_parsed(statements: &[Statement], spec: &KeySpec) -> Plan {
+    let [stmt] = statements else {
         return if statements.iter().any(|s| touches(s, spec)) {
             Plan::Unsupported("several statements in one query")
         } else {
@@ -285,8 +278,16 @@ pub fn split_insert(
     spec: &KeySpec,
     shard_of: impl Fn(&super::shard_key::KeyValue) -> Option<usize>,
 ) -> Option<Vec<SplitPart>> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [Statement::Insert(ins)] = statements.as_slice() else {
+    split_insert_parsed(&super::route::parse(sql)?, spec, shard_of)
+}
+
+/// [`split_insert`] of a query already parsed.
+pub fn split_insert_parsed(
+    statements: &[Statement],
+    spec: &KeySpec,
+    shard_of: impl Fn(&super::shard_key::KeyValue) -> Option<usize>,
+) -> Option<Vec<SplitPart>> {
+    let [Statement::Insert(ins)] = statements else {
         return None;
     };
     let idx = ins
@@ -305,7 +306,13 @@ pub fn split_insert(
             .or_default()
             .push(row.clone());
     }
-    let parameterised = sql.contains('$');
+    let parameterised = visit_expressions(&statements[0], |e| match e {
+        Expr::Value(v) if matches!(v.value, sqlparser::ast::Value::Placeholder(_)) => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break();
     Some(
         by_shard
             .into_iter()

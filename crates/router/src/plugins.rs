@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 
 use bytes::BytesMut;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use ocelot_config::Plugins;
 use ocelot_protocol::encode;
@@ -101,9 +99,13 @@ impl PoolPlugins {
 
     /// The first listed table `sql` touches, if any. SQL the parser cannot read is let through, as in PgCat.
     pub fn denied_table(&self, sql: &str) -> Option<String> {
-        let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        self.denied_table_parsed(&super::route::parse(sql)?)
+    }
+
+    /// [`Self::denied_table`] of a query already parsed.
+    pub fn denied_table_parsed(&self, statements: &[sqlparser::ast::Statement]) -> Option<String> {
         let mut found = None;
-        for s in &statements {
+        for s in statements {
             let _ = sqlparser::ast::visit_relations(s, |name| {
                 let full = name.to_string().to_lowercase().replace('"', "");
                 let bare = full.rsplit('.').next().unwrap_or(&full).to_owned();

@@ -1,7 +1,9 @@
 //! A small pre-parser for the statements that change session state (SET, RESET, set_config, PREPARE,
 //! DEALLOCATE, DISCARD, LISTEN, UNLISTEN), so transaction mode can carry that state from server to server. It
-//! splits a query string into statements (respecting quotes, dollar quotes and comments) and classifies each by
+//! splits a query string into statements with the router's lexer ([`super::lex`]) and classifies each by
 //! its leading keywords; anything else is `Other`. A quick keyword scan keeps ordinary queries off the slow path.
+
+use super::lex::{tokens, Kind};
 
 /// What one statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,83 +130,21 @@ pub fn may_change_session(sql: &[u8]) -> bool {
     })
 }
 
-/// Where the string literal, quoted name, comment (`--`, nested `/* */`) or dollar-quoted string that starts at byte
-/// `i` of `b` ends (exclusive; the end of `b` when it is not closed), or `None` when none starts there. A `$1`
-/// parameter is not a quote.
+/// Where the string literal, quoted name, comment or dollar-quoted string that starts at byte `i` of `b` ends
+/// (exclusive; the end of `b` when it is not closed), or `None` when none starts there. See [`super::lex`].
 pub fn skip_quoted(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        q @ (b'\'' | b'"') => {
-            let mut j = i + 1;
-            while j < b.len() {
-                if b[j] == q {
-                    if b.get(j + 1) == Some(&q) {
-                        j += 2;
-                        continue;
-                    }
-                    return Some(j + 1);
-                }
-                j += 1;
-            }
-            Some(b.len())
-        }
-        b'-' if b.get(i + 1) == Some(&b'-') => Some(
-            b[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| i + p + 1),
-        ),
-        b'/' if b.get(i + 1) == Some(&b'*') => {
-            let mut depth = 1;
-            let mut j = i + 2;
-            while j < b.len() && depth > 0 {
-                if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
-                    depth += 1;
-                    j += 1;
-                } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
-                    depth -= 1;
-                    j += 1;
-                }
-                j += 1;
-            }
-            Some(j.min(b.len()))
-        }
-        b'$' => {
-            let e = b[i + 1..]
-                .iter()
-                .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
-                .map(|p| i + 1 + p)?;
-            if b[e] != b'$' || b[i + 1].is_ascii_digit() {
-                return None;
-            }
-            let tag = &b[i..=e];
-            let body = e + 1;
-            Some(
-                b[body..]
-                    .windows(tag.len())
-                    .position(|w| w == tag)
-                    .map_or(b.len(), |p| body + p + tag.len()),
-            )
-        }
-        _ => None,
-    }
+    super::lex::quoted_end_at(b, i)
 }
 
-/// Splits `sql` into statements at top-level semicolons.
+/// Splits `sql` into statements at top-level semicolons; statements of only space and comments are left out.
 pub fn split_statements(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(end) = skip_quoted(b, i) {
-            i = end;
-            continue;
+    for t in tokens(sql) {
+        if t.kind == Kind::Punct && sql.as_bytes()[t.span.start] == b';' {
+            out.push(&sql[start..t.span.start]);
+            start = t.span.end;
         }
-        if b[i] == b';' {
-            out.push(&sql[start..i]);
-            start = i + 1;
-        }
-        i += 1;
     }
     out.push(&sql[start..]);
     out.retain(|s| !strip_leading(s).is_empty());
@@ -212,17 +152,11 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 }
 
 /// Skips whitespace and comments.
-fn strip_leading(mut s: &str) -> &str {
-    loop {
-        let t = s.trim_start();
-        if let Some(rest) = t.strip_prefix("--") {
-            s = rest.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(rest) = t.strip_prefix("/*") {
-            s = rest.split_once("*/").map_or("", |(_, r)| r);
-        } else {
-            return t;
-        }
-    }
+fn strip_leading(s: &str) -> &str {
+    let start = tokens(s)
+        .find(|t| !matches!(t.kind, Kind::Space | Kind::Comment))
+        .map_or(s.len(), |t| t.span.start);
+    &s[start..]
 }
 
 /// Splits off the next word (identifier, possibly double-quoted, or a symbol) and the rest.
@@ -344,54 +278,42 @@ fn classify_set_config(rest: &str) -> SessionCommand {
     if f != "set_config" && f != "pg_catalog.set_config" {
         return SessionCommand::Other;
     }
-    let rest = strip_leading(rest);
-    let Some(args) = rest.strip_prefix('(') else {
+    // The rest as tokens, space and comments left out: `( arg [::type] , arg [::type] , false )`.
+    let mut toks = tokens(rest)
+        .filter(|t| !matches!(t.kind, Kind::Space | Kind::Comment))
+        .map(|t| (t.kind, &rest[t.span]))
+        .peekable();
+    let punct = |want: &str, toks: &mut std::iter::Peekable<_>| matches!(toks.next(), Some((Kind::Punct, p)) if p == want);
+    if !punct("(", &mut toks) {
         return SessionCommand::Other;
-    };
+    }
     let mut lits = Vec::new();
-    let mut s = args;
     for _ in 0..2 {
-        let t = s.trim_start();
-        let (arg, after) = if let Some(body) = t.strip_prefix('\'') {
-            let mut val = String::new();
-            let mut it = body.char_indices();
-            let mut end = None;
-            while let Some((i, c)) = it.next() {
-                if c == '\'' {
-                    if body[i + 1..].starts_with('\'') {
-                        val.push('\'');
-                        it.next();
-                        continue;
-                    }
-                    end = Some(i + 1);
-                    break;
-                }
-                val.push(c);
+        let arg = match toks.next() {
+            Some((Kind::String, t)) if t.len() >= 2 => {
+                ConfigArg::Literal(t[1..t.len() - 1].replace("''", "'"))
             }
-            let Some(e) = end else {
-                return SessionCommand::Other;
-            };
-            (ConfigArg::Literal(val), &body[e..])
-        } else if let Some(p) = t.strip_prefix('$') {
-            let digits = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
-            match p[..digits].parse::<usize>() {
-                Ok(n) if n > 0 => (ConfigArg::Param(n - 1), &p[digits..]),
+            Some((Kind::Param, t)) => match t[1..].parse::<usize>() {
+                Ok(n) if n > 0 => ConfigArg::Param(n - 1),
                 _ => return SessionCommand::Other,
-            }
-        } else {
-            return SessionCommand::Other;
-        };
-        // An optional cast such as ::text.
-        let after = after.trim_start();
-        let after = match after.strip_prefix("::") {
-            Some(cast) => next_word(cast).1,
-            None => after,
+            },
+            _ => return SessionCommand::Other,
         };
         lits.push(arg);
-        s = after.trim_start().strip_prefix(',').unwrap_or("");
+        // An optional cast such as ::text.
+        if toks.peek() == Some(&(Kind::Punct, ":")) {
+            toks.next();
+            if !punct(":", &mut toks) || !matches!(toks.next(), Some((Kind::Word, _))) {
+                return SessionCommand::Other;
+            }
+        }
+        if !punct(",", &mut toks) {
+            return SessionCommand::Other;
+        }
     }
-    let (is_local, after) = next_word(s);
-    if is_local != "false" || !strip_leading(after).starts_with(')') {
+    let session_wide =
+        matches!(toks.next(), Some((Kind::Word, w)) if w.eq_ignore_ascii_case("false"));
+    if !session_wide || !punct(")", &mut toks) {
         return SessionCommand::Other;
     }
     let value = lits.pop().unwrap_or(ConfigArg::Param(usize::MAX));

@@ -9,8 +9,6 @@ use sqlparser::ast::{
     BinaryOperator, Expr, JoinConstraint, JoinOperator, ObjectName, SetExpr, Statement,
     TableFactor, UnaryOperator, Value, Visit, Visitor,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 /// A value the key is compared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,8 +205,12 @@ fn join_conditions(from: &[sqlparser::ast::TableWithJoins]) -> Vec<&Expr> {
 
 /// The key values `sql` is restricted to, per statement kind; `None` when unrestricted or unparsable.
 pub fn find(sql: &str, spec: &KeySpec) -> Option<Vec<KeyValue>> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [stmt] = statements.as_slice() else {
+    find_parsed(&super::route::parse(sql)?, spec)
+}
+
+/// [`find`] in a query already parsed.
+pub fn find_parsed(statements: &[Statement], spec: &KeySpec) -> Option<Vec<KeyValue>> {
+    let [stmt] = statements else {
         return None;
     };
     let mut rel = Relations::default();

@@ -11,8 +11,6 @@ use std::sync::{Arc, OnceLock};
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, OrderByKind, SetExpr, Statement,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::shard_key::{literal, KeySpec, KeyValue};
 use ocelot_config::{VectorMetric, VectorSharding};
@@ -165,8 +163,12 @@ pub fn decode_binary_array(raw: &[u8]) -> Option<Vec<f32>> {
 /// `pgml.distance_l2/cosine_similarity/dot_product(col, v)` (either order) or `col <-> v` (`<=>`, `<#>`), with
 /// `v` a literal or a Bind parameter. The query must be a plain SELECT with a LIMIT.
 pub fn knn_target(sql: &str, spec: &KeySpec) -> Option<KeyValue> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [Statement::Query(q)] = statements.as_slice() else {
+    knn_target_parsed(&super::route::parse(sql)?, spec)
+}
+
+/// [`knn_target`] of a query already parsed.
+pub fn knn_target_parsed(statements: &[Statement], spec: &KeySpec) -> Option<KeyValue> {
+    let [Statement::Query(q)] = statements else {
         return None;
     };
     if !matches!(q.body.as_ref(), SetExpr::Select(_)) {

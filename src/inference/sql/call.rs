@@ -120,20 +120,18 @@ fn collect_table_functions(sql: &str, calls: &mut Vec<Call>) {
     };
     let rest = &sql[from + 6..];
     // The call runs to its matching parenthesis.
-    let Some(open) = rest.find('(') else {
-        return;
-    };
-    let mut depth = 0;
+    let mut depth = 0usize;
     let mut end = None;
-    let mut quoted = false;
-    for (i, c) in rest.char_indices().skip(open) {
-        match c {
-            '\'' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
-            ')' if !quoted => {
+    for t in crate::router::lex::tokens(rest) {
+        if t.kind != crate::router::lex::Kind::Punct {
+            continue;
+        }
+        match &rest[t.span.clone()] {
+            "(" => depth += 1,
+            ")" if depth > 0 => {
                 depth -= 1;
                 if depth == 0 {
-                    end = Some(i + 1);
+                    end = Some(t.span.end);
                     break;
                 }
             }

@@ -40,8 +40,7 @@ impl Session {
             return;
         }
         self.pool = new.clone();
-        self.route_cache.clear();
-        self.key_cache.clear();
+        self.analyzer.clear();
     }
 
     /// Counts a request answered with ReadyForQuery(`status`) for the client, the server pool and the connection.

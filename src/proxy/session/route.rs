@@ -13,11 +13,13 @@ use crate::protocol::codes::frontend;
 use crate::protocol::extended;
 use crate::protocol::frame::Header;
 use crate::proxy::error::ClientError;
-use crate::router::classify::{classify, Route};
+use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
 use crate::router::fanout::{self, Plan};
+use crate::router::route::{parse, Analyzer, Rules};
 use crate::router::shard_key::KeyValue;
 use crate::router::sharding::Shards;
+use sqlparser::ast::Statement;
 
 /// Where a request runs.
 pub(super) enum Target {
@@ -91,9 +93,6 @@ pub(super) fn shard_list(shards: impl IntoIterator<Item = usize>) -> String {
         .join(", ")
 }
 
-/// Distinct query texts remembered per session.
-const ROUTE_CACHE: usize = 512;
-
 impl Session {
     /// The shard used when nothing in the request or the session names one.
     pub(super) fn default_shard(&self) -> usize {
@@ -137,32 +136,20 @@ impl Session {
                 return Ok(target);
             }
         }
-        let sharder = &self.pool.sharder;
-        if let (Some(sql), true) = (&sql, sharder.has_key()) {
+        if let (Some(sql), true) = (&sql, self.pool.sharder.has_key()) {
             let text = String::from_utf8_lossy(sql);
             let params: Vec<(Option<&[u8]>, bool)> =
                 params.iter().map(|(v, b)| (v.as_deref(), *b)).collect();
-            // Parameterised texts repeat: their key positions are parsed once per session.
-            let keys = if text.contains('$') {
-                if let Some(k) = self.key_cache.get(text.as_ref()) {
-                    k.clone()
-                } else {
-                    let k = sharder.keys(&text);
-                    if self.key_cache.len() >= ROUTE_CACHE {
-                        self.key_cache.clear();
-                    }
-                    self.key_cache.insert(text.as_ref().into(), k.clone());
-                    k
-                }
-            } else {
-                sharder.keys(&text)
-            };
+            let keys = self.keys_of(&text);
+            let sharder = &self.pool.sharder;
             match sharder.shards_of(keys, &params) {
                 Shards::One(n) => return Ok(Target::One(n)),
                 Shards::Many(set) => {
                     // An IN list over several shards: the same merges as a keyless read, on those shards only.
                     if let Some(spec) = sharder.key() {
-                        let merge = match fanout::plan(&text, spec) {
+                        // Fan-out plans rewrite the text: one parse for the plan and the split.
+                        let statements = parse(&text).unwrap_or_default();
+                        let merge = match fanout::plan_parsed(&statements, spec) {
                             Plan::Rows => Some(Merge::Rows),
                             Plan::Grouped(g) => Some(Merge::Grouped(g)),
                             Plan::Ordered(o) => Some(Merge::Ordered(o)),
@@ -186,7 +173,9 @@ impl Session {
                                 _ => None,
                             },
                         };
-                        if let Some(parts) = fanout::split_insert(&text, spec, shard_of) {
+                        if let Some(parts) =
+                            fanout::split_insert_parsed(&statements, spec, shard_of)
+                        {
                             return Ok(Target::Write(parts));
                         }
                     }
@@ -200,7 +189,8 @@ impl Session {
                     let prepare_only = !simple && !bound;
                     if let (Some(spec), false) = (sharder.key(), prepare_only) {
                         let all: Vec<usize> = (0..self.pool.shards.len()).collect();
-                        let why = match fanout::plan(&text, spec) {
+                        let statements = parse(&text).unwrap_or_default();
+                        let why = match fanout::plan_parsed(&statements, spec) {
                             Plan::NotSharded => None,
                             Plan::Rows => return Ok(Target::All(Merge::Rows, all)),
                             Plan::Grouped(g) => return Ok(Target::All(Merge::Grouped(g), all)),
@@ -208,7 +198,7 @@ impl Session {
                                 // Centroid sharding: a nearest-neighbour query searches its nearest centroids'
                                 // shards only.
                                 let shards =
-                                    knn_shards(sharder, &text, spec, &params).unwrap_or(all);
+                                    knn_shards(sharder, &statements, spec, &params).unwrap_or(all);
                                 return Ok(Target::All(Merge::Ordered(o), shards));
                             }
                             Plan::Write => {
@@ -234,20 +224,9 @@ impl Session {
         Ok(Target::Default)
     }
 
-    /// The key positions of a query text, parsed once per session for parameterised texts (which repeat).
+    /// The key values of a query text, parsed once per query shape.
     fn keys_of(&mut self, text: &str) -> Option<Vec<KeyValue>> {
-        if !text.contains('$') {
-            return self.pool.sharder.keys(text);
-        }
-        if let Some(k) = self.key_cache.get(text) {
-            return k.clone();
-        }
-        let k = self.pool.sharder.keys(text);
-        if self.key_cache.len() >= ROUTE_CACHE {
-            self.key_cache.clear();
-        }
-        self.key_cache.insert(text.into(), k.clone());
-        k
+        self.analyzer.analyze(text, &rules(&self.pool)).keys
     }
 
     /// For an extended-protocol request with several Binds before its Sync (a driver's batch), the shard of
@@ -443,7 +422,7 @@ impl Session {
             };
             if let Some(sql) = sql {
                 seen = true;
-                let r = route_of(&mut self.route_cache, sql, &self.pool);
+                let r = route_of(&mut self.analyzer, sql, &self.pool);
                 if r == Route::Write {
                     return Route::Write;
                 }
@@ -457,7 +436,7 @@ impl Session {
                 match stmt {
                     Some(text) => {
                         seen = true;
-                        if route_of(&mut self.route_cache, &text, &self.pool) == Route::Write {
+                        if route_of(&mut self.analyzer, &text, &self.pool) == Route::Write {
                             return Route::Write;
                         }
                     }
@@ -517,40 +496,39 @@ impl Session {
     }
 }
 
-fn route_of(
-    cache: &mut std::collections::HashMap<Box<[u8]>, Route>,
-    sql: &[u8],
-    pool: &crate::database::UserPool,
-) -> Route {
+fn route_of(analyzer: &mut Analyzer, sql: &[u8], pool: &crate::database::UserPool) -> Route {
     use std::sync::atomic::Ordering::Relaxed;
-    let routing = &pool.routing;
-    if let Some(r) = cache.get(sql) {
-        pool.route_hits.fetch_add(1, Relaxed);
-        return *r;
-    }
-    pool.route_misses.fetch_add(1, Relaxed);
-    let r = match (std::str::from_utf8(sql), routing.query_parser_max_length) {
-        (Ok(_), Some(max)) if sql.len() > max => Route::Write,
-        (Ok(text), _) => classify(text, &routing.volatile_functions),
-        (Err(_), _) => Route::Write,
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return Route::Write;
     };
-    if cache.len() >= ROUTE_CACHE {
-        cache.clear();
+    let a = analyzer.analyze(text, &rules(pool));
+    if a.hit {
+        pool.route_hits.fetch_add(1, Relaxed);
+    } else {
+        pool.route_misses.fetch_add(1, Relaxed);
     }
-    cache.insert(sql.into(), r);
-    r
+    a.route
+}
+
+/// The pool's settings that routing reads.
+fn rules(pool: &crate::database::UserPool) -> Rules<'_> {
+    Rules {
+        volatile: &pool.routing.volatile_functions,
+        max_length: pool.routing.query_parser_max_length,
+        key: pool.sharder.key(),
+    }
 }
 
 /// The shards a nearest-neighbour query on a centroid-sharded pool searches (`None`: all of them).
 fn knn_shards(
     sharder: &crate::router::sharding::Sharder,
-    text: &str,
+    statements: &[Statement],
     spec: &crate::router::shard_key::KeySpec,
     params: &[(Option<&[u8]>, bool)],
 ) -> Option<Vec<usize>> {
-    use crate::router::vectors::{decode_binary_array, knn_target, parse_vector};
+    use crate::router::vectors::{decode_binary_array, knn_target_parsed, parse_vector};
     let router = sharder.vectors.as_ref()?;
-    let v = match knn_target(text, spec)? {
+    let v = match knn_target_parsed(statements, spec)? {
         KeyValue::Literal(s) => parse_vector(&s)?,
         KeyValue::Param(i) => match params.get(i)? {
             (Some(raw), true) => decode_binary_array(raw)?,
