@@ -358,6 +358,7 @@ impl Session {
             self.parked.clear();
         }
         self.core.replay = None;
+        self.core.keep_nothing();
         self.attached_want = None;
         if let Some(mut server) = self.server.take() {
             if self.core.mode == PoolMode::Session || !self.core.pins.is_empty() {
@@ -389,6 +390,7 @@ impl Session {
             self.sout.clear();
             return Ok(());
         };
+        self.core.sending(&self.sout, &self.cbuf[..n]);
         if let Some(replay) = self.core.replay.as_mut() {
             if self.sout.is_empty() {
                 replay.extend_from_slice(&self.cbuf[..n]);

@@ -414,6 +414,61 @@ impl StatementMap {
         true
     }
 
+    /// Gets the one request in flight (`sent`, as the server received it) ready to be sent again to the same
+    /// server, after PostgreSQL found a shared statement it uses stale: appends to `out` a Close of every named
+    /// statement the request names and a Parse of those it uses without parsing. The answers to those, and the
+    /// `parses` and `closes` the server already answered before its error, will be swallowed when they come
+    /// again. False, with nothing changed, when the request cannot be sent again: it names a statement whose text
+    /// is not known, or binds one without describing it (the client then reads the rows with the columns it was
+    /// told of before the change, and only PostgreSQL's own error is right).
+    pub fn reprepare(
+        &mut self,
+        sent: &[u8],
+        parses: usize,
+        closes: usize,
+        out: &mut BytesMut,
+    ) -> bool {
+        let Some((parsed, used)) = names_to_reprepare(sent) else {
+            return false;
+        };
+        let mut again = Vec::with_capacity(used.len());
+        for name in &used {
+            let Some(n) = self
+                .by_client_name
+                .values()
+                .find(|n| &*n.stmt.name == *name)
+            else {
+                return false;
+            };
+            again.push(n.stmt.clone());
+        }
+        let ack = |creates: Option<Arc<Statement>>| Ack {
+            group: self.done_groups,
+            swallow: true,
+            creates,
+            defines: None,
+        };
+        let mut close_acks = Vec::new();
+        for name in parsed.iter().chain(&used) {
+            extended::encode_target(out, frontend::CLOSE, b'S', name);
+            close_acks.push(ack(None));
+        }
+        let mut parse_acks = Vec::new();
+        for stmt in again {
+            extended::encode_parse(out, &stmt.name, &stmt.body);
+            parse_acks.push(ack(Some(stmt)));
+        }
+        parse_acks.extend((0..parses).map(|_| ack(None)));
+        close_acks.extend((0..closes).map(|_| ack(None)));
+        for a in parse_acks.into_iter().rev() {
+            self.parse_acks.push_front(a);
+        }
+        for a in close_acks.into_iter().rev() {
+            self.close_acks.push_front(a);
+        }
+        true
+    }
+
     /// Entries of finished groups were skipped after an error: names they would have created do not exist.
     fn drop_stale(&mut self, server: &mut ServerStatements) {
         while self
@@ -439,6 +494,45 @@ impl StatementMap {
             self.close_acks.pop_front();
         }
     }
+}
+
+/// The named statements a request parses and those it uses without parsing, or `None` when it binds a statement
+/// without the client being told its columns again in the same request (a Describe of the statement or the
+/// portal), or uses the unnamed statement it did not parse.
+fn names_to_reprepare(sent: &[u8]) -> Option<(Vec<&str>, Vec<&str>)> {
+    let (mut parsed, mut used) = (Vec::new(), Vec::new());
+    let (mut described, mut binds) = (Vec::new(), Vec::new());
+    for (code, body) in crate::protocol::frame::messages(sent) {
+        let name = match code {
+            frontend::PARSE => extended::parse(body).ok().map(|(n, _)| n),
+            frontend::BIND => extended::bind(body).ok().map(|(portal, n, _)| {
+                binds.push((portal, n));
+                n
+            }),
+            frontend::DESCRIBE => {
+                let target = extended::target(code, body).ok();
+                described.extend(target);
+                target.filter(|(kind, _)| *kind == b'S').map(|(_, n)| n)
+            }
+            _ => None,
+        };
+        match name {
+            None => {}
+            Some(n) if code == frontend::PARSE => parsed.push(n),
+            Some(n) if !parsed.contains(&n) && !used.contains(&n) => used.push(n),
+            Some(_) => {}
+        }
+    }
+    let told = |(portal, stmt): &(&str, &str)| {
+        parsed.contains(stmt)
+            || described.contains(&(b'S', *stmt))
+            || described.contains(&(b'P', *portal))
+    };
+    if !binds.iter().all(told) || used.contains(&"") {
+        return None;
+    }
+    parsed.retain(|n| !n.is_empty());
+    Some((parsed, used))
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ async fn statements_prepared_after_ddl_see_the_new_schema() {
 /// change fails ("cached plan must not change result type") for the first client that uses it, and from then on
 /// for no one: the text gets a statement of its own and the connection drops the stale one when it is given back.
 #[tokio::test]
-async fn a_schema_change_made_behind_ocelots_back_fails_once_not_forever() {
+async fn a_schema_change_made_behind_ocelots_back_is_not_shown_to_clients() {
     let pg = Postgres::start();
     pg.psql_admin_db(
         "app",
@@ -291,10 +291,8 @@ async fn a_schema_change_made_behind_ocelots_back_fails_once_not_forever() {
             }
         }
     }
-    assert!(
-        stale_errors <= 1,
-        "{stale_errors} clients met the stale plan"
-    );
+    // The first request to meet the stale plan is re-prepared and sent again; later ones find fresh statements.
+    assert_eq!(stale_errors, 0, "{stale_errors} clients met the stale plan");
     let last = connect(port, "postgres", None, "app").await.unwrap();
     let st = last.prepare("SELECT * FROM behind").await.unwrap();
     let rows = last.query(&st, &[]).await.unwrap();

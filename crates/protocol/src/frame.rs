@@ -51,6 +51,18 @@ impl Header {
     }
 }
 
+/// The whole messages at the start of `buf`, as (type, body), stopping at the first incomplete or invalid one.
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let h = Header::parse(buf.get(at..)?, u32::MAX).ok()??;
+        let end = at + h.total();
+        let body = buf.get(at + HEADER_LEN..end)?;
+        at = end;
+        Some((h.code, body))
+    })
+}
+
 /// What the next bytes of a buffer are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {

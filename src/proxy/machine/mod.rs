@@ -10,6 +10,9 @@
 //! in the driver's `session/client_bytes.rs`.
 
 pub(crate) mod client;
+pub(crate) mod retry;
+#[cfg(test)]
+mod retry_tests;
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;
@@ -51,6 +54,8 @@ pub(crate) struct Core {
     pub(crate) replay: Option<BytesMut>,
     /// Which of the client's messages are being dropped, and how that ends.
     pub(crate) discard: Discard,
+    /// The request in flight, kept to be sent again should a shared statement's plan be stale.
+    pub(crate) retry: retry::Retry,
 }
 
 /// Client messages being dropped instead of reaching a server. One state, since at most one of these holds.
@@ -87,6 +92,7 @@ impl Core {
             unsynced_execute: false,
             replay: None,
             discard: Discard::Nothing,
+            retry: Default::default(),
         }
     }
 }

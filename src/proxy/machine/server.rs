@@ -6,6 +6,7 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::retry::Step;
 use super::Core;
 use crate::config::PoolMode;
 use crate::pool::params::is_tracked;
@@ -27,6 +28,8 @@ pub(crate) struct Heard {
     /// A replica that had not answered yet is going away: the request is to be sent to another server. Nothing
     /// was forwarded.
     pub failover: Option<String>,
+    /// The request met a stale plan and its answer was cut: [`Core::resend`] goes to the server again.
+    pub resend: bool,
 }
 
 /// The bookkeeping outside the session that server messages feed (statistics, the pool's statement cache, the
@@ -81,6 +84,11 @@ impl Core {
             .ssplit
             .next(&rbuf[fwd..], |c| inspects(c, replaying, mapping))?
         {
+            if piece.starts_message()
+                && self.retry_cuts(piece, rbuf, &mut fwd, server, obs, &mut heard)
+            {
+                continue;
+            }
             if piece.starts_message() && !self.map_server_message(piece, rbuf, &mut fwd, server) {
                 continue;
             }
@@ -125,11 +133,48 @@ impl Core {
             self.replay = None;
         }
         heard.forward = fwd;
+        if heard.ready && !heard.resend {
+            self.keep_next_request(server);
+        }
         heard.release = heard.ready
             && self.mode == PoolMode::Transaction
             && self.tracker.is_idle()
             && self.pins.is_empty();
         Ok(heard)
+    }
+
+    /// Lets [`Core::retry_step`] see the start of a message; true when it cut the message out.
+    fn retry_cuts(
+        &mut self,
+        piece: Piece,
+        rbuf: &mut BytesMut,
+        fwd: &mut usize,
+        server: &mut ServerState,
+        obs: &mut impl Observer,
+        heard: &mut Heard,
+    ) -> bool {
+        let whole = match piece {
+            Piece::Whole(h) => Some(h),
+            _ => None,
+        };
+        let stale = whole.is_some_and(|h| {
+            h.code == backend::ERROR_RESPONSE && is_stale_plan(&rbuf[*fwd + 5..*fwd + h.total()])
+        });
+        match self.retry_step(whole, piece.code(), stale, rbuf, fwd) {
+            Step::Pass => false,
+            Step::Skipped => true,
+            Step::Stale => {
+                // Statements prepared on this connection before the change are stale too: they are dropped
+                // when it is given back.
+                server.dirty.deallocate_all = true;
+                obs.schema_changed();
+                true
+            }
+            Step::Resend => {
+                heard.resend = true;
+                true
+            }
+        }
     }
 
     /// Drops the `forward` bytes the client was sent from `rbuf` and makes room for the rest of a message that

@@ -17,8 +17,8 @@ use crate::proxy::statements::ClientAction;
 use crate::router::pinning::Pins;
 
 #[derive(Default)]
-struct Recorder {
-    errors: usize,
+pub(super) struct Recorder {
+    pub(super) errors: usize,
     ready: Vec<u8>,
     schema_changes: usize,
     notifications: usize,
@@ -41,12 +41,12 @@ impl Observer for Recorder {
 }
 
 /// A session, the server it holds and what the client sees.
-struct Rig {
-    core: Core,
-    server: ServerState,
+pub(super) struct Rig {
+    pub(super) core: Core,
+    pub(super) server: ServerState,
     rbuf: BytesMut,
-    obs: Recorder,
-    client_saw: Vec<u8>,
+    pub(super) obs: Recorder,
+    pub(super) client_saw: Vec<u8>,
 }
 
 impl Rig {
@@ -61,7 +61,7 @@ impl Rig {
     }
 
     /// The client's messages go through the machine; returns the bytes the server gets.
-    fn client_writes(&mut self, bytes: &[u8], registry: &Registry) -> Vec<u8> {
+    pub(super) fn client_writes(&mut self, bytes: &[u8], registry: &Registry) -> Vec<u8> {
         let mut split = Splitter::new(u32::MAX);
         let mut sent = Vec::new();
         let mut at = 0;
@@ -104,7 +104,7 @@ impl Rig {
     }
 
     /// The server's bytes arrive; what the driver would write to the client is collected.
-    fn server_sends(&mut self, bytes: &[u8]) -> Heard {
+    pub(super) fn server_sends(&mut self, bytes: &[u8]) -> Heard {
         self.rbuf.extend_from_slice(bytes);
         let heard = self
             .core
@@ -121,7 +121,7 @@ impl Rig {
     }
 }
 
-fn msgs(build: impl FnOnce(&mut BytesMut)) -> BytesMut {
+pub(super) fn msgs(build: impl FnOnce(&mut BytesMut)) -> BytesMut {
     let mut b = BytesMut::new();
     build(&mut b);
     b
@@ -338,22 +338,7 @@ fn a_plan_made_stale_behind_ocelots_back_is_dropped_from_the_server() {
     let mut rig = Rig::new(PoolMode::Transaction);
     rig.core = Core::new(PoolMode::Transaction, ClientParams::default(), true);
     rig.client_sends(&[frontend::BIND, frontend::EXECUTE, frontend::SYNC]);
-    let mut stale = BytesMut::new();
-    let mut body = BytesMut::new();
-    for (field, value) in [
-        (b'S', "ERROR"),
-        (b'C', "0A000"),
-        (b'M', "cached plan must not change result type"),
-        (b'R', "RevalidateCachedQuery"),
-    ] {
-        body.extend_from_slice(&[field]);
-        body.extend_from_slice(value.as_bytes());
-        body.extend_from_slice(&[0]);
-    }
-    body.extend_from_slice(&[0]);
-    stale.extend_from_slice(&[backend::ERROR_RESPONSE]);
-    stale.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    stale.extend_from_slice(&body);
+    let mut stale = msgs(stale_plan);
     encode::ready_for_query(&mut stale, txn::IDLE);
     let heard = rig.server_sends(&stale);
     assert!(heard.release);
@@ -380,23 +365,42 @@ fn a_plan_made_stale_behind_ocelots_back_is_dropped_from_the_server() {
     );
 }
 
-fn parse(b: &mut BytesMut, name: &str, sql: &str) {
+/// PostgreSQL's error for a statement whose plan went stale.
+pub(super) fn stale_plan(b: &mut BytesMut) {
+    let mut body = BytesMut::new();
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'C', "0A000"),
+        (b'M', "cached plan must not change result type"),
+        (b'R', "RevalidateCachedQuery"),
+    ] {
+        body.extend_from_slice(&[field]);
+        body.extend_from_slice(value.as_bytes());
+        body.extend_from_slice(&[0]);
+    }
+    body.extend_from_slice(&[0]);
+    b.extend_from_slice(&[backend::ERROR_RESPONSE]);
+    b.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    b.extend_from_slice(&body);
+}
+
+pub(super) fn parse(b: &mut BytesMut, name: &str, sql: &str) {
     let mut rest = sql.as_bytes().to_vec();
     rest.extend_from_slice(&[0, 0, 0]);
     extended::encode_parse(b, name, &rest);
 }
 
-fn bind(b: &mut BytesMut, statement: &str) {
+pub(super) fn bind(b: &mut BytesMut, statement: &str) {
     extended::encode_bind(b, "", statement, &[0, 0, 0, 0, 0, 0]);
 }
 
-fn execute_sync(b: &mut BytesMut) {
+pub(super) fn execute_sync(b: &mut BytesMut) {
     b.extend_from_slice(&[frontend::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
     encode::empty(b, frontend::SYNC);
 }
 
 /// The message codes in `bytes`, and the first name in each Parse or Bind.
-fn names(bytes: &[u8]) -> Vec<(char, String)> {
+pub(super) fn names(bytes: &[u8]) -> Vec<(char, String)> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 5 {
@@ -413,7 +417,7 @@ fn names(bytes: &[u8]) -> Vec<(char, String)> {
     out
 }
 
-fn mapped_rig() -> Rig {
+pub(super) fn mapped_rig() -> Rig {
     let mut rig = Rig::new(PoolMode::Transaction);
     rig.core = Core::new(PoolMode::Transaction, ClientParams::default(), true);
     rig

@@ -148,6 +148,7 @@ impl Session {
         self.attached_shard = shard;
         self.core.replay =
             (server.address.role != crate::config::ServerRole::Primary).then(BytesMut::new);
+        self.core.keep_next_request(&server.state);
         if let Some(sql) = self
             .core
             .params

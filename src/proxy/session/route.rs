@@ -11,7 +11,6 @@ use crate::database::fanout::Merge;
 use crate::pool::PoolError;
 use crate::protocol::codes::frontend;
 use crate::protocol::extended;
-use crate::protocol::frame::Header;
 use crate::proxy::error::ClientError;
 use crate::router::classify::Route;
 use crate::router::commands::RoleChoice;
@@ -541,14 +540,7 @@ fn knn_shards(
 
 /// The whole messages in `buf` from `start`, as (type, body), stopping at the first incomplete one.
 pub(super) fn whole_messages(buf: &[u8], start: usize) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut at = start;
-    std::iter::from_fn(move || {
-        let h = Header::parse(buf.get(at..)?, u32::MAX).ok()??;
-        let end = at + h.total();
-        let body = buf.get(at + 5..end)?;
-        at = end;
-        Some((h.code, body))
-    })
+    crate::protocol::frame::messages(buf.get(start..).unwrap_or_default())
 }
 
 /// The type bytes of the whole messages in `buf`.

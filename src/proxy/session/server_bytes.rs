@@ -91,6 +91,11 @@ impl Session {
             out.clear();
         }
         self.core.forwarded(&mut server.rbuf, heard.forward);
+        if heard.resend {
+            if let Err(e) = server.stream.write_all(self.core.resend()).await {
+                return Err(self.server_lost(&e.to_string()));
+            }
+        }
         if heard.release {
             self.release();
         }
