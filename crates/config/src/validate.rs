@@ -5,6 +5,30 @@ use ocelot_protocol::auth::Secret;
 
 pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
+    validate_general(c, &mut warnings)?;
+    let any_global_plugin = c.plugins.as_ref().is_some_and(|p| p.any_enabled());
+    if c.pools.is_empty() {
+        warnings.push("no [pools] are configured: every client will be rejected".into());
+    }
+    for (name, pool) in &c.pools {
+        let auth_query = pool.auth_query.is_some() || c.general.auth_query.is_some();
+        validate_pool(name, pool, any_global_plugin, &mut warnings)?;
+        let mut seen = std::collections::HashSet::new();
+        for (idx, user) in &pool.users {
+            if !seen.insert(user.username.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("pools.{name}.users.{idx}.username"),
+                    format!("user \"{}\" appears twice in this pool", user.username),
+                ));
+            }
+            validate_user(name, idx, user, auth_query)?;
+        }
+    }
+    Ok(warnings)
+}
+
+/// The `[general]` and `[inference]` settings.
+fn validate_general(c: &Config, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     let g = &c.general;
     if g.tls_certificate.is_some() != g.tls_private_key.is_some() {
         return Err(ConfigError::invalid(
@@ -53,161 +77,165 @@ pub(super) fn validate(c: &Config) -> Result<Vec<String>, ConfigError> {
     if g.prepared_statements.is_some() || g.prepared_statements_cache_size.is_some() {
         warnings.push("general.prepared_statements and general.prepared_statements_cache_size are obsolete and ignored: set prepared_statements_cache_size on each pool".into());
     }
-    let any_global_plugin = c.plugins.as_ref().is_some_and(|p| p.any_enabled());
-    if c.pools.is_empty() {
-        warnings.push("no [pools] are configured: every client will be rejected".into());
+    Ok(())
+}
+
+/// One pool's settings, its users' aside.
+fn validate_pool(
+    name: &str,
+    pool: &super::Pool,
+    any_global_plugin: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("pools.{name}.{k}");
+    if pool.query_parser_read_write_splitting && !pool.query_parser_enabled {
+        return Err(ConfigError::invalid(
+            key("query_parser_read_write_splitting"),
+            "requires query_parser_enabled = true",
+        ));
     }
-    for (name, pool) in &c.pools {
-        let key = |k: &str| format!("pools.{name}.{k}");
-        if pool.query_parser_read_write_splitting && !pool.query_parser_enabled {
-            return Err(ConfigError::invalid(
-                key("query_parser_read_write_splitting"),
-                "requires query_parser_enabled = true",
-            ));
-        }
-        let plugins_on = pool
-            .plugins
-            .as_ref()
-            .map_or(any_global_plugin, |p| p.any_enabled());
-        if plugins_on && !pool.query_parser_enabled {
-            // PgCat accepts this (its specs use it everywhere): the plugins simply do not run.
-            warnings.push(format!(
-                "{}: plugins do not run while query_parser_enabled = false",
-                key("query_parser_enabled")
-            ));
-        }
-        for (k, re) in [
-            ("shard_id_regex", &pool.shard_id_regex),
-            ("sharding_key_regex", &pool.sharding_key_regex),
-        ] {
-            if let Some(re) = re {
-                match regex::Regex::new(re) {
-                    Ok(r) if r.captures_len() >= 2 => {}
-                    Ok(_) => {
-                        return Err(ConfigError::invalid(
-                            key(k),
-                            "the pattern needs a capture group for the value",
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(ConfigError::invalid(
-                            key(k),
-                            format!("invalid regular expression: {e}"),
-                        ))
-                    }
-                }
-            }
-        }
-        if pool.sharding_function == crate::ShardingFunction::Sha1
-            && pool.sharding_key_type != crate::ShardingKeyType::Bigint
-        {
-            return Err(ConfigError::invalid(
-                key("sharding_function"),
-                "sha1 shards integer keys only",
-            ));
-        }
-        if let Some(k) = &pool.automatic_sharding_key {
-            let parts: Vec<&str> = k.split('.').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.trim_matches('"').is_empty()) {
-                return Err(ConfigError::invalid(
-                    key("automatic_sharding_key"),
-                    format!("\"{k}\" must be table.column (or *.column)"),
-                ));
-            }
-        }
-        let a = (
-            &pool.auth_query,
-            &pool.auth_query_user,
-            &pool.auth_query_password,
-        );
-        if [a.0.is_some(), a.1.is_some(), a.2.is_some()]
-            .iter()
-            .any(|&x| x)
-            && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
-        {
-            return Err(ConfigError::invalid(
-                key("auth_query"),
-                "auth_query, auth_query_user and auth_query_password must be set together",
-            ));
-        }
-        validate_vector_sharding(name, pool)?;
-        let auth_query = pool.auth_query.is_some() || g.auth_query.is_some();
-        validate_shards(name, pool, &mut warnings)?;
-        if let DefaultShard::Shard(n) = pool.default_shard {
-            if n >= pool.shards.len() {
-                return Err(ConfigError::invalid(
-                    key("default_shard"),
-                    format!(
-                        "Invalid shard {n}: shard_{n} does not exist, the pool has {} shard(s)",
-                        pool.shards.len()
-                    ),
-                ));
-            }
-        }
-        if pool.users.is_empty() {
-            return Err(ConfigError::invalid(
-                key("users"),
-                "a pool needs at least one user",
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (idx, user) in &pool.users {
-            let ukey = |k: &str| format!("pools.{name}.users.{idx}.{k}");
-            if !seen.insert(user.username.as_str()) {
-                return Err(ConfigError::invalid(
-                    ukey("username"),
-                    format!("user \"{}\" appears twice in this pool", user.username),
-                ));
-            }
-            if user.pool_size == 0 {
-                return Err(ConfigError::invalid(
-                    ukey("pool_size"),
-                    "must be at least 1",
-                ));
-            }
-            if user.min_pool_size.unwrap_or(0) > user.pool_size {
-                return Err(ConfigError::invalid(
-                    ukey("min_pool_size"),
-                    format!(
-                        "{} exceeds pool_size {}",
-                        user.min_pool_size.unwrap_or(0),
-                        user.pool_size
-                    ),
-                ));
-            }
-            match (&user.password, user.auth_type) {
-                (None, AuthType::Trust) => {}
-                (None, _) if auth_query => {}
-                (None, t) => {
+    let plugins_on = pool
+        .plugins
+        .as_ref()
+        .map_or(any_global_plugin, |p| p.any_enabled());
+    if plugins_on && !pool.query_parser_enabled {
+        // PgCat accepts this (its specs use it everywhere): the plugins simply do not run.
+        warnings.push(format!(
+            "{}: plugins do not run while query_parser_enabled = false",
+            key("query_parser_enabled")
+        ));
+    }
+    for (k, re) in [
+        ("shard_id_regex", &pool.shard_id_regex),
+        ("sharding_key_regex", &pool.sharding_key_regex),
+    ] {
+        if let Some(re) = re {
+            match regex::Regex::new(re) {
+                Ok(r) if r.captures_len() >= 2 => {}
+                Ok(_) => {
                     return Err(ConfigError::invalid(
-                        ukey("password"),
-                        // PgCat's words, which its specs and operators' scripts look for.
-                        format!("required for auth_type \"{t}\": You have to specify a user password for every pool if auth_query is not specified"),
+                        key(k),
+                        "the pattern needs a capture group for the value",
                     ))
                 }
-                (Some(p), AuthType::Md5) if !Secret::parse(p).supports_md5() => {
+                Err(e) => {
                     return Err(ConfigError::invalid(
-                        ukey("password"),
-                        "a SCRAM verifier cannot serve md5 authentication: use auth_type = \"scram-sha-256\" or a cleartext password",
+                        key(k),
+                        format!("invalid regular expression: {e}"),
                     ))
                 }
-                (Some(p), AuthType::ScramSha256) => {
-                    let secret = Secret::parse(p);
-                    if !secret.supports_scram() {
-                        return Err(ConfigError::invalid(
-                            ukey("password"),
-                            "an md5 hash cannot serve scram-sha-256 authentication: use auth_type = \"md5\" or a cleartext password",
-                        ));
-                    }
-                    if let Err(e) = secret.scram_verifier() {
-                        return Err(ConfigError::invalid(ukey("password"), e.to_string()));
-                    }
-                }
-                _ => {}
             }
         }
     }
-    Ok(warnings)
+    if pool.sharding_function == crate::ShardingFunction::Sha1
+        && pool.sharding_key_type != crate::ShardingKeyType::Bigint
+    {
+        return Err(ConfigError::invalid(
+            key("sharding_function"),
+            "sha1 shards integer keys only",
+        ));
+    }
+    if let Some(k) = &pool.automatic_sharding_key {
+        let parts: Vec<&str> = k.split('.').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.trim_matches('"').is_empty()) {
+            return Err(ConfigError::invalid(
+                key("automatic_sharding_key"),
+                format!("\"{k}\" must be table.column (or *.column)"),
+            ));
+        }
+    }
+    let a = (
+        &pool.auth_query,
+        &pool.auth_query_user,
+        &pool.auth_query_password,
+    );
+    if [a.0.is_some(), a.1.is_some(), a.2.is_some()]
+        .iter()
+        .any(|&x| x)
+        && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
+    {
+        return Err(ConfigError::invalid(
+            key("auth_query"),
+            "auth_query, auth_query_user and auth_query_password must be set together",
+        ));
+    }
+    validate_vector_sharding(name, pool)?;
+    validate_shards(name, pool, warnings)?;
+    if let DefaultShard::Shard(n) = pool.default_shard {
+        if n >= pool.shards.len() {
+            return Err(ConfigError::invalid(
+                key("default_shard"),
+                format!(
+                    "Invalid shard {n}: shard_{n} does not exist, the pool has {} shard(s)",
+                    pool.shards.len()
+                ),
+            ));
+        }
+    }
+    if pool.users.is_empty() {
+        return Err(ConfigError::invalid(
+            key("users"),
+            "a pool needs at least one user",
+        ));
+    }
+    Ok(())
+}
+
+/// One user of pool `name`; `auth_query` when the pool can look passwords up.
+fn validate_user(
+    name: &str,
+    idx: &str,
+    user: &super::User,
+    auth_query: bool,
+) -> Result<(), ConfigError> {
+    let ukey = |k: &str| format!("pools.{name}.users.{idx}.{k}");
+    if user.pool_size == 0 {
+        return Err(ConfigError::invalid(
+            ukey("pool_size"),
+            "must be at least 1",
+        ));
+    }
+    if user.min_pool_size.unwrap_or(0) > user.pool_size {
+        return Err(ConfigError::invalid(
+            ukey("min_pool_size"),
+            format!(
+                "{} exceeds pool_size {}",
+                user.min_pool_size.unwrap_or(0),
+                user.pool_size
+            ),
+        ));
+    }
+    match (&user.password, user.auth_type) {
+        (None, AuthType::Trust) => {}
+        (None, _) if auth_query => {}
+        (None, t) => {
+            return Err(ConfigError::invalid(
+                ukey("password"),
+                // PgCat's words, which its specs and operators' scripts look for.
+                format!("required for auth_type \"{t}\": You have to specify a user password for every pool if auth_query is not specified"),
+            ))
+        }
+        (Some(p), AuthType::Md5) if !Secret::parse(p).supports_md5() => {
+            return Err(ConfigError::invalid(
+                ukey("password"),
+                "a SCRAM verifier cannot serve md5 authentication: use auth_type = \"scram-sha-256\" or a cleartext password",
+            ))
+        }
+        (Some(p), AuthType::ScramSha256) => {
+            let secret = Secret::parse(p);
+            if !secret.supports_scram() {
+                return Err(ConfigError::invalid(
+                    ukey("password"),
+                    "an md5 hash cannot serve scram-sha-256 authentication: use auth_type = \"md5\" or a cleartext password",
+                ));
+            }
+            if let Err(e) = secret.scram_verifier() {
+                return Err(ConfigError::invalid(ukey("password"), e.to_string()));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn validate_shards(

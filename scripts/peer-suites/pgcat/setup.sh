@@ -14,7 +14,7 @@ for port in 5432 7432 8432 9432 10432; do
   case $port in 7432|8432|9432) method=scram-sha-256 ;; esac
   if [ ! -d "$data" ]; then
     echo postgres > "$dir/pw" && chown postgres "$dir/pw"
-    as_pg initdb -q -D "$data" -U postgres --pwfile="$dir/pw" --auth-host="$method" --auth-local=trust
+    as_pg initdb -D "$data" -U postgres --pwfile="$dir/pw" --auth-host="$method" --auth-local=trust >/dev/null
     cat >> "$data/postgresql.conf" <<CONF
 port = $port
 listen_addresses = '127.0.0.1'
@@ -26,10 +26,10 @@ password_encryption = '$method'
 CONF
   fi
   as_pg pg_ctl -D "$data" -l "$dir/$port.log" -w status >/dev/null 2>&1 || as_pg pg_ctl -D "$data" -l "$dir/$port.log" -w start >/dev/null
-  export PGPASSWORD=postgres
+  export PGPASSWORD=postgres PGOPTIONS="-c client_min_messages=warning"
   psql -q -h 127.0.0.1 -p "$port" -U postgres -f "$repo/tests/sharding/query_routing_setup.sql" >/dev/null
   for db in postgres shard0 shard1 shard2 some_db; do
-    psql -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+    psql -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null 2>&1
   done
 done
 for shard in shard0 shard1 shard2; do

@@ -290,22 +290,69 @@ pub(super) fn merge_grouped(
     }
     let out_binary = binary_columns(codes, g.outputs.len());
     let shard_binary = binary_columns_of(&grouped_shard_binary(g, &out_binary), width);
-    // Groups in first-seen order; each holds every shard's partial row.
+    let groups = match group_rows(answers, g, &cols, &shard_binary) {
+        Ok(groups) => groups,
+        Err(why) => return refuse(out, why),
+    };
+    let mut merged: Vec<Vec<Cell>> = Vec::with_capacity(groups.len());
+    for parts in &groups {
+        match merge_group(parts, g, &cols, &out_binary, bytewise) {
+            Ok(row) => merged.push(row),
+            Err(why) => return refuse(out, &why),
+        }
+    }
+    let (rd, out_cols) = grouped_description(g, &cols, &out_binary);
+    let keys = match resolve_keys(&g.order, &out_cols, 0, bytewise) {
+        Ok(k) => k,
+        Err(why) => return refuse(out, &why),
+    };
+    let mut sortable: Vec<(Vec<Comparable>, RawRow)> = merged
+        .into_iter()
+        .map(|row| row.into_iter().map(|(raw, cmp)| (cmp, raw)).unzip())
+        .collect();
+    sortable.sort_by(|(a, _), (b, _)| order_rows(a, b, &keys));
+    out.extend_from_slice(&[backend::ROW_DESCRIPTION]);
+    out.extend_from_slice(&((rd.len() + 6) as u32).to_be_bytes());
+    out.extend_from_slice(&(g.outputs.len() as i16).to_be_bytes());
+    out.extend_from_slice(&rd);
+    let mut n = 0;
+    for (_, row) in sortable
+        .iter()
+        .skip(g.offset as usize)
+        .take(g.limit.map_or(usize::MAX, |l| l as usize))
+    {
+        data_row_raw(out, row);
+        n += 1;
+    }
+    encode::command_complete(out, &format!("SELECT {n}"));
+}
+
+/// One shard's partial row of a group: its cells.
+type Partial<'a> = Vec<Option<&'a [u8]>>;
+
+/// The shards' rows by group, groups in first-seen order, each with every shard's partial row.
+fn group_rows<'a>(
+    answers: &'a [Answer],
+    g: &Grouped,
+    cols: &[Field],
+    shard_binary: &[bool],
+) -> Result<Vec<Vec<Partial<'a>>>, &'static str> {
     let mut index: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<Vec<Option<&[u8]>>>> = Vec::new();
+    let mut groups: Vec<Vec<Partial<'a>>> = Vec::new();
     for a in answers {
         for raw in split_rows(&a.rows) {
-            let Some(row) = cells(raw).filter(|r| r.len() == width) else {
-                return refuse(out, "unexpected row from a shard");
-            };
+            let row = cells(raw)
+                .filter(|r| r.len() == cols.len())
+                .ok_or("unexpected row from a shard")?;
             let mut key = Vec::with_capacity(g.keys.len());
             for &k in &g.keys {
                 key.push(match row[k] {
                     None => None,
-                    Some(cell) => match cell_text(cols[k].oid, shard_binary[k], cell) {
-                        Some((oid, v)) => Some(group_form(oid, &v).into_owned()),
-                        None => return refuse(out, "a group key Ocelot cannot read"),
-                    },
+                    Some(cell) => {
+                        let (oid, v) = cell_text(cols[k].oid, shard_binary[k], cell)
+                            .ok_or("a group key Ocelot cannot read")?;
+                        Some(group_form(oid, &v).into_owned())
+                    }
                 });
             }
             let at = *index.entry(key).or_insert_with(|| {
@@ -315,108 +362,119 @@ pub(super) fn merge_grouped(
             groups[at].push(row);
         }
     }
+    Ok(groups)
+}
+
+/// One group's merged row: keys from its first partial row, aggregates combined over all of them.
+fn merge_group(
+    parts: &[Partial<'_>],
+    g: &Grouped,
+    cols: &[Field],
+    out_binary: &[bool],
+    bytewise: bool,
+) -> Result<Vec<Cell>, String> {
     let text = |cell: Option<&[u8]>| cell.map(|c| String::from_utf8_lossy(c).into_owned());
-    let mut merged: Vec<Vec<Cell>> = Vec::with_capacity(groups.len());
-    for parts in &groups {
-        let mut row: Vec<Cell> = Vec::with_capacity(g.outputs.len());
-        for (o, &bin) in g.outputs.iter().zip(&out_binary) {
-            let computed: Result<Option<String>, String> = match o {
-                Output::Key(i) => {
-                    let raw = parts[0][*i];
-                    let cmp = raw.and_then(|c| cell_text(cols[*i].oid, bin, c));
-                    row.push((raw.map(<[u8]>::to_vec), cmp));
-                    continue;
-                }
-                Output::Agg(Aggregate::Min | Aggregate::Max, i) => {
-                    let max = matches!(o, Output::Agg(Aggregate::Max, _));
-                    let mut best: Option<(&[u8], (u32, String))> = None;
-                    for cell in parts.iter().filter_map(|r| r[*i]) {
-                        let Some(v) = cell_text(cols[*i].oid, bin, cell) else {
-                            return refuse(out, "a min/max value Ocelot cannot read");
-                        };
-                        if !orderable(v.0, bytewise) {
-                            return refuse(
-                                out,
-                                &format!("Ocelot cannot combine min/max of a column of type oid {} across shards exactly; {HINT}", cols[*i].oid),
-                            );
-                        }
-                        let better = match &best {
-                            None => true,
-                            Some((_, b)) => {
-                                let ord = compare(v.0, &v.1, &b.1);
-                                if max {
-                                    ord == Ordering::Greater
-                                } else {
-                                    ord == Ordering::Less
-                                }
-                            }
-                        };
-                        if better {
-                            best = Some((cell, v));
-                        }
+    let mut row: Vec<Cell> = Vec::with_capacity(g.outputs.len());
+    for (o, &bin) in g.outputs.iter().zip(out_binary) {
+        let computed: Result<Option<String>, String> = match o {
+            Output::Key(i) => {
+                let raw = parts[0][*i];
+                let cmp = raw.and_then(|c| cell_text(cols[*i].oid, bin, c));
+                row.push((raw.map(<[u8]>::to_vec), cmp));
+                continue;
+            }
+            Output::Agg(Aggregate::Min | Aggregate::Max, i) => {
+                let max = matches!(o, Output::Agg(Aggregate::Max, _));
+                row.push(min_max(parts, *i, cols[*i].oid, bin, max, bytewise)?);
+                continue;
+            }
+            Output::Agg(agg, i) => {
+                let values: Vec<Option<String>> = parts.iter().map(|r| text(r[*i])).collect();
+                let refs: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+                combine(*agg, cols[*i].oid, &refs, bytewise)
+            }
+            Output::Avg { sum, count, .. } => {
+                let sums: Vec<Option<String>> = parts.iter().map(|r| text(r[*sum])).collect();
+                let counts: Vec<Option<String>> = parts.iter().map(|r| text(r[*count])).collect();
+                let s: Vec<Option<&str>> = sums.iter().map(|v| v.as_deref()).collect();
+                let c: Vec<Option<&str>> = counts.iter().map(|v| v.as_deref()).collect();
+                combine(Aggregate::Sum, cols[*sum].oid, &s, false).and_then(|total| {
+                    let n = combine(Aggregate::Count, cols[*count].oid, &c, false)?;
+                    match (total, n.as_deref()) {
+                        (Some(t), Some(n)) if n != "0" => divide(&t, n)
+                            .map(Some)
+                            .ok_or_else(|| "an average too large to compute exactly".to_owned()),
+                        _ => Ok(None),
                     }
-                    match best {
-                        Some((raw, v)) => row.push((Some(raw.to_vec()), Some(v))),
-                        None => row.push((None, None)),
-                    }
-                    continue;
-                }
-                Output::Agg(agg, i) => {
-                    let values: Vec<Option<String>> = parts.iter().map(|r| text(r[*i])).collect();
-                    let refs: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
-                    combine(*agg, cols[*i].oid, &refs, bytewise)
-                }
-                Output::Avg { sum, count, .. } => {
-                    let sums: Vec<Option<String>> = parts.iter().map(|r| text(r[*sum])).collect();
-                    let counts: Vec<Option<String>> =
-                        parts.iter().map(|r| text(r[*count])).collect();
-                    let s: Vec<Option<&str>> = sums.iter().map(|v| v.as_deref()).collect();
-                    let c: Vec<Option<&str>> = counts.iter().map(|v| v.as_deref()).collect();
-                    combine(Aggregate::Sum, cols[*sum].oid, &s, false).and_then(|total| {
-                        let n = combine(Aggregate::Count, cols[*count].oid, &c, false)?;
-                        match (total, n.as_deref()) {
-                            (Some(t), Some(n)) if n != "0" => {
-                                divide(&t, n).map(Some).ok_or_else(|| {
-                                    "an average too large to compute exactly".to_owned()
-                                })
-                            }
-                            _ => Ok(None),
-                        }
-                    })
-                }
-            };
-            let value = match computed {
-                Ok(v) => v,
-                Err(why) => {
-                    return refuse(out, &format!("Ocelot cannot combine {why} exactly; {HINT}"));
-                }
-            };
-            let oid = match o {
-                Output::Agg(_, i) => cols[*i].oid,
-                _ => NUMERIC,
-            };
-            let raw = match (&value, bin) {
-                (None, _) => None,
-                (Some(v), false) => Some(v.as_bytes().to_vec()),
-                (Some(v), true) => match binary::encode(oid, v) {
-                    Some(b) => Some(b),
-                    None => {
-                        return refuse(
-                            out,
-                            &format!("Ocelot cannot send a combined value of type oid {oid} in binary; ask for text results"),
-                        )
-                    }
-                },
-            };
-            row.push((raw, value.map(|v| (oid, v))));
-        }
-        merged.push(row);
+                })
+            }
+        };
+        let value =
+            computed.map_err(|why| format!("Ocelot cannot combine {why} exactly; {HINT}"))?;
+        let oid = match o {
+            Output::Agg(_, i) => cols[*i].oid,
+            _ => NUMERIC,
+        };
+        let raw = match (&value, bin) {
+            (None, _) => None,
+            (Some(v), false) => Some(v.as_bytes().to_vec()),
+            (Some(v), true) => Some(binary::encode(oid, v).ok_or_else(|| {
+                format!("Ocelot cannot send a combined value of type oid {oid} in binary; ask for text results")
+            })?),
+        };
+        row.push((raw, value.map(|v| (oid, v))));
     }
-    // The merged result's own description: key and aggregate columns as the shards described them (in the
-    // client's formats), numeric for avg.
+    Ok(row)
+}
+
+/// The smallest (or, with `max`, largest) value of column `i` over a group's partial rows.
+fn min_max(
+    parts: &[Partial<'_>],
+    i: usize,
+    oid: u32,
+    bin: bool,
+    max: bool,
+    bytewise: bool,
+) -> Result<Cell, String> {
+    let mut best: Option<(&[u8], (u32, String))> = None;
+    for cell in parts.iter().filter_map(|r| r[i]) {
+        let v = cell_text(oid, bin, cell).ok_or("a min/max value Ocelot cannot read")?;
+        if !orderable(v.0, bytewise) {
+            return Err(format!(
+                "Ocelot cannot combine min/max of a column of type oid {oid} across shards exactly; {HINT}"
+            ));
+        }
+        let better = match &best {
+            None => true,
+            Some((_, b)) => {
+                let ord = compare(v.0, &v.1, &b.1);
+                if max {
+                    ord == Ordering::Greater
+                } else {
+                    ord == Ordering::Less
+                }
+            }
+        };
+        if better {
+            best = Some((cell, v));
+        }
+    }
+    Ok(match best {
+        Some((raw, v)) => (Some(raw.to_vec()), Some(v)),
+        None => (None, None),
+    })
+}
+
+/// The merged result's own description: key and aggregate columns as the shards described them (in the client's
+/// formats), numeric for avg; and each column's name and the type its values are ordered as.
+fn grouped_description(
+    g: &Grouped,
+    cols: &[Field],
+    out_binary: &[bool],
+) -> (BytesMut, Vec<(String, u32)>) {
     let mut rd = BytesMut::new();
     let mut out_cols = Vec::with_capacity(g.outputs.len());
-    for (o, &bin) in g.outputs.iter().zip(&out_binary) {
+    for (o, &bin) in g.outputs.iter().zip(out_binary) {
         let format: i16 = if bin { 1 } else { 0 };
         match o {
             Output::Key(i) | Output::Agg(_, i) => {
@@ -443,29 +501,7 @@ pub(super) fn merge_grouped(
             }
         }
     }
-    let keys = match resolve_keys(&g.order, &out_cols, 0, bytewise) {
-        Ok(k) => k,
-        Err(why) => return refuse(out, &why),
-    };
-    let mut sortable: Vec<(Vec<Comparable>, RawRow)> = merged
-        .into_iter()
-        .map(|row| row.into_iter().map(|(raw, cmp)| (cmp, raw)).unzip())
-        .collect();
-    sortable.sort_by(|(a, _), (b, _)| order_rows(a, b, &keys));
-    out.extend_from_slice(&[backend::ROW_DESCRIPTION]);
-    out.extend_from_slice(&((rd.len() + 6) as u32).to_be_bytes());
-    out.extend_from_slice(&(g.outputs.len() as i16).to_be_bytes());
-    out.extend_from_slice(&rd);
-    let mut n = 0;
-    for (_, row) in sortable
-        .iter()
-        .skip(g.offset as usize)
-        .take(g.limit.map_or(usize::MAX, |l| l as usize))
-    {
-        data_row_raw(out, row);
-        n += 1;
-    }
-    encode::command_complete(out, &format!("SELECT {n}"));
+    (rd, out_cols)
 }
 
 pub(super) fn data_row_raw(out: &mut BytesMut, cells: &[Option<Vec<u8>>]) {

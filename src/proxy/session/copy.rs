@@ -166,169 +166,42 @@ impl Session {
         for (i, (s, _)) in parts.iter().enumerate() {
             slot_of[*s] = i;
         }
-        let (key, mut bad, refusal_code) = match key {
+        let (key, bad, refusal_code) = match key {
             Ok(k) => (k, None, sqlstate::FEATURE_NOT_SUPPORTED),
             Err((code, msg)) => {
                 // Nothing starts on the shards; the client still gets to send its data.
-                let mut g = BytesMut::new();
-                g.extend_from_slice(&[b'G', 0, 0, 0, 7, 0, 0, 0]);
-                out.extend_from_slice(&g);
+                out.extend_from_slice(&[b'G', 0, 0, 0, 7, 0, 0, 0]);
                 client.write_all(out).await?;
                 out.clear();
                 (0, Some(msg), code)
             }
         };
         let refused_early = bad.is_some();
-        let mut q = BytesMut::new();
-        encode::query(&mut q, &plan.shard_sql);
-        let started = if refused_early {
-            Vec::new()
-        } else {
-            join_all(parts.iter_mut().map(|(_, c)| {
-                let q = &q;
-                async move {
-                    send(c, q).await?;
-                    read_answer(c).await
+        if !refused_early {
+            match start_on_shards(&mut parts, &plan.shard_sql).await {
+                Ok(Some(copy_in)) => {
+                    // After what Ocelot already answered (BindComplete over the extended protocol).
+                    out.extend_from_slice(&copy_in);
+                    client.write_all(out).await?;
+                    out.clear();
                 }
-            }))
-            .await
+                Ok(None) => {}
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+        let mut rows = Rows {
+            sharder: &pool.sharder,
+            slot_of,
+            splitter: RowSplitter::new(plan.format.clone(), key),
+            bufs: parts.iter().map(|_| BytesMut::new()).collect(),
+            bad,
+            client_fail: None,
         };
-        let mut copy_in = None;
-        let mut refused = None;
-        let mut waiting = Vec::new();
-        for (i, a) in started.into_iter().enumerate() {
-            match a {
-                Err(e) => return Ok(Outcome::Lost(e)),
-                Ok(a) => match (a.copy_in, a.error) {
-                    (Some(c), _) => {
-                        copy_in.get_or_insert(c);
-                        waiting.push(i);
-                    }
-                    (None, e) => {
-                        refused.get_or_insert(e.unwrap_or_default());
-                    }
-                },
-            }
-        }
-        if let Some(err) = refused {
-            // The COPY failed to start somewhere: stop it where it started.
-            let mut fail = BytesMut::new();
-            encode::copy_fail(&mut fail, "COPY failed to start on another shard");
-            for i in waiting {
-                let c = &mut *parts[i].1;
-                if send(c, &fail).await.is_ok() {
-                    let _ = read_answer(c).await;
-                }
-            }
-            return Ok(Outcome::ServerError(err));
-        }
-        if let Some(c) = copy_in {
-            // After what Ocelot already answered (BindComplete over the extended protocol).
-            out.extend_from_slice(&c);
-            client.write_all(out).await?;
-            out.clear();
-        }
-        let sharder = &pool.sharder;
-        let mut splitter = RowSplitter::new(plan.format.clone(), key);
-        let mut bufs: Vec<BytesMut> = parts.iter().map(|_| BytesMut::new()).collect();
-        let mut client_fail: Option<String> = None;
-        let route = |row: &[u8], k: Key, bufs: &mut Vec<BytesMut>| -> Result<(), BadCopyData> {
-            let shard = match k {
-                // PostgreSQL's hash partitioning puts NULL keys in remainder 0.
-                Key::Null => 0,
-                Key::Value(v) => sharder.shard_of_text(&v).ok_or_else(|| {
-                    BadCopyData(format!(
-                        "invalid value for the sharding key in a COPY row: \"{v}\""
-                    ))
-                })?,
-            };
-            match slot_of.get(shard).copied().filter(|s| *s != usize::MAX) {
-                Some(i) => {
-                    bufs[i].extend_from_slice(row);
-                    Ok(())
-                }
-                None => Err(BadCopyData(format!(
-                    "shard {shard} is not part of this COPY"
-                ))),
-            }
-        };
-        let mut frame = BytesMut::new();
-        loop {
-            let mut done = false;
-            loop {
-                let h = match Header::parse(cbuf, u32::MAX) {
-                    Ok(Some(h)) if cbuf.len() >= h.total() => h,
-                    Ok(Some(h)) if h.total() > MAX_COPY_MESSAGE => {
-                        return Err(ProtocolError::TooLarge {
-                            code: h.code as char,
-                            len: h.total() as u32,
-                            max: MAX_COPY_MESSAGE as u32,
-                        }
-                        .into())
-                    }
-                    Ok(_) => break,
-                    Err(e) => return Err(e.into()),
-                };
-                let msg = cbuf.split_to(h.total());
-                match h.code {
-                    frontend::COPY_DATA if bad.is_none() => {
-                        if let Err(e) = splitter.feed(&msg[5..], |row, k| route(row, k, &mut bufs))
-                        {
-                            bad = Some(e.0);
-                        }
-                    }
-                    frontend::COPY_DATA | frontend::FLUSH | frontend::SYNC => {}
-                    frontend::COPY_DONE => {
-                        done = true;
-                        break;
-                    }
-                    frontend::COPY_FAIL => {
-                        let body = &msg[5..];
-                        client_fail = Some(
-                            String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
-                                .into_owned(),
-                        );
-                        done = true;
-                        break;
-                    }
-                    other => {
-                        return Err(ProtocolError::Unexpected {
-                            got: other as char,
-                            expected: "COPY data",
-                        }
-                        .into())
-                    }
-                }
-            }
-            if done && bad.is_none() && client_fail.is_none() {
-                if let Err(e) = splitter.finish(|row, k| route(row, k, &mut bufs)) {
-                    bad = Some(e.0);
-                }
-            }
-            if bad.is_none() {
-                for (i, b) in bufs.iter_mut().enumerate() {
-                    if b.len() >= SHARD_CHUNK || (done && !b.is_empty()) {
-                        frame.clear();
-                        encode::copy_data(&mut frame, b);
-                        b.clear();
-                        if let Err(e) = send(parts[i].1, &frame).await {
-                            return Ok(Outcome::Lost(e));
-                        }
-                    }
-                }
-            }
-            if done {
-                break;
-            }
-            if cbuf.capacity() - cbuf.len() < 8192 {
-                cbuf.reserve(64 * 1024);
-            }
-            if client.read_buf(cbuf).await? == 0 {
-                return Ok(Outcome::ClientLeft);
-            }
+        if let Some(outcome) = rows.relay(client, cbuf, &mut parts).await? {
+            return Ok(outcome);
         }
         if refused_early {
-            return Ok(match (client_fail, bad) {
+            return Ok(match (rows.client_fail, rows.bad) {
                 (None, Some(why)) => Outcome::Refused(refusal_code, why),
                 (Some(reason), _) => Outcome::Refused(
                     sqlstate::QUERY_CANCELED,
@@ -337,45 +210,7 @@ impl Session {
                 (None, None) => Outcome::Copied(0),
             });
         }
-        let mut end = BytesMut::new();
-        match (&client_fail, &bad) {
-            (None, None) => encode::empty(&mut end, frontend::COPY_DONE),
-            (Some(reason), _) => encode::copy_fail(&mut end, reason),
-            (None, Some(why)) => encode::copy_fail(&mut end, why),
-        }
-        let answers = join_all(parts.iter_mut().map(|(_, c)| {
-            let end = &end;
-            async move {
-                send(c, end).await?;
-                read_answer(c).await
-            }
-        }))
-        .await;
-        let mut total = 0u64;
-        let mut first_error = None;
-        for a in answers {
-            match a {
-                Err(e) => return Ok(Outcome::Lost(e)),
-                Ok(a) => {
-                    if let Some(e) = a.error {
-                        first_error.get_or_insert(e);
-                    }
-                    total += a
-                        .tag
-                        .as_deref()
-                        .and_then(|t| t.strip_prefix("COPY "))
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0);
-                }
-            }
-        }
-        Ok(match (bad, first_error) {
-            (Some(why), _) if client_fail.is_none() => {
-                Outcome::Refused(sqlstate::BAD_COPY_FILE_FORMAT, why)
-            }
-            (_, Some(e)) => Outcome::ServerError(e),
-            _ => Outcome::Copied(total),
-        })
+        Ok(finish_on_shards(&mut parts, rows.client_fail, rows.bad).await)
     }
 
     /// Answers the client and ends or keeps the transaction.
@@ -441,5 +276,242 @@ impl Session {
         }
         self.flush_out().await?;
         Ok(false)
+    }
+}
+
+/// The shards of a COPY, in shard order, with their held connections.
+type Parts<'a> = [(usize, &'a mut ServerConn)];
+
+/// Starts `sql` (the COPY) on every shard: the CopyInResponse to pass on to the client, or how the COPY ended
+/// before it began (a shard refused it, and where it started it is stopped again).
+async fn start_on_shards(parts: &mut Parts<'_>, sql: &str) -> Result<Option<Bytes>, Outcome> {
+    let mut q = BytesMut::new();
+    encode::query(&mut q, sql);
+    let started = join_all(parts.iter_mut().map(|(_, c)| {
+        let q = &q;
+        async move {
+            send(c, q).await?;
+            read_answer(c).await
+        }
+    }))
+    .await;
+    let mut copy_in = None;
+    let mut refused = None;
+    let mut waiting = Vec::new();
+    for (i, a) in started.into_iter().enumerate() {
+        match a {
+            Err(e) => return Err(Outcome::Lost(e)),
+            Ok(a) => match (a.copy_in, a.error) {
+                (Some(c), _) => {
+                    copy_in.get_or_insert(c);
+                    waiting.push(i);
+                }
+                (None, e) => {
+                    refused.get_or_insert(e.unwrap_or_default());
+                }
+            },
+        }
+    }
+    if let Some(err) = refused {
+        let mut fail = BytesMut::new();
+        encode::copy_fail(&mut fail, "COPY failed to start on another shard");
+        for i in waiting {
+            let c = &mut *parts[i].1;
+            if send(c, &fail).await.is_ok() {
+                let _ = read_answer(c).await;
+            }
+        }
+        return Err(Outcome::ServerError(err));
+    }
+    Ok(copy_in)
+}
+
+/// Ends the COPY on every shard (CopyDone, or CopyFail with the reason) and sums what they copied.
+async fn finish_on_shards(
+    parts: &mut Parts<'_>,
+    client_fail: Option<String>,
+    bad: Option<String>,
+) -> Outcome {
+    let mut end = BytesMut::new();
+    match (&client_fail, &bad) {
+        (None, None) => encode::empty(&mut end, frontend::COPY_DONE),
+        (Some(reason), _) => encode::copy_fail(&mut end, reason),
+        (None, Some(why)) => encode::copy_fail(&mut end, why),
+    }
+    let answers = join_all(parts.iter_mut().map(|(_, c)| {
+        let end = &end;
+        async move {
+            send(c, end).await?;
+            read_answer(c).await
+        }
+    }))
+    .await;
+    let mut total = 0u64;
+    let mut first_error = None;
+    for a in answers {
+        match a {
+            Err(e) => return Outcome::Lost(e),
+            Ok(a) => {
+                if let Some(e) = a.error {
+                    first_error.get_or_insert(e);
+                }
+                total += a
+                    .tag
+                    .as_deref()
+                    .and_then(|t| t.strip_prefix("COPY "))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    match (bad, first_error) {
+        (Some(why), _) if client_fail.is_none() => {
+            Outcome::Refused(sqlstate::BAD_COPY_FILE_FORMAT, why)
+        }
+        (_, Some(e)) => Outcome::ServerError(e),
+        _ => Outcome::Copied(total),
+    }
+}
+
+/// The client's COPY data on its way to the shards: rows cut out of CopyData and queued per shard.
+struct Rows<'a> {
+    sharder: &'a crate::router::sharding::Sharder,
+    /// Each shard's place in the parts (`usize::MAX`: not part of this COPY).
+    slot_of: Vec<usize>,
+    splitter: RowSplitter,
+    bufs: Vec<BytesMut>,
+    /// Why the data is refused (the rest is read and dropped).
+    bad: Option<String>,
+    /// The client's CopyFail reason.
+    client_fail: Option<String>,
+}
+
+impl Rows<'_> {
+    /// Reads the client's data up to its CopyDone or CopyFail, sending each shard its rows as they fill a chunk.
+    /// `Some` when the COPY ended otherwise (a shard was lost, the client left).
+    async fn relay(
+        &mut self,
+        client: &mut crate::net::Stream,
+        cbuf: &mut BytesMut,
+        parts: &mut Parts<'_>,
+    ) -> Result<Option<Outcome>, ClientError> {
+        let mut frame = BytesMut::new();
+        loop {
+            let done = self.take_messages(cbuf)?;
+            if done && self.bad.is_none() && self.client_fail.is_none() {
+                let Rows {
+                    splitter,
+                    bufs,
+                    sharder,
+                    slot_of,
+                    ..
+                } = self;
+                if let Err(e) = splitter.finish(|row, k| route(sharder, slot_of, row, k, bufs)) {
+                    self.bad = Some(e.0);
+                }
+            }
+            if self.bad.is_none() {
+                for (i, b) in self.bufs.iter_mut().enumerate() {
+                    if b.len() >= SHARD_CHUNK || (done && !b.is_empty()) {
+                        frame.clear();
+                        encode::copy_data(&mut frame, b);
+                        b.clear();
+                        if let Err(e) = send(parts[i].1, &frame).await {
+                            return Ok(Some(Outcome::Lost(e)));
+                        }
+                    }
+                }
+            }
+            if done {
+                return Ok(None);
+            }
+            if cbuf.capacity() - cbuf.len() < 8192 {
+                cbuf.reserve(64 * 1024);
+            }
+            if client.read_buf(cbuf).await? == 0 {
+                return Ok(Some(Outcome::ClientLeft));
+            }
+        }
+    }
+
+    /// Takes the whole messages in `cbuf`; true once the client's CopyDone or CopyFail was among them.
+    fn take_messages(&mut self, cbuf: &mut BytesMut) -> Result<bool, ClientError> {
+        loop {
+            let h = match Header::parse(cbuf, u32::MAX) {
+                Ok(Some(h)) if cbuf.len() >= h.total() => h,
+                Ok(Some(h)) if h.total() > MAX_COPY_MESSAGE => {
+                    return Err(ProtocolError::TooLarge {
+                        code: h.code as char,
+                        len: h.total() as u32,
+                        max: MAX_COPY_MESSAGE as u32,
+                    }
+                    .into())
+                }
+                Ok(_) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let msg = cbuf.split_to(h.total());
+            match h.code {
+                frontend::COPY_DATA if self.bad.is_none() => {
+                    let Rows {
+                        splitter,
+                        bufs,
+                        sharder,
+                        slot_of,
+                        ..
+                    } = self;
+                    if let Err(e) =
+                        splitter.feed(&msg[5..], |row, k| route(sharder, slot_of, row, k, bufs))
+                    {
+                        self.bad = Some(e.0);
+                    }
+                }
+                frontend::COPY_DATA | frontend::FLUSH | frontend::SYNC => {}
+                frontend::COPY_DONE => return Ok(true),
+                frontend::COPY_FAIL => {
+                    let body = &msg[5..];
+                    self.client_fail = Some(
+                        String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
+                            .into_owned(),
+                    );
+                    return Ok(true);
+                }
+                other => {
+                    return Err(ProtocolError::Unexpected {
+                        got: other as char,
+                        expected: "COPY data",
+                    }
+                    .into())
+                }
+            }
+        }
+    }
+}
+
+/// Queues one row for the shard its key hashes to.
+fn route(
+    sharder: &crate::router::sharding::Sharder,
+    slot_of: &[usize],
+    row: &[u8],
+    k: Key,
+    bufs: &mut [BytesMut],
+) -> Result<(), BadCopyData> {
+    let shard = match k {
+        // PostgreSQL's hash partitioning puts NULL keys in remainder 0.
+        Key::Null => 0,
+        Key::Value(v) => sharder.shard_of_text(&v).ok_or_else(|| {
+            BadCopyData(format!(
+                "invalid value for the sharding key in a COPY row: \"{v}\""
+            ))
+        })?,
+    };
+    match slot_of.get(shard).copied().filter(|s| *s != usize::MAX) {
+        Some(i) => {
+            bufs[i].extend_from_slice(row);
+            Ok(())
+        }
+        None => Err(BadCopyData(format!(
+            "shard {shard} is not part of this COPY"
+        ))),
     }
 }
