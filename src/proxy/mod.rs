@@ -95,18 +95,7 @@ async fn handle_client(
             Err(_) => Err(ClientError::LoginTimeout),
         };
     let mut login = match login {
-        Ok(Login::Cancel { pid, secret }) => {
-            if let Some(target) = shared.cancels.lookup(pid, secret) {
-                if let Err(e) = cancel::send_cancel(&target).await {
-                    tracing::warn!(
-                        "forwarding a cancel request to {}:{} failed: {e}",
-                        target.host,
-                        target.port
-                    );
-                }
-            }
-            return;
-        }
+        Ok(Login::Cancel { pid, secret }) => return forward_cancel(&shared, pid, secret).await,
         Ok(Login::Ready(l)) => l,
         Ok(Login::Admin {
             console,
@@ -136,6 +125,20 @@ async fn handle_client(
     if let Some(ip) = ip {
         shared.auth_failures.succeeded(ip);
     }
+    run_session(stream, buf, &mut login, addr, &shared).await;
+}
+
+/// Runs the session of a client that logged in to a pool, registered in `SHOW CLIENTS` while it lasts.
+async fn run_session(
+    stream: crate::net::Stream,
+    buf: BytesMut,
+    login: &mut login::LoggedIn,
+    addr: Option<SocketAddr>,
+    shared: &Arc<Shared>,
+) {
+    let snapshot = shared.snapshot();
+    let g = &snapshot.config.general;
+    let peer = addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
     if g.log_client_connections {
         tracing::info!(%peer, user = %login.user, database = %login.database, application_name = %login.application_name, "client connected");
     }
@@ -159,7 +162,7 @@ async fn handle_client(
     let session = Box::new(Session::new(
         stream,
         buf,
-        &login,
+        login,
         reserved,
         g.max_message_size,
         client.info.clone(),
@@ -173,6 +176,19 @@ async fn handle_client(
     }
     if g.log_client_disconnections {
         tracing::info!(%peer, user = %login.user, database = %login.database, "client disconnected");
+    }
+}
+
+/// Forwards a client's CancelRequest to the server running its query, when the key is one Ocelot gave out.
+async fn forward_cancel(shared: &Shared, pid: i32, secret: i32) {
+    if let Some(target) = shared.cancels.lookup(pid, secret) {
+        if let Err(e) = cancel::send_cancel(&target).await {
+            tracing::warn!(
+                "forwarding a cancel request to {}:{} failed: {e}",
+                target.host,
+                target.port
+            );
+        }
     }
 }
 

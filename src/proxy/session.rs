@@ -230,39 +230,7 @@ impl Session {
             if draining && self.server.is_none() {
                 return Ok(End::Shutdown);
             }
-            let want = if self.server.is_some() {
-                READ_CHUNK
-            } else {
-                if self.cbuf.is_empty() && self.cbuf.capacity() > SHRINK_ABOVE {
-                    self.cbuf = BytesMut::with_capacity(IDLE_READ);
-                }
-                IDLE_READ
-            };
-            let read_client = self.server.is_none()
-                || self.cbuf.len() < AHEAD_MAX.max(self.csplit.wanted(&self.cbuf));
-            if read_client && self.cbuf.capacity() - self.cbuf.len() < want {
-                self.cbuf.reserve(want);
-            }
-            let event = match self.server.as_mut() {
-                Some(pooled) => {
-                    let server: &mut ServerConn = pooled;
-                    if server.rbuf.capacity() - server.rbuf.len() < READ_CHUNK {
-                        server.rbuf.reserve(READ_CHUNK);
-                    }
-                    // Both reads are cancel-safe: bytes read stay in their buffers.
-                    tokio::select! {
-                        r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
-                        r = self.client.read_buf(&mut self.cbuf), if read_client => Event::Client(r),
-                        _ = self.stop.changed() => Event::Stop,
-                        m = notify::next(&mut self.notify) => Event::Notification(m),
-                    }
-                }
-                None => tokio::select! {
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
-                    _ = self.stop.changed() => Event::Stop,
-                    m = notify::next(&mut self.notify) => Event::Notification(m),
-                },
-            };
+            let event = self.next_event().await;
             match event {
                 Event::Server(Ok(0)) => {
                     if !Box::pin(self.failover("server closed the connection")).await? {
@@ -270,25 +238,8 @@ impl Session {
                     }
                 }
                 Event::Server(Ok(n)) => {
-                    if let Some(s) = self.server.as_ref() {
-                        s.pool().stats.received(n);
-                        s.info.bytes_received.fetch_add(n as u64, Relaxed);
-                    }
-                    if let Some(reason) = self.on_server_bytes().await? {
-                        if !Box::pin(self.failover(&reason)).await? {
-                            return Err(self.server_lost(&reason));
-                        }
-                    }
-                    // Requests held back for routing go on once the previous one is answered.
-                    if !self.cbuf.is_empty()
-                        && (self.routing_sensitive() || self.held_back)
-                        && (self.server.is_none()
-                            || self.core.tracker.pending_units() == 0
-                            || self.core.tracker.in_copy())
-                    {
-                        if let Some(end) = self.on_client_bytes().await? {
-                            return Ok(end);
-                        }
+                    if let Some(end) = self.on_server_read(n).await? {
+                        return Ok(end);
                     }
                 }
                 Event::Server(Err(e)) => {
@@ -330,6 +281,68 @@ impl Session {
                 return Ok(End::Shutdown);
             }
         }
+    }
+
+    /// Waits for the next thing to act on: bytes from the server or the client (the client is not read while
+    /// enough of its requests wait for the server), a stop signal, or a notification.
+    async fn next_event(&mut self) -> Event {
+        let want = if self.server.is_some() {
+            READ_CHUNK
+        } else {
+            if self.cbuf.is_empty() && self.cbuf.capacity() > SHRINK_ABOVE {
+                self.cbuf = BytesMut::with_capacity(IDLE_READ);
+            }
+            IDLE_READ
+        };
+        let read_client = self.server.is_none()
+            || self.cbuf.len() < AHEAD_MAX.max(self.csplit.wanted(&self.cbuf));
+        if read_client && self.cbuf.capacity() - self.cbuf.len() < want {
+            self.cbuf.reserve(want);
+        }
+        match self.server.as_mut() {
+            Some(pooled) => {
+                let server: &mut ServerConn = pooled;
+                if server.rbuf.capacity() - server.rbuf.len() < READ_CHUNK {
+                    server.rbuf.reserve(READ_CHUNK);
+                }
+                // Both reads are cancel-safe: bytes read stay in their buffers.
+                tokio::select! {
+                    r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
+                    r = self.client.read_buf(&mut self.cbuf), if read_client => Event::Client(r),
+                    _ = self.stop.changed() => Event::Stop,
+                    m = notify::next(&mut self.notify) => Event::Notification(m),
+                }
+            }
+            None => tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                _ = self.stop.changed() => Event::Stop,
+                m = notify::next(&mut self.notify) => Event::Notification(m),
+            },
+        }
+    }
+
+    /// `n` bytes came from the server: counts them, answers the client, and sends on requests held back for
+    /// routing once the one before is answered.
+    async fn on_server_read(&mut self, n: usize) -> Result<Option<End>, ClientError> {
+        if let Some(s) = self.server.as_ref() {
+            s.pool().stats.received(n);
+            s.info.bytes_received.fetch_add(n as u64, Relaxed);
+        }
+        if let Some(reason) = self.on_server_bytes().await? {
+            if !Box::pin(self.failover(&reason)).await? {
+                return Err(self.server_lost(&reason));
+            }
+        }
+        // Requests held back for routing go on once the previous one is answered.
+        if !self.cbuf.is_empty()
+            && (self.routing_sensitive() || self.held_back)
+            && (self.server.is_none()
+                || self.core.tracker.pending_units() == 0
+                || self.core.tracker.in_copy())
+        {
+            return self.on_client_bytes().await;
+        }
+        Ok(None)
     }
 
     /// Whether consecutive requests may need different servers (read/write splitting or several shards).

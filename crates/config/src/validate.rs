@@ -105,6 +105,47 @@ fn validate_pool(
             key("query_parser_enabled")
         ));
     }
+    validate_sharding_keys(name, pool)?;
+    let a = (
+        &pool.auth_query,
+        &pool.auth_query_user,
+        &pool.auth_query_password,
+    );
+    if [a.0.is_some(), a.1.is_some(), a.2.is_some()]
+        .iter()
+        .any(|&x| x)
+        && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
+    {
+        return Err(ConfigError::invalid(
+            key("auth_query"),
+            "auth_query, auth_query_user and auth_query_password must be set together",
+        ));
+    }
+    validate_vector_sharding(name, pool)?;
+    validate_shards(name, pool, warnings)?;
+    if let DefaultShard::Shard(n) = pool.default_shard {
+        if n >= pool.shards.len() {
+            return Err(ConfigError::invalid(
+                key("default_shard"),
+                format!(
+                    "Invalid shard {n}: shard_{n} does not exist, the pool has {} shard(s)",
+                    pool.shards.len()
+                ),
+            ));
+        }
+    }
+    if pool.users.is_empty() {
+        return Err(ConfigError::invalid(
+            key("users"),
+            "a pool needs at least one user",
+        ));
+    }
+    Ok(())
+}
+
+/// The regular expressions, sharding function and automatic key of pool `name`.
+fn validate_sharding_keys(name: &str, pool: &super::Pool) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("pools.{name}.{k}");
     for (k, re) in [
         ("shard_id_regex", &pool.shard_id_regex),
         ("sharding_key_regex", &pool.sharding_key_regex),
@@ -143,40 +184,6 @@ fn validate_pool(
                 format!("\"{k}\" must be table.column (or *.column)"),
             ));
         }
-    }
-    let a = (
-        &pool.auth_query,
-        &pool.auth_query_user,
-        &pool.auth_query_password,
-    );
-    if [a.0.is_some(), a.1.is_some(), a.2.is_some()]
-        .iter()
-        .any(|&x| x)
-        && !(a.0.is_some() && a.1.is_some() && a.2.is_some())
-    {
-        return Err(ConfigError::invalid(
-            key("auth_query"),
-            "auth_query, auth_query_user and auth_query_password must be set together",
-        ));
-    }
-    validate_vector_sharding(name, pool)?;
-    validate_shards(name, pool, warnings)?;
-    if let DefaultShard::Shard(n) = pool.default_shard {
-        if n >= pool.shards.len() {
-            return Err(ConfigError::invalid(
-                key("default_shard"),
-                format!(
-                    "Invalid shard {n}: shard_{n} does not exist, the pool has {} shard(s)",
-                    pool.shards.len()
-                ),
-            ));
-        }
-    }
-    if pool.users.is_empty() {
-        return Err(ConfigError::invalid(
-            key("users"),
-            "a pool needs at least one user",
-        ));
     }
     Ok(())
 }

@@ -132,10 +132,40 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
         GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
         _ => return Err("GROUP BY ALL, ROLLUP, CUBE or GROUPING SETS"),
     };
-    // GROUP BY 2 and GROUP BY alias name select list items.
+    let (grouped_items, hidden) = group_items(s, &group_exprs)?;
+    let ShardProjection {
+        mut items,
+        outputs,
+        mut keys,
+    } = shard_projection(s, distinct, &grouped_items, group_exprs.is_empty())?;
+    for h in hidden {
+        keys.push(items.len());
+        items.push(SelectItem::UnnamedExpr(h));
+    }
+    let order = order_keys(q, s)?;
+    let (limit, offset) = limit_offset(q)?;
+    let mut shard_select = s.clone();
+    shard_select.projection = items;
+    let mut shard_query = q.clone();
+    shard_query.body = Box::new(SetExpr::Select(Box::new(shard_select)));
+    shard_query.order_by = None;
+    shard_query.limit_clause = None;
+    Ok(Grouped {
+        shard_sql: Statement::Query(Box::new(shard_query)).to_string(),
+        outputs,
+        keys,
+        order,
+        limit,
+        offset,
+    })
+}
+
+/// Which select list items the GROUP BY names (GROUP BY 2 and GROUP BY alias name items), and the group
+/// expressions that are not in the select list.
+fn group_items(s: &Select, group_exprs: &[Expr]) -> Result<(Vec<bool>, Vec<Expr>), &'static str> {
     let mut grouped_items = vec![false; s.projection.len()];
     let mut hidden: Vec<Expr> = Vec::new();
-    for g in &group_exprs {
+    for g in group_exprs {
         if let Some(n) = literal_u64(g) {
             let i = (n as usize)
                 .checked_sub(1)
@@ -144,13 +174,7 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
             grouped_items[i] = true;
             continue;
         }
-        let pos = s.projection.iter().position(|item| match item_expr(item) {
-            Some((e, alias)) => {
-                e == g || matches!((g, alias), (Expr::Identifier(i), Some(a)) if i.value == a.value)
-            }
-            None => false,
-        });
-        match pos {
+        match select_position(s, g) {
             Some(i) => grouped_items[i] = true,
             None => {
                 if contains_aggregate(g) {
@@ -160,14 +184,42 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
             }
         }
     }
-    let mut shard_items: Vec<SelectItem> = Vec::new();
-    let mut outputs = Vec::new();
-    let mut keys = Vec::new();
+    Ok((grouped_items, hidden))
+}
+
+/// The position of `e` in the select list, as the expression itself or as an item's alias.
+fn select_position(s: &Select, e: &Expr) -> Option<usize> {
+    s.projection.iter().position(|item| match item_expr(item) {
+        Some((x, alias)) => {
+            x == e || matches!((e, alias), (Expr::Identifier(i), Some(a)) if i.value == a.value)
+        }
+        None => false,
+    })
+}
+
+/// What the shards are asked to select, and how the merged result is made of it.
+struct ShardProjection {
+    items: Vec<SelectItem>,
+    outputs: Vec<Output>,
+    keys: Vec<usize>,
+}
+
+fn shard_projection(
+    s: &Select,
+    distinct: bool,
+    grouped_items: &[bool],
+    no_group_by: bool,
+) -> Result<ShardProjection, &'static str> {
+    let mut p = ShardProjection {
+        items: Vec::new(),
+        outputs: Vec::new(),
+        keys: Vec::new(),
+    };
     for (i, item) in s.projection.iter().enumerate() {
         let Some((e, alias)) = item_expr(item) else {
             return Err("* with aggregates, GROUP BY or DISTINCT");
         };
-        let idx = shard_items.len();
+        let idx = p.items.len();
         match aggregate_of(e)? {
             Some(_) if distinct => return Err("DISTINCT with aggregates"),
             Some(("avg", f)) => {
@@ -175,9 +227,9 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
                 sum.name = sqlparser::ast::ObjectName::from(vec![Ident::new("sum")]);
                 let mut count = f.clone();
                 count.name = sqlparser::ast::ObjectName::from(vec![Ident::new("count")]);
-                shard_items.push(SelectItem::UnnamedExpr(Expr::Function(sum)));
-                shard_items.push(SelectItem::UnnamedExpr(Expr::Function(count)));
-                outputs.push(Output::Avg {
+                p.items.push(SelectItem::UnnamedExpr(Expr::Function(sum)));
+                p.items.push(SelectItem::UnnamedExpr(Expr::Function(count)));
+                p.outputs.push(Output::Avg {
                     sum: idx,
                     count: idx + 1,
                     name: alias.map_or_else(|| "avg".to_owned(), |a| a.value.clone()),
@@ -192,71 +244,50 @@ pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
                     "bool_and" => Aggregate::BoolAnd,
                     _ => Aggregate::BoolOr,
                 };
-                shard_items.push(item.clone());
-                outputs.push(Output::Agg(agg, idx));
+                p.items.push(item.clone());
+                p.outputs.push(Output::Agg(agg, idx));
             }
             None => {
                 if contains_aggregate(e) {
                     return Err("expressions over aggregates");
                 }
-                if !distinct && !grouped_items[i] {
-                    // PostgreSQL rejects it too unless it is functionally dependent on the group key, which
-                    // Ocelot cannot see: the shards are asked to group by it as well.
-                    if group_exprs.is_empty() {
-                        return Err("a column outside an aggregate without GROUP BY");
-                    }
+                // PostgreSQL rejects it too unless it is functionally dependent on the group key, which
+                // Ocelot cannot see: the shards are asked to group by it as well.
+                if !distinct && !grouped_items[i] && no_group_by {
+                    return Err("a column outside an aggregate without GROUP BY");
                 }
-                shard_items.push(item.clone());
-                outputs.push(Output::Key(idx));
-                keys.push(idx);
+                p.items.push(item.clone());
+                p.outputs.push(Output::Key(idx));
+                p.keys.push(idx);
             }
         }
     }
-    for h in hidden {
-        keys.push(shard_items.len());
-        shard_items.push(SelectItem::UnnamedExpr(h));
-    }
-    // ORDER BY over the merged result.
+    Ok(p)
+}
+
+/// ORDER BY over the merged result, by select list position.
+fn order_keys(q: &Query, s: &Select) -> Result<Vec<SortKey>, &'static str> {
     let mut order = Vec::new();
-    if let Some(ob) = &q.order_by {
-        let OrderByKind::Expressions(exprs) = &ob.kind else {
-            return Err("ORDER BY ALL");
+    let Some(ob) = &q.order_by else {
+        return Ok(order);
+    };
+    let OrderByKind::Expressions(exprs) = &ob.kind else {
+        return Err("ORDER BY ALL");
+    };
+    for o in exprs {
+        let column = if let Some(n) = literal_u64(&o.expr) {
+            SortColumn::Position((n as usize).checked_sub(1).ok_or("ORDER BY 0")?)
+        } else if let Some(pos) = select_position(s, &o.expr) {
+            SortColumn::Position(pos)
+        } else {
+            return Err("ORDER BY something that is not in the select list");
         };
-        for o in exprs {
-            let column = if let Some(n) = literal_u64(&o.expr) {
-                SortColumn::Position((n as usize).checked_sub(1).ok_or("ORDER BY 0")?)
-            } else if let Some(pos) = s.projection.iter().position(|item| match item_expr(item) {
-                Some((e, alias)) => {
-                    *e == o.expr
-                        || matches!((&o.expr, alias), (Expr::Identifier(i), Some(a)) if i.value == a.value)
-                }
-                None => false,
-            }) {
-                SortColumn::Position(pos)
-            } else {
-                return Err("ORDER BY something that is not in the select list");
-            };
-            let desc = o.options.asc == Some(false);
-            order.push(SortKey {
-                column,
-                desc,
-                nulls_first: o.options.nulls_first.unwrap_or(desc),
-            });
-        }
+        let desc = o.options.asc == Some(false);
+        order.push(SortKey {
+            column,
+            desc,
+            nulls_first: o.options.nulls_first.unwrap_or(desc),
+        });
     }
-    let (limit, offset) = limit_offset(q)?;
-    let mut shard_select = s.clone();
-    shard_select.projection = shard_items;
-    let mut shard_query = q.clone();
-    shard_query.body = Box::new(SetExpr::Select(Box::new(shard_select)));
-    shard_query.order_by = None;
-    shard_query.limit_clause = None;
-    Ok(Grouped {
-        shard_sql: Statement::Query(Box::new(shard_query)).to_string(),
-        outputs,
-        keys,
-        order,
-        limit,
-        offset,
-    })
+    Ok(order)
 }

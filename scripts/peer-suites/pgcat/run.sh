@@ -17,7 +17,7 @@ specs=("$@")
 [ ${#specs[@]} -gt 0 ] || specs=(*_spec.rb)
 for spec in "${specs[@]}"; do
   PGPASSWORD=postgres psql -q -h 127.0.0.1 -p 5432 -U postgres -c "ALTER USER sharding_user PASSWORD 'sharding_user'" >/dev/null
-  out=$(timeout 900 rspec "$spec" 2>&1)
+  out=$(timeout 900 rspec "$spec" 2>&1 | tr -d '\0')
   echo "$spec: $(grep -E '^[0-9]+ examples?' <<<"$out" | tail -1)"
   grep -E '^rspec ./' <<<"$out" | sed 's/^/  /'
 done

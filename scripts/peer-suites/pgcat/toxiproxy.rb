@@ -2,6 +2,8 @@
 # proxy forwards TCP in this process, and the two toxics the specs apply are emulated. `limit_data` (bytes: 1)
 # cuts every connection and refuses new ones, as a dead server; `latency` delays what flows back to the client.
 require 'socket'
+# The gem loads net/http, which loads timeout: copy_spec uses Timeout without requiring it.
+require 'timeout'
 
 module Toxiproxy
   @proxies = {}
@@ -140,8 +142,12 @@ module Toxiproxy
     end
   end
 
+  # A proxy already destroyed (PgInstance's finalizers run after populate replaced theirs) destroys nothing.
+  Gone = Object.new
+  def Gone.destroy; end
+
   def self.[](name)
-    @proxies.fetch(name)
+    @proxies.fetch(name, Gone)
   end
 
   def self.forget(name)

@@ -166,90 +166,94 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
+type Pick = fn(&Totals) -> u64;
+
+/// PgCat's `pgcat_stats_*` families: name suffix, whether it is a per-second average (a gauge of the last
+/// period) rather than a total, the figure, help text.
+const STATS_FAMILIES: [(&str, bool, Pick, &str); 15] = [
+    (
+        "total_query_count",
+        false,
+        |x| x.query_count,
+        "requests answered",
+    ),
+    (
+        "total_query_time",
+        false,
+        |x| x.query_time_us,
+        "microseconds spent answering requests",
+    ),
+    (
+        "total_received",
+        false,
+        |x| x.bytes_received,
+        "bytes received from the server",
+    ),
+    (
+        "total_sent",
+        false,
+        |x| x.bytes_sent,
+        "bytes sent to the server",
+    ),
+    ("total_xact_count", false, |x| x.xact_count, "transactions"),
+    (
+        "total_xact_time",
+        false,
+        |x| x.xact_time_us,
+        "microseconds spent in transactions",
+    ),
+    (
+        "total_wait_time",
+        false,
+        |x| x.wait_time_us,
+        "microseconds clients waited for a server",
+    ),
+    (
+        "avg_query_count",
+        true,
+        |x| x.query_count,
+        "requests per second over the last period",
+    ),
+    (
+        "avg_query_time",
+        true,
+        |x| x.query_time_us,
+        "mean request time in microseconds",
+    ),
+    (
+        "avg_recv",
+        true,
+        |x| x.bytes_received,
+        "bytes received per second",
+    ),
+    ("avg_sent", true, |x| x.bytes_sent, "bytes sent per second"),
+    ("avg_errors", true, |x| x.errors, "errors per second"),
+    (
+        "avg_xact_count",
+        true,
+        |x| x.xact_count,
+        "transactions per second",
+    ),
+    (
+        "avg_xact_time",
+        true,
+        |x| x.xact_time_us,
+        "mean transaction time in microseconds",
+    ),
+    (
+        "avg_wait_time",
+        true,
+        |x| x.wait_time_us,
+        "mean wait for a server in microseconds",
+    ),
+];
+
 fn stats_families(out: &mut String, servers: &[&Arc<ServerPool>]) {
     let totals: Vec<(String, Totals, Totals)> = servers
         .iter()
         .map(|s| (address_labels(s), s.stats.totals(), s.stats.averages()))
         .collect();
-    type Pick = fn(&Totals) -> u64;
-    let families: [(&str, bool, Pick, &str); 15] = [
-        (
-            "total_query_count",
-            false,
-            |x| x.query_count,
-            "requests answered",
-        ),
-        (
-            "total_query_time",
-            false,
-            |x| x.query_time_us,
-            "microseconds spent answering requests",
-        ),
-        (
-            "total_received",
-            false,
-            |x| x.bytes_received,
-            "bytes received from the server",
-        ),
-        (
-            "total_sent",
-            false,
-            |x| x.bytes_sent,
-            "bytes sent to the server",
-        ),
-        ("total_xact_count", false, |x| x.xact_count, "transactions"),
-        (
-            "total_xact_time",
-            false,
-            |x| x.xact_time_us,
-            "microseconds spent in transactions",
-        ),
-        (
-            "total_wait_time",
-            false,
-            |x| x.wait_time_us,
-            "microseconds clients waited for a server",
-        ),
-        (
-            "avg_query_count",
-            true,
-            |x| x.query_count,
-            "requests per second over the last period",
-        ),
-        (
-            "avg_query_time",
-            true,
-            |x| x.query_time_us,
-            "mean request time in microseconds",
-        ),
-        (
-            "avg_recv",
-            true,
-            |x| x.bytes_received,
-            "bytes received per second",
-        ),
-        ("avg_sent", true, |x| x.bytes_sent, "bytes sent per second"),
-        ("avg_errors", true, |x| x.errors, "errors per second"),
-        (
-            "avg_xact_count",
-            true,
-            |x| x.xact_count,
-            "transactions per second",
-        ),
-        (
-            "avg_xact_time",
-            true,
-            |x| x.xact_time_us,
-            "mean transaction time in microseconds",
-        ),
-        (
-            "avg_wait_time",
-            true,
-            |x| x.wait_time_us,
-            "mean wait for a server in microseconds",
-        ),
-    ];
-    for (suffix, avg, pick, help) in families {
+    for (suffix, avg, pick, help) in STATS_FAMILIES {
         let name = format!("pgcat_stats_{suffix}");
         let mut f = Family::new(out, &name, if avg { "gauge" } else { "counter" }, help);
         for (labels, t, a) in &totals {
@@ -326,6 +330,83 @@ fn conn_slot(s: ConnState) -> usize {
     }
 }
 
+/// The per-address families: name, type, index in the figures `servers_families` gathers, help text.
+const SERVER_FAMILIES: [(&str, &str, usize, &str); 13] = [
+    (
+        "pgcat_servers_bytes_received",
+        "counter",
+        0,
+        "bytes received from the server",
+    ),
+    (
+        "pgcat_servers_bytes_sent",
+        "counter",
+        1,
+        "bytes sent to the server",
+    ),
+    (
+        "pgcat_servers_transaction_count",
+        "counter",
+        2,
+        "transactions",
+    ),
+    (
+        "pgcat_servers_query_count",
+        "counter",
+        3,
+        "requests answered",
+    ),
+    (
+        "pgcat_servers_error_count",
+        "counter",
+        4,
+        "errors the server returned",
+    ),
+    ("pgcat_servers_idle_count", "gauge", 5, "idle connections"),
+    (
+        "pgcat_servers_active_count",
+        "gauge",
+        6,
+        "connections in use",
+    ),
+    (
+        "pgcat_servers_tested_count",
+        "gauge",
+        7,
+        "connections being health-checked",
+    ),
+    (
+        "pgcat_servers_login_count",
+        "gauge",
+        8,
+        "connections being opened",
+    ),
+    (
+        "pgcat_servers_is_banned",
+        "gauge",
+        9,
+        "1 while the server is banned",
+    ),
+    (
+        "pgcat_servers_is_paused",
+        "gauge",
+        10,
+        "1 while the pool is paused",
+    ),
+    (
+        "pgcat_databases_pool_size",
+        "gauge",
+        11,
+        "configured pool_size",
+    ),
+    (
+        "pgcat_databases_current_connections",
+        "gauge",
+        12,
+        "open connections",
+    ),
+];
+
 fn servers_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     // Per address: [bytes_received, bytes_sent, transactions, queries, errors, idle, active, tested, login,
     // banned, paused, pool_size, current_connections]
@@ -358,82 +439,7 @@ fn servers_families(out: &mut String, pools: &[&Arc<UserPool>]) {
             )
         })
         .collect();
-    let families: [(&str, &str, usize, &str); 13] = [
-        (
-            "pgcat_servers_bytes_received",
-            "counter",
-            0,
-            "bytes received from the server",
-        ),
-        (
-            "pgcat_servers_bytes_sent",
-            "counter",
-            1,
-            "bytes sent to the server",
-        ),
-        (
-            "pgcat_servers_transaction_count",
-            "counter",
-            2,
-            "transactions",
-        ),
-        (
-            "pgcat_servers_query_count",
-            "counter",
-            3,
-            "requests answered",
-        ),
-        (
-            "pgcat_servers_error_count",
-            "counter",
-            4,
-            "errors the server returned",
-        ),
-        ("pgcat_servers_idle_count", "gauge", 5, "idle connections"),
-        (
-            "pgcat_servers_active_count",
-            "gauge",
-            6,
-            "connections in use",
-        ),
-        (
-            "pgcat_servers_tested_count",
-            "gauge",
-            7,
-            "connections being health-checked",
-        ),
-        (
-            "pgcat_servers_login_count",
-            "gauge",
-            8,
-            "connections being opened",
-        ),
-        (
-            "pgcat_servers_is_banned",
-            "gauge",
-            9,
-            "1 while the server is banned",
-        ),
-        (
-            "pgcat_servers_is_paused",
-            "gauge",
-            10,
-            "1 while the pool is paused",
-        ),
-        (
-            "pgcat_databases_pool_size",
-            "gauge",
-            11,
-            "configured pool_size",
-        ),
-        (
-            "pgcat_databases_current_connections",
-            "gauge",
-            12,
-            "open connections",
-        ),
-    ];
-    for (name, kind, i, help) in families {
+    for (name, kind, i, help) in SERVER_FAMILIES {
         let mut f = Family::new(out, name, kind, help);
         for (labels, v) in &rows {
             f.sample(name, labels, v[i]);

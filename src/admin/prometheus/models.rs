@@ -64,6 +64,37 @@ pub(super) fn router_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     }
 }
 
+type Stat = fn(&crate::inference::ops::drift::FeatureDrift) -> f64;
+
+/// The drift gauges per model feature: name, help text, the figure.
+const DRIFT_FAMILIES: [(&str, &str, Stat); 5] = [
+    (
+        "ocelot_model_feature_psi",
+        "population stability index of a feature in the drift window against the training data",
+        |f| f.psi,
+    ),
+    (
+        "ocelot_model_feature_ks",
+        "largest gap between the feature's cumulative histograms, window against training data",
+        |f| f.ks,
+    ),
+    (
+        "ocelot_model_feature_mean",
+        "mean of the feature in the drift window",
+        |f| f.mean,
+    ),
+    (
+        "ocelot_model_feature_missing_ratio",
+        "share of predictions with the feature missing in the drift window",
+        |f| f.missing_rate,
+    ),
+    (
+        "ocelot_model_feature_observations",
+        "predictions in the drift window",
+        |f| f.n as f64,
+    ),
+];
+
 /// A/B arms and drift per feature.
 pub(super) fn model_ops_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     let mut arms = Vec::new();
@@ -108,55 +139,8 @@ pub(super) fn model_ops_families(out: &mut String, pools: &[&Arc<UserPool>]) {
     for (labels, _, micros, _) in &arms {
         f.sample("ocelot_ab_prediction_mean_seconds", labels, micros / 1e6);
     }
-    let mut f = Family::new(
-        out,
-        "ocelot_prediction_log_rows_total",
-        "counter",
-        "sampled predictions by fate: queued for the registry, written, dropped (queue full) or failed (registry error)",
-    );
-    for p in pools {
-        let pool = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
-        let counts = p.models.log.counters.get();
-        for (result, n) in ["queued", "written", "dropped", "failed"]
-            .iter()
-            .zip(counts)
-        {
-            f.sample(
-                "ocelot_prediction_log_rows_total",
-                &format!("{pool},result=\"{result}\""),
-                n,
-            );
-        }
-    }
-    type Stat = fn(&crate::inference::ops::drift::FeatureDrift) -> f64;
-    let stats: [(&str, &str, Stat); 5] = [
-        (
-            "ocelot_model_feature_psi",
-            "population stability index of a feature in the drift window against the training data",
-            |f| f.psi,
-        ),
-        (
-            "ocelot_model_feature_ks",
-            "largest gap between the feature's cumulative histograms, window against training data",
-            |f| f.ks,
-        ),
-        (
-            "ocelot_model_feature_mean",
-            "mean of the feature in the drift window",
-            |f| f.mean,
-        ),
-        (
-            "ocelot_model_feature_missing_ratio",
-            "share of predictions with the feature missing in the drift window",
-            |f| f.missing_rate,
-        ),
-        (
-            "ocelot_model_feature_observations",
-            "predictions in the drift window",
-            |f| f.n as f64,
-        ),
-    ];
-    for (name, help, get) in stats {
+    log_families(out, pools);
+    for (name, help, get) in DRIFT_FAMILIES {
         let mut fam = Family::new(out, name, "gauge", help);
         for (labels, d) in &drift {
             fam.sample(name, labels, get(d));
@@ -227,6 +211,35 @@ pub(super) fn inference_families(out: &mut String, pools: &[&Arc<UserPool>]) {
         f.sample("ocelot_model_cache_evictions_total", labels, evictions);
     }
     model_ops_families(out, pools);
+    embed_families(out);
+}
+
+/// The prediction log's rows by fate.
+fn log_families(out: &mut String, pools: &[&Arc<UserPool>]) {
+    let mut f = Family::new(
+        out,
+        "ocelot_prediction_log_rows_total",
+        "counter",
+        "sampled predictions by fate: queued for the registry, written, dropped (queue full) or failed (registry error)",
+    );
+    for p in pools {
+        let pool = format!("pool=\"{}\",user=\"{}\"", esc(&p.database), esc(&p.user));
+        let counts = p.models.log.counters.get();
+        for (result, n) in ["queued", "written", "dropped", "failed"]
+            .iter()
+            .zip(counts)
+        {
+            f.sample(
+                "ocelot_prediction_log_rows_total",
+                &format!("{pool},result=\"{result}\""),
+                n,
+            );
+        }
+    }
+}
+
+/// The embedding cache and batcher counters (process-wide).
+fn embed_families(out: &mut String) {
     let (hits, misses) = crate::inference::serving::embed_queue::cache_counts();
     let (requests, passes) = crate::inference::serving::embed_queue::batch_counts();
     for (name, help, v) in [

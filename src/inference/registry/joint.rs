@@ -9,7 +9,7 @@ use crate::inference::estimators::algorithms;
 use crate::inference::registry::models::{refuse, Model, Refusal};
 
 /// Features, their names, and each label's values.
-type Separated = (Vec<Vec<f64>>, Vec<String>, Vec<Vec<f64>>);
+pub(in crate::inference) type Separated = (Vec<Vec<f64>>, Vec<String>, Vec<Vec<f64>>);
 
 /// Moves the label columns `labels` out of the features read from a relation (every column as a feature):
 /// returns the features that remain, their names, and one vector of values per label.

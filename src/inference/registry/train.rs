@@ -30,32 +30,19 @@ pub(in crate::inference) async fn train(
     progress: Option<&Progress>,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
-    let say = |msg: String| {
-        if let Some(p) = progress {
-            let _ = p.send(msg);
-        }
-    };
+    let say = |msg: String| progress.map(|p| p.send(msg));
     let args = bind(call, &train_params())?;
     let project = text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22023", "project_name must not be NULL"))?;
     let mut conn = registry_conn(pool).await?;
-    let existing = value(
-        &mut conn,
-        &format!(
-            "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
-            quote_literal(&project)
-        ),
-    )
-    .await?;
+    // `id:task` of the project when it exists.
+    let sql = format!(
+        "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
+        quote_literal(&project)
+    );
+    let existing = value(&mut conn, &sql).await?;
     let task = resolve_task(&project, text_arg(&args, "task"), existing.as_deref())?;
-    let algorithm = text_arg(&args, "algorithm").unwrap_or_else(|| "linear".into());
-    let hyper = algorithms::hyperparams(text_arg(&args, "hyperparams").as_deref())
-        .map_err(|e| refuse("22023", e))?;
-    let algo = Algo::choose(&task, &algorithm, &hyper).map_err(|c| match c {
-        Choice::Unsupported(m) => refuse(sqlstate::FEATURE_NOT_SUPPORTED, m),
-        Choice::Invalid(m) => refuse("22023", m),
-    })?;
-    let algorithm = algo.recorded_name(&algorithm).to_owned();
+    let (algo, algorithm) = choose_algorithm(&args, &task)?;
     let project_id = existing.as_deref().and_then(|e| e.split(':').next());
     let joint = call.function == "train_joint";
     let Source {
@@ -66,29 +53,14 @@ pub(in crate::inference) async fn train(
         snapshot_id,
     } = source(&args, &mut conn, project_id, &task, joint).await?;
     let started = Instant::now();
-    let order = sampling_order(&sampling)?;
-    let (features, names, mut ys) = if joint {
-        let (x, names, _) = read_relation(pool, &relation, None, order).await?;
-        crate::inference::registry::joint::split_labels(x, names, &labels)?
-    } else {
-        let (x, names, y) =
-            read_relation(pool, &relation, labels.first().map(String::as_str), order).await?;
-        (x, names, vec![y])
-    };
-    let y = if ys.is_empty() {
-        Vec::new()
-    } else {
-        ys.remove(0)
-    };
-    let spec = text_arg(&args, "preprocess").unwrap_or_else(|| "{}".into());
+    let (features, names, ys) =
+        read_labelled(pool, &relation, &labels, sampling_order(&sampling)?, joint).await?;
     // What drift monitoring compares the features fed to the model with (raw, before preprocessing).
     let baseline = crate::inference::ops::drift::Baseline::from_rows(&features, &names);
-    let mut data = Split::new(features, y, test_size)?;
-    data.more_targets = ys;
-    if sampling == "stratified" && task == "classification" {
-        crate::inference::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
-    }
-    let pre = data.preprocess(&spec, &names)?;
+    let stratified = sampling == "stratified" && task == "classification";
+    let mut data = Split::labelled(features, ys, test_size, stratified)?;
+    let spec = text_arg(&args, "preprocess");
+    let pre = data.preprocess(spec.as_deref().unwrap_or("{}"), &names)?;
     say(format!(
         "Ocelot: training {algorithm} for {task} on {} rows of {} features ({} test rows)",
         data.n_train,
@@ -98,27 +70,7 @@ pub(in crate::inference) async fn train(
     let (data, estimator) = fit_off_thread(algo, data, &algorithm, progress).await?;
     let model = Model { pre, estimator };
     let fit_time = started.elapsed().as_secs_f64();
-    let scored = Instant::now();
-    let (tx, ty) = data.test();
-    let (mut metrics, target) = if let Estimator::Pca(p) = &model.estimator {
-        let mut m = serde_json::Map::new();
-        let kept: f64 = p.explained_variance_ratio.iter().sum();
-        m.insert("cumulative_explained_variance".into(), kept.into());
-        (m, "cumulative_explained_variance")
-    } else if data.more_targets.is_empty() {
-        let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
-        algorithms::metrics(&task, tx, ty, &predicted)
-    } else {
-        let mut truths = vec![ty];
-        truths.extend(data.more_targets.iter().map(|y| data.test_labels(y)));
-        crate::inference::registry::joint::metrics(&task, &model, tx, &truths)
-    };
-    metrics.insert("fit_time".into(), fit_time.into());
-    metrics.insert("score_time".into(), scored.elapsed().as_secs_f64().into());
-    let score = metrics
-        .get(target)
-        .and_then(|v| v.as_f64())
-        .unwrap_or(f64::NEG_INFINITY);
+    let (metrics, target, score) = scored(&task, &model, &data, fit_time);
     say(format!(
         "Ocelot: trained {algorithm} in {fit_time:.3} s; {target} = {score:.6} on the test split"
     ));
@@ -143,13 +95,16 @@ pub(in crate::inference) async fn train(
             metrics,
             target,
             score,
-            auto_deploy: args
-                .get("automatic_deploy")
-                .and_then(Arg::as_bool)
-                .unwrap_or(true),
+            auto_deploy: args.get("automatic_deploy").and_then(Arg::as_bool) != Some(false),
         },
     )
     .await?;
+    answer(out, &project, &task, &algorithm, deployed);
+    Ok(())
+}
+
+/// pgml.train's one row, as PostgresML returns it.
+fn answer(out: &mut BytesMut, project: &str, task: &str, algorithm: &str, deployed: bool) {
     encode::row_description_typed(
         out,
         &[
@@ -160,9 +115,85 @@ pub(in crate::inference) async fn train(
         ],
     );
     let deployed = if deployed { "t" } else { "f" };
-    encode::data_row_text(out, &[&project, &task, &algorithm, deployed]);
+    encode::data_row_text(out, &[project, task, algorithm, deployed]);
     encode::command_complete(out, "SELECT 1");
-    Ok(())
+}
+
+/// The relation's features, their names and the label columns' values (one list per label; several for a
+/// joint model).
+async fn read_labelled(
+    pool: &Arc<UserPool>,
+    relation: &str,
+    labels: &[String],
+    order: &str,
+    joint: bool,
+) -> Result<crate::inference::registry::joint::Separated, Refusal> {
+    if joint {
+        let (x, names, _) = read_relation(pool, relation, None, order).await?;
+        crate::inference::registry::joint::split_labels(x, names, labels)
+    } else {
+        let (x, names, y) =
+            read_relation(pool, relation, labels.first().map(String::as_str), order).await?;
+        Ok((x, names, vec![y]))
+    }
+}
+
+/// PostgresML's metrics of `model` on the test split with the fit and score times, the one that decides
+/// deployment, and its value.
+fn scored(
+    task: &str,
+    model: &Model,
+    data: &Split,
+    fit_time: f64,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    &'static str,
+    f64,
+) {
+    let started = Instant::now();
+    let (mut metrics, target) = test_metrics(task, model, data);
+    metrics.insert("fit_time".into(), fit_time.into());
+    metrics.insert("score_time".into(), started.elapsed().as_secs_f64().into());
+    let score = metrics
+        .get(target)
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NEG_INFINITY);
+    (metrics, target, score)
+}
+
+/// PostgresML's metrics of `model` on the test split, and the one that decides deployment.
+fn test_metrics(
+    task: &str,
+    model: &Model,
+    data: &Split,
+) -> (serde_json::Map<String, serde_json::Value>, &'static str) {
+    let (tx, ty) = data.test();
+    if let Estimator::Pca(p) = &model.estimator {
+        let mut m = serde_json::Map::new();
+        let kept: f64 = p.explained_variance_ratio.iter().sum();
+        m.insert("cumulative_explained_variance".into(), kept.into());
+        (m, "cumulative_explained_variance")
+    } else if data.more_targets.is_empty() {
+        let predicted: Vec<f64> = tx.iter().map(|r| model.predict(r)).collect();
+        algorithms::metrics(task, tx, ty, &predicted)
+    } else {
+        let mut truths = vec![ty];
+        truths.extend(data.more_targets.iter().map(|y| data.test_labels(y)));
+        crate::inference::registry::joint::metrics(task, model, tx, &truths)
+    }
+}
+
+/// The estimator the arguments ask for on `task`, and the name the registry records for it.
+fn choose_algorithm(args: &BTreeMap<&str, Arg>, task: &str) -> Result<(Algo, String), Refusal> {
+    let algorithm = text_arg(args, "algorithm").unwrap_or_else(|| "linear".into());
+    let hyper = algorithms::hyperparams(text_arg(args, "hyperparams").as_deref())
+        .map_err(|e| refuse("22023", e))?;
+    let algo = Algo::choose(task, &algorithm, &hyper).map_err(|c| match c {
+        Choice::Unsupported(m) => refuse(sqlstate::FEATURE_NOT_SUPPORTED, m),
+        Choice::Invalid(m) => refuse("22023", m),
+    })?;
+    let recorded = algo.recorded_name(&algorithm).to_owned();
+    Ok((algo, recorded))
 }
 
 /// The project's task: the one given, which must match an existing project's, or the existing project's.
@@ -212,6 +243,26 @@ struct Split {
 }
 
 impl Split {
+    /// Splits rows that have one list of labels per target (the first is `y`), stratified by `y` when asked.
+    fn labelled(
+        x: Vec<Vec<f64>>,
+        mut ys: Vec<Vec<f64>>,
+        test_size: f64,
+        stratified: bool,
+    ) -> Result<Split, Refusal> {
+        let y = if ys.is_empty() {
+            Vec::new()
+        } else {
+            ys.remove(0)
+        };
+        let mut data = Split::new(x, y, test_size)?;
+        data.more_targets = ys;
+        if stratified {
+            crate::inference::estimators::split::stratify(&mut data.x, &mut data.y, data.n_test);
+        }
+        Ok(data)
+    }
+
     fn new(x: Vec<Vec<f64>>, y: Vec<f64>, test_size: f64) -> Result<Split, Refusal> {
         let n = x.len();
         let n_test = if test_size > 1.0 {
@@ -421,16 +472,17 @@ async fn record(
     conn: &mut ServerConn,
     t: Trained<'_>,
 ) -> Result<bool, Refusal> {
+    let project_id = match t.project_id {
+        Some(id) => id.to_owned(),
+        None => insert_project(conn, t.project, t.task).await?,
+    };
+    let snapshot_id = match t.snapshot_id {
+        Some(id) => id.to_owned(),
+        None => insert_snapshot(conn, &t).await?,
+    };
     let Trained {
         project,
-        task,
-        relation,
-        labels,
-        sampling,
-        test_size,
-        samples: n,
         features: names,
-        baseline,
         algorithm,
         hyperparams,
         model,
@@ -441,47 +493,6 @@ async fn record(
         ..
     } = t;
     let bytes = serde_json::to_vec(model).unwrap_or_default();
-    let columns = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
-    let project_id = match t.project_id {
-        Some(id) => id.to_owned(),
-        None => value(
-            conn,
-            &format!(
-                "INSERT INTO pgml.projects (name, task) VALUES ({}, {}::pgml.task) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-                quote_literal(project),
-                quote_literal(task)
-            ),
-        )
-        .await?
-        .unwrap_or_default(),
-    };
-    let snapshot_id = match t.snapshot_id {
-        Some(id) => id.to_owned(),
-        None => value(
-            conn,
-            &format!(
-                "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
-                quote_literal(relation),
-                if labels.is_empty() {
-                    "NULL".into()
-                } else {
-                    let quoted: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
-                    format!("ARRAY[{}]", quoted.join(", "))
-                },
-                quote_literal(sampling),
-                quote_literal(&columns),
-                quote_literal(
-                    &serde_json::json!({
-                        "samples": n,
-                        "ocelot_drift": baseline,
-                    })
-                    .to_string()
-                ),
-            ),
-        )
-        .await?
-        .unwrap_or_default(),
-    };
     let metrics_json = serde_json::Value::Object(metrics).to_string();
     let model_id = value(
         conn,
@@ -518,4 +529,47 @@ async fn record(
         crate::inference::serving::cache::announce(pool, conn, project).await?;
     }
     Ok(deployed)
+}
+
+async fn insert_project(
+    conn: &mut ServerConn,
+    project: &str,
+    task: &str,
+) -> Result<String, Refusal> {
+    let sql = format!(
+        "INSERT INTO pgml.projects (name, task) VALUES ({}, {}::pgml.task) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        quote_literal(project),
+        quote_literal(task)
+    );
+    Ok(value(conn, &sql).await?.unwrap_or_default())
+}
+
+/// The snapshot row of a first training: what was read, how it was split, and the drift baseline.
+async fn insert_snapshot(conn: &mut ServerConn, t: &Trained<'_>) -> Result<String, Refusal> {
+    let Trained {
+        relation,
+        labels,
+        sampling,
+        test_size,
+        samples,
+        features,
+        baseline,
+        ..
+    } = t;
+    let columns = serde_json::to_string(features).unwrap_or_else(|_| "[]".into());
+    let labels = if labels.is_empty() {
+        "NULL".into()
+    } else {
+        let quoted: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
+        format!("ARRAY[{}]", quoted.join(", "))
+    };
+    let analysis = serde_json::json!({ "samples": samples, "ocelot_drift": baseline }).to_string();
+    let sql = format!(
+        "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, test_sampling, status, columns, analysis) VALUES ({}, {labels}, {test_size}, {}::pgml.sampling, 'successful', {}::jsonb, {}::jsonb) RETURNING id",
+        quote_literal(relation),
+        quote_literal(sampling),
+        quote_literal(&columns),
+        quote_literal(&analysis),
+    );
+    Ok(value(conn, &sql).await?.unwrap_or_default())
 }

@@ -54,47 +54,64 @@ impl Session {
             Ok(t) => t,
             Err(e) => return Ok(self.refuse(&e.to_string())),
         };
-        let two_phase = self.pool.two_phase;
-        let current = self.attached_shard;
-        let target_shards = match &target {
-            Target::All(_, s) => Some(s.clone()),
-            Target::Write(p) => Some(p.iter().map(|(s, _, _)| *s).collect()),
-            _ => None,
-        };
         match target {
-            Target::Default => Ok(Cross::Forward),
-            Target::One(s) if s == current => Ok(Cross::Forward),
-            Target::One(s) if !two_phase => {
-                Ok(self.refuse(&format!(
-                    "this statement needs shard {s} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
-            Target::Batch(_) if !two_phase => Ok(self.refuse(&format!(
-                "this batch needs several shards but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-            ))),
-            Target::One(_)
-            | Target::All(..)
-            | Target::Write(_)
-            | Target::CopyIn(..)
-            | Target::Batch(_)
-                if busy =>
+            Target::Default => return Ok(Cross::Forward),
+            Target::One(s) if s == self.attached_shard => return Ok(Cross::Forward),
+            _ => {}
+        }
+        if !self.pool.two_phase {
+            // One and Batch are refused at once; the others once the server has answered what came before.
+            if busy
+                && matches!(
+                    target,
+                    Target::All(..) | Target::Write(_) | Target::CopyIn(..)
+                )
             {
-                Ok(Cross::Wait)
+                return Ok(Cross::Wait);
             }
-            Target::One(s) => {
-                match self.swap_to(s).await {
-                    Ok(()) => Ok(Cross::Forward),
-                    Err(e) => Ok(self.refuse(&e.to_string())),
-                }
+            return Ok(self.refuse_across(&target));
+        }
+        if busy {
+            return Ok(Cross::Wait);
+        }
+        self.run_across(target, h.total()).await
+    }
+
+    /// Refuses, without two-phase commit, a request for other shards than the transaction's.
+    fn refuse_across(&mut self, target: &Target) -> Cross {
+        let needs = match target {
+            Target::One(s) => format!("this statement needs shard {s} but"),
+            Target::Batch(_) => "this batch needs several shards but".to_owned(),
+            Target::CopyIn(..) => "COPY into the sharded table needs every shard, but".to_owned(),
+            Target::All(_, s) => {
+                format!(
+                    "this statement needs shards {} but",
+                    shard_list(s.iter().copied())
+                )
             }
-            Target::CopyIn(..) if !two_phase => {
-                Ok(self.refuse(&format!(
-                    "COPY into the sharded table needs every shard, but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
+            Target::Write(p) => format!(
+                "this statement needs shards {} but",
+                shard_list(p.iter().map(|(s, _, _)| *s))
+            ),
+            Target::Default => String::new(),
+        };
+        let current = self.attached_shard;
+        self.refuse(&format!(
+            "{needs} the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
+        ))
+    }
+
+    /// With two-phase commit, runs a transaction's request for other shards: the transaction joins the shard,
+    /// or the request runs on several (`total`: the bytes of a simple Query).
+    async fn run_across(&mut self, target: Target, total: usize) -> Result<Cross, ClientError> {
+        match target {
+            Target::One(s) => match self.swap_to(s).await {
+                Ok(()) => Ok(Cross::Forward),
+                Err(e) => Ok(self.refuse(&e.to_string())),
+            },
             Target::CopyIn(plan, simple) => {
                 if simple {
-                    self.cbuf.advance(h.total());
+                    self.cbuf.advance(total);
                 } else {
                     self.answer_extended_copy_request();
                 }
@@ -104,32 +121,21 @@ impl Session {
                     Cross::Handled
                 })
             }
-            Target::All(..) | Target::Write(_) if !two_phase => {
-                let list = shard_list(match &target_shards {
-                    Some(v) => v.clone(),
-                    None => Vec::new(),
-                });
-                Ok(self.refuse(&format!(
-                    "this statement needs shards {list} but the transaction runs on shard {current}: transactions across shards need two-phase commit (set two_phase_commit = true for the pool)"
-                )))
-            }
             Target::Batch(shards) => Ok(if self.run_batch(shards).await? {
                 Cross::Handled
             } else {
                 Cross::Wait
             }),
-            target => {
-                match self.shard_requests(target) {
-                    Ok(Some(prepared)) => {
-                        self.run_on_shards(prepared).await?;
-                        Ok(Cross::Handled)
-                    }
-                    Ok(None) => Ok(Cross::Wait),
-                    Err(why) => Ok(self.refuse(&format!(
-                        "Ocelot cannot run this request on several shards: {why}"
-                    ))),
+            target => match self.shard_requests(target) {
+                Ok(Some(prepared)) => {
+                    self.run_on_shards(prepared).await?;
+                    Ok(Cross::Handled)
                 }
-            }
+                Ok(None) => Ok(Cross::Wait),
+                Err(why) => Ok(self.refuse(&format!(
+                    "Ocelot cannot run this request on several shards: {why}"
+                ))),
+            },
         }
     }
 

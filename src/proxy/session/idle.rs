@@ -124,38 +124,10 @@ impl Session {
                             Box::pin(self.run_on_shards(prepared)).await?;
                             return Ok(Flow::Next);
                         }
-                        Ok(Some(prepared)) => {
-                            let codes = prepared
-                                .ext
-                                .as_ref()
-                                .map(|r| r.bind.result_formats.clone())
-                                .unwrap_or_default();
-                            let primary_reads = self.primary_reads();
-                            let answer = crate::database::fanout::run(
-                                &self.pool,
-                                &self.core.params,
-                                &prepared.requests,
-                                want,
-                                primary_reads,
-                                &prepared.merge,
-                                &codes,
-                            );
-                            match Box::pin(answer).await {
-                                Ok(merged) => {
-                                    self.cbuf.advance(prepared.len);
-                                    self.answer(&prepared, &merged);
-                                    let status = if self.pending_begin.is_some() {
-                                        txn::IN_TRANSACTION
-                                    } else {
-                                        txn::IDLE
-                                    };
-                                    encode::ready_for_query(&mut self.core.out, status);
-                                    self.flush_out().await?;
-                                    return Ok(Flow::Next);
-                                }
-                                Err(e) => Err(e),
-                            }
-                        }
+                        Ok(Some(prepared)) => match self.fan_out_read(prepared, want).await? {
+                            Ok(()) => return Ok(Flow::Next),
+                            Err(e) => Err(e),
+                        },
                     }
                 }
             }
@@ -174,32 +146,11 @@ impl Session {
                 }
                 return Ok(Flow::Next);
             }
-            route::Target::CopyIn(plan, false) if !self.pool.two_phase => {
-                self.answer_extended_copy_request();
-                let e = PoolError::NeedsTwoPhase {
-                    pool: self.pool.database.clone(),
-                    shards: route::shard_list(0..self.pool.shards.len()),
-                };
-                let code = crate::protocol::codes::sqlstate::FEATURE_NOT_SUPPORTED;
-                if Box::pin(self.copy_refused(plan, code, e.to_string())).await? {
-                    return Ok(Flow::Leave);
-                }
-                return Ok(Flow::Next);
-            }
-            route::Target::CopyIn(..) if !self.pool.two_phase => Err(PoolError::NeedsTwoPhase {
-                pool: self.pool.database.clone(),
-                shards: route::shard_list(0..self.pool.shards.len()),
-            }),
             route::Target::CopyIn(plan, simple) => {
-                if simple {
-                    self.cbuf.advance(piece.len());
-                } else {
-                    self.answer_extended_copy_request();
+                match self.copy_target(plan, simple, &piece).await? {
+                    Ok(flow) => return Ok(flow),
+                    Err(e) => Err(e),
                 }
-                if Box::pin(self.copy_in(plan, simple)).await? {
-                    return Ok(Flow::Leave);
-                }
-                return Ok(Flow::Next);
             }
             route::Target::One(shard) => self.attach(want, shard).await,
             route::Target::Default => self.attach(want, self.attached_shard).await,
@@ -209,6 +160,75 @@ impl Session {
             return Ok(Flow::Next);
         }
         Ok(Flow::Attached)
+    }
+
+    /// COPY FROM STDIN into the sharded table, rows split by key; refused without two-phase commit (answered
+    /// in full for an extended-protocol COPY, whose client sends its data before it reads the error).
+    async fn copy_target(
+        &mut self,
+        plan: crate::router::copy::CopyPlan,
+        simple: bool,
+        piece: &Piece,
+    ) -> Result<Result<Flow, PoolError>, ClientError> {
+        let refusal = || PoolError::NeedsTwoPhase {
+            pool: self.pool.database.clone(),
+            shards: route::shard_list(0..self.pool.shards.len()),
+        };
+        let left = if !self.pool.two_phase {
+            if simple {
+                return Ok(Err(refusal()));
+            }
+            let why = refusal().to_string();
+            self.answer_extended_copy_request();
+            let code = crate::protocol::codes::sqlstate::FEATURE_NOT_SUPPORTED;
+            Box::pin(self.copy_refused(plan, code, why)).await?
+        } else {
+            if simple {
+                self.cbuf.advance(piece.len());
+            } else {
+                self.answer_extended_copy_request();
+            }
+            Box::pin(self.copy_in(plan, simple)).await?
+        };
+        Ok(Ok(if left { Flow::Leave } else { Flow::Next }))
+    }
+
+    /// A read fanned out to several shards and answered with the merged rows; the pool's error when a shard
+    /// could not answer (nothing was sent to the client then).
+    async fn fan_out_read(
+        &mut self,
+        prepared: super::multi::Prepared,
+        want: crate::database::balance::Want,
+    ) -> Result<Result<(), PoolError>, ClientError> {
+        let codes = prepared
+            .ext
+            .as_ref()
+            .map(|r| r.bind.result_formats.clone())
+            .unwrap_or_default();
+        let primary_reads = self.primary_reads();
+        let answer = crate::database::fanout::run(
+            &self.pool,
+            &self.core.params,
+            &prepared.requests,
+            want,
+            primary_reads,
+            &prepared.merge,
+            &codes,
+        );
+        let merged = match Box::pin(answer).await {
+            Ok(merged) => merged,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.cbuf.advance(prepared.len);
+        self.answer(&prepared, &merged);
+        let status = if self.pending_begin.is_some() {
+            txn::IN_TRANSACTION
+        } else {
+            txn::IDLE
+        };
+        encode::ready_for_query(&mut self.core.out, status);
+        self.flush_out().await?;
+        Ok(Ok(()))
     }
 
     /// Answers the Query of `len` bytes at the start of `cbuf` when it is a `pgml.*` call Ocelot serves, ending

@@ -144,13 +144,6 @@ impl Session {
             Target::Write(parts) => (Merge::Write, parts),
             _ => return Err("this request"),
         };
-        let merged_sql = |original: &str| -> String {
-            match &merge {
-                Merge::Ordered(o) => o.shard_sql.clone(),
-                Merge::Grouped(g) => g.shard_sql.clone(),
-                Merge::Rows | Merge::Write => original.to_owned(),
-            }
-        };
         let Ok(Some(h)) = Header::parse(&self.cbuf, u32::MAX) else {
             return Ok(None);
         };
@@ -161,13 +154,8 @@ impl Session {
             let requests = parts
                 .into_iter()
                 .map(|(shard, sql, _)| {
-                    let sql = if sql.is_empty() {
-                        merged_sql(&text)
-                    } else {
-                        sql
-                    };
                     let mut q = BytesMut::new();
-                    encode::query(&mut q, &sql);
+                    encode::query(&mut q, &shard_sql(&merge, sql, &text));
                     (shard, q.freeze())
                 })
                 .collect();
@@ -181,33 +169,11 @@ impl Session {
         let Some(req) = extfan::decode(&self.cbuf, self.core.stmts.as_ref())? else {
             return Ok(None);
         };
-        // Grouped merges read the partial aggregates in text; keys and min/max come in the client's formats.
-        let formats: Option<Vec<i16>> = match &merge {
-            Merge::Grouped(g) => {
-                let out = binary_columns(&req.bind.result_formats, g.outputs.len());
-                Some(
-                    grouped_shard_binary(g, &out)
-                        .into_iter()
-                        .map(i16::from)
-                        .collect(),
-                )
-            }
-            // Hidden sort columns come after the client's: a format list per column needs theirs (text).
-            Merge::Ordered(o) if o.hidden > 0 && req.bind.result_formats.len() > 1 => {
-                let mut f = req.bind.result_formats.clone();
-                f.extend(std::iter::repeat_n(0, o.hidden));
-                Some(f)
-            }
-            _ => None,
-        };
+        let formats = shard_formats(&merge, &req.bind.result_formats);
         let requests = parts
             .into_iter()
             .map(|(shard, sql, subset)| {
-                let sql = if sql.is_empty() {
-                    merged_sql(&req.sql)
-                } else {
-                    sql
-                };
+                let sql = shard_sql(&merge, sql, &req.sql);
                 (
                     shard,
                     req.shard_request(&sql, subset.as_deref(), formats.as_deref()),
@@ -307,18 +273,33 @@ impl Session {
             &codes,
         )
         .await?;
+        let (status, commit) = self.settle_parts(explicit, failed).await;
+        match commit {
+            None => self.answer(&prepared, &merged),
+            Some(f) => self.core.out.extend_from_slice(&f.error_response()),
+        }
+        encode::ready_for_query(&mut self.core.out, status);
+        self.flush_out().await
+    }
+
+    /// Ends a request that ran on several shards: inside a transaction block the parts stay open (failed when
+    /// the request failed) and their status is reported; outside one they commit together, or all roll back
+    /// when `failed`. Returns the status for ReadyForQuery and how the commit failed, if it did.
+    async fn settle_parts(
+        &mut self,
+        explicit: bool,
+        failed: bool,
+    ) -> (u8, Option<distributed::Failure>) {
         if explicit {
             if failed {
                 self.fail_all().await;
             }
-            self.answer(&prepared, &merged);
             let status = self
                 .server
                 .as_ref()
                 .map_or(txn::FAILED, |s| s.state.txn_status);
             self.core.tracker.set_status(status);
-            encode::ready_for_query(&mut self.core.out, status);
-            return self.flush_out().await;
+            return (status, None);
         }
         let result = if failed {
             self.rollback_all().await;
@@ -326,13 +307,8 @@ impl Session {
         } else {
             self.commit_all().await
         };
-        match result {
-            Ok(()) => self.answer(&prepared, &merged),
-            Err(f) => self.core.out.extend_from_slice(&f.error_response()),
-        }
         self.end_parts();
-        encode::ready_for_query(&mut self.core.out, txn::IDLE);
-        self.flush_out().await
+        (txn::IDLE, result.err())
     }
 
     /// Runs a pipelined batch whose Bind/Execute groups belong to different shards (`shard_of[i]` for group i):
@@ -340,35 +316,34 @@ impl Session {
     /// up to the first error. Outside a transaction block the shards commit together, as the batch's implicit
     /// transaction would; an error rolls all of them back. Returns false while the batch is incomplete.
     pub(super) async fn run_batch(&mut self, shard_of: Vec<usize>) -> Result<bool, ClientError> {
-        let batch = match extfan::decode_batch(&self.cbuf, self.core.stmts.as_ref()) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(false),
-            Err(why) => {
-                let e = PoolError::Unmergeable {
-                    pool: self.pool.database.clone(),
-                    why: why.into(),
-                };
-                let len = batch_len(&self.cbuf);
-                self.cbuf.advance(len);
-                let explicit = self.in_transaction();
-                self.answer_error(distributed::Failure::Pool(e), explicit)
-                    .await?;
-                return Ok(true);
-            }
+        let why: extfan::Unsupported =
+            match extfan::decode_batch(&self.cbuf, self.core.stmts.as_ref()) {
+                Ok(None) => return Ok(false),
+                Ok(Some(b)) if b.groups.len() == shard_of.len() => {
+                    self.cbuf.advance(b.len);
+                    return self.run_batch_parts(b, shard_of).await;
+                }
+                Ok(Some(_)) => "a batch Ocelot read differently while routing it",
+                Err(why) => why,
+            };
+        let len = batch_len(&self.cbuf);
+        self.cbuf.advance(len);
+        let e = PoolError::Unmergeable {
+            pool: self.pool.database.clone(),
+            why: why.into(),
         };
-        self.cbuf.advance(batch.len);
-        if shard_of.len() != batch.groups.len() {
-            let explicit = self.in_transaction();
-            self.answer_error(
-                distributed::Failure::Pool(PoolError::Unmergeable {
-                    pool: self.pool.database.clone(),
-                    why: "a batch Ocelot read differently while routing it".into(),
-                }),
-                explicit,
-            )
+        let explicit = self.in_transaction();
+        self.answer_error(distributed::Failure::Pool(e), explicit)
             .await?;
-            return Ok(true);
-        }
+        Ok(true)
+    }
+
+    /// Runs a complete batch as [`Self::run_batch`] says.
+    async fn run_batch_parts(
+        &mut self,
+        batch: extfan::ExtBatch,
+        shard_of: Vec<usize>,
+    ) -> Result<bool, ClientError> {
         let explicit = self.in_transaction();
         let mut shards: Vec<usize> = shard_of.clone();
         shards.sort_unstable();
@@ -379,17 +354,7 @@ impl Session {
                 .await?;
             return Ok(true);
         }
-        let requests: Vec<BytesMut> = shards
-            .iter()
-            .map(|s| {
-                let mut b = BytesMut::new();
-                for (g, _) in batch.groups.iter().zip(&shard_of).filter(|(_, t)| *t == s) {
-                    extfan::encode_group(&mut b, g);
-                }
-                encode::empty(&mut b, frontend::SYNC);
-                b
-            })
-            .collect();
+        let requests = shard_requests_of(&batch, &shard_of, &shards);
         let answers = {
             let mut parts = self.parts(&shards);
             join_all(
@@ -415,14 +380,44 @@ impl Session {
                 }
             }
         }
-        let mut failed = false;
+        let failed = self.interleave(&batch, &shard_of, &shards, &mut per_shard)
+            | per_shard
+                .iter()
+                .flatten()
+                .flatten()
+                .any(|m| m.first() == Some(&backend::ERROR_RESPONSE));
+        if !failed {
+            if let Some(map) = self.core.stmts.as_mut() {
+                for (name, body) in &batch.defines {
+                    map.define(name, body, &self.pool.statements);
+                }
+            }
+        }
+        let (status, commit) = self.settle_parts(explicit, failed).await;
+        if let Some(f) = commit {
+            self.core.out.extend_from_slice(&f.error_response());
+        }
+        encode::ready_for_query(&mut self.core.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
+    /// Writes the shards' answers to the batch's groups in the client's order, up to the first error (then
+    /// true).
+    fn interleave(
+        &mut self,
+        batch: &extfan::ExtBatch,
+        shard_of: &[usize],
+        shards: &[usize],
+        per_shard: &mut [std::collections::VecDeque<Vec<bytes::Bytes>>],
+    ) -> bool {
         for item in &batch.items {
             match item {
                 extfan::Item::Parse => encode::empty(&mut self.core.out, backend::PARSE_COMPLETE),
                 extfan::Item::Group(i) => {
                     let slot = shards.iter().position(|s| *s == shard_of[*i]).unwrap_or(0);
                     let Some(messages) = per_shard.get_mut(slot).and_then(|q| q.pop_front()) else {
-                        break;
+                        return false;
                     };
                     for m in &messages {
                         self.core.out.extend_from_slice(m);
@@ -431,47 +426,68 @@ impl Session {
                         .last()
                         .is_some_and(|m| m.first() == Some(&backend::ERROR_RESPONSE))
                     {
-                        failed = true;
-                        break;
+                        return true;
                     }
                 }
             }
         }
-        failed |= per_shard
-            .iter()
-            .flatten()
-            .flatten()
-            .any(|m| m.first() == Some(&backend::ERROR_RESPONSE));
-        if !failed {
-            if let Some(map) = self.core.stmts.as_mut() {
-                for (name, body) in &batch.defines {
-                    map.define(name, body, &self.pool.statements);
-                }
-            }
-        }
-        let status = if explicit {
-            if failed {
-                self.fail_all().await;
-            }
-            let status = self
-                .server
-                .as_ref()
-                .map_or(txn::FAILED, |s| s.state.txn_status);
-            self.core.tracker.set_status(status);
-            status
-        } else {
-            if failed {
-                self.rollback_all().await;
-            } else if let Err(f) = self.commit_all().await {
-                self.core.out.extend_from_slice(&f.error_response());
-            }
-            self.end_parts();
-            txn::IDLE
-        };
-        encode::ready_for_query(&mut self.core.out, status);
-        self.flush_out().await?;
-        Ok(true)
+        false
     }
+}
+
+/// What a shard runs: its own statement when the plan wrote one (an INSERT's rows for it), else the merge's
+/// rewrite of the client's (partial aggregates, hidden sort columns), else the client's.
+fn shard_sql(merge: &Merge, own: String, original: &str) -> String {
+    if !own.is_empty() {
+        return own;
+    }
+    match merge {
+        Merge::Ordered(o) => o.shard_sql.clone(),
+        Merge::Grouped(g) => g.shard_sql.clone(),
+        Merge::Rows | Merge::Write => original.to_owned(),
+    }
+}
+
+/// The result formats the shards are asked for when they differ from the client's `client` formats.
+fn shard_formats(merge: &Merge, client: &[i16]) -> Option<Vec<i16>> {
+    match merge {
+        // Grouped merges read the partial aggregates in text; keys and min/max come in the client's formats.
+        Merge::Grouped(g) => {
+            let out = binary_columns(client, g.outputs.len());
+            Some(
+                grouped_shard_binary(g, &out)
+                    .into_iter()
+                    .map(i16::from)
+                    .collect(),
+            )
+        }
+        // Hidden sort columns come after the client's: a format list per column needs theirs (text).
+        Merge::Ordered(o) if o.hidden > 0 && client.len() > 1 => {
+            let mut f = client.to_vec();
+            f.extend(std::iter::repeat_n(0, o.hidden));
+            Some(f)
+        }
+        _ => None,
+    }
+}
+
+/// One request per shard of `shards`: the batch's groups that `shard_of` sends there, in order, and a Sync.
+fn shard_requests_of(
+    batch: &extfan::ExtBatch,
+    shard_of: &[usize],
+    shards: &[usize],
+) -> Vec<BytesMut> {
+    shards
+        .iter()
+        .map(|s| {
+            let mut b = BytesMut::new();
+            for (g, _) in batch.groups.iter().zip(shard_of).filter(|(_, t)| *t == s) {
+                extfan::encode_group(&mut b, g);
+            }
+            encode::empty(&mut b, frontend::SYNC);
+            b
+        })
+        .collect()
 }
 
 /// The bytes of the request at the start of `buf` up to and including its Sync (all of `buf` without one).

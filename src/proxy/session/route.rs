@@ -143,84 +143,105 @@ impl Session {
             let sharder = &self.pool.sharder;
             match sharder.shards_of(keys, &params) {
                 Shards::One(n) => return Ok(Target::One(n)),
-                Shards::Many(set) => {
-                    // An IN list over several shards: the same merges as a keyless read, on those shards only.
-                    if let Some(spec) = sharder.key() {
-                        // Fan-out plans rewrite the text: one parse for the plan and the split.
-                        let statements = parse(&text).unwrap_or_default();
-                        let merge = match fanout::plan_parsed(&statements, spec) {
-                            Plan::Rows => Some(Merge::Rows),
-                            Plan::Grouped(g) => Some(Merge::Grouped(g)),
-                            Plan::Ordered(o) => Some(Merge::Ordered(o)),
-                            Plan::Write => {
-                                return Ok(Target::Write(
-                                    set.into_iter()
-                                        .map(|s| (s, text.to_string(), None))
-                                        .collect(),
-                                ))
-                            }
-                            _ => None,
-                        };
-                        if let Some(merge) = merge {
-                            return Ok(Target::All(merge, set.into_iter().collect()));
-                        }
-                        // A multi-row INSERT: each shard gets its own rows (and their parameters).
-                        let shard_of = |k: &KeyValue| match k {
-                            KeyValue::Literal(v) => sharder.shard_of_text(v),
-                            KeyValue::Param(i) => match params.get(*i) {
-                                Some((Some(raw), binary)) => sharder.shard_of_param(raw, *binary),
-                                _ => None,
-                            },
-                        };
-                        if let Some(parts) =
-                            fanout::split_insert_parsed(&statements, spec, shard_of)
-                        {
-                            return Ok(Target::Write(parts));
-                        }
-                    }
-                    return Err(PoolError::CrossShard {
-                        pool: self.pool.database.clone(),
-                        shards: shard_list(set),
-                    });
-                }
+                Shards::Many(set) => return self.several_key_shards(&text, set, &params),
+                // A Parse without its Bind only prepares: any shard will do.
+                Shards::Unknown if !simple && !bound => {}
                 Shards::Unknown => {
-                    // A Parse without its Bind only prepares: any shard will do.
-                    let prepare_only = !simple && !bound;
-                    if let (Some(spec), false) = (sharder.key(), prepare_only) {
-                        let all: Vec<usize> = (0..self.pool.shards.len()).collect();
-                        let statements = parse(&text).unwrap_or_default();
-                        let why = match fanout::plan_parsed(&statements, spec) {
-                            Plan::NotSharded => None,
-                            Plan::Rows => return Ok(Target::All(Merge::Rows, all)),
-                            Plan::Grouped(g) => return Ok(Target::All(Merge::Grouped(g), all)),
-                            Plan::Ordered(o) => {
-                                // Centroid sharding: a nearest-neighbour query searches its nearest centroids'
-                                // shards only.
-                                let shards =
-                                    knn_shards(sharder, &statements, spec, &params).unwrap_or(all);
-                                return Ok(Target::All(Merge::Ordered(o), shards));
-                            }
-                            Plan::Write => {
-                                return Ok(Target::Write(
-                                    all.into_iter()
-                                        .map(|s| (s, text.to_string(), None))
-                                        .collect(),
-                                ))
-                            }
-                            Plan::CopyIn(p) => return Ok(Target::CopyIn(p, simple)),
-                            Plan::Unsupported(why) => Some(why),
-                        };
-                        if let Some(why) = why {
-                            return Err(PoolError::Unmergeable {
-                                pool: self.pool.database.clone(),
-                                why: why.into(),
-                            });
-                        }
+                    if let Some(target) = self.keyless_target(&text, &params, simple)? {
+                        return Ok(target);
                     }
                 }
             }
         }
         Ok(Target::Default)
+    }
+
+    /// The target of a request whose keys fall on several shards (`set`): the same merges as a keyless read on
+    /// those shards only, or a multi-row INSERT split by row.
+    fn several_key_shards(
+        &self,
+        text: &str,
+        set: std::collections::BTreeSet<usize>,
+        params: &[(Option<&[u8]>, bool)],
+    ) -> Result<Target, PoolError> {
+        let sharder = &self.pool.sharder;
+        if let Some(spec) = sharder.key() {
+            // Fan-out plans rewrite the text: one parse for the plan and the split.
+            let statements = parse(text).unwrap_or_default();
+            let merge = match fanout::plan_parsed(&statements, spec) {
+                Plan::Rows => Some(Merge::Rows),
+                Plan::Grouped(g) => Some(Merge::Grouped(g)),
+                Plan::Ordered(o) => Some(Merge::Ordered(o)),
+                Plan::Write => {
+                    return Ok(Target::Write(
+                        set.into_iter()
+                            .map(|s| (s, text.to_string(), None))
+                            .collect(),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(merge) = merge {
+                return Ok(Target::All(merge, set.into_iter().collect()));
+            }
+            // A multi-row INSERT: each shard gets its own rows (and their parameters).
+            let shard_of = |k: &KeyValue| match k {
+                KeyValue::Literal(v) => sharder.shard_of_text(v),
+                KeyValue::Param(i) => match params.get(*i) {
+                    Some((Some(raw), binary)) => sharder.shard_of_param(raw, *binary),
+                    _ => None,
+                },
+            };
+            if let Some(parts) = fanout::split_insert_parsed(&statements, spec, shard_of) {
+                return Ok(Target::Write(parts));
+            }
+        }
+        Err(PoolError::CrossShard {
+            pool: self.pool.database.clone(),
+            shards: shard_list(set),
+        })
+    }
+
+    /// The target of a request that names no shard: every shard, merged, when it reads (or writes) the sharded
+    /// table; `None` when it does not touch it.
+    fn keyless_target(
+        &self,
+        text: &str,
+        params: &[(Option<&[u8]>, bool)],
+        simple: bool,
+    ) -> Result<Option<Target>, PoolError> {
+        let sharder = &self.pool.sharder;
+        if let Some(spec) = sharder.key() {
+            let all: Vec<usize> = (0..self.pool.shards.len()).collect();
+            let statements = parse(text).unwrap_or_default();
+            let why = match fanout::plan_parsed(&statements, spec) {
+                Plan::NotSharded => None,
+                Plan::Rows => return Ok(Some(Target::All(Merge::Rows, all))),
+                Plan::Grouped(g) => return Ok(Some(Target::All(Merge::Grouped(g), all))),
+                Plan::Ordered(o) => {
+                    // Centroid sharding: a nearest-neighbour query searches its nearest centroids'
+                    // shards only.
+                    let shards = knn_shards(sharder, &statements, spec, params).unwrap_or(all);
+                    return Ok(Some(Target::All(Merge::Ordered(o), shards)));
+                }
+                Plan::Write => {
+                    return Ok(Some(Target::Write(
+                        all.into_iter()
+                            .map(|s| (s, text.to_string(), None))
+                            .collect(),
+                    )))
+                }
+                Plan::CopyIn(p) => return Ok(Some(Target::CopyIn(p, simple))),
+                Plan::Unsupported(why) => Some(why),
+            };
+            if let Some(why) = why {
+                return Err(PoolError::Unmergeable {
+                    pool: self.pool.database.clone(),
+                    why: why.into(),
+                });
+            }
+        }
+        Ok(None)
     }
 
     /// The key values of a query text, parsed once per query shape.
