@@ -366,43 +366,8 @@ pub(super) fn user_pool(
     fetched: Option<(ClientAuth, Secret)>,
 ) -> Result<UserPool, AuthError> {
     let settings = config.user_settings(pool, user);
-    let g = &config.general;
-    let mut creds = ServerCredentials {
-        tls: crate::pool::connect::ServerTls {
-            enabled: g.server_tls,
-            verify: g.verify_server_certificate,
-            ca_file: g.server_tls_ca_file.clone(),
-        },
-        user: user
-            .server_username
-            .clone()
-            .unwrap_or_else(|| user.username.clone()),
-        password: user
-            .server_password
-            .as_deref()
-            .or(user.password.as_deref())
-            .map(Secret::parse),
-    };
-    let auth = match fetched {
-        Some((auth, server_secret)) => {
-            if user.server_password.is_none() {
-                creds.password = Some(server_secret);
-            }
-            auth
-        }
-        None => {
-            let secret = user.password.as_deref().map(Secret::parse);
-            let scram = match (&secret, user.auth_type) {
-                (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
-                _ => None,
-            };
-            ClientAuth {
-                auth_type: user.auth_type,
-                secret,
-                scram,
-            }
-        }
-    };
+    let mut creds = server_credentials(&config.general, user);
+    let auth = client_auth(user, fetched, &mut creds)?;
     let prepared_cache = match settings.pool_mode {
         PoolMode::Transaction => pool.prepared_statements_cache_size,
         PoolMode::Session => 0,
@@ -444,20 +409,72 @@ pub(super) fn user_pool(
         .filter(|_| pool.query_parser_enabled)
         .map(Arc::new),
         two_phase: pool.two_phase_commit,
-        models: crate::inference::serving::serve::Models::new(
-            config.inference.cache_bytes,
-            std::time::Duration::from_millis(config.inference.deploy_recheck_ms),
-            config.inference.models_dir.clone().into(),
-        )
-        .with_drift_window(std::time::Duration::from_secs(
-            config.inference.drift_window_s.max(1),
-        ))
-        .with_log_queue(config.inference.prediction_log_queue.max(1)),
+        models: models(&config.inference),
         registry: OnceLock::new(),
         inference_mode: config.inference.mode,
         two_phase_log: pool.shards.iter().map(|_| Default::default()).collect(),
         sharder: crate::router::sharding::Sharder::new(pool),
     })
+}
+
+/// How Ocelot logs in to the user's servers.
+fn server_credentials(g: &crate::config::General, user: &User) -> ServerCredentials {
+    ServerCredentials {
+        tls: crate::pool::connect::ServerTls {
+            enabled: g.server_tls,
+            verify: g.verify_server_certificate,
+            ca_file: g.server_tls_ca_file.clone(),
+        },
+        user: user
+            .server_username
+            .clone()
+            .unwrap_or_else(|| user.username.clone()),
+        password: user
+            .server_password
+            .as_deref()
+            .or(user.password.as_deref())
+            .map(Secret::parse),
+    }
+}
+
+/// How the user's clients log in: with the config's password, or with what `auth_query` fetched (whose
+/// secret then logs in to the servers too, unless the config gives a server password).
+fn client_auth(
+    user: &User,
+    fetched: Option<(ClientAuth, Secret)>,
+    creds: &mut ServerCredentials,
+) -> Result<ClientAuth, AuthError> {
+    Ok(match fetched {
+        Some((auth, server_secret)) => {
+            if user.server_password.is_none() {
+                creds.password = Some(server_secret);
+            }
+            auth
+        }
+        None => {
+            let secret = user.password.as_deref().map(Secret::parse);
+            let scram = match (&secret, user.auth_type) {
+                (Some(s), AuthType::ScramSha256) => Some(s.scram_verifier()?),
+                _ => None,
+            };
+            ClientAuth {
+                auth_type: user.auth_type,
+                secret,
+                scram,
+            }
+        }
+    })
+}
+
+/// The pool's model cache, as the `[inference]` settings size it.
+fn models(i: &crate::config::Inference) -> crate::inference::serving::serve::Models {
+    crate::inference::serving::serve::Models::new(
+        i.cache_bytes,
+        std::time::Duration::from_millis(i.deploy_recheck_ms),
+        i.models_dir.clone().into(),
+    )
+    .with_drift_window(std::time::Duration::from_secs(i.drift_window_s.max(1)))
+    .with_log_queue(i.prediction_log_queue.max(1))
 }
 
 /// One server pool per server of every shard, shards in number order.

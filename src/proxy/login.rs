@@ -76,15 +76,16 @@ pub async fn login(
         .unwrap_or(&user)
         .to_owned();
     let application_name = get("application_name").unwrap_or_default().to_owned();
-    if shared.shutdown.is_draining() {
-        return Err(ClientError::ShuttingDown);
-    }
     if !stream.is_tls() && !stream.is_unix() && shared.snapshot().config.general.tls_required {
         return Err(ClientError::TlsRequired);
     }
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
     let admin = crate::admin::is_admin_database(&database) && user == g.admin_username;
+    // The admin console stays open during a shutdown, as in PgCat, to watch the clients drain.
+    if shared.shutdown.is_draining() && !admin {
+        return Err(ClientError::ShuttingDown);
+    }
     // The admin can always get in, to see what is going on.
     if !admin && shared.shutdown.client_count() > g.max_client_conn {
         return Err(ClientError::TooManyClients);

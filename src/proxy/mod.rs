@@ -72,7 +72,7 @@ async fn handle_client(
     addr: Option<SocketAddr>,
     shared: Arc<Shared>,
 ) {
-    let _token = shared.shutdown.client_token();
+    let token = shared.shutdown.client_token();
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
     let peer = addr.map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
@@ -103,6 +103,8 @@ async fn handle_client(
             user,
             application_name,
         }) => {
+            // An open console does not hold up a shutdown.
+            drop(token);
             let _listed = shared
                 .clients
                 .register(&database, &user, &application_name, addr);

@@ -139,6 +139,15 @@ async fn sigint_lets_transactions_finish_then_exits() {
     let e = connect(port, "postgres", None, "app").await.unwrap_err();
     let code = e.code().map(|c| c.code().to_owned());
     assert_eq!(code.as_deref(), Some("57P03"), "{e}");
+    // The admin console still opens (PgCat's test_shutdown_logic), and does not hold up the exit.
+    let admin = connect(port, "admin", Some("admin"), "pgcat")
+        .await
+        .unwrap();
+    assert!(!admin
+        .simple_query("SHOW DATABASES")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(idle.simple_query("SELECT 1").await.is_err());
     tx.simple_query("INSERT INTO s VALUES (2)").await.unwrap();
     tx.commit().await.unwrap();

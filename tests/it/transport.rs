@@ -145,6 +145,27 @@ async fn client_tls_optional_then_required() {
     let _ = std::fs::remove_dir_all(&sock_dir);
 }
 
+/// PgCat's own test key is PKCS#8 under an "RSA PRIVATE KEY" label; PgCat loads it, so Ocelot must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_with_a_mislabelled_pkcs8_key() {
+    let certs = Certs::make();
+    let pem = std::fs::read_to_string(certs.dir.join("server.key")).unwrap();
+    assert!(pem.contains("BEGIN PRIVATE KEY"), "openssl writes PKCS#8");
+    let relabelled = pem.replace("PRIVATE KEY", "RSA PRIVATE KEY");
+    std::fs::write(certs.dir.join("mislabelled.key"), relabelled).unwrap();
+    let pg = Postgres::start();
+    let tls = format!(
+        "tls_certificate = \"{}\"\ntls_private_key = \"{}\"",
+        certs.path("server.crt"),
+        certs.path("mislabelled.key")
+    );
+    let proxy = start_proxy(&config_toml(pg.port, 2, &tls, "")).await;
+    let port = proxy.local_addr().port();
+    let base = format!("host=127.0.0.1 port={port} dbname=app user=postgres");
+    let (ok, out, err) = psql_conn(&format!("{base} sslmode=require"), "\\conninfo");
+    assert!(ok && out.contains("SSL connection"), "{out} {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_tls_with_and_without_verification() {
     let certs = Certs::make();

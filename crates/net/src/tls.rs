@@ -60,6 +60,19 @@ fn certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub fn acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, TlsError> {
     let certs = certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err("private key", key))?;
+    // A PKCS#8 key under a PKCS#1 label ("RSA PRIVATE KEY"; PgCat's own test key is one) loads as what it is,
+    // as PgCat's older rustls tried both.
+    let key = match key {
+        PrivateKeyDer::Pkcs1(k)
+            if provider()
+                .key_provider
+                .load_private_key(k.clone_key().into())
+                .is_err() =>
+        {
+            PrivateKeyDer::Pkcs8(k.secret_pkcs1_der().to_vec().into())
+        }
+        key => key,
+    };
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -73,71 +73,18 @@ pub fn plan(stmt: &Statement, spec: &KeySpec) -> Result<Option<CopyPlan>, &'stat
     if spec.table != "*" && last != spec.table {
         return Ok(None);
     }
-    let mut f = Format {
-        csv: false,
-        delimiter: b'\t',
-        quote: b'"',
-        escape: 0,
-        null: String::new(),
-        header: false,
-    };
-    let (mut delimiter, mut null, mut escape) = (None, None, None);
+    let mut r = Options::default();
     let mut kept = Vec::new();
     for o in options {
-        match o {
-            CopyOption::Format(name) => match name.value.to_lowercase().as_str() {
-                "csv" => f.csv = true,
-                "text" => f.csv = false,
-                _ => return Err("COPY in binary format"),
-            },
-            CopyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
-            CopyOption::Null(s) => null = Some(s.clone()),
-            CopyOption::Header(h) => {
-                f.header = *h;
-                continue;
-            }
-            CopyOption::Quote(c) => f.quote = ascii(*c)?,
-            CopyOption::Escape(c) => escape = Some(ascii(*c)?),
-            CopyOption::ForceNotNull(_) | CopyOption::ForceNull(_) | CopyOption::Encoding(_) => {}
-            CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
+        if r.option(o)? {
+            kept.push(o.clone());
         }
-        kept.push(o.clone());
     }
     let mut kept_legacy = Vec::new();
     for o in legacy_options {
-        match o {
-            CopyLegacyOption::Binary => return Err("COPY in binary format"),
-            CopyLegacyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
-            CopyLegacyOption::Null(s) => null = Some(s.clone()),
-            CopyLegacyOption::Header => {
-                f.header = true;
-                continue;
-            }
-            CopyLegacyOption::Csv(csv) => {
-                f.csv = true;
-                let mut inner = Vec::new();
-                for c in csv {
-                    match c {
-                        CopyLegacyCsvOption::Header => {
-                            f.header = true;
-                            continue;
-                        }
-                        CopyLegacyCsvOption::Quote(q) => f.quote = ascii(*q)?,
-                        CopyLegacyCsvOption::Escape(e) => escape = Some(ascii(*e)?),
-                        _ => {}
-                    }
-                    inner.push(c.clone());
-                }
-                kept_legacy.push(CopyLegacyOption::Csv(inner));
-                continue;
-            }
-            _ => return Err("COPY options other than PostgreSQL's"),
-        }
-        kept_legacy.push(o.clone());
+        kept_legacy.extend(r.legacy(o)?);
     }
-    f.delimiter = delimiter.unwrap_or(if f.csv { b',' } else { b'\t' });
-    f.null = null.unwrap_or_else(|| if f.csv { String::new() } else { "\\N".into() });
-    f.escape = escape.unwrap_or(f.quote);
+    let f = r.format();
     let shard_stmt = Statement::Copy {
         source: source.clone(),
         to: false,
@@ -152,6 +99,94 @@ pub fn plan(stmt: &Statement, spec: &KeySpec) -> Result<Option<CopyPlan>, &'stat
         columns: columns.iter().map(|c| c.value.to_lowercase()).collect(),
         format: f,
     }))
+}
+
+/// The format the options of a COPY say, read one option at a time.
+#[derive(Default)]
+struct Options {
+    csv: bool,
+    header: bool,
+    quote: Option<u8>,
+    delimiter: Option<u8>,
+    null: Option<String>,
+    escape: Option<u8>,
+}
+
+impl Options {
+    /// Reads a (parenthesized) option; false for one the shards must not get (HEADER is consumed here).
+    fn option(&mut self, o: &CopyOption) -> Result<bool, &'static str> {
+        match o {
+            CopyOption::Format(name) => match name.value.to_lowercase().as_str() {
+                "csv" => self.csv = true,
+                "text" => self.csv = false,
+                _ => return Err("COPY in binary format"),
+            },
+            CopyOption::Delimiter(c) => self.delimiter = Some(ascii(*c)?),
+            CopyOption::Null(s) => self.null = Some(s.clone()),
+            CopyOption::Header(h) => {
+                self.header = *h;
+                return Ok(false);
+            }
+            CopyOption::Quote(c) => self.quote = Some(ascii(*c)?),
+            CopyOption::Escape(c) => self.escape = Some(ascii(*c)?),
+            CopyOption::ForceNotNull(_) | CopyOption::ForceNull(_) | CopyOption::Encoding(_) => {}
+            CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
+        }
+        Ok(true)
+    }
+
+    /// Reads a pre-9.0 option; what the shards get of it.
+    fn legacy(&mut self, o: &CopyLegacyOption) -> Result<Option<CopyLegacyOption>, &'static str> {
+        match o {
+            CopyLegacyOption::Binary => return Err("COPY in binary format"),
+            CopyLegacyOption::Delimiter(c) => self.delimiter = Some(ascii(*c)?),
+            CopyLegacyOption::Null(s) => self.null = Some(s.clone()),
+            CopyLegacyOption::Header => {
+                self.header = true;
+                return Ok(None);
+            }
+            CopyLegacyOption::Csv(csv) => {
+                self.csv = true;
+                let mut inner = Vec::new();
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => {
+                            self.header = true;
+                            continue;
+                        }
+                        CopyLegacyCsvOption::Quote(q) => self.quote = Some(ascii(*q)?),
+                        CopyLegacyCsvOption::Escape(e) => self.escape = Some(ascii(*e)?),
+                        _ => {}
+                    }
+                    inner.push(c.clone());
+                }
+                return Ok(Some(CopyLegacyOption::Csv(inner)));
+            }
+            _ => return Err("COPY options other than PostgreSQL's"),
+        }
+        Ok(Some(o.clone()))
+    }
+
+    /// The format, PostgreSQL's defaults filled in for what the options left out.
+    fn format(self) -> Format {
+        let quote = self.quote.unwrap_or(b'"');
+        Format {
+            csv: self.csv,
+            delimiter: self
+                .delimiter
+                .unwrap_or(if self.csv { b',' } else { b'\t' }),
+            quote,
+            escape: self.escape.unwrap_or(quote),
+            null: self.null.unwrap_or_else(|| {
+                if self.csv {
+                    String::new()
+                } else {
+                    "\\N".into()
+                }
+            }),
+            header: self.header,
+        }
+    }
 }
 
 fn ascii(c: char) -> Result<u8, &'static str> {

@@ -90,14 +90,18 @@ fn serve_batch(
     Ok(())
 }
 
-/// A predict-family call; `alias` names the result column instead of the function.
-pub(in crate::inference) async fn predict_named(
-    pool: &Arc<UserPool>,
-    call: &Call,
-    alias: Option<&str>,
-    out: &mut BytesMut,
-) -> Result<(), Refusal> {
-    let name = alias.unwrap_or(call.function.as_str());
+/// A predict-family call's arguments.
+struct PredictArgs<'a> {
+    /// The project name or model id.
+    target: &'a Arg,
+    /// The features came as a ROW(...) (NULLs imputed) rather than an array.
+    row: bool,
+    ab_key: Option<&'a Arg>,
+    /// The features, NULL as NaN.
+    x: Vec<f64>,
+}
+
+fn predict_args(call: &Call) -> Result<PredictArgs<'_>, Refusal> {
     // Ocelot's `ab_key => ...` argument names the entity an A/B test assigns; by default the first feature does.
     let (target, features, ab_key) =
         match call.args.as_slice() {
@@ -135,6 +139,28 @@ pub(in crate::inference) async fn predict_named(
             "ab_key must be a constant text or number",
         ));
     }
+    Ok(PredictArgs {
+        target,
+        row,
+        ab_key,
+        x,
+    })
+}
+
+/// A predict-family call; `alias` names the result column instead of the function.
+pub(in crate::inference) async fn predict_named(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    alias: Option<&str>,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let name = alias.unwrap_or(call.function.as_str());
+    let PredictArgs {
+        target,
+        row,
+        ab_key,
+        mut x,
+    } = predict_args(call)?;
     // Only formatted when the project has an A/B test.
     let key = || match ab_key {
         Some(Arg::Text(t)) => Some(t.clone()),

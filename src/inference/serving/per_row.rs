@@ -6,8 +6,8 @@
 //! shard and merged first, as any keyless read is.
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, OrderByKind, SelectItem, SetExpr,
-    Statement,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, OrderByKind, Query, Select,
+    SelectItem, SetExpr, Statement,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -164,31 +164,33 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
     let SetExpr::Select(s) = q.body.as_ref() else {
         return None;
     };
-    let mut found = None;
-    for (i, item) in s.projection.iter().enumerate() {
-        let (e, alias) = match item {
-            SelectItem::UnnamedExpr(e) => (e, None),
-            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
-            _ => continue,
-        };
-        if let Some((output, target, features, given)) = is_predict(e) {
-            if found.is_some() {
-                return Some(Err("more than one pgml.predict per query"));
-            }
-            found = Some((i, output, target, features, alias, given));
-        }
-    }
-    let (at, output, target, features, alias, given) = found?;
-    if target.is_ok() && features.iter().all(|f| matches!(f, Expr::Value(_))) {
+    let found = match find_predict(s)? {
+        Ok(found) => found,
+        Err(why) => return Some(Err(why)),
+    };
+    if found.target.is_ok() && found.features.iter().all(|f| matches!(f, Expr::Value(_))) {
         return None;
     }
+    Some(rewrite(q, s, found))
+}
+
+/// The plan of a query with a per-row prediction call `found` in its select list.
+fn rewrite(q: &Query, s: &Select, found: Found) -> Result<PerRow, &'static str> {
+    let Found {
+        at,
+        output,
+        target,
+        features,
+        alias,
+        given,
+    } = found;
     if s.projection.iter().any(|i| {
         matches!(
             i,
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
         )
     }) {
-        return Some(Err("* next to pgml.predict (list the columns)"));
+        return Err("* next to pgml.predict (list the columns)");
     }
     let name = alias.clone().unwrap_or_else(|| {
         match output {
@@ -199,76 +201,26 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
         }
         .into()
     });
-    // ORDER BY the prediction (by alias, position or the call itself) is Ocelot's to apply.
-    let mut order = None;
-    let mut by_prediction = false;
-    if let Some(ob) = &q.order_by {
-        let OrderByKind::Expressions(exprs) = &ob.kind else {
-            return Some(Err("ORDER BY ALL"));
-        };
-        for o in exprs {
-            let hits = is_predict(&o.expr).is_some()
-                || literal_u64(&o.expr) == Some(at as u64 + 1)
-                || matches!((&o.expr, &alias), (Expr::Identifier(i), Some(a)) if i.value == *a);
-            if hits {
-                if output != Output::Predict {
-                    return Some(Err("ORDER BY an array of predictions"));
-                }
-                if exprs.len() > 1 {
-                    return Some(Err("ORDER BY the prediction together with other keys"));
-                }
-                by_prediction = true;
-                order = Some(o.options.asc == Some(false));
-            }
-        }
-    }
+    let order = prediction_order(q, at, alias.as_deref(), output)?;
     let (mut limit, mut offset) = (None, 0);
     let mut query = q.clone();
-    if by_prediction {
-        match crate::router::select::limit_offset(q) {
-            Ok((l, o)) => {
-                limit = l;
-                offset = o;
-            }
-            Err(why) => return Some(Err(why)),
-        }
+    if order.is_some() {
+        (limit, offset) = crate::router::select::limit_offset(q)?;
         query.order_by = None;
         query.limit_clause = None;
     }
-    let mut select = s.as_ref().clone();
-    let mut projection = Vec::new();
-    let mut outputs = Vec::new();
-    for (i, item) in s.projection.iter().enumerate() {
-        if i == at {
-            outputs.push(None);
-        } else {
-            outputs.push(Some(projection.len()));
-            projection.push(item.clone());
-        }
-    }
-    let mut feature_cols = Vec::new();
-    for (k, f) in features.into_iter().enumerate() {
-        feature_cols.push(projection.len());
-        projection.push(SelectItem::ExprWithAlias {
-            expr: f,
-            alias: Ident::new(format!("ocelot_feature_{k}")),
-        });
-    }
-    let (target, target_col) = match target {
-        Ok(constant) => (constant, None),
-        Err(expr) => {
-            let col = projection.len();
-            projection.push(SelectItem::ExprWithAlias {
-                expr,
-                alias: Ident::new("ocelot_model"),
-            });
-            (Arg::Null, Some(col))
-        }
-    };
+    let mut select = s.clone();
+    let Projection {
+        items: projection,
+        outputs,
+        features: feature_cols,
+        target,
+        target_col,
+    } = projection(s, at, features, target);
     select.projection = projection;
     query.body = Box::new(SetExpr::Select(Box::new(select)));
-    Some(Ok(PerRow {
-        sql: Statement::Query(query).to_string(),
+    Ok(PerRow {
+        sql: Statement::Query(Box::new(query)).to_string(),
         output,
         target,
         target_col,
@@ -280,7 +232,126 @@ pub fn plan(sql: &str) -> Option<Result<PerRow, &'static str>> {
         order,
         limit,
         offset,
-    }))
+    })
+}
+
+/// The one `pgml.predict` call of a select list and what it predicts with.
+struct Found {
+    /// Its position in the select list.
+    at: usize,
+    output: Output,
+    target: Target,
+    features: Vec<Expr>,
+    alias: Option<String>,
+    given: Given,
+}
+
+/// The select list's prediction call; `None` without one, an error with several.
+fn find_predict(s: &Select) -> Option<Result<Found, &'static str>> {
+    let mut found = None;
+    for (i, item) in s.projection.iter().enumerate() {
+        let (e, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            _ => continue,
+        };
+        if let Some((output, target, features, given)) = is_predict(e) {
+            if found.is_some() {
+                return Some(Err("more than one pgml.predict per query"));
+            }
+            found = Some(Found {
+                at: i,
+                output,
+                target,
+                features,
+                alias,
+                given,
+            });
+        }
+    }
+    found.map(Ok)
+}
+
+/// ORDER BY the prediction (by alias, position or the call itself) is Ocelot's to apply: `Some(descending)`
+/// when the query orders by it.
+fn prediction_order(
+    q: &Query,
+    at: usize,
+    alias: Option<&str>,
+    output: Output,
+) -> Result<Option<bool>, &'static str> {
+    let Some(ob) = &q.order_by else {
+        return Ok(None);
+    };
+    let OrderByKind::Expressions(exprs) = &ob.kind else {
+        return Err("ORDER BY ALL");
+    };
+    let mut order = None;
+    for o in exprs {
+        let hits = is_predict(&o.expr).is_some()
+            || literal_u64(&o.expr) == Some(at as u64 + 1)
+            || matches!((&o.expr, alias), (Expr::Identifier(i), Some(a)) if i.value == a);
+        if hits {
+            if output != Output::Predict {
+                return Err("ORDER BY an array of predictions");
+            }
+            if exprs.len() > 1 {
+                return Err("ORDER BY the prediction together with other keys");
+            }
+            order = Some(o.options.asc == Some(false));
+        }
+    }
+    Ok(order)
+}
+
+/// What the server is asked to select: the client's other items, then the features, then the model's
+/// expression when the model is named by a column.
+struct Projection {
+    items: Vec<SelectItem>,
+    /// Per client item, its column in `items` (`None` for the prediction).
+    outputs: Vec<Option<usize>>,
+    features: Vec<usize>,
+    target: Arg,
+    target_col: Option<usize>,
+}
+
+fn projection(s: &Select, at: usize, features: Vec<Expr>, target: Target) -> Projection {
+    let mut items = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, item) in s.projection.iter().enumerate() {
+        if i == at {
+            outputs.push(None);
+        } else {
+            outputs.push(Some(items.len()));
+            items.push(item.clone());
+        }
+    }
+    let mut feature_cols = Vec::new();
+    for (k, f) in features.into_iter().enumerate() {
+        feature_cols.push(items.len());
+        items.push(SelectItem::ExprWithAlias {
+            expr: f,
+            alias: Ident::new(format!("ocelot_feature_{k}")),
+        });
+    }
+    let (target, target_col) = match target {
+        Ok(constant) => (constant, None),
+        Err(expr) => {
+            let col = items.len();
+            items.push(SelectItem::ExprWithAlias {
+                expr,
+                alias: Ident::new("ocelot_model"),
+            });
+            (Arg::Null, Some(col))
+        }
+    };
+    Projection {
+        items,
+        outputs,
+        features: feature_cols,
+        target,
+        target_col,
+    }
 }
 
 #[cfg(test)]

@@ -41,11 +41,8 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
     // The common form, `SELECT pgml.predict('p', ARRAY[1, 2.5]::real[])`, is read without the SQL parser.
     if let Some(call) = fast_constant_predict(sql) {
         let mut out = BytesMut::new();
-        if let Err(r) = predict(pool, &call, &mut out).await {
-            out.clear();
-            encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
-        }
-        return Some(out);
+        let result = predict(pool, &call, &mut out).await;
+        return Some(answered(result, out));
     }
     if let Some(plan) = crate::inference::serving::per_row::plan(sql) {
         let mut out = BytesMut::new();
@@ -58,11 +55,7 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
                 format!("Ocelot cannot run this per-row prediction: {why}"),
             )),
         };
-        if let Err(r) = result {
-            out.clear();
-            encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
-        }
-        return Some(out);
+        return Some(answered(result, out));
     }
     let Some(call) = whole_call(sql) else {
         // Vector functions over table rows run on the servers: Ocelot's SQL versions are installed there first.
@@ -76,56 +69,65 @@ pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Opt
         }
         return None;
     };
-    let call = &call;
     let mut out = BytesMut::new();
-    let result = match call.function.as_str() {
-        "train" | "train_joint" => train(pool, call, route.progress.as_ref(), &mut out).await,
-        "load_dataset" => {
-            crate::inference::registry::datasets::load_dataset(pool, call, &mut out).await
-        }
+    let result = run_call(pool, &call, sql, &route, &mut out).await?;
+    Some(answered(result, out))
+}
+
+/// Writes a refusal in place of what an answer wrote before it failed.
+fn answered(result: Result<(), Refusal>, mut out: BytesMut) -> BytesMut {
+    if let Err(r) = result {
+        out.clear();
+        encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
+    }
+    out
+}
+
+/// Runs the whole-query call `call` of `sql`; `None` when Ocelot leaves it to the server.
+async fn run_call(
+    pool: &Arc<UserPool>,
+    call: &Call,
+    sql: &str,
+    route: &ReadRoute<'_>,
+    out: &mut BytesMut,
+) -> Option<Result<(), Refusal>> {
+    Some(match call.function.as_str() {
+        "train" | "train_joint" => train(pool, call, route.progress.as_ref(), out).await,
+        "load_dataset" => crate::inference::registry::datasets::load_dataset(pool, call, out).await,
         "deploy"
             if call.args.len() == 1
                 && call.args[0].0.as_deref().is_none_or(|n| n == "model_id") =>
         {
-            deploy_model(pool, call, &mut out).await
+            deploy_model(pool, call, out).await
         }
-        "deploy" => deploy_strategy(pool, call, &mut out).await,
-        "deploy_ab" => crate::inference::ops::ab::deploy_ab(pool, call, &mut out).await,
-        "end_ab" => crate::inference::ops::ab::serve_end_ab(pool, call, &mut out).await,
-        "drift" => drift_table(pool, call)
-            .await
-            .map(|t| encode_table(&mut out, &t)),
-        "log_predictions" => {
-            crate::inference::ops::logging::log_predictions(pool, call, &mut out).await
-        }
+        "deploy" => deploy_strategy(pool, call, out).await,
+        "deploy_ab" => crate::inference::ops::ab::deploy_ab(pool, call, out).await,
+        "end_ab" => crate::inference::ops::ab::serve_end_ab(pool, call, out).await,
+        "drift" => drift_table(pool, call).await.map(|t| encode_table(out, &t)),
+        "log_predictions" => crate::inference::ops::logging::log_predictions(pool, call, out).await,
         "live_metrics" => crate::inference::ops::logging::live_table(pool, call)
             .await
-            .map(|t| encode_table(&mut out, &t)),
+            .map(|t| encode_table(out, &t)),
         "chunk" if call.args.iter().all(|(_, a)| a.is_constant()) => {
-            crate::inference::serving::chunk::serve(call, &mut out)
+            crate::inference::serving::chunk::serve(call, out)
         }
         "embed" if call.args.iter().all(|(_, a)| a.is_constant()) => {
             let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
-            crate::inference::serving::embed::serve(pool, call, &name, &mut out).await
+            crate::inference::serving::embed::serve(pool, call, &name, out).await
         }
         f if crate::inference::serving::vector::is_vector_function(f)
             && call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
             let name = output_alias(sql).unwrap_or_else(|| call.function.clone());
-            crate::inference::serving::vector::serve(call, &name, &mut out)
+            crate::inference::serving::vector::serve(call, &name, out)
         }
         "predict" | "predict_proba" | "predict_batch" | "predict_joint" | "decompose"
             if call.args.iter().all(|(_, a)| a.is_constant()) =>
         {
-            predict_named(pool, call, output_alias(sql).as_deref(), &mut out).await
+            predict_named(pool, call, output_alias(sql).as_deref(), out).await
         }
         _ => return None,
-    };
-    if let Err(r) = result {
-        out.clear();
-        encode::error_response(&mut out, Severity::Error, r.code, &r.message, None);
-    }
-    Some(out)
+    })
 }
 
 /// A result Ocelot computes: its columns (name, type oid, length) and rows as text.
@@ -233,15 +235,6 @@ pub(in crate::inference) fn whole_call(sql: &str) -> Option<Call> {
 /// for anything else (which then goes through the parser).
 fn fast_constant_predict(sql: &str) -> Option<Call> {
     let mut s = sql.trim();
-    let eat = |word: &str, s: &mut &str| -> bool {
-        let t = s.trim_start();
-        if t.len() >= word.len() && t[..word.len()].eq_ignore_ascii_case(word) {
-            *s = &t[word.len()..];
-            true
-        } else {
-            false
-        }
-    };
     if !(eat("select", &mut s)
         && s.starts_with(char::is_whitespace)
         && eat("pgml.predict", &mut s)
@@ -249,39 +242,13 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
     {
         return None;
     }
-    let t = s.trim_start();
-    let (target, rest) = if let Some(r) = t.strip_prefix('\'') {
-        let end = r.find('\'')?;
-        let name = &r[..end];
-        if r[end + 1..].starts_with('\'') {
-            return None;
-        }
-        (Arg::Text(name.to_owned()), &r[end + 1..])
-    } else {
-        let end = t.find(|c: char| !c.is_ascii_digit())?;
-        if end == 0 {
-            return None;
-        }
-        (Arg::Number(t[..end].to_owned()), &t[end..])
-    };
+    let (target, rest) = constant_target(s.trim_start())?;
     s = rest;
     if !(eat(",", &mut s) && eat("array[", &mut s)) {
         return None;
     }
     let end = s.find(']')?;
-    let mut items = Vec::new();
-    for item in s[..end].split(',') {
-        let v = item.trim();
-        if v.is_empty()
-            || !v
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
-            || v.parse::<f64>().is_err()
-        {
-            return None;
-        }
-        items.push(Arg::Number(v.to_owned()));
-    }
+    let items = number_items(&s[..end])?;
     s = &s[end + 1..];
     let t = s.trim_start();
     if let Some(r) = t.strip_prefix("::") {
@@ -295,29 +262,59 @@ fn fast_constant_predict(sql: &str) -> Option<Call> {
         }
         s = &r[close + 2..];
     }
-    if !eat(")", &mut s) {
-        return None;
-    }
-    let mut rest = s.trim().trim_end_matches(';').trim();
-    if eat("as", &mut rest) {
-        let alias = rest.trim();
-        if alias.is_empty()
-            || !alias
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return None;
-        }
-        // An alias changes the column name: leave it to the general path.
-        return None;
-    }
-    if !rest.is_empty() {
+    // Anything after the call, an alias included (it changes the column name), is the general path's.
+    if !eat(")", &mut s) || !s.trim().trim_end_matches(';').trim().is_empty() {
         return None;
     }
     Some(Call {
         function: "predict".into(),
         args: vec![(None, target), (None, Arg::Array(items, None))],
     })
+}
+
+/// Consumes `word` (ASCII, any case) after leading white space; false when `s` does not start with it.
+fn eat(word: &str, s: &mut &str) -> bool {
+    let t = s.trim_start();
+    if t.len() >= word.len() && t[..word.len()].eq_ignore_ascii_case(word) {
+        *s = &t[word.len()..];
+        true
+    } else {
+        false
+    }
+}
+
+/// A quoted project name (without doubled quotes) or a model id at the start of `t`, and what follows.
+fn constant_target(t: &str) -> Option<(Arg, &str)> {
+    if let Some(r) = t.strip_prefix('\'') {
+        let end = r.find('\'')?;
+        if r[end + 1..].starts_with('\'') {
+            return None;
+        }
+        return Some((Arg::Text(r[..end].to_owned()), &r[end + 1..]));
+    }
+    let end = t.find(|c: char| !c.is_ascii_digit())?;
+    if end == 0 {
+        return None;
+    }
+    Some((Arg::Number(t[..end].to_owned()), &t[end..]))
+}
+
+/// The numbers of an ARRAY[...] list; `None` when one is anything else.
+fn number_items(list: &str) -> Option<Vec<Arg>> {
+    let mut items = Vec::new();
+    for item in list.split(',') {
+        let v = item.trim();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+            || v.parse::<f64>().is_err()
+        {
+            return None;
+        }
+        items.push(Arg::Number(v.to_owned()));
+    }
+    Some(items)
 }
 
 /// PostgreSQL's float4 output for a prediction.
