@@ -82,11 +82,10 @@ pub async fn login(
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
     let admin = crate::admin::is_admin_database(&database) && user == g.admin_username;
-    // The admin console stays open during a shutdown, as in PgCat, to watch the clients drain.
-    if shared.shutdown.is_draining() && !admin {
+    // The admin can always get in, to see what is going on (during a shutdown too, as in PgCat).
+    if !admin && shared.shutdown.is_draining() {
         return Err(ClientError::ShuttingDown);
     }
-    // The admin can always get in, to see what is going on.
     if !admin && shared.shutdown.client_count() > g.max_client_conn {
         return Err(ClientError::TooManyClients);
     }
