@@ -48,42 +48,18 @@ async fn one(
     console: super::Console,
 ) -> Result<(), AdminError> {
     let words: Vec<String> = cmd.split_whitespace().map(unquote).collect();
-    let verb = words[0].to_ascii_lowercase();
-    let args = &words[1..];
+    let Some((verb, args)) = words.split_first() else {
+        return Err(AdminError::bad_command("empty admin command"));
+    };
+    let verb = verb.to_ascii_lowercase();
     match verb.as_str() {
         "show" => show::run(shared, args, out, console),
         "set" => {
             encode::command_complete(out, "SET");
             Ok(())
         }
-        "reload" => {
-            no_args(&verb, args)?;
-            let report = crate::shared::reload::reload(shared)
-                .await
-                .map_err(|e| AdminError {
-                    code: sqlstate::CONFIG_FILE_ERROR,
-                    message: e.to_string(),
-                })?;
-            for n in report.notices() {
-                encode::notice_response(out, &n);
-            }
-            encode::command_complete(out, "RELOAD");
-            Ok(())
-        }
-        "pause" => {
-            let pools = pools_named(shared, args.first())?;
-            for p in &pools {
-                p.pause();
-            }
-            // PgBouncer answers PAUSE once the pools' servers are all given back.
-            let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
-            while pools.iter().any(|p| p.busy_count() > 0) && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            encode::command_complete(out, "PAUSE");
-            Ok(())
-        }
+        "reload" => reload(shared, &verb, args, out).await,
+        "pause" => pause(shared, args, out).await,
         "resume" => {
             for p in pools_named(shared, args.first())? {
                 p.resume();
@@ -98,22 +74,7 @@ async fn one(
             encode::command_complete(out, "RECONNECT");
             Ok(())
         }
-        "kill" => {
-            let Some(db) = args.first() else {
-                return Err(AdminError::bad_command("KILL needs a database name"));
-            };
-            let pools = pools_named(shared, Some(db))?;
-            for c in shared.clients.list() {
-                if &c.database == db {
-                    c.kill();
-                }
-            }
-            for p in pools {
-                p.server_pools().for_each(|s| s.reconnect());
-            }
-            encode::command_complete(out, "KILL");
-            Ok(())
-        }
+        "kill" => kill(shared, args, out),
         "ban" | "unban" => ban(shared, &verb, args, out),
         "end" => end_ab(shared, args, out).await,
         "shutdown" => {
@@ -128,6 +89,64 @@ async fn one(
             "Unsupported admin command \"{cmd}\"; SHOW HELP lists the commands"
         ))),
     }
+}
+
+/// `RELOAD`: reads the config file again; what it changed comes back as notices.
+async fn reload(
+    shared: &Arc<Shared>,
+    verb: &str,
+    args: &[String],
+    out: &mut BytesMut,
+) -> Result<(), AdminError> {
+    no_args(verb, args)?;
+    let report = crate::shared::reload::reload(shared)
+        .await
+        .map_err(|e| AdminError {
+            code: sqlstate::CONFIG_FILE_ERROR,
+            message: e.to_string(),
+        })?;
+    for n in report.notices() {
+        encode::notice_response(out, &n);
+    }
+    encode::command_complete(out, "RELOAD");
+    Ok(())
+}
+
+/// `PAUSE [db]`: stops handing out servers and answers once the pools' servers are all given back.
+async fn pause(
+    shared: &Arc<Shared>,
+    args: &[String],
+    out: &mut BytesMut,
+) -> Result<(), AdminError> {
+    let pools = pools_named(shared, args.first())?;
+    for p in &pools {
+        p.pause();
+    }
+    // PgBouncer answers PAUSE once the pools' servers are all given back.
+    let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+    while pools.iter().any(|p| p.busy_count() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    encode::command_complete(out, "PAUSE");
+    Ok(())
+}
+
+/// `KILL db`: drops the database's clients and server connections.
+fn kill(shared: &Arc<Shared>, args: &[String], out: &mut BytesMut) -> Result<(), AdminError> {
+    let Some(db) = args.first() else {
+        return Err(AdminError::bad_command("KILL needs a database name"));
+    };
+    let pools = pools_named(shared, Some(db))?;
+    for c in shared.clients.list() {
+        if &c.database == db {
+            c.kill();
+        }
+    }
+    for p in pools {
+        p.server_pools().for_each(|s| s.reconnect());
+    }
+    encode::command_complete(out, "KILL");
+    Ok(())
 }
 
 /// `END AB <project>`: ends the project's A/B test in the registry of every pool that serves it; all its

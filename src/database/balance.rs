@@ -79,36 +79,7 @@ impl UserPool {
             .iter()
             .filter(|s| is(s, ServerRole::Replica))
             .collect();
-        let mut list: Vec<Arc<ServerPool>> = match want {
-            Want::Primary => servers
-                .iter()
-                .filter(|s| is(s, ServerRole::Primary))
-                .cloned()
-                .collect(),
-            Want::Replica | Want::ReplicaOnly if replicas.is_empty() => servers
-                .iter()
-                .filter(|s| is(s, ServerRole::Primary))
-                .cloned()
-                .collect(),
-            Want::Replica | Want::ReplicaOnly => servers
-                .iter()
-                .filter(|s| {
-                    is(s, ServerRole::Replica) || (primary_reads && is(s, ServerRole::Primary))
-                })
-                .cloned()
-                .collect(),
-            Want::Predict if replicas.is_empty() => servers
-                .iter()
-                .filter(|s| is(s, ServerRole::Primary))
-                .cloned()
-                .collect(),
-            Want::Predict => replicas.iter().map(|s| (*s).clone()).collect(),
-            Want::Any => servers
-                .iter()
-                .filter(|s| !is(s, ServerRole::Mirror))
-                .cloned()
-                .collect(),
-        };
+        let mut list = eligible(servers, want, primary_reads, replicas.is_empty());
         list.retain(|s| !s.is_banned() && !s.is_lagging());
         // Reads the parser routed (and predictions) end with the primary, which has the freshest data: it serves
         // while every replica is lagging or down, and when the replicas tried first refuse (a replica that has just
@@ -130,6 +101,15 @@ impl UserPool {
             replicas.iter().for_each(|s| s.unban());
             list = replicas.iter().map(|s| (*s).clone()).collect();
         }
+        self.order(&mut list, want);
+        if falls_back && !list.iter().any(|s| is(s, ServerRole::Primary)) {
+            list.extend(primaries());
+        }
+        list
+    }
+
+    /// Puts the candidates in the order the pool's load balancing mode (least busy for predictions) tries them.
+    fn order(&self, list: &mut [Arc<ServerPool>], want: Want) {
         let mode = match want {
             Want::Predict => LoadBalancingMode::LeastOutstandingConnections,
             _ => self.routing.load_balancing_mode,
@@ -147,10 +127,6 @@ impl UserPool {
                 list.sort_by_key(|s| s.busy_count());
             }
         }
-        if falls_back && !list.iter().any(|s| is(s, ServerRole::Primary)) {
-            list.extend(primaries());
-        }
-        list
     }
 
     /// The one server every request of this pool goes to (one shard, one server, its primary), if there is one.
@@ -214,4 +190,27 @@ impl UserPool {
             reason: "no server of that role is configured or every one is banned".into(),
         }))
     }
+}
+
+/// The servers of one shard whose role can serve `want`, before bans and lag are looked at. Reads and predictions
+/// go to the primary when the shard has no replica.
+fn eligible(
+    servers: &[Arc<ServerPool>],
+    want: Want,
+    primary_reads: bool,
+    no_replicas: bool,
+) -> Vec<Arc<ServerPool>> {
+    let is = |s: &Arc<ServerPool>, r: ServerRole| s.address.role == r;
+    let keep = |s: &Arc<ServerPool>| match want {
+        Want::Primary => is(s, ServerRole::Primary),
+        Want::Replica | Want::ReplicaOnly | Want::Predict if no_replicas => {
+            is(s, ServerRole::Primary)
+        }
+        Want::Replica | Want::ReplicaOnly => {
+            is(s, ServerRole::Replica) || (primary_reads && is(s, ServerRole::Primary))
+        }
+        Want::Predict => is(s, ServerRole::Replica),
+        Want::Any => !is(s, ServerRole::Mirror),
+    };
+    servers.iter().filter(|s| keep(s)).cloned().collect()
 }

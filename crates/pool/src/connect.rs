@@ -77,27 +77,7 @@ pub async fn connect(
     keepalive: ocelot_net::Keepalive,
 ) -> Result<ServerConn, PoolError> {
     let server = || address.to_string();
-    let tcp = TcpStream::connect((address.host.as_str(), address.port))
-        .await
-        .map_err(|source| PoolError::Connect {
-            server: server(),
-            source,
-        })?;
-    configure_server_socket(&tcp, keepalive);
-    let handle = std::os::fd::AsFd::as_fd(&tcp)
-        .try_clone_to_owned()
-        .ok()
-        .map(std::net::TcpStream::from);
-    let mut stream = if creds.tls.enabled {
-        start_tls(tcp, &creds.tls, &address)
-            .await
-            .map_err(|source| PoolError::Connect {
-                server: server(),
-                source,
-            })?
-    } else {
-        Stream::Tcp(tcp)
-    };
+    let (mut stream, handle) = open_stream(&address, creds, keepalive).await?;
     let mut out = BytesMut::with_capacity(128);
     encode::startup_message(
         &mut out,
@@ -163,6 +143,38 @@ pub async fn connect(
         let _ = conn.info.socket.set(h);
     }
     Ok(conn)
+}
+
+/// Opens the TCP connection (and TLS when configured), with a second handle on the socket for
+/// reading its state later.
+async fn open_stream(
+    address: &Address,
+    creds: &ServerCredentials,
+    keepalive: ocelot_net::Keepalive,
+) -> Result<(Stream, Option<std::net::TcpStream>), PoolError> {
+    let server = || address.to_string();
+    let tcp = TcpStream::connect((address.host.as_str(), address.port))
+        .await
+        .map_err(|source| PoolError::Connect {
+            server: server(),
+            source,
+        })?;
+    configure_server_socket(&tcp, keepalive);
+    let handle = std::os::fd::AsFd::as_fd(&tcp)
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from);
+    let stream = if creds.tls.enabled {
+        start_tls(tcp, &creds.tls, address)
+            .await
+            .map_err(|source| PoolError::Connect {
+                server: server(),
+                source,
+            })?
+    } else {
+        Stream::Tcp(tcp)
+    };
+    Ok((stream, handle))
 }
 
 async fn write(

@@ -126,25 +126,7 @@ async fn run(
     let mut conn: Option<ServerConn> = None;
     loop {
         if conn.is_none() {
-            match server.connect_dedicated().await {
-                Ok(mut c) => {
-                    let mut ok = true;
-                    for ch in &listening {
-                        if let Err(e) =
-                            query(&mut c, &format!("LISTEN {}", quote_ident(ch)), &subscribers)
-                                .await
-                        {
-                            tracing::warn!(server = %server.address, "re-LISTEN failed: {e}");
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if ok {
-                        conn = Some(c);
-                    }
-                }
-                Err(e) => tracing::warn!(server = %server.address, "LISTEN connection failed: {e}"),
-            }
+            conn = reconnect(&server, &listening, &subscribers).await;
             if conn.is_none() {
                 // Answer waiting LISTENs with the failure rather than leaving clients hanging.
                 match tokio::time::timeout(Duration::from_millis(500), commands.recv()).await {
@@ -210,6 +192,28 @@ async fn run(
             }
         }
     }
+}
+
+/// Opens the LISTEN connection and listens again on every channel the pool's clients listen on.
+async fn reconnect(
+    server: &ServerPool,
+    listening: &HashSet<String>,
+    subscribers: &Mutex<HashMap<String, HashMap<i32, Mailbox>>>,
+) -> Option<ServerConn> {
+    let mut c = match server.connect_dedicated().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(server = %server.address, "LISTEN connection failed: {e}");
+            return None;
+        }
+    };
+    for ch in listening {
+        if let Err(e) = query(&mut c, &format!("LISTEN {}", quote_ident(ch)), subscribers).await {
+            tracing::warn!(server = %server.address, "re-LISTEN failed: {e}");
+            return None;
+        }
+    }
+    Some(c)
 }
 
 /// Hands every whole NotificationResponse in the buffer to its channel's subscribers; other messages (notices,

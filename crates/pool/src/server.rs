@@ -137,6 +137,24 @@ impl ServerConn {
         self.exchange_rows(sql, false, None).await
     }
 
+    /// Reads until one whole message is buffered and takes it (header included) out of the buffer.
+    async fn next_message(&mut self) -> Result<(Header, BytesMut), PoolError> {
+        loop {
+            let h = match Header::parse(&self.rbuf, self.max_message) {
+                Ok(h) => h,
+                Err(e) => return Err(self.lost(e.to_string())),
+            };
+            if let Some(h) = h.filter(|h| self.rbuf.len() >= h.total()) {
+                return Ok((h, self.rbuf.split_to(h.total())));
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(self.lost("server closed the connection")),
+                Ok(_) => {}
+                Err(e) => return Err(self.lost(e.to_string())),
+            }
+        }
+    }
+
     /// Sends one simple Query of Ocelot's own and reads its answer to ReadyForQuery, keeping the first row or
     /// (`all`) every row; `copy` is the input of a COPY FROM STDIN.
     async fn exchange_rows(
@@ -157,18 +175,7 @@ impl ServerConn {
         let mut error = None;
         let mut seen_row = false;
         loop {
-            let h = match Header::parse(&self.rbuf, self.max_message) {
-                Ok(h) => h,
-                Err(e) => return Err(self.lost(e.to_string())),
-            };
-            let Some(h) = h.filter(|h| self.rbuf.len() >= h.total()) else {
-                match self.stream.read_buf(&mut self.rbuf).await {
-                    Ok(0) => return Err(self.lost("server closed the connection")),
-                    Ok(_) => continue,
-                    Err(e) => return Err(self.lost(e.to_string())),
-                }
-            };
-            let msg = self.rbuf.split_to(h.total());
+            let (h, msg) = self.next_message().await?;
             let body = &msg[5..];
             match h.code {
                 backend::READY_FOR_QUERY => {
@@ -183,16 +190,7 @@ impl ServerConn {
                     }
                 }
                 backend::DATA_ROW if !seen_row || all => {
-                    let mut c = decode::Cursor::new(h.code, body);
-                    let n = c.i16().unwrap_or(0).max(0);
-                    let row = (0..n)
-                        .map(|_| {
-                            let len = usize::try_from(c.i32().ok()?).ok()?;
-                            c.bytes(len)
-                                .ok()
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                        })
-                        .collect();
+                    let row = text_row(body);
                     if seen_row {
                         result.more_rows.push(row);
                     } else {
@@ -261,4 +259,18 @@ impl ServerConn {
         let _ = self.stream.write_all(&b).await;
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// A DataRow's values as text (NULL as None), for the answers to Ocelot's own queries.
+fn text_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut c = decode::Cursor::new(backend::DATA_ROW, body);
+    let n = c.i16().unwrap_or(0).max(0);
+    (0..n)
+        .map(|_| {
+            let len = usize::try_from(c.i32().ok()?).ok()?;
+            c.bytes(len)
+                .ok()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect()
 }

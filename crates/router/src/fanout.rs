@@ -47,8 +47,58 @@ pub struct Ordered {
     pub hidden: usize,
 }
 
+/// Where the shards' rows carry the sort expression `e`: a select-list position, a column `*` brings (by name),
+/// or a hidden column appended to `extra`.
+fn sort_column(
+    s: &sqlparser::ast::Select,
+    e: &Expr,
+    extra: &mut Vec<sqlparser::ast::SelectItem>,
+) -> Result<SortColumn, &'static str> {
+    use sqlparser::ast::{Ident, SelectItem};
+    Ok(if let Some(n) = literal_u64(e) {
+        SortColumn::Position((n as usize).checked_sub(1).ok_or("ORDER BY 0")?)
+    } else if let Some(pos) = s.projection.iter().position(|item| match item {
+        SelectItem::UnnamedExpr(item) => item == e,
+        SelectItem::ExprWithAlias { expr, alias } => {
+            *expr == *e || matches!(e, Expr::Identifier(i) if i.value == alias.value)
+        }
+        _ => false,
+    }) {
+        SortColumn::Position(pos)
+    } else {
+        let wildcard = s.projection.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
+        match e {
+            // A column `*` brings, found in the result by name.
+            Expr::Identifier(i) if wildcard => SortColumn::Name(i.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) if wildcard => SortColumn::Name(
+                parts
+                    .last()
+                    .map(|p| p.value.to_lowercase())
+                    .unwrap_or_default(),
+            ),
+            // Sorted by a column of its own, appended to the shards' select list (a nearest-neighbour
+            // search orders by a distance it does not select).
+            other => {
+                if s.distinct.is_some() {
+                    return Err("SELECT DISTINCT ordered by an expression that is not selected");
+                }
+                extra.push(SelectItem::ExprWithAlias {
+                    expr: other.clone(),
+                    alias: Ident::new(format!("ocelot_sort_{}", extra.len())),
+                });
+                SortColumn::Hidden(extra.len() - 1)
+            }
+        }
+    })
+}
+
 fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Ordered, &'static str> {
-    use sqlparser::ast::{Ident, LimitClause, OrderByKind, SelectItem, SetExpr};
+    use sqlparser::ast::{LimitClause, OrderByKind, SelectItem, SetExpr};
     let mut keys = Vec::new();
     let mut extra: Vec<SelectItem> = Vec::new();
     if let Some(ob) = &q.order_by {
@@ -56,49 +106,7 @@ fn ordered(q: &sqlparser::ast::Query, s: &sqlparser::ast::Select) -> Result<Orde
             return Err("ORDER BY ALL");
         };
         for o in exprs {
-            let column = if let Some(n) = literal_u64(&o.expr) {
-                SortColumn::Position((n as usize).checked_sub(1).ok_or("ORDER BY 0")?)
-            } else if let Some(pos) = s.projection.iter().position(|item| match item {
-                SelectItem::UnnamedExpr(e) => *e == o.expr,
-                SelectItem::ExprWithAlias { expr, alias } => {
-                    *expr == o.expr
-                        || matches!(&o.expr, Expr::Identifier(i) if i.value == alias.value)
-                }
-                _ => false,
-            }) {
-                SortColumn::Position(pos)
-            } else {
-                let wildcard = s.projection.iter().any(|i| {
-                    matches!(
-                        i,
-                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
-                    )
-                });
-                match &o.expr {
-                    // A column `*` brings, found in the result by name.
-                    Expr::Identifier(i) if wildcard => SortColumn::Name(i.value.to_lowercase()),
-                    Expr::CompoundIdentifier(parts) if wildcard => SortColumn::Name(
-                        parts
-                            .last()
-                            .map(|p| p.value.to_lowercase())
-                            .unwrap_or_default(),
-                    ),
-                    // Sorted by a column of its own, appended to the shards' select list (a nearest-neighbour
-                    // search orders by a distance it does not select).
-                    other => {
-                        if s.distinct.is_some() {
-                            return Err(
-                                "SELECT DISTINCT ordered by an expression that is not selected",
-                            );
-                        }
-                        extra.push(SelectItem::ExprWithAlias {
-                            expr: other.clone(),
-                            alias: Ident::new(format!("ocelot_sort_{}", extra.len())),
-                        });
-                        SortColumn::Hidden(extra.len() - 1)
-                    }
-                }
-            };
+            let column = sort_column(s, &o.expr, &mut extra)?;
             let desc = o.options.asc == Some(false);
             keys.push(SortKey {
                 column,
@@ -203,56 +211,9 @@ pub fn plan_parsed(statements: &[Statement], spec: &KeySpec) -> Plan {
         return Plan::NotSharded;
     }
     match stmt {
-        Statement::Query(q) => {
-            if q.with.is_some() {
-                return Plan::Unsupported("WITH queries");
-            }
-            if q.fetch.is_some() {
-                return Plan::Unsupported("FETCH");
-            }
-            if !q.locks.is_empty() {
-                return Plan::Unsupported("FOR UPDATE/SHARE");
-            }
-            let SetExpr::Select(s) = q.body.as_ref() else {
-                return Plan::Unsupported("set operations");
-            };
-            if s.from.iter().any(|t| !t.joins.is_empty()) || s.from.len() > 1 {
-                return Plan::Unsupported("joins");
-            }
-            if s.into.is_some() {
-                return Plan::Unsupported("SELECT INTO");
-            }
-            let grouping = s.distinct.is_some()
-                || s.having.is_some()
-                || !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-            match uses_aggregate_or_window(stmt) {
-                Some("window functions") => Plan::Unsupported("window functions"),
-                Some(_) => match grouped::plan(q, s) {
-                    Ok(g) => Plan::Grouped(g),
-                    Err(why) => Plan::Unsupported(why),
-                },
-                None if grouping => match grouped::plan(q, s) {
-                    Ok(g) => Plan::Grouped(g),
-                    Err(why) => Plan::Unsupported(why),
-                },
-                None if q.order_by.is_none() && q.limit_clause.is_none() => Plan::Rows,
-                None => match ordered(q, s) {
-                    Ok(o) => Plan::Ordered(o),
-                    Err(why) => Plan::Unsupported(why),
-                },
-            }
-        }
+        Statement::Query(q) => query_plan(stmt, q),
         Statement::Update { assignments, .. } => {
-            let moves_key = assignments.iter().any(|a| match &a.target {
-                sqlparser::ast::AssignmentTarget::ColumnName(n) => {
-                    n.0.last()
-                        .map(|p| p.to_string().trim_matches('"').to_lowercase())
-                        .as_deref()
-                        == Some(spec.column.as_str())
-                }
-                sqlparser::ast::AssignmentTarget::Tuple(_) => true,
-            });
-            if moves_key {
+            if assignments.iter().any(|a| assigns_key(a, spec)) {
                 Plan::Unsupported(
                     "an UPDATE of the sharding key, which would move rows between shards",
                 )
@@ -263,6 +224,60 @@ pub fn plan_parsed(statements: &[Statement], spec: &KeySpec) -> Plan {
         Statement::Delete(_) => Plan::Write,
         Statement::Insert(_) => Plan::Unsupported("INSERT without the sharding key"),
         _ => Plan::Unsupported("this statement"),
+    }
+}
+
+/// The plan of a SELECT on the sharded table.
+fn query_plan(stmt: &Statement, q: &sqlparser::ast::Query) -> Plan {
+    if q.with.is_some() {
+        return Plan::Unsupported("WITH queries");
+    }
+    if q.fetch.is_some() {
+        return Plan::Unsupported("FETCH");
+    }
+    if !q.locks.is_empty() {
+        return Plan::Unsupported("FOR UPDATE/SHARE");
+    }
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return Plan::Unsupported("set operations");
+    };
+    if s.from.iter().any(|t| !t.joins.is_empty()) || s.from.len() > 1 {
+        return Plan::Unsupported("joins");
+    }
+    if s.into.is_some() {
+        return Plan::Unsupported("SELECT INTO");
+    }
+    let grouping = s.distinct.is_some()
+        || s.having.is_some()
+        || !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    match uses_aggregate_or_window(stmt) {
+        Some("window functions") => Plan::Unsupported("window functions"),
+        Some(_) => match grouped::plan(q, s) {
+            Ok(g) => Plan::Grouped(g),
+            Err(why) => Plan::Unsupported(why),
+        },
+        None if grouping => match grouped::plan(q, s) {
+            Ok(g) => Plan::Grouped(g),
+            Err(why) => Plan::Unsupported(why),
+        },
+        None if q.order_by.is_none() && q.limit_clause.is_none() => Plan::Rows,
+        None => match ordered(q, s) {
+            Ok(o) => Plan::Ordered(o),
+            Err(why) => Plan::Unsupported(why),
+        },
+    }
+}
+
+/// Whether an UPDATE's assignment sets the sharding key (a tuple assignment may).
+fn assigns_key(a: &sqlparser::ast::Assignment, spec: &KeySpec) -> bool {
+    match &a.target {
+        sqlparser::ast::AssignmentTarget::ColumnName(n) => {
+            n.0.last()
+                .map(|p| p.to_string().trim_matches('"').to_lowercase())
+                .as_deref()
+                == Some(spec.column.as_str())
+        }
+        sqlparser::ast::AssignmentTarget::Tuple(_) => true,
     }
 }
 

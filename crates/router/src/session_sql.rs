@@ -193,38 +193,7 @@ pub fn classify(stmt: &str) -> SessionCommand {
     let text = strip_leading(stmt).trim_end();
     let (first, rest) = next_word(text);
     match first.as_str() {
-        "set" => {
-            let (mut name, mut after) = next_word(rest);
-            match name.as_str() {
-                "local" => return SessionCommand::SetLocal,
-                "session" => {
-                    let (n, a) = next_word(after);
-                    if n == "authorization" {
-                        return SessionCommand::Set {
-                            name: "session_authorization".into(),
-                            statement: text.to_owned(),
-                        };
-                    }
-                    (name, after) = (n, a);
-                }
-                "time" => {
-                    let (n, _) = next_word(after);
-                    if n == "zone" {
-                        name = "timezone".into();
-                    }
-                }
-                "transaction" => return SessionCommand::Other,
-                _ => {}
-            }
-            let _ = after;
-            if name.is_empty() {
-                return SessionCommand::Other;
-            }
-            SessionCommand::Set {
-                name,
-                statement: text.to_owned(),
-            }
-        }
+        "set" => classify_set(text, rest),
         "reset" => match next_word(rest).0.as_str() {
             "all" => SessionCommand::ResetAll,
             "" => SessionCommand::Other,
@@ -269,6 +238,41 @@ pub fn classify(stmt: &str) -> SessionCommand {
         },
         "select" => classify_set_config(rest),
         _ => SessionCommand::Other,
+    }
+}
+
+/// `SET [SESSION] name ...` (the whole statement `text`, `rest` after SET): the setting's name as
+/// PostgreSQL spells it, with `SET LOCAL` and `SET TRANSACTION` apart.
+fn classify_set(text: &str, rest: &str) -> SessionCommand {
+    let (mut name, mut after) = next_word(rest);
+    match name.as_str() {
+        "local" => return SessionCommand::SetLocal,
+        "session" => {
+            let (n, a) = next_word(after);
+            if n == "authorization" {
+                return SessionCommand::Set {
+                    name: "session_authorization".into(),
+                    statement: text.to_owned(),
+                };
+            }
+            (name, after) = (n, a);
+        }
+        "time" => {
+            let (n, _) = next_word(after);
+            if n == "zone" {
+                name = "timezone".into();
+            }
+        }
+        "transaction" => return SessionCommand::Other,
+        _ => {}
+    }
+    let _ = after;
+    if name.is_empty() {
+        return SessionCommand::Other;
+    }
+    SessionCommand::Set {
+        name,
+        statement: text.to_owned(),
     }
 }
 

@@ -50,6 +50,37 @@ pub struct Boosted {
 /// Hessians below this are raised to it, as XGBoost does, so leaf values stay finite.
 const MIN_HESSIAN: f64 = 1e-16;
 
+/// The starting margin: the mean for a regressor, the log-odds of the positive class for a binary
+/// classifier, zeros for softmax over several classes.
+fn base_margin(classify: bool, k: usize, y: &[f64], label: &[usize]) -> Vec<f64> {
+    let n = y.len() as f64;
+    if !classify {
+        return vec![y.iter().sum::<f64>() / n];
+    }
+    if k > 1 {
+        return vec![0.0; k];
+    }
+    let mean = (label.iter().sum::<usize>() as f64 / n).clamp(1e-6, 1.0 - 1e-6);
+    vec![(mean / (1.0 - mean)).ln()]
+}
+
+/// One row's gradient and hessian for each class of a classifier: the logistic loss for one
+/// margin, the softmax loss (XGBoost's doubled hessian) for several.
+fn class_gradients(margin: &[f64], label: usize, g: &mut [(f64, f64)], probs: &mut [f64]) {
+    if margin.len() == 1 {
+        let pr = sigmoid(margin[0]);
+        let t = if label == 1 { 1.0 } else { 0.0 };
+        g[0] = (pr - t, (pr * (1.0 - pr)).max(MIN_HESSIAN));
+        return;
+    }
+    probs.copy_from_slice(margin);
+    super::logistic::softmax(probs);
+    for (c, pc) in probs.iter().enumerate() {
+        let t = if label == c { 1.0 } else { 0.0 };
+        g[c] = (pc - t, (2.0 * pc * (1.0 - pc)).max(MIN_HESSIAN));
+    }
+}
+
 impl Boosted {
     /// Fits a regressor (`classes` None) or a classifier over the sorted distinct labels of `y`.
     pub fn fit(x: &[Vec<f64>], y: &[f64], classify: bool, p: &BoostParams) -> Option<Boosted> {
@@ -82,15 +113,7 @@ impl Boosted {
             None => Vec::new(),
         };
         let n = x.len();
-        let base = match &classes {
-            None => vec![y.iter().sum::<f64>() / n as f64],
-            Some(_) if k == 1 => {
-                let mean = label.iter().sum::<usize>() as f64 / n as f64;
-                let mean = mean.clamp(1e-6, 1.0 - 1e-6);
-                vec![(mean / (1.0 - mean)).ln()]
-            }
-            Some(_) => vec![0.0; k],
-        };
+        let base = base_margin(classes.is_some(), k, y, &label);
         let cols = Columns::new(x);
         let growth = Growth {
             max_depth: p.max_depth,
@@ -115,19 +138,7 @@ impl Boosted {
                 let g = &mut grads[r * k..(r + 1) * k];
                 match &classes {
                     None => g[0] = (m[0] - y[r], 1.0),
-                    Some(_) if k == 1 => {
-                        let pr = sigmoid(m[0]);
-                        let t = if label[r] == 1 { 1.0 } else { 0.0 };
-                        g[0] = (pr - t, (pr * (1.0 - pr)).max(MIN_HESSIAN));
-                    }
-                    Some(_) => {
-                        probs.copy_from_slice(m);
-                        super::logistic::softmax(&mut probs);
-                        for (c, pc) in probs.iter().enumerate() {
-                            let t = if label[r] == c { 1.0 } else { 0.0 };
-                            g[c] = (pc - t, (2.0 * pc * (1.0 - pc)).max(MIN_HESSIAN));
-                        }
-                    }
+                    Some(_) => class_gradients(m, label[r], g, &mut probs),
                 }
             }
             let keep: Vec<bool> = (0..n)

@@ -12,6 +12,33 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The two-loop recursion: `d = -H g`, with H the inverse Hessian estimated from the remembered steps.
+fn direction(
+    steps: &VecDeque<(Vec<f64>, Vec<f64>, f64)>,
+    g: &[f64],
+    d: &mut [f64],
+    alpha: &mut [f64; MEMORY],
+) {
+    d.copy_from_slice(g);
+    for (i, (s, y, rho)) in steps.iter().enumerate().rev() {
+        alpha[i] = rho * dot(s, d);
+        for (dj, yj) in d.iter_mut().zip(y) {
+            *dj -= alpha[i] * yj;
+        }
+    }
+    if let Some((s, y, _)) = steps.back() {
+        let gamma = dot(s, y) / dot(y, y);
+        d.iter_mut().for_each(|v| *v *= gamma);
+    }
+    for (i, (s, y, rho)) in steps.iter().enumerate() {
+        let beta = rho * dot(y, d);
+        for (dj, sj) in d.iter_mut().zip(s) {
+            *dj += (alpha[i] - beta) * sj;
+        }
+    }
+    d.iter_mut().for_each(|v| *v = -*v);
+}
+
 /// Minimises `f` from `x`, where `f(x, grad)` returns the value and writes the gradient. Stops when the largest
 /// gradient component is below `gtol`, when a step no longer decreases the value, or after `max_iter` iterations.
 pub fn minimize(
@@ -32,25 +59,7 @@ pub fn minimize(
         if g.iter().fold(0.0f64, |m, v| m.max(v.abs())) <= gtol {
             return;
         }
-        // Two-loop recursion: d = -H g.
-        d.copy_from_slice(&g);
-        for (i, (s, y, rho)) in steps.iter().enumerate().rev() {
-            alpha[i] = rho * dot(s, &d);
-            for (dj, yj) in d.iter_mut().zip(y) {
-                *dj -= alpha[i] * yj;
-            }
-        }
-        if let Some((s, y, _)) = steps.back() {
-            let gamma = dot(s, y) / dot(y, y);
-            d.iter_mut().for_each(|v| *v *= gamma);
-        }
-        for (i, (s, y, rho)) in steps.iter().enumerate() {
-            let beta = rho * dot(y, &d);
-            for (dj, sj) in d.iter_mut().zip(s) {
-                *dj += (alpha[i] - beta) * sj;
-            }
-        }
-        d.iter_mut().for_each(|v| *v = -*v);
+        direction(&steps, &g, &mut d, &mut alpha);
         let mut slope = dot(&g, &d);
         if slope >= 0.0 {
             // Not a descent direction (numerical trouble): restart from steepest descent.

@@ -59,6 +59,76 @@ fn mode(sorted: &[f64]) -> f64 {
     best.1
 }
 
+/// The imputation and scaling of one feature column, from its JSON settings `col` and its training values.
+fn fit_column(
+    name: &str,
+    col: Option<&serde_json::Map<String, serde_json::Value>>,
+    values: impl Iterator<Item = f64>,
+) -> Result<Step, String> {
+    let get = |key: &str| -> Result<Option<&str>, String> {
+        match col.and_then(|c| c.get(key)) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!(
+                "preprocess {key} of \"{name}\" must be a string, not {other}"
+            )),
+        }
+    };
+    match get("encode")? {
+        None | Some("native") => {}
+        Some(other) => {
+            return Err(format!(
+                "encode \"{other}\" is for text columns; \"{name}\" is numeric (only \"native\" applies)"
+            ))
+        }
+    }
+    let mut present: Vec<f64> = values.filter(|v| !v.is_nan()).collect();
+    present.sort_by(|a, b| a.total_cmp(b));
+    let n = present.len().max(1) as f64;
+    let mean = present.iter().sum::<f64>() / n;
+    let impute = match get("impute")? {
+        None | Some("error") => None,
+        Some("mean") => Some(mean),
+        Some("median") => Some(median(&present)),
+        Some("mode") => Some(mode(&present)),
+        Some("min") => present.first().copied(),
+        Some("max") => present.last().copied(),
+        Some("zero") => Some(0.0),
+        Some(other) => return Err(format!("unknown impute \"{other}\" for \"{name}\": use error, mean, median, mode, min, max or zero")),
+    };
+    // Scaling statistics are those of the values present; an imputed value is scaled like the others.
+    let (shift, divisor) = match get("scale")? {
+        None | Some("preserve") | Some("none") => (0.0, 1.0),
+        Some("standard") => {
+            let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            (mean, var.sqrt())
+        }
+        Some("min_max") => {
+            let (lo, hi) = (quantile(&present, 0.0), quantile(&present, 1.0));
+            (lo, hi - lo)
+        }
+        Some("max_abs") => (
+            0.0,
+            present.iter().fold(0.0f64, |m, v| m.max(v.abs())),
+        ),
+        Some("robust") => (
+            median(&present),
+            quantile(&present, 0.75) - quantile(&present, 0.25),
+        ),
+        Some(other) => return Err(format!("unknown scale \"{other}\" for \"{name}\": use preserve, standard, min_max, max_abs or robust")),
+    };
+    let divisor = if divisor == 0.0 || !divisor.is_finite() {
+        1.0
+    } else {
+        divisor
+    };
+    Ok(Step {
+        impute,
+        shift,
+        divisor,
+    })
+}
+
 impl Preprocess {
     /// Fits the steps `spec` (PostgresML's JSON) asks for over the training rows `x` with feature `names`.
     pub fn fit(spec: &str, names: &[String], x: &[Vec<f64>]) -> Result<Preprocess, String> {
@@ -80,67 +150,8 @@ impl Preprocess {
         let mut steps = Vec::with_capacity(names.len());
         for (j, name) in names.iter().enumerate() {
             let col = spec.get(name).and_then(|v| v.as_object());
-            let get = |key: &str| -> Result<Option<&str>, String> {
-                match col.and_then(|c| c.get(key)) {
-                    None => Ok(None),
-                    Some(serde_json::Value::String(s)) => Ok(Some(s)),
-                    Some(other) => Err(format!(
-                        "preprocess {key} of \"{name}\" must be a string, not {other}"
-                    )),
-                }
-            };
-            match get("encode")? {
-                None | Some("native") => {}
-                Some(other) => {
-                    return Err(format!(
-                        "encode \"{other}\" is for text columns; \"{name}\" is numeric (only \"native\" applies)"
-                    ))
-                }
-            }
-            let mut present: Vec<f64> = x.iter().map(|r| r[j]).filter(|v| !v.is_nan()).collect();
-            present.sort_by(|a, b| a.total_cmp(b));
-            let n = present.len().max(1) as f64;
-            let mean = present.iter().sum::<f64>() / n;
-            let impute = match get("impute")? {
-                None | Some("error") => None,
-                Some("mean") => Some(mean),
-                Some("median") => Some(median(&present)),
-                Some("mode") => Some(mode(&present)),
-                Some("min") => present.first().copied(),
-                Some("max") => present.last().copied(),
-                Some("zero") => Some(0.0),
-                Some(other) => return Err(format!("unknown impute \"{other}\" for \"{name}\": use error, mean, median, mode, min, max or zero")),
-            };
-            // Scaling statistics are those of the values present; an imputed value is scaled like the others.
-            let (shift, divisor) = match get("scale")? {
-                None | Some("preserve") | Some("none") => (0.0, 1.0),
-                Some("standard") => {
-                    let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                    (mean, var.sqrt())
-                }
-                Some("min_max") => {
-                    let (lo, hi) = (quantile(&present, 0.0), quantile(&present, 1.0));
-                    (lo, hi - lo)
-                }
-                Some("max_abs") => (
-                    0.0,
-                    present.iter().fold(0.0f64, |m, v| m.max(v.abs())),
-                ),
-                Some("robust") => (
-                    median(&present),
-                    quantile(&present, 0.75) - quantile(&present, 0.25),
-                ),
-                Some(other) => return Err(format!("unknown scale \"{other}\" for \"{name}\": use preserve, standard, min_max, max_abs or robust")),
-            };
-            steps.push(Step {
-                impute,
-                shift,
-                divisor: if divisor == 0.0 || !divisor.is_finite() {
-                    1.0
-                } else {
-                    divisor
-                },
-            });
+            let values = x.iter().map(|r| r.get(j).copied().unwrap_or(f64::NAN));
+            steps.push(fit_column(name, col, values)?);
         }
         Ok(Preprocess {
             steps,

@@ -257,29 +257,7 @@ pub(in crate::inference) async fn serve(
         .ok_or_else(|| refuse("22004", "transformer must not be NULL"))?
         .to_owned();
     let kwargs = args.get("kwargs").and_then(Arg::as_text).unwrap_or("{}");
-    let kwargs: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(kwargs).map_err(|_| {
-            refuse(
-                "22P02",
-                format!("kwargs must be a JSON object, not {kwargs}"),
-            )
-        })?;
-    let mut prompt = String::new();
-    let mut normalize = None;
-    for (k, v) in &kwargs {
-        match (k.as_str(), v) {
-            ("prompt", serde_json::Value::String(p)) => prompt = p.clone(),
-            ("normalize_embeddings", serde_json::Value::Bool(b)) => normalize = Some(*b),
-            _ => {
-                return Err(refuse(
-                    "0A000",
-                    format!(
-                    "Ocelot's pgml.embed takes the kwargs prompt and normalize_embeddings, not {k}"
-                ),
-                ))
-            }
-        }
-    }
+    let (prompt, normalize) = embed_kwargs(kwargs)?;
     let (texts, many) = match args.get("text") {
         Some(Arg::Text(t)) => (vec![t.clone()], false),
         Some(Arg::Array(items, _)) => (
@@ -321,6 +299,37 @@ pub(in crate::inference) async fn serve(
     };
     encode_vectors(out, name, &vectors, many);
     Ok(())
+}
+
+/// pgml.embed's kwargs: the prompt put before each text, and whether to normalize the embeddings.
+fn embed_kwargs(
+    kwargs: &str,
+) -> Result<(String, Option<bool>), crate::inference::registry::models::Refusal> {
+    use crate::inference::registry::models::refuse;
+    let kwargs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(kwargs).map_err(|_| {
+            refuse(
+                "22P02",
+                format!("kwargs must be a JSON object, not {kwargs}"),
+            )
+        })?;
+    let mut prompt = String::new();
+    let mut normalize = None;
+    for (k, v) in &kwargs {
+        match (k.as_str(), v) {
+            ("prompt", serde_json::Value::String(p)) => prompt = p.clone(),
+            ("normalize_embeddings", serde_json::Value::Bool(b)) => normalize = Some(*b),
+            _ => {
+                return Err(refuse(
+                    "0A000",
+                    format!(
+                    "Ocelot's pgml.embed takes the kwargs prompt and normalize_embeddings, not {k}"
+                ),
+                ))
+            }
+        }
+    }
+    Ok((prompt, normalize))
 }
 
 /// `real[]` rows: one per vector (`SETOF`), or a single one (NULL when there is none).

@@ -282,96 +282,110 @@ async fn install(
 
 /// SQL definitions of the functions for `real[]` and `double precision[]`, for servers without PostgresML.
 pub fn sql_definitions() -> String {
-    // Computed in double precision and cast back: products of small `real` values would underflow (an error in
-    // PostgreSQL) where PostgresML's BLAS rounds them to zero.
     let mut sql = String::from("CREATE SCHEMA IF NOT EXISTS pgml;\n");
-    let d = "double precision";
     for (t, arr) in [
         ("real", "real[]"),
         ("double precision", "double precision[]"),
     ] {
-        let agg = |e: &str| {
-            format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{d}[]) WITH ORDINALITY u(a, i)")
-        };
-        let zip = |e: &str, b: &str| {
-            format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{d}[], {b}::{d}[]) WITH ORDINALITY u(a, b, i) WHERE i <= least(cardinality(vector), cardinality({b}))")
-        };
-        let mut def = |name: &str, args: &str, ret: &str, body: String| {
-            sql.push_str(&format!(
-                "CREATE OR REPLACE FUNCTION pgml.{name}({args}) RETURNS {ret} LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $ocelot$ {body} $ocelot$;\n"
-            ));
-        };
-        for (name, arg, op) in [
-            ("add", "addend", "+"),
-            ("subtract", "subtahend", "-"),
-            ("multiply", "multiplicand", "*"),
-            ("divide", "dividend", "/"),
-        ] {
-            def(
-                name,
-                &format!("vector {arr}, {arg} {t}"),
-                arr,
-                agg(&format!("a {op} {arg}::{d}")),
-            );
-            def(
-                name,
-                &format!("vector {arr}, {arg} {arr}"),
-                arr,
-                zip(&format!("a {op} b"), arg),
-            );
-        }
-        let norm = |e: &str| format!("(SELECT {e} FROM unnest(vector::{d}[]) a)");
-        for (name, e) in [
-            ("norm_l0", "count(*) FILTER (WHERE a <> 0)"),
-            ("norm_l1", "coalesce(sum(abs(a)), 0)"),
-            ("norm_l2", "sqrt(coalesce(sum(a * a), 0))"),
-            ("norm_max", "coalesce(max(abs(a)), 0)"),
-        ] {
-            def(
-                name,
-                &format!("vector {arr}"),
-                t,
-                format!("SELECT {}::{t}", norm(e)),
-            );
-            let normalize = name.replace("norm_", "normalize_");
-            if name != "norm_l0" {
-                def(
-                    &normalize,
-                    &format!("vector {arr}"),
-                    arr,
-                    agg(&format!("a / {}", norm(e))),
-                );
-            }
-        }
-        let pair = |e: &str| {
-            format!("(SELECT {e} FROM unnest(vector::{d}[], other::{d}[]) u(a, b) WHERE a IS NOT NULL AND b IS NOT NULL)")
-        };
-        for (name, e) in [
-            ("distance_l1", pair("coalesce(sum(abs(a - b)), 0)")),
-            (
-                "distance_l2",
-                pair("sqrt(coalesce(sum((a - b) * (a - b)), 0))"),
-            ),
-            ("dot_product", pair("coalesce(sum(a * b), 0)")),
-            (
-                "cosine_similarity",
-                format!(
-                    "{} / ({} * (SELECT sqrt(sum(b * b)) FROM unnest(other::{d}[]) b))",
-                    pair("sum(a * b)"),
-                    norm("sqrt(sum(a * a))")
-                ),
-            ),
-        ] {
-            def(
-                name,
-                &format!("vector {arr}, other {arr}"),
-                t,
-                format!("SELECT ({e})::{t}"),
-            );
-        }
+        arithmetic(&mut sql, t, arr);
+        norm_functions(&mut sql, t, arr);
+        distances(&mut sql, t, arr);
         aggregates(&mut sql, t, arr);
     }
     sql
+}
+
+// Every function computes in double precision and casts back: products of small `real` values would underflow
+// (an error in PostgreSQL) where PostgresML's BLAS rounds them to zero.
+const D: &str = "double precision";
+
+fn define(sql: &mut String, name: &str, args: &str, ret: &str, body: &str) {
+    sql.push_str(&format!(
+        "CREATE OR REPLACE FUNCTION pgml.{name}({args}) RETURNS {ret} LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $ocelot$ {body} $ocelot$;\n"
+    ));
+}
+
+/// The array of `e` over each element `a` of `vector`, in order, as `t`.
+fn each(e: &str, t: &str) -> String {
+    format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{D}[]) WITH ORDINALITY u(a, i)")
+}
+
+/// The norm expression `e` over the elements `a` of `vector`.
+fn norm(e: &str) -> String {
+    format!("(SELECT {e} FROM unnest(vector::{D}[]) a)")
+}
+
+/// add, subtract, multiply and divide, by a scalar and element-wise by another array.
+fn arithmetic(sql: &mut String, t: &str, arr: &str) {
+    let zip = |e: &str, b: &str| {
+        format!("SELECT coalesce(array_agg(({e})::{t} ORDER BY i), '{{}}') FROM unnest(vector::{D}[], {b}::{D}[]) WITH ORDINALITY u(a, b, i) WHERE i <= least(cardinality(vector), cardinality({b}))")
+    };
+    for (name, arg, op) in [
+        ("add", "addend", "+"),
+        ("subtract", "subtahend", "-"),
+        ("multiply", "multiplicand", "*"),
+        ("divide", "dividend", "/"),
+    ] {
+        let scalar = each(&format!("a {op} {arg}::{D}"), t);
+        define(sql, name, &format!("vector {arr}, {arg} {t}"), arr, &scalar);
+        let pairwise = zip(&format!("a {op} b"), arg);
+        define(
+            sql,
+            name,
+            &format!("vector {arr}, {arg} {arr}"),
+            arr,
+            &pairwise,
+        );
+    }
+}
+
+/// The norms, and normalize_* dividing by each (but l0).
+fn norm_functions(sql: &mut String, t: &str, arr: &str) {
+    for (name, e) in [
+        ("norm_l0", "count(*) FILTER (WHERE a <> 0)"),
+        ("norm_l1", "coalesce(sum(abs(a)), 0)"),
+        ("norm_l2", "sqrt(coalesce(sum(a * a), 0))"),
+        ("norm_max", "coalesce(max(abs(a)), 0)"),
+    ] {
+        let args = format!("vector {arr}");
+        define(sql, name, &args, t, &format!("SELECT {}::{t}", norm(e)));
+        if name != "norm_l0" {
+            let normalize = name.replace("norm_", "normalize_");
+            define(
+                sql,
+                &normalize,
+                &args,
+                arr,
+                &each(&format!("a / {}", norm(e)), t),
+            );
+        }
+    }
+}
+
+/// Distances and similarities between two arrays, over the positions where both have a value.
+fn distances(sql: &mut String, t: &str, arr: &str) {
+    let pair = |e: &str| {
+        format!("(SELECT {e} FROM unnest(vector::{D}[], other::{D}[]) u(a, b) WHERE a IS NOT NULL AND b IS NOT NULL)")
+    };
+    for (name, e) in [
+        ("distance_l1", pair("coalesce(sum(abs(a - b)), 0)")),
+        (
+            "distance_l2",
+            pair("sqrt(coalesce(sum((a - b) * (a - b)), 0))"),
+        ),
+        ("dot_product", pair("coalesce(sum(a * b), 0)")),
+        (
+            "cosine_similarity",
+            format!(
+                "{} / ({} * (SELECT sqrt(sum(b * b)) FROM unnest(other::{D}[]) b))",
+                pair("sum(a * b)"),
+                norm("sqrt(sum(a * a))")
+            ),
+        ),
+    ] {
+        let args = format!("vector {arr}, other {arr}");
+        define(sql, name, &args, t, &format!("SELECT ({e})::{t}"));
+    }
 }
 
 /// The vector aggregates over `arr` (of `t`): NULL rows are skipped and no rows give `{}`, as PostgresML's do;

@@ -56,65 +56,82 @@ pub fn shape(sql: &str, types: &[u32]) -> Option<Shape> {
             ("share".into(), FLOAT8),
         ],
         "end_ab" => vec![("end_ab".into(), BOOL)],
-        "drift" => {
-            let mut cols = vec![
-                ("model_id".into(), INT8),
-                text("feature"),
-                ("n".into(), INT8),
-            ];
-            for c in [
-                "mean",
-                "stddev",
-                "missing_rate",
-                "train_mean",
-                "train_stddev",
-                "train_missing_rate",
-                "psi",
-                "ks",
-            ] {
-                cols.push((c.into(), FLOAT8));
-            }
-            cols
-        }
+        "drift" => drift_columns(),
         "chunk" => vec![("chunk_index".into(), INT8), text("chunk")],
         "embed" => vec![(name, FLOAT4_ARRAY)],
         f if crate::inference::serving::vector::is_vector_function(f) => {
-            let double =
-                sql.contains("float8") || sql.to_ascii_lowercase().contains("double precision");
-            let array = matches!(
-                f,
-                "add"
-                    | "subtract"
-                    | "multiply"
-                    | "divide"
-                    | "normalize_l1"
-                    | "normalize_l2"
-                    | "normalize_max"
-            );
-            let oid = match (array, double) {
-                (true, true) => FLOAT8_ARRAY,
-                (true, false) => FLOAT4_ARRAY,
-                (false, true) => FLOAT8,
-                (false, false) => FLOAT4,
-            };
-            vec![(name, oid)]
+            vec![(name, vector_result(f, sql))]
         }
         "predict" => vec![(name, FLOAT4)],
         "predict_batch" => {
             // By project: a set of real; by model id: one real[].
-            let by_id = match call.args.first().map(|a| &a.1) {
-                Some(Arg::Number(_)) => true,
-                Some(Arg::Expr(e)) => e
-                    .strip_prefix('$')
-                    .and_then(|d| d.split("::").next())
-                    .and_then(|d| d.parse::<usize>().ok())
-                    .is_some_and(|p| types.get(p - 1) == Some(&INT8)),
-                _ => false,
+            let oid = if batch_by_id(&call.args, types) {
+                FLOAT4_ARRAY
+            } else {
+                FLOAT4
             };
-            vec![(name, if by_id { FLOAT4_ARRAY } else { FLOAT4 })]
+            vec![(name, oid)]
         }
         _ => vec![(name, FLOAT4_ARRAY)],
     }))
+}
+
+/// pgml.drift's columns.
+fn drift_columns() -> Vec<(String, u32)> {
+    let mut cols = vec![
+        ("model_id".into(), INT8),
+        ("feature".into(), TEXT),
+        ("n".into(), INT8),
+    ];
+    for c in [
+        "mean",
+        "stddev",
+        "missing_rate",
+        "train_mean",
+        "train_stddev",
+        "train_missing_rate",
+        "psi",
+        "ks",
+    ] {
+        cols.push((c.into(), FLOAT8));
+    }
+    cols
+}
+
+/// The type a vector function `f` returns: an array for the element-wise ones, a scalar otherwise, in double
+/// precision when the call's arrays are.
+fn vector_result(f: &str, sql: &str) -> u32 {
+    let double = sql.contains("float8") || sql.to_ascii_lowercase().contains("double precision");
+    let array = matches!(
+        f,
+        "add"
+            | "subtract"
+            | "multiply"
+            | "divide"
+            | "normalize_l1"
+            | "normalize_l2"
+            | "normalize_max"
+    );
+    match (array, double) {
+        (true, true) => FLOAT8_ARRAY,
+        (true, false) => FLOAT4_ARRAY,
+        (false, true) => FLOAT8,
+        (false, false) => FLOAT4,
+    }
+}
+
+/// Whether pgml.predict_batch names its model by id: a number, or a parameter bound as a bigint.
+fn batch_by_id(args: &[(Option<String>, Arg)], types: &[u32]) -> bool {
+    match args.first().map(|a| &a.1) {
+        Some(Arg::Number(_)) => true,
+        Some(Arg::Expr(e)) => e
+            .strip_prefix('$')
+            .and_then(|d| d.split("::").next())
+            .and_then(|d| d.parse::<usize>().ok())
+            .and_then(|p| p.checked_sub(1))
+            .is_some_and(|i| types.get(i) == Some(&INT8)),
+        _ => false,
+    }
 }
 
 /// A text value of type `oid` in binary, for the types a `pgml.*` answer or a per-row query commonly returns.

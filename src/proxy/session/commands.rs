@@ -54,6 +54,15 @@ impl Session {
             return Ok(false);
         };
         self.cbuf.advance(total);
+        self.answer_routing_command(cmd);
+        let status = self.status_without_server();
+        encode::ready_for_query(&mut self.core.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
+    /// Applies one routing command to the session and writes its answer (without ReadyForQuery).
+    fn answer_routing_command(&mut self, cmd: RoutingCommand) {
         match cmd {
             RoutingCommand::SetServerRole(role) => {
                 self.role_override = role;
@@ -64,17 +73,7 @@ impl Session {
                 encode::command_complete(&mut self.core.out, "SET");
             }
             RoutingCommand::ShowServerRole => {
-                let v = match self.role_override {
-                    Some(RoleChoice::Primary) => "primary",
-                    Some(RoleChoice::Replica) => "replica",
-                    Some(RoleChoice::Any) => "any",
-                    None if self.pool.routing.split => "auto",
-                    None => match self.pool.default_role {
-                        DefaultRole::Any => "any",
-                        DefaultRole::Primary => "primary",
-                        DefaultRole::Replica => "replica",
-                    },
-                };
+                let v = self.shown_role();
                 show(&mut self.core.out, "server role", v);
             }
             RoutingCommand::ShowPrimaryReads => {
@@ -88,13 +87,7 @@ impl Session {
                         self.pool.database,
                         self.pool.shards.len()
                     );
-                    encode::error_response(
-                        &mut self.core.out,
-                        Severity::Error,
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        &msg,
-                        None,
-                    );
+                    self.refuse_parameter(&msg);
                 } else {
                     self.shard_override = Some(n);
                     encode::command_complete(&mut self.core.out, "SET");
@@ -107,32 +100,47 @@ impl Session {
                 }
                 None => {
                     let msg = format!("invalid sharding key \"{key}\" for this pool's key type");
-                    encode::error_response(
-                        &mut self.core.out,
-                        Severity::Error,
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        &msg,
-                        None,
-                    );
+                    self.refuse_parameter(&msg);
                 }
             },
             RoutingCommand::ShowShard => {
-                let v = match self.shard_override {
-                    Some(Some(n)) => n.to_string(),
-                    Some(None) => "any".into(),
-                    None => match self.pool.default_shard {
-                        DefaultShard::Shard(n) => n.to_string(),
-                        DefaultShard::Random => "random".into(),
-                        DefaultShard::RandomHealthy => "random_healthy".into(),
-                    },
-                };
+                let v = self.shown_shard();
                 show(&mut self.core.out, "shard", &v);
             }
         }
-        let status = self.status_without_server();
-        encode::ready_for_query(&mut self.core.out, status);
-        self.flush_out().await?;
-        Ok(true)
+    }
+
+    fn refuse_parameter(&mut self, msg: &str) {
+        let code = sqlstate::INVALID_PARAMETER_VALUE;
+        encode::error_response(&mut self.core.out, Severity::Error, code, msg, None);
+    }
+
+    /// `SHOW SERVER ROLE`: the client's choice, else "auto" when reads and writes are split, else the pool's.
+    fn shown_role(&self) -> &'static str {
+        match self.role_override {
+            Some(RoleChoice::Primary) => "primary",
+            Some(RoleChoice::Replica) => "replica",
+            Some(RoleChoice::Any) => "any",
+            None if self.pool.routing.split => "auto",
+            None => match self.pool.default_role {
+                DefaultRole::Any => "any",
+                DefaultRole::Primary => "primary",
+                DefaultRole::Replica => "replica",
+            },
+        }
+    }
+
+    /// `SHOW SHARD`: the client's choice, else the pool's default shard.
+    fn shown_shard(&self) -> String {
+        match self.shard_override {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => "any".into(),
+            None => match self.pool.default_shard {
+                DefaultShard::Shard(n) => n.to_string(),
+                DefaultShard::Random => "random".into(),
+                DefaultShard::RandomHealthy => "random_healthy".into(),
+            },
+        }
     }
 }
 

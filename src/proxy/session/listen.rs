@@ -33,44 +33,7 @@ impl Session {
         }
         let total = h.total();
         if let Some(cmd) = self.local_ext.take() {
-            let body = &self.cbuf[5..total];
-            match h.code {
-                frontend::BIND => encode::empty(&mut self.core.out, backend::BIND_COMPLETE),
-                frontend::DESCRIBE => {
-                    if body.first() == Some(&b'S') {
-                        encode::no_parameters(&mut self.core.out);
-                    }
-                    encode::empty(&mut self.core.out, backend::NO_DATA);
-                }
-                frontend::CLOSE => encode::empty(&mut self.core.out, backend::CLOSE_COMPLETE),
-                frontend::EXECUTE => {
-                    self.cbuf.advance(total);
-                    if !self.run_listen(cmd.clone()).await {
-                        self.core.discard = Discard::ToSyncAnswered;
-                        self.flush_out().await?;
-                        return Ok(true);
-                    }
-                    self.local_ext = Some(cmd);
-                    return Ok(true);
-                }
-                frontend::FLUSH => {
-                    self.cbuf.advance(total);
-                    self.local_ext = Some(cmd);
-                    self.flush_out().await?;
-                    return Ok(true);
-                }
-                frontend::SYNC => {
-                    self.cbuf.advance(total);
-                    let status = self.status_without_server();
-                    encode::ready_for_query(&mut self.core.out, status);
-                    self.flush_out().await?;
-                    return Ok(true);
-                }
-                _ => return Ok(false),
-            }
-            self.cbuf.advance(total);
-            self.local_ext = Some(cmd);
-            return Ok(true);
+            return self.continue_local_extended(h.code, total, cmd).await;
         }
         let body = &self.cbuf[5..total];
         match h.code {
@@ -110,6 +73,54 @@ impl Session {
             }
             _ => Ok(false),
         }
+    }
+
+    /// The rest of an extended-protocol LISTEN that [`Session::try_local`] took at its Parse: Ocelot answers
+    /// the Bind, Describe, Close, Execute, Flush and Sync that follow it.
+    async fn continue_local_extended(
+        &mut self,
+        code: u8,
+        total: usize,
+        cmd: SessionCommand,
+    ) -> Result<bool, ClientError> {
+        let body = &self.cbuf[5..total];
+        match code {
+            frontend::BIND => encode::empty(&mut self.core.out, backend::BIND_COMPLETE),
+            frontend::DESCRIBE => {
+                if body.first() == Some(&b'S') {
+                    encode::no_parameters(&mut self.core.out);
+                }
+                encode::empty(&mut self.core.out, backend::NO_DATA);
+            }
+            frontend::CLOSE => encode::empty(&mut self.core.out, backend::CLOSE_COMPLETE),
+            frontend::EXECUTE => {
+                self.cbuf.advance(total);
+                if !self.run_listen(cmd.clone()).await {
+                    self.core.discard = Discard::ToSyncAnswered;
+                    self.flush_out().await?;
+                    return Ok(true);
+                }
+                self.local_ext = Some(cmd);
+                return Ok(true);
+            }
+            frontend::FLUSH => {
+                self.cbuf.advance(total);
+                self.local_ext = Some(cmd);
+                self.flush_out().await?;
+                return Ok(true);
+            }
+            frontend::SYNC => {
+                self.cbuf.advance(total);
+                let status = self.status_without_server();
+                encode::ready_for_query(&mut self.core.out, status);
+                self.flush_out().await?;
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        }
+        self.cbuf.advance(total);
+        self.local_ext = Some(cmd);
+        Ok(true)
     }
 
     /// Runs one LISTEN/UNLISTEN for this client, appending its CommandComplete (or error) to `out`. Returns

@@ -254,45 +254,9 @@ impl Session {
     /// otherwise a [`Target::Batch`]. Statements that do not touch the sharded table go with the Bind before
     /// them; a keyless one that does cannot be batched across shards.
     fn batch_target(&mut self, start: usize) -> Result<Option<Target>, PoolError> {
-        let mut binds: Vec<(String, OwnedParams)> = Vec::new();
-        let mut parsed: Option<(String, String)> = None;
-        for (code, body) in whole_messages(&self.cbuf, start) {
-            match code {
-                frontend::PARSE => {
-                    if let Ok((name, rest)) = extended::parse(body) {
-                        let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
-                        parsed = Some((name.to_owned(), String::from_utf8_lossy(sql).into_owned()));
-                    }
-                }
-                frontend::BIND => {
-                    let Ok((_, name, rest)) = extended::bind(body) else {
-                        return Ok(None);
-                    };
-                    let text = match &parsed {
-                        Some((n, sql)) if n == name => Some(sql.clone()),
-                        _ => self
-                            .core
-                            .stmts
-                            .as_ref()
-                            .and_then(|m| m.statement_text(name))
-                            .map(|t| String::from_utf8_lossy(&t).into_owned()),
-                    };
-                    let Some(text) = text else {
-                        return Ok(None);
-                    };
-                    let params = extended::bind_params_formats(rest)
-                        .map(|v| {
-                            v.into_iter()
-                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    binds.push((text, params));
-                }
-                frontend::SYNC | frontend::QUERY => break,
-                _ => {}
-            }
-        }
+        let Some(binds) = self.pending_binds(start) else {
+            return Ok(None);
+        };
         if binds.len() < 2 {
             return Ok(None);
         }
@@ -337,6 +301,48 @@ impl Session {
                 })
                 .collect(),
         )))
+    }
+
+    /// The text and parameters of each Bind waiting in `cbuf[start..]` up to the Sync; `None` when a Bind cannot
+    /// be read or names a statement whose text is unknown.
+    fn pending_binds(&self, start: usize) -> Option<Vec<(String, OwnedParams)>> {
+        let mut binds: Vec<(String, OwnedParams)> = Vec::new();
+        let mut parsed: Option<(String, String)> = None;
+        for (code, body) in whole_messages(&self.cbuf, start) {
+            match code {
+                frontend::PARSE => {
+                    if let Ok((name, rest)) = extended::parse(body) {
+                        let sql = rest.split(|&b| b == 0).next().unwrap_or_default();
+                        parsed = Some((name.to_owned(), String::from_utf8_lossy(sql).into_owned()));
+                    }
+                }
+                frontend::BIND => {
+                    let Ok((_, name, rest)) = extended::bind(body) else {
+                        return None;
+                    };
+                    let text = match &parsed {
+                        Some((n, sql)) if n == name => sql.clone(),
+                        _ => self
+                            .core
+                            .stmts
+                            .as_ref()
+                            .and_then(|m| m.statement_text(name))
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())?,
+                    };
+                    let params = extended::bind_params_formats(rest)
+                        .map(|v| {
+                            v.into_iter()
+                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    binds.push((text, params));
+                }
+                frontend::SYNC | frontend::QUERY => break,
+                _ => {}
+            }
+        }
+        Some(binds)
     }
 
     /// The text of the first Query or Parse (or known statement of a Bind) waiting in `cbuf[start..]`, and the
