@@ -329,13 +329,7 @@ impl Session {
                             .and_then(|m| m.statement_text(name))
                             .map(|t| String::from_utf8_lossy(&t).into_owned())?,
                     };
-                    let params = extended::bind_params_formats(rest)
-                        .map(|v| {
-                            v.into_iter()
-                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let params = owned_params(rest);
                     binds.push((text, params));
                 }
                 frontend::SYNC | frontend::QUERY => break,
@@ -376,13 +370,7 @@ impl Session {
                             .as_ref()
                             .and_then(|m| m.statement_text(name));
                     }
-                    let params = extended::bind_params_formats(rest)
-                        .map(|v| {
-                            v.into_iter()
-                                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let params = owned_params(rest);
                     return Pending {
                         sql,
                         params,
@@ -573,4 +561,15 @@ pub(super) fn whole_messages(buf: &[u8], start: usize) -> impl Iterator<Item = (
 /// The type bytes of the whole messages in `buf`.
 fn message_codes(buf: &[u8]) -> Vec<u8> {
     whole_messages(buf, 0).map(|(code, _)| code).collect()
+}
+
+/// A Bind's parameter values (value, binary format), copied out of the client's buffer.
+fn owned_params(rest: &[u8]) -> OwnedParams {
+    extended::bind_params_formats(rest)
+        .map(|v| {
+            v.into_iter()
+                .map(|(p, b)| (p.map(<[u8]>::to_vec), b))
+                .collect()
+        })
+        .unwrap_or_default()
 }
