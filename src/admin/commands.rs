@@ -174,7 +174,8 @@ async fn end_ab(
     let mut ended = false;
     let mut last_error = None;
     for p in candidates {
-        match crate::inference::ops::ab::end(p, project).await {
+        let backend: Arc<dyn crate::inference::backend::Backend> = p.clone();
+        match crate::inference::ops::ab::end(&backend, project).await {
             Ok(e) => ended |= e,
             Err(e) => last_error = Some(e),
         }

@@ -5,6 +5,7 @@
 //! ([`dynamic`]). The [`Cluster`] of all of them is built off the hot path; clients look their pool up once at
 //! login and keep the `Arc`.
 
+pub mod backend;
 pub mod balance;
 pub mod distributed;
 mod dynamic;
@@ -322,7 +323,8 @@ fn spawn_centroid_loader(p: &Arc<UserPool>) {
         let mut warned = false;
         loop {
             let Some(pool) = weak.upgrade() else { return };
-            match crate::inference::serving::cache::kmeans_centroids(&pool, &project).await {
+            let backend: Arc<dyn crate::inference::backend::Backend> = pool.clone();
+            match crate::inference::serving::cache::kmeans_centroids(&backend, &project).await {
                 Ok(c) => {
                     tracing::info!(pool = %pool.database, "centroid sharding: {} centroids from the kmeans model of {project}", c.len());
                     v.set_centroids(c);

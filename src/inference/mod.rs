@@ -5,6 +5,7 @@
 //! `pgml` schema with the stored models, training and deploys; `ops` holds model operations (A/B tests, drift,
 //! prediction logging); `estimators` the plain-Rust models. Other `pgml.*` calls reach the servers unchanged.
 
+pub mod backend;
 pub mod estimators;
 pub mod ops;
 pub mod registry;

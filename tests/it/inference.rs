@@ -2,7 +2,7 @@
 //! however many Ocelot connections try at the same time, and a second run changes nothing.
 
 use crate::common::*;
-use ocelot::database::balance::Want;
+use ocelot::inference::backend::{Backend, Which};
 use ocelot::inference::registry;
 
 #[tokio::test]
@@ -13,14 +13,14 @@ async fn registry_schema_is_postgresml_and_created_once() {
     let pool = snapshot.cluster.get("app", "postgres").unwrap().clone();
     // Two connections race to create it: one applies the migration, the other finds it done.
     let (mut a, mut b) = (
-        pool.checkout(0, Want::Primary, true).await.unwrap(),
-        pool.checkout(0, Want::Primary, true).await.unwrap(),
+        pool.conn(0, Which::Primary).await.unwrap(),
+        pool.conn(0, Which::Primary).await.unwrap(),
     );
-    let (ra, rb) = tokio::join!(registry::ensure(&mut a), registry::ensure(&mut b));
+    let (ra, rb) = tokio::join!(registry::ensure(&mut *a), registry::ensure(&mut *b));
     let mut found = [ra.unwrap(), rb.unwrap()];
     found.sort();
     assert_eq!(found, [0, registry::VERSION]);
-    assert_eq!(registry::ensure(&mut a).await.unwrap(), registry::VERSION);
+    assert_eq!(registry::ensure(&mut *a).await.unwrap(), registry::VERSION);
     let columns = |table: &str| {
         pg.psql_admin_db(
             "app",

@@ -11,22 +11,7 @@ use ocelot_protocol::decode;
 use ocelot_protocol::frame::Header;
 use ocelot_protocol::rows::{cells, split_rows};
 
-/// One server's answer to one simple Query, gathered whole.
-#[derive(Default)]
-pub struct Answer {
-    pub row_description: Option<Bytes>,
-    /// DataRow messages, headers included.
-    pub rows: BytesMut,
-    pub count: u64,
-    /// The last CommandComplete tag.
-    pub tag: Option<String>,
-    /// The first ErrorResponse message.
-    pub error: Option<Bytes>,
-    /// CopyInResponse: the server now waits for COPY data (reading stopped there).
-    pub copy_in: Option<Bytes>,
-    /// ParameterDescription, when a statement was described.
-    pub param_types: Option<Bytes>,
-}
+pub use ocelot_protocol::rows::Answer;
 
 /// Sends `query` (a whole Query message) and reads the answer up to ReadyForQuery.
 pub async fn exec(conn: &mut ServerConn, query: &[u8]) -> Result<Answer, PoolError> {

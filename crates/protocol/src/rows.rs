@@ -1,8 +1,27 @@
 //! Decoding the rows of a result: RowDescription columns and DataRow cells, for the answers Ocelot reads itself
 //! (merging shards' rows, reading training data and registry rows). Borrowed views of the message bytes; nothing
-//! is copied but the column names.
+//! is copied but the column names. [`Answer`] is one server's whole answer to a simple Query, as gathered.
+
+use bytes::{Bytes, BytesMut};
 
 use crate::frame::Header;
+
+/// One server's answer to one simple Query, gathered whole.
+#[derive(Default)]
+pub struct Answer {
+    pub row_description: Option<Bytes>,
+    /// DataRow messages, headers included.
+    pub rows: BytesMut,
+    pub count: u64,
+    /// The last CommandComplete tag.
+    pub tag: Option<String>,
+    /// The first ErrorResponse message.
+    pub error: Option<Bytes>,
+    /// CopyInResponse: the server now waits for COPY data (reading stopped there).
+    pub copy_in: Option<Bytes>,
+    /// ParameterDescription, when a statement was described.
+    pub param_types: Option<Bytes>,
+}
 
 /// Splits concatenated DataRow messages.
 pub fn split_rows(buf: &[u8]) -> Vec<&[u8]> {

@@ -2,12 +2,27 @@
 //! count and sum add up, min and max compare, bool_and/bool_or combine, NULLs (a shard with no rows) are skipped.
 //! Integer and numeric values are added and compared exactly as scaled 128-bit integers; types Ocelot cannot
 //! combine exactly (floating point, text ordering under a collation, ...) are refused, never approximated.
+//! [`Merge`] names which way a fan-out's answers are combined.
 
 use std::cmp::Ordering;
 
 use std::borrow::Cow;
 
-use super::fanout::Aggregate;
+use super::fanout::{Aggregate, Ordered};
+use super::grouped::Grouped;
+
+/// How the answers of several shards to one query are merged.
+#[derive(Debug, Clone)]
+pub enum Merge {
+    /// Rows concatenated.
+    Rows,
+    /// Partial aggregates per group, combined.
+    Grouped(Grouped),
+    /// Rows merged in ORDER BY order, then OFFSET and LIMIT.
+    Ordered(Ordered),
+    /// A write on several shards: affected row counts summed, RETURNING rows concatenated.
+    Write,
+}
 
 const INT2: u32 = 21;
 const INT4: u32 = 23;

@@ -287,9 +287,10 @@ async fn live_metrics(pool: Option<&Arc<crate::database::UserPool>>, project: &s
     let Some(pool) = pool else {
         return "<p class=\"none\">No pool serves this project.</p>".into();
     };
+    let backend: Arc<dyn crate::inference::backend::Backend> = pool.clone();
     let asked = tokio::time::timeout(
         std::time::Duration::from_secs(3),
-        crate::inference::ops::logging::live_metrics(pool, project),
+        crate::inference::ops::logging::live_metrics(&backend, project),
     )
     .await;
     let rows = match asked {

@@ -19,8 +19,8 @@ use crate::pool::exec::{exec, Answer};
 use crate::pool::PoolError;
 use crate::protocol::encode;
 use crate::protocol::rows::fields;
-use crate::router::fanout::{Grouped, Ordered};
 use crate::router::merge::collatable;
+pub use crate::router::merge::Merge;
 
 pub use merge::{binary_columns, grouped_shard_binary};
 use merge::{merge_grouped, merge_ordered, merge_writes, refuse, same_columns};
@@ -49,19 +49,6 @@ pub async fn sync_params(
         params.after_sync(&conn.state.params, &mut conn.state.applied);
     }
     Ok(())
-}
-
-/// How shard answers are merged.
-#[derive(Debug, Clone)]
-pub enum Merge {
-    /// Rows concatenated.
-    Rows,
-    /// Partial aggregates per group, combined.
-    Grouped(Grouped),
-    /// Rows merged in ORDER BY order, then OFFSET and LIMIT.
-    Ordered(Ordered),
-    /// A write on several shards: affected row counts summed, RETURNING rows concatenated.
-    Write,
 }
 
 pub(super) const NUMERIC: u32 = 1700;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, registry_conn, Refusal};
 use crate::inference::registry::train::text_arg;
 use crate::inference::sql::call::{bind, Arg, Call};
@@ -105,7 +105,7 @@ pub struct AbRow {
 
 /// `pgml.deploy_ab(project_name, model_b, share)`: starts an A/B test (ending the project's previous one).
 pub(in crate::inference) async fn deploy_ab(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -162,7 +162,7 @@ pub(in crate::inference) async fn deploy_ab(
          INSERT INTO pgml.ab_tests (project_id, model_a, model_b, share) VALUES ({project_id}, {model_a}, {model_b}, {share}); COMMIT"
     ))
     .await?;
-    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut *conn, &project).await?;
     encode::row_description_typed(
         out,
         &[
@@ -181,11 +181,11 @@ pub(in crate::inference) async fn deploy_ab(
 }
 
 /// Ends `project`'s A/B test, if it has one; returns whether it had. For the admin console's `END AB`.
-pub async fn end(pool: &Arc<UserPool>, project: &str) -> Result<bool, String> {
+pub async fn end(pool: &Arc<dyn Backend>, project: &str) -> Result<bool, String> {
     end_ab(pool, project).await.map_err(|r| r.message)
 }
 
-async fn end_ab(pool: &Arc<UserPool>, project: &str) -> Result<bool, Refusal> {
+async fn end_ab(pool: &Arc<dyn Backend>, project: &str) -> Result<bool, Refusal> {
     let mut conn = registry_conn(pool).await?;
     let ended = conn
         .query_value(&format!(
@@ -194,13 +194,13 @@ async fn end_ab(pool: &Arc<UserPool>, project: &str) -> Result<bool, Refusal> {
             quote_literal(project)
         ))
         .await?;
-    crate::inference::serving::cache::announce(pool, &mut conn, project).await?;
+    crate::inference::serving::cache::announce(pool, &mut *conn, project).await?;
     Ok(ended.as_deref().is_some_and(|n| n != "0"))
 }
 
 /// `pgml.end_ab(project_name)`: answers whether a test was ended.
 pub(in crate::inference) async fn serve_end_ab(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, registry_conn, Refusal};
 use crate::inference::registry::train::text_arg;
 use crate::inference::serving::serve::ResultTable;
@@ -114,7 +114,7 @@ impl PredictionLog {
     }
 
     /// Queues `s` to be written to `pool`'s registry; never waits.
-    pub fn push(&self, pool: &Arc<UserPool>, s: Sample) {
+    pub fn push(&self, pool: &Arc<dyn Backend>, s: Sample) {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.capacity);
             tokio::spawn(write(Arc::downgrade(pool), rx, self.counters.clone()));
@@ -128,7 +128,11 @@ impl PredictionLog {
 }
 
 /// Writes queued samples until the pool is gone (its queue's sender with it).
-async fn write(pool: Weak<UserPool>, mut rx: mpsc::Receiver<Sample>, counters: Arc<LogCounters>) {
+async fn write(
+    pool: Weak<dyn Backend>,
+    mut rx: mpsc::Receiver<Sample>,
+    counters: Arc<LogCounters>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut warned_at: Option<std::time::Instant> = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -223,7 +227,7 @@ fn push_float(out: &mut String, v: f64) {
 /// rate 0, stops) the project's logging. The actuals table must be in the registry database; its value column
 /// defaults to the project's training target.
 pub(in crate::inference) async fn log_predictions(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -267,7 +271,7 @@ pub(in crate::inference) async fn log_predictions(
         .await?
         .ok_or_else(|| refuse("22023", format!("project {project:?} does not exist")))?;
     if let (Some(t), Some(k)) = (&table, &key) {
-        check_actuals(&mut conn, t, k, column.as_deref()).await?;
+        check_actuals(&mut *conn, t, k, column.as_deref()).await?;
     }
     conn.run(&format!(
         "INSERT INTO pgml.prediction_logging (project_id, sample_rate, actuals_table, actuals_key, actuals_column) \
@@ -279,7 +283,7 @@ pub(in crate::inference) async fn log_predictions(
         lit(&column)
     ))
     .await?;
-    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut *conn, &project).await?;
     encode::row_description_typed(
         out,
         &[
@@ -300,7 +304,7 @@ pub(in crate::inference) async fn log_predictions(
 
 /// Refuses an actuals table, key column or value column that the registry database does not have.
 async fn check_actuals(
-    conn: &mut crate::pool::server::ServerConn,
+    conn: &mut dyn crate::inference::backend::Conn,
     table: &str,
     key: &str,
     column: Option<&str>,
@@ -338,14 +342,14 @@ pub const LIVE_COLUMNS: [(&str, u32, i16); 8] = [
 
 /// The live metrics of `project`'s logged predictions, as text rows in [`LIVE_COLUMNS`] order.
 pub async fn live_metrics(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     project: &str,
 ) -> Result<Vec<Vec<Option<String>>>, String> {
     metric_rows(pool, project).await.map_err(|r| r.message)
 }
 
 async fn metric_rows(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     project: &str,
 ) -> Result<Vec<Vec<Option<String>>>, Refusal> {
     let mut conn = registry_conn(pool).await?;
@@ -360,7 +364,7 @@ async fn metric_rows(
 /// `pgml.live_metrics(project_name)`, answered from the registry database whichever shard the client's query
 /// would have gone to.
 pub(in crate::inference) async fn live_table(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
 ) -> Result<ResultTable, Refusal> {
     let args = bind(call, &[("project_name", None)])?;

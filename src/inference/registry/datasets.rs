@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::database::balance::Want;
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, Refusal};
 use crate::inference::registry::train::text_arg;
 use crate::inference::sql::call::{bind, Arg, Call};
@@ -85,7 +84,7 @@ fn first_rows(csv: &str, limit: Option<u64>) -> (&str, u64) {
 
 /// Serves `pgml.load_dataset(source, subset, limit, kwargs)`, answering `(table_name, rows)`.
 pub(in crate::inference) async fn load_dataset(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -127,8 +126,10 @@ pub(in crate::inference) async fn load_dataset(
         "CREATE SCHEMA IF NOT EXISTS pgml; DROP TABLE IF EXISTS {table} CASCADE; CREATE TABLE {table} ({})",
         set.columns
     );
-    for shard in 0..pool.shards.len() {
-        let mut conn = pool.checkout(shard, Want::Primary, true).await?;
+    for shard in 0..pool.shard_count() {
+        let mut conn = pool
+            .conn(shard, crate::inference::backend::Which::Primary)
+            .await?;
         conn.run(&create).await?;
         if shard == 0 {
             conn.copy_in(

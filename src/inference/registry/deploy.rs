@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, registry_conn, value, Refusal};
 use crate::inference::registry::train::text_arg;
 use crate::inference::sql::call::{bind, Arg, Call};
@@ -13,7 +13,7 @@ use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
 
 pub(in crate::inference) async fn deploy_model(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -29,7 +29,7 @@ pub(in crate::inference) async fn deploy_model(
         })? as i64;
     let mut conn = registry_conn(pool).await?;
     let row = value(
-        &mut conn,
+        &mut *conn,
         &format!("SELECT p.id || ':' || p.name || ':' || m.algorithm FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = {id}"),
     )
     .await?
@@ -44,7 +44,7 @@ pub(in crate::inference) async fn deploy_model(
         "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ({project_id}, {id}, 'specific')"
     ))
     .await?;
-    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut *conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, "specific", &algorithm]);
     encode::command_complete(out, "SELECT 1");
@@ -53,7 +53,7 @@ pub(in crate::inference) async fn deploy_model(
 
 /// `pgml.deploy(project_name, strategy, algorithm)`: best_score, most_recent or rollback.
 pub(in crate::inference) async fn deploy_strategy(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -70,7 +70,7 @@ pub(in crate::inference) async fn deploy_strategy(
     let algorithm = text_arg(&args, "algorithm");
     let mut conn = registry_conn(pool).await?;
     let found = value(
-        &mut conn,
+        &mut *conn,
         &format!(
             "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
             quote_literal(&project)
@@ -108,7 +108,7 @@ pub(in crate::inference) async fn deploy_strategy(
             ))
         }
     };
-    let chosen = value(&mut conn, &sql)
+    let chosen = value(&mut *conn, &sql)
         .await?
         .ok_or_else(|| refuse("22023", "No qualified models exist for this deployment."))?;
     let (model_id, algorithm) = chosen.split_once(':').unwrap_or((&chosen, ""));
@@ -117,7 +117,7 @@ pub(in crate::inference) async fn deploy_strategy(
         quote_literal(&strategy)
     ))
     .await?;
-    crate::inference::serving::cache::announce(pool, &mut conn, &project).await?;
+    crate::inference::serving::cache::announce(pool, &mut *conn, &project).await?;
     encode::row_description_text(out, &["project", "strategy", "algorithm"]);
     encode::data_row_text(out, &[&project, &strategy, algorithm]);
     encode::command_complete(out, "SELECT 1");

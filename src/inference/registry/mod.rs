@@ -12,8 +12,8 @@ pub(in crate::inference) mod models;
 pub(in crate::inference) mod relation;
 pub(in crate::inference) mod train;
 
-use crate::pool::server::ServerConn;
-use crate::pool::PoolError;
+use crate::inference::backend::BackendError;
+use crate::inference::backend::Conn;
 
 /// Schema migrations, in order; the version of a migration is its position + 1.
 const MIGRATIONS: &[&str] = &[
@@ -236,7 +236,7 @@ const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS pgml; CREATE TABLE IF NOT E
 
 /// Brings the registry on `conn` (an idle connection to the registry database's primary) to [`VERSION`]; returns
 /// the version found before.
-pub async fn ensure(conn: &mut ServerConn) -> Result<usize, PoolError> {
+pub async fn ensure(conn: &mut dyn Conn) -> Result<usize, BackendError> {
     // Two instances bootstrapping at once can collide on the catalog; the second attempt sees the first's work.
     if conn.run(BOOTSTRAP).await.is_err() {
         conn.run(BOOTSTRAP).await?;
@@ -258,7 +258,7 @@ pub async fn ensure(conn: &mut ServerConn) -> Result<usize, PoolError> {
             ))
             .await?;
         }
-        Ok::<usize, PoolError>(found)
+        Ok::<usize, BackendError>(found)
     }
     .await;
     match result {

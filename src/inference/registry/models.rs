@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::database::balance::Want;
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
+use crate::inference::backend::BackendError;
+use crate::inference::backend::Conn;
 use crate::inference::estimators::boosting::Boosted;
 use crate::inference::estimators::forest::Forest;
 use crate::inference::estimators::kmeans::KMeans;
@@ -14,8 +15,6 @@ use crate::inference::estimators::logistic::Logistic;
 use crate::inference::estimators::preprocess::{Missing, Preprocess};
 use crate::inference::registry;
 use crate::inference::sql::call::{Arg, CallError};
-use crate::pool::server::ServerConn;
-use crate::pool::PoolError;
 use crate::protocol::codes::sqlstate;
 
 /// A model Ocelot trained, as stored in `pgml.files`: the estimator and the preprocessing fitted with it.
@@ -158,19 +157,10 @@ pub(in crate::inference) fn refuse(code: &'static str, message: impl Into<String
     }
 }
 
-impl From<PoolError> for Refusal {
-    fn from(e: PoolError) -> Self {
-        let code = match &e {
-            PoolError::Query { fields, .. } => {
-                return Refusal {
-                    code: sqlstate_of(&fields.code),
-                    message: fields.message.clone(),
-                }
-            }
-            other => sqlstate_of(other.sqlstate()),
-        };
+impl From<BackendError> for Refusal {
+    fn from(e: BackendError) -> Self {
         Refusal {
-            code,
+            code: sqlstate_of(e.code()),
             message: e.to_string(),
         }
     }
@@ -203,18 +193,18 @@ pub(in crate::inference) fn sqlstate_of(code: &str) -> &'static str {
 /// The model serving `target` (a project name or a model id) for the A/B key `key` gives (see `ab`; asked only
 /// when the project has an A/B test).
 pub(in crate::inference) async fn resolve_for(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     target: &Arg,
     key: impl FnOnce() -> Option<String>,
 ) -> Result<crate::inference::serving::cache::Chosen, Refusal> {
     match target {
-        Arg::Text(project) => pool.models.deployed_for(pool, project, key).await,
+        Arg::Text(project) => pool.models().deployed_for(pool, project, key).await,
         Arg::Number(n) => {
             let id: i64 = n
                 .parse()
                 .map_err(|_| refuse("22023", "model_id must be an integer"))?;
             Ok(crate::inference::serving::cache::Chosen {
-                model: pool.models.model(pool, id).await?,
+                model: pool.models().model(pool, id).await?,
                 ab: None,
                 log: None,
             })
@@ -227,30 +217,29 @@ pub(in crate::inference) async fn resolve_for(
 }
 
 /// The pool whose database holds `pool`'s registry: itself, or `[inference] registry_pool`.
-pub(in crate::inference) fn registry_pool(pool: &Arc<UserPool>) -> Arc<UserPool> {
-    pool.registry
-        .get()
-        .and_then(std::sync::Weak::upgrade)
-        .unwrap_or_else(|| pool.clone())
+pub(in crate::inference) fn registry_pool(pool: &Arc<dyn Backend>) -> Arc<dyn Backend> {
+    pool.registry().unwrap_or_else(|| pool.clone())
 }
 
 /// A connection to the registry's database (shard 0's primary), with the schema ensured once per registry pool.
 pub(in crate::inference) async fn registry_conn(
-    pool: &Arc<UserPool>,
-) -> Result<crate::pool::Pooled, Refusal> {
+    pool: &Arc<dyn Backend>,
+) -> Result<Box<dyn crate::inference::backend::Conn>, Refusal> {
     let registry = registry_pool(pool);
-    let mut conn = registry.checkout(0, Want::Primary, true).await?;
+    let mut conn = registry
+        .conn(0, crate::inference::backend::Which::Primary)
+        .await?;
     registry
-        .models
+        .models()
         .registry_ready()
-        .get_or_try_init(|| async { registry::ensure(&mut conn).await.map(|_| ()) })
+        .get_or_try_init(|| async { registry::ensure(&mut *conn).await.map(|_| ()) })
         .await?;
     Ok(conn)
 }
 
 /// One value of a single-row, single-column query.
 pub(in crate::inference) async fn value(
-    conn: &mut ServerConn,
+    conn: &mut dyn Conn,
     sql: &str,
 ) -> Result<Option<String>, Refusal> {
     Ok(conn.query_value(sql).await?)

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_util::future::join_all;
 
-use crate::database::balance::Want;
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, sqlstate_of, Refusal};
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
@@ -62,7 +61,7 @@ pub(in crate::inference) fn array_items(text: &str) -> impl Iterator<Item = &str
 /// The features and label (when `y_column` is named) of one shard's answer, appended to `x` and `y`; returns
 /// the feature names (`column` or `column[i]` for array elements).
 fn rows_of(
-    answer: &crate::pool::exec::Answer,
+    answer: &crate::protocol::rows::Answer,
     relation: &str,
     y_column: Option<&str>,
     x: &mut Vec<Vec<f64>>,
@@ -143,7 +142,7 @@ fn rows_of(
 /// Reads `relation` (from every shard, in parallel): the features (every column but `y_column`; numbers,
 /// booleans and arrays of them) and the label when there is one.
 pub(in crate::inference) async fn read_relation(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     relation: &str,
     y_column: Option<&str>,
     order: &str,
@@ -151,11 +150,13 @@ pub(in crate::inference) async fn read_relation(
     let sql = format!("SELECT * FROM {}{order}", relation_sql(relation));
     let mut q = BytesMut::new();
     encode::query(&mut q, &sql);
-    let reads = join_all((0..pool.shards.len()).map(|shard| {
+    let reads = join_all((0..pool.shard_count()).map(|shard| {
         let q = q.clone();
         async move {
-            let mut conn = pool.checkout(shard, Want::Any, true).await?;
-            crate::pool::exec::exec(&mut conn, &q).await
+            let mut conn = pool
+                .conn(shard, crate::inference::backend::Which::Any)
+                .await?;
+            conn.exec(&q).await
         }
     }))
     .await;

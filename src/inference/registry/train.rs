@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
+use crate::inference::backend::Conn;
 use crate::inference::estimators::algorithms::{self, Algo, Choice};
 use crate::inference::estimators::preprocess::{check_missing, Preprocess};
 use crate::inference::registry::models::{refuse, registry_conn, value, Estimator, Model, Refusal};
 use crate::inference::registry::relation::read_relation;
 use crate::inference::serving::serve::Progress;
 use crate::inference::sql::call::{bind, train_params, Arg, Call};
-use crate::pool::server::ServerConn;
 use crate::protocol::codes::sqlstate;
 use crate::protocol::encode;
 use crate::router::session_sql::quote_literal;
@@ -25,7 +25,7 @@ pub(in crate::inference) fn text_arg(args: &BTreeMap<&str, Arg>, name: &str) -> 
 }
 
 pub(in crate::inference) async fn train(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     progress: Option<&Progress>,
     out: &mut BytesMut,
@@ -40,7 +40,7 @@ pub(in crate::inference) async fn train(
         "SELECT id || ':' || task FROM pgml.projects WHERE name = {}",
         quote_literal(&project)
     );
-    let existing = value(&mut conn, &sql).await?;
+    let existing = value(&mut *conn, &sql).await?;
     let task = resolve_task(&project, text_arg(&args, "task"), existing.as_deref())?;
     let (algo, algorithm) = choose_algorithm(&args, &task)?;
     let project_id = existing.as_deref().and_then(|e| e.split(':').next());
@@ -51,7 +51,7 @@ pub(in crate::inference) async fn train(
         sampling,
         test_size,
         snapshot_id,
-    } = source(&args, &mut conn, project_id, &task, joint).await?;
+    } = source(&args, &mut *conn, project_id, &task, joint).await?;
     let started = Instant::now();
     let (features, names, ys) =
         read_labelled(pool, &relation, &labels, sampling_order(&sampling)?, joint).await?;
@@ -76,7 +76,7 @@ pub(in crate::inference) async fn train(
     ));
     let deployed = record(
         pool,
-        &mut conn,
+        &mut *conn,
         Trained {
             project: &project,
             project_id,
@@ -122,7 +122,7 @@ fn answer(out: &mut BytesMut, project: &str, task: &str, algorithm: &str, deploy
 /// The relation's features, their names and the label columns' values (one list per label; several for a
 /// joint model).
 async fn read_labelled(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     relation: &str,
     labels: &[String],
     order: &str,
@@ -414,7 +414,7 @@ struct Source {
 /// it was made with (PostgresML's "Using existing snapshot").
 async fn source(
     args: &BTreeMap<&str, Arg>,
-    conn: &mut ServerConn,
+    conn: &mut dyn Conn,
     project_id: Option<&str>,
     task: &str,
     joint: bool,
@@ -468,8 +468,8 @@ async fn source(
 /// Writes the project (when new), snapshot, model, file and, when it wins, deployment rows; returns whether the
 /// model was deployed.
 async fn record(
-    pool: &Arc<UserPool>,
-    conn: &mut ServerConn,
+    pool: &Arc<dyn Backend>,
+    conn: &mut dyn Conn,
     t: Trained<'_>,
 ) -> Result<bool, Refusal> {
     let project_id = match t.project_id {
@@ -531,11 +531,7 @@ async fn record(
     Ok(deployed)
 }
 
-async fn insert_project(
-    conn: &mut ServerConn,
-    project: &str,
-    task: &str,
-) -> Result<String, Refusal> {
+async fn insert_project(conn: &mut dyn Conn, project: &str, task: &str) -> Result<String, Refusal> {
     let sql = format!(
         "INSERT INTO pgml.projects (name, task) VALUES ({}, {}::pgml.task) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
         quote_literal(project),
@@ -545,7 +541,7 @@ async fn insert_project(
 }
 
 /// The snapshot row of a first training: what was read, how it was split, and the drift baseline.
-async fn insert_snapshot(conn: &mut ServerConn, t: &Trained<'_>) -> Result<String, Refusal> {
+async fn insert_snapshot(conn: &mut dyn Conn, t: &Trained<'_>) -> Result<String, Refusal> {
     let Trained {
         relation,
         labels,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::ops::ab::{AbRow, AbTest};
 use crate::inference::ops::drift::{Baseline, FeatureDrift, Monitor};
 use crate::inference::ops::logging::{LogSetting, PredictionLog, Sample};
@@ -106,14 +106,14 @@ impl Chosen {
     /// Queues a logged prediction of `model` (this choice's model or, per row, its arm B's).
     pub fn record(
         &self,
-        pool: &Arc<UserPool>,
+        pool: &Arc<dyn Backend>,
         model: &Loaded,
         arm: usize,
         key: Option<String>,
         features: Vec<f64>,
         prediction: f64,
     ) {
-        pool.models.log.push(
+        pool.models().log.push(
             pool,
             Sample {
                 project: model.project.clone(),
@@ -238,7 +238,7 @@ impl Models {
     /// The deployed model of `project` (arm A of its A/B test, if it has one).
     pub(in crate::inference) async fn deployed(
         &self,
-        pool: &Arc<UserPool>,
+        pool: &Arc<dyn Backend>,
         project: &str,
     ) -> Result<Arc<Loaded>, Refusal> {
         let d = self.deployment(pool, project).await?;
@@ -249,7 +249,7 @@ impl Models {
     /// share, else the deployed model. Without a key, the deployed model.
     pub(in crate::inference) async fn deployed_for(
         &self,
-        pool: &Arc<UserPool>,
+        pool: &Arc<dyn Backend>,
         project: &str,
         key: impl FnOnce() -> Option<String>,
     ) -> Result<Chosen, Refusal> {
@@ -274,7 +274,11 @@ impl Models {
 
     /// `project`'s deployed model, A/B test and logging, from the cache when they were checked within the
     /// recheck interval (a deploy announced by any instance makes it check at once).
-    async fn deployment(&self, pool: &Arc<UserPool>, project: &str) -> Result<Deployment, Refusal> {
+    async fn deployment(
+        &self,
+        pool: &Arc<dyn Backend>,
+        project: &str,
+    ) -> Result<Deployment, Refusal> {
         self.listening
             .get_or_init(|| listen_for_deploys(pool))
             .await;
@@ -367,7 +371,7 @@ impl Models {
     /// Model `id`, loaded from `pgml.files` on first use.
     pub(in crate::inference) async fn model(
         &self,
-        pool: &Arc<UserPool>,
+        pool: &Arc<dyn Backend>,
         id: i64,
     ) -> Result<Arc<Loaded>, Refusal> {
         let tick = self.clock.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +387,7 @@ impl Models {
         }
         let mut conn = registry_conn(pool).await?;
         let row = value(
-            &mut conn,
+            &mut *conn,
             &format!(
                 "SELECT json_build_array(p.name, m.algorithm, convert_from(f.data, 'UTF8'), (SELECT s.analysis->>'ocelot_drift' FROM pgml.snapshots s WHERE s.id = m.snapshot_id))::text FROM pgml.files f JOIN pgml.models m ON m.id = f.model_id JOIN pgml.projects p ON p.id = m.project_id WHERE f.model_id = {id} AND f.path = 'estimator.ocelot.json' ORDER BY f.part LIMIT 1"
             ),
@@ -440,7 +444,7 @@ impl Models {
     /// Drift of `project`'s deployed model (arm A).
     pub(in crate::inference) async fn drift_of(
         &self,
-        pool: &Arc<UserPool>,
+        pool: &Arc<dyn Backend>,
         project: &str,
     ) -> Result<(i64, Option<Vec<FeatureDrift>>), Refusal> {
         let loaded = self.deployed(pool, project).await?;
@@ -544,11 +548,11 @@ impl Models {
 
 /// Announces that `project` has a new deployment, to this instance at once and to the others by NOTIFY.
 pub(in crate::inference) async fn announce(
-    pool: &Arc<UserPool>,
-    conn: &mut crate::pool::server::ServerConn,
+    pool: &Arc<dyn Backend>,
+    conn: &mut dyn crate::inference::backend::Conn,
     project: &str,
 ) -> Result<(), Refusal> {
-    pool.models.forget(project);
+    pool.models().forget(project);
     conn.run(&format!(
         "SELECT pg_notify('{DEPLOY_CHANNEL}', {})",
         quote_literal(project)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, resolve_for, Refusal};
 use crate::inference::serving::per_row::Output;
 use crate::inference::serving::rows::output;
@@ -52,7 +52,7 @@ fn predict_batch(
 }
 
 pub(in crate::inference) async fn predict(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
@@ -62,7 +62,7 @@ pub(in crate::inference) async fn predict(
 /// `pgml.predict_batch` with `chosen`'s model over the flat features `x`: counted, fed to drift and logged per
 /// row.
 fn serve_batch(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     chosen: &crate::inference::serving::cache::Chosen,
     x: Vec<f64>,
     set: bool,
@@ -149,7 +149,7 @@ fn predict_args(call: &Call) -> Result<PredictArgs<'_>, Refusal> {
 
 /// A predict-family call; `alias` names the result column instead of the function.
 pub(in crate::inference) async fn predict_named(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     alias: Option<&str>,
     out: &mut BytesMut,

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::{refuse, registry_conn, Refusal};
 use crate::router::session_sql::quote_literal;
 
@@ -21,7 +21,7 @@ pub(super) struct Found {
 }
 
 /// The project's deployed model id, active A/B test and logging rate, from the registry.
-pub(super) async fn ask_registry(pool: &Arc<UserPool>, project: &str) -> Result<Found, Refusal> {
+pub(super) async fn ask_registry(pool: &Arc<dyn Backend>, project: &str) -> Result<Found, Refusal> {
     let mut conn = registry_conn(pool).await?;
     let row = conn
         .query_row(&format!(
@@ -56,12 +56,12 @@ pub(super) async fn ask_registry(pool: &Arc<UserPool>, project: &str) -> Result<
 
 /// Subscribes the pool to deploy announcements on its registry's shared LISTEN connection; each one makes the pool forget
 /// the project's deployed model, so the next prediction asks the registry. Returns whether it listens.
-pub(super) async fn listen_for_deploys(pool: &Arc<UserPool>) -> bool {
+pub(super) async fn listen_for_deploys(pool: &Arc<dyn Backend>) -> bool {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let id = LISTENER_IDS.fetch_add(1, Ordering::Relaxed);
     let registry = crate::inference::registry::models::registry_pool(pool);
-    if let Err(e) = registry.listener().listen(id, DEPLOY_CHANNEL, &tx).await {
-        tracing::warn!(pool = %pool.database, "cannot listen for model deploys ({e}); deployed models are looked up again after deploy_recheck_ms");
+    if let Err(e) = registry.listen(id, DEPLOY_CHANNEL, tx).await {
+        tracing::warn!(pool = %pool.database(), "cannot listen for model deploys ({e}); deployed models are looked up again after deploy_recheck_ms");
         return false;
     }
     let weak = Arc::downgrade(pool);
@@ -72,7 +72,7 @@ pub(super) async fn listen_for_deploys(pool: &Arc<UserPool>) -> bool {
                 break;
             };
             if let Some(project) = notification_payload(&msg) {
-                pool.models.forget(&project);
+                pool.models().forget(&project);
             }
         }
     });
@@ -91,11 +91,11 @@ pub(super) fn notification_payload(msg: &[u8]) -> Option<String> {
 /// The cluster centers of `project`'s deployed kmeans model, for centroid sharding
 /// (`vector_sharding.centroids_model`).
 pub async fn kmeans_centroids(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     project: &str,
 ) -> Result<Vec<Vec<f32>>, String> {
     let loaded = pool
-        .models
+        .models()
         .deployed(pool, project)
         .await
         .map_err(|r| r.message)?;

@@ -238,7 +238,7 @@ pub fn embedder(models_dir: &Path, name: &str) -> Result<Arc<Embedder>, EmbedErr
 /// Answers `pgml.embed(transformer, text | text[], kwargs)` with constant arguments: one `real[]`, or one row per
 /// input for the array form.
 pub(in crate::inference) async fn serve(
-    pool: &Arc<crate::database::UserPool>,
+    pool: &Arc<dyn crate::inference::backend::Backend>,
     call: &crate::inference::sql::call::Call,
     name: &str,
     out: &mut BytesMut,
@@ -271,7 +271,7 @@ pub(in crate::inference) async fn serve(
         _ => (Vec::new(), false),
     };
     let texts: Vec<String> = texts.into_iter().map(|t| format!("{prompt}{t}")).collect();
-    let dir = pool.models.models_dir().to_path_buf();
+    let dir = pool.models().models_dir().to_path_buf();
     let vectors = if texts.is_empty() {
         Vec::new()
     } else {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::database::fanout::{run, Merge};
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::models::Model;
 use crate::inference::registry::models::{refuse, resolve_for, Refusal};
 use crate::inference::registry::relation::array_items;
@@ -20,13 +19,14 @@ use crate::protocol::codes::{backend, sqlstate};
 use crate::protocol::encode;
 use crate::protocol::rows::{cells, fields, split_rows};
 use crate::router::fanout::Plan;
+use crate::router::merge::Merge;
 
 /// A predicted row: the prediction and the client's columns (text, NULL as `None`).
 type Row = (f32, Vec<Option<Vec<u8>>>);
 
 /// Fetches the rows of a per-row prediction (from every shard it needs) and answers with the predictions.
 pub(in crate::inference) async fn per_row(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     plan: &PerRow,
     route: &ReadRoute<'_>,
     out: &mut BytesMut,
@@ -37,7 +37,7 @@ pub(in crate::inference) async fn per_row(
     // With an A/B test, each row goes to the arm of its first feature; both models are loaded up front.
     let chosen = resolve_for(pool, &plan.target, || None).await?;
     let arm_b = match &chosen.ab {
-        Some((ab, _)) => Some((ab.clone(), pool.models.model(pool, ab.model_b).await?)),
+        Some((ab, _)) => Some((ab.clone(), pool.models().model(pool, ab.model_b).await?)),
         None => None,
     };
     let loaded = &chosen.model;
@@ -69,7 +69,7 @@ pub(in crate::inference) async fn per_row(
 /// A per-row prediction whose model id comes with each row (`pgml.predict(model_id, ...)` over a join with
 /// `pgml.models`): each distinct model is loaded once.
 async fn per_row_by_column(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     plan: &PerRow,
     col: usize,
     route: &ReadRoute<'_>,
@@ -158,18 +158,18 @@ fn sort(plan: &PerRow, rows: &mut [Row]) {
 
 /// The servers' answer to the rewritten query: from the key's shard, or from every shard, merged.
 async fn fetch(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     plan: &PerRow,
     route: &ReadRoute<'_>,
 ) -> Result<BytesMut, Refusal> {
-    let every = || (0..pool.shards.len()).collect::<Vec<_>>();
-    let (merge, shards, sql) = if pool.shards.len() <= 1 {
+    let every = || (0..pool.shard_count()).collect::<Vec<_>>();
+    let (merge, shards, sql) = if pool.shard_count() <= 1 {
         (Merge::Rows, vec![0], plan.sql.clone())
     } else {
-        match pool.sharder.from_query(&plan.sql, &[]) {
+        match pool.sharder().from_query(&plan.sql, &[]) {
             crate::router::sharding::Shards::One(n) => (Merge::Rows, vec![n], plan.sql.clone()),
             _ => match pool
-                .sharder
+                .sharder()
                 .key()
                 .map(|k| crate::router::fanout::plan(&plan.sql, k))
             {
@@ -197,23 +197,14 @@ async fn fetch(
             (s, q.freeze())
         })
         .collect();
-    Ok(run(
-        pool,
-        route.params,
-        &requests,
-        route.want,
-        route.primary_reads,
-        &merge,
-        &[],
-    )
-    .await?)
+    Ok(route.rows.fan_out(&requests, &merge).await?)
 }
 
 /// Predicts each DataRow of `rows` (text format), keeping the client's columns.
 /// Predicts every row with `model`, or with `b`'s model for the rows whose first feature its A/B test assigns to
 /// arm B; logs the rows the project's logging samples. Returns the rows and how many went to B.
 fn predict(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     chosen: &crate::inference::serving::cache::Chosen,
     b: Option<(&crate::inference::ops::ab::AbTest, &Loaded)>,
     plan: &PerRow,

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::database::balance::Want;
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::registry::deploy::{deploy_model, deploy_strategy};
 use crate::inference::registry::models::{refuse, Refusal};
 use crate::inference::registry::train::train;
@@ -29,15 +28,14 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// Where the reads of a per-row prediction go, and where progress is reported.
 pub struct ReadRoute<'a> {
-    pub params: &'a crate::pool::client_params::ClientParams,
-    pub want: Want,
-    pub primary_reads: bool,
+    /// The client's reads, under its session settings.
+    pub rows: &'a dyn crate::inference::backend::RowSource,
     pub progress: Option<Progress>,
 }
 
 /// Answers the simple Query `sql` when it is a `pgml.*` call Ocelot serves; `None` passes it to the server.
 /// The answer ends before ReadyForQuery.
-pub async fn serve(pool: &Arc<UserPool>, sql: &str, route: ReadRoute<'_>) -> Option<BytesMut> {
+pub async fn serve(pool: &Arc<dyn Backend>, sql: &str, route: ReadRoute<'_>) -> Option<BytesMut> {
     // The common form, `SELECT pgml.predict('p', ARRAY[1, 2.5]::real[])`, is read without the SQL parser.
     if let Some(call) = fast_constant_predict(sql) {
         let mut out = BytesMut::new();
@@ -85,7 +83,7 @@ fn answered(result: Result<(), Refusal>, mut out: BytesMut) -> BytesMut {
 
 /// Runs the whole-query call `call` of `sql`; `None` when Ocelot leaves it to the server.
 async fn run_call(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
     sql: &str,
     route: &ReadRoute<'_>,
@@ -146,14 +144,14 @@ pub(in crate::inference) fn encode_table(out: &mut BytesMut, (cols, rows): &Resu
 /// `pgml.drift(project_name)`: per feature of the deployed model, the window's statistics beside the training
 /// data's, the population stability index and the KS distance (see `drift`).
 pub(in crate::inference) async fn drift_table(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     call: &Call,
 ) -> Result<ResultTable, Refusal> {
     use crate::inference::sql::params::{FLOAT8, INT8, TEXT};
     let args = crate::inference::sql::call::bind(call, &[("project_name", None)])?;
     let project = crate::inference::registry::train::text_arg(&args, "project_name")
         .ok_or_else(|| refuse("22004", "project_name must not be NULL"))?;
-    let (model_id, report) = pool.models.drift_of(pool, &project).await?;
+    let (model_id, report) = pool.models().drift_of(pool, &project).await?;
     let report = report.ok_or_else(|| {
         refuse(
             "22023",

@@ -241,14 +241,14 @@ pub(in crate::inference) fn serve(
 /// Installs the SQL versions on every shard's primary, once per pool, unless the functions exist there (the real
 /// extension, or an earlier install). A failure is logged; the query then gets the server's own error.
 pub(in crate::inference) async fn ensure_installed(
-    pool: &std::sync::Arc<crate::database::UserPool>,
+    pool: &std::sync::Arc<dyn crate::inference::backend::Backend>,
 ) {
-    pool.models
+    pool.models()
         .vector_sql()
         .get_or_init(|| async {
-            for shard in 0..pool.shards.len() {
+            for shard in 0..pool.shard_count() {
                 if let Err(e) = install(pool, shard).await {
-                    tracing::warn!(pool = %pool.database, shard, "cannot install pgml vector functions: {e}");
+                    tracing::warn!(pool = %pool.database(), shard, "cannot install pgml vector functions: {e}");
                     return false;
                 }
             }
@@ -258,11 +258,11 @@ pub(in crate::inference) async fn ensure_installed(
 }
 
 async fn install(
-    pool: &std::sync::Arc<crate::database::UserPool>,
+    pool: &std::sync::Arc<dyn crate::inference::backend::Backend>,
     shard: usize,
-) -> Result<(), crate::pool::PoolError> {
+) -> Result<(), crate::inference::backend::BackendError> {
     let mut conn = pool
-        .checkout(shard, crate::database::balance::Want::Primary, true)
+        .conn(shard, crate::inference::backend::Which::Primary)
         .await?;
     let present = conn
         .query_value("SELECT to_regprocedure('pgml.max_abs(double precision[])') IS NOT NULL")

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::database::UserPool;
+use crate::inference::backend::Backend;
 use crate::inference::serving::serve::ResultTable;
 use crate::inference::sql::call::{find_calls, Arg};
 use crate::router::session_sql::{quote_literal, skip_quoted};
@@ -69,7 +69,7 @@ fn call_spans(sql: &str, function: &[u8]) -> Vec<(usize, usize)> {
 /// `sql` with each constant `pgml.embed(model, text)` replaced by its embedding; `None` when there is none to
 /// replace (or one is not constant: a per-row embedding is the server's). The error is (SQLSTATE, message).
 pub async fn inline_embeddings(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     sql: &str,
 ) -> Option<Result<String, (&'static str, String)>> {
     let spans = embed_spans(sql);
@@ -101,7 +101,7 @@ pub async fn inline_embeddings(
         }
         texts.push((model.clone(), text.clone()));
     }
-    let dir = pool.models.models_dir().to_path_buf();
+    let dir = pool.models().models_dir().to_path_buf();
     let vectors = tokio::task::spawn_blocking(move || {
         texts
             .iter()
@@ -187,7 +187,7 @@ fn values_subquery(name: &str, (cols, rows): &ResultTable, aliased: bool) -> Str
 /// `sql` with each `pgml.drift(...)` and `pgml.live_metrics(...)` replaced by its result; `None` when there is none.
 /// The error is (SQLSTATE, message).
 pub async fn inline_table_functions(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     sql: &str,
 ) -> Option<Result<String, (&'static str, String)>> {
     let mut spans: Vec<(usize, usize, &str)> = Vec::new();
@@ -232,7 +232,7 @@ pub async fn inline_table_functions(
 
 /// `sql` with what Ocelot computes inlined: constant embeddings, then its table functions.
 pub async fn inline(
-    pool: &Arc<UserPool>,
+    pool: &Arc<dyn Backend>,
     sql: &str,
 ) -> Option<Result<String, (&'static str, String)>> {
     let embedded = match inline_embeddings(pool, sql).await {

@@ -255,13 +255,18 @@ impl Session {
     pub(super) async fn serve_pgml(&mut self, sql: &str) -> Result<Option<BytesMut>, ClientError> {
         let (want, primary_reads) = (self.want(), self.primary_reads());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let route = crate::inference::serving::serve::ReadRoute {
+        let reads = crate::database::backend::ClientReads {
+            pool: &self.pool,
             params: &self.core.params,
             want,
             primary_reads,
+        };
+        let route = crate::inference::serving::serve::ReadRoute {
+            rows: &reads,
             progress: Some(tx),
         };
-        let serving = crate::inference::serving::serve::serve(&self.pool, sql, route);
+        let backend: std::sync::Arc<dyn crate::inference::backend::Backend> = self.pool.clone();
+        let serving = crate::inference::serving::serve::serve(&backend, sql, route);
         tokio::pin!(serving);
         let mut notice = BytesMut::new();
         loop {

@@ -189,7 +189,8 @@ impl Session {
     async fn inline_pgml(&mut self, len: usize, status: u8) -> Result<bool, ClientError> {
         let body = &self.cbuf[5..len];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
-        match crate::inference::sql::inline::inline(&self.pool, &sql).await {
+        let backend: Arc<dyn crate::inference::backend::Backend> = self.pool.clone();
+        match crate::inference::sql::inline::inline(&backend, &sql).await {
             None => Ok(false),
             Some(Ok(inlined)) => {
                 let mut q = BytesMut::with_capacity(inlined.len() + 6 + self.cbuf.len() - len);
