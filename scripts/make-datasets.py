@@ -4,7 +4,7 @@
 PostgresML ships these as CSV files built from scikit-learn; Ocelot carries them in its binary so that
 `pgml.load_dataset('iris')` needs no download. Each file is PostgreSQL CSV for `COPY ... FROM STDIN (FORMAT csv)`,
 with no header, in scikit-learn's row order; the table each one fills is declared in
-src/inference/registry/datasets.rs. Run: python3 scripts/make-datasets.py (needs scikit-learn >= 1.1).
+crates/inference/src/registry/datasets.rs. Run: python3 scripts/make-datasets.py (needs scikit-learn >= 1.1).
 """
 import csv
 import os

@@ -17,12 +17,12 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod database;
-pub mod inference;
 pub mod proxy;
 pub mod shared;
 
 // The lower layers' crates, re-exported under the module paths they had before they moved.
 pub use ocelot_config as config;
+pub use ocelot_inference as inference;
 pub use ocelot_net as net;
 pub use ocelot_pool as pool;
 pub use ocelot_protocol as protocol;
