@@ -17,7 +17,12 @@ use crate::shared::Shared;
 const PAUSE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs one console request (possibly several commands separated by `;`), writing results or an error.
-pub async fn run(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut, console: super::Console) {
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    sql: &str,
+    out: &mut BytesMut,
+    console: super::Console,
+) {
     let commands: Vec<&str> = sql
         .split(';')
         .map(str::trim)

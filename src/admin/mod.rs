@@ -3,10 +3,10 @@
 //! simple query protocol, with PgCat's column names. Everything else gets an ErrorResponse and the console goes on.
 
 mod commands;
-pub mod dashboard;
-pub mod prometheus;
+pub(crate) mod dashboard;
+pub(crate) mod prometheus;
 mod show;
-pub mod table;
+pub(crate) mod table;
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::protocol::encode::{self, Severity};
 use crate::shared::Shared;
 
 /// Databases that lead to the admin console.
-pub fn is_admin_database(db: &str) -> bool {
+pub(crate) fn is_admin_database(db: &str) -> bool {
     db.eq_ignore_ascii_case("pgcat") || db.eq_ignore_ascii_case("pgbouncer")
 }
 
@@ -28,9 +28,9 @@ const MAX_COMMAND: u32 = 64 * 1024;
 
 /// A failed admin command: its SQLSTATE and message.
 #[derive(Debug)]
-pub struct AdminError {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct AdminError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl AdminError {
@@ -44,7 +44,7 @@ impl AdminError {
 }
 
 /// The counters of every pool added up, for the history.
-pub fn reading(shared: &Shared) -> crate::stats::history::Reading {
+pub(crate) fn reading(shared: &Shared) -> crate::stats::history::Reading {
     let mut totals = crate::stats::Totals::default();
     let (mut predictions, mut nanos) = (0, 0);
     for p in shared.snapshot().cluster.all_pools() {
@@ -59,7 +59,7 @@ pub fn reading(shared: &Shared) -> crate::stats::history::Reading {
 }
 
 /// Adds a point to the traffic history every [`crate::stats::history::STEP`], for as long as the proxy lives.
-pub fn spawn_history(shared: &Arc<Shared>) {
+pub(crate) fn spawn_history(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     shared.history.record(reading(shared));
     tokio::spawn(async move {
@@ -75,7 +75,7 @@ pub fn spawn_history(shared: &Arc<Shared>) {
 }
 
 /// Rolls every server pool's averages each [`crate::stats::STATS_PERIOD`], for as long as the proxy lives.
-pub fn spawn_stats_roller(shared: &Arc<Shared>) {
+pub(crate) fn spawn_stats_roller(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     tokio::spawn(async move {
         let period = crate::stats::STATS_PERIOD;
@@ -97,13 +97,13 @@ pub fn spawn_stats_roller(shared: &Arc<Shared>) {
 /// Which console a client logged in to: its database name. They differ only in units: PgCat's `SHOW STATS`
 /// reports query and transaction times in milliseconds, PgBouncer's in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Console {
+pub(crate) enum Console {
     PgCat,
     PgBouncer,
 }
 
 impl Console {
-    pub fn of(database: &str) -> Console {
+    pub(crate) fn of(database: &str) -> Console {
         if database.eq_ignore_ascii_case("pgcat") {
             Console::PgCat
         } else {
@@ -113,7 +113,7 @@ impl Console {
 }
 
 /// Serves one admin client until it leaves.
-pub async fn serve(
+pub(crate) async fn serve(
     mut stream: crate::net::Stream,
     mut buf: BytesMut,
     shared: Arc<Shared>,

@@ -10,19 +10,19 @@ const INT8: u32 = 20;
 
 /// Column kinds of console results.
 #[derive(Debug, Clone, Copy)]
-pub enum Col {
+pub(crate) enum Col {
     Text(&'static str),
     Int(&'static str),
 }
 
 /// One result set.
-pub struct Table {
+pub(crate) struct Table {
     columns: Vec<Col>,
     rows: Vec<Vec<Option<String>>>,
 }
 
 impl Table {
-    pub fn new(columns: &[Col]) -> Self {
+    pub(crate) fn new(columns: &[Col]) -> Self {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
@@ -30,25 +30,25 @@ impl Table {
     }
 
     /// Adds a row of values already in text form, one per column.
-    pub fn row(&mut self, values: Vec<String>) {
+    pub(crate) fn row(&mut self, values: Vec<String>) {
         debug_assert_eq!(values.len(), self.columns.len());
         self.rows.push(values.into_iter().map(Some).collect());
     }
 
     /// The column names, and whether each is a number.
-    pub fn columns(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+    pub(crate) fn columns(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
         self.columns.iter().map(|c| match c {
             Col::Text(n) => (*n, false),
             Col::Int(n) => (*n, true),
         })
     }
 
-    pub fn rows(&self) -> &[Vec<Option<String>>] {
+    pub(crate) fn rows(&self) -> &[Vec<Option<String>>] {
         &self.rows
     }
 
     /// The rows whose `column` is `value`.
-    pub fn only(&self, column: &str, value: &str) -> Table {
+    pub(crate) fn only(&self, column: &str, value: &str) -> Table {
         let i = self.columns().position(|(n, _)| n == column);
         Table {
             columns: self.columns.clone(),
@@ -62,7 +62,7 @@ impl Table {
     }
 
     /// Writes the result set, ending with CommandComplete `tag`.
-    pub fn write(&self, out: &mut BytesMut, tag: &str) {
+    pub(crate) fn write(&self, out: &mut BytesMut, tag: &str) {
         let cols: Vec<(&str, u32, i16)> = self
             .columns
             .iter()
@@ -80,6 +80,6 @@ impl Table {
 }
 
 /// Shorthand for a text value.
-pub fn t(s: impl ToString) -> String {
+pub(crate) fn t(s: impl ToString) -> String {
     s.to_string()
 }

@@ -121,11 +121,11 @@ impl Conn for Held {
 }
 
 /// A client's read route: its pool, session settings, which servers it reads from and whether the primary is one.
-pub struct ClientReads<'a> {
-    pub pool: &'a Arc<UserPool>,
-    pub params: &'a ClientParams,
-    pub want: Want,
-    pub primary_reads: bool,
+pub(crate) struct ClientReads<'a> {
+    pub(crate) pool: &'a Arc<UserPool>,
+    pub(crate) params: &'a ClientParams,
+    pub(crate) want: Want,
+    pub(crate) primary_reads: bool,
 }
 
 impl RowSource for ClientReads<'_> {

@@ -19,7 +19,7 @@ use crate::pool::{PoolError, Pooled, ServerPool};
 
 /// Which servers of a shard may serve a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     Primary,
     /// Replicas, and the primary too when primary reads are enabled; the primary also serves while no replica
     /// can (reads the query parser routed).
@@ -34,7 +34,7 @@ pub enum Want {
 }
 
 impl Want {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Want::Primary => "primary",
             Want::Replica | Want::ReplicaOnly => "replica",
@@ -47,7 +47,7 @@ impl Want {
 impl UserPool {
     /// A shard for a query that names none under `default_shard = "random"` / `"random_healthy"`: any shard, or
     /// (healthy) one whose servers did not fail within `ban_time`, any shard when every one did.
-    pub fn random_shard(&self, healthy: bool) -> usize {
+    pub(crate) fn random_shard(&self, healthy: bool) -> usize {
         let n = self.shards.len().max(1);
         if healthy {
             let ok: Vec<usize> = (0..self.shards.len())
@@ -65,7 +65,7 @@ impl UserPool {
     }
 
     /// The servers of `shard` that may serve `want`, best first, banned ones left out.
-    pub fn candidates(
+    pub(crate) fn candidates(
         &self,
         shard: usize,
         want: Want,
@@ -130,7 +130,7 @@ impl UserPool {
     }
 
     /// The one server every request of this pool goes to (one shard, one server, its primary), if there is one.
-    pub fn sole_primary(&self) -> Option<&Arc<ServerPool>> {
+    pub(crate) fn sole_primary(&self) -> Option<&Arc<ServerPool>> {
         match self.shards.as_slice() {
             [servers] => {
                 let mut live = servers
@@ -148,7 +148,7 @@ impl UserPool {
     /// A connection of the pool's sole primary without waiting: an idle one or a new one while the pool has room,
     /// `None` when it has none (or is paused), or the connection fails. For a session-mode login, which must not
     /// be held up by a full pool: its client waits for a server at its first query instead, as with PgBouncer.
-    pub async fn reserve(&self) -> Option<Pooled> {
+    pub(crate) async fn reserve(&self) -> Option<Pooled> {
         let server = self.sole_primary()?;
         if self.is_paused() {
             return None;
@@ -157,7 +157,7 @@ impl UserPool {
     }
 
     /// Checks out a connection for `want` in `shard`, trying candidates in order.
-    pub async fn checkout(
+    pub(crate) async fn checkout(
         &self,
         shard: usize,
         want: Want,

@@ -35,7 +35,7 @@ async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), Failure> {
 
 /// Why a cross-shard commit failed.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// A server's ErrorResponse, as the client should see it.
     Server(Bytes),
     /// A connection failed.
@@ -52,7 +52,7 @@ impl From<PoolError> for Failure {
 
 impl Failure {
     /// The ErrorResponse message for the client.
-    pub fn error_response(&self) -> BytesMut {
+    pub(crate) fn error_response(&self) -> BytesMut {
         let mut out = BytesMut::new();
         match self {
             Failure::Server(e) => out.extend_from_slice(e),
@@ -166,7 +166,7 @@ async fn ensure_log(pool: &Arc<UserPool>, shard: usize) -> Result<(), Failure> {
 
 /// Commits the open transactions of `parts` (shard, connection; at least one), atomically when there are several.
 /// On failure every part is rolled back (or left for [`recover`] when the outcome is unknown).
-pub async fn commit(
+pub(crate) async fn commit(
     pool: &Arc<UserPool>,
     parts: &mut [(usize, &mut ServerConn)],
 ) -> Result<(), Failure> {
@@ -248,7 +248,7 @@ pub async fn commit(
 }
 
 /// Rolls back the open transactions of `parts`, ignoring failures (a broken connection is discarded anyway).
-pub async fn rollback(parts: &mut [(usize, &mut ServerConn)]) {
+pub(crate) async fn rollback(parts: &mut [(usize, &mut ServerConn)]) {
     join_all(parts.iter_mut().map(|(_, c)| async move {
         if c.state.txn_status != txn::IDLE {
             let _ = run(c, "ROLLBACK").await;
@@ -259,7 +259,7 @@ pub async fn rollback(parts: &mut [(usize, &mut ServerConn)]) {
 
 /// Resolves transactions a previous Ocelot left prepared on the shards of `pool`: those older than `min_age`
 /// (all of them at startup).
-pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, PoolError> {
+pub(crate) async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, PoolError> {
     let age = format!("{} milliseconds", min_age.as_millis());
     let mut resolved = 0;
     for shard in 0..pool.shards.len() {
@@ -330,7 +330,7 @@ pub async fn recover(pool: &Arc<UserPool>, min_age: Duration) -> Result<usize, P
 
 /// Resolves what an earlier Ocelot left prepared as soon as the shards answer, then keeps resolving parts left
 /// behind by failed commits (older than a minute, so commits in flight are left alone). Ends with the pool.
-pub fn spawn_recovery(pool: &Arc<UserPool>) {
+pub(crate) fn spawn_recovery(pool: &Arc<UserPool>) {
     let weak = Arc::downgrade(pool);
     tokio::spawn(async move {
         let mut min_age = Duration::ZERO;

@@ -14,7 +14,7 @@ use crate::protocol::auth::{AuthError, Secret};
 
 impl ClientAuth {
     /// Authentication by a stored secret (from `auth_query`): md5 for an md5 hash, SCRAM for a SCRAM verifier.
-    pub fn for_secret(secret: Secret) -> Result<ClientAuth, AuthError> {
+    pub(crate) fn for_secret(secret: Secret) -> Result<ClientAuth, AuthError> {
         let (auth_type, scram) = match &secret {
             Secret::Scram(_) => (AuthType::ScramSha256, Some(secret.scram_verifier()?)),
             Secret::ScramKeys(_) => {
@@ -33,7 +33,7 @@ impl ClientAuth {
 impl Cluster {
     /// The server pool `auth_query` runs on for pool `db`: its shard 0 primary (else first server), logged in as
     /// `auth_query_user`.
-    pub fn auth_pool(
+    pub(crate) fn auth_pool(
         &self,
         config: &Config,
         db: &str,
@@ -96,7 +96,7 @@ impl Cluster {
     /// The pool of a user authenticated through `auth_query` with `auth` (the fetched secret), logging in to the
     /// servers with `server_secret`. Kept while the secret stays the same; a changed password makes a new one
     /// (clients of the old one keep it until they leave).
-    pub fn dynamic_pool(
+    pub(crate) fn dynamic_pool(
         &self,
         config: &Config,
         db: &str,

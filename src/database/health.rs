@@ -21,7 +21,7 @@ use crate::pool::{ServerConn, ServerPool};
 use crate::stats::{ConnInfo, ConnState};
 
 /// Starts a watcher for every replica of `pool`; each stops when the pool is dropped (or replaced by a reload).
-pub fn spawn(pool: &Arc<UserPool>) {
+pub(crate) fn spawn(pool: &Arc<UserPool>) {
     for (shard, servers) in pool.shards.iter().enumerate() {
         for (i, server) in servers.iter().enumerate() {
             if server.address.role != ServerRole::Replica {

@@ -10,7 +10,7 @@ use crate::config::{LagLimit, ServerRole};
 use crate::pool::{ServerConn, ServerPool};
 
 /// Starts the monitor of every shard of `pool`; it stops when the pool is dropped.
-pub fn spawn(pool: &Arc<UserPool>, limit: LagLimit, interval: Duration) {
+pub(crate) fn spawn(pool: &Arc<UserPool>, limit: LagLimit, interval: Duration) {
     for shard in 0..pool.shards.len() {
         let weak: Weak<UserPool> = Arc::downgrade(pool);
         tokio::spawn(async move {

@@ -5,13 +5,13 @@
 //! ([`dynamic`]). The [`Cluster`] of all of them is built off the hot path; clients look their pool up once at
 //! login and keep the `Arc`.
 
-pub mod backend;
-pub mod balance;
-pub mod distributed;
+pub(crate) mod backend;
+pub(crate) mod balance;
+pub(crate) mod distributed;
 mod dynamic;
-pub mod fanout;
-pub mod health;
-pub mod lag;
+pub(crate) mod fanout;
+pub(crate) mod health;
+pub(crate) mod lag;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -31,59 +31,59 @@ use crate::protocol::auth::{AuthError, ScramVerifier, Secret};
 
 /// How a client of one user proves who it is.
 #[derive(Debug)]
-pub struct ClientAuth {
-    pub auth_type: AuthType,
-    pub secret: Option<Secret>,
+pub(crate) struct ClientAuth {
+    pub(crate) auth_type: AuthType,
+    pub(crate) secret: Option<Secret>,
     /// Derived once when the pool is built: PBKDF2 with 4096 rounds is too slow to run per login.
-    pub scram: Option<ScramVerifier>,
+    pub(crate) scram: Option<ScramVerifier>,
 }
 
 /// One user of one pool: how clients authenticate and where their queries go.
 #[derive(Debug)]
 pub struct UserPool {
-    pub database: String,
+    pub(crate) database: String,
     pub user: String,
-    pub auth: ClientAuth,
-    pub settings: UserSettings,
+    pub(crate) auth: ClientAuth,
+    pub(crate) settings: UserSettings,
     /// `shards[n]` lists the server pools of shard n in config order.
-    pub shards: Vec<Vec<Arc<ServerPool>>>,
-    pub default_shard: DefaultShard,
-    pub default_role: DefaultRole,
+    pub(crate) shards: Vec<Vec<Arc<ServerPool>>>,
+    pub(crate) default_shard: DefaultShard,
+    pub(crate) default_role: DefaultRole,
     /// Named prepared statements of this pool's clients (transaction mode). Kept across reloads with the server
     /// pools, whose connections have these names prepared.
-    pub statements: Arc<Registry>,
+    pub(crate) statements: Arc<Registry>,
     /// Everything in the config this pool was built from, to tell on reload whether it changed.
     fingerprint: String,
     /// Per-server statement cache size; 0 when statements are passed through untouched (session mode, or
     /// `prepared_statements_cache_size = 0`).
-    pub prepared_cache: usize,
+    pub(crate) prepared_cache: usize,
     /// The LISTEN connection shared by this pool's clients in transaction mode, created on first use.
     listener: OnceLock<Listener>,
-    pub routing: Routing,
+    pub(crate) routing: Routing,
     /// How requests pick a shard.
-    pub sharder: crate::router::sharding::Sharder,
+    pub(crate) sharder: crate::router::sharding::Sharder,
     /// Position of the round-robin balancer.
     pub(crate) round_robin: AtomicUsize,
     /// Two-phase commit of writes across shards (`two_phase_commit`), and per shard whether Ocelot's commit log
     /// table is known to exist there.
-    pub two_phase: bool,
+    pub(crate) two_phase: bool,
     /// Deployed `pgml` models served by Ocelot, shared by the pool's clients.
     pub models: crate::inference::serving::serve::Models,
     /// The pool holding the model registry when it is another one (`[inference] registry_pool`).
-    pub registry: OnceLock<std::sync::Weak<UserPool>>,
+    pub(crate) registry: OnceLock<std::sync::Weak<UserPool>>,
     /// Whether Ocelot answers `pgml.*` calls (`[inference] mode`).
-    pub inference_mode: crate::config::InferenceMode,
-    pub two_phase_log: Vec<tokio::sync::OnceCell<()>>,
+    pub(crate) inference_mode: crate::config::InferenceMode,
+    pub(crate) two_phase_log: Vec<tokio::sync::OnceCell<()>>,
     /// Whether text columns (shard, table OID, attnum; 0, 0 for expressions) sort by bytes, learnt when a
     /// fan-out first has to order or compare them.
-    pub collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
+    pub(crate) collations: std::sync::Mutex<std::collections::HashMap<(usize, u32, i16), bool>>,
     /// Query-router counters for the metrics: read/write route cache hits and misses, requests run on several
     /// shards.
-    pub route_hits: std::sync::atomic::AtomicU64,
-    pub route_misses: std::sync::atomic::AtomicU64,
+    pub(crate) route_hits: std::sync::atomic::AtomicU64,
+    pub(crate) route_misses: std::sync::atomic::AtomicU64,
     pub fanouts: std::sync::atomic::AtomicU64,
     /// PgCat's plugins in force for this pool, if any is enabled.
-    pub plugins: Option<Arc<crate::router::plugins::PoolPlugins>>,
+    pub(crate) plugins: Option<Arc<crate::router::plugins::PoolPlugins>>,
     /// `PAUSE`: checkouts wait until `RESUME`.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -91,24 +91,24 @@ pub struct UserPool {
 
 /// Read/write splitting and balancing settings of a pool.
 #[derive(Debug, Clone)]
-pub struct Routing {
+pub(crate) struct Routing {
     /// `query_parser_enabled` and `query_parser_read_write_splitting` are both on.
-    pub split: bool,
-    pub primary_reads_enabled: bool,
-    pub load_balancing_mode: LoadBalancingMode,
-    pub query_parser_max_length: Option<usize>,
+    pub(crate) split: bool,
+    pub(crate) primary_reads_enabled: bool,
+    pub(crate) load_balancing_mode: LoadBalancingMode,
+    pub(crate) query_parser_max_length: Option<usize>,
     /// Functions whose calls make a SELECT a write (lower case).
-    pub volatile_functions: Vec<String>,
-    pub ban_time: Duration,
+    pub(crate) volatile_functions: Vec<String>,
+    pub(crate) ban_time: Duration,
     /// `ban_replica_lag` and how often to measure it.
-    pub lag_limit: Option<crate::config::LagLimit>,
-    pub lag_interval: Duration,
+    pub(crate) lag_limit: Option<crate::config::LagLimit>,
+    pub(crate) lag_interval: Duration,
 }
 
 impl UserPool {
     /// The server pool a query goes to while there is no query router: the default shard's primary (its first
     /// replica when `default_role = "replica"`, or when the shard has no primary).
-    pub fn target(&self) -> &Arc<ServerPool> {
+    pub(crate) fn target(&self) -> &Arc<ServerPool> {
         let shard = match self.default_shard {
             DefaultShard::Shard(n) => n.min(self.shards.len().saturating_sub(1)),
             DefaultShard::Random => self.random_shard(false),
@@ -131,29 +131,29 @@ impl UserPool {
     }
 
     /// The pool's shared LISTEN connection.
-    pub fn listener(&self) -> &Listener {
+    pub(crate) fn listener(&self) -> &Listener {
         self.listener
             .get_or_init(|| Listener::new(self.target().clone()))
     }
 
     /// `PAUSE`: new checkouts wait; connections in use are left to finish.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.paused
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.paused
             .store(false, std::sync::atomic::Ordering::Release);
         self.resumed.notify_waiters();
     }
 
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Returns at once unless the pool is paused, else when it is resumed.
-    pub async fn wait_unpaused(&self) {
+    pub(crate) async fn wait_unpaused(&self) {
         while self.is_paused() {
             let resumed = self.resumed.notified();
             if !self.is_paused() {
@@ -164,12 +164,12 @@ impl UserPool {
     }
 
     /// Connections of this user checked out now, over every server.
-    pub fn busy_count(&self) -> usize {
+    pub(crate) fn busy_count(&self) -> usize {
         self.server_pools().map(|s| s.busy_count()).sum()
     }
 
     /// Every server pool of this user.
-    pub fn server_pools(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
+    pub(crate) fn server_pools(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
         self.shards.iter().flatten()
     }
 }
@@ -186,14 +186,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds the pools of a validated config. Does no I/O; call [`Cluster::start`] to open connections.
-    pub fn build(config: &Config) -> Result<Cluster, AuthError> {
+    pub(crate) fn build(config: &Config) -> Result<Cluster, AuthError> {
         Self::build_from(config, None)
     }
 
     /// Builds the pools of a new config, keeping what did not change from `old`: a user's pool whose settings
     /// are all the same is kept as it is (clients see no change); otherwise its server pools whose address,
     /// limits and credentials are the same are kept with their connections.
-    pub fn build_from(config: &Config, old: Option<&Cluster>) -> Result<Cluster, AuthError> {
+    pub(crate) fn build_from(config: &Config, old: Option<&Cluster>) -> Result<Cluster, AuthError> {
         let mut pools = HashMap::new();
         let registry_changed = config.inference.registry_pool.as_ref().is_some_and(|name| {
             config.pools.get(name).is_none_or(|pool| {
@@ -259,7 +259,7 @@ impl Cluster {
     }
 
     /// Starts the background tasks of the pools that are not carried over from `old`; returns those user pools.
-    pub fn start_new(&self, old: Option<&Cluster>) -> Vec<Arc<UserPool>> {
+    pub(crate) fn start_new(&self, old: Option<&Cluster>) -> Vec<Arc<UserPool>> {
         let old_servers: Vec<&Arc<ServerPool>> = old
             .map(|o| o.pools.values().flat_map(|p| p.server_pools()).collect())
             .unwrap_or_default();
@@ -287,7 +287,7 @@ impl Cluster {
     }
 
     /// Pools of `old` that this cluster no longer has.
-    pub fn removed_from(&self, old: &Cluster) -> Vec<(String, String)> {
+    pub(crate) fn removed_from(&self, old: &Cluster) -> Vec<(String, String)> {
         old.pools
             .keys()
             .filter(|k| !self.pools.contains_key(*k))
@@ -300,11 +300,11 @@ impl Cluster {
     }
 
     /// Whether any user has a pool named `database`.
-    pub fn has_database(&self, database: &str) -> bool {
+    pub(crate) fn has_database(&self, database: &str) -> bool {
         self.pools.keys().any(|(d, _)| d == database)
     }
 
-    pub fn user_pools(&self) -> impl Iterator<Item = &Arc<UserPool>> {
+    pub(crate) fn user_pools(&self) -> impl Iterator<Item = &Arc<UserPool>> {
         self.pools.values()
     }
 }

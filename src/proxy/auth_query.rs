@@ -11,13 +11,13 @@ use crate::pool::PoolError;
 use crate::protocol::auth::Secret;
 
 /// The `auth_query` settings in force for a pool (its own, else `[general]`'s).
-pub struct AuthQuery<'a> {
-    pub query: &'a str,
-    pub user: &'a str,
-    pub password: &'a str,
+pub(crate) struct AuthQuery<'a> {
+    pub(crate) query: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) password: &'a str,
 }
 
-pub fn settings<'a>(config: &'a Config, db: &str) -> Option<AuthQuery<'a>> {
+pub(crate) fn settings<'a>(config: &'a Config, db: &str) -> Option<AuthQuery<'a>> {
     let g = &config.general;
     let p = config.pools.get(db)?;
     let pick = |a: &'a Option<String>, b: &'a Option<String>| a.as_deref().or(b.as_deref());
@@ -29,7 +29,7 @@ pub fn settings<'a>(config: &'a Config, db: &str) -> Option<AuthQuery<'a>> {
 }
 
 /// Whether a login to `found` (the user's configured pool, if any) needs its secret from `auth_query`.
-pub fn needed(found: Option<&std::sync::Arc<UserPool>>) -> bool {
+pub(crate) fn needed(found: Option<&std::sync::Arc<UserPool>>) -> bool {
     found.is_none_or(|p| {
         p.auth.secret.is_none() && p.auth.auth_type != crate::config::AuthType::Trust
     })
@@ -37,7 +37,7 @@ pub fn needed(found: Option<&std::sync::Arc<UserPool>>) -> bool {
 
 /// Runs the auth query for `user`: its stored secret, or `None` when the server has no such user (or no password
 /// for it).
-pub async fn fetch(
+pub(crate) async fn fetch(
     cluster: &crate::database::Cluster,
     config: &Config,
     db: &str,

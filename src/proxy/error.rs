@@ -12,7 +12,7 @@ use crate::protocol::ProtocolError;
 
 /// Why a client connection ended or a request failed.
 #[derive(Debug, Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// The client went away; nothing to tell it.
     #[error("client closed the connection")]
     Closed,
@@ -75,7 +75,7 @@ impl From<NetError> for ClientError {
 
 impl ClientError {
     /// The SQLSTATE the client sees, or `None` when the client cannot be told anything.
-    pub fn sqlstate(&self) -> Option<&str> {
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
         Some(match self {
             ClientError::Closed | ClientError::Io(_) => return None,
             ClientError::Protocol(_) | ClientError::LoginTimeout => sqlstate::PROTOCOL_VIOLATION,
@@ -103,7 +103,7 @@ impl ClientError {
     }
 
     /// A failed password check (counted for login throttling).
-    pub fn is_wrong_password(&self) -> bool {
+    pub(crate) fn is_wrong_password(&self) -> bool {
         matches!(
             self,
             ClientError::WrongPassword(_)
@@ -115,12 +115,12 @@ impl ClientError {
     }
 
     /// Errors that end the connection are FATAL.
-    pub fn severity(&self) -> Severity {
+    pub(crate) fn severity(&self) -> Severity {
         Severity::Fatal
     }
 
     /// Whether this is worth a warning in the log (as opposed to a client's own mistake or departure).
-    pub fn is_notable(&self) -> bool {
+    pub(crate) fn is_notable(&self) -> bool {
         matches!(self, ClientError::Pool(_) | ClientError::ServerLost(_))
     }
 }

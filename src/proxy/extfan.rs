@@ -37,25 +37,28 @@ fn next_whole<'a>(buf: &'a [u8], at: &mut usize) -> Result<Option<(u8, &'a [u8])
 
 /// A whole extended-protocol request waiting in the client buffer.
 #[derive(Debug)]
-pub struct ExtRequest {
+pub(crate) struct ExtRequest {
     /// Bytes up to and including the Sync.
-    pub len: usize,
+    pub(crate) len: usize,
     /// A Parse came with it (answered with ParseComplete); a named one is remembered for later Binds.
-    pub parse: Option<(String, Vec<u8>)>,
-    pub sql: String,
-    pub types: Vec<u32>,
-    pub bind: BindValues,
-    pub describe_portal: bool,
+    pub(crate) parse: Option<(String, Vec<u8>)>,
+    pub(crate) sql: String,
+    pub(crate) types: Vec<u32>,
+    pub(crate) bind: BindValues,
+    pub(crate) describe_portal: bool,
     /// The Execute's row limit (0: all rows). With more rows than that the portal is suspended, and closed by
     /// the request's Sync.
-    pub max_rows: i32,
+    pub(crate) max_rows: i32,
 }
 
 /// Why a request cannot run on several shards.
-pub type Unsupported = &'static str;
+pub(crate) type Unsupported = &'static str;
 
 /// Reads the request at the start of `buf`: `Ok(None)` when its Sync has not arrived yet.
-pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequest>, Unsupported> {
+pub(crate) fn decode(
+    buf: &[u8],
+    stmts: Option<&StatementMap>,
+) -> Result<Option<ExtRequest>, Unsupported> {
     let mut at = 0;
     let mut parse: Option<(String, Vec<u8>)> = None;
     let mut query: Option<(String, Vec<u32>)> = None;
@@ -118,7 +121,7 @@ pub fn decode(buf: &[u8], stmts: Option<&StatementMap>) -> Result<Option<ExtRequ
 impl ExtRequest {
     /// What one shard runs: `sql` with the parameters at `subset` (all of them when `None`), renumbered.
     /// `result_formats` replaces the client's when Ocelot needs other formats for its merge.
-    pub fn shard_request(
+    pub(crate) fn shard_request(
         &self,
         sql: &str,
         subset: Option<&[usize]>,
@@ -147,7 +150,7 @@ impl ExtRequest {
 
     /// Wraps a merged answer (RowDescription first when there is one, or an ErrorResponse) the way one server
     /// answers this request, ReadyForQuery excluded.
-    pub fn envelope(&self, merged: &[u8], out: &mut BytesMut) {
+    pub(crate) fn envelope(&self, merged: &[u8], out: &mut BytesMut) {
         if merged.first() == Some(&backend::ERROR_RESPONSE) {
             out.extend_from_slice(merged);
             return;
@@ -199,32 +202,32 @@ impl ExtRequest {
 
 /// One Bind/Execute of a batch.
 #[derive(Debug)]
-pub struct Group {
-    pub sql: String,
-    pub types: Vec<u32>,
-    pub bind: BindValues,
-    pub describe: bool,
+pub(crate) struct Group {
+    pub(crate) sql: String,
+    pub(crate) types: Vec<u32>,
+    pub(crate) bind: BindValues,
+    pub(crate) describe: bool,
 }
 
 /// A client message of a batch that gets an answer, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Item {
+pub(crate) enum Item {
     Parse,
     Group(usize),
 }
 
 /// A pipelined extended-protocol request: Parses and Bind/Execute groups before one Sync.
 #[derive(Debug)]
-pub struct ExtBatch {
-    pub len: usize,
-    pub items: Vec<Item>,
-    pub groups: Vec<Group>,
+pub(crate) struct ExtBatch {
+    pub(crate) len: usize,
+    pub(crate) items: Vec<Item>,
+    pub(crate) groups: Vec<Group>,
     /// Named statements the batch defines (name, Parse body).
-    pub defines: Vec<(String, Vec<u8>)>,
+    pub(crate) defines: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads a batch at the start of `buf`: `Ok(None)` when its Sync has not arrived yet.
-pub fn decode_batch(
+pub(crate) fn decode_batch(
     buf: &[u8],
     stmts: Option<&StatementMap>,
 ) -> Result<Option<ExtBatch>, Unsupported> {
@@ -301,7 +304,7 @@ pub fn decode_batch(
 }
 
 /// Parse, Bind, Describe (when asked) and Execute of one group as an unnamed statement, without Sync.
-pub fn encode_group(buf: &mut BytesMut, g: &Group) {
+pub(crate) fn encode_group(buf: &mut BytesMut, g: &Group) {
     let mut one = BytesMut::new();
     extended::encode_unnamed_request(&mut one, &g.sql, &g.types, &g.bind);
     // Drop the Sync (5 bytes) and, when the client did not describe the portal, the Describe (7 bytes) before
@@ -318,7 +321,7 @@ pub fn encode_group(buf: &mut BytesMut, g: &Group) {
 
 /// A shard's answer to its groups, cut per group: each group's messages from BindComplete to CommandComplete (or
 /// to its ErrorResponse, which ends the list).
-pub fn split_groups(messages: &[Bytes]) -> Vec<Vec<Bytes>> {
+pub(crate) fn split_groups(messages: &[Bytes]) -> Vec<Vec<Bytes>> {
     let mut out: Vec<Vec<Bytes>> = Vec::new();
     let mut current: Option<Vec<Bytes>> = None;
     for m in messages {

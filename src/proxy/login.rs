@@ -28,7 +28,7 @@ use crate::shared::Shared;
 const MAX_AUTH_MESSAGE: u32 = 8192;
 
 /// What a new connection turned out to be.
-pub enum Login {
+pub(crate) enum Login {
     Cancel {
         pid: i32,
         secret: i32,
@@ -45,19 +45,19 @@ pub enum Login {
 }
 
 /// An authenticated client, greeted and ready for queries.
-pub struct LoggedIn {
-    pub pool: Arc<UserPool>,
-    pub params: ClientParams,
-    pub registration: Registration,
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
+pub(crate) struct LoggedIn {
+    pub(crate) pool: Arc<UserPool>,
+    pub(crate) params: ClientParams,
+    pub(crate) registration: Registration,
+    pub(crate) user: String,
+    pub(crate) database: String,
+    pub(crate) application_name: String,
     /// See [`UserPool::reserve`].
-    pub reserved: Option<crate::pool::Pooled>,
+    pub(crate) reserved: Option<crate::pool::Pooled>,
 }
 
 /// Runs start-up and authentication. The caller applies `client_login_timeout`.
-pub async fn login(
+pub(crate) async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,

@@ -1,17 +1,17 @@
 //! The client side of Ocelot: the accept loops, each client's login and session, and the timeouts that watch
 //! them. The listeners are bound and these loops started by `app::Proxy`.
 
-pub mod auth_query;
-pub mod error;
-pub mod extfan;
-pub mod login;
+pub(crate) mod auth_query;
+pub(crate) mod error;
+pub(crate) mod extfan;
+pub(crate) mod login;
 pub(crate) mod machine;
-pub mod notify;
-pub mod session;
-pub mod session_state;
-pub mod statements;
-pub mod tracker;
-pub mod watchdog;
+pub(crate) mod notify;
+pub(crate) mod session;
+pub(crate) mod session_state;
+pub(crate) mod statements;
+pub(crate) mod tracker;
+pub(crate) mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use error::ClientError;
 use login::Login;
 use session::Session;
 
-pub async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -45,7 +45,7 @@ pub async fn accept_unix(listener: tokio::net::UnixListener, shared: Arc<Shared>
     }
 }
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -15,12 +15,12 @@ use crate::shared::cancel::CancelRegistry;
 
 /// A client's subscriptions and undelivered notifications.
 #[derive(Debug)]
-pub struct Notifications {
-    pub mailbox: Mailbox,
-    pub rx: mpsc::UnboundedReceiver<Bytes>,
-    pub channels: HashSet<String>,
+pub(crate) struct Notifications {
+    pub(crate) mailbox: Mailbox,
+    pub(crate) rx: mpsc::UnboundedReceiver<Bytes>,
+    pub(crate) channels: HashSet<String>,
     /// Notifications that arrived while the client was inside a transaction.
-    pub held: VecDeque<Bytes>,
+    pub(crate) held: VecDeque<Bytes>,
 }
 
 impl Default for Notifications {
@@ -36,7 +36,7 @@ impl Default for Notifications {
 }
 
 /// The statements of `sql` when every one of them is LISTEN, UNLISTEN or UNLISTEN *.
-pub fn listen_commands(sql: &[u8]) -> Option<Vec<SessionCommand>> {
+pub(crate) fn listen_commands(sql: &[u8]) -> Option<Vec<SessionCommand>> {
     if !may_change_session(sql) {
         return None;
     }
@@ -55,7 +55,7 @@ pub fn listen_commands(sql: &[u8]) -> Option<Vec<SessionCommand>> {
 }
 
 /// Waits for the next notification, or forever when the client listens on nothing.
-pub async fn next(n: &mut Option<Notifications>) -> Option<Bytes> {
+pub(crate) async fn next(n: &mut Option<Notifications>) -> Option<Bytes> {
     match n {
         Some(n) => n.rx.recv().await,
         None => std::future::pending().await,
@@ -66,7 +66,7 @@ pub async fn next(n: &mut Option<Notifications>) -> Option<Bytes> {
 /// the sending client at login, as drivers compare it with their own connection's (`notify.pid ==
 /// conn.backend_pid`): `client_pid` when the sender is this session's own server, or the session-mode client that
 /// holds the sending server. A sender that no client holds for good (transaction mode) keeps its server's id.
-pub fn sender_pid(
+pub(crate) fn sender_pid(
     body: &mut [u8],
     server: &CancelTarget,
     client_pid: i32,

@@ -47,7 +47,7 @@ const AHEAD_MAX: usize = 256 * 1024;
 
 /// How a session ended normally.
 #[derive(Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The client sent Terminate or closed its socket.
     ClientLeft,
     /// Shutdown: the client was told and disconnected.
@@ -55,7 +55,7 @@ pub enum End {
 }
 
 /// One client's session.
-pub struct Session {
+pub(crate) struct Session {
     client: crate::net::Stream,
     cbuf: BytesMut,
     csplit: Splitter,
@@ -118,7 +118,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
+    pub(crate) fn new(
         client: crate::net::Stream,
         cbuf: BytesMut,
         login: &LoggedIn,
@@ -173,7 +173,7 @@ impl Session {
     ///
     /// The session is boxed: an `async fn` taking `self` by value keeps two copies of it in its future, and the
     /// future is what every connected client costs.
-    pub async fn run(mut self: Box<Self>) -> Result<End, ClientError> {
+    pub(crate) async fn run(mut self: Box<Self>) -> Result<End, ClientError> {
         let result = self.run_inner().await;
         match &result {
             Err(e) => {

@@ -23,7 +23,7 @@ fn effects_of(sql: &[u8]) -> Vec<SessionCommand> {
 
 /// Tracks which session commands took effect.
 #[derive(Debug)]
-pub struct SessionEffects {
+pub(crate) struct SessionEffects {
     sent_groups: u64,
     done_groups: u64,
     pending: VecDeque<(u64, Vec<SessionCommand>)>,
@@ -57,26 +57,26 @@ impl Default for SessionEffects {
 
 impl SessionEffects {
     /// Resets the per-server counters when a server is attached (the server starts idle).
-    pub fn attach(&mut self) {
+    pub(crate) fn attach(&mut self) {
         *self = SessionEffects::default();
     }
 
     /// A simple Query (its text without the terminator).
-    pub fn query(&mut self, sql: &[u8]) {
+    pub(crate) fn query(&mut self, sql: &[u8]) {
         let fx = effects_of(sql);
         self.pending.push_back((self.sent_groups, fx));
         self.sent_groups += 1;
     }
 
     /// A Parse: only the unnamed statement is followed (drivers run SET through it).
-    pub fn parse(&mut self, name: &str, sql: &[u8]) {
+    pub(crate) fn parse(&mut self, name: &str, sql: &[u8]) {
         if name.is_empty() {
             self.unnamed_statement = effects_of(sql);
         }
     }
 
     /// A Bind; `params` are its values (`None` when unreadable), which resolve a parameterised set_config.
-    pub fn bind(&mut self, portal: &str, statement: &str, params: Option<&[Option<&[u8]>]>) {
+    pub(crate) fn bind(&mut self, portal: &str, statement: &str, params: Option<&[Option<&[u8]>]>) {
         if portal.is_empty() {
             self.unnamed_portal = if statement.is_empty() {
                 self.unnamed_statement
@@ -89,25 +89,25 @@ impl SessionEffects {
         }
     }
 
-    pub fn execute(&mut self, portal: &str) {
+    pub(crate) fn execute(&mut self, portal: &str) {
         if portal.is_empty() {
             self.building.extend(self.unnamed_portal.iter().cloned());
         }
     }
 
-    pub fn sync(&mut self) {
+    pub(crate) fn sync(&mut self) {
         let fx = std::mem::take(&mut self.building);
         self.pending.push_back((self.sent_groups, fx));
         self.sent_groups += 1;
     }
 
-    pub fn server_error(&mut self) {
+    pub(crate) fn server_error(&mut self) {
         self.error_in_group = true;
     }
 
     /// A CommandComplete tag: an explicit transaction ends with `COMMIT` (or `ROLLBACK`, also for a failed
     /// COMMIT).
-    pub fn server_tag(&mut self, tag: &[u8]) {
+    pub(crate) fn server_tag(&mut self, tag: &[u8]) {
         if tag == b"COMMIT" {
             self.committed_in_group = true;
         } else if tag == b"ROLLBACK" {
@@ -117,13 +117,13 @@ impl SessionEffects {
     }
 
     /// Ocelot rolled the transaction back itself (idle in it for too long): nothing done in it took effect.
-    pub fn rolled_back(&mut self) {
+    pub(crate) fn rolled_back(&mut self) {
         self.in_transaction.clear();
         self.status = txn::IDLE;
     }
 
     /// ReadyForQuery: returns the commands that now took effect, in order.
-    pub fn server_ready(&mut self, status: u8) -> Vec<SessionCommand> {
+    pub(crate) fn server_ready(&mut self, status: u8) -> Vec<SessionCommand> {
         let mut fx = Vec::new();
         while let Some((g, _)) = self.pending.front() {
             if *g > self.done_groups {

@@ -47,18 +47,18 @@ impl Named {
 }
 
 /// One of the client's statements as `pg_prepared_statements` shows it.
-pub struct ClientStatement<'a> {
-    pub name: &'a str,
+pub(crate) struct ClientStatement<'a> {
+    pub(crate) name: &'a str,
     /// The Parse body: query text, NUL, parameter types.
-    pub body: &'a [u8],
+    pub(crate) body: &'a [u8],
     /// The name it has on servers.
-    pub server_name: &'a str,
-    pub defined: std::time::SystemTime,
+    pub(crate) server_name: &'a str,
+    pub(crate) defined: std::time::SystemTime,
 }
 
 /// What to do with a client message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ClientAction {
+pub(crate) enum ClientAction {
     /// Forward it unchanged.
     Forward,
     /// Replacement bytes were appended to the output buffer.
@@ -69,7 +69,7 @@ pub enum ClientAction {
 
 /// One client's prepared statements and the bookkeeping of the server it currently holds.
 #[derive(Debug, Default)]
-pub struct StatementMap {
+pub(crate) struct StatementMap {
     by_client_name: HashMap<String, Named>,
     parse_acks: VecDeque<Ack>,
     close_acks: VecDeque<Ack>,
@@ -88,7 +88,7 @@ pub struct StatementMap {
 }
 
 /// Whether messages of type `code` must be seen whole by [`StatementMap::client_message`].
-pub fn inspects_client(code: u8) -> bool {
+pub(crate) fn inspects_client(code: u8) -> bool {
     matches!(
         code,
         frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
@@ -97,7 +97,7 @@ pub fn inspects_client(code: u8) -> bool {
 
 impl StatementMap {
     /// Resets the per-server bookkeeping when a new server is attached; the client's names stay.
-    pub fn attach(&mut self) {
+    pub(crate) fn attach(&mut self) {
         self.parse_acks.clear();
         self.close_acks.clear();
         self.sent_groups = 0;
@@ -109,17 +109,13 @@ impl StatementMap {
     }
 
     /// Forgets every name (DEALLOCATE ALL or DISCARD ALL ran).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.by_client_name.clear();
         self.unnamed = None;
     }
 
-    pub fn len(&self) -> usize {
-        self.by_client_name.len()
-    }
-
     /// The client's statements.
-    pub fn client_statements(&self) -> impl Iterator<Item = ClientStatement<'_>> {
+    pub(crate) fn client_statements(&self) -> impl Iterator<Item = ClientStatement<'_>> {
         self.by_client_name.iter().map(|(n, s)| ClientStatement {
             name: n,
             body: &s.stmt.body,
@@ -129,12 +125,12 @@ impl StatementMap {
     }
 
     /// Forgets the client's statement `name` (an SQL DEALLOCATE of it); false when there is none.
-    pub fn forget(&mut self, name: &str) -> bool {
+    pub(crate) fn forget(&mut self, name: &str) -> bool {
         self.by_client_name.remove(name).is_some()
     }
 
     /// The query text of the client's statement `name`, if Ocelot knows it.
-    pub fn statement_text(&self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn statement_text(&self, name: &str) -> Option<Vec<u8>> {
         let named = self.by_client_name.get(name)?;
         Some(
             named
@@ -148,24 +144,20 @@ impl StatementMap {
     }
 
     /// The Parse body (query text and parameter types) of a client's statement.
-    pub fn statement_body(&self, name: &str) -> Option<bytes::Bytes> {
+    pub(crate) fn statement_body(&self, name: &str) -> Option<bytes::Bytes> {
         self.by_client_name.get(name).map(|s| s.stmt.body.clone())
     }
 
     /// Defines a client's named statement whose Parse Ocelot answered itself (a request run on several shards);
     /// it is prepared on a server when first used there.
-    pub fn define(&mut self, name: &str, body: &[u8], registry: &Registry) {
+    pub(crate) fn define(&mut self, name: &str, body: &[u8], registry: &Registry) {
         self.by_client_name
             .insert(name.to_owned(), Named::new(registry.intern(body)));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_client_name.is_empty()
-    }
-
     /// Handles one client message (`body` is whole for the codes [`inspects_client`] names). Replacement
     /// messages are appended to `out`.
-    pub fn client_message(
+    pub(crate) fn client_message(
         &mut self,
         code: u8,
         body: &[u8],
@@ -349,7 +341,7 @@ impl StatementMap {
 
     /// Handles the start of one server message; returns whether to forward it. Bytes Ocelot must send to the
     /// client before this message (a deferred error) are appended to `before`.
-    pub fn server_message(
+    pub(crate) fn server_message(
         &mut self,
         code: u8,
         server: &mut ServerStatements,
@@ -399,7 +391,7 @@ impl StatementMap {
     /// before: Ocelot defines the client's name and answers ParseComplete itself, and the statement is prepared
     /// where it is first bound. A client that prepares while others hold every server (pgbench -M prepared
     /// blocks a whole thread of clients in PQprepare) then needs none. `false` when the request is anything else.
-    pub fn parse_without_server(&mut self, body: &[u8], registry: &Registry) -> bool {
+    pub(crate) fn parse_without_server(&mut self, body: &[u8], registry: &Registry) -> bool {
         let Ok((name, rest)) = extended::parse(body) else {
             return false;
         };
@@ -421,7 +413,7 @@ impl StatementMap {
     /// again. False, with nothing changed, when the request cannot be sent again: it names a statement whose text
     /// is not known, or binds one without describing it (the client then reads the rows with the columns it was
     /// told of before the change, and only PostgreSQL's own error is right).
-    pub fn reprepare(
+    pub(crate) fn reprepare(
         &mut self,
         sent: &[u8],
         parses: usize,

@@ -21,7 +21,7 @@ enum Unit {
 
 /// Tracks what a server still owes a client.
 #[derive(Debug, Clone)]
-pub struct TxnTracker {
+pub(crate) struct TxnTracker {
     pending: VecDeque<Unit>,
     /// Parse/Bind/Describe/Execute/Close sent since the last Sync.
     unsynced: bool,
@@ -48,7 +48,7 @@ impl Default for TxnTracker {
 
 impl TxnTracker {
     /// Records a message forwarded from the client to the server (called once per message, at its start).
-    pub fn client_message(&mut self, code: u8) {
+    pub(crate) fn client_message(&mut self, code: u8) {
         match code {
             frontend::QUERY | frontend::FUNCTION_CALL => self.pending.push_back(Unit::Simple),
             frontend::SYNC => {
@@ -74,7 +74,7 @@ impl TxnTracker {
     }
 
     /// Records a message received from the server (called once per message, at its start).
-    pub fn server_message(&mut self, code: u8, rfq_status: Option<u8>) {
+    pub(crate) fn server_message(&mut self, code: u8, rfq_status: Option<u8>) {
         match code {
             backend::READY_FOR_QUERY => {
                 self.pending.pop_front();
@@ -101,48 +101,48 @@ impl TxnTracker {
     }
 
     /// Whether the server owes nothing and the session is outside a transaction.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
     }
 
     /// Whether the server is still answering whole requests made outside a transaction and no other request is
     /// open: the client's next request starts afresh and may belong on another server.
-    pub fn between_requests(&self) -> bool {
+    pub(crate) fn between_requests(&self) -> bool {
         !self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == txn::IDLE
     }
 
     /// Whether the server owes no answer: nothing sent is unanswered, in or out of a transaction.
-    pub fn is_quiet(&self) -> bool {
+    pub(crate) fn is_quiet(&self) -> bool {
         self.pending.is_empty() && !self.unsynced && !self.copy_in
     }
 
     /// Whether Parse/Bind/Describe/Execute/Close went to the server without their Sync yet.
-    pub fn is_unsynced(&self) -> bool {
+    pub(crate) fn is_unsynced(&self) -> bool {
         self.unsynced
     }
 
     /// Whether the server is in the middle of answering (so its connection state is unknown to Ocelot).
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         !self.pending.is_empty() || self.copy_in
     }
 
     /// Requests (Query, FunctionCall or Sync) not answered yet.
-    pub fn pending_units(&self) -> usize {
+    pub(crate) fn pending_units(&self) -> usize {
         self.pending.len()
     }
 
     /// Whether COPY FROM STDIN is running (the client must be able to send its data).
-    pub fn in_copy(&self) -> bool {
+    pub(crate) fn in_copy(&self) -> bool {
         self.copy_in
     }
 
     /// Sets the status after Ocelot itself began a transaction on the server (a deferred BEGIN).
-    pub fn set_status(&mut self, status: u8) {
+    pub(crate) fn set_status(&mut self, status: u8) {
         self.status = status;
     }
 
     /// Transaction status from the last ReadyForQuery.
-    pub fn status(&self) -> u8 {
+    pub(crate) fn status(&self) -> u8 {
         self.status
     }
 }

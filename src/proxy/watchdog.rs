@@ -17,7 +17,7 @@ use crate::stats::{now_us, ClientState, Stop};
 const TICK: Duration = Duration::from_millis(100);
 
 /// Starts the watchdog for as long as the proxy lives.
-pub fn spawn(shared: &Arc<Shared>) {
+pub(crate) fn spawn(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);

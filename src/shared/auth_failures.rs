@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 /// Failed logins per source address.
 #[derive(Debug, Default)]
-pub struct AuthFailures {
+pub(crate) struct AuthFailures {
     by_addr: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl AuthFailures {
     /// Whether `addr` may try to log in now.
-    pub fn allowed(&self, addr: IpAddr, max: u32, block: Duration) -> bool {
+    pub(crate) fn allowed(&self, addr: IpAddr, max: u32, block: Duration) -> bool {
         if max == 0 {
             return true;
         }
@@ -32,7 +32,7 @@ impl AuthFailures {
     }
 
     /// Counts a failed login from `addr`; failures older than `block` are forgotten first.
-    pub fn failed(&self, addr: IpAddr, block: Duration) {
+    pub(crate) fn failed(&self, addr: IpAddr, block: Duration) {
         let mut m = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
         let e = m.entry(addr).or_insert((0, Instant::now()));
         if e.1.elapsed() >= block {
@@ -47,7 +47,7 @@ impl AuthFailures {
     }
 
     /// A successful login clears the address's count.
-    pub fn succeeded(&self, addr: IpAddr) {
+    pub(crate) fn succeeded(&self, addr: IpAddr) {
         self.by_addr
             .lock()
             .unwrap_or_else(|p| p.into_inner())

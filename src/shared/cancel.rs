@@ -19,9 +19,9 @@ use crate::protocol::encode;
 
 /// A client's cancel key and the server it currently uses.
 #[derive(Debug)]
-pub struct CancelSlot {
-    pub pid: i32,
-    pub secret: i32,
+pub(crate) struct CancelSlot {
+    pub(crate) pid: i32,
+    pub(crate) secret: i32,
     /// Whether the client keeps its server for its whole session (session mode), so the server's process id
     /// stands for this client in what other sessions see (NOTIFY senders).
     exclusive: bool,
@@ -34,12 +34,12 @@ impl CancelSlot {
         self.target.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn attach(&self, target: &Arc<CancelTarget>) {
+    pub(crate) fn attach(&self, target: &Arc<CancelTarget>) {
         let old = self.slot().replace(target.clone());
         drop(old);
     }
 
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         let old = self.slot().take();
         drop(old);
     }
@@ -53,15 +53,15 @@ impl CancelSlot {
 /// server's own process id, which another such client of another PostgreSQL may share: a process id maps to the
 /// few slots that carry it, told apart by their secrets.
 #[derive(Debug, Default)]
-pub struct CancelRegistry {
+pub(crate) struct CancelRegistry {
     slots: Mutex<HashMap<i32, Vec<Arc<CancelSlot>>>>,
 }
 
 /// Removes a client's slot when the client goes away.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Arc<CancelRegistry>,
-    pub slot: Arc<CancelSlot>,
+    pub(crate) slot: Arc<CancelSlot>,
 }
 
 impl Drop for Registration {
@@ -84,7 +84,7 @@ impl CancelRegistry {
 
     /// Gives a new client a process id (`pid`, or a random unused one) and a random secret that no other holder
     /// of that id has; `exclusive` as in [`CancelSlot`].
-    pub fn register(self: &Arc<Self>, pid: Option<i32>, exclusive: bool) -> Registration {
+    pub(crate) fn register(self: &Arc<Self>, pid: Option<i32>, exclusive: bool) -> Registration {
         let mut rng = rand::rng();
         let mut slots = self.lock();
         let pid = pid.unwrap_or_else(|| loop {
@@ -114,7 +114,7 @@ impl CancelRegistry {
     }
 
     /// The server to cancel for a client's key, if the key is valid and the client holds a server now.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<CancelTarget>> {
+    pub(crate) fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<CancelTarget>> {
         let slot = self
             .lock()
             .get(&pid)?
@@ -127,7 +127,7 @@ impl CancelRegistry {
     /// The process id Ocelot gave the session-mode client that holds server process `server_pid` at `host:port`,
     /// if one does. A scan of every client, run only for a NotificationResponse from another session: rare next
     /// to queries, and an index would cost a shared write on every transaction-mode checkout.
-    pub fn client_of(&self, host: &str, port: u16, server_pid: i32) -> Option<i32> {
+    pub(crate) fn client_of(&self, host: &str, port: u16, server_pid: i32) -> Option<i32> {
         self.lock()
             .values()
             .flatten()
@@ -141,7 +141,7 @@ impl CancelRegistry {
 }
 
 /// Sends a CancelRequest to a server, as PostgreSQL's own clients do: connect, send, wait for the close.
-pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+pub(crate) async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
     let mut b = BytesMut::with_capacity(16);
     encode::cancel_request(&mut b, target.pid, target.secret);

@@ -2,10 +2,10 @@
 //! and the pools built from it ([`Snapshot`], swapped whole by [`reload`]), the cancel registry ([`cancel`]),
 //! shutdown coordination ([`shutdown`]), the registry of clients, and login throttling ([`auth_failures`]).
 
-pub mod auth_failures;
-pub mod cancel;
-pub mod reload;
-pub mod shutdown;
+pub(crate) mod auth_failures;
+pub(crate) mod cancel;
+pub(crate) mod reload;
+pub(crate) mod shutdown;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +19,10 @@ use shutdown::Shutdown;
 
 /// A config and the pools built from it, published together.
 pub struct Snapshot {
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     pub cluster: Arc<Cluster>,
     /// Client-facing TLS, when `tls_certificate` and `tls_private_key` are set.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Snapshot {
 }
 
 /// The client-facing TLS acceptor a config asks for.
-pub fn tls_acceptor(
+pub(crate) fn tls_acceptor(
     config: &Config,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::net::tls::TlsError> {
     match (
@@ -51,22 +51,22 @@ pub fn tls_acceptor(
 #[derive(Debug)]
 pub struct Shared {
     pub(crate) state: ArcSwap<Snapshot>,
-    pub cancels: Arc<CancelRegistry>,
-    pub shutdown: Arc<Shutdown>,
-    pub clients: Arc<crate::stats::ClientRegistry>,
+    pub(crate) cancels: Arc<CancelRegistry>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    pub(crate) clients: Arc<crate::stats::ClientRegistry>,
     /// The file the config came from, for reloads.
-    pub config_path: Option<std::path::PathBuf>,
+    pub(crate) config_path: Option<std::path::PathBuf>,
     /// Bumped by every reload, so sessions notice a new config with one atomic load.
-    pub generation: std::sync::atomic::AtomicU64,
+    pub(crate) generation: std::sync::atomic::AtomicU64,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
-    pub reloads: std::sync::atomic::AtomicU64,
-    pub reload_failures: std::sync::atomic::AtomicU64,
+    pub(crate) reloads: std::sync::atomic::AtomicU64,
+    pub(crate) reload_failures: std::sync::atomic::AtomicU64,
     /// Failed logins per source address, for throttling.
-    pub auth_failures: auth_failures::AuthFailures,
+    pub(crate) auth_failures: auth_failures::AuthFailures,
     /// Where the Prometheus exporter listens, once started.
     pub metrics_addr: std::sync::OnceLock<SocketAddr>,
     /// The last hour of traffic, for the dashboard.
-    pub history: crate::stats::history::History,
+    pub(crate) history: crate::stats::history::History,
 }
 
 impl Shared {

@@ -14,7 +14,7 @@ use crate::database::Cluster;
 
 /// Why a reload was refused; the old config stays in force.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("no config file to reload: the proxy was started from a config in memory")]
     NoFile,
     #[error("config not reloaded: {0}")]
@@ -29,19 +29,19 @@ pub enum ReloadError {
 
 /// What a reload did.
 #[derive(Debug, Default)]
-pub struct ReloadReport {
-    pub kept: usize,
-    pub rebuilt: Vec<String>,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
+pub(crate) struct ReloadReport {
+    pub(crate) kept: usize,
+    pub(crate) rebuilt: Vec<String>,
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// Settings that changed in the file but apply only after a restart.
-    pub need_restart: Vec<String>,
-    pub warnings: Vec<String>,
+    pub(crate) need_restart: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl ReloadReport {
     /// Lines for the operator (NOTICEs after `RELOAD`, the log after SIGHUP).
-    pub fn notices(&self) -> Vec<String> {
+    pub(crate) fn notices(&self) -> Vec<String> {
         let mut v = vec![format!(
             "reloaded: {} pool(s) unchanged, rebuilt [{}], added [{}], removed [{}]",
             self.kept,
@@ -58,7 +58,7 @@ impl ReloadReport {
 }
 
 /// Re-reads the config file and publishes it. Reloads run one at a time.
-pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
+pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let result = reload_now(shared).await;
     match &result {
@@ -138,7 +138,7 @@ async fn reload_now(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
 }
 
 /// `autoreload`: polls the config file every `interval` and reloads when its contents change.
-pub fn spawn_autoreload(shared: &Arc<Shared>, interval: Duration) {
+pub(crate) fn spawn_autoreload(shared: &Arc<Shared>, interval: Duration) {
     let Some(path) = shared.config_path.clone() else {
         return;
     };

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 
 /// Shared shutdown state.
 #[derive(Debug)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     draining: watch::Sender<bool>,
     clients: AtomicUsize,
     all_gone: Notify,
@@ -31,7 +31,7 @@ impl Default for Shutdown {
 
 /// Counts a client for as long as it lives.
 #[derive(Debug)]
-pub struct ClientToken(Arc<Shutdown>);
+pub(crate) struct ClientToken(Arc<Shutdown>);
 
 impl Drop for ClientToken {
     fn drop(&mut self) {
@@ -42,36 +42,36 @@ impl Drop for ClientToken {
 }
 
 impl Shutdown {
-    pub fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.draining.send_replace(true);
     }
 
     /// Asks the process to shut down gracefully (admin `SHUTDOWN`).
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.requested.send_replace(true);
     }
 
     /// Resolves once a shutdown was requested.
-    pub async fn requested(&self) {
+    pub(crate) async fn requested(&self) {
         let mut rx = self.requested.subscribe();
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
 
-    pub fn client_token(self: &Arc<Self>) -> ClientToken {
+    pub(crate) fn client_token(self: &Arc<Self>) -> ClientToken {
         self.clients.fetch_add(1, Ordering::AcqRel);
         ClientToken(self.clone())
     }
 
-    pub fn client_count(&self) -> usize {
+    pub(crate) fn client_count(&self) -> usize {
         self.clients.load(Ordering::Acquire)
     }
 
     /// Resolves when no client is left.
-    pub async fn all_clients_gone(&self) {
+    pub(crate) async fn all_clients_gone(&self) {
         loop {
             let notified = self.all_gone.notified();
             if self.client_count() == 0 {

@@ -159,21 +159,21 @@ pub struct General {
     #[serde(default = "d_idle_timeout")]
     pub idle_timeout: u64,
     #[serde(default = "d_keepalive")]
-    pub tcp_keepalives_idle: u64,
+    pub(crate) tcp_keepalives_idle: u64,
     #[serde(default = "d_keepalive_count")]
-    pub tcp_keepalives_count: u32,
+    pub(crate) tcp_keepalives_count: u32,
     #[serde(default = "d_keepalive")]
-    pub tcp_keepalives_interval: u64,
+    pub(crate) tcp_keepalives_interval: u64,
     #[serde(default = "d_tcp_user_timeout")]
-    pub tcp_user_timeout: u64,
+    pub(crate) tcp_user_timeout: u64,
     #[serde(default)]
     pub log_client_connections: bool,
     #[serde(default)]
     pub log_client_disconnections: bool,
     #[serde(default)]
-    pub dns_cache_enabled: bool,
+    pub(crate) dns_cache_enabled: bool,
     #[serde(default = "d_dns_ttl")]
-    pub dns_max_ttl: u64,
+    pub(crate) dns_max_ttl: u64,
     #[serde(default = "d_shutdown_timeout")]
     pub shutdown_timeout: u64,
     #[serde(default = "d_healthcheck_timeout")]
@@ -223,7 +223,7 @@ pub struct General {
     #[serde(default)]
     pub admin_auth_type: AdminAuthType,
     #[serde(default = "d_true")]
-    pub validate_config: bool,
+    pub(crate) validate_config: bool,
     #[serde(default)]
     pub auth_query: Option<String>,
     #[serde(default)]
@@ -256,9 +256,9 @@ pub struct General {
     pub replica_lag_check_interval: u64,
     /// Obsolete PgCat keys that users still paste; accepted and ignored as PgCat does.
     #[serde(default)]
-    pub prepared_statements: Option<bool>,
+    pub(crate) prepared_statements: Option<bool>,
     #[serde(default)]
-    pub prepared_statements_cache_size: Option<usize>,
+    pub(crate) prepared_statements_cache_size: Option<usize>,
 }
 
 impl General {

@@ -69,7 +69,7 @@ impl Config {
     }
 
     /// Parses config text; unknown keys come back as warnings.
-    pub fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(text);
         let mut on_unknown = |path: serde_ignored::Path<'_>| {
@@ -96,7 +96,7 @@ impl Config {
     }
 
     /// Checks the rules serde cannot express; returns warnings for what is accepted but has no effect.
-    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Vec<String>, ConfigError> {
         validate::validate(self)
     }
 }

@@ -258,7 +258,7 @@ fn d_auth_query_pool_size() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pool {
     #[serde(default)]
-    pub pool_mode: PoolMode,
+    pub(crate) pool_mode: PoolMode,
     #[serde(default)]
     pub load_balancing_mode: LoadBalancingMode,
     #[serde(default)]
@@ -274,11 +274,11 @@ pub struct Pool {
     #[serde(default)]
     pub connect_timeout: Option<u64>,
     #[serde(default)]
-    pub idle_timeout: Option<u64>,
+    pub(crate) idle_timeout: Option<u64>,
     #[serde(default)]
-    pub server_lifetime: Option<u64>,
+    pub(crate) server_lifetime: Option<u64>,
     #[serde(default)]
-    pub checkout_failure_limit: Option<u64>,
+    pub(crate) checkout_failure_limit: Option<u64>,
     #[serde(default)]
     pub sharding_function: ShardingFunction,
     #[serde(default)]
@@ -388,5 +388,5 @@ pub struct Shard {
     pub database: String,
     pub servers: Vec<(String, u16, ServerRole)>,
     #[serde(default)]
-    pub mirrors: Option<Vec<(String, u16, usize)>>,
+    pub(crate) mirrors: Option<Vec<(String, u16, usize)>>,
 }

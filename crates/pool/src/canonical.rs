@@ -93,7 +93,7 @@ fn compared(name: &str) -> String {
 }
 
 /// The canonical name of an encoding, or `None` for a name PostgreSQL would refuse.
-pub fn encoding(name: &str) -> Option<&'static str> {
+pub(crate) fn encoding(name: &str) -> Option<&'static str> {
     let key = compared(name);
     if let Some(win) = key.strip_prefix("windows") {
         // WindowsNNNN is WINNNNN for every code page PostgreSQL has.
@@ -114,7 +114,7 @@ pub fn encoding(name: &str) -> Option<&'static str> {
 /// `DateStyle` as PostgreSQL reports it after `SET DateStyle = value` on a server where it was `current`: an
 /// output style and a field order, each kept from `current` when `value` does not name one. `None` when `value`
 /// has a word PostgreSQL does not accept.
-pub fn date_style(value: &str, current: &str) -> Option<String> {
+pub(crate) fn date_style(value: &str, current: &str) -> Option<String> {
     let (mut style, mut order) = current
         .split_once(',')
         .and_then(|(a, b)| Some((style_word(a.trim())?, order_word(b.trim())?)))
@@ -160,7 +160,7 @@ fn order_word(w: &str) -> Option<&'static str> {
 }
 
 /// A boolean setting as PostgreSQL shows it (`on` / `off`), for the spellings it accepts.
-pub fn boolean(value: &str) -> Option<&'static str> {
+pub(crate) fn boolean(value: &str) -> Option<&'static str> {
     match value.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" | "t" | "y" => Some("on"),
         "off" | "false" | "no" | "0" | "f" | "n" => Some("off"),
@@ -169,7 +169,7 @@ pub fn boolean(value: &str) -> Option<&'static str> {
 }
 
 /// The value a server would report for reported parameter `name` set to `value` where it was `current`.
-pub fn reported<'a>(name: &str, value: &'a str, current: &str) -> Cow<'a, str> {
+pub(crate) fn reported<'a>(name: &str, value: &'a str, current: &str) -> Cow<'a, str> {
     let known = if name.eq_ignore_ascii_case("client_encoding") {
         encoding(value).map(str::to_owned)
     } else if name.eq_ignore_ascii_case("DateStyle") {

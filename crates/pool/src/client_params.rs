@@ -19,15 +19,15 @@ pub struct ClientParams {
     /// Tracked reported parameters, as the client last saw them.
     pub tracked: ServerParams,
     /// Other settings from the startup packet.
-    pub extra: ServerParams,
+    pub(crate) extra: ServerParams,
     /// The client's own SET statements (untracked parameters), by parameter name.
     pub sets: ServerParams,
     /// The client's SQL-level PREPARE statements, by statement name.
-    pub prepares: ServerParams,
+    pub(crate) prepares: ServerParams,
 }
 
 /// Splits a libpq `options` string into settings: `-c name=value` and `--name=value`, with `\ ` escapes.
-pub fn parse_options(options: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();

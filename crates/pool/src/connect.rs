@@ -70,7 +70,7 @@ async fn start_tls(
 }
 
 /// Connects and authenticates to the server of `address`. The caller applies the connect timeout.
-pub async fn connect(
+pub(crate) async fn connect(
     address: Arc<Address>,
     creds: &ServerCredentials,
     max_message: u32,

@@ -78,7 +78,7 @@ impl PoolError {
 
     /// Whether the server is likely down for a moment only (restarting, failing over, or its connection was
     /// cut): not a refused password, a bad configuration or a timeout already spent.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             PoolError::Connect { .. } | PoolError::Lost { .. } | PoolError::HealthCheck { .. } => {
                 true

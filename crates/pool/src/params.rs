@@ -1,9 +1,18 @@
 //! Run-time parameters as a server reports them with ParameterStatus, kept in a small vector: there are about a
 //! dozen, so a linear scan beats hashing, and names compare case-insensitively as PostgreSQL's GUC names do.
 
-/// Parameters PostgreSQL 15 reports with ParameterStatus (GUC_REPORT). Others are not visible to a proxy, so a
-/// change to them must be undone with RESET rather than tracked.
-pub const REPORTED: &[&str] = &[
+/// The parameters a client may set that Ocelot carries from server to server in transaction mode.
+pub(crate) const TRACKED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Parameters PostgreSQL 15 reports with ParameterStatus (GUC_REPORT), which the tests check [`TRACKED`] against.
+#[cfg(test)]
+const REPORTED: &[&str] = &[
     "application_name",
     "client_encoding",
     "DateStyle",
@@ -19,17 +28,9 @@ pub const REPORTED: &[&str] = &[
     "TimeZone",
 ];
 
-/// The parameters a client may set that Ocelot carries from server to server in transaction mode.
-pub const TRACKED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "standard_conforming_strings",
-    "TimeZone",
-];
-
 /// Whether the server reports `name` with ParameterStatus.
-pub fn is_reported(name: &str) -> bool {
+#[cfg(test)]
+fn is_reported(name: &str) -> bool {
     REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
@@ -75,10 +76,6 @@ impl ServerParams {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn clear(&mut self) {

@@ -241,11 +241,6 @@ impl ServerPool {
         }
     }
 
-    /// Idle connections now.
-    pub fn idle_count(&self) -> usize {
-        self.lock_idle().len()
-    }
-
     pub(super) fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<ServerConn>> {
         // A panic while holding this lock cannot leave the deque inconsistent (push/pop only), so poisoning is
         // ignored rather than propagated to every later client.

@@ -92,8 +92,8 @@ pub fn changes_schema(tag: &[u8]) -> bool {
 /// Counters of one server connection's statement cache (for SHOW SERVERS and metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
     pub evictions: u64,
 }
 
@@ -154,7 +154,7 @@ impl ServerStatements {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.len() == 0
     }
 }
 

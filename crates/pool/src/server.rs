@@ -44,18 +44,18 @@ pub struct ServerConn {
     /// Set when the connection can no longer be trusted (I/O error, protocol error, lost sync).
     pub broken: bool,
     pub cancel: Arc<CancelTarget>,
-    pub created: Instant,
-    pub last_used: Instant,
+    pub(crate) created: Instant,
+    pub(crate) last_used: Instant,
     pub address: Arc<Address>,
     max_message: u32,
     /// What `SHOW SERVERS` reports about this connection.
     pub info: Arc<ocelot_stats::ConnInfo>,
     /// The pool's reconnect epoch when it was opened: `RECONNECT` closes older ones at checkin.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 impl ServerConn {
-    pub(crate) fn new(
+    pub fn new(
         stream: ocelot_net::Stream,
         rbuf: BytesMut,
         params: ServerParams,
@@ -94,7 +94,7 @@ impl ServerConn {
     }
 
     /// Whether the connection can go straight back to the idle list.
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         !self.broken && self.state.txn_status == txn::IDLE && !self.state.dirty.any()
     }
 
@@ -228,7 +228,7 @@ impl ServerConn {
     }
 
     /// Rolls back an open transaction and undoes session state a client left, so the next client starts clean.
-    pub async fn clean(&mut self) -> Result<(), PoolError> {
+    pub(crate) async fn clean(&mut self) -> Result<(), PoolError> {
         if self.state.txn_status != txn::IDLE {
             self.run("ROLLBACK").await?;
         }
@@ -253,7 +253,7 @@ impl ServerConn {
     }
 
     /// Sends Terminate and closes, ignoring errors: used when discarding a connection politely.
-    pub async fn terminate(mut self) {
+    pub(crate) async fn terminate(mut self) {
         let mut b = BytesMut::with_capacity(5);
         encode::terminate(&mut b);
         let _ = self.stream.write_all(&b).await;

@@ -43,9 +43,9 @@ impl Default for ServerState {
 /// report (`SET name = value`), the client's own SET statements, and its SQL-level PREPAREs, each by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
-    pub startup: ServerParams,
-    pub sets: ServerParams,
-    pub prepares: ServerParams,
+    pub(crate) startup: ServerParams,
+    pub(crate) sets: ServerParams,
+    pub(crate) prepares: ServerParams,
 }
 
 impl Applied {
@@ -81,8 +81,8 @@ impl Applied {
 pub struct Dirty {
     pub reset_all: bool,
     pub deallocate_all: bool,
-    pub unlisten: bool,
-    pub close_cursors: bool,
+    pub(crate) unlisten: bool,
+    pub(crate) close_cursors: bool,
     /// The client left in session mode (or left a pinned transaction-mode server): what it may have left cannot
     /// be read from command tags (temporary tables, advisory locks, Parse-prepared statements, `set_config`), so
     /// the server is reset as PgBouncer's `server_reset_query = DISCARD ALL` does.
@@ -121,7 +121,7 @@ impl Dirty {
     /// with PgCat's own `RESET ROLE;` and `RESET ALL;` even before a DISCARD ALL that covers it, so operators who
     /// count these statements in pg_stat_statements (as PgCat's specs do) see what they saw with PgCat. DISCARD ALL
     /// runs as a query of its own: PostgreSQL refuses it in a multi-statement query, an implicit transaction.
-    pub fn cleanup_sql(&self) -> Option<String> {
+    pub(crate) fn cleanup_sql(&self) -> Option<String> {
         let mut sql = String::new();
         let piecewise = !self.discard_all;
         for (flag, stmt) in [

@@ -46,7 +46,7 @@ impl ServerPool {
 
     /// Closes idle connections past `idle_timeout` (down to `min_pool_size`) or `server_lifetime`, then opens
     /// connections up to `min_pool_size`.
-    pub async fn maintain(self: &Arc<Self>) {
+    pub(crate) async fn maintain(self: &Arc<Self>) {
         let now = Instant::now();
         let min = self.settings.load().min_pool_size as usize;
         let expired: Vec<ServerConn> = {

@@ -73,22 +73,22 @@ pub mod backend {
 
 /// Request codes of the untyped first message of a connection.
 /// <https://www.postgresql.org/docs/15/protocol-message-formats.html> (StartupMessage, SSLRequest, ...).
-pub mod startup {
+pub(crate) mod startup {
     /// Protocol 3.0: major 3 in the high 16 bits, minor 0 in the low.
-    pub const PROTOCOL_V3: u32 = 3 << 16;
-    pub const SSL_REQUEST: u32 = 80_877_103;
-    pub const GSSENC_REQUEST: u32 = 80_877_104;
-    pub const CANCEL_REQUEST: u32 = 80_877_102;
+    pub(crate) const PROTOCOL_V3: u32 = 3 << 16;
+    pub(crate) const SSL_REQUEST: u32 = 80_877_103;
+    pub(crate) const GSSENC_REQUEST: u32 = 80_877_104;
+    pub(crate) const CANCEL_REQUEST: u32 = 80_877_102;
 }
 
 /// Subcodes of the Authentication ('R') message.
-pub mod auth {
-    pub const OK: i32 = 0;
-    pub const CLEARTEXT_PASSWORD: i32 = 3;
-    pub const MD5_PASSWORD: i32 = 5;
-    pub const SASL: i32 = 10;
-    pub const SASL_CONTINUE: i32 = 11;
-    pub const SASL_FINAL: i32 = 12;
+pub(crate) mod auth {
+    pub(crate) const OK: i32 = 0;
+    pub(crate) const CLEARTEXT_PASSWORD: i32 = 3;
+    pub(crate) const MD5_PASSWORD: i32 = 5;
+    pub(crate) const SASL: i32 = 10;
+    pub(crate) const SASL_CONTINUE: i32 = 11;
+    pub(crate) const SASL_FINAL: i32 = 12;
 }
 
 /// Transaction status byte of ReadyForQuery.

@@ -24,16 +24,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// Bytes not read yet.
-    pub fn rest(&self) -> &'a [u8] {
+    pub(crate) fn rest(&self) -> &'a [u8] {
         self.buf
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
     #[inline]
-    pub fn u8(&mut self) -> Result<u8, ProtocolError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
         let (&b, rest) = self.buf.split_first().ok_or_else(|| self.truncated())?;
         self.buf = rest;
         Ok(b)
@@ -63,7 +59,7 @@ impl<'a> Cursor<'a> {
 
     /// A NUL-terminated byte string, without its terminator.
     #[inline]
-    pub fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+    pub(crate) fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let pos = self
             .buf
             .iter()

@@ -52,7 +52,7 @@ pub fn bind_params(rest: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
 }
 
 /// One Bind parameter: its value (`None` for NULL) and whether it is in binary format.
-pub type BindParam<'a> = (Option<&'a [u8]>, bool);
+pub(crate) type BindParam<'a> = (Option<&'a [u8]>, bool);
 
 /// The parameter values of a Bind with whether each is in binary format.
 pub fn bind_params_formats(rest: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {

@@ -7,18 +7,18 @@
 use super::ProtocolError;
 
 /// Type byte plus length word.
-pub const HEADER_LEN: usize = 5;
+pub(crate) const HEADER_LEN: usize = 5;
 
 /// Messages at most this large are always delivered whole; larger ones are streamed unless the caller needs them
 /// whole. Big enough for every typical row and query, small enough to bound per-connection memory.
-pub const STREAM_THRESHOLD: usize = 64 * 1024;
+pub(crate) const STREAM_THRESHOLD: usize = 64 * 1024;
 
 /// The header of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub code: u8,
     /// The length word: body length plus 4.
-    pub len: u32,
+    pub(crate) len: u32,
 }
 
 impl Header {

@@ -6,7 +6,7 @@ use super::decode::Cursor;
 use super::ProtocolError;
 
 /// PostgreSQL's own limit on the startup packet (`MAX_STARTUP_PACKET_LENGTH`).
-pub const MAX_STARTUP_LEN: u32 = 10_000;
+pub(crate) const MAX_STARTUP_LEN: u32 = 10_000;
 
 /// What a client asked for in its first packet.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use super::shard_key::KeySpec;
 /// How the rows of a COPY are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
-    pub csv: bool,
-    pub delimiter: u8,
-    pub quote: u8,
-    pub escape: u8,
-    pub null: String,
-    pub header: bool,
+    pub(crate) csv: bool,
+    pub(crate) delimiter: u8,
+    pub(crate) quote: u8,
+    pub(crate) escape: u8,
+    pub(crate) null: String,
+    pub(crate) header: bool,
 }
 
 /// A COPY FROM STDIN into the sharded table.
@@ -46,7 +46,7 @@ impl CopyPlan {
 
 /// Plans a COPY statement: `Ok(None)` when it is not a COPY FROM STDIN into `spec`'s table, `Err` when it is one
 /// Ocelot cannot split (binary format, options it does not know).
-pub fn plan(stmt: &Statement, spec: &KeySpec) -> Result<Option<CopyPlan>, &'static str> {
+pub(crate) fn plan(stmt: &Statement, spec: &KeySpec) -> Result<Option<CopyPlan>, &'static str> {
     let Statement::Copy {
         source,
         to: false,

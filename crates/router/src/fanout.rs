@@ -284,19 +284,10 @@ fn assigns_key(a: &sqlparser::ast::Assignment, spec: &KeySpec) -> bool {
 /// One shard's part of a split INSERT: (shard, SQL, the original parameters it uses in their new order).
 pub type SplitPart = (usize, String, Option<Vec<usize>>);
 
-/// Splits a multi-row `INSERT ... VALUES` by the shard each row's key (a literal or a Bind parameter) hashes to:
-/// one INSERT per shard with that shard's rows, in shard order. Bind parameters are renumbered from $1 in each
-/// part, which lists the original (0-based) parameters it uses; literal-only statements list `None`. `None` when
-/// a row's key cannot be hashed or the statement is not such an INSERT.
-pub fn split_insert(
-    sql: &str,
-    spec: &KeySpec,
-    shard_of: impl Fn(&super::shard_key::KeyValue) -> Option<usize>,
-) -> Option<Vec<SplitPart>> {
-    split_insert_parsed(&super::route::parse(sql)?, spec, shard_of)
-}
-
-/// [`split_insert`] of a query already parsed.
+/// Splits a parsed multi-row `INSERT ... VALUES` by the shard each row's key (a literal or a Bind parameter)
+/// hashes to: one INSERT per shard with that shard's rows, in shard order. Bind parameters are renumbered from $1
+/// in each part, which lists the original (0-based) parameters it uses; literal-only statements list `None`.
+/// `None` when a row's key cannot be hashed or the statement is not such an INSERT.
 pub fn split_insert_parsed(
     statements: &[Statement],
     spec: &KeySpec,
@@ -344,6 +335,16 @@ pub fn split_insert_parsed(
             })
             .collect(),
     )
+}
+
+/// [`split_insert_parsed`] of SQL text (for tests).
+#[cfg(test)]
+fn split_insert(
+    sql: &str,
+    spec: &KeySpec,
+    shard_of: impl Fn(&super::shard_key::KeyValue) -> Option<usize>,
+) -> Option<Vec<SplitPart>> {
+    split_insert_parsed(&super::route::parse(sql)?, spec, shard_of)
 }
 
 /// Renumbers the `$n` placeholders of a statement from $1 in order of first use; returns the original 0-based

@@ -119,7 +119,7 @@ fn item_expr(item: &SelectItem) -> Option<(&Expr, Option<&Ident>)> {
 }
 
 /// Plans a select with aggregates, GROUP BY or DISTINCT.
-pub fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
+pub(crate) fn plan(q: &Query, s: &Select) -> Result<Grouped, &'static str> {
     if s.having.is_some() {
         return Err("HAVING");
     }

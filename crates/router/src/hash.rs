@@ -97,7 +97,7 @@ pub fn hash_bytes_extended(k: &[u8], seed: u64) -> u64 {
 }
 
 /// PostgreSQL's `hash_bytes_uint32_extended`.
-pub fn hash_uint32_extended(k: u32, seed: u64) -> u64 {
+pub(crate) fn hash_uint32_extended(k: u32, seed: u64) -> u64 {
     let (mut a, mut b, mut c) = seeded(4, seed);
     a = a.wrapping_add(k);
     finish(&mut a, &mut b, &mut c);
@@ -113,7 +113,7 @@ pub fn hashint8extended(val: i64, seed: u64) -> u64 {
 }
 
 /// PostgreSQL's `hash_combine64`.
-pub fn hash_combine64(a: u64, b: u64) -> u64 {
+pub(crate) fn hash_combine64(a: u64, b: u64) -> u64 {
     a ^ b
         .wrapping_add(0x49a0_f4dd_15e5_a8e3)
         .wrapping_add(a << 54)

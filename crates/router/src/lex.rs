@@ -55,7 +55,7 @@ pub fn tokens(sql: &str) -> impl Iterator<Item = Token> + '_ {
 
 /// Where the quoted run or comment starting at byte `i` ends (the end of `b` when the text ends inside it), or
 /// `None` when none starts there: for a scanner that steps through the text byte by byte.
-pub fn quoted_end_at(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn quoted_end_at(b: &[u8], i: usize) -> Option<usize> {
     // Inside a word (`a$b$`, `name'x'`), a `$` or a prefix letter starts nothing.
     if i > 0 && is_word_char(b[i - 1]) && b.get(i).is_some_and(|&c| is_word_char(c)) {
         return None;
@@ -229,11 +229,11 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 
 /// A literal [`mask`] took out of a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Literal {
+pub(crate) struct Literal {
     /// Its value as sqlparser gives it: a number as written, a string without its quotes.
-    pub value: String,
+    pub(crate) value: String,
     /// A minus stands right before it: when unary (`= -5`), the query's constant is its negation.
-    pub negatable: bool,
+    pub(crate) negatable: bool,
 }
 
 /// Marks standing for a masked number and a masked string in a shape; neither can occur in a Query's text.
@@ -274,7 +274,7 @@ fn maskable(kind: Kind, text: &str) -> bool {
 /// every run of spaces and comments by one space, and puts the literals taken out, in order, into `literals`. Two queries with the
 /// same shape differ only in those constants, so they parse to the same tree. Strings with a backslash stay (parsers
 /// disagree on them), as do numbers that are not plain decimals.
-pub fn mask(sql: &str, shape: &mut String, literals: &mut Vec<Literal>) {
+pub(crate) fn mask(sql: &str, shape: &mut String, literals: &mut Vec<Literal>) {
     shape.clear();
     literals.clear();
     // The last token that is not space or comment.

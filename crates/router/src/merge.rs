@@ -95,7 +95,7 @@ pub fn collatable(oid: u32) -> bool {
 }
 
 /// Whether Ocelot orders values of type `oid` exactly as PostgreSQL does without knowing a collation.
-pub fn sortable(oid: u32) -> bool {
+pub(crate) fn sortable(oid: u32) -> bool {
     matches!(
         oid,
         INT2 | INT4

@@ -9,15 +9,15 @@
 pub struct Pins(u8);
 
 impl Pins {
-    pub const ADVISORY_LOCK: Pins = Pins(1);
+    pub(crate) const ADVISORY_LOCK: Pins = Pins(1);
     pub const TEMP_TABLE: Pins = Pins(2);
-    pub const HOLD_CURSOR: Pins = Pins(4);
+    pub(crate) const HOLD_CURSOR: Pins = Pins(4);
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
 
-    pub fn contains(self, other: Pins) -> bool {
+    pub(crate) fn contains(self, other: Pins) -> bool {
         self.0 & other.0 == other.0
     }
 

@@ -103,7 +103,10 @@ impl PoolPlugins {
     }
 
     /// [`Self::denied_table`] of a query already parsed.
-    pub fn denied_table_parsed(&self, statements: &[sqlparser::ast::Statement]) -> Option<String> {
+    pub(crate) fn denied_table_parsed(
+        &self,
+        statements: &[sqlparser::ast::Statement],
+    ) -> Option<String> {
         let mut found = None;
         for s in statements {
             let _ = sqlparser::ast::visit_relations(s, |name| {

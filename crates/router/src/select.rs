@@ -60,7 +60,7 @@ pub fn limit_offset(q: &sqlparser::ast::Query) -> Result<(Option<u64>, u64), &'s
 
 /// Plans ORDER BY / LIMIT / OFFSET of a plain select for a merge.
 /// The aggregate functions of PostgreSQL that a fan-out must see to merge a query's groups.
-pub const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "min",

@@ -28,7 +28,7 @@ pub struct KeySpec {
 
 impl KeySpec {
     /// Parses the config value (`"data.id"`, `"*.id"`, quotes stripped).
-    pub fn parse(s: &str) -> Option<KeySpec> {
+    pub(crate) fn parse(s: &str) -> Option<KeySpec> {
         let (t, c) = s.split_once('.')?;
         let clean = |x: &str| x.trim().trim_matches('"').to_lowercase();
         Some(KeySpec {
@@ -97,7 +97,7 @@ impl Ctx<'_> {
 }
 
 /// The key value an expression is: a literal (possibly negated or cast) or a Bind parameter.
-pub fn literal(e: &Expr) -> Option<KeyValue> {
+pub(crate) fn literal(e: &Expr) -> Option<KeyValue> {
     value(e)
 }
 
@@ -204,7 +204,7 @@ fn join_conditions(from: &[sqlparser::ast::TableWithJoins]) -> Vec<&Expr> {
 }
 
 /// The key values `sql` is restricted to, per statement kind; `None` when unrestricted or unparsable.
-pub fn find(sql: &str, spec: &KeySpec) -> Option<Vec<KeyValue>> {
+pub(crate) fn find(sql: &str, spec: &KeySpec) -> Option<Vec<KeyValue>> {
     find_parsed(&super::route::parse(sql)?, spec)
 }
 

@@ -24,7 +24,7 @@ pub enum Shards {
 /// A pool's sharding settings, compiled.
 #[derive(Debug, Clone)]
 pub struct Sharder {
-    pub shards: usize,
+    pub(crate) shards: usize,
     function: ShardingFunction,
     key_type: ShardingKeyType,
     key: Option<KeySpec>,
@@ -139,7 +139,7 @@ impl Sharder {
 
     /// The key values `sql` restricts the sharding key to (parses the query; callers may cache the result for
     /// parameterised texts, which repeat).
-    pub fn keys(&self, sql: &str) -> Option<Vec<KeyValue>> {
+    pub(crate) fn keys(&self, sql: &str) -> Option<Vec<KeyValue>> {
         shard_key::find(sql, self.key.as_ref()?)
     }
 

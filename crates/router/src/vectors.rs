@@ -23,7 +23,7 @@ pub struct VectorRouter {
     pub metric: VectorMetric,
     /// The kmeans project the centroids come from, when they are not given in the config.
     pub model: Option<String>,
-    pub shards: usize,
+    pub(crate) shards: usize,
     /// Nearest-neighbour queries routed, and the shards they searched.
     pub knn_queries: AtomicU64,
     pub knn_shards: AtomicU64,
@@ -98,7 +98,7 @@ impl VectorRouter {
     }
 
     /// The shard of a row whose vector is `v`.
-    pub fn shard_of(&self, v: &[f32]) -> Option<usize> {
+    pub(crate) fn shard_of(&self, v: &[f32]) -> Option<usize> {
         let nearest = *self.ranked(v)?.first()?;
         self.routing_lookups.fetch_add(1, Ordering::Relaxed);
         Some(nearest % self.shards)
@@ -159,14 +159,9 @@ pub fn decode_binary_array(raw: &[u8]) -> Option<Vec<f32>> {
     Some(out)
 }
 
-/// The constant a nearest-neighbour query orders by its distance to the key column: the first ORDER BY item is
-/// `pgml.distance_l2/cosine_similarity/dot_product(col, v)` (either order) or `col <-> v` (`<=>`, `<#>`), with
+/// The constant a parsed nearest-neighbour query orders by its distance to the key column: the first ORDER BY item
+/// is `pgml.distance_l2/cosine_similarity/dot_product(col, v)` (either order) or `col <-> v` (`<=>`, `<#>`), with
 /// `v` a literal or a Bind parameter. The query must be a plain SELECT with a LIMIT.
-pub fn knn_target(sql: &str, spec: &KeySpec) -> Option<KeyValue> {
-    knn_target_parsed(&super::route::parse(sql)?, spec)
-}
-
-/// [`knn_target`] of a query already parsed.
 pub fn knn_target_parsed(statements: &[Statement], spec: &KeySpec) -> Option<KeyValue> {
     let [Statement::Query(q)] = statements else {
         return None;
@@ -232,6 +227,12 @@ pub fn knn_target_parsed(statements: &[Statement], spec: &KeySpec) -> Option<Key
         }
         _ => None,
     }
+}
+
+/// [`knn_target_parsed`] of SQL text (for tests).
+#[cfg(test)]
+fn knn_target(sql: &str, spec: &KeySpec) -> Option<KeyValue> {
+    knn_target_parsed(&super::route::parse(sql)?, spec)
 }
 
 fn strip(e: &Expr) -> &Expr {

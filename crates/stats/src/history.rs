@@ -11,7 +11,7 @@ use super::Totals;
 /// Time between points.
 pub const STEP: Duration = Duration::from_secs(10);
 /// Points kept: an hour.
-pub const POINTS: usize = 360;
+pub(crate) const POINTS: usize = 360;
 
 /// Traffic over one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -25,16 +25,16 @@ pub struct Point {
     pub errors_per_s: f64,
     pub predictions_per_s: f64,
     /// Mean time per prediction, in microseconds.
-    pub mean_prediction_us: f64,
+    pub(crate) mean_prediction_us: f64,
 }
 
 /// Cumulative counters at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {
     pub when: Instant,
-    pub totals: Totals,
-    pub predictions: u64,
-    pub prediction_nanos: u64,
+    pub(crate) totals: Totals,
+    pub(crate) predictions: u64,
+    pub(crate) prediction_nanos: u64,
 }
 
 impl Reading {
@@ -48,7 +48,7 @@ impl Reading {
     }
 
     /// The rates from `before` to this reading.
-    pub fn since(&self, before: &Reading) -> Point {
+    pub(crate) fn since(&self, before: &Reading) -> Point {
         let secs = self
             .when
             .duration_since(before.when)

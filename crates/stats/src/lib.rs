@@ -56,7 +56,7 @@ pub struct Totals {
     pub query_time_us: u64,
     pub wait_time_us: u64,
     pub errors: u64,
-    pub waits: u64,
+    pub(crate) waits: u64,
 }
 
 impl std::ops::AddAssign for Totals {

@@ -14,14 +14,14 @@ const BOTTOM: f64 = 28.0;
 const TOP: f64 = 12.0;
 
 /// One line of a chart: its name, colour and values.
-pub struct Series<'a> {
-    pub name: &'a str,
-    pub color: &'a str,
-    pub values: Vec<f64>,
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) color: &'a str,
+    pub(crate) values: Vec<f64>,
 }
 
 /// The smallest "round" number (1, 2 or 5 times a power of ten) at or above `v`, for an axis's top.
-pub fn nice_max(v: f64) -> f64 {
+pub(crate) fn nice_max(v: f64) -> f64 {
     if !v.is_finite() || v <= 0.0 {
         return 1.0;
     }
@@ -44,7 +44,7 @@ fn divisions(top: f64) -> u32 {
 }
 
 /// A number as an axis label: 1.2k, 35, 0.25.
-pub fn short(v: f64) -> String {
+pub(crate) fn short(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -79,7 +79,13 @@ fn y_grid(svg: &mut String, top: f64, label: impl Fn(f64) -> String) {
 }
 
 /// A line chart of `series` at `times` (Unix seconds, oldest first); the x axis spans the last hour.
-pub fn line_chart(id: &str, title: &str, unit: &str, times: &[u64], series: &[Series]) -> String {
+pub(crate) fn line_chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    times: &[u64],
+    series: &[Series],
+) -> String {
     let mut svg = String::with_capacity(4096);
     let _ = write!(
         svg,
@@ -157,7 +163,7 @@ pub fn line_chart(id: &str, title: &str, unit: &str, times: &[u64], series: &[Se
 
 /// The distribution of a feature in training and in the drift window: a pair of bars per bin (below the training
 /// range, its equal-width bins, above it).
-pub fn drift_chart(
+pub(crate) fn drift_chart(
     feature: &str,
     min: f64,
     max: f64,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::admin::table::Table;
 
 /// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -22,7 +22,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a path segment.
-pub fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -36,7 +36,7 @@ pub fn encode_segment(s: &str) -> String {
 
 /// Decodes a percent-encoded path segment; `None` when it is not valid UTF-8 or a `%` is not followed by two hex
 /// digits.
-pub fn decode_segment(s: &str) -> Option<String> {
+pub(crate) fn decode_segment(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -80,7 +80,7 @@ th{color:var(--muted);font-weight:600}td.num{text-align:right;font-variant-numer
 ";
 
 /// A whole page: `title`, and `body` inside the frame. The page reloads itself every ten seconds.
-pub fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <meta http-equiv=\"refresh\" content=\"10\"><link rel=\"icon\" href=\"data:,\"><title>{t} · Ocelot</title><style>{STYLE}</style></head>\
@@ -92,7 +92,7 @@ pub fn page(title: &str, body: &str) -> String {
 }
 
 /// A section with a heading.
-pub fn section(id: &str, heading: &str, content: &str) -> String {
+pub(crate) fn section(id: &str, heading: &str, content: &str) -> String {
     format!(
         "<section id=\"{}\"><h2>{}</h2>{content}</section>",
         esc(id),
@@ -101,7 +101,7 @@ pub fn section(id: &str, heading: &str, content: &str) -> String {
 }
 
 /// An admin table as HTML; `link` may turn a cell into a link (given the column name and the value).
-pub fn table(t: &Table, empty: &str, link: &dyn Fn(&str, &str) -> Option<String>) -> String {
+pub(crate) fn table(t: &Table, empty: &str, link: &dyn Fn(&str, &str) -> Option<String>) -> String {
     if t.rows().is_empty() {
         return format!("<p class=\"none\">{}</p>", esc(empty));
     }

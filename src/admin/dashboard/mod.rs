@@ -21,13 +21,13 @@ use html::{decode_segment, encode_segment, esc, page, section};
 
 /// A dashboard page.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Page {
+pub(crate) enum Page {
     Overview,
     Model(String),
 }
 
 /// The page at `path`, if any.
-pub fn route(path: &str) -> Option<Page> {
+pub(crate) fn route(path: &str) -> Option<Page> {
     match path {
         "/" | "/index.html" => Some(Page::Overview),
         _ => {
@@ -41,7 +41,7 @@ pub fn route(path: &str) -> Option<Page> {
 }
 
 /// Whether a request with `head` may see the dashboard.
-pub fn authorized(shared: &Shared, head: &str) -> bool {
+pub(crate) fn authorized(shared: &Shared, head: &str) -> bool {
     let snapshot = shared.snapshot();
     let g = &snapshot.config.general;
     let loopback = shared
@@ -83,7 +83,7 @@ fn basic_credentials(head: &str) -> Option<String> {
 }
 
 /// The HTML of `page`, or `None` when the project is unknown to every pool.
-pub async fn render(shared: &Shared, page: &Page) -> Option<String> {
+pub(crate) async fn render(shared: &Shared, page: &Page) -> Option<String> {
     match page {
         Page::Overview => Some(overview(shared)),
         Page::Model(project) => model_page(shared, project).await,

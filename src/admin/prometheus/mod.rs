@@ -21,7 +21,7 @@ mod models;
 use models::{inference_families, router_families};
 
 /// Binds the exporter and serves scrapes for as long as the proxy lives.
-pub async fn spawn(shared: &Arc<Shared>) -> Result<(), StartError> {
+pub(crate) async fn spawn(shared: &Arc<Shared>) -> Result<(), StartError> {
     let g = &shared.snapshot().config.general;
     let addr = format!("{}:{}", g.host, g.prometheus_exporter_port.max(0));
     let listener = TcpListener::bind(&addr)
@@ -153,7 +153,7 @@ fn address_labels(s: &ServerPool) -> String {
 }
 
 /// The whole exposition.
-pub fn render(shared: &Shared) -> String {
+pub(crate) fn render(shared: &Shared) -> String {
     let snapshot = shared.snapshot();
     let all = snapshot.cluster.all_pools();
     let pools: Vec<&Arc<UserPool>> = all.iter().collect();

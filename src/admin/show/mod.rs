@@ -31,7 +31,7 @@ const HELP: &[&str] = &[
     "SET <anything> (accepted and ignored)",
 ];
 
-pub fn run(
+pub(crate) fn run(
     shared: &Shared,
     args: &[String],
     out: &mut BytesMut,
@@ -49,7 +49,7 @@ pub fn run(
 }
 
 /// The result of `SHOW <args>` (other than HELP), for the console and the dashboard.
-pub fn table(
+pub(crate) fn table(
     shared: &Shared,
     args: &[String],
     console: crate::admin::Console,

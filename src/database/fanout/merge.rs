@@ -29,7 +29,7 @@ pub(super) fn cell_text(oid: u32, binary: bool, cell: &[u8]) -> Option<(u32, Str
 }
 
 /// Which of `n` result columns are binary, from a Bind's result format codes (none: all text; one: all).
-pub fn binary_columns(codes: &[i16], n: usize) -> Vec<bool> {
+pub(crate) fn binary_columns(codes: &[i16], n: usize) -> Vec<bool> {
     match codes {
         [] => vec![false; n],
         [one] => vec![*one == 1; n],
@@ -235,7 +235,7 @@ pub(super) fn binary_columns_of(binary: &[bool], n: usize) -> Vec<bool> {
 
 /// The result formats the shards are asked for in a grouped read: group keys and min/max in the client's format
 /// (passed through), everything Ocelot computes in text.
-pub fn grouped_shard_binary(g: &Grouped, out_binary: &[bool]) -> Vec<bool> {
+pub(crate) fn grouped_shard_binary(g: &Grouped, out_binary: &[bool]) -> Vec<bool> {
     let width = g
         .outputs
         .iter()

@@ -20,9 +20,9 @@ use crate::pool::PoolError;
 use crate::protocol::encode;
 use crate::protocol::rows::fields;
 use crate::router::merge::collatable;
-pub use crate::router::merge::Merge;
+pub(crate) use crate::router::merge::Merge;
 
-pub use merge::{binary_columns, grouped_shard_binary};
+pub(crate) use merge::{binary_columns, grouped_shard_binary};
 use merge::{merge_grouped, merge_ordered, merge_writes, refuse, same_columns};
 
 async fn ask(
@@ -39,7 +39,7 @@ async fn ask(
 }
 
 /// Brings a server's session settings in line with the client's.
-pub async fn sync_params(
+pub(crate) async fn sync_params(
     server: &mut crate::pool::Pooled,
     params: &mut ClientParams,
 ) -> Result<(), PoolError> {
@@ -111,7 +111,7 @@ async fn text_is_bytewise(
 /// Sends each shard its request (whole protocol messages ending in Sync) on a connection of its own, in
 /// parallel, and returns the merged answer (without ReadyForQuery).
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     pool: &Arc<UserPool>,
     params: &ClientParams,
     requests: &[(usize, Bytes)],
@@ -164,7 +164,7 @@ pub async fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub async fn merge_answers(
+pub(crate) async fn merge_answers(
     out: &mut BytesMut,
     pool: &Arc<UserPool>,
     answers: &[Answer],

@@ -17,9 +17,9 @@ use crate::router::session_sql::mentions_set_config;
 
 /// Where the client's statements map to: the pool's shared statements and how many a server keeps.
 #[derive(Clone, Copy)]
-pub(crate) struct Shared<'a> {
-    pub registry: &'a Registry,
-    pub cap: usize,
+pub struct Shared<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) cap: usize,
 }
 
 impl Core {

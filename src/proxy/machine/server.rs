@@ -20,16 +20,16 @@ use crate::protocol::{decode, ProtocolError};
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Heard {
     /// Bytes at the front of the server's buffer to send to the client, after [`Core::out`].
-    pub forward: usize,
+    pub(crate) forward: usize,
     /// A ReadyForQuery was among them.
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// The server can go back to the pool: transaction mode, nothing owed, nothing pinned.
-    pub release: bool,
+    pub(crate) release: bool,
     /// A replica that had not answered yet is going away: the request is to be sent to another server. Nothing
     /// was forwarded.
-    pub failover: Option<String>,
+    pub(crate) failover: Option<String>,
     /// The request met a stale plan and its answer was cut: [`Core::resend`] goes to the server again.
-    pub resend: bool,
+    pub(crate) resend: bool,
 }
 
 /// The bookkeeping outside the session that server messages feed (statistics, the pool's statement cache, the

@@ -29,18 +29,18 @@ use bytes::Buf;
 /// A request ready to run on several shards.
 pub(super) struct Prepared {
     /// What each shard runs (whole protocol messages).
-    pub requests: Vec<(usize, bytes::Bytes)>,
-    pub merge: Merge,
+    pub(crate) requests: Vec<(usize, bytes::Bytes)>,
+    pub(crate) merge: Merge,
     /// The client's extended-protocol request, when it is one.
-    pub ext: Option<ExtRequest>,
+    pub(crate) ext: Option<ExtRequest>,
     /// Bytes of the client buffer the request takes.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 /// A connection of the client's cross-shard transaction that is not the current one.
 pub(crate) struct Parked {
-    pub shard: usize,
-    pub server: Pooled,
+    pub(crate) shard: usize,
+    pub(crate) server: Pooled,
 }
 
 /// How a transaction-control statement ends a cross-shard transaction.

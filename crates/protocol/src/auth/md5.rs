@@ -20,7 +20,7 @@ pub fn expected_response(secret: &Secret, user: &str, salt: [u8; 4]) -> Option<S
 
 /// The second md5 round over an already hashed `hex(md5(password + user))`, so a stored hash works towards a server
 /// too (pass-the-hash, as PostgreSQL's own md5 protocol allows).
-pub fn salted(inner_hex: &[u8], salt: [u8; 4]) -> String {
+pub(crate) fn salted(inner_hex: &[u8], salt: [u8; 4]) -> String {
     let mut h = Md5::new();
     h.update(inner_hex);
     h.update(salt);
