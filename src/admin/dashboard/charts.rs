@@ -145,7 +145,15 @@ pub(crate) fn line_chart(
             );
         }
     }
-    svg.push_str("</svg><div class=\"legend\">");
+    svg.push_str("</svg>");
+    legend(&mut svg, unit, series);
+    svg.push_str("</figure>");
+    svg
+}
+
+/// Each series' color, name and latest value under a chart.
+fn legend(svg: &mut String, unit: &str, series: &[Series]) {
+    svg.push_str("<div class=\"legend\">");
     for s in series {
         let last = s.values.last().copied().unwrap_or(0.0);
         let _ = write!(
@@ -157,8 +165,7 @@ pub(crate) fn line_chart(
             esc(unit)
         );
     }
-    svg.push_str("</div></figure>");
-    svg
+    svg.push_str("</div>");
 }
 
 /// The distribution of a feature in training and in the drift window: a pair of bars per bin (below the training
